@@ -1,0 +1,28 @@
+# The README's two commands: `make run` and `make test`. Everything else is optional.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: run test lint bench clean
+
+$(BIN)/flowlord: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+run: $(BIN)/flowlord
+	$(BIN)/flowlord run
+
+test: $(BIN)/flowlord
+	$(BIN)/python -m pytest -q
+
+lint: $(BIN)/flowlord
+	$(BIN)/ruff check flowlord tests bench
+	$(BIN)/mypy
+
+bench: $(BIN)/flowlord
+	$(BIN)/python bench/refresh.py
+
+clean:
+	rm -rf $(VENV) flowlord.db flowlord.db-wal flowlord.db-shm

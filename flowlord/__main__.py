@@ -1,0 +1,5 @@
+import sys
+
+from flowlord.cli import main
+
+sys.exit(main())

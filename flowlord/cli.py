@@ -1,0 +1,280 @@
+"""The `flowlord` command (CONTRACT §3). Exit 0 ok, 1 the check failed, 2 usage or I/O."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime, tzinfo
+from typing import NoReturn
+
+from flowlord import cron, report
+from flowlord.config import Config, ConfigError, find_config_file, load_config, with_flags
+from flowlord.loader import Loader, LoaderError, list_workflows
+from flowlord.model import Phase
+from flowlord.parse import WorkflowParseError, parse_workflow
+from flowlord.rules import parse_rule
+from flowlord.store import Store, StoreError
+from flowlord.validate import validate_file
+
+
+class UsageError(Exception):
+    """Exit 2 with this one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, not the usage block
+        raise UsageError(message)
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-c", "--config", help="config file (TOML)")
+    common.add_argument("-w", "--workflows", help="workflow directory or file")
+    common.add_argument("--db", help="SQLite database file")
+    parser = _Parser(prog="flowlord", description=__doc__, parents=[common])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    sub.add_parser("run", parents=[common], help="the daemon (for now: one refresh)")
+    p = sub.add_parser("check", parents=[common], help="validate files; no database")
+    p.add_argument("paths", nargs="*")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("refresh", parents=[common], help="sync workflow files into the database")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("phases", parents=[common], help="stored phases, status, next fire")
+    p.add_argument("--severity", choices=["ok", "warning", "error"])
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("graph", parents=[common], help="the dependency graph")
+    p.add_argument("--format", choices=["text", "dot", "mermaid"], default="text")
+    p = sub.add_parser("next", parents=[common], help="next fire times of a cron phase")
+    p.add_argument("task")
+    p.add_argument("--after", type=_iso_time, help="ISO 8601 time (default now)")
+    p.add_argument("-n", type=_positive, default=5)
+    p.add_argument("--workflow", help="workflow file key, when several define TASK")
+    sub.add_parser("doctor", parents=[common], help="integrity and foreign-key checks")
+    return parser
+
+
+def _iso_time(text: str) -> datetime:
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text}") from None
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"not a positive integer: {text}")
+    return int(text)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+        config = with_flags(load_config(find_config_file(args.config)),
+                            workflows=args.workflows, db=args.db)
+        return int(COMMANDS[args.command](args, config))
+    except (UsageError, ConfigError, StoreError, LoaderError) as e:
+        print(f"flowlord: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _out(text: str) -> None:
+    if text:
+        print(text)
+
+
+# --- commands ---------------------------------------------------------------------------
+
+
+def cmd_check(args: argparse.Namespace, config: Config) -> int:
+    findings: list[report.Finding] = []
+    files = 0
+    for path in args.paths or [config.workflows]:
+        if not os.path.exists(path):
+            raise UsageError(f"no such file or directory: {path}")
+        if os.path.isdir(path):
+            listing = list_workflows(path)
+            if listing.unlisted:
+                raise UsageError(f"cannot read directory: {path}/{listing.unlisted[0]}")
+            targets = listing.files
+        else:
+            targets = {os.path.basename(path): path}
+        for key, file in targets.items():
+            files += 1
+            findings.extend(check_file(key, file))
+    if args.json:
+        _out(report.findings_json(findings))
+    else:
+        _out("\n".join(report.findings_text(findings)))
+        _out(report.summary(files, findings))
+    return 1 if any(f[2] == "error" for f in findings) else 0
+
+
+def check_file(key: str, path: str) -> list[report.Finding]:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        phases = validate_file(key, parse_workflow(data))
+    except OSError as e:
+        return [(key, None, "error", f"parse error: cannot read file: {e.strerror}")]
+    except WorkflowParseError as e:
+        return [(key, None, "error", str(e))]
+    return [(key, p.task, p.severity, p.status) for p in phases]
+
+
+def cmd_refresh(args: argparse.Namespace, config: Config) -> int:
+    loader = Loader(config.workflows, Store(config.db))
+    try:
+        changes = loader.refresh()
+    finally:
+        loader.close()
+    for problem in loader.problems:
+        print(f"flowlord: warning: {problem}", file=sys.stderr)
+    if args.json:
+        _out(json.dumps({kind: [c[1:] for c in changes if c[0] == sign]
+                         for sign, kind in (("+", "added"), ("~", "changed"),
+                                            ("-", "removed"))}))
+    else:
+        _out("\n".join(changes))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, config: Config) -> int:
+    """For now one refresh and a summary; the watching daemon comes next."""
+    loader = Loader(config.workflows, Store(config.db))
+    try:
+        changes = loader.refresh()
+        phases = loader.store.phases()
+    finally:
+        loader.close()
+    counts = {s: sum(p.severity == s for p in phases) for s in ("ok", "warning", "error")}
+    print(f"flowlord: loaded {config.workflows} into {config.db}: {len(changes)} files changed, "
+          f"{len(phases)} phases ({counts['ok']} ok, {counts['warning']} warning, "
+          f"{counts['error']} error)")
+    return 0
+
+
+def _next_fire(phase: Phase, zone: tzinfo, now: datetime) -> datetime | None:
+    schedule = parse_rule(phase.rule).cron
+    if phase.severity == "error" or schedule is None:
+        return None
+    try:
+        return cron.next_fire(schedule, now, zone)
+    except cron.CronError:
+        return None
+
+
+def cmd_phases(args: argparse.Namespace, config: Config) -> int:
+    store = Store(config.db, readonly=True)
+    try:
+        phases = store.phases(severity=args.severity)
+    finally:
+        store.close()
+    zone, now = config.zone(), datetime.now(UTC)
+    rows = []
+    for p in phases:
+        fire = _next_fire(p, zone, now)
+        rows.append({"file": p.file_path, "task": p.task, "depends_on": p.depends_on,
+                     "rule": p.rule, "template": p.template, "retry": p.retry,
+                     "severity": p.severity, "status": p.status,
+                     "next_fire": fire.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+                     if fire else None})
+    if args.json:
+        _out(json.dumps(rows, indent=1))
+        return 0
+    for r in rows:
+        line = f"{r['file']}\t{r['task']}\t{r['severity']}\tnext={r['next_fire'] or '-'}"
+        _out(line + (f"\t{r['status']}" if r["status"] else ""))
+    return 0
+
+
+def cmd_graph(args: argparse.Namespace, config: Config) -> int:
+    store = Store(config.db, readonly=True)
+    try:
+        phases, edges = store.phases(), store.edges()
+    finally:
+        store.close()
+    render = {"text": report.graph_text, "dot": report.graph_dot,
+              "mermaid": report.graph_mermaid}[args.format]
+    _out(render(phases, edges))
+    return 0
+
+
+def cmd_next(args: argparse.Namespace, config: Config) -> int:
+    phase = _find_phase_in_files(config.workflows, args.task, args.workflow)
+    if phase.severity == "error":
+        print(f"flowlord: {phase.file_path}: {phase.task} cannot run: {phase.status}",
+              file=sys.stderr)
+        return 1
+    schedule = parse_rule(phase.rule).cron
+    if schedule is None:
+        print(f"flowlord: {phase.file_path}: {phase.task} has no cron rule", file=sys.stderr)
+        return 1
+    after = args.after or datetime.now(UTC)
+    zone = config.zone()
+    if after.tzinfo is None:
+        after = after.replace(tzinfo=cron.schedule_zone(schedule, zone))
+    try:
+        times = cron.fire_times(schedule, after, zone, args.n)
+    except cron.CronError as e:
+        print(f"flowlord: {phase.task}: {e}", file=sys.stderr)
+        return 1
+    _out("\n".join(t.isoformat() for t in times))
+    return 0
+
+
+def _find_phase_in_files(root: str, task: str, workflow: str | None) -> Phase:
+    """The phase named `task` (exactly, else by topic) in the workflow files."""
+    if not os.path.exists(root):
+        raise UsageError(f"no such file or directory: {root}")
+    files = list_workflows(root).files if os.path.isdir(root) else {
+        os.path.basename(root): root}
+    if workflow is not None:
+        if workflow not in files:
+            raise UsageError(f"no workflow file {workflow} in {root}")
+        files = {workflow: files[workflow]}
+    exact, by_topic = [], []
+    for key, path in files.items():
+        try:
+            with open(path, "rb") as f:
+                phases = validate_file(key, parse_workflow(f.read()))
+        except (OSError, WorkflowParseError):
+            continue
+        exact += [p for p in phases if p.task == task]
+        by_topic += [p for p in phases if ":" not in task and p.topic == task]
+    found = exact or by_topic
+    if not found:
+        raise UsageError(f"no phase {task} in {root}")
+    if len(found) > 1:
+        print(f"flowlord: warning: {len(found)} phases match {task}; using "
+              f"{found[0].file_path}: {found[0].task} (choose with --workflow)", file=sys.stderr)
+    return found[0]
+
+
+def cmd_doctor(args: argparse.Namespace, config: Config) -> int:
+    store = Store(config.db, readonly=True)
+    try:
+        findings = [f"integrity: {p}" for p in store.integrity_problems()]
+        findings += [f"foreign key: {p}" for p in store.foreign_key_problems()]
+        findings += [f"orphan phase: {f}: {t}" for f, t in store.orphan_phases()]
+    finally:
+        store.close()
+    _out("\n".join(findings) if findings else f"{config.db}: ok")
+    return 1 if findings else 0
+
+
+COMMANDS = {
+    "run": cmd_run, "check": cmd_check, "refresh": cmd_refresh, "phases": cmd_phases,
+    "graph": cmd_graph, "next": cmd_next, "doctor": cmd_doctor,
+}
+
+if __name__ == "__main__":
+    sys.exit(main())

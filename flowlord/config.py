@@ -1,0 +1,160 @@
+"""Settings: embedded defaults, then the config file, then command-line flags.
+
+The file is TOML (CONTRACT §3). Every key is optional; an unknown key is an
+error that names it; relative paths are relative to the file's directory.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, replace
+from datetime import timedelta, tzinfo
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from flowlord.durations import DurationError, parse_duration
+
+DEFAULT_FILE = "flowlord.toml"
+
+
+class ConfigError(Exception):
+    """str(e) is one line naming the file and the key."""
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    command: tuple[str, ...]
+    concurrency: int = 1
+    timeout: timedelta = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class Config:
+    workflows: str = "workflows"
+    db: str = "flowlord.db"
+    timezone: str = "local"
+    catchup: str = "none"
+    rescan: timedelta = timedelta(minutes=5)
+    bus_url: str = "local"
+    workers: dict[str, WorkerConfig] = field(default_factory=dict)
+    task_ttl: timedelta = timedelta(hours=4)
+    webhook: str = ""
+    http_listen: str = ""
+    http_token: str = ""
+    http_token_file: str = ""
+    source: str = ""  # the config file read, or '' for the embedded defaults
+
+    def zone(self) -> tzinfo:
+        return resolve_zone(self.timezone)
+
+
+def resolve_zone(name: str) -> tzinfo:
+    """An IANA zone, "UTC", or "local": the machine's zone with its DST rules."""
+    if name != "local":
+        try:
+            return ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError) as e:
+            raise ConfigError(f"unknown time zone: {name}") from e
+    tz = os.environ.get("TZ", "").lstrip(":")
+    if tz:
+        try:
+            return ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError):
+            pass
+    try:
+        with open("/etc/localtime", "rb") as f:
+            return ZoneInfo.from_file(f, key="localtime")
+    except (OSError, ValueError):
+        return ZoneInfo("UTC")
+
+
+# section → key → (attribute, type)
+_TOP = {"workflows": str, "db": str, "timezone": str, "catchup": str, "rescan": timedelta}
+_SECTIONS: dict[str, dict[str, tuple[str, type]]] = {
+    "bus": {"url": ("bus_url", str)},
+    "alerts": {"task_ttl": ("task_ttl", timedelta), "webhook": ("webhook", str)},
+    "http": {"listen": ("http_listen", str), "token": ("http_token", str),
+             "token_file": ("http_token_file", str)},
+}
+_WORKER_KEYS = {"command", "concurrency", "timeout"}
+
+
+def find_config_file(explicit: str | None) -> str | None:
+    if explicit:
+        return explicit
+    if os.environ.get("FLOWLORD_CONFIG"):
+        return os.environ["FLOWLORD_CONFIG"]
+    return DEFAULT_FILE if os.path.exists(DEFAULT_FILE) else None
+
+
+def load_config(path: str | None) -> Config:
+    if path is None:
+        return Config()
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config {path}: {e}") from e
+    values: dict[str, Any] = {"source": path}
+    for key, value in doc.items():
+        if key in _TOP:
+            values[key] = _typed(path, key, value, _TOP[key])
+        elif key in _SECTIONS and isinstance(value, dict):
+            for sub, sub_value in value.items():
+                if sub not in _SECTIONS[key]:
+                    raise ConfigError(f"config {path}: unknown key: {key}.{sub}")
+                attr, kind = _SECTIONS[key][sub]
+                values[attr] = _typed(path, f"{key}.{sub}", sub_value, kind)
+        elif key == "workers" and isinstance(value, dict):
+            values["workers"] = {t: _worker(path, t, w) for t, w in value.items()}
+        else:
+            raise ConfigError(f"config {path}: unknown key: {key}")
+    base = os.path.dirname(os.path.abspath(path))
+    for key in ("workflows", "db", "http_token_file"):
+        if values.get(key):
+            values[key] = os.path.join(base, values[key])
+    config = Config(**values)
+    if config.catchup not in ("none", "last", "all"):
+        raise ConfigError(f"config {path}: catchup must be none, last or all")
+    config.zone()  # an unknown zone is a config error now, not at the first fire
+    return config
+
+
+def _typed(path: str, key: str, value: object, kind: type) -> object:
+    if kind is timedelta:
+        if isinstance(value, str):
+            try:
+                return parse_duration(value)
+            except DurationError:
+                pass
+        raise ConfigError(f"config {path}: {key} must be a duration such as \"5m\"")
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ConfigError(f"config {path}: {key} must be a {kind.__name__}")
+    return value
+
+
+def _worker(path: str, topic: str, table: object) -> WorkerConfig:
+    where = f"workers.{topic}"
+    if not isinstance(table, dict):
+        raise ConfigError(f"config {path}: {where} must be a table")
+    for key in table:
+        if key not in _WORKER_KEYS:
+            raise ConfigError(f"config {path}: unknown key: {where}.{key}")
+    command = table.get("command")
+    if (not isinstance(command, list) or not command
+            or not all(isinstance(a, str) for a in command)):
+        raise ConfigError(f"config {path}: {where}.command must be a list of strings")
+    concurrency = table.get("concurrency", 1)
+    if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
+        raise ConfigError(f"config {path}: {where}.concurrency must be an integer >= 1")
+    timeout = _typed(path, f"{where}.timeout", table.get("timeout", "1h"), timedelta)
+    return WorkerConfig(tuple(command), concurrency, timeout)  # type: ignore[arg-type]
+
+
+def with_flags(config: Config, *, workflows: str | None, db: str | None) -> Config:
+    """Command-line flags win over the file; they are relative to the current directory."""
+    changes = {k: v for k, v in (("workflows", workflows), ("db", db)) if v}
+    return replace(config, **changes)

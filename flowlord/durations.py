@@ -1,0 +1,74 @@
+"""Go duration syntax (`90s`, `-4h`, `1h30m`, `250ms`), plus `d` for days."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from functools import lru_cache
+
+_UNIT_SECONDS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,  # U+00B5 micro sign
+    "μs": 1e-6,  # U+03BC greek mu
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+    "d": 86400.0,
+}
+_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h|d)")
+
+
+class DurationError(ValueError):
+    pass
+
+
+@lru_cache(maxsize=4096)
+def parse_duration(text: str) -> timedelta:
+    """Parse a Go duration; raises DurationError.
+
+    Go also accepts a bare `0`; a bare non-zero number has no unit and is refused
+    (Go's flowlord would read `offset=3600` as 3600 nanoseconds, never what was meant).
+    """
+    s = text.strip()
+    if not s:
+        raise DurationError("empty duration")
+    sign = 1.0
+    if s[0] in "+-":
+        sign = -1.0 if s[0] == "-" else 1.0
+        s = s[1:]
+    if s == "0":
+        return timedelta(0)
+    pos, total = 0, 0.0
+    while pos < len(s):
+        m = _PART.match(s, pos)
+        if m is None:
+            raise DurationError(f"invalid duration: {text}")
+        total += float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+        pos = m.end()
+    if pos == 0:
+        raise DurationError(f"invalid duration: {text}")
+    try:
+        return timedelta(seconds=sign * total)
+    except OverflowError as e:
+        raise DurationError(f"duration out of range: {text}") from e
+
+
+def format_duration(d: timedelta) -> str:
+    """Go-like rendering: `1h30m0s`, `250ms`, `-4h0m0s`."""
+    us = round(d.total_seconds() * 1_000_000)
+    if us == 0:
+        return "0s"
+    sign = "-" if us < 0 else ""
+    us = abs(us)
+    if us < 1_000_000:
+        return f"{sign}{us / 1000:g}ms"
+    h, rest = divmod(us, 3_600_000_000)
+    m, rest = divmod(rest, 60_000_000)
+    s = f"{rest / 1_000_000:g}s"
+    if h:
+        return f"{sign}{h}h{m}m{s}"
+    if m:
+        return f"{sign}{m}m{s}"
+    return sign + s

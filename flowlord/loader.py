@@ -1,0 +1,261 @@
+"""The workflow cache of flowlord, kept in SQLite: refresh, search, get, children.
+
+`refresh()` makes the database match the workflow path: unchanged files are
+skipped on size and mtime alone, changed bytes are hashed (MD5) and only
+different bytes are parsed, and the phases of a changed file are replaced in
+one transaction. Bytes that do not parse never replace a file's last good phases.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import apsw
+
+from flowlord.model import Phase, Task, split_task
+from flowlord.parse import WorkflowParseError, parse_workflow
+from flowlord.rules import parse_query
+from flowlord.store import FileState, FileVersion, Store, mtime_text, write_txn
+from flowlord.validate import validate_file
+
+MAX_FILE_BYTES = 4 * 1024 * 1024
+_FILES_PER_TRANSACTION = 500  # keeps the write lock short during a cold load
+
+
+class LoaderError(Exception):
+    """The workflow path cannot be used at all; str(e) is one line."""
+
+
+def is_workflow_name(name: str) -> bool:
+    """`.toml` files that are not hidden and not editor leftovers (CONTRACT §1)."""
+    return (name.endswith(".toml") and not name.startswith(".")
+            and not (name.startswith("#") and name.endswith("#")))
+
+
+@dataclass(frozen=True)
+class Listing:
+    files: dict[str, str]  # key → path, in walk order (sorted, depth first)
+    unlisted: list[str]    # key prefixes of directories that could not be read
+
+
+def workflow_key(root: str, path: str) -> str:
+    return os.path.relpath(path, root).replace(os.sep, "/")
+
+
+def list_workflows(root: str, start: str | None = None) -> Listing:
+    """Every workflow file under `start` (default: root), following directory
+    symlinks once each, so a symlink loop ends the walk instead of recursing."""
+    files: dict[str, str] = {}
+    unlisted: list[str] = []
+    seen: set[tuple[int, int]] = set()
+
+    def walk(directory: str) -> None:
+        try:
+            st = os.stat(directory)
+            if (st.st_dev, st.st_ino) in seen:
+                return
+            seen.add((st.st_dev, st.st_ino))
+            with os.scandir(directory) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError:
+            unlisted.append(workflow_key(root, directory) + "/")
+            return
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                is_dir = entry.is_dir()
+            except OSError:
+                is_dir = False
+            if is_dir:
+                walk(entry.path)
+            elif is_workflow_name(entry.name):
+                files[workflow_key(root, entry.path)] = entry.path
+
+    walk(start or root)
+    return Listing(files, unlisted)
+
+
+def _under(key: str, prefixes: Iterable[str]) -> bool:
+    return any(p in ("./", "") or key.startswith(p) for p in prefixes)
+
+
+class Loader:
+    """The Cache API of the seed plan, on a Store."""
+
+    def __init__(self, workflow_path: str, store: Store) -> None:
+        self.root = os.path.abspath(workflow_path)
+        self.store = store
+        self.problems: list[str] = []  # of the last refresh, for logs and the CLI
+        try:
+            self._is_dir = os.path.isdir(self.root)
+        except OSError:
+            self._is_dir = False
+
+    def is_dir(self) -> bool:
+        return self._is_dir
+
+    def close(self) -> None:
+        self.store.close()
+
+    # --- refresh --------------------------------------------------------------------
+
+    def refresh(self, paths: Iterable[str] | None = None) -> list[str]:
+        """Sync the database with the workflow path; returns `+key`, `~key`, `-key`.
+
+        With `paths` (from file events) only those files, or directories, are looked at.
+        """
+        self.problems = []
+        states = self.store.file_states()
+        if paths is None:
+            listing, scope = self._list_all(), [""]
+        else:
+            listing, scope = self._list_some(paths)
+        writes: list[Callable[[], None]] = []
+        changes: list[str] = []
+        for key, path in listing.files.items():
+            change = self._examine(key, path, states.get(key), writes)
+            if change:
+                changes.append(change + key)
+        for key in states:
+            if (key not in listing.files and _under(key, scope)
+                    and not _under(key, listing.unlisted)):
+                writes.append(lambda key=key: self.store.remove_file(key))  # type: ignore[misc]
+                changes.append("-" + key)
+        self._commit(writes)
+        return changes
+
+    def _list_all(self) -> Listing:
+        if not os.path.exists(self.root):
+            raise LoaderError(f"workflow path not found: {self.root}")
+        if not os.path.isdir(self.root):
+            return Listing({os.path.basename(self.root): self.root}, [])
+        listing = list_workflows(self.root)
+        if "./" in listing.unlisted:
+            raise LoaderError(f"cannot read workflow directory: {self.root}")
+        self.problems.extend(f"cannot read directory: {p}" for p in listing.unlisted)
+        return listing
+
+    def _list_some(self, paths: Iterable[str]) -> tuple[Listing, list[str]]:
+        if not self._is_dir:
+            return self._list_all(), [""]
+        files: dict[str, str] = {}
+        unlisted: list[str] = []
+        scope: list[str] = []
+        for p in paths:
+            path = os.path.abspath(p)
+            key = workflow_key(self.root, path)
+            if key.startswith("../") or key == "..":
+                continue
+            if os.path.isdir(path):
+                sub = list_workflows(self.root, path)
+                files.update(sub.files)
+                unlisted.extend(sub.unlisted)
+                scope.append("" if key == "." else key + "/")
+            else:
+                scope.extend([key, key + "/"])  # a file, or a directory that is gone
+                if is_workflow_name(os.path.basename(path)) and os.path.lexists(path):
+                    files[key] = path
+        return Listing(files, unlisted), scope
+
+    def _examine(self, key: str, path: str, state: FileState | None,
+                 writes: list[Callable[[], None]]) -> str:
+        """Queue the writes one file needs; returns '+', '~' or '' (no change)."""
+        try:
+            st = os.stat(path)
+            if not stat.S_ISREG(st.st_mode):
+                raise IsADirectoryError(f"not a regular file: {path}")
+            last_modified = mtime_text(st.st_mtime_ns)
+            if (state and state.file_size == st.st_size
+                    and state.last_modified == last_modified):
+                return ""
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            if not os.path.lexists(path):  # vanished since the listing: as if never listed
+                if state:
+                    writes.append(lambda: self.store.remove_file(key))
+                    return "-"
+                return ""
+            return self._unreadable(key, state, "dangling symbolic link", writes)
+        except OSError as e:
+            return self._unreadable(key, state, e.strerror or str(e), writes)
+        version = FileVersion(key, hashlib.md5(data).hexdigest(), len(data), last_modified)
+        if state and state.file_hash == version.file_hash:
+            writes.append(lambda: self.store.note_mtime(version))
+            return ""
+        try:
+            if len(data) > MAX_FILE_BYTES:
+                raise WorkflowParseError(
+                    f"file too large: {len(data)} bytes (limit {MAX_FILE_BYTES})")
+            phases = validate_file(key, parse_workflow(data))
+        except WorkflowParseError as e:
+            reason = str(e)
+            writes.append(lambda: self.store.reject_file(version, reason))
+            return "~" if state else "+"
+        writes.append(lambda: self.store.replace_file(version, phases))
+        return "~" if state else "+"
+
+    def _unreadable(self, key: str, state: FileState | None, reason: str,
+                    writes: list[Callable[[], None]]) -> str:
+        status = f"parse error: cannot read file: {reason}"
+        if state and state.status == status:
+            return ""
+        # no size or mtime: the next rescan tries again (chmod does not change mtime)
+        version = FileVersion(key, state.file_hash if state else "", None, None)
+        writes.append(lambda: self.store.reject_file(version, status))
+        return "~" if state else "+"
+
+    def _commit(self, writes: list[Callable[[], None]]) -> None:
+        try:
+            for start in range(0, len(writes), _FILES_PER_TRANSACTION):
+                with write_txn(self.store.conn):
+                    for write in writes[start:start + _FILES_PER_TRANSACTION]:
+                        write()
+        except apsw.Error as e:
+            raise LoaderError(f"cannot write database {self.store.path}: {e}") from e
+
+    # --- lookups --------------------------------------------------------------------
+
+    def search(self, topic: str, job: str = "") -> tuple[str, Phase | None]:
+        """The first phase of `topic` (and `job`, when given) in file-key order."""
+        for phase in self.store.phases(topic=topic):
+            if not job or phase.job == job:
+                return phase.file_path, phase
+        return "", None
+
+    def get(self, task: Task) -> Phase | None:
+        """The phase a task came from: looked up in its own workflow file first."""
+        meta = _meta(task.meta)
+        job = task.job or meta.get("job", "")
+        key = meta.get("workflow", "")
+        if task.type and key and key != "*":
+            for phase in self.store.phases(file_path=key, topic=task.type):
+                if not job or phase.job == job:
+                    return phase
+        return self.search(task.type, job)[1] if task.type else None
+
+    def children(self, task: Task) -> list[Phase]:
+        """Phases of the task's own workflow file that depend on it, in file order."""
+        meta = _meta(task.meta)
+        key = meta.get("workflow", "")
+        if not task.type or not key:
+            return []
+        job = task.job or meta.get("job", "")
+        found = []
+        for phase in self.store.dependents(key, task.type):
+            parent_topic, parent_job = split_task(phase.depends_on)
+            if parent_topic == task.type and (not parent_job or parent_job == job):
+                found.append(phase)
+        return found
+
+
+def _meta(text: str) -> dict[str, str]:
+    first: dict[str, str] = {}
+    for k, v in parse_query(text)[0]:
+        first.setdefault(k, v)
+    return first

@@ -1,0 +1,69 @@
+"""Plain values passed between modules: no I/O here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Severity = Literal["ok", "warning", "error"]
+SEVERITY_RANK: dict[str, int] = {"ok": 0, "warning": 1, "error": 2}
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One problem found on a phase; its message is a CONTRACT §2 status text."""
+
+    severity: Literal["warning", "error"]
+    message: str
+
+
+def split_task(task: str) -> tuple[str, str]:
+    """`topic:job` → (topic, job); anything after a second colon is not part of the job."""
+    topic, _, rest = task.partition(":")
+    return topic, rest.split(":", 1)[0]
+
+
+def normalize_task(task: str, rule_job: str) -> str:
+    """The phase's identity in its file: `topic:job` when there is a job, else `topic`.
+
+    A job written in `task` wins over the rule's `job=` (flowlord-reference §1.3).
+    """
+    topic, job = split_task(task.strip())
+    job = job or rule_job
+    return f"{topic}:{job}" if job else topic
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A phase as stored: task normalized, status and severity from validation."""
+
+    file_path: str
+    task: str
+    depends_on: str = ""
+    rule: str = ""
+    template: str = ""
+    retry: int = 0
+    status: str = ""
+    severity: Severity = "ok"
+    position: int = 0
+
+    @property
+    def topic(self) -> str:
+        return split_task(self.task)[0]
+
+    @property
+    def job(self) -> str:
+        return split_task(self.task)[1]
+
+
+@dataclass(frozen=True)
+class Task:
+    """A task in pcelvng/task's JSON shape (CONTRACT §6); only what lookups need so far."""
+
+    type: str
+    job: str = ""
+    info: str = ""
+    meta: str = ""
+    id: str = ""
+    created: str = ""
+    extra: dict[str, str] = field(default_factory=dict, compare=False)

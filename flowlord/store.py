@@ -1,0 +1,229 @@
+"""The SQLite database: one connection factory, migrations, and all of flowlord's SQL.
+
+Every write is one transaction begun with `BEGIN IMMEDIATE` (dependency-notes
+§0: a `with conn:` block in IMMEDIATE mode holds the GIL while it waits).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import apsw
+
+from flowlord.model import Phase
+from flowlord.schema import MIGRATIONS, SCHEMA_VERSION
+
+BUSY_TIMEOUT_MS = 5000
+_PHASE_COLUMNS = "file_path, task, depends_on, rule, template, retry, status, severity, position"
+
+
+class StoreError(Exception):
+    """The database cannot be used; str(e) is one line for the person at the terminal."""
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def mtime_text(mtime_ns: int) -> str:
+    """An mtime as ISO 8601 UTC with nanoseconds; equal strings mean equal mtimes."""
+    seconds, ns = divmod(mtime_ns, 1_000_000_000)
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{ns:09d}Z"
+
+
+def connect(path: str, *, readonly: bool = False) -> apsw.Connection:
+    """Open the database with flowlord's pragmas; a writer also migrates it."""
+    if readonly and not os.path.exists(path):
+        raise StoreError(f"no database at {path}: run `flowlord refresh` first")
+    flags = apsw.SQLITE_OPEN_READONLY if readonly else (
+        apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE)
+    try:
+        conn = apsw.Connection(path, flags=flags, statementcachesize=200)
+        conn.set_busy_timeout(BUSY_TIMEOUT_MS)
+        conn.config(apsw.SQLITE_DBCONFIG_DQS_DML, 0)
+        conn.config(apsw.SQLITE_DBCONFIG_DQS_DDL, 0)
+        conn.pragma("foreign_keys", "ON")
+        conn.pragma("synchronous", "NORMAL")
+        if not readonly:
+            conn.pragma("journal_mode", "wal")
+            conn.pragma("journal_size_limit", 64 * 1024 * 1024)
+        version = conn.pragma("user_version")
+    except apsw.Error as e:
+        raise StoreError(f"cannot open database {path}: {e}") from e
+    if version > SCHEMA_VERSION:
+        conn.close()
+        raise StoreError(
+            f"database {path} has schema version {version}, newer than this flowlord "
+            f"understands (version {SCHEMA_VERSION}): upgrade flowlord")
+    if version < SCHEMA_VERSION:
+        if readonly:
+            conn.close()
+            raise StoreError(f"database {path} has schema version {version}, expected "
+                             f"{SCHEMA_VERSION}: run `flowlord refresh` to upgrade it")
+        migrate(conn)
+    return conn
+
+
+@contextmanager
+def write_txn(conn: apsw.Connection) -> Iterator[apsw.Connection]:
+    conn.execute("BEGIN IMMEDIATE")  # waits for the lock with the GIL released
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    else:
+        conn.execute("COMMIT")
+
+
+def migrate(conn: apsw.Connection) -> None:
+    """Apply each missing migration in the transaction that records its number."""
+    try:
+        with write_txn(conn):
+            version = conn.pragma("user_version")  # again, now under the write lock
+            for number in range(version + 1, SCHEMA_VERSION + 1):
+                conn.execute(MIGRATIONS[number - 1])
+                conn.pragma("user_version", number)
+    except apsw.Error as e:
+        raise StoreError(f"cannot migrate database: {e}") from e
+
+
+@dataclass(frozen=True)
+class FileState:
+    """What the database knows of one workflow file, for deciding whether to read it."""
+
+    file_hash: str
+    file_size: int | None
+    last_modified: str | None
+    status: str
+
+
+@dataclass(frozen=True)
+class FileVersion:
+    """The file's bytes as last read: their hash, size and mtime."""
+
+    file_path: str
+    file_hash: str
+    file_size: int | None  # None: unreadable, so the next rescan tries again
+    last_modified: str | None
+
+
+def _phase(row: Sequence[object]) -> Phase:
+    return Phase(*row)  # type: ignore[arg-type]
+
+
+class Store:
+    """The writer's view of the database (the daemon and state-changing commands)."""
+
+    def __init__(self, path: str, *, readonly: bool = False) -> None:
+        self.path = path
+        self.conn = connect(path, readonly=readonly)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # --- workflow files ---------------------------------------------------------------
+
+    def file_states(self) -> dict[str, FileState]:
+        rows = self.conn.execute(
+            "SELECT file_path, file_hash, file_size, last_modified, status FROM workflow_files")
+        return {r[0]: FileState(*r[1:]) for r in rows}
+
+    def replace_file(self, v: FileVersion, phases: Iterable[Phase]) -> None:
+        """The file's new bytes loaded: its row says so and its phases are replaced.
+
+        Call inside write_txn, so a file's phases change together or not at all.
+        """
+        self._upsert_file(v, "")
+        self.conn.execute("DELETE FROM workflow_phases WHERE file_path = ?", (v.file_path,))
+        self.conn.executemany(
+            f"INSERT INTO workflow_phases ({_PHASE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(v.file_path, p.task, p.depends_on, p.rule, p.template, p.retry, p.status,
+              p.severity, p.position) for p in phases])
+
+    def reject_file(self, v: FileVersion, status: str) -> None:
+        """The file's new bytes were unusable: record why; its last good phases stay."""
+        self._upsert_file(v, status)
+
+    def note_mtime(self, v: FileVersion) -> None:
+        """Same bytes, new mtime (`touch`): remember it so the next rescan skips the file."""
+        self.conn.execute(
+            "UPDATE workflow_files SET file_size = ?, last_modified = ? WHERE file_path = ?",
+            (v.file_size, v.last_modified, v.file_path))
+
+    def remove_file(self, file_path: str) -> None:
+        self.conn.execute("DELETE FROM workflow_files WHERE file_path = ?", (file_path,))
+
+    def _upsert_file(self, v: FileVersion, status: str) -> None:
+        self.conn.execute(
+            """INSERT INTO workflow_files
+                   (file_path, file_hash, loaded_at, last_modified, status, file_size)
+               VALUES (?, ?, ?, ?, ?, ?)
+               ON CONFLICT (file_path) DO UPDATE SET
+                   file_hash = excluded.file_hash, loaded_at = excluded.loaded_at,
+                   last_modified = excluded.last_modified, status = excluded.status,
+                   file_size = excluded.file_size""",
+            (v.file_path, v.file_hash, utc_now(), v.last_modified, status, v.file_size))
+
+    def files(self) -> list[tuple[str, str, str, str | None, str, int, int, int]]:
+        """file_summary rows: path, status, hash, loaded_at, last_modified, counts."""
+        return list(self.conn.execute(
+            "SELECT file_path, status, file_hash, loaded_at, last_modified, phases, errors, "
+            "warnings FROM file_summary ORDER BY file_path"))
+
+    # --- phases -------------------------------------------------------------------------
+
+    def phases(self, *, severity: str | None = None, file_path: str | None = None,
+               task: str | None = None, topic: str | None = None) -> list[Phase]:
+        """Stored phases in file order (files sorted by key), optionally filtered."""
+        where, args = [], []
+        if severity:
+            where.append("severity = ?")
+            args.append(severity)
+        if file_path is not None:
+            where.append("file_path = ?")
+            args.append(file_path)
+        if task is not None:
+            where.append("task = ?")
+            args.append(task)
+        if topic is not None:
+            where.append("(task = ? OR task >= ? AND task < ?)")  # topic, topic:…
+            args.extend([topic, topic + ":", topic + ";"])
+        sql = f"SELECT {_PHASE_COLUMNS} FROM workflow_phases"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        return [_phase(r) for r in self.conn.execute(sql + " ORDER BY file_path, position", args)]
+
+    def dependents(self, file_path: str, topic: str) -> list[Phase]:
+        """Phases of one file whose dependsOn names `topic` or `topic:<job>`."""
+        rows = self.conn.execute(
+            f"SELECT {_PHASE_COLUMNS} FROM workflow_phases WHERE file_path = ? "
+            "AND (depends_on = ? OR depends_on >= ? AND depends_on < ?) ORDER BY position",
+            (file_path, topic, topic + ":", topic + ";"))
+        return [_phase(r) for r in rows]
+
+    def edges(self) -> list[tuple[str, str, str]]:
+        """(file, parent, child) from the phase_edges view."""
+        return list(self.conn.execute(
+            "SELECT file_path, parent, child FROM phase_edges ORDER BY file_path, parent, child"))
+
+    # --- integrity ----------------------------------------------------------------------
+
+    def integrity_problems(self) -> list[str]:
+        rows = [r[0] for r in self.conn.execute("PRAGMA integrity_check")]
+        return [] if rows == ["ok"] else rows
+
+    def foreign_key_problems(self) -> list[str]:
+        return [f"{table} row {rowid} points at a missing {parent}"
+                for table, rowid, parent, _ in self.conn.execute("PRAGMA foreign_key_check")]
+
+    def orphan_phases(self) -> list[tuple[str, str]]:
+        """Phases whose file row is gone (left by edits made with foreign keys off)."""
+        return list(self.conn.execute(
+            "SELECT p.file_path, p.task FROM workflow_phases AS p "
+            "WHERE NOT EXISTS (SELECT 1 FROM workflow_files AS f "
+            "WHERE f.file_path = p.file_path) ORDER BY 1, 2"))

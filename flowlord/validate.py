@@ -1,0 +1,77 @@
+"""The phases of one file → stored phases, each with its CONTRACT §2 status and severity."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from flowlord import graph
+from flowlord.model import Issue, Phase, Severity, normalize_task
+from flowlord.parse import RawPhase
+from flowlord.rules import parse_rule
+
+RETRY_LIMIT = 10
+
+
+def _own_issues(raw: RawPhase, task: str) -> list[Issue]:
+    """Problems visible from the phase alone."""
+    rule = parse_rule(raw.rule)
+    issues: list[Issue] = []
+    if not task.split(":", 1)[0].strip():
+        issues.append(Issue("error", "invalid phase: task is blank"))
+    issues.extend(raw.issues)
+    issues.extend(rule.issues)
+    if not raw.depends_on and not rule.has_cron and not rule.files:
+        issues.append(
+            Issue("warning", "warning: non-scheduled phase: use dependsOn, cron or files"))
+    if raw.retry > RETRY_LIMIT:
+        issues.append(Issue("warning", "warning: retry count exceeds recommended limit"))
+    return issues
+
+
+def status_of(issues: Sequence[Issue]) -> tuple[str, Severity]:
+    """Errors first, then warnings, joined with `; `; `''` exactly when severity is ok."""
+    errors = [i.message for i in issues if i.severity == "error"]
+    warnings = [i.message for i in issues if i.severity == "warning"]
+    messages = list(dict.fromkeys(errors + warnings))  # no message twice
+    severity: Severity = "error" if errors else "warning" if warnings else "ok"
+    return "; ".join(messages), severity
+
+
+def validate_file(file_path: str, raw_phases: Sequence[RawPhase]) -> list[Phase]:
+    """One Phase per distinct normalized task, in file order.
+
+    A task written twice keeps its first phase, marked as an error; the later
+    ones are not stored (the primary key is (file, task)).
+    """
+    kept: dict[str, tuple[RawPhase, list[Issue]]] = {}
+    for raw in raw_phases:
+        task = normalize_task(raw.task, parse_rule(raw.rule).job)
+        if task in kept:
+            first_issues = kept[task][1]
+            duplicate = Issue("error", f"duplicate task: {task}")
+            if duplicate not in first_issues:
+                first_issues.append(duplicate)
+            continue
+        kept[task] = (raw, _own_issues(raw, task))
+
+    pairs = [(task, raw.depends_on) for task, (raw, _) in kept.items()]
+    index = graph.TaskIndex(kept)
+    for task, (raw, issues) in kept.items():
+        if raw.depends_on and not index.parents(raw.depends_on):
+            issues.append(Issue("error", f"parent task not found: {raw.depends_on}"))
+    for task, path in graph.cycles(pairs).items():
+        kept[task][1].append(Issue("error", "dependency cycle: " + " -> ".join(path)))
+
+    broken = {t for t, (_, issues) in kept.items() if any(i.severity == "error" for i in issues)}
+    for task, (raw, issues) in kept.items():
+        if task not in broken and any(p in broken for p in index.parents(raw.depends_on)):
+            issues.append(Issue("warning", f"warning: parent task is invalid: {raw.depends_on}"))
+
+    phases = []
+    for task, (raw, issues) in kept.items():
+        status, severity = status_of(issues)
+        phases.append(Phase(
+            file_path=file_path, task=task, depends_on=raw.depends_on, rule=raw.rule,
+            template=raw.template, retry=raw.retry, status=status, severity=severity,
+            position=raw.position))
+    return phases

@@ -1,0 +1,56 @@
+"""Shared fixtures: real SQLite files in tmp_path, the upstream fixture files copied in."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from flowlord.loader import Loader
+from flowlord.store import Store
+
+ROOT = Path(__file__).resolve().parent.parent
+UPSTREAM = ROOT.parent / "shared" / "fixtures" / "flowlord-upstream"
+# a copy inside the project, so a clone tests without ../shared
+FIXTURES = Path(__file__).resolve().parent / "data" / "upstream"
+
+
+@pytest.fixture
+def upstream(tmp_path: Path) -> Path:
+    """A fresh copy of the Go flowlord's own test files."""
+    target = tmp_path / "upstream"
+    shutil.copytree(FIXTURES, target)
+    return target
+
+
+@pytest.fixture
+def wf(tmp_path: Path) -> Path:
+    d = tmp_path / "workflows"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store(str(tmp_path / "flowlord.db"))
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def loader(wf: Path, store: Store) -> Loader:
+    return Loader(str(wf), store)
+
+
+def run_cli(*args: str, cwd: Path | None = None,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The real command, in its own process."""
+    full_env = {k: v for k, v in os.environ.items() if k != "FLOWLORD_CONFIG"}
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "flowlord", *args], cwd=cwd,
+                          capture_output=True, text=True, env=full_env, timeout=120)

@@ -1,0 +1,265 @@
+"""The Cache API on a real SQLite file and real files: refresh, search, get, children."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from flowlord.loader import Loader, LoaderError
+from flowlord.model import Task
+from flowlord.store import Store
+
+
+def rows(store: Store) -> dict[str, list[str]]:
+    return {f[0]: [p.task for p in store.phases(file_path=f[0])] for f in store.files()}
+
+
+def status(store: Store, key: str) -> str:
+    return {f[0]: f[1] for f in store.files()}[key]
+
+
+def test_upstream_fixtures_load_unchanged(upstream: Path, store: Store) -> None:
+    loader = Loader(str(upstream / "workflow"), store)
+    assert sorted(loader.refresh()) == ["+f1.toml", "+f2.toml", "+f3.toml", "+jobs.toml"]
+    assert rows(store)["f1.toml"] == [
+        "task1:t2", "task2", "task3", "task4", "task1:t4", "task5:t5", "task6"]
+    assert rows(store)["jobs.toml"] == [
+        "worker:parent_job", "worker:child1", "worker:child2", "worker:child3", "worker:job"]
+    hashes = {f[0]: f[2] for f in store.files()}
+    assert hashes["f1.toml"] == "4422274d9c9f7e987c609687a7702651"
+    assert hashes["jobs.toml"] == "1e023bac592ea343e981d838f880e117"
+    assert all(f[1] == "" for f in store.files())
+
+
+def test_nested_directories_give_relative_keys(upstream: Path, store: Store) -> None:
+    loader = Loader(str(upstream / "parent"), store)
+    assert loader.refresh() == ["+f1.toml", "+group/f3.toml"]
+    assert loader.is_dir()
+
+
+def test_single_file_mode_uses_the_base_name_and_prunes_others(
+        upstream: Path, store: Store) -> None:
+    Loader(str(upstream / "parent"), store).refresh()
+    single = Loader(str(upstream / "workflow" / "f3.toml"), store)
+    assert not single.is_dir()
+    assert single.refresh() == ["+f3.toml", "-f1.toml", "-group/f3.toml"]
+    assert list(rows(store)) == ["f3.toml"]
+
+
+def test_invalid_upstream_file_gets_a_row_with_line_and_column(
+        upstream: Path, wf: Path, loader: Loader, store: Store) -> None:
+    shutil.copy(upstream / "invalid.toml", wf / "invalid.toml")
+    assert loader.refresh() == ["+invalid.toml"]
+    assert status(store, "invalid.toml").startswith("parse error: ")
+    assert "line 1 column 5" in status(store, "invalid.toml")
+    assert rows(store)["invalid.toml"] == []
+
+
+def test_unchanged_files_are_not_read_again(wf: Path, loader: Loader) -> None:
+    f = wf / "a.toml"
+    f.write_text('[[phase]]\ntask = "a"\nrule = "cron=0 * * * *"\n')
+    assert loader.refresh() == ["+a.toml"]
+    os.chmod(f, 0)  # a read would now fail: the skip must come from size and mtime
+    try:
+        assert loader.refresh() == []
+    finally:
+        os.chmod(f, 0o644)
+
+
+def test_touch_without_change_is_not_a_change(wf: Path, loader: Loader, store: Store) -> None:
+    f = wf / "a.toml"
+    f.write_text('[[phase]]\ntask = "a"\nrule = "cron=0 * * * *"\n')
+    loader.refresh()
+    loaded_at = store.files()[0][3]
+    os.utime(f, ns=(1, 1_000_000_000))
+    assert loader.refresh() == []
+    assert store.files()[0][3] == loaded_at
+    assert store.files()[0][4] == "1970-01-01T00:00:01.000000000Z"
+
+
+def test_changed_file_replaces_its_phases(wf: Path, loader: Loader, store: Store) -> None:
+    (wf / "a.toml").write_text('[[phase]]\ntask = "a"\nrule = "cron=0 * * * *"\n')
+    (wf / "b.toml").write_text('[[phase]]\ntask = "b"\nrule = "cron=0 * * * *"\n')
+    loader.refresh()
+    (wf / "a.toml").write_text('[[phase]]\ntask = "x"\nrule = "cron=0 * * * *"\n'
+                               '[[phase]]\ntask = "y"\ndependsOn = "x"\n')
+    assert loader.refresh() == ["~a.toml"]
+    assert rows(store) == {"a.toml": ["x", "y"], "b.toml": ["b"]}
+
+
+def test_removed_file_takes_its_phases_by_cascade(wf: Path, loader: Loader, store: Store) -> None:
+    (wf / "a.toml").write_text('[[phase]]\ntask = "a"\n')
+    loader.refresh()
+    (wf / "a.toml").unlink()
+    assert loader.refresh() == ["-a.toml"]
+    assert store.phases() == []
+    assert store.files() == []
+
+
+def test_bad_new_bytes_keep_the_last_good_phases(wf: Path, loader: Loader, store: Store) -> None:
+    f = wf / "a.toml"
+    f.write_text('[[phase]]\ntask = "a"\nrule = "cron=0 * * * *"\n')
+    loader.refresh()
+    f.write_text('[[phase]]\ntask = "a"\nrule = "cron=0 * * * *\n')  # unterminated string
+    assert loader.refresh() == ["~a.toml"]
+    assert rows(store) == {"a.toml": ["a"]}
+    assert "line 3" in status(store, "a.toml")
+    assert loader.refresh() == []  # the same bad bytes are not reported again
+    f.write_text('[[phase]]\ntask = "b"\nrule = "cron=0 * * * *"\n')
+    assert loader.refresh() == ["~a.toml"]
+    assert rows(store) == {"a.toml": ["b"]}
+    assert status(store, "a.toml") == ""
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b"", None),
+        (b"\x00\xff\xfe garbage \x80", "not UTF-8"),
+        ('[[phase]]\ntask = "a"\n'.encode() + b"rule = \"\xe9\"\n", "line 3 column 9"),
+        (b'[[phase]]\ntask = "a"\nretry = "three"\n', "retry must be an integer, found string at line 3 column 9"),
+        (b'[[phase]]\ntask = 5\n', "task must be a string, found integer at line 2 column 8"),
+        (b'phase = "x"\n', "phase must be an array of tables"),
+        (b'[[phase]]\ntask = "a"\ntask = "b"\n', "line 3"),
+    ],
+)
+def test_bad_bytes_get_a_status_and_leave_other_files_alone(
+        wf: Path, loader: Loader, store: Store, data: bytes, expected: str | None) -> None:
+    (wf / "good.toml").write_text('[[phase]]\ntask = "g"\nrule = "cron=0 * * * *"\n')
+    loader.refresh()
+    (wf / "bad.toml").write_bytes(data)
+    assert loader.refresh() == ["+bad.toml"]
+    if expected is None:
+        assert status(store, "bad.toml") == ""
+    else:
+        assert status(store, "bad.toml").startswith("parse error: ")
+        assert expected in status(store, "bad.toml")
+    assert rows(store)["good.toml"] == ["g"]
+
+
+def test_ten_megabyte_file_is_refused_with_a_status(wf: Path, loader: Loader,
+                                                     store: Store) -> None:
+    (wf / "big.toml").write_bytes(b"# " + b"x" * (10 * 1024 * 1024) + b"\n")
+    assert loader.refresh() == ["+big.toml"]
+    assert "file too large" in status(store, "big.toml")
+
+
+def test_unreadable_file_gets_a_status_and_is_retried(wf: Path, loader: Loader,
+                                                       store: Store) -> None:
+    if os.geteuid() == 0:
+        # root reads anything: make the file unreadable as a symlink loop instead
+        (wf / "loop.toml").symlink_to(wf / "loop.toml")
+        assert loader.refresh() == ["+loop.toml"]
+        assert "cannot read file" in status(store, "loop.toml")
+        (wf / "loop.toml").unlink()
+        assert loader.refresh() == ["-loop.toml"]
+        return
+    f = wf / "secret.toml"
+    f.write_text('[[phase]]\ntask = "a"\n')
+    f.chmod(0)
+    assert loader.refresh() == ["+secret.toml"]
+    assert "Permission denied" in status(store, "secret.toml")
+    f.chmod(0o644)
+    assert loader.refresh() == ["~secret.toml"]
+    assert rows(store)["secret.toml"] == ["a"]
+
+
+def test_symlink_loop_of_directories_ends(wf: Path, loader: Loader, store: Store) -> None:
+    (wf / "sub").mkdir()
+    (wf / "sub" / "a.toml").write_text('[[phase]]\ntask = "a"\n')
+    (wf / "sub" / "again").symlink_to(wf)
+    changes = loader.refresh()
+    assert "+sub/a.toml" in changes
+    assert all(c.count("again") <= 1 for c in changes)
+
+
+def test_hidden_editor_and_other_files_are_ignored(wf: Path, loader: Loader) -> None:
+    for name in [".hidden.toml", "a.toml~", ".a.toml.swp", "a.toml.tmp", "#a.toml#",
+                 "README.md", "notes.txt"]:
+        (wf / name).write_text("not toml at all [[[")
+    (wf / ".git").mkdir()
+    (wf / ".git" / "x.toml").write_text("[[[")
+    (wf / "dir.toml").mkdir()  # a directory named like a workflow is walked, not read
+    (wf / "dir.toml" / "inner.toml").write_text('[[phase]]\ntask = "i"\n')
+    (wf / "real.toml").write_text('[[phase]]\ntask = "r"\n')
+    assert loader.refresh() == ["+dir.toml/inner.toml", "+real.toml"]
+
+
+def test_missing_workflow_path_is_an_error_that_changes_nothing(
+        tmp_path: Path, store: Store) -> None:
+    wf = tmp_path / "wf"
+    wf.mkdir()
+    (wf / "a.toml").write_text('[[phase]]\ntask = "a"\n')
+    Loader(str(wf), store).refresh()
+    shutil.rmtree(wf)
+    with pytest.raises(LoaderError, match="workflow path not found"):
+        Loader(str(wf), store).refresh()
+    assert rows(store) == {"a.toml": ["a"]}
+
+
+def test_targeted_refresh_looks_only_at_the_given_paths(wf: Path, loader: Loader,
+                                                        store: Store) -> None:
+    (wf / "a.toml").write_text('[[phase]]\ntask = "a"\n')
+    (wf / "b.toml").write_text('[[phase]]\ntask = "b"\n')
+    loader.refresh()
+    (wf / "a.toml").write_text('[[phase]]\ntask = "a2"\n')
+    (wf / "b.toml").unlink()
+    assert loader.refresh([str(wf / "a.toml")]) == ["~a.toml"]
+    assert loader.refresh([str(wf / "b.toml")]) == ["-b.toml"]
+    (wf / "sub").mkdir()
+    (wf / "sub" / "c.toml").write_text('[[phase]]\ntask = "c"\n')
+    assert loader.refresh([str(wf / "sub")]) == ["+sub/c.toml"]
+    shutil.rmtree(wf / "sub")
+    assert loader.refresh([str(wf / "sub")]) == ["-sub/c.toml"]
+    assert rows(store) == {"a.toml": ["a2"]}
+
+
+# --- lookups, as flowlord-reference §2 describes them, with its fixes -------------------
+
+
+@pytest.fixture
+def loaded(upstream: Path, store: Store) -> Loader:
+    loader = Loader(str(upstream / "workflow"), store)
+    loader.refresh()
+    return loader
+
+
+def test_search_by_topic_and_job(loaded: Loader) -> None:
+    key, phase = loaded.search("task1", "t4")
+    assert (key, phase and phase.task) == ("f1.toml", "task1:t4")
+    key, phase = loaded.search("task1")  # no job: the first phase of the topic, any job
+    assert (key, phase and phase.task) == ("f1.toml", "task1:t2")
+    assert loaded.search("nope") == ("", None)
+
+
+def test_get_looks_in_the_tasks_own_workflow_first(loaded: Loader) -> None:
+    phase = loaded.get(Task(type="task2", meta="workflow=f3.toml"))
+    assert phase is not None
+    assert (phase.file_path, phase.depends_on) == ("f3.toml", "task1")
+    phase = loaded.get(Task(type="task2", meta="workflow=f2.toml"))
+    assert phase is not None and phase.file_path == "f2.toml"
+
+
+def test_get_without_job_matches_a_jobbed_phase(loaded: Loader) -> None:
+    phase = loaded.get(Task(type="worker", meta="workflow=jobs.toml"))
+    assert phase is not None and phase.task == "worker:parent_job"
+    phase = loaded.get(Task(type="worker", job="child2", meta="workflow=jobs.toml"))
+    assert phase is not None and phase.task == "worker:child2"
+    phase = loaded.get(Task(type="worker", meta="workflow=jobs.toml&job=child3"))
+    assert phase is not None and phase.task == "worker:child3"
+
+
+def test_children_come_from_the_tasks_own_file_in_file_order(loaded: Loader) -> None:
+    kids = loaded.children(Task(type="task1", job="t2", meta="workflow=f1.toml"))
+    assert [k.task for k in kids] == ["task2", "task5:t5"]
+    kids = loaded.children(Task(type="task1", job="t4", meta="workflow=f1.toml"))
+    assert [k.task for k in kids] == ["task2"]
+    kids = loaded.children(Task(type="task1", meta="workflow=f3.toml"))
+    assert [k.task for k in kids] == ["task2"]
+    kids = loaded.children(Task(type="worker", job="parent_job", meta="workflow=jobs.toml"))
+    assert [k.task for k in kids] == ["worker:child1", "worker:child2"]
+    assert loaded.children(Task(type="task1", job="t2")) == []  # no workflow meta
+    assert loaded.children(Task(type="", meta="workflow=f1.toml")) == []
