@@ -31,7 +31,12 @@ def summary(files: int, findings: Sequence[Finding]) -> str:
     phases = sum(1 for f in findings if f[1] is not None)
     errors = sum(1 for f in findings if f[2] == "error")
     warnings = sum(1 for f in findings if f[2] == "warning")
-    return f"{files} files, {phases} phases: {errors} errors, {warnings} warnings"
+    return (f"{_count(files, 'file')}, {_count(phases, 'phase')}: "
+            f"{_count(errors, 'error')}, {_count(warnings, 'warning')}")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def graph_text(phases: Sequence[Phase], edges: Sequence[tuple[str, str, str]]) -> str:

@@ -1,0 +1,95 @@
+"""The README is true: its tour commands and its sqlite3 queries run against a real database."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import apsw
+
+from tests.conftest import ROOT
+
+README = (ROOT / "README.md").read_text()
+
+
+def console_lines() -> list[tuple[str, int]]:
+    """`$ command   # exit N` lines of the console blocks, with their expected exit status."""
+    lines = []
+    for block in re.findall(r"```console\n(.*?)```", README, re.S):
+        for line in block.splitlines():
+            if line.startswith("$ "):
+                command, _, comment = line[2:].partition("  # ")
+                m = re.search(r"exit (\d+)", comment)
+                lines.append((command.strip(), int(m.group(1)) if m else 0))
+    return lines
+
+
+def sql_queries() -> list[str]:
+    queries = []
+    for block in re.findall(r"```sql\n(.*?)```", README, re.S):
+        text = "\n".join(ln for ln in block.splitlines() if not ln.startswith("--"))
+        queries += [q.strip() for q in text.split(";") if q.strip()]
+    return queries
+
+
+def test_tour_commands_run_as_shown(tmp_path: Path) -> None:
+    shutil.copytree(ROOT / "workflows", tmp_path / "workflows")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("FLOWLORD_CONFIG", None)
+    env["TZ"] = "UTC"  # the machine's zone is the default schedule zone
+    commands = console_lines()
+    assert len(commands) >= 10
+    outputs = {}
+    for command, status in commands:
+        done = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == status, (command, done.stdout, done.stderr)
+        assert "Traceback" not in done.stderr
+        outputs[command] = done.stdout
+    errors = outputs["flowlord phases --severity error"]
+    assert "broken.toml" in errors
+    assert "no valid rule found: cron=0 25 * * *" in errors
+    assert "parent task not found: ghost" in errors
+    assert outputs["flowlord next extract:hourly -n 3 --after 2026-03-08T00:00:00Z"].split() == [
+        "2026-03-08T00:05:00+00:00", "2026-03-08T01:05:00+00:00", "2026-03-08T02:05:00+00:00",
+    ]
+
+
+def test_sqlite3_queries_run_in_debian_sqlite3_and_apsw(tmp_path: Path) -> None:
+    shutil.copytree(ROOT / "workflows", tmp_path / "workflows")
+    (tmp_path / "workflows" / "broken.toml").write_text('[[phase]]\ntask = "b"\ndependsOn = "x"\n')
+    (tmp_path / "workflows" / "unparsable.toml").write_text("[[phase]\n")
+    db = tmp_path / "flowlord.db"
+    subprocess.run([sys.executable, "-m", "flowlord", "refresh", "-w", str(tmp_path / "workflows"),
+                    "--db", str(db)], check=True, capture_output=True)
+    queries = sql_queries()
+    assert len(queries) >= 8
+    sqlite3 = shutil.which("sqlite3")
+    assert sqlite3, "Debian's sqlite3 is needed (.ci/run installs it)"
+    conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
+    answered = 0
+    for query in queries:
+        done = subprocess.run([sqlite3, "-readonly", str(db), query + ";"],
+                              capture_output=True, text=True)
+        assert done.returncode == 0 and not done.stderr, (query, done.stderr)
+        rows = list(conn.execute(query))
+        assert len(rows) == len(done.stdout.splitlines()), query
+        answered += bool(rows)
+    conn.close()
+    assert answered == len(queries)  # every example finds something in the examples
+
+
+def test_make_run_loads_the_examples() -> None:
+    done = subprocess.run(["make", "-s", "run"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "phases" in done.stdout
+    conn = apsw.Connection(str(ROOT / "flowlord.db"), flags=apsw.SQLITE_OPEN_READONLY)
+    keys = {r[0] for r in conn.execute("SELECT file_path FROM workflow_files")}
+    conn.close()
+    assert keys == {str(p.relative_to(ROOT / "workflows"))
+                    for p in (ROOT / "workflows").rglob("*.toml")}

@@ -1,0 +1,128 @@
+"""The schema makes contradictions impossible; migrations; Debian's sqlite3 reads it."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import apsw
+import pytest
+
+from flowlord.loader import Loader
+from flowlord.schema import SCHEMA_VERSION
+from flowlord.store import Store, StoreError, connect, write_txn
+
+
+def test_connection_pragmas(store: Store) -> None:
+    c = store.conn
+    assert c.pragma("journal_mode") == "wal"
+    assert c.pragma("foreign_keys") == 1
+    assert c.pragma("synchronous") == 1  # NORMAL
+    assert c.pragma("user_version") == SCHEMA_VERSION
+
+
+def insert_file(store: Store, path: str = "a.toml") -> None:
+    store.conn.execute(
+        "INSERT INTO workflow_files (file_path, file_hash, loaded_at) VALUES (?, ?, ?)",
+        (path, "0" * 32, "2026-01-01T00:00:00Z"))
+
+
+def insert_phase(store: Store, **values: object) -> None:
+    row = {"file_path": "a.toml", "task": "t", "status": "", "severity": "ok", "position": 0,
+           "retry": 0, **values}
+    store.conn.execute(
+        f"INSERT INTO workflow_phases ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+        tuple(row.values()))
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"severity": "ok", "status": "something"},       # ok must have an empty status
+        {"severity": "error", "status": ""},             # a problem must say why
+        {"severity": "fatal", "status": "x"},            # unknown severity
+        {"retry": -1},
+        {"file_path": "missing.toml"},                   # foreign key
+        {"task": None},
+    ],
+)
+def test_contradictory_phase_rows_are_refused(store: Store, values: dict[str, object]) -> None:
+    insert_file(store)
+    with pytest.raises(apsw.ConstraintError):
+        insert_phase(store, **values)
+
+
+def test_same_task_twice_in_a_file_is_refused(store: Store) -> None:
+    insert_file(store)
+    insert_phase(store, task="t", position=0)
+    with pytest.raises(apsw.ConstraintError):
+        insert_phase(store, task="t", position=1)
+
+
+def test_bad_file_hash_is_refused(store: Store) -> None:
+    with pytest.raises(apsw.ConstraintError):
+        store.conn.execute(
+            "INSERT INTO workflow_files (file_path, file_hash, loaded_at) VALUES ('a', 'xyz', 'now')")
+
+
+def test_deleting_or_renaming_a_file_cascades_to_its_phases(store: Store) -> None:
+    insert_file(store)
+    insert_phase(store)
+    store.conn.execute("UPDATE workflow_files SET file_path = 'b.toml'")
+    assert [p.file_path for p in store.phases()] == ["b.toml"]
+    store.conn.execute("DELETE FROM workflow_files")
+    assert store.phases() == []
+
+
+def test_write_txn_rolls_back_everything_on_error(store: Store) -> None:
+    with pytest.raises(RuntimeError), write_txn(store.conn):
+        insert_file(store)
+        raise RuntimeError("boom")
+    assert store.files() == []
+    assert not store.conn.in_transaction
+
+
+def test_newer_schema_is_refused_naming_both_versions(tmp_path: Path) -> None:
+    db = str(tmp_path / "f.db")
+    connect(db).close()
+    c = apsw.Connection(db)
+    c.pragma("user_version", SCHEMA_VERSION + 5)
+    c.close()
+    with pytest.raises(StoreError, match=rf"version {SCHEMA_VERSION + 5}.*version {SCHEMA_VERSION}"):
+        connect(db)
+
+
+def test_readonly_open_of_a_missing_database_says_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="flowlord refresh"):
+        Store(str(tmp_path / "none.db"), readonly=True)
+
+
+def test_views_answer_the_debugging_questions(upstream: Path, store: Store) -> None:
+    Loader(str(upstream / "workflow"), store).refresh()
+    broken = list(store.conn.execute("SELECT file_path, task, severity FROM broken_phases"))
+    assert ("f1.toml", "task6", "ok") not in broken
+    assert ("f2.toml", "task1", "warning") in broken
+    edges = store.edges()
+    assert ("f1.toml", "task1:t2", "task2") in edges
+    assert ("f1.toml", "task1:t4", "task2") in edges  # dependsOn topic matches every job
+    assert ("f1.toml", "task1:t2", "task5:t5") in edges
+    assert ("f1.toml", "task1:t4", "task5:t5") not in edges
+    summary = {r[0]: r[5:] for r in store.files()}
+    assert summary["f1.toml"] == (7, 0, 0)
+
+
+def test_debian_sqlite3_reads_the_schema_while_it_is_live(upstream: Path, store: Store) -> None:
+    sqlite3 = shutil.which("sqlite3")
+    assert sqlite3, "Debian's sqlite3 is needed (.ci/run installs it)"
+    Loader(str(upstream / "workflow"), store).refresh()
+    out = subprocess.run(
+        [sqlite3, "-readonly", store.path],
+        input="PRAGMA integrity_check; SELECT count(*) FROM workflow_phases;"
+              "SELECT count(*) FROM broken_phases; SELECT count(*) FROM phase_edges;"
+              "SELECT count(*) FROM file_summary;",
+        capture_output=True, text=True, check=True).stdout.split()
+    phases = len(store.phases())
+    assert out == ["ok", str(phases), str(len(store.phases(severity="warning"))
+                                          + len(store.phases(severity="error"))),
+                   str(len(store.edges())), "4"]
