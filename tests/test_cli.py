@@ -1,0 +1,162 @@
+"""The real `flowlord` command in its own process: outputs, --json shapes, exit codes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import apsw
+import pytest
+
+from flowlord.schema import SCHEMA_VERSION
+from tests.conftest import ROOT, run_cli
+
+
+def one_line_error(done: object, status: int = 2) -> str:
+    assert done.returncode == status, (done.stdout, done.stderr)  # type: ignore[attr-defined]
+    err: str = done.stderr  # type: ignore[attr-defined]
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    return err
+
+
+def test_check_of_the_examples_passes() -> None:
+    done = run_cli("check", str(ROOT / "workflows"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "0 errors" in done.stdout
+
+
+def test_check_json_shape_and_exit_1_on_errors(upstream: Path) -> None:
+    done = run_cli("check", str(upstream), "--json")
+    assert done.returncode == 1
+    findings = json.loads(done.stdout)
+    assert {tuple(sorted(f)) for f in findings} == {("file", "severity", "status", "task")}
+    by_key = {(f["file"], f["task"]): f for f in findings}
+    assert by_key[("invalid.toml", None)]["status"].startswith("parse error: ")
+    assert by_key[("invalid.toml", None)]["severity"] == "error"
+    assert by_key[("workflow/f1.toml", "task1:t2")] == {
+        "file": "workflow/f1.toml", "task": "task1:t2", "severity": "ok", "status": ""}
+    assert by_key[("workflow/f2.toml", "task1")]["severity"] == "warning"
+
+
+def test_check_does_not_touch_a_database(tmp_path: Path, upstream: Path) -> None:
+    run_cli("check", str(upstream / "workflow"), cwd=tmp_path)
+    assert list(tmp_path.iterdir()) == [upstream]
+
+
+def test_check_single_file_and_missing_path(upstream: Path) -> None:
+    done = run_cli("check", str(upstream / "workflow" / "jobs.toml"))
+    assert done.returncode == 0
+    assert "1 file, 5 phases" in done.stdout
+    one_line_error(run_cli("check", str(upstream / "nope")))
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--bogus"], ["phases", "--severity", "fatal"], ["next"], ["next", "a", "-n", "0"],
+     ["next", "a", "--after", "yesterday"], ["frobnicate"], []],
+)
+def test_usage_errors_are_one_line_exit_2(args: list[str]) -> None:
+    one_line_error(run_cli(*args))
+
+
+def test_refresh_prints_changes_and_json(tmp_path: Path, upstream: Path) -> None:
+    db = str(tmp_path / "f.db")
+    done = run_cli("refresh", "-w", str(upstream / "parent"), "--db", db)
+    assert done.stdout.split() == ["+f1.toml", "+group/f3.toml"]
+    (upstream / "parent" / "f1.toml").unlink()
+    done = run_cli("refresh", "-w", str(upstream / "parent"), "--db", db, "--json")
+    assert json.loads(done.stdout) == {"added": [], "changed": [], "removed": ["f1.toml"]}
+
+
+def test_refresh_of_a_missing_directory_is_one_line(tmp_path: Path) -> None:
+    err = one_line_error(run_cli("refresh", "-w", str(tmp_path / "nope"),
+                                 "--db", str(tmp_path / "f.db")))
+    assert "workflow path not found" in err
+
+
+def test_phases_text_json_and_severity_filter(tmp_path: Path, upstream: Path) -> None:
+    db = str(tmp_path / "f.db")
+    run_cli("refresh", "-w", str(upstream / "workflow"), "--db", db)
+    rows = json.loads(run_cli("phases", "--db", db, "--json").stdout)
+    assert set(rows[0]) == {"file", "task", "depends_on", "rule", "template", "retry",
+                            "severity", "status", "next_fire"}
+    task1 = next(r for r in rows if r["task"] == "task1:t2")
+    assert task1["next_fire"].endswith(":00:00Z")  # hourly at minute 0
+    assert next(r for r in rows if r["task"] == "task2")["next_fire"] is None
+    warnings = json.loads(run_cli("phases", "--db", db, "--json", "--severity",
+                                  "warning").stdout)
+    assert warnings and all(r["severity"] == "warning" for r in warnings)
+    text = run_cli("phases", "--db", db).stdout
+    assert "f2.toml\ttask1\twarning" in text
+
+
+def test_commands_refuse_a_newer_schema_naming_both_versions(tmp_path: Path,
+                                                             upstream: Path) -> None:
+    db = str(tmp_path / "f.db")
+    run_cli("refresh", "-w", str(upstream / "workflow"), "--db", db)
+    conn = apsw.Connection(db)
+    conn.pragma("user_version", SCHEMA_VERSION + 1)
+    conn.close()
+    for command in (["refresh", "-w", str(upstream / "workflow")], ["phases"], ["graph"],
+                    ["doctor"], ["run", "-w", str(upstream / "workflow")]):
+        err = one_line_error(run_cli(*command, "--db", db))
+        assert f"version {SCHEMA_VERSION + 1}" in err and f"version {SCHEMA_VERSION})" in err
+
+
+def test_graph_formats(tmp_path: Path, upstream: Path) -> None:
+    db = str(tmp_path / "f.db")
+    run_cli("refresh", "-w", str(upstream / "workflow"), "--db", db)
+    text = run_cli("graph", "--db", db).stdout
+    assert "f1.toml:\n  task1:t2\n    task2\n      task3\n      task4\n    task5:t5\n" in text
+    dot = run_cli("graph", "--db", db, "--format", "dot").stdout
+    assert dot.startswith("digraph flowlord {") and "->" in dot
+    mermaid = run_cli("graph", "--db", db, "--format", "mermaid").stdout
+    assert mermaid.startswith("flowchart LR") and "-->" in mermaid
+
+
+def test_next_reads_files_and_follows_the_zone(tmp_path: Path) -> None:
+    wf = tmp_path / "wf"
+    wf.mkdir()
+    (wf / "a.toml").write_text(
+        '[[phase]]\ntask = "night"\nrule = "cron=CRON_TZ=America/New_York 30 2 * * *"\n'
+        '[[phase]]\ntask = "night"\nrule = "cron=0 0 * * *&job=utc"\n'
+        '[[phase]]\ntask = "manual"\n'
+        '[[phase]]\ntask = "bad"\nrule = "cron=99 * * * *"\n')
+    done = run_cli("next", "night", "-w", str(wf), "-n", "3", "--after",
+                   "2025-03-08T12:00:00-05:00")
+    assert done.stdout.split() == ["2025-03-09T03:00:00-04:00", "2025-03-10T02:30:00-04:00",
+                                   "2025-03-11T02:30:00-04:00"]
+    done = run_cli("next", "night:utc", "-w", str(wf), "-n", "1", "--after",
+                   "2025-03-08T12:00:00Z", env={"TZ": "UTC"})
+    assert done.stdout.split() == ["2025-03-09T00:00:00+00:00"]
+    one_line_error(run_cli("next", "manual", "-w", str(wf)), status=1)
+    one_line_error(run_cli("next", "bad", "-w", str(wf)), status=1)
+    one_line_error(run_cli("next", "ghost", "-w", str(wf)), status=2)
+
+
+def test_doctor_finds_orphans_left_with_foreign_keys_off(tmp_path: Path, upstream: Path) -> None:
+    db = str(tmp_path / "f.db")
+    run_cli("refresh", "-w", str(upstream / "workflow"), "--db", db)
+    assert run_cli("doctor", "--db", db).returncode == 0
+    conn = apsw.Connection(db)
+    conn.pragma("foreign_keys", "OFF")  # what a hand edit in the sqlite3 shell does
+    conn.execute("DELETE FROM workflow_files WHERE file_path = 'f1.toml'")
+    conn.close()
+    done = run_cli("doctor", "--db", db)
+    assert done.returncode == 1
+    assert "orphan phase: f1.toml: task1:t2" in done.stdout
+
+
+def test_config_file_is_used_and_unknown_keys_are_named(tmp_path: Path, upstream: Path) -> None:
+    shutil.copytree(upstream / "parent", tmp_path / "flows")
+    (tmp_path / "flowlord.toml").write_text('workflows = "flows"\ndb = "state.db"\n')
+    done = run_cli("refresh", cwd=tmp_path)
+    assert done.stdout.split() == ["+f1.toml", "+group/f3.toml"]
+    assert (tmp_path / "state.db").exists()
+    (tmp_path / "other.toml").write_text('[bus]\nurll = "local"\n')
+    err = one_line_error(run_cli("refresh", "-c", str(tmp_path / "other.toml"), cwd=tmp_path))
+    assert "unknown key: bus.urll" in err
+    err = one_line_error(run_cli("refresh", env={"FLOWLORD_CONFIG": str(tmp_path / "none.toml")}))
+    assert "none.toml" in err
