@@ -15,6 +15,8 @@ run: $(BIN)/flowlord
 	$(BIN)/flowlord run
 
 test: $(BIN)/flowlord
+	$(BIN)/ruff check flowlord tests bench
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 lint: $(BIN)/flowlord

@@ -30,7 +30,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("-c", "--config", help="config file (TOML)")
     common.add_argument("-w", "--workflows", help="workflow directory or file")
     common.add_argument("--db", help="SQLite database file")

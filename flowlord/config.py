@@ -156,5 +156,8 @@ def _worker(path: str, topic: str, table: object) -> WorkerConfig:
 
 def with_flags(config: Config, *, workflows: str | None, db: str | None) -> Config:
     """Command-line flags win over the file; they are relative to the current directory."""
-    changes = {k: v for k, v in (("workflows", workflows), ("db", db)) if v}
-    return replace(config, **changes)
+    if workflows:
+        config = replace(config, workflows=workflows)
+    if db:
+        config = replace(config, db=db)
+    return config

@@ -56,7 +56,7 @@ def validate_file(file_path: str, raw_phases: Sequence[RawPhase]) -> list[Phase]
 
     pairs = [(task, raw.depends_on) for task, (raw, _) in kept.items()]
     index = graph.TaskIndex(kept)
-    for task, (raw, issues) in kept.items():
+    for raw, issues in kept.values():
         if raw.depends_on and not index.parents(raw.depends_on):
             issues.append(Issue("error", f"parent task not found: {raw.depends_on}"))
     for task, path in graph.cycles(pairs).items():

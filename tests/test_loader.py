@@ -119,8 +119,9 @@ def test_bad_new_bytes_keep_the_last_good_phases(wf: Path, loader: Loader, store
     [
         (b"", None),
         (b"\x00\xff\xfe garbage \x80", "not UTF-8"),
-        ('[[phase]]\ntask = "a"\n'.encode() + b"rule = \"\xe9\"\n", "line 3 column 9"),
-        (b'[[phase]]\ntask = "a"\nretry = "three"\n', "retry must be an integer, found string at line 3 column 9"),
+        (b'[[phase]]\ntask = "a"\n' + b"rule = \"\xe9\"\n", "line 3 column 9"),
+        (b'[[phase]]\ntask = "a"\nretry = "three"\n',
+         "retry must be an integer, found string at line 3 column 9"),
         (b'[[phase]]\ntask = 5\n', "task must be a string, found integer at line 2 column 8"),
         (b'phase = "x"\n', "phase must be an array of tables"),
         (b'[[phase]]\ntask = "a"\ntask = "b"\n', "line 3"),

@@ -63,7 +63,8 @@ def test_same_task_twice_in_a_file_is_refused(store: Store) -> None:
 def test_bad_file_hash_is_refused(store: Store) -> None:
     with pytest.raises(apsw.ConstraintError):
         store.conn.execute(
-            "INSERT INTO workflow_files (file_path, file_hash, loaded_at) VALUES ('a', 'xyz', 'now')")
+            "INSERT INTO workflow_files (file_path, file_hash, loaded_at) "
+            "VALUES ('a', 'xyz', 'now')")
 
 
 def test_deleting_or_renaming_a_file_cascades_to_its_phases(store: Store) -> None:
@@ -89,7 +90,8 @@ def test_newer_schema_is_refused_naming_both_versions(tmp_path: Path) -> None:
     c = apsw.Connection(db)
     c.pragma("user_version", SCHEMA_VERSION + 5)
     c.close()
-    with pytest.raises(StoreError, match=rf"version {SCHEMA_VERSION + 5}.*version {SCHEMA_VERSION}"):
+    newer = rf"version {SCHEMA_VERSION + 5}.*version {SCHEMA_VERSION}"
+    with pytest.raises(StoreError, match=newer):
         connect(db)
 
 
