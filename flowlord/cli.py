@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, tzinfo
 from typing import NoReturn
 
+import apsw
+
 from flowlord import cron, report
 from flowlord.config import Config, ConfigError, find_config_file, load_config, with_flags
 from flowlord.loader import Loader, LoaderError, list_workflows
@@ -78,6 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(COMMANDS[args.command](args, config))
     except (UsageError, ConfigError, StoreError, LoaderError) as e:
         print(f"flowlord: {e}", file=sys.stderr)
+        return 2
+    except apsw.Error as e:  # e.g. the database is locked by a shell left inside BEGIN
+        print(f"flowlord: database error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

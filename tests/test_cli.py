@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import apsw
@@ -160,3 +161,28 @@ def test_config_file_is_used_and_unknown_keys_are_named(tmp_path: Path, upstream
     assert "unknown key: bus.urll" in err
     err = one_line_error(run_cli("refresh", env={"FLOWLORD_CONFIG": str(tmp_path / "none.toml")}))
     assert "none.toml" in err
+
+
+def test_refresh_while_a_shell_holds_the_write_lock_fails_cleanly(
+        tmp_path: Path, upstream: Path) -> None:
+    db = str(tmp_path / "f.db")
+    run_cli("refresh", "-w", str(upstream / "parent"), "--db", db)
+    (upstream / "parent" / "f1.toml").write_text('[[phase]]\ntask = "x"\n')
+    sqlite3 = shutil.which("sqlite3")
+    assert sqlite3
+    shell = subprocess.Popen([sqlite3, db], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True)
+    assert shell.stdin and shell.stdout
+    shell.stdin.write("BEGIN IMMEDIATE;\nSELECT 'locked';\n")
+    shell.stdin.flush()
+    assert shell.stdout.readline().strip() == "locked"
+    try:
+        err = one_line_error(run_cli("refresh", "-w", str(upstream / "parent"), "--db", db))
+        assert "locked" in err
+    finally:
+        shell.stdin.write("ROLLBACK;\n.quit\n")
+        shell.stdin.close()
+        shell.wait(timeout=30)
+        shell.stdout.close()
+    done = run_cli("refresh", "-w", str(upstream / "parent"), "--db", db)
+    assert done.stdout.split() == ["~f1.toml"]
