@@ -8,22 +8,26 @@ one transaction. Bytes that do not parse never replace a file's last good phases
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import multiprocessing
 import os
 import stat
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
 
 import apsw
 
 from flowlord.model import Phase, Task, split_task
 from flowlord.parse import WorkflowParseError, parse_workflow
 from flowlord.rules import parse_query
-from flowlord.store import FileState, FileVersion, Store, mtime_text, write_txn
+from flowlord.store import FileOp, FileState, FileVersion, Store, mtime_text, write_txn
 from flowlord.validate import validate_file
 
 MAX_FILE_BYTES = 4 * 1024 * 1024
 _FILES_PER_TRANSACTION = 500  # keeps the write lock short during a cold load
+_PARALLEL_FROM = 1000  # files to parse before worker processes pay for their start
 
 
 class LoaderError(Exception):
@@ -40,6 +44,7 @@ def is_workflow_name(name: str) -> bool:
 class Listing:
     files: dict[str, str]  # key → path, in walk order (sorted, depth first)
     unlisted: list[str]    # key prefixes of directories that could not be read
+    stats: dict[str, os.stat_result] = field(default_factory=dict)  # saves a second stat
 
 
 def workflow_key(root: str, path: str) -> str:
@@ -50,6 +55,7 @@ def list_workflows(root: str, start: str | None = None) -> Listing:
     """Every workflow file under `start` (default: root), following directory
     symlinks once each, so a symlink loop ends the walk instead of recursing."""
     files: dict[str, str] = {}
+    stats: dict[str, os.stat_result] = {}
     unlisted: list[str] = []
     seen: set[tuple[int, int]] = set()
 
@@ -74,10 +80,13 @@ def list_workflows(root: str, start: str | None = None) -> Listing:
             if is_dir:
                 walk(entry.path)
             elif is_workflow_name(entry.name):
-                files[workflow_key(root, entry.path)] = entry.path
+                key = workflow_key(root, entry.path)
+                files[key] = entry.path
+                with contextlib.suppress(OSError):  # _examine reports it
+                    stats[key] = entry.stat()
 
     walk(start or root)
-    return Listing(files, unlisted)
+    return Listing(files, unlisted, stats)
 
 
 def _under(key: str, prefixes: Iterable[str]) -> bool:
@@ -115,18 +124,25 @@ class Loader:
             listing, scope = self._list_all(), [""]
         else:
             listing, scope = self._list_some(paths)
-        writes: list[Callable[[], None]] = []
+        ops: list[FileOp] = []
         changes: list[str] = []
+        to_load: list[tuple[FileVersion, bytes]] = []
         for key, path in listing.files.items():
-            change = self._examine(key, path, states.get(key), writes)
+            change = self._examine(key, path, listing.stats.get(key), states.get(key), ops,
+                                   to_load)
             if change:
                 changes.append(change + key)
+        for (version, _), outcome in zip(to_load, load_all(to_load), strict=True):
+            if isinstance(outcome, str):
+                ops.append(FileOp("reject", version, status=outcome))
+            else:
+                ops.append(FileOp("replace", version, phases=outcome))
         for key in states:
             if (key not in listing.files and _under(key, scope)
                     and not _under(key, listing.unlisted)):
-                writes.append(lambda key=key: self.store.remove_file(key))  # type: ignore[misc]
+                ops.append(FileOp("remove", FileVersion(key, "", None, None)))
                 changes.append("-" + key)
-        self._commit(writes)
+        self._commit(ops)
         return changes
 
     def _list_all(self) -> Listing:
@@ -162,11 +178,12 @@ class Loader:
                     files[key] = path
         return Listing(files, unlisted), scope
 
-    def _examine(self, key: str, path: str, state: FileState | None,
-                 writes: list[Callable[[], None]]) -> str:
-        """Queue the writes one file needs; returns '+', '~' or '' (no change)."""
+    def _examine(self, key: str, path: str, st: os.stat_result | None, state: FileState | None,
+                 ops: list[FileOp],
+                 to_load: list[tuple[FileVersion, bytes]]) -> str:
+        """Queue the writes, or the bytes to load, of one file; returns '+', '~', '-' or ''."""
         try:
-            st = os.stat(path)
+            st = st or os.stat(path)
             if not stat.S_ISREG(st.st_mode):
                 raise IsADirectoryError(f"not a regular file: {path}")
             last_modified = mtime_text(st.st_mtime_ns)
@@ -178,44 +195,34 @@ class Loader:
         except FileNotFoundError:
             if not os.path.lexists(path):  # vanished since the listing: as if never listed
                 if state:
-                    writes.append(lambda: self.store.remove_file(key))
+                    ops.append(FileOp("remove", FileVersion(key, "", None, None)))
                     return "-"
                 return ""
-            return self._unreadable(key, state, "dangling symbolic link", writes)
+            return self._unreadable(key, state, "dangling symbolic link", ops)
         except OSError as e:
-            return self._unreadable(key, state, e.strerror or str(e), writes)
+            return self._unreadable(key, state, e.strerror or str(e), ops)
         version = FileVersion(key, hashlib.md5(data).hexdigest(), len(data), last_modified)
         if state and state.file_hash == version.file_hash:
-            writes.append(lambda: self.store.note_mtime(version))
+            ops.append(FileOp("touch", version))
             return ""
-        try:
-            if len(data) > MAX_FILE_BYTES:
-                raise WorkflowParseError(
-                    f"file too large: {len(data)} bytes (limit {MAX_FILE_BYTES})")
-            phases = validate_file(key, parse_workflow(data))
-        except WorkflowParseError as e:
-            reason = str(e)
-            writes.append(lambda: self.store.reject_file(version, reason))
-            return "~" if state else "+"
-        writes.append(lambda: self.store.replace_file(version, phases))
+        to_load.append((version, data))
         return "~" if state else "+"
 
     def _unreadable(self, key: str, state: FileState | None, reason: str,
-                    writes: list[Callable[[], None]]) -> str:
+                    ops: list[FileOp]) -> str:
         status = f"parse error: cannot read file: {reason}"
         if state and state.status == status:
             return ""
         # no size or mtime: the next rescan tries again (chmod does not change mtime)
         version = FileVersion(key, state.file_hash if state else "", None, None)
-        writes.append(lambda: self.store.reject_file(version, status))
+        ops.append(FileOp("reject", version, status=status))
         return "~" if state else "+"
 
-    def _commit(self, writes: list[Callable[[], None]]) -> None:
+    def _commit(self, ops: list[FileOp]) -> None:
         try:
-            for start in range(0, len(writes), _FILES_PER_TRANSACTION):
+            for start in range(0, len(ops), _FILES_PER_TRANSACTION):
                 with write_txn(self.store.conn):
-                    for write in writes[start:start + _FILES_PER_TRANSACTION]:
-                        write()
+                    self.store.apply(ops[start:start + _FILES_PER_TRANSACTION])
         except apsw.Error as e:
             raise LoaderError(f"cannot write database {self.store.path}: {e}") from e
 
@@ -252,6 +259,37 @@ class Loader:
             if parent_topic == task.type and (not parent_job or parent_job == job):
                 found.append(phase)
         return found
+
+
+def load_bytes(key: str, data: bytes) -> list[Phase] | str:
+    """A file's validated phases, or the `parse error: …` status of its row."""
+    try:
+        if len(data) > MAX_FILE_BYTES:
+            raise WorkflowParseError(f"file too large: {len(data)} bytes (limit {MAX_FILE_BYTES})")
+        return validate_file(key, parse_workflow(data))
+    except WorkflowParseError as e:
+        return str(e)
+
+
+def _load_chunk(chunk: list[tuple[str, bytes]]) -> list[list[Phase] | str]:
+    return [load_bytes(key, data) for key, data in chunk]
+
+
+def load_all(items: list[tuple[FileVersion, bytes]]) -> list[list[Phase] | str]:
+    """load_bytes for each file; a cold load of many files uses every core.
+
+    The workers come from a forkserver, not a fork of this process, which may
+    hold threads and an open database.
+    """
+    pairs = [(v.file_path, data) for v, data in items]
+    workers = min(os.cpu_count() or 1, 8)
+    if len(pairs) < _PARALLEL_FROM or workers < 2:
+        return _load_chunk(pairs)
+    size = -(-len(pairs) // (workers * 4))
+    chunks = [pairs[i:i + size] for i in range(0, len(pairs), size)]
+    context = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        return [outcome for part in pool.map(_load_chunk, chunks) for outcome in part]
 
 
 def _meta(text: str) -> dict[str, str]:

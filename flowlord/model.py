@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 Severity = Literal["ok", "warning", "error"]
 SEVERITY_RANK: dict[str, int] = {"ok": 0, "warning": 1, "error": 2}
@@ -33,9 +33,11 @@ def normalize_task(task: str, rule_job: str) -> str:
     return f"{topic}:{job}" if job else topic
 
 
-@dataclass(frozen=True)
-class Phase:
-    """A phase as stored: task normalized, status and severity from validation."""
+class Phase(NamedTuple):
+    """A phase as stored: task normalized, status and severity from validation.
+
+    A NamedTuple, not a frozen dataclass: a cold load builds 100,000 of them.
+    """
 
     file_path: str
     task: str

@@ -8,8 +8,7 @@ error (tomllib reports duplicate keys "at end of document").
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import rtoml
 
@@ -34,8 +33,7 @@ class WorkflowParseError(ValueError):
         super().__init__(f"parse error: {message}")
 
 
-@dataclass(frozen=True)
-class RawPhase:
+class RawPhase(NamedTuple):
     """One [[phase]] table as written, with problems found in its keys."""
 
     position: int
@@ -119,9 +117,8 @@ def _raw_phase(table: dict[str, Any], position: int, text: str) -> RawPhase:
                 f"{wanted}, "
                 f"found {_type_name(value)} {where}")
         values[name] = value
-    retry = values.get("retry", 0)
-    if retry < 0:
-        issues.append(Issue("error", f"invalid retry: {retry}"))
+    if values.get("retry", 0) < 0:
+        issues.append(Issue("error", f"invalid retry: {values['retry']}"))
         values["retry"] = 0
     return RawPhase(position=position, issues=tuple(issues), **values)
 

@@ -7,10 +7,12 @@ Every write is one transaction begun with `BEGIN IMMEDIATE` (dependency-notes
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Sequence
+import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Literal
 
 import apsw
 
@@ -32,7 +34,9 @@ def utc_now() -> str:
 def mtime_text(mtime_ns: int) -> str:
     """An mtime as ISO 8601 UTC with nanoseconds; equal strings mean equal mtimes."""
     seconds, ns = divmod(mtime_ns, 1_000_000_000)
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{ns:09d}Z"
+    t = time.gmtime(seconds)  # a rescan formats 10,000 of these: no datetime objects
+    return (f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T"
+            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}.{ns:09d}Z")
 
 
 def connect(path: str, *, readonly: bool = False) -> apsw.Connection:
@@ -112,6 +116,21 @@ class FileVersion:
     last_modified: str | None
 
 
+@dataclass(frozen=True)
+class FileOp:
+    """One file's change, found by a refresh:
+
+    replace: new bytes loaded, phases replaced; reject: new bytes unusable, the
+    last good phases stay and `status` says why; touch: same bytes, new mtime;
+    remove: the file is gone.
+    """
+
+    kind: Literal["replace", "reject", "touch", "remove"]
+    version: FileVersion
+    phases: Sequence[Phase] = ()
+    status: str = ""
+
+
 def _phase(row: Sequence[object]) -> Phase:
     return Phase(*row)  # type: ignore[arg-type]
 
@@ -133,33 +152,15 @@ class Store:
             "SELECT file_path, file_hash, file_size, last_modified, status FROM workflow_files")
         return {r[0]: FileState(*r[1:]) for r in rows}
 
-    def replace_file(self, v: FileVersion, phases: Iterable[Phase]) -> None:
-        """The file's new bytes loaded: its row says so and its phases are replaced.
+    def apply(self, ops: Sequence[FileOp]) -> None:
+        """Write what a refresh found, file by file; call inside write_txn.
 
-        Call inside write_txn, so a file's phases change together or not at all.
+        Each file's row and phases change together, in the caller's transaction.
+        Statements are batched per kind: a cold load inserts 100,000 phases.
         """
-        self._upsert_file(v, "")
-        self.conn.execute("DELETE FROM workflow_phases WHERE file_path = ?", (v.file_path,))
+        upserts = [(op.version, op.status) for op in ops if op.kind in ("replace", "reject")]
+        now = utc_now()
         self.conn.executemany(
-            f"INSERT INTO workflow_phases ({_PHASE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(v.file_path, p.task, p.depends_on, p.rule, p.template, p.retry, p.status,
-              p.severity, p.position) for p in phases])
-
-    def reject_file(self, v: FileVersion, status: str) -> None:
-        """The file's new bytes were unusable: record why; its last good phases stay."""
-        self._upsert_file(v, status)
-
-    def note_mtime(self, v: FileVersion) -> None:
-        """Same bytes, new mtime (`touch`): remember it so the next rescan skips the file."""
-        self.conn.execute(
-            "UPDATE workflow_files SET file_size = ?, last_modified = ? WHERE file_path = ?",
-            (v.file_size, v.last_modified, v.file_path))
-
-    def remove_file(self, file_path: str) -> None:
-        self.conn.execute("DELETE FROM workflow_files WHERE file_path = ?", (file_path,))
-
-    def _upsert_file(self, v: FileVersion, status: str) -> None:
-        self.conn.execute(
             """INSERT INTO workflow_files
                    (file_path, file_hash, loaded_at, last_modified, status, file_size)
                VALUES (?, ?, ?, ?, ?, ?)
@@ -167,7 +168,22 @@ class Store:
                    file_hash = excluded.file_hash, loaded_at = excluded.loaded_at,
                    last_modified = excluded.last_modified, status = excluded.status,
                    file_size = excluded.file_size""",
-            (v.file_path, v.file_hash, utc_now(), v.last_modified, status, v.file_size))
+            [(v.file_path, v.file_hash, now, v.last_modified, status, v.file_size)
+             for v, status in upserts])
+        # Same bytes, new mtime (`touch`): remember it, so the next rescan skips the file.
+        self.conn.executemany(
+            "UPDATE workflow_files SET file_size = ?, last_modified = ? WHERE file_path = ?",
+            [(op.version.file_size, op.version.last_modified, op.version.file_path)
+             for op in ops if op.kind == "touch"])
+        replaced = [op for op in ops if op.kind == "replace"]
+        self.conn.executemany("DELETE FROM workflow_phases WHERE file_path = ?",
+                              [(op.version.file_path,) for op in replaced])
+        self.conn.executemany(  # a Phase is a tuple in _PHASE_COLUMNS order
+            f"INSERT INTO workflow_phases ({_PHASE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [p for op in replaced for p in op.phases])
+        # phases of a removed file go by ON DELETE CASCADE
+        self.conn.executemany("DELETE FROM workflow_files WHERE file_path = ?",
+                              [(op.version.file_path,) for op in ops if op.kind == "remove"])
 
     def files(self) -> list[tuple[str, str, str, str | None, str, int, int, int]]:
         """file_summary rows: path, status, hash, loaded_at, last_modified, counts."""

@@ -30,6 +30,8 @@ def _own_issues(raw: RawPhase, task: str) -> list[Issue]:
 
 def status_of(issues: Sequence[Issue]) -> tuple[str, Severity]:
     """Errors first, then warnings, joined with `; `; `''` exactly when severity is ok."""
+    if not issues:
+        return "", "ok"
     errors = [i.message for i in issues if i.severity == "error"]
     warnings = [i.message for i in issues if i.severity == "warning"]
     messages = list(dict.fromkeys(errors + warnings))  # no message twice
@@ -54,24 +56,32 @@ def validate_file(file_path: str, raw_phases: Sequence[RawPhase]) -> list[Phase]
             continue
         kept[task] = (raw, _own_issues(raw, task))
 
-    pairs = [(task, raw.depends_on) for task, (raw, _) in kept.items()]
     index = graph.TaskIndex(kept)
-    for raw, issues in kept.values():
-        if raw.depends_on and not index.parents(raw.depends_on):
+    parents = {task: index.parents(raw.depends_on) for task, (raw, _) in kept.items()}
+    for task, (raw, issues) in kept.items():
+        if raw.depends_on and not parents[task]:
             issues.append(Issue("error", f"parent task not found: {raw.depends_on}"))
-    for task, path in graph.cycles(pairs).items():
-        kept[task][1].append(Issue("error", "dependency cycle: " + " -> ".join(path)))
+    if not _parents_come_first(parents):  # else no cycle is possible: skip the search
+        pairs = [(task, raw.depends_on) for task, (raw, _) in kept.items()]
+        for task, path in graph.cycles(pairs).items():
+            kept[task][1].append(Issue("error", "dependency cycle: " + " -> ".join(path)))
 
     broken = {t for t, (_, issues) in kept.items() if any(i.severity == "error" for i in issues)}
-    for task, (raw, issues) in kept.items():
-        if task not in broken and any(p in broken for p in index.parents(raw.depends_on)):
-            issues.append(Issue("warning", f"warning: parent task is invalid: {raw.depends_on}"))
+    if broken:
+        for task, (raw, issues) in kept.items():
+            if task not in broken and any(p in broken for p in parents[task]):
+                issues.append(
+                    Issue("warning", f"warning: parent task is invalid: {raw.depends_on}"))
 
     phases = []
     for task, (raw, issues) in kept.items():
         status, severity = status_of(issues)
-        phases.append(Phase(
-            file_path=file_path, task=task, depends_on=raw.depends_on, rule=raw.rule,
-            template=raw.template, retry=raw.retry, status=status, severity=severity,
-            position=raw.position))
+        phases.append(Phase(file_path, task, raw.depends_on, raw.rule, raw.template, raw.retry,
+                            status, severity, raw.position))
     return phases
+
+
+def _parents_come_first(parents: dict[str, list[str]]) -> bool:
+    """True when every parent is written before its children (the usual case)."""
+    order = {task: i for i, task in enumerate(parents)}
+    return all(order[p] < order[task] for task, ps in parents.items() for p in ps)
