@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import multiprocessing
 import os
 import stat
+import time
 from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 import apsw
@@ -27,7 +26,7 @@ from flowlord.validate import validate_file
 
 MAX_FILE_BYTES = 4 * 1024 * 1024
 _FILES_PER_TRANSACTION = 500  # keeps the write lock short during a cold load
-_PARALLEL_FROM = 1000  # files to parse before worker processes pay for their start
+_RACY_NS = 2_000_000_000
 
 
 class LoaderError(Exception):
@@ -59,7 +58,7 @@ def list_workflows(root: str, start: str | None = None) -> Listing:
     unlisted: list[str] = []
     seen: set[tuple[int, int]] = set()
 
-    def walk(directory: str) -> None:
+    def walk(directory: str, prefix: str) -> None:
         try:
             st = os.stat(directory)
             if (st.st_dev, st.st_ino) in seen:
@@ -68,7 +67,7 @@ def list_workflows(root: str, start: str | None = None) -> Listing:
             with os.scandir(directory) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError:
-            unlisted.append(workflow_key(root, directory) + "/")
+            unlisted.append(prefix or "./")
             return
         for entry in entries:
             if entry.name.startswith("."):
@@ -78,19 +77,23 @@ def list_workflows(root: str, start: str | None = None) -> Listing:
             except OSError:
                 is_dir = False
             if is_dir:
-                walk(entry.path)
+                walk(entry.path, f"{prefix}{entry.name}/")
             elif is_workflow_name(entry.name):
-                key = workflow_key(root, entry.path)
+                key = prefix + entry.name
                 files[key] = entry.path
                 with contextlib.suppress(OSError):  # _examine reports it
                     stats[key] = entry.stat()
 
-    walk(start or root)
+    start = start or root
+    key = workflow_key(root, start)
+    walk(start, "" if key == "." else key + "/")
     return Listing(files, unlisted, stats)
 
 
 def _under(key: str, prefixes: Iterable[str]) -> bool:
-    return any(p in ("./", "") or key.startswith(p) for p in prefixes)
+    """Whether `key` is one of `prefixes` (a file) or below one (ending in `/`; `` is all)."""
+    return any(p in ("./", "", key) or (p.endswith("/") and key.startswith(p))
+               for p in prefixes)
 
 
 class Loader:
@@ -119,27 +122,19 @@ class Loader:
         With `paths` (from file events) only those files, or directories, are looked at.
         """
         self.problems = []
-        states = self.store.file_states()
         if paths is None:
             listing, scope = self._list_all(), [""]
         else:
             listing, scope = self._list_some(paths)
+        states = self.store.file_states(scope)
         ops: list[FileOp] = []
         changes: list[str] = []
-        to_load: list[tuple[FileVersion, bytes]] = []
         for key, path in listing.files.items():
-            change = self._examine(key, path, listing.stats.get(key), states.get(key), ops,
-                                   to_load)
+            change = self._examine(key, path, listing.stats.get(key), states.get(key), ops)
             if change:
                 changes.append(change + key)
-        for (version, _), outcome in zip(to_load, load_all(to_load), strict=True):
-            if isinstance(outcome, str):
-                ops.append(FileOp("reject", version, status=outcome))
-            else:
-                ops.append(FileOp("replace", version, phases=outcome))
         for key in states:
-            if (key not in listing.files and _under(key, scope)
-                    and not _under(key, listing.unlisted)):
+            if key not in listing.files and not _under(key, listing.unlisted):
                 ops.append(FileOp("remove", FileVersion(key, "", None, None)))
                 changes.append("-" + key)
         self._commit(ops)
@@ -179,9 +174,8 @@ class Loader:
         return Listing(files, unlisted), scope
 
     def _examine(self, key: str, path: str, st: os.stat_result | None, state: FileState | None,
-                 ops: list[FileOp],
-                 to_load: list[tuple[FileVersion, bytes]]) -> str:
-        """Queue the writes, or the bytes to load, of one file; returns '+', '~', '-' or ''."""
+                 ops: list[FileOp]) -> str:
+        """Queue the write one file needs; returns '+', '~', '-' or '' (no change)."""
         try:
             st = st or os.stat(path)
             if not stat.S_ISREG(st.st_mode):
@@ -201,11 +195,20 @@ class Loader:
             return self._unreadable(key, state, "dangling symbolic link", ops)
         except OSError as e:
             return self._unreadable(key, state, e.strerror or str(e), ops)
-        version = FileVersion(key, hashlib.md5(data).hexdigest(), len(data), last_modified)
+        # A file modified in the last moments may change again within the same mtime
+        # tick: leave its size unrecorded so the next rescan hashes it again.
+        racy = time.time_ns() - st.st_mtime_ns < _RACY_NS
+        version = FileVersion(key, hashlib.md5(data).hexdigest(),
+                              None if racy else len(data), last_modified)
         if state and state.file_hash == version.file_hash:
-            ops.append(FileOp("touch", version))
+            if (state.file_size, state.last_modified) != (version.file_size, last_modified):
+                ops.append(FileOp("touch", version))
             return ""
-        to_load.append((version, data))
+        outcome = load_bytes(key, data)
+        if isinstance(outcome, str):
+            ops.append(FileOp("reject", version, status=outcome))
+        else:
+            ops.append(FileOp("replace", version, phases=outcome))
         return "~" if state else "+"
 
     def _unreadable(self, key: str, state: FileState | None, reason: str,
@@ -213,8 +216,9 @@ class Loader:
         status = f"parse error: cannot read file: {reason}"
         if state and state.status == status:
             return ""
-        # no size or mtime: the next rescan tries again (chmod does not change mtime)
-        version = FileVersion(key, state.file_hash if state else "", None, None)
+        # no hash, size or mtime: the next rescan reads it again (chmod changes no mtime),
+        # and once it can, the bytes count as new even if they are the last good ones
+        version = FileVersion(key, "", None, None)
         ops.append(FileOp("reject", version, status=status))
         return "~" if state else "+"
 
@@ -269,27 +273,6 @@ def load_bytes(key: str, data: bytes) -> list[Phase] | str:
         return validate_file(key, parse_workflow(data))
     except WorkflowParseError as e:
         return str(e)
-
-
-def _load_chunk(chunk: list[tuple[str, bytes]]) -> list[list[Phase] | str]:
-    return [load_bytes(key, data) for key, data in chunk]
-
-
-def load_all(items: list[tuple[FileVersion, bytes]]) -> list[list[Phase] | str]:
-    """load_bytes for each file; a cold load of many files uses every core.
-
-    The workers come from a forkserver, not a fork of this process, which may
-    hold threads and an open database.
-    """
-    pairs = [(v.file_path, data) for v, data in items]
-    workers = min(os.cpu_count() or 1, 8)
-    if len(pairs) < _PARALLEL_FROM or workers < 2:
-        return _load_chunk(pairs)
-    size = -(-len(pairs) // (workers * 4))
-    chunks = [pairs[i:i + size] for i in range(0, len(pairs), size)]
-    context = multiprocessing.get_context("forkserver")
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
-        return [outcome for part in pool.map(_load_chunk, chunks) for outcome in part]
 
 
 def _meta(text: str) -> dict[str, str]:

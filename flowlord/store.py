@@ -147,10 +147,21 @@ class Store:
 
     # --- workflow files ---------------------------------------------------------------
 
-    def file_states(self) -> dict[str, FileState]:
-        rows = self.conn.execute(
-            "SELECT file_path, file_hash, file_size, last_modified, status FROM workflow_files")
-        return {r[0]: FileState(*r[1:]) for r in rows}
+    def file_states(self, scope: Sequence[str] = ("",)) -> dict[str, FileState]:
+        """Stored files by key, for the keys in `scope`: `` is every file, `dir/` the
+        files below dir, anything else one key."""
+        sql = "SELECT file_path, file_hash, file_size, last_modified, status FROM workflow_files"
+        states: dict[str, FileState] = {}
+        for prefix in dict.fromkeys(scope):
+            if prefix in ("", "./"):
+                rows = self.conn.execute(sql)
+            elif prefix.endswith("/"):  # '0' is the character after '/'
+                rows = self.conn.execute(sql + " WHERE file_path > ? AND file_path < ?",
+                                         (prefix, prefix[:-1] + "0"))
+            else:
+                rows = self.conn.execute(sql + " WHERE file_path = ?", (prefix,))
+            states.update((r[0], FileState(*r[1:])) for r in rows)
+        return states
 
     def apply(self, ops: Sequence[FileOp]) -> None:
         """Write what a refresh found, file by file; call inside write_txn.

@@ -58,15 +58,45 @@ def test_invalid_upstream_file_gets_a_row_with_line_and_column(
     assert rows(store)["invalid.toml"] == []
 
 
-def test_unchanged_files_are_not_read_again(wf: Path, loader: Loader) -> None:
+def test_unchanged_files_are_not_read_again(wf: Path, loader: Loader, store: Store) -> None:
     f = wf / "a.toml"
     f.write_text('[[phase]]\ntask = "a"\nrule = "cron=0 * * * *"\n')
+    os.utime(f, ns=(10**18, 10**18))  # long enough ago: its mtime can be trusted
     assert loader.refresh() == ["+a.toml"]
-    os.chmod(f, 0)  # a read would now fail: the skip must come from size and mtime
-    try:
-        assert loader.refresh() == []
-    finally:
-        os.chmod(f, 0o644)
+    # Other bytes of the same size under the same mtime: a refresh that read the
+    # file would see them; one that trusts size and mtime does not.
+    f.write_text('[[phase]]\ntask = "b"\nrule = "cron=0 * * * *"\n')
+    os.utime(f, ns=(10**18, 10**18))
+    assert loader.refresh() == []
+    assert rows(store) == {"a.toml": ["a"]}
+
+
+def test_a_just_written_file_is_hashed_again_on_the_next_rescan(
+        wf: Path, loader: Loader, store: Store) -> None:
+    f = wf / "a.toml"
+    f.write_text('[[phase]]\ntask = "a"\n')
+    assert loader.refresh() == ["+a.toml"]
+    assert store.file_states()["a.toml"].file_size is None  # mtime too fresh to trust
+    f.write_text('[[phase]]\ntask = "b"\n')  # same size, maybe the same mtime tick
+    assert loader.refresh() == ["~a.toml"]
+    os.utime(f, ns=(10**18, 10**18))
+    assert loader.refresh() == []
+    assert store.file_states()["a.toml"].file_size == f.stat().st_size
+
+
+def test_a_file_readable_again_with_its_old_bytes_is_ok_again(
+        tmp_path: Path, wf: Path, loader: Loader, store: Store) -> None:
+    target = tmp_path / "target.toml"
+    target.write_text('[[phase]]\ntask = "a"\n')
+    (wf / "a.toml").symlink_to(target)
+    loader.refresh()
+    target.rename(tmp_path / "away.toml")
+    assert loader.refresh() == ["~a.toml"]
+    assert "dangling symbolic link" in status(store, "a.toml")
+    assert rows(store) == {"a.toml": ["a"]}  # the last good phases stay
+    (tmp_path / "away.toml").rename(target)
+    assert loader.refresh() == ["~a.toml"]
+    assert status(store, "a.toml") == ""
 
 
 def test_touch_without_change_is_not_a_change(wf: Path, loader: Loader, store: Store) -> None:
