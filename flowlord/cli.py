@@ -1,4 +1,7 @@
-"""The `flowlord` command (CONTRACT §3). Exit 0 ok, 1 the check failed, 2 usage or I/O."""
+"""flowlord: workflow files into SQLite, validated, with their dependency graph and schedules.
+
+Exit status: 0 ok, 1 the check failed, 2 usage or I/O error.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from typing import NoReturn
 
 import apsw
 
-from flowlord import cron, report
+from flowlord import __version__, cron, report
 from flowlord.config import Config, ConfigError, find_config_file, load_config, with_flags
 from flowlord.loader import Loader, LoaderError, list_workflows
 from flowlord.model import Phase
@@ -31,12 +34,21 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _parser() -> argparse.ArgumentParser:
-    common = _Parser(add_help=False)
+def _common_options(default: object) -> _Parser:
+    common = _Parser(add_help=False, argument_default=default)
     common.add_argument("-c", "--config", help="config file (TOML)")
     common.add_argument("-w", "--workflows", help="workflow directory or file")
     common.add_argument("--db", help="SQLite database file")
-    parser = _Parser(prog="flowlord", description=__doc__, parents=[common])
+    return common
+
+
+def _parser() -> argparse.ArgumentParser:
+    # The options work before and after the command; after it they must not reset
+    # what was given before it, hence SUPPRESS as the subcommands' default.
+    common = _common_options(argparse.SUPPRESS)
+    parser = _Parser(prog="flowlord", description=__doc__, parents=[_common_options(None)],
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"flowlord {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     sub.add_parser("run", parents=[common], help="the daemon (for now: one refresh)")
@@ -139,10 +151,9 @@ def cmd_refresh(args: argparse.Namespace, config: Config) -> int:
     loader = Loader(config.workflows, Store(config.db))
     try:
         changes = loader.refresh()
+        _warn_problems(loader)
     finally:
         loader.close()
-    for problem in loader.problems:
-        print(f"flowlord: warning: {problem}", file=sys.stderr)
     if args.json:
         _out(json.dumps({kind: [c[1:] for c in changes if c[0] == sign]
                          for sign, kind in (("+", "added"), ("~", "changed"),
@@ -152,18 +163,30 @@ def cmd_refresh(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def _warn_problems(loader: Loader) -> None:
+    """Directories that could not be read, and files whose bytes were refused."""
+    for problem in loader.problems:
+        print(f"flowlord: warning: {problem}", file=sys.stderr)
+    for file_path, status, *_ in loader.store.files():
+        if status:
+            print(f"flowlord: {file_path}: {status}", file=sys.stderr)
+
+
 def cmd_run(args: argparse.Namespace, config: Config) -> int:
     """For now one refresh and a summary; the watching daemon comes next."""
     loader = Loader(config.workflows, Store(config.db))
     try:
         changes = loader.refresh()
         phases = loader.store.phases()
+        _warn_problems(loader)
+        refused = sum(1 for f in loader.store.files() if f[1])
     finally:
         loader.close()
     counts = {s: sum(p.severity == s for p in phases) for s in ("ok", "warning", "error")}
-    print(f"flowlord: loaded {config.workflows} into {config.db}: {len(changes)} files changed, "
-          f"{len(phases)} phases ({counts['ok']} ok, {counts['warning']} warning, "
-          f"{counts['error']} error)")
+    print(f"flowlord: loaded {config.workflows} into {config.db}: "
+          f"{report.count(len(changes), 'file')} changed, {report.count(refused, 'file')} "
+          f"refused, {report.count(len(phases), 'phase')} ({counts['ok']} ok, "
+          f"{counts['warning']} warning, {counts['error']} error)")
     return 0
 
 
@@ -181,10 +204,14 @@ def cmd_phases(args: argparse.Namespace, config: Config) -> int:
     store = Store(config.db, readonly=True)
     try:
         phases = store.phases(severity=args.severity)
+        refused = [(f[0], f[1]) for f in store.files() if f[1]]
     finally:
         store.close()
     zone, now = config.zone(), datetime.now(UTC)
-    rows = []
+    # a file whose latest bytes were refused: its row first, then its last good phases
+    rows: list[dict[str, object]] = [
+        {"file": file, "task": None, "severity": "error", "status": status}
+        for file, status in refused if args.severity in (None, "error")]
     for p in phases:
         fire = _next_fire(p, zone, now)
         rows.append({"file": p.file_path, "task": p.task, "depends_on": p.depends_on,
@@ -196,6 +223,9 @@ def cmd_phases(args: argparse.Namespace, config: Config) -> int:
         _out(json.dumps(rows, indent=1))
         return 0
     for r in rows:
+        if r["task"] is None:
+            _out(f"{r['file']}\t-\terror\t{r['status']}")
+            continue
         line = f"{r['file']}\t{r['task']}\t{r['severity']}\tnext={r['next_fire'] or '-'}"
         _out(line + (f"\t{r['status']}" if r["status"] else ""))
     return 0
@@ -268,8 +298,9 @@ def cmd_doctor(args: argparse.Namespace, config: Config) -> int:
     store = Store(config.db, readonly=True)
     try:
         findings = [f"integrity: {p}" for p in store.integrity_problems()]
-        findings += [f"foreign key: {p}" for p in store.foreign_key_problems()]
         findings += [f"orphan phase: {f}: {t}" for f, t in store.orphan_phases()]
+        findings += [f"foreign key: {p}" for p in store.foreign_key_problems()
+                     if not p.startswith("workflow_phases ")]  # named above as orphans
     finally:
         store.close()
     _out("\n".join(findings) if findings else f"{config.db}: ok")

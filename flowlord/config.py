@@ -119,7 +119,10 @@ def load_config(path: str | None) -> Config:
     config = Config(**values)
     if config.catchup not in ("none", "last", "all"):
         raise ConfigError(f"config {path}: catchup must be none, last or all")
-    config.zone()  # an unknown zone is a config error now, not at the first fire
+    try:
+        config.zone()  # an unknown zone is a config error now, not at the first fire
+    except ConfigError as e:
+        raise ConfigError(f"config {path}: {e}") from e
     return config
 
 
@@ -132,7 +135,7 @@ def _typed(path: str, key: str, value: object, kind: type) -> object:
                 pass
         raise ConfigError(f"config {path}: {key} must be a duration such as \"5m\"")
     if not isinstance(value, kind) or isinstance(value, bool):
-        raise ConfigError(f"config {path}: {key} must be a {kind.__name__}")
+        raise ConfigError(f"config {path}: {key} must be a string")
     return value
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 
 from flowlord.model import Phase
@@ -31,11 +30,11 @@ def summary(files: int, findings: Sequence[Finding]) -> str:
     phases = sum(1 for f in findings if f[1] is not None)
     errors = sum(1 for f in findings if f[2] == "error")
     warnings = sum(1 for f in findings if f[2] == "warning")
-    return (f"{_count(files, 'file')}, {_count(phases, 'phase')}: "
-            f"{_count(errors, 'error')}, {_count(warnings, 'warning')}")
+    return (f"{count(files, 'file')}, {count(phases, 'phase')}: "
+            f"{count(errors, 'error')}, {count(warnings, 'warning')}")
 
 
-def _count(n: int, noun: str) -> str:
+def count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
@@ -74,11 +73,17 @@ def graph_text(phases: Sequence[Phase], edges: Sequence[tuple[str, str, str]]) -
     return "\n".join(lines)
 
 
-def _ident(file: str, task: str) -> str:
-    return "n_" + re.sub(r"[^A-Za-z0-9_]", "_", f"{file}__{task}")
+def _idents(phases: Sequence[Phase]) -> dict[tuple[str, str], str]:
+    """A node name per phase; numbered, since tasks like `a:b` and `a_b` must not merge."""
+    return {(p.file_path, p.task): f"n{i}" for i, p in enumerate(phases)}
+
+
+def _mermaid_label(text: str) -> str:
+    return '"' + text.replace('"', "#quot;") + '"'
 
 
 def graph_dot(phases: Sequence[Phase], edges: Sequence[tuple[str, str, str]]) -> str:
+    ident = _idents(phases)
     colour = {"ok": "black", "warning": "orange", "error": "red"}
     lines = ["digraph flowlord {", "  rankdir=LR;"]
     by_file: dict[str, list[Phase]] = {}
@@ -88,26 +93,27 @@ def graph_dot(phases: Sequence[Phase], edges: Sequence[tuple[str, str, str]]) ->
         lines.append(f"  subgraph cluster_{i} {{")
         lines.append(f"    label={json.dumps(file)};")
         for p in file_phases:
-            lines.append(f"    {_ident(file, p.task)} [label={json.dumps(p.task)}, "
+            lines.append(f"    {ident[(file, p.task)]} [label={json.dumps(p.task)}, "
                          f"color={colour[p.severity]}];")
         lines.append("  }")
     for file, parent, child in edges:
-        lines.append(f"  {_ident(file, parent)} -> {_ident(file, child)};")
+        lines.append(f"  {ident[(file, parent)]} -> {ident[(file, child)]};")
     lines.append("}")
     return "\n".join(lines)
 
 
 def graph_mermaid(phases: Sequence[Phase], edges: Sequence[tuple[str, str, str]]) -> str:
+    ident = _idents(phases)
     lines = ["flowchart LR"]
     by_file: dict[str, list[Phase]] = {}
     for p in phases:
         by_file.setdefault(p.file_path, []).append(p)
     for i, (file, file_phases) in enumerate(by_file.items()):
-        lines.append(f"  subgraph f{i} [{json.dumps(file)}]")
+        lines.append(f"  subgraph f{i} [{_mermaid_label(file)}]")
         for p in file_phases:
-            lines.append(f"    {_ident(file, p.task)}[{json.dumps(p.task)}]:::{p.severity}")
+            lines.append(f"    {ident[(file, p.task)]}[{_mermaid_label(p.task)}]:::{p.severity}")
         lines.append("  end")
     for file, parent, child in edges:
-        lines.append(f"  {_ident(file, parent)} --> {_ident(file, child)}")
+        lines.append(f"  {ident[(file, parent)]} --> {ident[(file, child)]}")
     lines += ["  classDef warning stroke:#e69500", "  classDef error stroke:#d00"]
     return "\n".join(lines)

@@ -186,3 +186,47 @@ def test_refresh_while_a_shell_holds_the_write_lock_fails_cleanly(
         shell.stdout.close()
     done = run_cli("refresh", "-w", str(upstream / "parent"), "--db", db)
     assert done.stdout.split() == ["~f1.toml"]
+
+
+def test_options_work_before_and_after_the_command(tmp_path: Path, upstream: Path) -> None:
+    before = run_cli("--db", str(tmp_path / "a.db"), "-w", str(upstream / "parent"), "refresh")
+    after = run_cli("refresh", "--db", str(tmp_path / "b.db"), "-w", str(upstream / "parent"))
+    assert before.stdout == after.stdout == "+f1.toml\n+group/f3.toml\n"
+    assert (tmp_path / "a.db").exists() and (tmp_path / "b.db").exists()
+
+
+def test_refused_bytes_show_in_refresh_run_and_phases(tmp_path: Path, upstream: Path) -> None:
+    db = str(tmp_path / "f.db")
+    wf = upstream / "parent"
+    run_cli("refresh", "-w", str(wf), "--db", db)
+    (wf / "f1.toml").write_text('[[phase]]\ntask = "a"\nretry = "3"\n')
+    done = run_cli("refresh", "-w", str(wf), "--db", db)
+    assert done.stdout == "~f1.toml\n"
+    assert "f1.toml: parse error: phase 1: retry must be an integer" in done.stderr
+    errors = run_cli("phases", "--db", db, "--severity", "error")
+    assert errors.stdout.startswith("f1.toml\t-\terror\tparse error: ")
+    rows = json.loads(run_cli("phases", "--db", db, "--json").stdout)
+    assert rows[0]["task"] is None and rows[0]["status"].startswith("parse error: ")
+    assert [r["task"] for r in rows if r["file"] == "f1.toml"][1:] == [
+        "task1:t2", "task2", "task3", "task4"]  # the last good phases stay
+    done = run_cli("run", "-w", str(wf), "--db", db)
+    assert "1 file refused" in done.stdout
+
+
+def test_graph_keeps_lookalike_tasks_apart(tmp_path: Path) -> None:
+    wf = tmp_path / "wf"
+    wf.mkdir()
+    (wf / "x.toml").write_text(
+        '[[phase]]\ntask = "a:b"\nrule = "cron=0 * * * *"\n'
+        '[[phase]]\ntask = "a_b"\nrule = "cron=0 * * * *"\n'
+        '[[phase]]\ntask = "q"\ndependsOn = "a:b"\n')
+    db = str(tmp_path / "f.db")
+    run_cli("refresh", "-w", str(wf), "--db", db)
+    dot = run_cli("graph", "--db", db, "--format", "dot").stdout
+    assert dot.count("->") == 1 and "n0 -> n2;" in dot
+    mermaid = run_cli("graph", "--db", db, "--format", "mermaid").stdout
+    assert "n0 --> n2" in mermaid
+
+
+def test_version() -> None:
+    assert run_cli("--version").stdout.startswith("flowlord ")

@@ -63,7 +63,7 @@ token = "t"
         ("[workers.a]\ncommand = ['x']\nconcurrency = 0", "concurrency must be an integer"),
         ("rescan = 5", "rescan must be a duration"),
         ("rescan = 'soon'", "rescan must be a duration"),
-        ("db = 5", "db must be a str"),
+        ("db = 5", "db must be a string"),
         ("catchup = 'some'", "catchup must be none, last or all"),
         ("timezone = 'Mars/Olympus'", "unknown time zone: Mars/Olympus"),
         ("[[[", "config"),
