@@ -9,8 +9,6 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable
 
-from flowlord.model import split_task
-
 
 class TaskIndex:
     """The normalized tasks of one file, for resolving `dependsOn`."""
@@ -20,7 +18,7 @@ class TaskIndex:
         self.tasks: set[str] = set()
         for t in tasks:
             self.tasks.add(t)
-            self.by_topic.setdefault(split_task(t)[0], []).append(t)
+            self.by_topic.setdefault(t.partition(":")[0], []).append(t)
 
     def parents(self, depends_on: str) -> list[str]:
         if not depends_on:

@@ -20,7 +20,7 @@ class Issue:
 def split_task(task: str) -> tuple[str, str]:
     """`topic:job` → (topic, job); anything after a second colon is not part of the job."""
     topic, _, rest = task.partition(":")
-    return topic, rest.split(":", 1)[0]
+    return topic, rest.partition(":")[0]
 
 
 def normalize_task(task: str, rule_job: str) -> str:
@@ -28,7 +28,10 @@ def normalize_task(task: str, rule_job: str) -> str:
 
     A job written in `task` wins over the rule's `job=` (flowlord-reference §1.3).
     """
-    topic, job = split_task(task.strip())
+    task = task.strip()
+    if ":" not in task:  # the usual case, kept cheap for cold loads
+        return f"{task}:{rule_job}" if rule_job else task
+    topic, job = split_task(task)
     job = job or rule_job
     return f"{topic}:{job}" if job else topic
 

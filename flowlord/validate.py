@@ -16,7 +16,7 @@ def _own_issues(raw: RawPhase, task: str) -> list[Issue]:
     """Problems visible from the phase alone."""
     rule = parse_rule(raw.rule)
     issues: list[Issue] = []
-    if not task.split(":", 1)[0].strip():
+    if not task.partition(":")[0].strip():
         issues.append(Issue("error", "invalid phase: task is blank"))
     issues.extend(raw.issues)
     issues.extend(rule.issues)
