@@ -23,6 +23,7 @@ _FIELDS = {
     "retry": "retry",
     "template": "template",
 }
+_USUAL_KEYS = frozenset({"task", "dependsOn", "rule", "retry", "template"})
 _HEADER = re.compile(r"""^[ \t]*\[\[[ \t]*(["']?)(phase)\1[ \t]*\]\]""", re.I | re.M)
 
 
@@ -101,6 +102,14 @@ def _type_name(value: object) -> str:
 
 def _raw_phase(table: dict[str, Any], position: int, text: str) -> RawPhase:
     """One table → RawPhase; called 100,000 times by a cold load, so kept lean."""
+    if table.keys() <= _USUAL_KEYS:  # the usual spellings: no per-key work
+        get = table.get
+        task, depends_on, rule, template, retry = (
+            get("task", ""), get("dependsOn", ""), get("rule", ""), get("template", ""),
+            get("retry", 0))
+        if (type(task) is type(depends_on) is type(rule) is type(template) is str
+                and type(retry) is int and retry >= 0):
+            return RawPhase(position, task, depends_on, rule, template, retry)
     values: dict[str, Any] = {}
     issues: list[Issue] = []
     for key, value in table.items():
