@@ -229,7 +229,7 @@ def run(files: int, phases: int, seed: int, profile: bool) -> int:
         print(f"one changed file, full:     {one_full * 1000:8.2f} ms "
               f"(refresh(), median of {len(full)})")
         print(f"peak RSS:                   {rss_after_cold:8.1f} MiB after the cold load, "
-              f"{peak_rss_mib():.1f} MiB at the end (this process; parse workers not counted)")
+              f"{peak_rss_mib():.1f} MiB at the end")
         print(f"physical limit:             {limit:8.3f} s  (read + MD5 {read_time:.3f} s, "
               f"bulk insert of the same {len(files_rows)} file and {len(phase_rows)} phase "
               f"rows {insert_time:.3f} s)")
@@ -250,8 +250,7 @@ def run(files: int, phases: int, seed: int, profile: bool) -> int:
 
         if profile:
             print()
-            print("cProfile of a second cold load, this process only "
-                  "(time in parse workers shows as waiting on them):")
+            print("cProfile of a second cold load:")
             print(profile_cold_load(str(wf), str(Path(tmp) / "profile.db")))
     return 0
 
