@@ -195,8 +195,6 @@ def out_of_date(wf: Path, hashes: dict[str, str]) -> int:
 def refresh_command(wf: Path, db: Path) -> tuple[list[str], dict[str, str]]:
     env = {k: v for k, v in os.environ.items() if k != "FLOWLORD_CONFIG"}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
-    # a killed cold load leaves its worker pool's pymp-* directory behind: keep it here
-    env["TMPDIR"] = str(db.parent)
     return [sys.executable, "-m", "flowlord", "refresh", "-w", str(wf), "--db", str(db)], env
 
 
