@@ -17,12 +17,11 @@ import apsw
 
 from flowlord import __version__, cron, report
 from flowlord.config import Config, ConfigError, find_config_file, load_config, with_flags
-from flowlord.loader import Loader, LoaderError, list_workflows
+from flowlord.loader import Loader, LoaderError, list_workflows, load_bytes, read_workflow
 from flowlord.model import Phase
-from flowlord.parse import WorkflowParseError, parse_workflow
+from flowlord.parse import WorkflowParseError
 from flowlord.rules import parse_rule
 from flowlord.store import Store, StoreError
-from flowlord.validate import validate_file
 
 
 class UsageError(Exception):
@@ -79,8 +78,8 @@ def _iso_time(text: str) -> datetime:
 
 
 def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"not a positive integer: {text}")
+    if not text.isdigit() or not 1 <= int(text) <= 10_000:
+        raise argparse.ArgumentTypeError(f"not an integer from 1 to 10000: {text}")
     return int(text)
 
 
@@ -135,16 +134,21 @@ def cmd_check(args: argparse.Namespace, config: Config) -> int:
     return 1 if any(f[2] == "error" for f in findings) else 0
 
 
-def check_file(key: str, path: str) -> list[report.Finding]:
+def load_file(key: str, path: str) -> list[Phase] | str:
+    """What a refresh would store for one file: its phases, or its row's status."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-        phases = validate_file(key, parse_workflow(data))
+        return load_bytes(key, read_workflow(path)[1])
     except OSError as e:
-        return [(key, None, "error", f"parse error: cannot read file: {e.strerror}")]
+        return f"parse error: cannot read file: {e.strerror}"
     except WorkflowParseError as e:
-        return [(key, None, "error", str(e))]
-    return [(key, p.task, p.severity, p.status) for p in phases]
+        return str(e)
+
+
+def check_file(key: str, path: str) -> list[report.Finding]:
+    outcome = load_file(key, path)
+    if isinstance(outcome, str):
+        return [(key, None, "error", outcome)]
+    return [(key, p.task, p.severity, p.status) for p in outcome]
 
 
 def cmd_refresh(args: argparse.Namespace, config: Config) -> int:
@@ -277,11 +281,9 @@ def _find_phase_in_files(root: str, task: str, workflow: str | None) -> Phase:
             raise UsageError(f"no workflow file {workflow} in {root}")
         files = {workflow: files[workflow]}
     exact, by_topic = [], []
-    for key, path in files.items():
-        try:
-            with open(path, "rb") as f:
-                phases = validate_file(key, parse_workflow(f.read()))
-        except (OSError, WorkflowParseError):
+    for key, path in sorted(files.items()):  # the first file key in sort order wins
+        phases = load_file(key, path)
+        if isinstance(phases, str):
             continue
         exact += [p for p in phases if p.task == task]
         by_topic += [p for p in phases if ":" not in task and p.topic == task]

@@ -54,13 +54,13 @@ def resolve_zone(name: str) -> tzinfo:
     if name != "local":
         try:
             return ZoneInfo(name)
-        except (ZoneInfoNotFoundError, ValueError) as e:
+        except (ZoneInfoNotFoundError, ValueError, OSError) as e:  # "America" is a directory
             raise ConfigError(f"unknown time zone: {name}") from e
     tz = os.environ.get("TZ", "").lstrip(":")
     if tz:
         try:
             return ZoneInfo(tz)
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):
             pass
     try:
         with open("/etc/localtime", "rb") as f:
@@ -96,7 +96,7 @@ def load_config(path: str | None) -> Config:
             doc = tomllib.load(f)
     except OSError as e:
         raise ConfigError(f"cannot read config {path}: {e.strerror}") from e
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"config {path}: {e}") from e
     values: dict[str, Any] = {"source": path}
     for key, value in doc.items():
@@ -130,10 +130,13 @@ def _typed(path: str, key: str, value: object, kind: type) -> object:
     if kind is timedelta:
         if isinstance(value, str):
             try:
-                return parse_duration(value)
+                duration = parse_duration(value)
             except DurationError:
                 pass
-        raise ConfigError(f"config {path}: {key} must be a duration such as \"5m\"")
+            else:
+                if duration > timedelta(0):
+                    return duration
+        raise ConfigError(f"config {path}: {key} must be a positive duration such as \"5m\"")
     if not isinstance(value, kind) or isinstance(value, bool):
         raise ConfigError(f"config {path}: {key} must be a string")
     return value

@@ -9,6 +9,7 @@ one transaction. Bytes that do not parse never replace a file's last good phases
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import stat
@@ -34,16 +35,39 @@ class LoaderError(Exception):
 
 
 def is_workflow_name(name: str) -> bool:
-    """`.toml` files that are not hidden and not editor leftovers (CONTRACT §1)."""
-    return (name.endswith(".toml") and not name.startswith(".")
-            and not (name.startswith("#") and name.endswith("#")))
+    """`.toml` files that are not hidden (CONTRACT §1); editor leftovers (`*~`, `*.swp`,
+    `*.tmp`, `#*#`) never end in `.toml`."""
+    return name.endswith(".toml") and not name.startswith(".")
+
+
+def is_workflow_key(key: str) -> bool:
+    """A key whose every directory is visible too, and that SQLite can store (UTF-8)."""
+    parts = key.split("/")
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return is_workflow_name(parts[-1]) and not any(p.startswith(".") for p in parts[:-1])
+
+
+def read_workflow(path: str, st: os.stat_result | None = None) -> tuple[os.stat_result, bytes]:
+    """The bytes of a workflow file: regular files only (never a FIFO or a device),
+    and no more than MAX_FILE_BYTES of them. Raises OSError or WorkflowParseError."""
+    st = st or os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise IsADirectoryError(errno.EISDIR, "not a regular file")
+    if st.st_size > MAX_FILE_BYTES:
+        raise WorkflowParseError(f"file too large: {st.st_size} bytes (limit {MAX_FILE_BYTES})")
+    with open(path, "rb") as f:
+        return st, f.read(MAX_FILE_BYTES + 1)
 
 
 @dataclass(frozen=True)
 class Listing:
-    files: dict[str, str]  # key → path, in walk order (sorted, depth first)
+    files: dict[str, str]  # key → path, names sorted in each directory, depth first
     unlisted: list[str]    # key prefixes of directories that could not be read
     stats: dict[str, os.stat_result] = field(default_factory=dict)  # saves a second stat
+    unnamed: list[str] = field(default_factory=list)  # .toml names that are not UTF-8
 
 
 def workflow_key(root: str, path: str) -> str:
@@ -56,6 +80,7 @@ def list_workflows(root: str, start: str | None = None) -> Listing:
     files: dict[str, str] = {}
     stats: dict[str, os.stat_result] = {}
     unlisted: list[str] = []
+    unnamed: list[str] = []
     seen: set[tuple[int, int]] = set()
 
     def walk(directory: str, prefix: str) -> None:
@@ -78,7 +103,11 @@ def list_workflows(root: str, start: str | None = None) -> Listing:
                 is_dir = False
             if is_dir:
                 walk(entry.path, f"{prefix}{entry.name}/")
-            elif is_workflow_name(entry.name):
+            elif not is_workflow_key(prefix + entry.name):
+                if entry.name.endswith(".toml") and not entry.name.startswith("."):
+                    unnamed.append(ascii(prefix + entry.name))
+            elif (
+                    entry.is_symlink() or entry.is_file(follow_symlinks=False)):
                 key = prefix + entry.name
                 files[key] = entry.path
                 with contextlib.suppress(OSError):  # _examine reports it
@@ -87,7 +116,7 @@ def list_workflows(root: str, start: str | None = None) -> Listing:
     start = start or root
     key = workflow_key(root, start)
     walk(start, "" if key == "." else key + "/")
-    return Listing(files, unlisted, stats)
+    return Listing(files, unlisted, stats, unnamed)
 
 
 def _under(key: str, prefixes: Iterable[str]) -> bool:
@@ -149,6 +178,7 @@ class Loader:
         if "./" in listing.unlisted:
             raise LoaderError(f"cannot read workflow directory: {self.root}")
         self.problems.extend(f"cannot read directory: {p}" for p in listing.unlisted)
+        self.problems.extend(f"file name is not UTF-8, ignored: {n}" for n in listing.unnamed)
         return listing
 
     def _list_some(self, paths: Iterable[str]) -> tuple[Listing, list[str]]:
@@ -169,7 +199,7 @@ class Loader:
                 scope.append("" if key == "." else key + "/")
             else:
                 scope.extend([key, key + "/"])  # a file, or a directory that is gone
-                if is_workflow_name(os.path.basename(path)) and os.path.lexists(path):
+                if is_workflow_key(key) and (os.path.islink(path) or os.path.isfile(path)):
                     files[key] = path
         return Listing(files, unlisted), scope
 
@@ -178,14 +208,15 @@ class Loader:
         """Queue the write one file needs; returns '+', '~', '-' or '' (no change)."""
         try:
             st = st or os.stat(path)
-            if not stat.S_ISREG(st.st_mode):
-                raise IsADirectoryError(f"not a regular file: {path}")
             last_modified = mtime_text(st.st_mtime_ns)
             if (state and state.file_size == st.st_size
                     and state.last_modified == last_modified):
                 return ""
-            with open(path, "rb") as f:
-                data = f.read()
+            st, data = read_workflow(path, st)
+        except WorkflowParseError as e:  # too large: refused without reading it
+            version = FileVersion(key, "", None, last_modified)
+            ops.append(FileOp("reject", version, status=str(e)))
+            return "~" if state else "+"
         except FileNotFoundError:
             if not os.path.lexists(path):  # vanished since the listing: as if never listed
                 if state:
@@ -268,8 +299,8 @@ class Loader:
 def load_bytes(key: str, data: bytes) -> list[Phase] | str:
     """A file's validated phases, or the `parse error: …` status of its row."""
     try:
-        if len(data) > MAX_FILE_BYTES:
-            raise WorkflowParseError(f"file too large: {len(data)} bytes (limit {MAX_FILE_BYTES})")
+        if len(data) > MAX_FILE_BYTES:  # it grew while being read
+            raise WorkflowParseError(f"file too large: more than {MAX_FILE_BYTES} bytes")
         return validate_file(key, parse_workflow(data))
     except WorkflowParseError as e:
         return str(e)

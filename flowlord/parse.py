@@ -23,6 +23,7 @@ _FIELDS = {
     "retry": "retry",
     "template": "template",
 }
+_MAX_RETRY = 2**63 - 1
 _USUAL_KEYS = frozenset({"task", "dependsOn", "rule", "retry", "template"})
 _HEADER = re.compile(r"""^[ \t]*\[\[[ \t]*(["']?)(phase)\1[ \t]*\]\]""", re.I | re.M)
 
@@ -108,7 +109,7 @@ def _raw_phase(table: dict[str, Any], position: int, text: str) -> RawPhase:
             get("task", ""), get("dependsOn", ""), get("rule", ""), get("template", ""),
             get("retry", 0))
         if (type(task) is type(depends_on) is type(rule) is type(template) is str
-                and type(retry) is int and retry >= 0):
+                and type(retry) is int and 0 <= retry <= _MAX_RETRY):
             return RawPhase(position, task, depends_on, rule, template, retry)
     values: dict[str, Any] = {}
     issues: list[Issue] = []
@@ -127,6 +128,9 @@ def _raw_phase(table: dict[str, Any], position: int, text: str) -> RawPhase:
                 f"phase {position + 1}: {key} must be {wanted}, "
                 f"found {_type_name(value)} {_locate(text, position, key)}")
     retry = values.get("retry", 0)
+    if retry > _MAX_RETRY:  # SQLite stores 64-bit integers
+        raise WorkflowParseError(f"phase {position + 1}: retry is too large "
+                                 f"{_locate(text, position, 'retry')}")
     if retry < 0:
         issues.append(Issue("error", f"invalid retry: {retry}"))
         retry = 0

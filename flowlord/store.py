@@ -1,7 +1,8 @@
 """The SQLite database: one connection factory, migrations, and all of flowlord's SQL.
 
-Every write is one transaction begun with `BEGIN IMMEDIATE` (dependency-notes
-§0: a `with conn:` block in IMMEDIATE mode holds the GIL while it waits).
+Writes run in transactions begun with `BEGIN IMMEDIATE` (dependency-notes §0: a
+`with conn:` block in IMMEDIATE mode holds the GIL while it waits); a file's row
+and its phases always change in the same transaction.
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ class FileVersion:
 
     file_path: str
     file_hash: str
-    file_size: int | None  # None: unreadable, so the next rescan tries again
+    file_size: int | None  # None: read it again at the next rescan (unreadable, or too fresh)
     last_modified: str | None
 
 
@@ -176,7 +177,10 @@ class Store:
                    (file_path, file_hash, loaded_at, last_modified, status, file_size)
                VALUES (?, ?, ?, ?, ?, ?)
                ON CONFLICT (file_path) DO UPDATE SET
-                   file_hash = excluded.file_hash, loaded_at = excluded.loaded_at,
+                   file_hash = excluded.file_hash,
+                   -- loaded_at: when the stored phases were loaded; refused bytes keep it
+                   loaded_at = CASE WHEN excluded.status = '' THEN excluded.loaded_at
+                                    ELSE workflow_files.loaded_at END,
                    last_modified = excluded.last_modified, status = excluded.status,
                    file_size = excluded.file_size""",
             [(v.file_path, v.file_hash, now, v.last_modified, status, v.file_size)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -230,3 +231,17 @@ def test_graph_keeps_lookalike_tasks_apart(tmp_path: Path) -> None:
 
 def test_version() -> None:
     assert run_cli("--version").stdout.startswith("flowlord ")
+
+
+def test_check_ignores_a_fifo_and_next_takes_the_first_key(tmp_path: Path) -> None:
+    wf = tmp_path / "wf"
+    (wf / "a").mkdir(parents=True)
+    os.mkfifo(wf / "pipe.toml")
+    (wf / "a.toml").write_text('[[phase]]\ntask = "t"\nrule = "cron=0 1 * * *"\n')
+    (wf / "a" / "x.toml").write_text('[[phase]]\ntask = "t"\nrule = "cron=0 2 * * *"\n')
+    done = run_cli("check", str(wf))
+    assert done.returncode == 0 and "2 files, 2 phases" in done.stdout
+    done = run_cli("next", "t", "-w", str(wf), "-n", "1", "--after", "2026-01-01T00:00:00Z",
+                   env={"TZ": "UTC"})
+    assert done.stdout.split() == ["2026-01-01T01:00:00+00:00"]
+    assert "2 phases match t; using a.toml" in done.stderr

@@ -294,3 +294,40 @@ def test_children_come_from_the_tasks_own_file_in_file_order(loaded: Loader) -> 
     assert [k.task for k in kids] == ["worker:child1", "worker:child2"]
     assert loaded.children(Task(type="task1", job="t2")) == []  # no workflow meta
     assert loaded.children(Task(type="", meta="workflow=f1.toml")) == []
+
+
+def test_huge_retry_is_a_parse_error_not_a_crash(wf: Path, loader: Loader, store: Store) -> None:
+    (wf / "ok.toml").write_text('[[phase]]\ntask = "a"\n')
+    (wf / "big.toml").write_text('[[phase]]\ntask = "a"\nretry = 99999999999999999999\n')
+    assert loader.refresh() == ["+big.toml", "+ok.toml"]
+    assert "retry is too large at line 3 column 9" in status(store, "big.toml")
+    assert rows(store)["ok.toml"] == ["a"]
+
+
+def test_fifos_and_undecodable_names_are_not_loaded(wf: Path, loader: Loader) -> None:
+    os.mkfifo(wf / "pipe.toml")
+    (wf / os.fsdecode(b"\xff.toml")).write_text('[[phase]]\ntask = "a"\n')
+    (wf / "ok.toml").write_text('[[phase]]\ntask = "a"\n')
+    assert loader.refresh() == ["+ok.toml"]
+    assert loader.problems == ["file name is not UTF-8, ignored: '\\udcff.toml'"]
+    assert loader.refresh([str(wf / "pipe.toml")]) == []
+
+
+def test_targeted_refresh_ignores_hidden_directories(wf: Path, loader: Loader) -> None:
+    (wf / ".git").mkdir()
+    (wf / ".git" / "x.toml").write_text('[[phase]]\ntask = "a"\n')
+    assert loader.refresh([str(wf / ".git" / "x.toml")]) == []
+    assert loader.refresh([str(wf / ".git")]) == []
+
+
+def test_refused_bytes_keep_loaded_at(wf: Path, loader: Loader, store: Store) -> None:
+    f = wf / "a.toml"
+    f.write_text('[[phase]]\ntask = "a"\n')
+    loader.refresh()
+    store.conn.execute("UPDATE workflow_files SET loaded_at = '2000-01-01T00:00:00Z'")
+    f.write_text("[[phase]\n")
+    loader.refresh()
+    assert store.files()[0][3] == "2000-01-01T00:00:00Z"
+    f.write_text('[[phase]]\ntask = "b"\n')
+    loader.refresh()
+    assert store.files()[0][3] > "2000-01-01T00:00:00Z"
