@@ -14,6 +14,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from flowlord.durations import DurationError, parse_duration
+from flowlord.rules import CATCHUP
 
 DEFAULT_FILE = "flowlord.toml"
 
@@ -117,7 +118,7 @@ def load_config(path: str | None) -> Config:
         if values.get(key):
             values[key] = os.path.join(base, values[key])
     config = Config(**values)
-    if config.catchup not in ("none", "last", "all"):
+    if config.catchup not in CATCHUP:
         raise ConfigError(f"config {path}: catchup must be none, last or all")
     try:
         config.zone()  # an unknown zone is a config error now, not at the first fire

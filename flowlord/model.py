@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 Severity = Literal["ok", "warning", "error"]
-SEVERITY_RANK: dict[str, int] = {"ok": 0, "warning": 1, "error": 2}
 
 
 @dataclass(frozen=True)
@@ -71,4 +70,3 @@ class Task:
     meta: str = ""
     id: str = ""
     created: str = ""
-    extra: dict[str, str] = field(default_factory=dict, compare=False)

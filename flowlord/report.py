@@ -39,38 +39,44 @@ def count(n: int, noun: str) -> str:
 
 
 def graph_text(phases: Sequence[Phase], edges: Sequence[tuple[str, str, str]]) -> str:
-    """Each file's roots with their descendants indented beneath them."""
+    """Each file's roots with their descendants indented beneath them.
+
+    A phase reached a second time (a shared child, a cycle) is named with
+    `(see above)` instead of being expanded again, so the output stays linear.
+    """
     lines: list[str] = []
-    by_file: dict[str, list[Phase]] = {}
-    for p in phases:
-        by_file.setdefault(p.file_path, []).append(p)
     kids: dict[tuple[str, str], list[str]] = {}
     has_parent: set[tuple[str, str]] = set()
     for file, parent, child in edges:
         kids.setdefault((file, parent), []).append(child)
         has_parent.add((file, child))
-    severity = {(p.file_path, p.task): p.severity for p in phases}
-    shown: set[tuple[str, str]] = set()
-
-    def show(file: str, task: str, depth: int, path: tuple[str, ...]) -> None:
-        if task in path:
-            lines.append(f"{'  ' * depth}{task}  (cycle)")
-            return
-        shown.add((file, task))
-        mark = "" if severity[(file, task)] == "ok" else f"  [{severity[(file, task)]}]"
-        lines.append(f"{'  ' * depth}{task}{mark}")
-        for child in kids.get((file, task), []):
-            show(file, child, depth + 1, (*path, task))
-
-    for file, file_phases in by_file.items():
+    for file, file_phases in _by_file(phases).items():
         lines.append(f"{file}:")
-        for p in file_phases:
-            if (file, p.task) not in has_parent:
-                show(file, p.task, 1, ())
-        for p in file_phases:  # phases reachable only through a cycle
-            if (file, p.task) not in shown:
-                show(file, p.task, 1, ())
+        severity = {p.task: p.severity for p in file_phases}
+        shown: set[str] = set()
+        roots = [p.task for p in file_phases if (file, p.task) not in has_parent]
+        # then phases only reachable through a cycle
+        for start in roots + [p.task for p in file_phases]:
+            if start in shown:
+                continue
+            stack = [(start, 1)]
+            while stack:
+                task, depth = stack.pop()
+                if task in shown:
+                    lines.append(f"{'  ' * depth}{task}  (see above)")
+                    continue
+                shown.add(task)
+                mark = "" if severity[task] == "ok" else f"  [{severity[task]}]"
+                lines.append(f"{'  ' * depth}{task}{mark}")
+                stack.extend((child, depth + 1) for child in reversed(kids.get((file, task), [])))
     return "\n".join(lines)
+
+
+def _by_file(phases: Sequence[Phase]) -> dict[str, list[Phase]]:
+    by_file: dict[str, list[Phase]] = {}
+    for p in phases:
+        by_file.setdefault(p.file_path, []).append(p)
+    return by_file
 
 
 def _idents(phases: Sequence[Phase]) -> dict[tuple[str, str], str]:
@@ -86,10 +92,7 @@ def graph_dot(phases: Sequence[Phase], edges: Sequence[tuple[str, str, str]]) ->
     ident = _idents(phases)
     colour = {"ok": "black", "warning": "orange", "error": "red"}
     lines = ["digraph flowlord {", "  rankdir=LR;"]
-    by_file: dict[str, list[Phase]] = {}
-    for p in phases:
-        by_file.setdefault(p.file_path, []).append(p)
-    for i, (file, file_phases) in enumerate(by_file.items()):
+    for i, (file, file_phases) in enumerate(_by_file(phases).items()):
         lines.append(f"  subgraph cluster_{i} {{")
         lines.append(f"    label={json.dumps(file)};")
         for p in file_phases:
@@ -105,10 +108,7 @@ def graph_dot(phases: Sequence[Phase], edges: Sequence[tuple[str, str, str]]) ->
 def graph_mermaid(phases: Sequence[Phase], edges: Sequence[tuple[str, str, str]]) -> str:
     ident = _idents(phases)
     lines = ["flowchart LR"]
-    by_file: dict[str, list[Phase]] = {}
-    for p in phases:
-        by_file.setdefault(p.file_path, []).append(p)
-    for i, (file, file_phases) in enumerate(by_file.items()):
+    for i, (file, file_phases) in enumerate(_by_file(phases).items()):
         lines.append(f"  subgraph f{i} [{_mermaid_label(file)}]")
         for p in file_phases:
             lines.append(f"    {ident[(file, p.task)]}[{_mermaid_label(p.task)}]:::{p.severity}")

@@ -245,3 +245,23 @@ def test_check_ignores_a_fifo_and_next_takes_the_first_key(tmp_path: Path) -> No
                    env={"TZ": "UTC"})
     assert done.stdout.split() == ["2026-01-01T01:00:00+00:00"]
     assert "2 phases match t; using a.toml" in done.stderr
+
+
+def test_graph_text_names_shared_children_once_and_survives_deep_chains(tmp_path: Path) -> None:
+    wf = tmp_path / "wf"
+    wf.mkdir()
+    (wf / "d.toml").write_text(
+        '[[phase]]\ntask = "a:x"\nrule = "cron=0 * * * *"\n'
+        '[[phase]]\ntask = "a:y"\nrule = "cron=0 * * * *"\n'
+        '[[phase]]\ntask = "b"\ndependsOn = "a"\n'
+        '[[phase]]\ntask = "c"\ndependsOn = "b"\n'
+        + "".join(f'[[phase]]\ntask = "n{i}"\ndependsOn = "{f"n{i - 1}" if i else "c"}"\n'
+                  for i in range(1500)))
+    db = str(tmp_path / "f.db")
+    run_cli("refresh", "-w", str(wf), "--db", db)
+    done = run_cli("graph", "--db", db)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(
+        "d.toml:\n  a:x\n    b\n      c\n        n0\n")
+    assert "  a:y\n    b  (see above)\n" in done.stdout
+    assert len(done.stdout.splitlines()) == 1 + 2 + 1 + 1 + 1 + 1500
