@@ -129,7 +129,7 @@ def bulk_insert(store: Store, files: list[tuple[object, ...]],
     with write_txn(store.conn):
         store.conn.executemany(
             "INSERT INTO workflow_files (file_path, file_hash, loaded_at, last_modified, "
-            "status, file_size) VALUES (?, ?, ?, ?, ?, ?)", files)
+            "status, stat_token) VALUES (?, ?, ?, ?, ?, ?)", files)
         store.conn.executemany(
             "INSERT INTO workflow_phases (file_path, task, depends_on, rule, template, "
             "retry, status, severity, position) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", phases)
@@ -201,7 +201,7 @@ def run(files: int, phases: int, seed: int, profile: bool) -> int:
                 assert changes == [f"~{key}"], f"the edit of {key} was not seen: {changes}"
 
             files_rows = loader.store.conn.execute(
-                "SELECT file_path, file_hash, loaded_at, last_modified, status, file_size "
+                "SELECT file_path, file_hash, loaded_at, last_modified, status, stat_token "
                 "FROM workflow_files").fetchall()
             phase_rows = loader.store.conn.execute(
                 "SELECT file_path, task, depends_on, rule, template, retry, status, severity, "

@@ -14,7 +14,7 @@ import hashlib
 import os
 import stat
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import apsw
@@ -128,9 +128,11 @@ def _under(key: str, prefixes: Iterable[str]) -> bool:
 class Loader:
     """The Cache API of the seed plan, on a Store."""
 
-    def __init__(self, workflow_path: str, store: Store) -> None:
+    def __init__(self, workflow_path: str, store: Store,
+                 now_ns: Callable[[], int] = time.time_ns) -> None:
         self.root = os.path.abspath(workflow_path)
         self.store = store
+        self.now_ns = now_ns  # the clock, for telling fresh files from settled ones
         self.problems: list[str] = []  # of the last refresh, for logs and the CLI
         try:
             self._is_dir = os.path.isdir(self.root)
@@ -208,10 +210,11 @@ class Loader:
         """Queue the write one file needs; returns '+', '~', '-' or '' (no change)."""
         try:
             st = st or os.stat(path)
-            last_modified = mtime_text(st.st_mtime_ns)
-            if (state and state.file_size == st.st_size
-                    and state.last_modified == last_modified):
+            # ctime too: `rsync -t` or `touch -r` can restore an mtime, never a ctime
+            token = f"{st.st_size}:{st.st_ino}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+            if state and state.stat_token == token:
                 return ""
+            last_modified = mtime_text(st.st_mtime_ns)
             st, data = read_workflow(path, st)
         except WorkflowParseError as e:  # too large: refused without reading it
             version = FileVersion(key, "", None, last_modified)
@@ -226,13 +229,13 @@ class Loader:
             return self._unreadable(key, state, "dangling symbolic link", ops)
         except OSError as e:
             return self._unreadable(key, state, e.strerror or str(e), ops)
-        # A file modified in the last moments may change again within the same mtime
-        # tick: leave its size unrecorded so the next rescan hashes it again.
-        racy = time.time_ns() - st.st_mtime_ns < _RACY_NS
-        version = FileVersion(key, hashlib.md5(data).hexdigest(),
-                              None if racy else len(data), last_modified)
+        # A file changed in the last moments may change again within the same
+        # timestamp tick: leave its token unrecorded so the next rescan hashes it again.
+        racy = self.now_ns() - max(st.st_mtime_ns, st.st_ctime_ns) < _RACY_NS
+        version = FileVersion(key, hashlib.md5(data).hexdigest(), None if racy else token,
+                              last_modified)
         if state and state.file_hash == version.file_hash:
-            if (state.file_size, state.last_modified) != (version.file_size, last_modified):
+            if (state.stat_token, state.last_modified) != (version.stat_token, last_modified):
                 ops.append(FileOp("touch", version))
             return ""
         outcome = load_bytes(key, data)

@@ -13,10 +13,12 @@ MIGRATIONS: tuple[str, ...] = (
         -- lowercase hex MD5 of the bytes last read; '' when they could not be read
         file_hash     TEXT NOT NULL CHECK (length(file_hash) IN (0, 32)),
         loaded_at     TEXT NOT NULL,
-        -- the file's mtime (UTC, nanoseconds): with file_size, lets a rescan skip it
+        -- the file's mtime (UTC, nanoseconds)
         last_modified TEXT,
         status        TEXT NOT NULL DEFAULT '',
-        file_size     INTEGER CHECK (file_size >= 0)
+        -- size, inode, mtime and ctime as last seen: equal means unchanged, so a rescan
+        -- skips the file without reading it; NULL means read it again next time
+        stat_token    TEXT
     );
 
     CREATE TABLE workflow_phases (

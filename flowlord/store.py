@@ -102,7 +102,7 @@ class FileState:
     """What the database knows of one workflow file, for deciding whether to read it."""
 
     file_hash: str
-    file_size: int | None
+    stat_token: str | None
     last_modified: str | None
     status: str
 
@@ -113,7 +113,7 @@ class FileVersion:
 
     file_path: str
     file_hash: str
-    file_size: int | None  # None: read it again at the next rescan (unreadable, or too fresh)
+    stat_token: str | None  # None: read it again at the next rescan (unreadable, or too fresh)
     last_modified: str | None
 
 
@@ -151,7 +151,7 @@ class Store:
     def file_states(self, scope: Sequence[str] = ("",)) -> dict[str, FileState]:
         """Stored files by key, for the keys in `scope`: `` is every file, `dir/` the
         files below dir, anything else one key."""
-        sql = "SELECT file_path, file_hash, file_size, last_modified, status FROM workflow_files"
+        sql = "SELECT file_path, file_hash, stat_token, last_modified, status FROM workflow_files"
         states: dict[str, FileState] = {}
         for prefix in dict.fromkeys(scope):
             if prefix in ("", "./"):
@@ -174,7 +174,7 @@ class Store:
         now = utc_now()
         self.conn.executemany(
             """INSERT INTO workflow_files
-                   (file_path, file_hash, loaded_at, last_modified, status, file_size)
+                   (file_path, file_hash, loaded_at, last_modified, status, stat_token)
                VALUES (?, ?, ?, ?, ?, ?)
                ON CONFLICT (file_path) DO UPDATE SET
                    file_hash = excluded.file_hash,
@@ -182,13 +182,13 @@ class Store:
                    loaded_at = CASE WHEN excluded.status = '' THEN excluded.loaded_at
                                     ELSE workflow_files.loaded_at END,
                    last_modified = excluded.last_modified, status = excluded.status,
-                   file_size = excluded.file_size""",
-            [(v.file_path, v.file_hash, now, v.last_modified, status, v.file_size)
+                   stat_token = excluded.stat_token""",
+            [(v.file_path, v.file_hash, now, v.last_modified, status, v.stat_token)
              for v, status in upserts])
         # Same bytes, new mtime (`touch`): remember it, so the next rescan skips the file.
         self.conn.executemany(
-            "UPDATE workflow_files SET file_size = ?, last_modified = ? WHERE file_path = ?",
-            [(op.version.file_size, op.version.last_modified, op.version.file_path)
+            "UPDATE workflow_files SET stat_token = ?, last_modified = ? WHERE file_path = ?",
+            [(op.version.stat_token, op.version.last_modified, op.version.file_path)
              for op in ops if op.kind == "touch"])
         replaced = [op for op in ops if op.kind == "replace"]
         self.conn.executemany("DELETE FROM workflow_phases WHERE file_path = ?",

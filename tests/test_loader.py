@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -58,17 +59,22 @@ def test_invalid_upstream_file_gets_a_row_with_line_and_column(
     assert rows(store)["invalid.toml"] == []
 
 
-def test_unchanged_files_are_not_read_again(wf: Path, loader: Loader, store: Store) -> None:
-    f = wf / "a.toml"
-    f.write_text('[[phase]]\ntask = "a"\nrule = "cron=0 * * * *"\n')
-    os.utime(f, ns=(10**18, 10**18))  # long enough ago: its mtime can be trusted
-    assert loader.refresh() == ["+a.toml"]
-    # Other bytes of the same size under the same mtime: a refresh that read the
-    # file would see them; one that trusts size and mtime does not.
-    f.write_text('[[phase]]\ntask = "b"\nrule = "cron=0 * * * *"\n')
-    os.utime(f, ns=(10**18, 10**18))
-    assert loader.refresh() == []
-    assert rows(store) == {"a.toml": ["a"]}
+def later(loader: Loader) -> Loader:
+    """The same loader with a clock 10 s ahead: files just written count as settled."""
+    return Loader(loader.root, loader.store, now_ns=lambda: time.time_ns() + 10**10)
+
+
+def test_unchanged_files_are_not_read_again(
+        wf: Path, loader: Loader, monkeypatch: pytest.MonkeyPatch) -> None:
+    (wf / "a.toml").write_text('[[phase]]\ntask = "a"\nrule = "cron=0 * * * *"\n')
+    settled = later(loader)
+    assert settled.refresh() == ["+a.toml"]
+
+    def no_read(path: str, st: object = None) -> None:
+        raise AssertionError(f"read {path}")
+
+    monkeypatch.setattr("flowlord.loader.read_workflow", no_read)
+    assert settled.refresh() == []
 
 
 def test_a_just_written_file_is_hashed_again_on_the_next_rescan(
@@ -76,12 +82,24 @@ def test_a_just_written_file_is_hashed_again_on_the_next_rescan(
     f = wf / "a.toml"
     f.write_text('[[phase]]\ntask = "a"\n')
     assert loader.refresh() == ["+a.toml"]
-    assert store.file_states()["a.toml"].file_size is None  # mtime too fresh to trust
+    assert store.file_states()["a.toml"].stat_token is None  # too fresh to trust
     f.write_text('[[phase]]\ntask = "b"\n')  # same size, maybe the same mtime tick
     assert loader.refresh() == ["~a.toml"]
+    assert later(loader).refresh() == []
+    assert store.file_states()["a.toml"].stat_token is not None
+
+
+def test_an_edit_with_its_mtime_restored_is_seen(wf: Path, loader: Loader,
+                                                 store: Store) -> None:
+    f = wf / "a.toml"
+    f.write_text('[[phase]]\ntask = "a"\n')
     os.utime(f, ns=(10**18, 10**18))
-    assert loader.refresh() == []
-    assert store.file_states()["a.toml"].file_size == f.stat().st_size
+    settled = later(loader)
+    settled.refresh()
+    f.write_text('[[phase]]\ntask = "b"\n')  # what `rsync -t` or `cp -p` leave behind
+    os.utime(f, ns=(10**18, 10**18))
+    assert settled.refresh() == ["~a.toml"]
+    assert rows(store) == {"a.toml": ["b"]}
 
 
 def test_a_file_readable_again_with_its_old_bytes_is_ok_again(
