@@ -59,7 +59,7 @@ def read_workflow(path: str, st: os.stat_result | None = None) -> tuple[os.stat_
     if st.st_size > MAX_FILE_BYTES:
         raise WorkflowParseError(f"file too large: {st.st_size} bytes (limit {MAX_FILE_BYTES})")
     with open(path, "rb") as f:
-        return st, f.read(MAX_FILE_BYTES + 1)
+        return st, f.read()  # load_bytes refuses it if it grew past the limit meanwhile
 
 
 @dataclass(frozen=True)

@@ -7,14 +7,13 @@ from collections.abc import Sequence
 from flowlord import graph
 from flowlord.model import Issue, Phase, Severity, normalize_task
 from flowlord.parse import RawPhase
-from flowlord.rules import parse_rule
+from flowlord.rules import Rule, parse_rule
 
 RETRY_LIMIT = 10
 
 
-def _own_issues(raw: RawPhase, task: str) -> list[Issue]:
+def _own_issues(raw: RawPhase, task: str, rule: Rule) -> list[Issue]:
     """Problems visible from the phase alone."""
-    rule = parse_rule(raw.rule)
     issues: list[Issue] = []
     if not task.partition(":")[0].strip():
         issues.append(Issue("error", "invalid phase: task is blank"))
@@ -47,14 +46,15 @@ def validate_file(file_path: str, raw_phases: Sequence[RawPhase]) -> list[Phase]
     """
     kept: dict[str, tuple[RawPhase, list[Issue]]] = {}
     for raw in raw_phases:
-        task = normalize_task(raw.task, parse_rule(raw.rule).job)
+        rule = parse_rule(raw.rule)
+        task = normalize_task(raw.task, rule.job)
         if task in kept:
             first_issues = kept[task][1]
             duplicate = Issue("error", f"duplicate task: {task}")
             if duplicate not in first_issues:
                 first_issues.append(duplicate)
             continue
-        kept[task] = (raw, _own_issues(raw, task))
+        kept[task] = (raw, _own_issues(raw, task, rule))
 
     index = graph.TaskIndex(kept)
     parents = {task: index.parents(raw.depends_on) for task, (raw, _) in kept.items()}
@@ -66,7 +66,8 @@ def validate_file(file_path: str, raw_phases: Sequence[RawPhase]) -> list[Phase]
         for task, path in graph.cycles(pairs).items():
             kept[task][1].append(Issue("error", "dependency cycle: " + " -> ".join(path)))
 
-    broken = {t for t, (_, issues) in kept.items() if any(i.severity == "error" for i in issues)}
+    broken = {t for t, (_, issues) in kept.items()
+              if issues and any(i.severity == "error" for i in issues)}
     if broken:
         for task, (raw, issues) in kept.items():
             if task not in broken and any(p in broken for p in parents[task]):
