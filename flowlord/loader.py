@@ -1,9 +1,10 @@
 """The workflow cache of flowlord, kept in SQLite: refresh, search, get, children.
 
 `refresh()` makes the database match the workflow path: unchanged files are
-skipped on size and mtime alone, changed bytes are hashed (MD5) and only
-different bytes are parsed, and the phases of a changed file are replaced in
-one transaction. Bytes that do not parse never replace a file's last good phases.
+skipped on their stat alone (size, inode, mtime, ctime), changed bytes are
+hashed (MD5) and only different bytes are parsed, and a file's row and phases
+change in one transaction. Bytes that do not parse never replace a file's last
+good phases.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from flowlord.validate import validate_file
 
 MAX_FILE_BYTES = 4 * 1024 * 1024
 _FILES_PER_TRANSACTION = 500  # keeps the write lock short during a cold load
-_RACY_NS = 2_000_000_000
+_RACY_NS = 2_000_000_000  # younger files are hashed again at the next rescan
 
 
 class LoaderError(Exception):
@@ -106,8 +107,7 @@ def list_workflows(root: str, start: str | None = None) -> Listing:
             elif not is_workflow_key(prefix + entry.name):
                 if entry.name.endswith(".toml") and not entry.name.startswith("."):
                     unnamed.append(ascii(prefix + entry.name))
-            elif (
-                    entry.is_symlink() or entry.is_file(follow_symlinks=False)):
+            elif entry.is_symlink() or entry.is_file(follow_symlinks=False):  # no FIFOs
                 key = prefix + entry.name
                 files[key] = entry.path
                 with contextlib.suppress(OSError):  # _examine reports it
