@@ -285,7 +285,10 @@ class Loader:
         return self.search(task.type, job)[1] if task.type else None
 
     def children(self, task: Task) -> list[Phase]:
-        """Phases of the task's own workflow file that depend on it, in file order."""
+        """Phases of the task's own workflow file that depend on it, in file order.
+
+        Phases with severity `error` are left out: they never run (CONTRACT §2).
+        """
         meta = _meta(task.meta)
         key = meta.get("workflow", "")
         if not task.type or not key:
@@ -294,7 +297,8 @@ class Loader:
         found = []
         for phase in self.store.dependents(key, task.type):
             parent_topic, parent_job = split_task(phase.depends_on)
-            if parent_topic == task.type and (not parent_job or parent_job == job):
+            if (parent_topic == task.type and (not parent_job or parent_job == job)
+                    and phase.severity != "error"):
                 found.append(phase)
         return found
 

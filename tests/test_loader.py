@@ -349,3 +349,12 @@ def test_refused_bytes_keep_loaded_at(wf: Path, loader: Loader, store: Store) ->
     f.write_text('[[phase]]\ntask = "b"\n')
     loader.refresh()
     assert store.files()[0][3] > "2000-01-01T00:00:00Z"
+
+
+def test_children_leave_out_broken_phases(wf: Path, loader: Loader) -> None:
+    (wf / "a.toml").write_text(
+        '[[phase]]\ntask = "p"\nrule = "cron=0 * * * *"\n'
+        '[[phase]]\ntask = "good"\ndependsOn = "p"\n'
+        '[[phase]]\ntask = "bad"\ndependsOn = "p"\nrule = "offset=soon"\n')
+    loader.refresh()
+    assert [k.task for k in loader.children(Task(type="p", meta="workflow=a.toml"))] == ["good"]
