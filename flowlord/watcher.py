@@ -1,0 +1,78 @@
+"""File events from the workflow directory, debounced into sets of paths.
+
+Events are hints, never the truth: the loader hashes what they point at, and a
+full rescan (at start, on SIGHUP, periodically) covers what inotify drops. The
+watchdog thread only records paths; whoever calls `changed_paths` does the work.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from watchdog.events import (
+    DirModifiedEvent,
+    FileClosedNoWriteEvent,
+    FileOpenedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+
+# Reading a file is not changing it; without this, every refresh (which reads
+# the files it checks) would wake the watcher again. A directory's "modified"
+# comes with every entry added or removed, whose own events name the entry:
+# refreshing the whole directory for it would turn each edit into a rescan.
+_IGNORED = (FileOpenedEvent, FileClosedNoWriteEvent, DirModifiedEvent)
+
+
+class _Collector(FileSystemEventHandler):
+    def __init__(self) -> None:
+        self.paths: set[str] = set()
+        self.last_event = 0.0
+        self.changed = threading.Condition()
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if isinstance(event, _IGNORED):
+            return
+        with self.changed:
+            for path in (event.src_path, getattr(event, "dest_path", "")):
+                if path:
+                    self.paths.add(path if isinstance(path, str) else path.decode())
+            self.last_event = time.monotonic()
+            self.changed.notify_all()
+
+
+class Watcher:
+    """A recursive inotify watch on `root`; `quiet` is the debounce period in seconds."""
+
+    def __init__(self, root: str, quiet: float = 0.2) -> None:
+        self.root = root
+        self.quiet = quiet
+        self._collector = _Collector()
+        self._observer = Observer()
+
+    def start(self) -> None:
+        self._observer.schedule(self._collector, self.root, recursive=True)
+        self._observer.start()
+
+    def stop(self) -> None:
+        self._observer.stop()
+        self._observer.join()
+
+    def changed_paths(self, timeout: float) -> set[str]:
+        """Paths touched since the last call: waits up to `timeout` seconds for a first
+        event, then until `quiet` seconds pass without another (an editor's save is
+        several events). Empty when nothing happened."""
+        c = self._collector
+        deadline = time.monotonic() + timeout
+        with c.changed:
+            while not c.paths:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return set()
+                c.changed.wait(left)
+            while (calm := c.last_event + self.quiet - time.monotonic()) > 0:
+                c.changed.wait(calm)
+            paths, c.paths = c.paths, set()
+        return paths
