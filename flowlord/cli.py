@@ -15,7 +15,7 @@ from typing import NoReturn
 
 import apsw
 
-from flowlord import __version__, cron, report
+from flowlord import __version__, cron, daemon, report
 from flowlord.config import Config, ConfigError, find_config_file, load_config, with_flags
 from flowlord.loader import Loader, LoaderError, list_workflows, load_bytes, read_workflow
 from flowlord.model import Phase
@@ -50,7 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"flowlord {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    sub.add_parser("run", parents=[common], help="the daemon (for now: one refresh)")
+    p = sub.add_parser("run", parents=[common], help="the daemon: keeps the database in step")
+    p.add_argument("--once", action="store_true", help="one refresh and a summary, then exit")
     p = sub.add_parser("check", parents=[common], help="validate files; no database")
     p.add_argument("paths", nargs="*")
     p.add_argument("--json", action="store_true")
@@ -177,7 +178,9 @@ def _warn_problems(loader: Loader) -> None:
 
 
 def cmd_run(args: argparse.Namespace, config: Config) -> int:
-    """For now one refresh and a summary; the watching daemon comes next."""
+    """The daemon (watch, refresh); with --once, one refresh and a summary."""
+    if not args.once:
+        return daemon.run(config)
     loader = Loader(config.workflows, Store(config.db))
     try:
         changes = loader.refresh()

@@ -210,7 +210,7 @@ def test_refused_bytes_show_in_refresh_run_and_phases(tmp_path: Path, upstream: 
     assert rows[0]["task"] is None and rows[0]["status"].startswith("parse error: ")
     assert [r["task"] for r in rows if r["file"] == "f1.toml"][1:] == [
         "task1:t2", "task2", "task3", "task4"]  # the last good phases stay
-    done = run_cli("run", "-w", str(wf), "--db", db)
+    done = run_cli("run", "--once", "-w", str(wf), "--db", db)
     assert "1 file refused" in done.stdout
 
 

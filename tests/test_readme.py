@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import apsw
@@ -83,13 +85,32 @@ def test_sqlite3_queries_run_in_debian_sqlite3_and_apsw(tmp_path: Path) -> None:
     assert answered == len(queries)  # every example finds something in the examples
 
 
-def test_make_run_loads_the_examples() -> None:
-    done = subprocess.run(["make", "-s", "run"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
-    assert done.returncode == 0, done.stderr
-    assert "phases" in done.stdout
-    conn = apsw.Connection(str(ROOT / "flowlord.db"), flags=apsw.SQLITE_OPEN_READONLY)
-    keys = {r[0] for r in conn.execute("SELECT file_path FROM workflow_files")}
-    conn.close()
-    assert keys == {str(p.relative_to(ROOT / "workflows"))
-                    for p in (ROOT / "workflows").rglob("*.toml")}
+def test_make_run_loads_the_examples_and_keeps_running() -> None:
+    db = ROOT / "flowlord.db"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    wanted = {str(p.relative_to(ROOT / "workflows")) for p in (ROOT / "workflows").rglob("*.toml")}
+
+    def loaded() -> bool:
+        if not db.exists():
+            return False
+        conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
+        try:
+            return {r[0] for r in conn.execute("SELECT file_path FROM workflow_files")} == wanted
+        except apsw.SQLError:  # the schema is being created
+            return False
+        finally:
+            conn.close()
+
+    with subprocess.Popen(["make", "-s", "run"], cwd=ROOT, start_new_session=True,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as proc:
+        try:
+            deadline = time.monotonic() + 600
+            while not loaded():
+                assert proc.poll() is None, "make run ended early"
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            assert proc.poll() is None  # the daemon keeps running
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=60)

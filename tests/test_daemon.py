@@ -1,0 +1,135 @@
+"""`flowlord run` as a real process: systemd notifications, file events, signals, logs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import apsw
+import pytest
+import structlog
+
+from flowlord import logs
+from flowlord.sdnotify import notify, watchdog_interval
+from tests.conftest import ROOT
+
+
+def wait_for(condition: Callable[[], bool], seconds: float = 20) -> None:
+    end = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < end, "condition not met before the deadline"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[socket.socket]:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(str(tmp_path / "notify.sock"))
+    s.settimeout(20)
+    yield s
+    s.close()
+
+
+def messages_until(sock: socket.socket, wanted: str) -> list[str]:
+    seen: list[str] = []
+    while wanted not in seen:
+        seen += sock.recv(4096).decode().split("\n")
+    return seen
+
+
+def keys(db: Path) -> set[str]:
+    conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        return {r[0] for r in conn.execute("SELECT file_path FROM workflow_files")}
+    finally:
+        conn.close()
+
+
+def test_daemon_follows_the_directory_and_stops_on_sigterm(
+        tmp_path: Path, notify_socket: socket.socket) -> None:
+    wf = tmp_path / "wf"
+    wf.mkdir()
+    (wf / "a.toml").write_text('[[phase]]\ntask = "a"\nrule = "cron=0 * * * *"\n')
+    db = tmp_path / "f.db"
+    env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify.sock"),
+           "PYTHONPATH": str(ROOT)}
+    env.pop("FLOWLORD_CONFIG", None)
+    with subprocess.Popen([sys.executable, "-m", "flowlord", "run", "-w", str(wf),
+                           "--db", str(db)], env=env, stderr=subprocess.PIPE,
+                          text=True) as proc:
+        try:
+            ready = messages_until(notify_socket, "READY=1")
+            assert "STATUS=1 valid phases, 0 invalid" in ready
+            (wf / "b.toml").write_text('[[phase]]\ntask = "b"\nrule = "cron=bad"\n')
+            wait_for(lambda: keys(db) == {"a.toml", "b.toml"})
+            assert "STATUS=1 valid phases, 1 invalid" in messages_until(
+                notify_socket, "STATUS=1 valid phases, 1 invalid")
+            (wf / "a.toml").unlink()
+            wait_for(lambda: keys(db) == {"b.toml"})
+            proc.send_signal(signal.SIGTERM)
+            assert "STOPPING=1" in messages_until(notify_socket, "STOPPING=1")
+            assert proc.wait(timeout=20) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        err = proc.stderr.read() if proc.stderr else ""
+    lines = err.splitlines()
+    assert '<6>event="workflows changed" changes=+a.toml level=info' in lines
+    assert '<6>event="workflows changed" changes=+b.toml level=info' in lines
+    assert lines[-1] == "<6>event=stopped level=info"
+
+
+def test_daemon_refuses_a_missing_directory_in_one_line(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "flowlord", "run", "-w", str(tmp_path / "no"),
+                           "--db", str(tmp_path / "f.db")], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "workflow path not found" in done.stderr
+
+
+def test_notify_reaches_a_path_and_an_abstract_socket(
+        tmp_path: Path, notify_socket: socket.socket, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify.sock"))
+    assert notify("READY=1", "STATUS=x")
+    assert notify_socket.recv(100) == b"READY=1\nSTATUS=x"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as abstract:
+        name = f"flowlord-test-{os.getpid()}"
+        abstract.bind("\0" + name)
+        abstract.settimeout(5)
+        monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
+        assert notify("WATCHDOG=1")
+        assert abstract.recv(100) == b"WATCHDOG=1"
+    monkeypatch.delenv("NOTIFY_SOCKET")
+    assert not notify("READY=1")
+
+
+def test_watchdog_interval_is_half_the_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WATCHDOG_USEC", "30000000")
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    assert watchdog_interval() == 15
+    monkeypatch.setenv("WATCHDOG_PID", "1")  # meant for another process
+    assert watchdog_interval() is None
+
+
+def test_log_lines_have_a_level_prefix_and_stay_on_one_line(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    logs.configure()
+    try:
+        log = logs.get("t")
+        log.warning("dir gone", path="/x y")
+        try:
+            raise ValueError("a\nb")
+        except ValueError:
+            log.error("failed", exc_info=True)
+        lines = capsys.readouterr().err.splitlines()
+    finally:
+        structlog.reset_defaults()
+    assert lines[0] == '<4>event="dir gone" path="/x y" level=warning'
+    assert lines[1].startswith("<3>event=failed") and "ValueError" in lines[1]
+    assert len(lines) == 2
