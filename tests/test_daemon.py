@@ -133,3 +133,29 @@ def test_log_lines_have_a_level_prefix_and_stay_on_one_line(
     assert lines[0] == '<4>event="dir gone" path="/x y" level=warning'
     assert lines[1].startswith("<3>event=failed") and "ValueError" in lines[1]
     assert len(lines) == 2
+
+
+def test_sighup_rescans_what_no_event_reports(
+        tmp_path: Path, notify_socket: socket.socket) -> None:
+    # inotify does not follow a symlinked directory, the rescan's walk does
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    wf = tmp_path / "wf"
+    wf.mkdir()
+    (wf / "linked").symlink_to(elsewhere)
+    db = tmp_path / "f.db"
+    env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify.sock"),
+           "PYTHONPATH": str(ROOT)}
+    env.pop("FLOWLORD_CONFIG", None)
+    with subprocess.Popen([sys.executable, "-m", "flowlord", "run", "-w", str(wf),
+                           "--db", str(db)], env=env, stderr=subprocess.DEVNULL) as proc:
+        try:
+            messages_until(notify_socket, "READY=1")
+            (elsewhere / "x.toml").write_text('[[phase]]\ntask = "x"\n')
+            proc.send_signal(signal.SIGHUP)
+            wait_for(lambda: keys(db) == {"linked/x.toml"})
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=20) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
