@@ -8,6 +8,7 @@ Scheduling and running tasks come next (issues 3 and 4).
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -37,35 +38,48 @@ class Daemon:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
         loader = Loader(self.config.workflows, Store(self.config.db))
-        watcher = Watcher(loader.root) if loader.is_dir() else None
+        self.watcher: Watcher | None = None
         try:
-            if watcher:
-                watcher.start()
+            self._watch(loader)
             self._refresh(loader, None)  # a failure here is fatal: bad path or database
             notify("READY=1", self._status(loader))
-            self._loop(loader, watcher)
+            self._loop(loader)
         finally:
             notify("STOPPING=1")
-            if watcher:
-                watcher.stop()
+            if self.watcher:
+                self.watcher.stop()
             loader.close()
         self.log.info("stopped")
         return 0
 
-    def _loop(self, loader: Loader, watcher: Watcher | None) -> None:
+    def _watch(self, loader: Loader) -> None:
+        """Watch the directory the workflow path names now. Deployments swap a symlink
+        to a new directory; inotify would keep watching the old one."""
+        target = os.path.realpath(loader.root)
+        if self.watcher and self.watcher.target == target:
+            return
+        if self.watcher:
+            self.watcher.stop()
+            self.log.info("watching a new directory", path=target)
+        self.watcher = Watcher(loader.root) if os.path.isdir(target) else None
+        if self.watcher:
+            self.watcher.start()
+
+    def _loop(self, loader: Loader) -> None:
         ping_every = watchdog_interval()
         next_rescan = time.monotonic() + self.config.rescan.total_seconds()
         next_ping = time.monotonic()
         while not self.stop.is_set():
             wait = max(0.0, min(TICK, next_rescan - time.monotonic()))
-            paths = watcher.changed_paths(wait) if watcher else set()
-            if not watcher:
+            paths = self.watcher.changed_paths(wait) if self.watcher else set()
+            if not self.watcher:
                 self.stop.wait(wait)
             try:
                 if self.rescan.is_set() or time.monotonic() >= next_rescan:
                     self.rescan.clear()
                     next_rescan = time.monotonic() + self.config.rescan.total_seconds()
                     self._refresh(loader, None)
+                    self._watch(loader)
                 elif paths:
                     self._refresh(loader, paths)
             except LoaderError as e:  # e.g. the directory is gone for a moment: try again

@@ -7,6 +7,7 @@ watchdog thread only records paths; whoever calls `changed_paths` does the work.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -48,12 +49,15 @@ class Watcher:
 
     def __init__(self, root: str, quiet: float = 0.2) -> None:
         self.root = root
+        # inotify watches the real directory and names paths inside it; they are
+        # given back under `root`, which may be a symlink (deployments swap one)
+        self.target = os.path.realpath(root)
         self.quiet = quiet
         self._collector = _Collector()
         self._observer = Observer()
 
     def start(self) -> None:
-        self._observer.schedule(self._collector, self.root, recursive=True)
+        self._observer.schedule(self._collector, self.target, recursive=True)
         self._observer.start()
 
     def stop(self) -> None:
@@ -75,4 +79,9 @@ class Watcher:
             while (calm := c.last_event + self.quiet - time.monotonic()) > 0:
                 c.changed.wait(calm)
             paths, c.paths = c.paths, set()
-        return paths
+        return {self._under_root(p) for p in paths}
+
+    def _under_root(self, path: str) -> str:
+        if path == self.target or path.startswith(self.target + os.sep):
+            return self.root + path[len(self.target):]
+        return path

@@ -159,3 +159,34 @@ def test_sighup_rescans_what_no_event_reports(
         finally:
             if proc.poll() is None:
                 proc.kill()
+
+
+def test_a_symlink_swap_of_the_directory_is_followed(
+        tmp_path: Path, notify_socket: socket.socket) -> None:
+    old, new = tmp_path / "release1", tmp_path / "release2"
+    old.mkdir()
+    new.mkdir()
+    (old / "a.toml").write_text('[[phase]]\ntask = "a"\n')
+    (new / "b.toml").write_text('[[phase]]\ntask = "b"\n')
+    wf = tmp_path / "current"
+    wf.symlink_to(old)
+    db = tmp_path / "f.db"
+    env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify.sock"),
+           "PYTHONPATH": str(ROOT)}
+    env.pop("FLOWLORD_CONFIG", None)
+    with subprocess.Popen([sys.executable, "-m", "flowlord", "run", "-w", str(wf),
+                           "--db", str(db)], env=env, stderr=subprocess.DEVNULL) as proc:
+        try:
+            messages_until(notify_socket, "READY=1")
+            assert keys(db) == {"a.toml"}
+            (tmp_path / "next").symlink_to(new)
+            os.replace(tmp_path / "next", wf)  # the atomic swap a deployment does
+            proc.send_signal(signal.SIGHUP)
+            wait_for(lambda: keys(db) == {"b.toml"})
+            (new / "c.toml").write_text('[[phase]]\ntask = "c"\n')  # an event, no SIGHUP
+            wait_for(lambda: keys(db) == {"b.toml", "c.toml"})
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=20) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
