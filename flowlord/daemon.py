@@ -29,6 +29,7 @@ class Daemon:
         self.config = config
         self.stop = threading.Event()
         self.rescan = threading.Event()
+        self.watcher: Watcher | None = None
         self.log = logs.get("flowlord.daemon")
 
     def _on_signal(self, signum: int, _: FrameType | None) -> None:
@@ -38,7 +39,6 @@ class Daemon:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
         loader = Loader(self.config.workflows, Store(self.config.db))
-        self.watcher: Watcher | None = None
         try:
             self._watch(loader)
             self._refresh(loader, None)  # a failure here is fatal: bad path or database
@@ -63,7 +63,11 @@ class Daemon:
             self.log.info("watching a new directory", path=target)
         self.watcher = Watcher(loader.root) if os.path.isdir(target) else None
         if self.watcher:
-            self.watcher.start()
+            try:
+                self.watcher.start()
+            except OSError as e:  # e.g. the inotify watch limit: the rescans remain
+                self.log.warning("cannot watch; relying on periodic rescans", error=str(e))
+                self.watcher = None
 
     def _loop(self, loader: Loader) -> None:
         ping_every = watchdog_interval()
