@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -43,6 +44,23 @@ def messages_until(sock: socket.socket, wanted: str) -> list[str]:
     return seen
 
 
+@contextlib.contextmanager
+def daemon(tmp_path: Path, wf: Path, db: Path,
+           stderr: int = subprocess.DEVNULL) -> Iterator[subprocess.Popen[str]]:
+    """`flowlord run` on `wf`, notifying the socket of the notify_socket fixture;
+    killed at the end if the test did not stop it."""
+    env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify.sock"),
+           "PYTHONPATH": str(ROOT)}
+    env.pop("FLOWLORD_CONFIG", None)
+    with subprocess.Popen([sys.executable, "-m", "flowlord", "run", "-w", str(wf),
+                           "--db", str(db)], env=env, stderr=stderr, text=True) as proc:
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+
 def keys(db: Path) -> set[str]:
     conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
     try:
@@ -57,27 +75,18 @@ def test_daemon_follows_the_directory_and_stops_on_sigterm(
     wf.mkdir()
     (wf / "a.toml").write_text('[[phase]]\ntask = "a"\nrule = "cron=0 * * * *"\n')
     db = tmp_path / "f.db"
-    env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify.sock"),
-           "PYTHONPATH": str(ROOT)}
-    env.pop("FLOWLORD_CONFIG", None)
-    with subprocess.Popen([sys.executable, "-m", "flowlord", "run", "-w", str(wf),
-                           "--db", str(db)], env=env, stderr=subprocess.PIPE,
-                          text=True) as proc:
-        try:
-            ready = messages_until(notify_socket, "READY=1")
-            assert "STATUS=1 valid phases, 0 invalid" in ready
-            (wf / "b.toml").write_text('[[phase]]\ntask = "b"\nrule = "cron=bad"\n')
-            wait_for(lambda: keys(db) == {"a.toml", "b.toml"})
-            assert "STATUS=1 valid phases, 1 invalid" in messages_until(
-                notify_socket, "STATUS=1 valid phases, 1 invalid")
-            (wf / "a.toml").unlink()
-            wait_for(lambda: keys(db) == {"b.toml"})
-            proc.send_signal(signal.SIGTERM)
-            assert "STOPPING=1" in messages_until(notify_socket, "STOPPING=1")
-            assert proc.wait(timeout=20) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+    with daemon(tmp_path, wf, db, stderr=subprocess.PIPE) as proc:
+        ready = messages_until(notify_socket, "READY=1")
+        assert "STATUS=1 valid phases, 0 invalid" in ready
+        (wf / "b.toml").write_text('[[phase]]\ntask = "b"\nrule = "cron=bad"\n')
+        wait_for(lambda: keys(db) == {"a.toml", "b.toml"})
+        assert "STATUS=1 valid phases, 1 invalid" in messages_until(
+            notify_socket, "STATUS=1 valid phases, 1 invalid")
+        (wf / "a.toml").unlink()
+        wait_for(lambda: keys(db) == {"b.toml"})
+        proc.send_signal(signal.SIGTERM)
+        assert "STOPPING=1" in messages_until(notify_socket, "STOPPING=1")
+        assert proc.wait(timeout=20) == 0
         err = proc.stderr.read() if proc.stderr else ""
     lines = err.splitlines()
     assert '<6>event="workflows changed" changes=+a.toml level=info' in lines
@@ -144,21 +153,13 @@ def test_sighup_rescans_what_no_event_reports(
     wf.mkdir()
     (wf / "linked").symlink_to(elsewhere)
     db = tmp_path / "f.db"
-    env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify.sock"),
-           "PYTHONPATH": str(ROOT)}
-    env.pop("FLOWLORD_CONFIG", None)
-    with subprocess.Popen([sys.executable, "-m", "flowlord", "run", "-w", str(wf),
-                           "--db", str(db)], env=env, stderr=subprocess.DEVNULL) as proc:
-        try:
-            messages_until(notify_socket, "READY=1")
-            (elsewhere / "x.toml").write_text('[[phase]]\ntask = "x"\n')
-            proc.send_signal(signal.SIGHUP)
-            wait_for(lambda: keys(db) == {"linked/x.toml"})
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=20) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+    with daemon(tmp_path, wf, db) as proc:
+        messages_until(notify_socket, "READY=1")
+        (elsewhere / "x.toml").write_text('[[phase]]\ntask = "x"\n')
+        proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: keys(db) == {"linked/x.toml"})
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
 
 
 def test_a_symlink_swap_of_the_directory_is_followed(
@@ -171,22 +172,14 @@ def test_a_symlink_swap_of_the_directory_is_followed(
     wf = tmp_path / "current"
     wf.symlink_to(old)
     db = tmp_path / "f.db"
-    env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify.sock"),
-           "PYTHONPATH": str(ROOT)}
-    env.pop("FLOWLORD_CONFIG", None)
-    with subprocess.Popen([sys.executable, "-m", "flowlord", "run", "-w", str(wf),
-                           "--db", str(db)], env=env, stderr=subprocess.DEVNULL) as proc:
-        try:
-            messages_until(notify_socket, "READY=1")
-            assert keys(db) == {"a.toml"}
-            (tmp_path / "next").symlink_to(new)
-            os.replace(tmp_path / "next", wf)  # the atomic swap a deployment does
-            proc.send_signal(signal.SIGHUP)
-            wait_for(lambda: keys(db) == {"b.toml"})
-            (new / "c.toml").write_text('[[phase]]\ntask = "c"\n')  # an event, no SIGHUP
-            wait_for(lambda: keys(db) == {"b.toml", "c.toml"})
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=20) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+    with daemon(tmp_path, wf, db) as proc:
+        messages_until(notify_socket, "READY=1")
+        assert keys(db) == {"a.toml"}
+        (tmp_path / "next").symlink_to(new)
+        os.replace(tmp_path / "next", wf)  # the atomic swap a deployment does
+        proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: keys(db) == {"b.toml"})
+        (new / "c.toml").write_text('[[phase]]\ntask = "c"\n')  # an event, no SIGHUP
+        wait_for(lambda: keys(db) == {"b.toml", "c.toml"})
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
