@@ -36,6 +36,8 @@ class Config:
     db: str = "flowlord.db"
     timezone: str = "local"
     catchup: str = "none"
+    catchup_limit: int = 100  # catchup=all fires at most this many missed slots per phase
+    allow_world_writable: bool = False  # load workflow files any user can write
     rescan: timedelta = timedelta(minutes=5)
     bus_url: str = "local"
     workers: dict[str, WorkerConfig] = field(default_factory=dict)
@@ -71,7 +73,8 @@ def resolve_zone(name: str) -> tzinfo:
 
 
 # section → key → (attribute, type)
-_TOP = {"workflows": str, "db": str, "timezone": str, "catchup": str, "rescan": timedelta}
+_TOP = {"workflows": str, "db": str, "timezone": str, "catchup": str, "rescan": timedelta,
+        "catchup_limit": int, "allow_world_writable": bool}
 _SECTIONS: dict[str, dict[str, tuple[str, type]]] = {
     "bus": {"url": ("bus_url", str)},
     "alerts": {"task_ttl": ("task_ttl", timedelta), "webhook": ("webhook", str)},
@@ -138,6 +141,14 @@ def _typed(path: str, key: str, value: object, kind: type) -> object:
                 if duration > timedelta(0):
                     return duration
         raise ConfigError(f"config {path}: {key} must be a positive duration such as \"5m\"")
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config {path}: {key} must be true or false")
+        return value
+    if kind is int:
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 100_000:
+            raise ConfigError(f"config {path}: {key} must be an integer from 1 to 100000")
+        return value
     if not isinstance(value, kind) or isinstance(value, bool):
         raise ConfigError(f"config {path}: {key} must be a string")
     return value

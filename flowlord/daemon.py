@@ -1,9 +1,14 @@
-"""`flowlord run`: keep the database in step with the workflow directory.
+"""`flowlord run`: keep the database in step with the workflow directory and fire phases.
 
 File events drive targeted refreshes; a full rescan runs at start, on SIGHUP and
-every `rescan` period, because inotify drops events on overflow. Signals only
-set flags; this loop is the only code that writes to the database.
-Scheduling and running tasks come next (issues 3 and 4).
+every `rescan` period, because inotify drops events on overflow. After each
+refresh the scheduler reschedules the phases of the changed files; each due
+slot becomes a ledger row with its tasks, in one transaction. Signals only set
+flags; this loop is the only code that writes to the database.
+
+A write that finds the database locked (a `sqlite3` shell inside BEGIN) keeps
+its work for the next turn of the loop: changes are found again by a rescan,
+fires wait in `pending` until they are written.
 """
 
 from __future__ import annotations
@@ -12,25 +17,40 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterable
 from types import FrameType
 
+import apsw
+
 from flowlord import logs
+from flowlord.clock import Clock, SystemClock
 from flowlord.config import Config
 from flowlord.loader import Loader, LoaderError
+from flowlord.model import Fire
+from flowlord.scheduler import Due, PhaseKey, Scheduler, parse_slot
 from flowlord.sdnotify import notify, watchdog_interval
-from flowlord.store import Store
+from flowlord.store import Store, utc_now, write_txn
+from flowlord.tasks import Context, build_fire, rfc3339
 from flowlord.watcher import Watcher
 
-TICK = 1.0  # longest wait for file events: bounds how late a signal is seen
+TICK = 1.0  # longest sleep: bounds how late a signal or a clock step is seen
+BUSY_TIMEOUT_MS = 1000  # a locked database is retried on the next turn, with pings between
+LOGGED_FIRES = 50  # more fires than this in one turn are logged as one summary line
 
 
 class Daemon:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, clock: Clock | None = None) -> None:
         self.config = config
+        self.clock = clock or SystemClock()
         self.stop = threading.Event()
         self.rescan = threading.Event()
         self.watcher: Watcher | None = None
         self.log = logs.get("flowlord.daemon")
+        self.zone = config.zone()
+        self.scheduler = Scheduler(self.zone, catchup=config.catchup, limit=config.catchup_limit)
+        self.pending: list[Fire] = []  # fired, not yet written (the database was locked)
+        self.unplanned: set[PhaseKey] = set()  # next_fire columns to write
+        self.resync = False  # a refresh failed half-way: compare every phase next time
 
     def _on_signal(self, signum: int, _: FrameType | None) -> None:
         (self.rescan if signum == signal.SIGHUP else self.stop).set()
@@ -38,17 +58,22 @@ class Daemon:
     def run(self) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
-        loader = Loader(self.config.workflows, Store(self.config.db))
+        loader = Loader(self.config.workflows, Store(self.config.db,
+                                                     busy_timeout_ms=BUSY_TIMEOUT_MS))
         try:
             self._watch(loader)
             self._refresh(loader, None)  # a failure here is fatal: bad path or database
+            self._start_schedule(loader.store)
             notify("READY=1", self._status(loader))
             self._loop(loader)
         finally:
             notify("STOPPING=1")
             if self.watcher:
                 self.watcher.stop()
+            self._write(loader.store)  # fires found before the stop are kept if possible
             loader.close()
+        if self.pending:  # the database stayed locked; their slots count as missed
+            self.log.error("fires not recorded", count=len(self.pending))
         self.log.info("stopped")
         return 0
 
@@ -74,25 +99,33 @@ class Daemon:
         next_rescan = time.monotonic() + self.config.rescan.total_seconds()
         next_ping = time.monotonic()
         while not self.stop.is_set():
-            wait = max(0.0, min(TICK, next_rescan - time.monotonic()))
+            wait = max(0.0, min(TICK, next_rescan - time.monotonic(), self._until_due()))
+            if self.pending or self.unplanned:
+                wait = min(wait, 0.2)  # the database was locked: try again soon
             paths = self.watcher.changed_paths(wait) if self.watcher else set()
             if not self.watcher:
                 self.stop.wait(wait)
             try:
-                if self.rescan.is_set() or time.monotonic() >= next_rescan:
+                if (self.rescan.is_set() or time.monotonic() >= next_rescan
+                        or (self.watcher and self.watcher.overflowed())):
                     self.rescan.clear()
                     next_rescan = time.monotonic() + self.config.rescan.total_seconds()
                     self._refresh(loader, None)
                     self._watch(loader)
                 elif paths:
                     self._refresh(loader, paths)
-            except LoaderError as e:  # e.g. the directory is gone for a moment: try again
-                self.log.error("refresh failed", error=str(e))
+            except LoaderError as e:  # the directory is gone for a moment, the database locked
+                self.log.error("refresh failed; rescanning soon", error=str(e))
                 next_rescan = time.monotonic() + TICK
+                self.resync = True
+            self._fire_due()
+            self._write(loader.store)
             # pinged from this loop only, so a stuck loop gets restarted by systemd
             if ping_every and time.monotonic() >= next_ping:
                 notify("WATCHDOG=1")
                 next_ping = time.monotonic() + ping_every
+
+    # --- workflow files -------------------------------------------------------------
 
     def _refresh(self, loader: Loader, paths: set[str] | None) -> None:
         changes = loader.refresh(paths)
@@ -101,11 +134,97 @@ class Daemon:
         if changes:
             self.log.info("workflows changed", changes=" ".join(changes))
             notify(self._status(loader))
+        files = {change[1:] for change in changes}
+        if self.resync:  # an earlier refresh failed after committing some files
+            files |= {f[0] for f in loader.store.files()}
+            files |= {file for file, _ in self.scheduler.phase_keys()}
+            self.resync = False
+        if files:
+            self._reschedule(loader.store, files)
+
+    def _reschedule(self, store: Store, files: Iterable[str]) -> None:
+        by_file = {f: [p for p in store.phases(file_path=f) if p.severity != "error"]
+                   for f in files}
+        self.scheduler.update(by_file, self.clock.now())
+        # the loader rewrote these phases' rows: their plan is written again, changed or not
+        self.unplanned |= {(f, p.task) for f, phases in by_file.items() for p in phases}
 
     def _status(self, loader: Loader) -> str:
         phases = loader.store.phases()
         errors = sum(p.severity == "error" for p in phases)
         return f"STATUS={len(phases) - errors} valid phases, {errors} invalid"
+
+    # --- firing ---------------------------------------------------------------------
+
+    def _start_schedule(self, store: Store) -> None:
+        last = {k: parse_slot(v) for k, v in store.last_fires().items()}
+        phases = store.phases()
+        self.pending += self._build(self.scheduler.start(phases, self.clock.now(), last))
+        self.unplanned |= {(p.file_path, p.task) for p in phases}
+        self.log.info("scheduled", phases=len(self.scheduler), catching_up=len(self.pending))
+
+    def _until_due(self) -> float:
+        deadline = self.scheduler.next_deadline()
+        if deadline is None:
+            return TICK
+        return (deadline - self.clock.now()).total_seconds()
+
+    def _fire_due(self) -> None:
+        due = self.scheduler.due(self.clock.now(), self.clock.monotonic())
+        if due:
+            self.pending += self._build(due)
+            self.unplanned |= {(d.phase.file_path, d.phase.task) for d in due}
+
+    def _build(self, due: Iterable[Due]) -> list[Fire]:
+        ctx = Context(self.zone, self._meta_dir(), self.clock.now())
+        return [build_fire(d.phase, d.slot, d.source, ctx) for d in due]
+
+    def _meta_dir(self) -> str:
+        root = os.path.abspath(self.config.workflows)
+        return root if os.path.isdir(root) else os.path.dirname(root)
+
+    def _write(self, store: Store) -> None:
+        """Commit pending fires and the plan in one transaction; keep them if locked."""
+        if not self.pending and not self.unplanned:
+            return
+        plan = [(self._next_text(k), k[0], k[1]) for k in self.unplanned]
+        started = time.monotonic()
+        try:
+            with write_txn(store.conn):
+                new = store.record_fires(self.pending, utc_now())
+                store.set_next_fires(plan)
+        except apsw.BusyError:
+            self.log.warning("database locked by another process; will retry",
+                             fires_waiting=len(self.pending))
+            return
+        except apsw.Error as e:
+            self.log.error("cannot record fires; will retry", error=str(e),
+                           fires_waiting=len(self.pending))
+            return
+        waited = time.monotonic() - started
+        if waited > 0.5:
+            self.log.warning("waited for the database lock", seconds=round(waited, 3))
+        self._log_fires(new, len(self.pending) - len(new))
+        self.pending, self.unplanned = [], set()
+
+    def _next_text(self, key: PhaseKey) -> str | None:
+        slot = self.scheduler.next_slot(key)
+        return rfc3339(slot) if slot else None
+
+    def _log_fires(self, new: list[Fire], repeated: int) -> None:
+        if repeated:
+            self.log.info("slots already fired, skipped", count=repeated)
+        failed = [f for f in new if f.error]
+        for f in failed:
+            self.log.error("fire created no task", file=f.file_path, phase=f.phase,
+                           slot=f.scheduled_for, error=f.error)
+        if len(new) > LOGGED_FIRES:
+            self.log.info("fired", fires=len(new), tasks=sum(len(f.tasks) for f in new))
+            return
+        for f in new:
+            if not f.error:
+                self.log.info("fired", file=f.file_path, phase=f.phase, slot=f.scheduled_for,
+                              source=f.source, tasks=len(f.tasks))
 
 
 def run(config: Config) -> int:

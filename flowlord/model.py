@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 Severity = Literal["ok", "warning", "error"]
+FireSource = Literal["cron", "catchup", "trigger", "backload"]
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,7 @@ class Phase(NamedTuple):
 
 @dataclass(frozen=True)
 class Task:
-    """A task in pcelvng/task's JSON shape (CONTRACT §6); only what lookups need so far."""
+    """A task in pcelvng/task's JSON shape (CONTRACT §6)."""
 
     type: str
     job: str = ""
@@ -70,3 +73,28 @@ class Task:
     meta: str = ""
     id: str = ""
     created: str = ""
+    started: str = ""
+    ended: str = ""
+    result: str = ""
+    msg: str = ""
+
+    def to_json(self) -> str:
+        """pcelvng/task's serialisation: its key order, empty keys left out (`info` stays)."""
+        fields = {"type": self.type, "job": self.job, "info": self.info,
+                  "created": self.created, "id": self.id, "meta": self.meta,
+                  "result": self.result, "msg": self.msg, "started": self.started,
+                  "ended": self.ended}
+        return json.dumps({k: v for k, v in fields.items() if v or k == "info"},
+                          ensure_ascii=False, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class Fire:
+    """One slot of a phase fired, with the tasks it created (or the error that stopped it)."""
+
+    file_path: str
+    phase: str
+    scheduled_for: str  # the slot, UTC text
+    source: FireSource
+    tasks: Sequence[Task] = ()
+    error: str = ""

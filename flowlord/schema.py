@@ -68,6 +68,85 @@ MIGRATIONS: tuple[str, ...] = (
       LEFT JOIN workflow_phases AS p ON p.file_path = f.file_path
      GROUP BY f.file_path;
     """,
+
+    # 2: the fire ledger, tasks, and the scheduler's plan on each phase
+    """
+    -- One row per fired slot of a phase: the primary key makes a second fire of the
+    -- same slot impossible. No foreign key to workflow_phases: history outlives the
+    -- definitions, and a file removed and put back must not fire its slots again.
+    CREATE TABLE fires (
+        file_path     TEXT NOT NULL,
+        phase         TEXT NOT NULL,
+        -- the slot (UTC): the cron time, or the time given to trigger; for backload the
+        -- step's data time less the phase's offset, so it is the slot that builds it
+        scheduled_for TEXT NOT NULL,
+        fired_at      TEXT NOT NULL,
+        source        TEXT NOT NULL
+                        CHECK (source IN ('cron', 'catchup', 'trigger', 'backload')),
+        -- why the fire created no task ('' when it did, or had nothing to create)
+        error         TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (file_path, phase, scheduled_for)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE tasks (
+        task_no       INTEGER PRIMARY KEY,
+        id            TEXT NOT NULL CHECK (id <> ''),
+        type          TEXT NOT NULL CHECK (type <> ''),
+        job           TEXT NOT NULL DEFAULT '',
+        info          TEXT NOT NULL DEFAULT '',
+        meta          TEXT NOT NULL DEFAULT '',
+        created       TEXT NOT NULL,
+        started       TEXT,
+        ended         TEXT,
+        result        TEXT,
+        msg           TEXT NOT NULL DEFAULT '',
+        file_path     TEXT,
+        phase         TEXT,
+        attempt       INTEGER NOT NULL DEFAULT 0 CHECK (attempt >= 0),
+        scheduled_for TEXT,
+        CHECK (result IS NULL OR result IN ('complete', 'error', 'alert', 'warn')),
+        CHECK ((ended IS NULL) = (result IS NULL)),
+        CHECK (ended IS NULL OR started IS NOT NULL),
+        CHECK ((file_path IS NULL) = (phase IS NULL)),
+        -- a task of a slot exists only with the ledger row of that slot
+        FOREIGN KEY (file_path, phase, scheduled_for)
+            REFERENCES fires (file_path, phase, scheduled_for)
+    );
+    CREATE INDEX tasks_by_id ON tasks (id);
+    CREATE INDEX tasks_by_slot ON tasks (file_path, phase, scheduled_for);
+    CREATE INDEX tasks_waiting ON tasks (task_no) WHERE started IS NULL;
+    CREATE INDEX tasks_by_result ON tasks (result, task_no) WHERE result IS NOT NULL;
+
+    -- when the running daemon plans to fire the phase next (UTC); NULL: not scheduled
+    ALTER TABLE workflow_phases ADD COLUMN next_fire TEXT;
+
+    -- when each phase fires next and last fired
+    CREATE VIEW phase_schedule AS
+    SELECT p.file_path, p.task, p.rule, p.severity, p.next_fire,
+           (SELECT max(f.scheduled_for) FROM fires AS f
+             WHERE f.file_path = p.file_path AND f.phase = p.task) AS last_fired
+      FROM workflow_phases AS p
+     ORDER BY p.next_fire IS NULL, p.next_fire, p.file_path, p.position;
+
+    -- fires that created no task, and why
+    CREATE VIEW failed_fires AS
+    SELECT file_path, phase, scheduled_for, fired_at, source, error
+      FROM fires WHERE error <> '' ORDER BY scheduled_for DESC;
+
+    -- tasks not finished: waiting for a worker or running, oldest first, with their age
+    CREATE VIEW unfinished_tasks AS
+    SELECT task_no, id, type, job, info, created, started, file_path, phase, scheduled_for,
+           CASE WHEN started IS NULL THEN 'waiting' ELSE 'running' END AS state,
+           CAST(round((julianday('now') - julianday(created)) * 86400) AS INTEGER)
+             AS age_seconds
+      FROM tasks WHERE ended IS NULL ORDER BY task_no;
+
+    -- tasks that ended in error or alert, newest first
+    CREATE VIEW failed_tasks AS
+    SELECT task_no, id, type, job, info, meta, created, started, ended, result, msg,
+           file_path, phase, attempt, scheduled_for
+      FROM tasks WHERE result IN ('error', 'alert') ORDER BY task_no DESC;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -17,7 +17,7 @@ from typing import Literal
 
 import apsw
 
-from flowlord.model import Phase
+from flowlord.model import Fire, Phase
 from flowlord.schema import MIGRATIONS, SCHEMA_VERSION
 
 BUSY_TIMEOUT_MS = 5000
@@ -40,7 +40,8 @@ def mtime_text(mtime_ns: int) -> str:
             f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}.{ns:09d}Z")
 
 
-def connect(path: str, *, readonly: bool = False) -> apsw.Connection:
+def connect(path: str, *, readonly: bool = False,
+            busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> apsw.Connection:
     """Open the database with flowlord's pragmas; a writer also migrates it."""
     if readonly and not os.path.exists(path):
         raise StoreError(f"no database at {path}: run `flowlord refresh` first")
@@ -48,7 +49,7 @@ def connect(path: str, *, readonly: bool = False) -> apsw.Connection:
         apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE)
     try:
         conn = apsw.Connection(path, flags=flags, statementcachesize=200)
-        conn.set_busy_timeout(BUSY_TIMEOUT_MS)
+        conn.set_busy_timeout(busy_timeout_ms)
         conn.config(apsw.SQLITE_DBCONFIG_DQS_DML, 0)
         conn.config(apsw.SQLITE_DBCONFIG_DQS_DDL, 0)
         conn.pragma("foreign_keys", "ON")
@@ -132,6 +133,10 @@ class FileOp:
     status: str = ""
 
 
+_TASK_COLUMNS = ("task_no, id, type, job, info, meta, created, started, ended, result, msg, "
+                 "file_path, phase, attempt, scheduled_for")
+
+
 def _phase(row: Sequence[object]) -> Phase:
     return Phase(*row)  # type: ignore[arg-type]
 
@@ -139,9 +144,10 @@ def _phase(row: Sequence[object]) -> Phase:
 class Store:
     """The writer's view of the database (the daemon and state-changing commands)."""
 
-    def __init__(self, path: str, *, readonly: bool = False) -> None:
+    def __init__(self, path: str, *, readonly: bool = False,
+                 busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
         self.path = path
-        self.conn = connect(path, readonly=readonly)
+        self.conn = connect(path, readonly=readonly, busy_timeout_ms=busy_timeout_ms)
 
     def close(self) -> None:
         self.conn.close()
@@ -241,6 +247,65 @@ class Store:
         """(file, parent, child) from the phase_edges view."""
         return list(self.conn.execute(
             "SELECT file_path, parent, child FROM phase_edges ORDER BY file_path, parent, child"))
+
+    # --- fires and tasks ---------------------------------------------------------------
+
+    def record_fires(self, fires: Sequence[Fire], fired_at: str) -> list[Fire]:
+        """Write each fire with its tasks, skipping slots already in the ledger; call
+        inside write_txn. Returns the fires that were new."""
+        new: list[Fire] = []
+        for fire in fires:
+            self.conn.execute(
+                "INSERT INTO fires (file_path, phase, scheduled_for, fired_at, source, error) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (fire.file_path, fire.phase, fire.scheduled_for, fired_at, fire.source,
+                 fire.error))
+            if self.conn.changes() == 0:  # fired before: by another run, or a restart
+                continue
+            new.append(fire)
+            self.conn.executemany(
+                "INSERT INTO tasks (id, type, job, info, meta, created, file_path, phase, "
+                "scheduled_for) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(t.id, t.type, t.job, t.info, t.meta, t.created, fire.file_path, fire.phase,
+                  fire.scheduled_for) for t in fire.tasks])
+        return new
+
+    def fired_slots(self, file_path: str, phase: str, slots: Sequence[str]) -> set[str]:
+        """Which of these slots of a phase are in the ledger."""
+        found: set[str] = set()
+        for slot in slots:
+            if self.conn.execute(
+                    "SELECT 1 FROM fires WHERE file_path = ? AND phase = ? AND scheduled_for = ?",
+                    (file_path, phase, slot)).fetchone():
+                found.add(slot)
+        return found
+
+    def last_fires(self) -> dict[tuple[str, str], str]:
+        """The latest slot in the ledger of every (file, phase)."""
+        return {(f, p): slot for f, p, slot in self.conn.execute(
+            "SELECT file_path, phase, max(scheduled_for) FROM fires GROUP BY file_path, phase")}
+
+    def set_next_fires(self, plan: Sequence[tuple[str | None, str, str]]) -> None:
+        """(next fire UTC text or None, file, task) for each phase; call inside write_txn."""
+        self.conn.executemany(
+            "UPDATE workflow_phases SET next_fire = ? WHERE file_path = ? AND task = ?", plan)
+
+    def tasks(self, *, type: str | None = None, result: str | None = None,
+              limit: int = 100) -> list[tuple[object, ...]]:
+        """Task rows, newest first, in _TASK_COLUMNS order. `result` 'none' means unfinished."""
+        where, args = [], []
+        if type is not None:
+            where.append("type = ?")
+            args.append(type)
+        if result == "none":
+            where.append("result IS NULL")
+        elif result is not None:
+            where.append("result = ?")
+            args.append(result)
+        sql = f"SELECT {_TASK_COLUMNS} FROM tasks"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        return list(self.conn.execute(sql + " ORDER BY task_no DESC LIMIT ?", (*args, limit)))
 
     # --- integrity ----------------------------------------------------------------------
 

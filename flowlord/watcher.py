@@ -7,6 +7,7 @@ watchdog thread only records paths; whoever calls `changed_paths` does the work.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -44,6 +45,19 @@ class _Collector(FileSystemEventHandler):
             self.changed.notify_all()
 
 
+class _OverflowAlarm(logging.Handler):
+    """watchdog tells no handler that inotify dropped events; it only logs a warning
+    (dependency-notes §3.3). This handler turns that warning into a flag."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.raised = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "overflow" in record.getMessage().lower():
+            self.raised.set()
+
+
 class Watcher:
     """A recursive inotify watch on `root`; `quiet` is the debounce period in seconds."""
 
@@ -55,19 +69,31 @@ class Watcher:
         self.quiet = quiet
         self._collector = _Collector()
         self._observer = Observer()
+        self._overflow = _OverflowAlarm()
 
     def start(self) -> None:
+        logging.getLogger("watchdog.observers.inotify_c").addHandler(self._overflow)
         self._observer.schedule(self._collector, self.target, recursive=True)
         self._observer.start()
 
     def stop(self) -> None:
+        logging.getLogger("watchdog.observers.inotify_c").removeHandler(self._overflow)
         self._observer.stop()
         self._observer.join()
+
+    def overflowed(self) -> bool:
+        """True once after inotify dropped events: the caller must rescan everything."""
+        if self._overflow.raised.is_set():
+            self._overflow.raised.clear()
+            return True
+        return False
 
     def changed_paths(self, timeout: float) -> set[str]:
         """Paths touched since the last call: waits up to `timeout` seconds for a first
         event, then until `quiet` seconds pass without another (an editor's save is
-        several events). Empty when nothing happened."""
+        several events), but no longer than `quiet` past the first event or `timeout`
+        past the call, whichever is later: constant writes do not hold up the caller.
+        Empty when nothing happened."""
         c = self._collector
         deadline = time.monotonic() + timeout
         with c.changed:
@@ -76,7 +102,8 @@ class Watcher:
                 if left <= 0:
                     return set()
                 c.changed.wait(left)
-            while (calm := c.last_event + self.quiet - time.monotonic()) > 0:
+            latest = max(deadline, time.monotonic() + self.quiet)
+            while (calm := min(c.last_event + self.quiet, latest) - time.monotonic()) > 0:
                 c.changed.wait(calm)
             paths, c.paths = c.paths, set()
         return {self._under_root(p) for p in paths}

@@ -1,0 +1,201 @@
+"""When each cron phase fires: a heap of next slots, and the catch-up policy.
+
+Pure logic: time is always an argument. The daemon asks `due(now, monotonic)`
+for the slots to fire, writes them through the fire ledger (whose unique key
+is the last word on exactly-once), and sleeps until `next_deadline()`.
+
+Which missed slots fire (CONTRACT §4 `catchup`):
+
+* slots that came due while this scheduler ran fire, even late (a busy disk or
+  a locked database delays them; it does not drop them);
+* slots missed while no daemon ran (at start: every slot after the phase's
+  last fire in the ledger) or jumped over by a forward clock step follow the
+  phase's policy: `none` skips them, `last` fires the newest, `all` fires
+  them all, the newest `limit` when there are more.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, tzinfo
+from typing import NamedTuple
+
+from flowlord.cron import CronError, CronSchedule, next_fire
+from flowlord.model import FireSource, Phase
+from flowlord.rules import parse_rule
+
+CLOCK_STEP = 2.0  # seconds the wall clock may run ahead of elapsed time before it counts as a step
+_MICROSECOND = timedelta(microseconds=1)
+PhaseKey = tuple[str, str]  # (file_path, task)
+
+
+class Due(NamedTuple):
+    phase: Phase
+    slot: datetime  # UTC
+    source: FireSource  # 'cron' or 'catchup'
+
+
+@dataclass
+class _Entry:
+    phase: Phase
+    schedule: CronSchedule
+    catchup: str
+    next_slot: datetime | None  # UTC; None: the rule never fires again
+    seq: int = 0
+
+
+def parse_slot(text: str) -> datetime:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+
+
+class Scheduler:
+    def __init__(self, zone: tzinfo, *, catchup: str = "none", limit: int = 100) -> None:
+        self.zone = zone
+        self.default_catchup = catchup
+        self.limit = limit
+        self._entries: dict[PhaseKey, _Entry] = {}
+        self._heap: list[tuple[datetime, int, PhaseKey]] = []
+        self._seq = 0
+        self._seen: tuple[datetime, float] | None = None  # (wall, monotonic) of the last due()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    # --- what is scheduled ----------------------------------------------------------
+
+    def start(self, phases: Iterable[Phase], now: datetime,
+              last_fires: Mapping[PhaseKey, datetime]) -> list[Due]:
+        """Schedule every phase after a (re)start; the slots missed since each phase's
+        last fire in the ledger are caught up by its policy."""
+        due: list[Due] = []
+        for phase in phases:
+            entry = self._entry(phase)
+            if entry is None:
+                continue
+            last = last_fires.get((phase.file_path, phase.task))
+            if last is not None and last < now:
+                due += self._catch_up(entry, last, now)
+            self._put(entry, self._next(entry, now))
+        return due
+
+    def update(self, files: Mapping[str, list[Phase]], now: datetime) -> list[PhaseKey]:
+        """Reschedule the phases of changed files (file key → its phases now; an empty list
+        for a removed file). A phase whose rule is unchanged keeps its next slot; a new or
+        changed rule starts now, or from the old rule's next slot if that is still due.
+        Returns the keys whose plan changed."""
+        changed: list[PhaseKey] = []
+        for file_path, phases in files.items():
+            old = {k: e for k, e in self._entries.items() if k[0] == file_path}
+            for phase in phases:
+                key = (file_path, phase.task)
+                before = old.pop(key, None)
+                if before and before.phase.rule == phase.rule and phase.severity != "error":
+                    before.phase = phase
+                    continue
+                entry = self._entry(phase)
+                if before:
+                    del self._entries[key]
+                    changed.append(key)
+                if entry is None:
+                    continue
+                start = now if before is None or before.next_slot is None else min(
+                    now, before.next_slot - _MICROSECOND)
+                self._put(entry, self._next(entry, start))
+                changed.append(key)
+            for key in old:  # phases that are gone
+                del self._entries[key]
+                changed.append(key)
+        return list(dict.fromkeys(changed))
+
+    def phase_keys(self) -> list[PhaseKey]:
+        return list(self._entries)
+
+    def next_slot(self, key: PhaseKey) -> datetime | None:
+        entry = self._entries.get(key)
+        return entry.next_slot if entry else None
+
+    def next_deadline(self) -> datetime | None:
+        while self._heap:
+            slot, seq, key = self._heap[0]
+            entry = self._entries.get(key)
+            if entry is not None and entry.seq == seq:
+                return slot
+            heapq.heappop(self._heap)  # left behind by a reschedule
+        return None
+
+    # --- what is due ----------------------------------------------------------------
+
+    def due(self, now: datetime, monotonic: float) -> list[Due]:
+        """Every slot due by `now`, each once; advances the schedule past them."""
+        real_now = now
+        if self._seen is not None:
+            wall, mono = self._seen
+            elapsed = timedelta(seconds=max(0.0, monotonic - mono))
+            if (now - wall).total_seconds() - elapsed.total_seconds() > CLOCK_STEP:
+                real_now = wall + elapsed  # what lies beyond was jumped over by a clock step
+        self._seen = (now, monotonic)
+        due: list[Due] = []
+        while (deadline := self.next_deadline()) is not None and deadline <= now:
+            _, _, key = heapq.heappop(self._heap)
+            entry = self._entries[key]
+            slot = entry.next_slot
+            while slot is not None and slot <= real_now:
+                due.append(Due(entry.phase, slot, "cron"))
+                slot = self._next(entry, slot)
+            if slot is not None and slot <= now:
+                due += self._catch_up(entry, slot - _MICROSECOND, now)
+                slot = self._next(entry, now)
+            self._put(entry, slot)
+        return due
+
+    # --- helpers --------------------------------------------------------------------
+
+    def _entry(self, phase: Phase) -> _Entry | None:
+        if phase.severity == "error":
+            return None
+        rule = parse_rule(phase.rule)
+        if rule.cron is None:
+            return None
+        return _Entry(phase, rule.cron, rule.catchup or self.default_catchup, None)
+
+    def _next(self, entry: _Entry, after: datetime) -> datetime | None:
+        return self._next_after(entry.schedule, after)
+
+    def _put(self, entry: _Entry, slot: datetime | None) -> None:
+        key = (entry.phase.file_path, entry.phase.task)
+        self._seq += 1
+        entry.seq, entry.next_slot = self._seq, slot
+        self._entries[key] = entry
+        if slot is not None:
+            heapq.heappush(self._heap, (slot, self._seq, key))
+
+    def _catch_up(self, entry: _Entry, after: datetime, upto: datetime) -> list[Due]:
+        if entry.catchup == "none":
+            return []
+        wanted = 1 if entry.catchup == "last" else self.limit
+        return [Due(entry.phase, s, "catchup")
+                for s in self.newest_slots(entry.schedule, after, upto, wanted)]
+
+    def newest_slots(self, schedule: CronSchedule, after: datetime, upto: datetime,
+                     n: int) -> list[datetime]:
+        """The newest `n` slots in (after, upto], oldest first. Searches back from `upto`
+        in growing windows, so a long outage of a per-second rule costs little."""
+        window = timedelta(minutes=1)
+        while True:
+            start = max(after, upto - window)
+            slots: list[datetime] = []
+            slot = self._next_after(schedule, start)
+            while slot is not None and slot <= upto:
+                slots.append(slot)
+                slot = self._next_after(schedule, slot)
+            if len(slots) >= n or start == after:
+                return slots[-n:]
+            window *= 4
+
+    def _next_after(self, schedule: CronSchedule, after: datetime) -> datetime | None:
+        try:
+            return next_fire(schedule, after, self.zone).astimezone(UTC)
+        except CronError:
+            return None

@@ -1,0 +1,221 @@
+"""Building the tasks a phase creates: a cron fire (plain or batch) and backload steps.
+
+flowlord's behaviour (flowlord-reference §3.8, §4, §5.3) with its bugs fixed:
+meta values are percent-encoded where they would break the query string,
+JSON values of a meta-file render as JSON, batch steps stay on the zone's wall
+clock, and each meta row builds its own meta.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, tzinfo
+from functools import partial
+
+from flowlord.model import Fire, FireSource, Phase, Task
+from flowlord.rules import Rule, parse_rule
+from flowlord.templates import cron_hour, meta_names, render_meta, render_time
+
+MAX_BATCH_TASKS = 100_000  # one fire or backload never builds more than this
+_ENCODE = {c: f"%{ord(c):02X}" for c in "%&=+ "}
+
+
+class BuildError(Exception):
+    """The phase's tasks cannot be built; str(e) says why (it is stored on the fire)."""
+
+
+def rfc3339(t: datetime) -> str:
+    """Task times and ledger slots: UTC, whole seconds (`2026-11-23T14:05:00Z`)."""
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _escape(text: str) -> str:
+    if not any(c in text for c in _ENCODE):
+        return text
+    return "".join(_ENCODE.get(c, c) for c in text)
+
+
+def encode_meta(pairs: Iterable[tuple[str, str]]) -> str:
+    """`k=v&…`, with `%`, `&`, `=`, `+` and space percent-encoded (CONTRACT §5)."""
+    return "&".join(f"{_escape(k)}={_escape(v)}" for k, v in pairs)
+
+
+@dataclass(frozen=True)
+class Context:
+    """What building needs beyond the phase: the zone templates render in, the
+    directory relative meta-file paths start from, and the creation time."""
+
+    zone: tzinfo
+    meta_dir: str
+    created: datetime
+
+
+def data_time(slot: datetime, offset: timedelta, zone: tzinfo) -> datetime:
+    """A fire's template time: the slot plus `offset` (real elapsed time), in `zone`."""
+    return (slot.astimezone(UTC) + offset).astimezone(zone)
+
+
+def is_batch(rule: Rule) -> bool:
+    return bool(rule.for_) or bool(rule.meta) or bool(rule.meta_file)
+
+
+def fire_tasks(phase: Phase, slot: datetime, ctx: Context) -> list[Task]:
+    """The tasks of one fire of a cron phase at `slot` (flowlord-reference §5.3)."""
+    rule = parse_rule(phase.rule)
+    t = data_time(slot, rule.offset, ctx.zone)
+    if not is_batch(rule):  # a plain job: the time pass only, {meta:…} stays literal
+        return [_task(phase, render_time(phase.template, t), _base_meta(phase, t), ctx)]
+    start = t.replace(minute=0, second=0, microsecond=0)
+    end = (start.astimezone(UTC) + rule.for_).astimezone(ctx.zone)
+    return expand(phase, rule, start, end, rule.by, ctx)
+
+
+def backload_steps(phase: Phase, start: datetime, end: datetime, by: str,
+                   ctx: Context) -> list[tuple[datetime, list[Task]]]:
+    """Each step's data time of [start, end] (either order) with its tasks."""
+    rule = parse_rule(phase.rule)
+    rows = meta_rows(rule, ctx.meta_dir)
+    return [(t, _tasks_at(phase, t, rows, ctx)) for t in steps(start, end, by, ctx.zone)]
+
+
+def expand(phase: Phase, rule: Rule, start: datetime, end: datetime, by: str,
+           ctx: Context) -> list[Task]:
+    """flowlord's Range(start, end): every step of the range times every meta row."""
+    rows = meta_rows(rule, ctx.meta_dir)
+    if rule.meta_file and not rows and start == end:
+        return []
+    tasks: list[Task] = []
+    for t in steps(start, end, by, ctx.zone):
+        tasks += _tasks_at(phase, t, rows, ctx)
+    return tasks
+
+
+def steps(start: datetime, end: datetime, by: str, zone: tzinfo) -> list[datetime]:
+    """start, start+by, … up to end inclusive; a backwards range is walked from its
+    earlier end and returned newest first, as flowlord does."""
+    backwards = end < start
+    low, high = (end, start) if backwards else (start, end)
+    low, high = low.astimezone(zone), high.astimezone(zone)
+    times: list[datetime] = []
+    t = low
+    while t <= high:
+        times.append(t)
+        if len(times) > MAX_BATCH_TASKS:
+            raise BuildError(f"range has more than {MAX_BATCH_TASKS} steps")
+        t = step(t, by, zone)
+    return times[::-1] if backwards else times
+
+
+def step(t: datetime, by: str, zone: tzinfo) -> datetime:
+    """One `by` step: an hour of real time, or a calendar day, week or month at the
+    same wall-clock time (Go's AddDate: 31 January + 1 month is 3 March)."""
+    if by == "hour":
+        return (t.astimezone(UTC) + timedelta(hours=1)).astimezone(zone)
+    wall = t.replace(tzinfo=None)
+    if by == "month":
+        months = wall.month + 1
+        year, month = wall.year + (months - 1) // 12, (months - 1) % 12 + 1
+        first = wall.replace(year=year, month=month, day=1)
+        wall = first + timedelta(days=wall.day - 1)
+    else:
+        wall += timedelta(days=7 if by == "week" else 1)
+    return wall.replace(tzinfo=zone)
+
+
+def meta_rows(rule: Rule, meta_dir: str) -> list[dict[str, str]]:
+    """The rows of `meta=` (value i of every key) then those of `meta-file=`."""
+    rows: list[dict[str, str]] = []
+    if rule.meta:
+        count = len(rule.meta[0][1])
+        rows += [{key: values[i] for key, values in rule.meta} for i in range(count)]
+    if rule.meta_file:
+        rows += _meta_file_rows(os.path.join(meta_dir, rule.meta_file))
+    return rows
+
+
+def _meta_file_rows(pattern: str) -> list[dict[str, str]]:
+    paths = sorted(glob.glob(pattern))
+    if not paths:
+        raise BuildError(f"no files found for {pattern}")
+    rows: list[dict[str, str]] = []
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise BuildError(f"cannot read meta-file {path}: {e}") from e
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as e:
+                raise BuildError(f"meta-file {path} line {number}: {e}") from e
+            if not isinstance(row, dict):
+                raise BuildError(f"meta-file {path} line {number}: not a JSON object")
+            rows.append({str(k): _json_text(v) for k, v in row.items()})
+            if len(rows) > MAX_BATCH_TASKS:
+                raise BuildError(f"meta-file {pattern} has more than {MAX_BATCH_TASKS} rows")
+    return rows
+
+
+def _json_text(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e21:
+        return str(int(value))
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _tasks_at(phase: Phase, t: datetime, rows: Sequence[dict[str, str]],
+              ctx: Context) -> list[Task]:
+    info = render_time(phase.template, t)
+    base = _base_meta(phase, t)
+    if not rows:
+        return [_task(phase, info, base, ctx)]
+    names = list(dict.fromkeys(meta_names(info)))
+    tasks = []
+    for row in rows:
+        text, _ = render_meta(info, partial(_lookup, row))
+        meta = dict(base)
+        meta.update((name, row.get(name, "")) for name in names)
+        tasks.append(_task(phase, text, sorted(meta.items()), ctx))
+    return tasks
+
+
+def _lookup(row: dict[str, str], name: str) -> str:
+    return row.get(name, "")
+
+
+def _base_meta(phase: Phase, t: datetime) -> list[tuple[str, str]]:
+    pairs = [("workflow", phase.file_path), ("cron", cron_hour(t))]
+    if phase.job:
+        pairs.append(("job", phase.job))
+    return pairs
+
+
+def _task(phase: Phase, info: str, meta: Iterable[tuple[str, str]], ctx: Context) -> Task:
+    return Task(type=phase.topic, job=phase.job, info=info, meta=encode_meta(meta),
+                id=str(uuid.uuid4()), created=rfc3339(ctx.created))
+
+
+def build_fire(phase: Phase, slot: datetime, source: FireSource, ctx: Context) -> Fire:
+    """The ledger row of one fire with its tasks; a phase whose tasks cannot be built
+    still records the slot, with the reason (so it shows, and is not retried forever)."""
+    try:
+        tasks = fire_tasks(phase, slot, ctx)
+        error = ""
+    except BuildError as e:
+        tasks, error = [], str(e)
+    return Fire(phase.file_path, phase.task, rfc3339(slot), source, tasks, error)

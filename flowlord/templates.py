@@ -1,0 +1,79 @@
+"""flowlord's template tokens (flowlord-reference §4), with their case rules.
+
+Two passes: the time pass replaces date tokens from a time, the meta pass
+replaces `{meta:name}` tokens from a lookup. Where both run, time runs first,
+so meta values are never time-expanded.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+
+_SLUGS = (("{SLUG}", "{HOUR_SLUG}"), ("{HOUR_SLUG}", "{YYYY}/{MM}/{DD}/{HH}"),
+          ("{DAY_SLUG}", "{YYYY}/{MM}/{DD}"), ("{MONTH_SLUG}", "{YYYY}/{MM}"))
+_YEAR = re.compile(r"\{[Yy]{4}\}")
+_SHORT_YEAR = re.compile(r"\{[Yy]{2}\}")
+_MONTH = re.compile(r"\{[Mm]{2}\}")  # {mm} is the month, {min} the minute
+_DAY = re.compile(r"\{[Dd]{2}\}")
+_HOUR = re.compile(r"\{[Hh]{2}\}")
+_HOST = re.compile(r"\{host\}", re.IGNORECASE)
+_POD = re.compile(r"\{pod\}", re.IGNORECASE)
+_META = re.compile(r"\{meta:([0-9A-Za-z_]+)\}")
+
+
+def hostname() -> str:
+    return socket.gethostname() or "hostname"
+
+
+def pod_name(host: str) -> str:
+    """The last two `-`-separated parts of a Kubernetes pod's hostname."""
+    parts = host.split("-")
+    return "-".join(parts[-2:]) if len(parts) > 1 else host
+
+
+def render_time(template: str, t: datetime | None) -> str:
+    """The time pass. `t` None (no time known) leaves every token as it is."""
+    if t is None:
+        return template
+    comment = ""
+    cut = template.find("#")
+    if cut > 0:  # everything from a '#' after the start is kept verbatim
+        template, comment = template[:cut], template[cut:]
+    for token, expansion in _SLUGS:
+        template = template.replace(token, expansion)
+    template = template.replace("{TS}", t.strftime("%Y%m%dT%H%M%S"))
+    year = str(t.year)
+    template = _YEAR.sub(year, template)
+    template = _SHORT_YEAR.sub(year[2:], template)
+    template = _MONTH.sub(f"{t.month:02d}", template)
+    template = _DAY.sub(f"{t.day:02d}", template)
+    template = _HOUR.sub(f"{t.hour:02d}", template)
+    template = template.replace("{min}", f"{t.minute:02d}")
+    if "{" in template:
+        host = hostname()
+        template = _HOST.sub(host, template)
+        template = _POD.sub(pod_name(host), template)
+        # flowlord replaces the first lowercase {uuid} only
+        template = template.replace("{uuid}", uuid.uuid4().hex[:8], 1)
+    return template + comment
+
+
+def render_meta(text: str, get: Callable[[str], str]) -> tuple[str, list[str]]:
+    """The meta pass: `{meta:name}` → get(name); also the names used, in token order."""
+    names = _META.findall(text)
+    for name in dict.fromkeys(names):
+        text = text.replace("{meta:" + name + "}", get(name))
+    return text, names
+
+
+def meta_names(text: str) -> list[str]:
+    return _META.findall(text)
+
+
+def cron_hour(t: datetime) -> str:
+    """The `cron=` meta value: the task's data time as `YYYY-MM-DDTHH`."""
+    return t.strftime("%Y-%m-%dT%H")
