@@ -15,17 +15,14 @@ from typing import NoReturn
 
 import apsw
 
-from flowlord import __version__, cron, daemon, report
+from flowlord import __version__, cli_tasks, cron, daemon, report
 from flowlord.config import Config, ConfigError, find_config_file, load_config, with_flags
+from flowlord.errors import UsageError
 from flowlord.loader import Loader, LoaderError, list_workflows, load_bytes, read_workflow
 from flowlord.model import Phase
 from flowlord.parse import WorkflowParseError
 from flowlord.rules import parse_rule
 from flowlord.store import Store, StoreError
-
-
-class UsageError(Exception):
-    """Exit 2 with this one line."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -68,6 +65,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=_positive, default=5)
     p.add_argument("--workflow", help="workflow file key, when several define TASK")
     sub.add_parser("doctor", parents=[common], help="integrity and foreign-key checks")
+    p = sub.add_parser("trigger", parents=[common], help="fire a phase now or at --time")
+    p.add_argument("task")
+    p.add_argument("--time", type=_iso_time, help="ISO 8601 fire time (default now)")
+    p.add_argument("--workflow", help="workflow file key, when several define TASK")
+    p.add_argument("--dry-run", action="store_true", help="print the tasks as JSON lines")
+    p = sub.add_parser("backload", parents=[common], help="a phase's tasks for a time range")
+    p.add_argument("task")
+    p.add_argument("--from", dest="start", type=_iso_time, required=True)
+    p.add_argument("--to", dest="end", type=_iso_time, required=True)
+    p.add_argument("--by", choices=["hour", "day", "week", "month"])
+    p.add_argument("--workflow", help="workflow file key, when several define TASK")
+    p.add_argument("--dry-run", action="store_true", help="print the tasks as JSON lines")
+    p = sub.add_parser("tasks", parents=[common], help="task history, newest first")
+    p.add_argument("--type")
+    p.add_argument("--result", choices=["complete", "error", "alert", "warn", "none"],
+                   help="none: tasks not finished")
+    p.add_argument("--limit", type=_positive, default=100)
+    p.add_argument("--json", action="store_true")
     return parser
 
 
@@ -279,24 +294,14 @@ def _find_phase_in_files(root: str, task: str, workflow: str | None) -> Phase:
         raise UsageError(f"no such file or directory: {root}")
     files = list_workflows(root).files if os.path.isdir(root) else {
         os.path.basename(root): root}
-    if workflow is not None:
-        if workflow not in files:
-            raise UsageError(f"no workflow file {workflow} in {root}")
-        files = {workflow: files[workflow]}
-    exact, by_topic = [], []
-    for key, path in sorted(files.items()):  # the first file key in sort order wins
-        phases = load_file(key, path)
-        if isinstance(phases, str):
-            continue
-        exact += [p for p in phases if p.task == task]
-        by_topic += [p for p in phases if ":" not in task and p.topic == task]
-    found = exact or by_topic
-    if not found:
-        raise UsageError(f"no phase {task} in {root}")
-    if len(found) > 1:
-        print(f"flowlord: warning: {len(found)} phases match {task}; using "
-              f"{found[0].file_path}: {found[0].task} (choose with --workflow)", file=sys.stderr)
-    return found[0]
+    if workflow is not None and workflow not in files:
+        raise UsageError(f"no workflow file {workflow} in {root}")
+    phases: list[Phase] = []
+    for key, path in sorted(files.items()):
+        if workflow is None or key == workflow:
+            loaded = load_file(key, path)
+            phases += [] if isinstance(loaded, str) else loaded
+    return cli_tasks.pick_phase(phases, task, workflow, root)
 
 
 def cmd_doctor(args: argparse.Namespace, config: Config) -> int:
@@ -315,6 +320,8 @@ def cmd_doctor(args: argparse.Namespace, config: Config) -> int:
 COMMANDS = {
     "run": cmd_run, "check": cmd_check, "refresh": cmd_refresh, "phases": cmd_phases,
     "graph": cmd_graph, "next": cmd_next, "doctor": cmd_doctor,
+    "trigger": cli_tasks.cmd_trigger, "backload": cli_tasks.cmd_backload,
+    "tasks": cli_tasks.cmd_tasks,
 }
 
 if __name__ == "__main__":

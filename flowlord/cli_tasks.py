@@ -1,0 +1,142 @@
+"""The commands that create and list tasks: `trigger`, `backload`, `tasks`.
+
+They work on the stored phases (what the daemon schedules) and write through
+the fire ledger, so a slot fired by the daemon, a trigger or a backload is
+never created twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from flowlord.config import Config
+from flowlord.errors import UsageError
+from flowlord.model import Fire, Phase
+from flowlord.rules import BY_STEPS, parse_rule
+from flowlord.store import Store, utc_now, write_txn
+from flowlord.tasks import BuildError, Context, backload_steps, build_fire, rfc3339
+
+
+def pick_phase(phases: Sequence[Phase], task: str, workflow: str | None, where: str) -> Phase:
+    """The phase named `task` (exactly, else a topic's first job) in file-key order;
+    several matches: the first, with a warning naming the choice."""
+    if workflow is not None:
+        phases = [p for p in phases if p.file_path == workflow]
+        if not phases:
+            raise UsageError(f"no workflow file {workflow} in {where}")
+    exact = [p for p in phases if p.task == task]
+    found = exact or [p for p in phases if ":" not in task and p.topic == task]
+    if not found:
+        raise UsageError(f"no phase {task} in {where}")
+    found.sort(key=lambda p: (p.file_path, p.position))
+    if len(found) > 1:
+        print(f"flowlord: warning: {len(found)} phases match {task}; using "
+              f"{found[0].file_path}: {found[0].task} (choose with --workflow)", file=sys.stderr)
+    return found[0]
+
+
+def _stored_phase(store: Store, args: argparse.Namespace, config: Config) -> Phase:
+    phase = pick_phase(store.phases(), args.task, args.workflow, config.db)
+    if phase.severity == "error":
+        raise UsageError(f"{phase.file_path}: {phase.task} cannot run: {phase.status}")
+    return phase
+
+
+def _in_zone(t: datetime, config: Config) -> datetime:
+    """A time from the command line: without an offset it is in the configured zone."""
+    return t.replace(tzinfo=config.zone()) if t.tzinfo is None else t
+
+
+def _context(config: Config) -> Context:
+    root = os.path.abspath(config.workflows)
+    meta_dir = root if os.path.isdir(root) else os.path.dirname(root)
+    return Context(config.zone(), meta_dir, datetime.now(UTC))
+
+
+def _record(config: Config, fires: list[Fire]) -> list[Fire]:
+    store = Store(config.db)
+    try:
+        with write_txn(store.conn):
+            return store.record_fires(fires, utc_now())
+    finally:
+        store.close()
+
+
+def cmd_trigger(args: argparse.Namespace, config: Config) -> int:
+    """Fire a phase as if its cron fired at --time (default now)."""
+    store = Store(config.db, readonly=True)
+    try:
+        phase = _stored_phase(store, args, config)
+    finally:
+        store.close()
+    slot = _in_zone(args.time, config) if args.time else datetime.now(UTC)
+    slot = slot.astimezone(UTC).replace(microsecond=0)
+    fire = build_fire(phase, slot, "trigger", _context(config))
+    if fire.error:
+        print(f"flowlord: {phase.file_path}: {phase.task}: {fire.error}", file=sys.stderr)
+        return 1
+    if args.dry_run:
+        print("\n".join(t.to_json() for t in fire.tasks))
+        return 0
+    if not _record(config, [fire]):
+        print(f"flowlord: {phase.file_path}: {phase.task} already fired for "
+              f"{fire.scheduled_for}; nothing created", file=sys.stderr)
+        return 0
+    print(f"{phase.file_path}\t{phase.task}\t{fire.scheduled_for}\t"
+          f"{len(fire.tasks)} task{'s' if len(fire.tasks) != 1 else ''} created")
+    return 0
+
+
+def cmd_backload(args: argparse.Namespace, config: Config) -> int:
+    """The phase's tasks for every step of [--from, --to]; a step done before is skipped."""
+    store = Store(config.db, readonly=True)
+    try:
+        phase = _stored_phase(store, args, config)
+    finally:
+        store.close()
+    rule = parse_rule(phase.rule)
+    by = BY_STEPS[args.by] if args.by else rule.by
+    ctx = _context(config)
+    try:
+        steps = backload_steps(phase, _in_zone(args.start, config), _in_zone(args.end, config),
+                               by, ctx)
+    except BuildError as e:
+        print(f"flowlord: {phase.file_path}: {phase.task}: {e}", file=sys.stderr)
+        return 1
+    if args.dry_run:
+        print("\n".join(t.to_json() for _, tasks in steps for t in tasks))
+        return 0
+    # a step's slot is the cron time that builds it: its data time less the offset
+    fires = [Fire(phase.file_path, phase.task, rfc3339(t.astimezone(UTC) - rule.offset),
+                  "backload", tasks) for t, tasks in steps]
+    new = _record(config, fires)
+    created = sum(len(f.tasks) for f in new)
+    print(f"{phase.file_path}\t{phase.task}\t{len(fires)} steps: {len(new)} new, "
+          f"{len(fires) - len(new)} done before; {created} task{'s' if created != 1 else ''} "
+          "created")
+    return 0
+
+
+def cmd_tasks(args: argparse.Namespace, config: Config) -> int:
+    """Task history, newest first."""
+    store = Store(config.db, readonly=True)
+    try:
+        rows = store.tasks(type=args.type, result=args.result, limit=args.limit)
+    finally:
+        store.close()
+    names = ("task_no", "id", "type", "job", "info", "meta", "created", "started", "ended",
+             "result", "msg", "file_path", "phase", "attempt", "scheduled_for")
+    records = [dict(zip(names, row, strict=True)) for row in rows]
+    if args.json:
+        print(json.dumps(records, indent=1, ensure_ascii=False))
+        return 0
+    for r in records:
+        state = r["result"] or ("running" if r["started"] else "waiting")
+        kind = f"{r['type']}:{r['job']}" if r["job"] else r["type"]
+        print(f"{r['task_no']}\t{r['created']}\t{kind}\t{state}\t{r['info']}\t{r['id']}")
+    return 0
