@@ -1,0 +1,162 @@
+"""The scheduler driven by a fake clock: which slots are due, once each, and catch-up."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from flowlord.clock import FakeClock
+from flowlord.model import Phase
+from flowlord.scheduler import Due, Scheduler
+
+T0 = datetime(2026, 11, 23, 12, 0, 30, tzinfo=UTC)
+NY = ZoneInfo("America/New_York")
+
+
+def phase(task: str = "p", rule: str = "cron=0 * * * * *", file: str = "a.toml",
+          severity: str = "ok") -> Phase:
+    status = "" if severity == "ok" else "broken"
+    return Phase(file, task, rule=rule, status=status, severity=severity)  # type: ignore[arg-type]
+
+
+def run(s: Scheduler, clock: FakeClock, seconds: int, step: float = 1.0) -> list[Due]:
+    """Advance the clock in steps, collecting what is due at each."""
+    due: list[Due] = []
+    for _ in range(int(seconds / step)):
+        clock.advance(step)
+        due += s.due(clock.now(), clock.monotonic())
+    return due
+
+
+def slots(due: list[Due]) -> list[str]:
+    return [d.slot.strftime("%H:%M:%S") for d in due]
+
+
+def test_each_slot_is_due_once_at_its_time() -> None:
+    clock = FakeClock(T0)
+    s = Scheduler(UTC)
+    assert s.start([phase()], clock.now(), {}) == []
+    assert s.next_deadline() == datetime(2026, 11, 23, 12, 1, tzinfo=UTC)
+    due = run(s, clock, 180, step=0.25)
+    assert slots(due) == ["12:01:00", "12:02:00", "12:03:00"]
+    assert {d.source for d in due} == {"cron"}
+    assert s.due(clock.now(), clock.monotonic()) == []  # asking again gives nothing
+
+
+def test_a_late_loop_still_fires_every_slot_it_slept_through() -> None:
+    clock = FakeClock(T0)
+    s = Scheduler(UTC)
+    s.start([phase(rule="cron=* * * * * *")], clock.now(), {})
+    clock.advance(5.2)  # the loop was stuck (a locked database) for five seconds
+    due = s.due(clock.now(), clock.monotonic())
+    assert slots(due) == ["12:00:31", "12:00:32", "12:00:33", "12:00:34", "12:00:35"]
+    assert {d.source for d in due} == {"cron"}
+
+
+@pytest.mark.parametrize(("policy", "expected"), [
+    ("none", []),
+    ("last", ["13:00:00"]),
+    ("all", ["12:01:00", "12:02:00", "12:58:00", "12:59:00", "13:00:00"]),
+])
+def test_a_clock_step_forward_follows_the_catchup_policy(policy: str, expected: list[str]) -> None:
+    clock = FakeClock(T0)
+    s = Scheduler(UTC, limit=1000)
+    s.start([phase(rule=f"cron=0 * * * * *&catchup={policy}")], clock.now(), {})
+    clock.advance(1)
+    assert s.due(clock.now(), clock.monotonic()) == []
+    clock.step(timedelta(hours=1))  # 12:00:31 → 13:00:31 in no time
+    due = s.due(clock.now(), clock.monotonic())
+    got = slots(due)
+    if policy == "all":
+        assert len(got) == 60 and got[:2] + got[-3:] == expected
+    else:
+        assert got == expected
+    assert {d.source for d in due} <= {"catchup"}
+    assert s.next_deadline() == datetime(2026, 11, 23, 13, 1, tzinfo=UTC)
+
+
+def test_a_clock_step_back_fires_nothing_twice() -> None:
+    clock = FakeClock(T0)
+    s = Scheduler(UTC)
+    s.start([phase()], clock.now(), {})
+    first = run(s, clock, 120)
+    assert slots(first) == ["12:01:00", "12:02:00"]
+    clock.step(-timedelta(minutes=10))
+    again = run(s, clock, 600)  # the clock walks back up to where it was
+    assert again == []
+    later = run(s, clock, 60)
+    assert slots(later) == ["12:03:00"]
+
+
+def test_start_catches_up_from_the_ledger_by_policy() -> None:
+    now = datetime(2026, 11, 23, 12, 0, 30, tzinfo=UTC)
+    last = {("a.toml", "none"): now - timedelta(hours=2),
+            ("a.toml", "last"): now - timedelta(hours=2),
+            ("a.toml", "all"): now - timedelta(minutes=3, seconds=30),
+            ("a.toml", "capped"): now - timedelta(hours=2)}
+    s = Scheduler(UTC, catchup="all", limit=3)
+    due = s.start([phase("none", "cron=0 * * * * *&catchup=none"),
+                   phase("last", "cron=0 * * * * *&catchup=last"),
+                   phase("all", "cron=0 * * * * *"),  # the default from the config: all
+                   phase("capped", "cron=0 * * * * *"),
+                   phase("new", "cron=0 * * * * *")], now, last)
+    by_task: dict[str, list[str]] = {}
+    for d in due:
+        by_task.setdefault(d.phase.task, []).append(d.slot.strftime("%H:%M"))
+    assert by_task == {"last": ["12:00"], "all": ["11:58", "11:59", "12:00"],
+                       "capped": ["11:58", "11:59", "12:00"]}
+    assert {d.source for d in due} == {"catchup"}
+
+
+def test_catch_up_over_a_long_outage_of_a_per_second_rule_takes_the_newest() -> None:
+    now = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
+    s = Scheduler(UTC, catchup="all", limit=100)
+    due = s.start([phase(rule="cron=* * * * * *")], now, {("a.toml", "p"): now - timedelta(days=3)})
+    assert len(due) == 100
+    assert due[-1].slot == now and due[0].slot == now - timedelta(seconds=99)
+
+
+def test_update_keeps_unchanged_phases_and_reschedules_changed_ones() -> None:
+    clock = FakeClock(T0)
+    s = Scheduler(UTC)
+    keep, change, drop = phase("keep"), phase("change", "cron=0 0 * * * *"), phase("drop")
+    s.start([keep, change, drop], clock.now(), {})
+    assert s.next_slot(("a.toml", "change")) == datetime(2026, 11, 23, 13, tzinfo=UTC)
+    changed = s.update({"a.toml": [keep, phase("change", "cron=30 * * * * *"),
+                                   phase("new", "cron=15 * * * * *")]}, clock.now())
+    assert set(changed) == {("a.toml", "change"), ("a.toml", "new"), ("a.toml", "drop")}
+    assert s.next_slot(("a.toml", "keep")) == datetime(2026, 11, 23, 12, 1, tzinfo=UTC)
+    assert s.next_slot(("a.toml", "change")) == datetime(2026, 11, 23, 12, 1, 30, tzinfo=UTC)
+    assert s.next_slot(("a.toml", "drop")) is None
+    due = run(s, clock, 60)
+    assert sorted((d.phase.task, d.slot.strftime("%H:%M:%S")) for d in due) == [
+        ("change", "12:01:30"), ("keep", "12:01:00"), ("new", "12:01:15")]
+
+
+def test_a_phase_that_turns_invalid_stops_and_a_removed_file_empties() -> None:
+    clock = FakeClock(T0)
+    s = Scheduler(UTC)
+    s.start([phase("a"), phase("b", file="b.toml")], clock.now(), {})
+    s.update({"a.toml": [phase("a", severity="error")], "b.toml": []}, clock.now())
+    assert len(s) == 0
+    assert run(s, clock, 120) == []
+
+
+def test_phases_without_cron_or_with_errors_are_not_scheduled() -> None:
+    s = Scheduler(UTC)
+    s.start([phase("files", "files=/data/*.csv"), phase("bad", severity="error"),
+             phase("child", "")], T0, {})
+    assert len(s) == 0 and s.next_deadline() is None
+
+
+def test_slots_follow_the_zone_across_daylight_saving() -> None:
+    # 02:30 daily in New York: on 2026-03-08 02:30 does not exist and fires at 03:00 EDT
+    start = datetime(2026, 3, 7, 12, tzinfo=UTC)
+    clock = FakeClock(start)
+    s = Scheduler(NY)
+    s.start([phase(rule="cron=0 30 2 * * *")], clock.now(), {})
+    due = run(s, clock, 3 * 24 * 3600, step=600)
+    assert [d.slot.astimezone(NY).isoformat() for d in due] == [
+        "2026-03-08T03:00:00-04:00", "2026-03-09T02:30:00-04:00", "2026-03-10T02:30:00-04:00"]
