@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -33,6 +34,16 @@ def wf(tmp_path: Path) -> Path:
     d = tmp_path / "workflows"
     d.mkdir()
     return d
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[socket.socket]:
+    """The socket `flowlord run` sends its systemd notifications to (NOTIFY_SOCKET)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(str(tmp_path / "notify.sock"))
+    s.settimeout(20)
+    yield s
+    s.close()
 
 
 @pytest.fixture

@@ -9,8 +9,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import IO
 
 import apsw
 import pytest
@@ -28,15 +29,6 @@ def wait_for(condition: Callable[[], bool], seconds: float = 20) -> None:
         time.sleep(0.05)
 
 
-@pytest.fixture
-def notify_socket(tmp_path: Path) -> Iterator[socket.socket]:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    s.bind(str(tmp_path / "notify.sock"))
-    s.settimeout(20)
-    yield s
-    s.close()
-
-
 def messages_until(sock: socket.socket, wanted: str) -> list[str]:
     seen: list[str] = []
     while wanted not in seen:
@@ -45,15 +37,17 @@ def messages_until(sock: socket.socket, wanted: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def daemon(tmp_path: Path, wf: Path, db: Path,
-           stderr: int = subprocess.DEVNULL) -> Iterator[subprocess.Popen[str]]:
+def daemon(tmp_path: Path, wf: Path, db: Path, stderr: int | IO[str] = subprocess.DEVNULL,
+           args: Sequence[str] = (), env: dict[str, str] | None = None,
+           ) -> Iterator[subprocess.Popen[str]]:
     """`flowlord run` on `wf`, notifying the socket of the notify_socket fixture;
     killed at the end if the test did not stop it."""
-    env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify.sock"),
-           "PYTHONPATH": str(ROOT)}
-    env.pop("FLOWLORD_CONFIG", None)
+    full_env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify.sock"),
+                "PYTHONPATH": str(ROOT), **(env or {})}
+    full_env.pop("FLOWLORD_CONFIG", None)
     with subprocess.Popen([sys.executable, "-m", "flowlord", "run", "-w", str(wf),
-                           "--db", str(db)], env=env, stderr=stderr, text=True) as proc:
+                           "--db", str(db), *args], env=full_env, stderr=stderr,
+                          text=True) as proc:
         try:
             yield proc
         finally:
