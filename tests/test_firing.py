@@ -94,7 +94,7 @@ def test_sigkill_and_restart_never_fire_a_slot_twice_and_catch_up_all(
         wanted = len(fired(db)) + rng.randint(1, 3)
         with daemon(tmp_path, wf, db) as proc:
             # kill at a random moment: after one to three new slots, plus up to 0.9 s
-            wait_for(lambda: len(fired(db)) >= wanted)
+            wait_for(lambda wanted=wanted: len(fired(db)) >= wanted)
             until(time.monotonic() + rng.random() * 0.9)
             proc.kill()
             proc.wait(timeout=10)
