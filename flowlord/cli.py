@@ -168,7 +168,8 @@ def check_file(key: str, path: str) -> list[report.Finding]:
 
 
 def cmd_refresh(args: argparse.Namespace, config: Config) -> int:
-    loader = Loader(config.workflows, Store(config.db))
+    loader = Loader(config.workflows, Store(config.db),
+                    allow_world_writable=config.allow_world_writable)
     try:
         changes = loader.refresh()
         _warn_problems(loader)
@@ -196,7 +197,8 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
     """The daemon (watch, refresh); with --once, one refresh and a summary."""
     if not args.once:
         return daemon.run(config)
-    loader = Loader(config.workflows, Store(config.db))
+    loader = Loader(config.workflows, Store(config.db),
+                    allow_world_writable=config.allow_world_writable)
     try:
         changes = loader.refresh()
         phases = loader.store.phases()

@@ -58,8 +58,9 @@ class Daemon:
     def run(self) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
-        loader = Loader(self.config.workflows, Store(self.config.db,
-                                                     busy_timeout_ms=BUSY_TIMEOUT_MS))
+        store = Store(self.config.db, busy_timeout_ms=BUSY_TIMEOUT_MS)
+        loader = Loader(self.config.workflows, store,
+                        allow_world_writable=self.config.allow_world_writable)
         try:
             self._watch(loader)
             self._refresh(loader, None)  # a failure here is fatal: bad path or database

@@ -129,9 +129,12 @@ class Loader:
     """The Cache API of the seed plan, on a Store."""
 
     def __init__(self, workflow_path: str, store: Store,
-                 now_ns: Callable[[], int] = time.time_ns) -> None:
+                 now_ns: Callable[[], int] = time.time_ns, *,
+                 allow_world_writable: bool = False) -> None:
         self.root = os.path.abspath(workflow_path)
         self.store = store
+        self.allow_world_writable = allow_world_writable
+        self._real_root = os.path.realpath(self.root)
         self.now_ns = now_ns  # the clock, for telling fresh files from settled ones
         self.problems: list[str] = []  # of the last refresh, for logs and the CLI
         try:
@@ -153,6 +156,7 @@ class Loader:
         With `paths` (from file events) only those files, or directories, are looked at.
         """
         self.problems = []
+        self._real_root = os.path.realpath(self.root)  # a deployment may swap a symlink
         if paths is None:
             listing, scope = self._list_all(), [""]
         else:
@@ -215,6 +219,9 @@ class Loader:
             if state and state.stat_token == token:
                 return ""
             last_modified = mtime_text(st.st_mtime_ns)
+            refusal = self._refusal(path, st)
+            if refusal:
+                return self._refuse(key, state, refusal, last_modified, ops)
             st, data = read_workflow(path, st)
         except WorkflowParseError as e:  # too large: refused without reading it
             version = FileVersion(key, "", None, last_modified)
@@ -243,6 +250,29 @@ class Loader:
             ops.append(FileOp("reject", version, status=outcome))
         else:
             ops.append(FileOp("replace", version, phases=outcome))
+        return "~" if state else "+"
+
+    def _refusal(self, path: str, st: os.stat_result) -> str:
+        """Why a file must not be loaded even if it parses ('' when it may be)."""
+        if st.st_mode & stat.S_IWOTH and not self.allow_world_writable:
+            # like cron: anyone could make it run anything (allow_world_writable overrides)
+            return "writable by any user (o+w)"
+        if self.is_dir():
+            real = os.path.realpath(path)
+            if not real.startswith(self._real_root + os.sep):
+                return f"symbolic link out of the workflow directory: {real}"
+        return ""
+
+    def _refuse(self, key: str, state: FileState | None, reason: str,
+                last_modified: str, ops: list[FileOp]) -> str:
+        """A refused file keeps its row, with the reason, and loses its phases. No stat
+        token: each rescan looks again, as the config may now allow it."""
+        status = f"parse error: refused: {reason}"
+        if state and state.status == status:
+            return ""
+        self.problems.append(f"{key}: {status}")
+        version = FileVersion(key, "", None, last_modified)
+        ops.append(FileOp("replace", version, status=status))
         return "~" if state else "+"
 
     def _unreadable(self, key: str, state: FileState | None, reason: str,

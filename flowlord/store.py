@@ -7,6 +7,7 @@ and its phases always change in the same transaction.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -48,6 +49,8 @@ def connect(path: str, *, readonly: bool = False,
     flags = apsw.SQLITE_OPEN_READONLY if readonly else (
         apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE)
     try:
+        if not readonly:
+            _create_private(path)
         conn = apsw.Connection(path, flags=flags, statementcachesize=200)
         conn.set_busy_timeout(busy_timeout_ms)
         conn.config(apsw.SQLITE_DBCONFIG_DQS_DML, 0)
@@ -72,6 +75,13 @@ def connect(path: str, *, readonly: bool = False,
                              f"{SCHEMA_VERSION}: run `flowlord refresh` to upgrade it")
         migrate(conn)
     return conn
+
+
+def _create_private(path: str) -> None:
+    """A new database file is readable by its owner and group only; SQLite gives its
+    -wal and -shm files the same permissions."""
+    with contextlib.suppress(OSError):  # it exists; or SQLite will say why it cannot open it
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640))
 
 
 @contextmanager

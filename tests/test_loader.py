@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import time
 from pathlib import Path
 
@@ -104,15 +105,16 @@ def test_an_edit_with_its_mtime_restored_is_seen(wf: Path, loader: Loader,
 
 def test_a_file_readable_again_with_its_old_bytes_is_ok_again(
         tmp_path: Path, wf: Path, loader: Loader, store: Store) -> None:
-    target = tmp_path / "target.toml"
+    (wf / ".real").mkdir()  # hidden: not a workflow itself, and inside the directory
+    target = wf / ".real" / "target.toml"
     target.write_text('[[phase]]\ntask = "a"\n')
     (wf / "a.toml").symlink_to(target)
     loader.refresh()
-    target.rename(tmp_path / "away.toml")
+    target.rename(wf / ".real" / "away.toml")
     assert loader.refresh() == ["~a.toml"]
     assert "dangling symbolic link" in status(store, "a.toml")
     assert rows(store) == {"a.toml": ["a"]}  # the last good phases stay
-    (tmp_path / "away.toml").rename(target)
+    (wf / ".real" / "away.toml").rename(target)
     assert loader.refresh() == ["~a.toml"]
     assert status(store, "a.toml") == ""
 
@@ -358,3 +360,46 @@ def test_children_leave_out_broken_phases(wf: Path, loader: Loader) -> None:
         '[[phase]]\ntask = "bad"\ndependsOn = "p"\nrule = "offset=soon"\n')
     loader.refresh()
     assert [k.task for k in loader.children(Task(type="p", meta="workflow=a.toml"))] == ["good"]
+
+
+def test_a_world_writable_file_is_refused_unless_allowed(wf: Path, store: Store) -> None:
+    f = wf / "open.toml"
+    f.write_text('[[phase]]\ntask = "a"\nrule = "cron=0 * * * *"\n')
+    loader = Loader(str(wf), store)
+    loader.refresh()
+    assert [p.task for p in store.phases()] == ["a"]
+    f.chmod(0o666)
+    assert loader.refresh() == ["~open.toml"]
+    assert store.phases() == []  # its last good phases go too: anyone could have edited them
+    status = store.files()[0][1]
+    assert status == "parse error: refused: writable by any user (o+w)"
+    assert loader.problems == [f"open.toml: {status}"]
+    assert loader.refresh() == [] and loader.problems == []  # said once, not every rescan
+    allowed = Loader(str(wf), store, allow_world_writable=True)
+    assert allowed.refresh() == ["~open.toml"]
+    assert [p.task for p in store.phases()] == ["a"] and store.files()[0][1] == ""
+
+
+def test_a_symlink_out_of_the_directory_is_refused(tmp_path: Path, wf: Path,
+                                                   store: Store) -> None:
+    outside = tmp_path / "outside.toml"
+    outside.write_text('[[phase]]\ntask = "a"\nrule = "cron=0 * * * *"\n')
+    (wf / "inside.toml").write_text('[[phase]]\ntask = "b"\nrule = "cron=0 * * * *"\n')
+    (wf / "link.toml").symlink_to(outside)
+    (wf / "alias.toml").symlink_to(wf / "inside.toml")  # inside: fine
+    Loader(str(wf), store).refresh()
+    rows = {f[0]: f[1] for f in store.files()}
+    assert rows["link.toml"] == ("parse error: refused: symbolic link out of the workflow "
+                                 f"directory: {outside}")
+    assert rows["inside.toml"] == rows["alias.toml"] == ""
+    assert sorted((p.file_path, p.task) for p in store.phases()) == [
+        ("alias.toml", "b"), ("inside.toml", "b")]
+
+
+def test_a_new_database_is_private_to_owner_and_group(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        Store(str(tmp_path / "new.db")).close()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "new.db").stat().st_mode) == 0o640
