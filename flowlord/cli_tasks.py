@@ -18,7 +18,7 @@ from flowlord.config import Config
 from flowlord.errors import UsageError
 from flowlord.model import Fire, Phase
 from flowlord.rules import BY_STEPS, parse_rule
-from flowlord.store import Store, utc_now, write_txn
+from flowlord.store import Store, utc_now_ms, write_txn
 from flowlord.tasks import BuildError, Context, backload_steps, build_fire, rfc3339
 
 
@@ -62,7 +62,7 @@ def _record(config: Config, fires: list[Fire]) -> list[Fire]:
     store = Store(config.db)
     try:
         with write_txn(store.conn):
-            return store.record_fires(fires, utc_now())
+            return store.record_fires(fires, utc_now_ms())
     finally:
         store.close()
 

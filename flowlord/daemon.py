@@ -29,7 +29,7 @@ from flowlord.loader import Loader, LoaderError
 from flowlord.model import Fire
 from flowlord.scheduler import Due, PhaseKey, Scheduler, parse_slot
 from flowlord.sdnotify import notify, watchdog_interval
-from flowlord.store import Store, utc_now, write_txn
+from flowlord.store import Store, utc_now_ms, write_txn
 from flowlord.tasks import Context, build_fire, rfc3339
 from flowlord.watcher import Watcher
 
@@ -192,7 +192,7 @@ class Daemon:
         started = time.monotonic()
         try:
             with write_txn(store.conn):
-                new = store.record_fires(self.pending, utc_now())
+                new = store.record_fires(self.pending, utc_now_ms())
                 store.set_next_fires(plan)
         except apsw.BusyError:
             self.log.warning("database locked by another process; will retry",

@@ -80,7 +80,7 @@ MIGRATIONS: tuple[str, ...] = (
         -- the slot (UTC): the cron time, or the time given to trigger; for backload the
         -- step's data time less the phase's offset, so it is the slot that builds it
         scheduled_for TEXT NOT NULL,
-        fired_at      TEXT NOT NULL,
+        fired_at      TEXT NOT NULL,  -- when it was recorded (UTC, milliseconds)
         source        TEXT NOT NULL
                         CHECK (source IN ('cron', 'catchup', 'trigger', 'backload')),
         -- why the fire created no task ('' when it did, or had nothing to create)

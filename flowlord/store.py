@@ -33,6 +33,11 @@ def utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def utc_now_ms() -> str:
+    """Now, to the millisecond: when a fire was recorded, so its lateness shows."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def mtime_text(mtime_ns: int) -> str:
     """An mtime as ISO 8601 UTC with nanoseconds; equal strings mean equal mtimes."""
     seconds, ns = divmod(mtime_ns, 1_000_000_000)
