@@ -18,6 +18,8 @@ def notify(*lines: str) -> bool:
         address = "\0" + address[1:]
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+            # never block the main loop: a listener that stopped reading loses messages
+            s.setblocking(False)
             s.connect(address)
             s.sendall("\n".join(lines).encode())
     except OSError:

@@ -177,3 +177,15 @@ def test_a_symlink_swap_of_the_directory_is_followed(
         wait_for(lambda: keys(db) == {"b.toml", "c.toml"})
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
+
+
+def test_notify_never_blocks_when_nobody_reads(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(str(tmp_path / "full.sock"))
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "full.sock"))
+    try:
+        sent = [notify(f"STATUS={'x' * 1000} {i}") for i in range(5000)]  # fills the queue
+    finally:
+        s.close()
+    assert sent[0] is True and sent[-1] is False
