@@ -1,0 +1,272 @@
+"""Benchmark of the running daemon: edit latency, start-up, idle cost, lateness and a
+burst of simultaneous fires, each beside its target and a limit measured in this run.
+
+    python bench/daemon.py [--phases N] [--burst N] [--idle S] [--edits N] [--ticks S] [--quick]
+
+One run, on files generated into a temporary directory that is removed at the end:
+
+1. edit latency: 200 edits of one file while the daemon runs; time from the write
+   to the commit of its new hash (the debounce is printed beside it);
+2. 100,000 cron phases (10 per file): start-up time to READY=1, RSS;
+3. CPU use over 60 s in which nothing is due;
+4. 10,000 of those phases due at the same second: time until all their fires and
+   tasks are committed, against a raw APSW insert of the same rows;
+5. lateness of fires (recorded time less slot) of 20 phases firing every second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import apsw
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from flowlord.store import Store, write_txn  # noqa: E402
+from flowlord.watcher import Watcher  # noqa: E402
+
+PHASES_PER_FILE = 10
+TICKERS = 20  # phases firing every second, for lateness
+TARGET_EDIT_MARGIN = 0.050  # edit latency p99 within debounce + 50 ms
+TARGET_IDLE_CPU = 0.01
+TARGET_LATENESS_P99 = 0.050
+TARGET_BURST = 2.0
+TARGET_RSS_MB = 250
+
+
+def wait(condition: Callable[[], bool], seconds: float, poll: float = 0.002) -> None:
+    end = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > end:
+            raise SystemExit("bench: the daemon did not get there in time")
+        time.sleep(poll)
+
+
+def query(db: Path, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
+    conn.set_busy_timeout(5000)
+    try:
+        return list(conn.execute(sql, args))
+    finally:
+        conn.close()
+
+
+def parse_time(text: object) -> datetime:
+    return datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int) -> tuple[float, float]:
+    """(current, peak) resident memory of a process."""
+    values = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text()
+                  .splitlines() if ":" in line)
+    return int(values["VmRSS"].split()[0]) / 1024, int(values["VmHWM"].split()[0]) / 1024
+
+
+class Daemon:
+    """`flowlord run` in its own process, with a notify socket to see READY=1."""
+
+    def __init__(self, tmp: Path, config: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(tmp / "notify.sock"))
+        self.sock.settimeout(600)
+        env = {**os.environ, "NOTIFY_SOCKET": str(tmp / "notify.sock"),
+               "PYTHONPATH": str(ROOT)}
+        self.log = (tmp / "daemon.log").open("w")
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen([sys.executable, "-m", "flowlord", "run", "-c", str(config)],
+                                     env=env, stderr=self.log)
+
+    def ready(self) -> float:
+        """Seconds from the start of the process to READY=1."""
+        while "READY=1" not in self.sock.recv(65536).decode().split("\n"):
+            pass
+        return time.monotonic() - self.started
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=60)
+        self.sock.close()
+        self.log.close()
+
+
+def write_config(tmp: Path, wf: Path, db: Path) -> Path:
+    config = tmp / "flowlord.toml"
+    config.write_text(f'workflows = "{wf}"\ndb = "{db}"\ntimezone = "UTC"\n')
+    return config
+
+
+def phase_file(name: str, rule: str, n: int) -> str:
+    return "".join(f'[[phase]]\ntask = "{name}-{i}"\nrule = "{rule}"\n'
+                   f'template = "s3://lake/{name}/{{yyyy}}/{{mm}}/{{dd}}/{{hh}}/{i}.json"\n\n'
+                   for i in range(n))
+
+
+# --- 1. edit latency ------------------------------------------------------------------
+
+
+def edit_latency(tmp: Path, edits: int) -> list[float]:
+    wf, db = tmp / "edits", tmp / "edits.db"
+    wf.mkdir()
+    for i in range(20):
+        (wf / f"other{i}.toml").write_text(phase_file(f"o{i}", "cron=0 0 1 1 *", 5))
+    target = wf / "edited.toml"
+    target.write_text(phase_file("e", "cron=0 0 1 1 *", 5))
+    daemon = Daemon(tmp, write_config(tmp, wf, db))
+    daemon.ready()
+    conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
+    latencies = []
+    try:
+        for n in range(edits):
+            data = phase_file("e", "cron=0 0 1 1 *", 5).replace("{hh}", f"{{hh}}-{n}").encode()
+            digest = hashlib.md5(data).hexdigest()
+            written = time.monotonic()
+            target.write_bytes(data)
+            wait(lambda digest=digest: conn.execute(
+                "SELECT file_hash FROM workflow_files WHERE file_path = 'edited.toml'"
+            ).fetchone() == (digest,), 10)
+            latencies.append(time.monotonic() - written)
+    finally:
+        conn.close()
+        daemon.stop()
+        (tmp / "notify.sock").unlink()
+    return latencies
+
+
+# --- 2-5. many phases -----------------------------------------------------------------
+
+
+def generate(wf: Path, phases: int, burst: int, at: datetime) -> None:
+    """`phases` phases in files of ten: `burst` of them due at `at`, the rest on 1 January."""
+    wf.mkdir()
+    burst_rule = f"cron={at.second} {at.minute} {at.hour} {at.day} {at.month} *"
+    files = phases // PHASES_PER_FILE
+    burst_files = burst // PHASES_PER_FILE
+    for f in range(files):
+        d = wf / f"d{f // 100}"
+        d.mkdir(exist_ok=True)
+        rule = burst_rule if f < burst_files else "cron=0 0 0 1 1 *"
+        (d / f"w{f}.toml").write_text(phase_file(f"w{f}", rule, PHASES_PER_FILE))
+
+
+def raw_insert_limit(tmp: Path, n: int) -> float:
+    """The floor for a burst: inserting n fires and n tasks with raw APSW, one transaction."""
+    store = Store(str(tmp / "limit.db"))
+    slot = "2030-01-01T00:00:00Z"
+    started = time.perf_counter()
+    with write_txn(store.conn):
+        store.conn.executemany(
+            "INSERT INTO fires (file_path, phase, scheduled_for, fired_at, source) "
+            "VALUES (?, ?, ?, ?, 'cron')", [(f"f{i}", "p", slot, slot) for i in range(n)])
+        store.conn.executemany(
+            "INSERT INTO tasks (id, type, info, meta, created, file_path, phase, scheduled_for) "
+            "VALUES (?, 'p', 'info', 'meta', ?, ?, 'p', ?)",
+            [(str(uuid.uuid4()), slot, f"f{i}", slot) for i in range(n)])
+    elapsed = time.perf_counter() - started
+    store.close()
+    return elapsed
+
+
+def many_phases(tmp: Path, phases: int, burst: int, idle: float,
+                tick_seconds: int) -> dict[str, float]:
+    wf, db = tmp / "many", tmp / "many.db"
+    # the burst second: after start-up (cold load, measured below) and the idle window
+    startup_allowance = 3 + phases / 5_000
+    at = (datetime.now(UTC) + timedelta(seconds=startup_allowance + idle + 5)).replace(
+        microsecond=0)
+    generate(wf, phases, burst, at)
+    daemon = Daemon(tmp, write_config(tmp, wf, db))
+    figures: dict[str, float] = {}
+    try:
+        figures["startup"] = daemon.ready()
+        if datetime.now(UTC) + timedelta(seconds=idle + 1) > at:
+            raise SystemExit("bench: start-up took longer than allowed for; use fewer phases")
+        figures["rss"], figures["rss_peak"] = rss_mb(daemon.proc.pid)
+        cpu = cpu_seconds(daemon.proc.pid)
+        started = time.monotonic()
+        time.sleep(idle)  # measuring idle: nothing may be due
+        figures["idle_cpu"] = (cpu_seconds(daemon.proc.pid) - cpu) / (time.monotonic() - started)
+        slot = at.strftime("%Y-%m-%dT%H:%M:%SZ")
+        wait(lambda: query(db, "SELECT count(*) FROM tasks WHERE scheduled_for = ?",
+                           (slot,))[0][0] == burst, 60 + burst / 1000, poll=0.05)
+        last = query(db, "SELECT max(fired_at) FROM fires WHERE scheduled_for = ?", (slot,))
+        figures["burst"] = (parse_time(last[0][0]) - at).total_seconds()
+        # lateness: TICKERS phases firing every second, added now
+        (wf / "tickers.toml").write_text(phase_file("tick", "cron=* * * * * *", TICKERS))
+        wait(lambda: query(db, "SELECT count(*) FROM fires WHERE phase LIKE 'tick-%'")[0][0]
+             >= TICKERS * tick_seconds, tick_seconds + 30, poll=0.2)
+        lateness = [(parse_time(fired) - parse_time(slot)).total_seconds()
+                    for slot, fired in query(db, "SELECT scheduled_for, fired_at FROM fires "
+                                                 "WHERE phase LIKE 'tick-%'")]
+        figures["late_p50"] = statistics.median(lateness)
+        figures["late_p99"] = percentile(lateness, 99)
+        figures["fires"] = len(lateness)
+        figures["rss_after"], figures["rss_peak"] = rss_mb(daemon.proc.pid)
+    finally:
+        daemon.stop()
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--phases", type=int, default=100_000)
+    parser.add_argument("--burst", type=int, default=10_000)
+    parser.add_argument("--idle", type=float, default=60.0)
+    parser.add_argument("--edits", type=int, default=200)
+    parser.add_argument("--ticks", type=int, default=20, help="seconds of lateness samples")
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
+    args = parser.parse_args()
+    if args.quick:
+        args.phases, args.burst, args.idle, args.edits, args.ticks = 2_000, 500, 3.0, 20, 3
+    debounce = Watcher(".").quiet
+    with tempfile.TemporaryDirectory(prefix="flowlord-bench-") as name:
+        tmp = Path(name)
+        latencies = edit_latency(tmp, args.edits)
+        figures = many_phases(tmp, args.phases, args.burst, args.idle, args.ticks)
+        limit = raw_insert_limit(tmp, args.burst)
+    p50, p99 = statistics.median(latencies), percentile(latencies, 99)
+    target_edit = debounce + TARGET_EDIT_MARGIN
+    print(f"edit latency over {len(latencies)} edits: p50 {p50 * 1000:.0f} ms, "
+          f"p99 {p99 * 1000:.0f} ms (debounce {debounce * 1000:.0f} ms; "
+          f"target p99 <= {target_edit * 1000:.0f} ms, ratio {p99 / target_edit:.2f})")
+    print(f"{args.phases:,} cron phases: start-up to READY=1 {figures['startup']:.2f} s, "
+          f"RSS {figures['rss']:.0f} MB (peak {figures['rss_peak']:.0f} MB; "
+          f"target < {TARGET_RSS_MB} MB, ratio {figures['rss_peak'] / TARGET_RSS_MB:.2f})")
+    print(f"idle CPU over {args.idle:.0f} s with nothing due: {figures['idle_cpu'] * 100:.2f} % "
+          f"(target < {TARGET_IDLE_CPU * 100:.0f} %, "
+          f"ratio {figures['idle_cpu'] / TARGET_IDLE_CPU:.2f})")
+    print(f"{args.burst:,} phases due at one second: all committed {figures['burst']:.3f} s "
+          f"after the slot (target < {TARGET_BURST:.0f} s, ratio "
+          f"{figures['burst'] / TARGET_BURST:.2f}; limit: raw insert of the rows "
+          f"{limit:.3f} s, ratio {figures['burst'] / limit:.1f})")
+    print(f"lateness of {figures['fires']:.0f} fires: p50 {figures['late_p50'] * 1000:.0f} ms, "
+          f"p99 {figures['late_p99'] * 1000:.0f} ms (target p99 < "
+          f"{TARGET_LATENESS_P99 * 1000:.0f} ms, "
+          f"ratio {figures['late_p99'] / TARGET_LATENESS_P99:.2f})")
+
+
+if __name__ == "__main__":
+    main()
