@@ -22,7 +22,8 @@ from flowlord.rules import Rule, parse_rule
 from flowlord.templates import cron_hour, meta_names, render_meta, render_time
 
 MAX_BATCH_TASKS = 100_000  # one fire or backload never builds more than this
-_ENCODE = {c: f"%{ord(c):02X}" for c in "%&=+ "}
+# `;` too: a query parser like Go's (and flowlord.rules.parse_query) rejects a raw one
+_ENCODE = {c: f"%{ord(c):02X}" for c in "%&=+ ;"}
 
 
 class BuildError(Exception):
@@ -41,7 +42,7 @@ def _escape(text: str) -> str:
 
 
 def encode_meta(pairs: Iterable[tuple[str, str]]) -> str:
-    """`k=v&…`, with `%`, `&`, `=`, `+` and space percent-encoded (CONTRACT §5)."""
+    """`k=v&…`, with `%`, `&`, `=`, `+`, space and `;` percent-encoded (CONTRACT §5)."""
     return "&".join(f"{_escape(k)}={_escape(v)}" for k, v in pairs)
 
 
@@ -80,30 +81,51 @@ def backload_steps(phase: Phase, start: datetime, end: datetime, by: str,
     """Each step's data time of [start, end] (either order) with its tasks."""
     rule = parse_rule(phase.rule)
     rows = meta_rows(rule, ctx.meta_dir)
-    return [(t, _tasks_at(phase, t, rows, ctx)) for t in steps(start, end, by, ctx.zone)]
+    if rule.meta_file and not rows and _utc(start) == _utc(end):
+        return []  # Range step 2, as for a fire
+    built: list[tuple[datetime, list[Task]]] = []
+    count = 0
+    for t in steps(start, end, by, ctx.zone):
+        at = _tasks_at(phase, t, rows, ctx)
+        count = _check_count(count + len(at))
+        built.append((t, at))
+    return built
 
 
 def expand(phase: Phase, rule: Rule, start: datetime, end: datetime, by: str,
            ctx: Context) -> list[Task]:
     """flowlord's Range(start, end): every step of the range times every meta row."""
     rows = meta_rows(rule, ctx.meta_dir)
-    if rule.meta_file and not rows and start == end:
+    if rule.meta_file and not rows and _utc(start) == _utc(end):
         return []
     tasks: list[Task] = []
     for t in steps(start, end, by, ctx.zone):
         tasks += _tasks_at(phase, t, rows, ctx)
+        _check_count(len(tasks))
     return tasks
+
+
+def _check_count(count: int) -> int:
+    if count > MAX_BATCH_TASKS:
+        raise BuildError(f"more than {MAX_BATCH_TASKS} tasks")
+    return count
+
+
+def _utc(t: datetime) -> datetime:
+    # compared in UTC: aware times sharing a tzinfo compare by wall clock, fold ignored,
+    # so 01:00 EDT and 01:00 EST would be equal
+    return t.astimezone(UTC)
 
 
 def steps(start: datetime, end: datetime, by: str, zone: tzinfo) -> list[datetime]:
     """start, start+by, … up to end inclusive; a backwards range is walked from its
     earlier end and returned newest first, as flowlord does."""
-    backwards = end < start
+    backwards = _utc(end) < _utc(start)
     low, high = (end, start) if backwards else (start, end)
-    low, high = low.astimezone(zone), high.astimezone(zone)
+    low, last = low.astimezone(zone), _utc(high)
     times: list[datetime] = []
     t = low
-    while t <= high:
+    while _utc(t) <= last:
         times.append(t)
         if len(times) > MAX_BATCH_TASKS:
             raise BuildError(f"range has more than {MAX_BATCH_TASKS} steps")
@@ -146,7 +168,7 @@ def _meta_file_rows(pattern: str) -> list[dict[str, str]]:
     for path in paths:
         try:
             with open(path, encoding="utf-8") as f:
-                lines = f.read().splitlines()
+                lines = f.read().split("\n")  # only '\n' ends a JSON line
         except (OSError, UnicodeDecodeError) as e:
             raise BuildError(f"cannot read meta-file {path}: {e}") from e
         for number, line in enumerate(lines, 1):
@@ -154,7 +176,7 @@ def _meta_file_rows(pattern: str) -> list[dict[str, str]]:
                 continue
             try:
                 row = json.loads(line)
-            except ValueError as e:
+            except (ValueError, RecursionError) as e:
                 raise BuildError(f"meta-file {path} line {number}: {e}") from e
             if not isinstance(row, dict):
                 raise BuildError(f"meta-file {path} line {number}: not a JSON object")
@@ -182,8 +204,8 @@ def _tasks_at(phase: Phase, t: datetime, rows: Sequence[dict[str, str]],
               ctx: Context) -> list[Task]:
     info = render_time(phase.template, t)
     base = _base_meta(phase, t)
-    if not rows:
-        return [_task(phase, info, base, ctx)]
+    if not rows:  # a batch's meta keys are sorted, rows or not
+        return [_task(phase, info, sorted(base), ctx)]
     names = list(dict.fromkeys(meta_names(info)))
     tasks = []
     for row in rows:
