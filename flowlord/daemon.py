@@ -178,7 +178,16 @@ class Daemon:
 
     def _build(self, due: Iterable[Due]) -> list[Fire]:
         ctx = Context(self.zone, self._meta_dir(), self.clock.now())
-        return [build_fire(d.phase, d.slot, d.source, ctx) for d in due]
+        fires = []
+        for d in due:
+            try:
+                fires.append(build_fire(d.phase, d.slot, d.source, ctx))
+            except Exception as e:  # a bug costs this fire, recorded with why; not the daemon
+                self.log.exception("cannot build the tasks of a fire", file=d.phase.file_path,
+                                   phase=d.phase.task)
+                fires.append(Fire(d.phase.file_path, d.phase.task, rfc3339(d.slot), d.source,
+                                  (), f"internal error: {type(e).__name__}: {e}"))
+        return fires
 
     def _meta_dir(self) -> str:
         root = os.path.abspath(self.config.workflows)

@@ -58,7 +58,10 @@ class Context:
 
 def data_time(slot: datetime, offset: timedelta, zone: tzinfo) -> datetime:
     """A fire's template time: the slot plus `offset` (real elapsed time), in `zone`."""
-    return (slot.astimezone(UTC) + offset).astimezone(zone)
+    try:
+        return (slot.astimezone(UTC) + offset).astimezone(zone)
+    except OverflowError:  # a valid duration can still reach past year 9999
+        raise BuildError(f"time out of range: {rfc3339(slot)} plus offset {offset}") from None
 
 
 def is_batch(rule: Rule) -> bool:
@@ -240,4 +243,6 @@ def build_fire(phase: Phase, slot: datetime, source: FireSource, ctx: Context) -
         error = ""
     except BuildError as e:
         tasks, error = [], str(e)
+    except OverflowError:  # e.g. a `for` that reaches past year 9999
+        tasks, error = [], "time out of range"
     return Fire(phase.file_path, phase.task, rfc3339(slot), source, tasks, error)

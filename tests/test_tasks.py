@@ -757,3 +757,16 @@ def test_build_fire_of_a_broken_meta_file_is_a_fire_without_tasks(upstream: Path
     fire = build_fire(phase("meta-file=invalid.json"), SLOT, "trigger", context(upstream))
     assert list(fire.tasks) == []
     assert "invalid.json" in fire.error
+
+
+def test_build_fire_with_an_offset_past_year_9999_is_a_fire_without_tasks() -> None:
+    p = phase("cron=0 * * * *&offset=100000000h")  # a valid duration: 11,400 years
+    assert p.rule and parse_rule(p.rule).issues == ()
+    fire = build_fire(p, SLOT, "cron", context())
+    assert list(fire.tasks) == []
+    assert fire.error.startswith("time out of range: 2026-11-23T14:17:00Z plus offset")
+
+
+def test_build_fire_of_a_batch_reaching_past_year_9999_is_a_fire_without_tasks() -> None:
+    fire = build_fire(phase("cron=0 * * * *&for=100000000h"), SLOT, "cron", context())
+    assert (list(fire.tasks), fire.error) == ([], "time out of range")
