@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import apsw
 
+from flowlord.model import Fire
+from flowlord.store import Store, utc_now_ms, write_txn
 from tests.conftest import ROOT
 
 README = (ROOT / "README.md").read_text()
@@ -45,13 +48,15 @@ def test_tour_commands_run_as_shown(tmp_path: Path) -> None:
     env["TZ"] = "UTC"  # the machine's zone is the default schedule zone
     commands = console_lines()
     assert len(commands) >= 10
-    outputs = {}
+    outputs: dict[str, str] = {}
+    runs: list[tuple[str, str]] = []  # the same command may be shown twice
     for command, status in commands:
         done = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env,
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == status, (command, done.stdout, done.stderr)
         assert "Traceback" not in done.stderr
         outputs[command] = done.stdout
+        runs.append((command, done.stdout))
     errors = outputs["flowlord phases --severity error"]
     assert "broken.toml" in errors
     assert "no valid rule found: cron=0 25 * * *" in errors
@@ -59,6 +64,15 @@ def test_tour_commands_run_as_shown(tmp_path: Path) -> None:
     assert outputs["flowlord next extract:hourly -n 3 --after 2026-03-08T00:00:00Z"].split() == [
         "2026-03-08T00:05:00+00:00", "2026-03-08T01:05:00+00:00", "2026-03-08T02:05:00+00:00",
     ]
+    triggers = [out for c, out in runs if c.startswith("flowlord trigger report:daily")]
+    assert triggers[0].endswith("1 task created\n") and triggers[1] == ""
+    backloads = [out for c, out in runs if c.startswith("flowlord backload report:backfill")]
+    dry = [json.loads(line) for line in backloads[0].splitlines()]
+    assert [t["info"] for t in dry] == [f"?day=2026-11-0{d}" for d in range(1, 8)]
+    assert "7 steps: 7 new, 0 done before; 7 tasks created" in backloads[1]
+    assert "10 steps: 3 new, 7 done before; 3 tasks created" in backloads[2]
+    listed = outputs["flowlord tasks --limit 5"].splitlines()
+    assert len(listed) == 5 and all("\treport:backfill\twaiting\t" in ln for ln in listed)
 
 
 def test_sqlite3_queries_run_in_debian_sqlite3_and_apsw(tmp_path: Path) -> None:
@@ -66,8 +80,15 @@ def test_sqlite3_queries_run_in_debian_sqlite3_and_apsw(tmp_path: Path) -> None:
     (tmp_path / "workflows" / "broken.toml").write_text('[[phase]]\ntask = "b"\ndependsOn = "x"\n')
     (tmp_path / "workflows" / "unparsable.toml").write_text("[[phase]\n")
     db = tmp_path / "flowlord.db"
-    subprocess.run([sys.executable, "-m", "flowlord", "refresh", "-w", str(tmp_path / "workflows"),
-                    "--db", str(db)], check=True, capture_output=True)
+    for command in (["refresh"], ["trigger", "report:daily", "--time", "2026-11-20T11:30:00Z"]):
+        subprocess.run([sys.executable, "-m", "flowlord", *command,
+                        "-w", str(tmp_path / "workflows"), "--db", str(db)],
+                       check=True, capture_output=True)
+    store = Store(str(db))  # a fire that could build no task, as the daemon records one
+    with write_txn(store.conn):
+        store.record_fires([Fire("reports.toml", "report:daily", "2026-11-21T11:30:00Z", "cron",
+                                 (), "no files found for /data/rows.json")], utc_now_ms())
+    store.close()
     queries = sql_queries()
     assert len(queries) >= 8
     sqlite3 = shutil.which("sqlite3")
@@ -85,7 +106,7 @@ def test_sqlite3_queries_run_in_debian_sqlite3_and_apsw(tmp_path: Path) -> None:
     assert answered == len(queries)  # every example finds something in the examples
 
 
-def test_make_run_loads_the_examples_and_keeps_running() -> None:
+def test_make_run_loads_the_examples_fires_the_heartbeat_and_keeps_running() -> None:
     db = ROOT / "flowlord.db"
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db}{suffix}").unlink(missing_ok=True)
@@ -96,7 +117,9 @@ def test_make_run_loads_the_examples_and_keeps_running() -> None:
             return False
         conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
         try:
-            return {r[0] for r in conn.execute("SELECT file_path FROM workflow_files")} == wanted
+            files = {r[0] for r in conn.execute("SELECT file_path FROM workflow_files")}
+            beats = conn.execute("SELECT count(*) FROM tasks WHERE type = 'heartbeat'").fetchone()
+            return files == wanted and beats[0] > 0
         except apsw.SQLError:  # the schema is being created
             return False
         finally:
@@ -111,6 +134,9 @@ def test_make_run_loads_the_examples_and_keeps_running() -> None:
                 assert time.monotonic() < deadline
                 time.sleep(0.1)
             assert proc.poll() is None  # the daemon keeps running
+            listed = subprocess.run([str(ROOT / ".venv" / "bin" / "flowlord"), "tasks", "--type",
+                                     "heartbeat"], cwd=ROOT, capture_output=True, text=True)
+            assert listed.returncode == 0 and "\theartbeat\twaiting\t?at=" in listed.stdout
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=60)
