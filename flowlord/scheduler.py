@@ -56,6 +56,7 @@ class Scheduler:
         self.default_catchup = catchup
         self.limit = limit
         self._entries: dict[PhaseKey, _Entry] = {}
+        self._by_file: dict[str, set[str]] = {}  # file → its scheduled tasks
         self._heap: list[tuple[datetime, int, PhaseKey]] = []
         self._seq = 0
         self._seen: tuple[datetime, float] | None = None  # (wall, monotonic) of the last due()
@@ -87,7 +88,8 @@ class Scheduler:
         Returns the keys whose plan changed."""
         changed: list[PhaseKey] = []
         for file_path, phases in files.items():
-            old = {k: e for k, e in self._entries.items() if k[0] == file_path}
+            old = {(file_path, t): self._entries[(file_path, t)]
+                   for t in self._by_file.get(file_path, ())}
             for phase in phases:
                 key = (file_path, phase.task)
                 before = old.pop(key, None)
@@ -96,7 +98,7 @@ class Scheduler:
                     continue
                 entry = self._entry(phase)
                 if before:
-                    del self._entries[key]
+                    self._remove(key)
                     changed.append(key)
                 if entry is None:
                     continue
@@ -105,7 +107,7 @@ class Scheduler:
                 self._put(entry, self._next(entry, start))
                 changed.append(key)
             for key in old:  # phases that are gone
-                del self._entries[key]
+                self._remove(key)
                 changed.append(key)
         return list(dict.fromkeys(changed))
 
@@ -168,8 +170,16 @@ class Scheduler:
         self._seq += 1
         entry.seq, entry.next_slot = self._seq, slot
         self._entries[key] = entry
+        self._by_file.setdefault(key[0], set()).add(key[1])
         if slot is not None:
             heapq.heappush(self._heap, (slot, self._seq, key))
+
+    def _remove(self, key: PhaseKey) -> None:
+        del self._entries[key]  # its heap item is dropped when it surfaces
+        tasks = self._by_file[key[0]]
+        tasks.discard(key[1])
+        if not tasks:
+            del self._by_file[key[0]]
 
     def _catch_up(self, entry: _Entry, after: datetime, upto: datetime) -> list[Due]:
         if entry.catchup == "none":
