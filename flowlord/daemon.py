@@ -151,9 +151,9 @@ class Daemon:
         self.unplanned |= {(f, p.task) for f, phases in by_file.items() for p in phases}
 
     def _status(self, loader: Loader) -> str:
-        phases = loader.store.phases()
-        errors = sum(p.severity == "error" for p in phases)
-        return f"STATUS={len(phases) - errors} valid phases, {errors} invalid"
+        counts = loader.store.severity_counts()
+        return (f"STATUS={counts['ok'] + counts['warning']} valid phases, "
+                f"{counts['error']} invalid")
 
     # --- firing ---------------------------------------------------------------------
 

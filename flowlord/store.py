@@ -250,6 +250,13 @@ class Store:
             sql += " WHERE " + " AND ".join(where)
         return [_phase(r) for r in self.conn.execute(sql + " ORDER BY file_path, position", args)]
 
+    def severity_counts(self) -> dict[str, int]:
+        """How many stored phases are ok, warning and error."""
+        counts = dict.fromkeys(("ok", "warning", "error"), 0)
+        counts.update(self.conn.execute(
+            "SELECT severity, count(*) FROM workflow_phases GROUP BY severity"))
+        return counts
+
     def dependents(self, file_path: str, topic: str) -> list[Phase]:
         """Phases of one file whose dependsOn names `topic` or `topic:<job>`."""
         rows = self.conn.execute(
