@@ -80,8 +80,9 @@ def cmd_trigger(args: argparse.Namespace, config: Config) -> int:
     if fire.error:
         print(f"flowlord: {phase.file_path}: {phase.task}: {fire.error}", file=sys.stderr)
         return 1
-    if args.dry_run:
-        print("\n".join(t.to_json() for t in fire.tasks))
+    if args.dry_run:  # one line per task; no task, no line
+        for t in fire.tasks:
+            print(t.to_json())
         return 0
     if not _record(config, [fire]):
         print(f"flowlord: {phase.file_path}: {phase.task} already fired for "
@@ -109,7 +110,9 @@ def cmd_backload(args: argparse.Namespace, config: Config) -> int:
         print(f"flowlord: {phase.file_path}: {phase.task}: {e}", file=sys.stderr)
         return 1
     if args.dry_run:
-        print("\n".join(t.to_json() for _, tasks in steps for t in tasks))
+        for _, tasks in steps:
+            for t in tasks:
+                print(t.to_json())
         return 0
     # a step's slot is the cron time that builds it: its data time less the offset
     fires = [Fire(phase.file_path, phase.task, rfc3339(t.astimezone(UTC) - rule.offset),
