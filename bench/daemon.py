@@ -159,16 +159,11 @@ def edit_latency(tmp: Path, edits: int) -> list[float]:
 # --- 2-5. many phases -----------------------------------------------------------------
 
 
-def generate(wf: Path, phases: int, burst: int, at: datetime) -> None:
-    """`phases` phases in files of ten: `burst` of them due at `at`, the rest on 1 January."""
-    wf.mkdir()
-    burst_rule = f"cron={at.second} {at.minute} {at.hour} {at.day} {at.month} *"
-    files = phases // PHASES_PER_FILE
-    burst_files = burst // PHASES_PER_FILE
-    for f in range(files):
+def generate(wf: Path, files: range, rule: str) -> None:
+    """Workflow files of ten phases each, a hundred files to a directory."""
+    for f in files:
         d = wf / f"d{f // 100}"
-        d.mkdir(exist_ok=True)
-        rule = burst_rule if f < burst_files else "cron=0 0 0 1 1 *"
+        d.mkdir(parents=True, exist_ok=True)
         (d / f"w{f}.toml").write_text(phase_file(f"w{f}", rule, PHASES_PER_FILE))
 
 
@@ -193,17 +188,19 @@ def raw_insert_limit(tmp: Path, n: int) -> float:
 def many_phases(tmp: Path, phases: int, burst: int, idle: float,
                 tick_seconds: int) -> dict[str, float]:
     wf, db = tmp / "many", tmp / "many.db"
-    # the burst second: after start-up (cold load, measured below) and the idle window
-    startup_allowance = 3 + phases / 5_000
-    at = (datetime.now(UTC) + timedelta(seconds=startup_allowance + idle + 5)).replace(
-        microsecond=0)
-    generate(wf, phases, burst, at)
+    files, burst_files = phases // PHASES_PER_FILE, burst // PHASES_PER_FILE
+    generate(wf, range(burst_files, files), "cron=0 0 0 1 1 *")  # due on 1 January only
     daemon = Daemon(tmp, write_config(tmp, wf, db))
     figures: dict[str, float] = {}
     try:
         figures["startup"] = daemon.ready()
-        if datetime.now(UTC) + timedelta(seconds=idle + 1) > at:
-            raise SystemExit("bench: start-up took longer than allowed for; use fewer phases")
+        # the burst phases come now, due at one second after the idle window
+        at = (datetime.now(UTC) + timedelta(seconds=idle + 10 + burst / 2000)).replace(
+            microsecond=0)
+        generate(wf, range(burst_files), f"cron={at.second} {at.minute} {at.hour} * * *")
+        wait(lambda: query(db, "SELECT count(*) FROM workflow_phases WHERE next_fire = ?",
+                           (at.strftime("%Y-%m-%dT%H:%M:%SZ"),))[0][0] == burst,
+             (at - datetime.now(UTC)).total_seconds() - idle - 1, poll=0.1)
         figures["rss"], figures["rss_peak"] = rss_mb(daemon.proc.pid)
         cpu = cpu_seconds(daemon.proc.pid)
         started = time.monotonic()
