@@ -25,6 +25,7 @@ lint: $(BIN)/flowlord
 
 bench: $(BIN)/flowlord
 	$(BIN)/python bench/refresh.py
+	$(BIN)/python bench/daemon.py
 
 clean:
 	rm -rf $(VENV) flowlord.db flowlord.db-wal flowlord.db-shm
