@@ -18,6 +18,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterable
+from datetime import datetime
 from types import FrameType
 
 import apsw
@@ -51,6 +52,7 @@ class Daemon:
         self.pending: list[Fire] = []  # fired, not yet written (the database was locked)
         self.unplanned: set[PhaseKey] = set()  # next_fire columns to write
         self.resync = False  # a refresh failed half-way: compare every phase next time
+        self.scheduled = False  # _start_schedule has run
 
     def _on_signal(self, signum: int, _: FrameType | None) -> None:
         (self.rescan if signum == signal.SIGHUP else self.stop).set()
@@ -140,7 +142,7 @@ class Daemon:
             files |= {f[0] for f in loader.store.files()}
             files |= {file for file, _ in self.scheduler.phase_keys()}
             self.resync = False
-        if files:
+        if files and self.scheduled:  # before the start, start() schedules everything
             self._reschedule(loader.store, files)
 
     def _reschedule(self, store: Store, files: Iterable[str]) -> None:
@@ -162,6 +164,7 @@ class Daemon:
         phases = store.phases()
         self.pending += self._build(self.scheduler.start(phases, self.clock.now(), last))
         self.unplanned |= {(p.file_path, p.task) for p in phases}
+        self.scheduled = True
         self.log.info("scheduled", phases=len(self.scheduler), catching_up=len(self.pending))
 
     def _until_due(self) -> float:
@@ -197,7 +200,13 @@ class Daemon:
         """Commit pending fires and the plan in one transaction; keep them if locked."""
         if not self.pending and not self.unplanned:
             return
-        plan = [(self._next_text(k), k[0], k[1]) for k in self.unplanned]
+        texts: dict[datetime, str] = {}  # phases share slots: format each once
+        plan = []
+        for key in self.unplanned:
+            slot = self.scheduler.next_slot(key)
+            if slot is not None and slot not in texts:
+                texts[slot] = rfc3339(slot)
+            plan.append((texts.get(slot) if slot else None, key[0], key[1]))
         started = time.monotonic()
         try:
             with write_txn(store.conn):
@@ -216,10 +225,6 @@ class Daemon:
             self.log.warning("waited for the database lock", seconds=round(waited, 3))
         self._log_fires(new, len(self.pending) - len(new))
         self.pending, self.unplanned = [], set()
-
-    def _next_text(self, key: PhaseKey) -> str | None:
-        slot = self.scheduler.next_slot(key)
-        return rfc3339(slot) if slot else None
 
     def _log_fires(self, new: list[Fire], repeated: int) -> None:
         if repeated:
