@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from flowlord.config import Config
 from flowlord.errors import UsageError
 from flowlord.model import Fire, Phase
+from flowlord.report import count
 from flowlord.rules import BY_STEPS, parse_rule
 from flowlord.store import Store, utc_now_ms, write_txn
 from flowlord.tasks import BuildError, Context, backload_steps, build_fire, rfc3339
@@ -40,8 +41,13 @@ def pick_phase(phases: Sequence[Phase], task: str, workflow: str | None, where: 
     return found[0]
 
 
-def _stored_phase(store: Store, args: argparse.Namespace, config: Config) -> Phase:
-    phase = pick_phase(store.phases(), args.task, args.workflow, config.db)
+def _stored_phase(args: argparse.Namespace, config: Config) -> Phase:
+    """The phase TASK names in the database; one that cannot run is a usage error."""
+    store = Store(config.db, readonly=True)
+    try:
+        phase = pick_phase(store.phases(), args.task, args.workflow, config.db)
+    finally:
+        store.close()
     if phase.severity == "error":
         raise UsageError(f"{phase.file_path}: {phase.task} cannot run: {phase.status}")
     return phase
@@ -69,11 +75,7 @@ def _record(config: Config, fires: list[Fire]) -> list[Fire]:
 
 def cmd_trigger(args: argparse.Namespace, config: Config) -> int:
     """Fire a phase as if its cron fired at --time (default now)."""
-    store = Store(config.db, readonly=True)
-    try:
-        phase = _stored_phase(store, args, config)
-    finally:
-        store.close()
+    phase = _stored_phase(args, config)
     slot = _in_zone(args.time, config) if args.time else datetime.now(UTC)
     slot = slot.astimezone(UTC).replace(microsecond=0)
     fire = build_fire(phase, slot, "trigger", _context(config))
@@ -89,39 +91,35 @@ def cmd_trigger(args: argparse.Namespace, config: Config) -> int:
               f"{fire.scheduled_for}; nothing created", file=sys.stderr)
         return 0
     print(f"{phase.file_path}\t{phase.task}\t{fire.scheduled_for}\t"
-          f"{len(fire.tasks)} task{'s' if len(fire.tasks) != 1 else ''} created")
+          f"{count(len(fire.tasks), 'task')} created")
     return 0
 
 
 def cmd_backload(args: argparse.Namespace, config: Config) -> int:
     """The phase's tasks for every step of [--from, --to]; a step done before is skipped."""
-    store = Store(config.db, readonly=True)
-    try:
-        phase = _stored_phase(store, args, config)
-    finally:
-        store.close()
+    phase = _stored_phase(args, config)
     rule = parse_rule(phase.rule)
     by = BY_STEPS[args.by] if args.by else rule.by
     ctx = _context(config)
     try:
         steps = backload_steps(phase, _in_zone(args.start, config), _in_zone(args.end, config),
                                by, ctx)
-    except BuildError as e:
-        print(f"flowlord: {phase.file_path}: {phase.task}: {e}", file=sys.stderr)
+        # a step's slot is the cron time that builds it: its data time less the offset
+        fires = [Fire(phase.file_path, phase.task, rfc3339(t.astimezone(UTC) - rule.offset),
+                      "backload", tasks) for t, tasks in steps]
+    except (BuildError, OverflowError) as e:
+        reason = "time out of range" if isinstance(e, OverflowError) else str(e)
+        print(f"flowlord: {phase.file_path}: {phase.task}: {reason}", file=sys.stderr)
         return 1
     if args.dry_run:
         for _, tasks in steps:
             for t in tasks:
                 print(t.to_json())
         return 0
-    # a step's slot is the cron time that builds it: its data time less the offset
-    fires = [Fire(phase.file_path, phase.task, rfc3339(t.astimezone(UTC) - rule.offset),
-                  "backload", tasks) for t, tasks in steps]
     new = _record(config, fires)
     created = sum(len(f.tasks) for f in new)
     print(f"{phase.file_path}\t{phase.task}\t{len(fires)} steps: {len(new)} new, "
-          f"{len(fires) - len(new)} done before; {created} task{'s' if created != 1 else ''} "
-          "created")
+          f"{len(fires) - len(new)} done before; {count(created, 'task')} created")
     return 0
 
 
