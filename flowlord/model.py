@@ -98,3 +98,28 @@ class Fire:
     source: FireSource
     tasks: Sequence[Task] = ()
     error: str = ""
+
+
+@dataclass(frozen=True)
+class StoredTask:
+    """A task row: the task, where it came from, and which attempt it is."""
+
+    task_no: int
+    task: Task
+    file_path: str | None = None
+    phase: str | None = None
+    attempt: int = 0
+    scheduled_for: str | None = None
+
+
+@dataclass(frozen=True)
+class NewTask:
+    """A task row to insert: a child, a retry (with its due time), or a file's task."""
+
+    task: Task
+    file_path: str | None
+    phase: str | None
+    attempt: int = 0
+    scheduled_for: str | None = None
+    due_at: str | None = None
+    parent_no: int | None = None

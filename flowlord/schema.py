@@ -147,6 +147,41 @@ MIGRATIONS: tuple[str, ...] = (
            file_path, phase, attempt, scheduled_for
       FROM tasks WHERE result IN ('error', 'alert') ORDER BY task_no DESC;
     """,
+    # 3: running tasks: retry due times, lineage, alerts
+    """
+    -- a waiting task starts no earlier than due_at (a retry's delay); NULL: at once
+    ALTER TABLE tasks ADD COLUMN due_at TEXT;
+    -- the task this one came from: the parent of a child, the attempt before a retry
+    ALTER TABLE tasks ADD COLUMN parent_no INTEGER
+        REFERENCES tasks (task_no) ON DELETE SET NULL;
+    CREATE INDEX tasks_by_parent ON tasks (parent_no) WHERE parent_no IS NOT NULL;
+    CREATE INDEX tasks_running ON tasks (task_no) WHERE started IS NOT NULL AND ended IS NULL;
+
+    -- one row per alert event: a task failed for good, a worker reported `alert`, or a
+    -- task stayed unfinished past task_ttl (once per task and kind)
+    CREATE TABLE alerts (
+        alert_no INTEGER PRIMARY KEY,
+        task_no  INTEGER NOT NULL REFERENCES tasks (task_no) ON DELETE CASCADE,
+        kind     TEXT NOT NULL CHECK (kind IN ('failed', 'alert', 'incomplete')),
+        type     TEXT NOT NULL,
+        job      TEXT NOT NULL DEFAULT '',
+        message  TEXT NOT NULL DEFAULT '',
+        created  TEXT NOT NULL,
+        UNIQUE (task_no, kind)
+    );
+
+    -- tasks running now, oldest first
+    CREATE VIEW running_tasks AS
+    SELECT task_no, id, type, job, info, started, attempt, file_path, phase,
+           CAST(round((julianday('now') - julianday(started)) * 86400) AS INTEGER)
+             AS running_seconds
+      FROM tasks WHERE started IS NOT NULL AND ended IS NULL ORDER BY task_no;
+
+    -- retries waiting for their due time
+    CREATE VIEW pending_retries AS
+    SELECT task_no, id, type, job, info, attempt, due_at, parent_no
+      FROM tasks WHERE started IS NULL AND due_at IS NOT NULL ORDER BY due_at;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

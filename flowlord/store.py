@@ -14,11 +14,11 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 import apsw
 
-from flowlord.model import Fire, Phase
+from flowlord.model import Fire, NewTask, Phase, StoredTask, Task
 from flowlord.schema import MIGRATIONS, SCHEMA_VERSION
 
 BUSY_TIMEOUT_MS = 5000
@@ -150,6 +150,16 @@ class FileOp:
 
 _TASK_COLUMNS = ("task_no, id, type, job, info, meta, created, started, ended, result, msg, "
                  "file_path, phase, attempt, scheduled_for")
+
+
+_STORED_COLUMNS = ("task_no, id, type, job, info, meta, created, started, file_path, phase, "
+                   "attempt, scheduled_for")
+
+
+def _stored(r: Sequence[Any]) -> StoredTask:
+    task = Task(type=r[2], job=r[3], info=r[4], meta=r[5], id=r[1], created=r[6],
+                started=r[7] or "")
+    return StoredTask(r[0], task, r[8], r[9], r[10], r[11])
 
 
 def _phase(row: Sequence[object]) -> Phase:
@@ -328,6 +338,72 @@ class Store:
         if where:
             sql += " WHERE " + " AND ".join(where)
         return list(self.conn.execute(sql + " ORDER BY task_no DESC LIMIT ?", (*args, limit)))
+
+    # --- running tasks -----------------------------------------------------------------
+
+    def ready_topics(self, now: str) -> list[str]:
+        """Topics with a task waiting whose due time has come."""
+        return [r[0] for r in self.conn.execute(
+            "SELECT DISTINCT type FROM tasks WHERE started IS NULL "
+            "AND (due_at IS NULL OR due_at <= ?)", (now,))]
+
+    def next_due(self, now: str) -> str | None:
+        """The earliest due time of a waiting task that is not due yet."""
+        row = self.conn.execute("SELECT min(due_at) FROM tasks WHERE started IS NULL "
+                                "AND due_at > ?", (now,)).fetchone()
+        return row[0] if row else None
+
+    def claim(self, topic: str, limit: int, now: str) -> list[StoredTask]:
+        """Mark up to `limit` due tasks of a topic started, oldest first; call inside
+        write_txn. Only a task still waiting can be claimed, so none runs twice."""
+        rows = self.conn.execute(
+            f"UPDATE tasks SET started = ? WHERE task_no IN (SELECT task_no FROM tasks "
+            "WHERE started IS NULL AND type = ? AND (due_at IS NULL OR due_at <= ?) "
+            f"ORDER BY task_no LIMIT ?) RETURNING {_STORED_COLUMNS}", (now, topic, now, limit))
+        return sorted((_stored(r) for r in rows), key=lambda t: t.task_no)
+
+    def finish(self, task_no: int, ended: str, result: str, msg: str) -> bool:
+        """Record a running task's result; False when it was not running (already
+        recorded). Call inside write_txn."""
+        self.conn.execute("UPDATE tasks SET ended = ?, result = ?, msg = ? "
+                          "WHERE task_no = ? AND started IS NOT NULL AND ended IS NULL",
+                          (ended, result, msg, task_no))
+        return self.conn.changes() == 1
+
+    def stored_task(self, task_no: int) -> StoredTask | None:
+        row = self.conn.execute(f"SELECT {_STORED_COLUMNS} FROM tasks WHERE task_no = ?",
+                                (task_no,)).fetchone()
+        return _stored(row) if row else None
+
+    def running(self) -> list[StoredTask]:
+        """Tasks started and not ended: after a restart, those the last run left behind."""
+        return [_stored(r) for r in self.conn.execute(
+            f"SELECT {_STORED_COLUMNS} FROM tasks WHERE started IS NOT NULL AND ended IS NULL "
+            "ORDER BY task_no")]
+
+    def add_tasks(self, tasks: Sequence[NewTask]) -> None:
+        """Insert children, retries and file tasks; call inside write_txn."""
+        self.conn.executemany(
+            "INSERT INTO tasks (id, type, job, info, meta, created, file_path, phase, attempt, "
+            "scheduled_for, due_at, parent_no) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(n.task.id, n.task.type, n.task.job, n.task.info, n.task.meta, n.task.created,
+              n.file_path, n.phase, n.attempt, n.scheduled_for, n.due_at, n.parent_no)
+             for n in tasks])
+
+    def add_alert(self, task_no: int, kind: str, task: Task, message: str, created: str) -> bool:
+        """One alert per task and kind; False when it was raised before."""
+        self.conn.execute(
+            "INSERT INTO alerts (task_no, kind, type, job, message, created) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (task_no, kind, task.type, task.job, message, created))
+        return self.conn.changes() == 1
+
+    def overdue(self, cutoff: str) -> list[StoredTask]:
+        """Unfinished tasks created before `cutoff` without an `incomplete` alert."""
+        return [_stored(r) for r in self.conn.execute(
+            f"SELECT {_STORED_COLUMNS} FROM tasks AS t WHERE ended IS NULL AND created < ? "
+            "AND NOT EXISTS (SELECT 1 FROM alerts AS a WHERE a.task_no = t.task_no "
+            "AND a.kind = 'incomplete') ORDER BY task_no", (cutoff,))]
 
     # --- integrity ----------------------------------------------------------------------
 

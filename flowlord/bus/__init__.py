@@ -1,0 +1,28 @@
+"""How tasks reach workers and results come back: one small interface, one
+implementation per transport. The daemon claims tasks in the database, hands
+each to `send`, and records what `receive` returns, then calls `ack`.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from flowlord.model import StoredTask
+from flowlord.workers import Done
+
+
+class Bus(Protocol):
+    def capacity(self, topic: str) -> int:
+        """How many more tasks of this topic can be sent now (0: none, or no worker)."""
+
+    def send(self, stored: StoredTask, timeout_seconds: float | None) -> None:
+        """Hand a claimed task to a worker; `timeout_seconds` overrides the worker's."""
+
+    def receive(self, wait: float) -> list[Done]:
+        """Results that came back, waiting up to `wait` seconds for the first."""
+
+    def ack(self, done: Done) -> None:
+        """The result is stored: the bus may forget it."""
+
+    def close(self, grace: float) -> list[Done]:
+        """Let running tasks finish within `grace` seconds, end the rest; their results."""

@@ -1,0 +1,68 @@
+"""The embedded bus: tasks run as processes of this machine, per `[workers.<topic>]`."""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections.abc import Callable, Mapping
+from datetime import timedelta
+
+from flowlord.config import WorkerConfig
+from flowlord.model import StoredTask
+from flowlord.workers import Done, Run
+
+STOPPED = "stopped: the daemon shut down while the task ran"
+
+
+class LocalBus:
+    def __init__(self, workers: Mapping[str, WorkerConfig],
+                 wake: Callable[[], None] | None = None) -> None:
+        self.workers = workers
+        self.runs: dict[int, Run] = {}
+        self.results: queue.SimpleQueue[Done] = queue.SimpleQueue()
+        self.wake = wake  # called (no arguments) when a result arrives, to end a wait early
+
+    def capacity(self, topic: str) -> int:
+        worker = self.workers.get(topic)
+        if worker is None:
+            return 0
+        busy = sum(1 for r in self.runs.values() if r.stored.task.type == topic)
+        return max(0, worker.concurrency - busy)
+
+    def send(self, stored: StoredTask, timeout_seconds: float | None) -> None:
+        worker = self.workers[stored.task.type]
+        timeout = (timedelta(seconds=timeout_seconds) if timeout_seconds is not None
+                   else worker.timeout)
+        run = Run(stored, worker.command, timeout, self._finished)
+        self.runs[stored.task_no] = run
+        run.start()
+
+    def _finished(self, done: Done) -> None:  # on the task's thread
+        self.results.put(done)
+        if self.wake is not None:
+            self.wake()
+
+    def receive(self, wait: float) -> list[Done]:
+        found: list[Done] = []
+        try:
+            found.append(self.results.get(timeout=wait) if wait > 0 else self.results.get_nowait())
+            while True:
+                found.append(self.results.get_nowait())
+        except queue.Empty:
+            pass
+        for done in found:
+            self.runs.pop(done.task_no, None)
+        return found
+
+    def ack(self, done: Done) -> None:
+        pass  # the database is the queue: a stored result is the acknowledgement
+
+    def close(self, grace: float) -> list[Done]:
+        deadline = time.monotonic() + grace
+        for run in list(self.runs.values()):
+            run.join(max(0.0, deadline - time.monotonic()))
+        for run in self.runs.values():
+            run.stop(STOPPED)
+        for run in list(self.runs.values()):
+            run.join()
+        return self.receive(0)

@@ -1,0 +1,162 @@
+"""The bus contract, run against every implementation (so far: local), with real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from flowlord.bus import Bus
+from flowlord.bus.local import STOPPED, LocalBus
+from flowlord.config import WorkerConfig
+from flowlord.model import StoredTask, Task
+from flowlord.workers import Done
+
+PY = sys.executable
+HOSTILE = "a b 'c' \"d\" ;rm -rf /tmp/x $(touch /tmp/owned) `id`\n--flag"
+
+
+def worker(*argv: str, concurrency: int = 2, timeout: float = 30) -> WorkerConfig:
+    return WorkerConfig(argv, concurrency, timedelta(seconds=timeout))
+
+
+def stored(no: int, topic: str = "t", info: str = "i", meta: str = "m=1") -> StoredTask:
+    return StoredTask(no, Task(type=topic, job="j", info=info, meta=meta, id=f"id-{no}",
+                               created="2026-11-23T00:00:00Z"))
+
+
+@pytest.fixture(params=["local"])
+def make_bus(request: pytest.FixtureRequest) -> Iterator[Callable[..., Bus]]:
+    made: list[Bus] = []
+
+    def make(**workers: WorkerConfig) -> Bus:
+        bus = LocalBus(workers)
+        made.append(bus)
+        return bus
+    yield make
+    for bus in made:
+        bus.close(0)
+
+
+def results(bus: Bus, n: int, seconds: float = 30) -> list[Done]:
+    found: list[Done] = []
+    end = time.monotonic() + seconds
+    while len(found) < n:
+        assert time.monotonic() < end, f"only {len(found)} of {n} results"
+        found += bus.receive(0.5)
+    return sorted(found, key=lambda d: d.task_no)
+
+
+def test_exit_status_decides_the_result(make_bus: Callable[..., Bus]) -> None:
+    bus = make_bus(ok=worker("true"), bad=worker(PY, "-c", "import sys; "
+                                                 "sys.stderr.write('boom\\n'); sys.exit(3)"))
+    bus.send(stored(1, "ok"), None)
+    bus.send(stored(2, "bad"), None)
+    done = results(bus, 2)
+    assert [(d.task_no, d.result, d.msg) for d in done] == [
+        (1, "complete", ""), (2, "error", "exit status 3: boom")]
+
+
+def test_capacity_follows_concurrency_and_unknown_topics_get_none(
+        make_bus: Callable[..., Bus], tmp_path: Path) -> None:
+    gate = tmp_path / "go"
+    wait = f"import os, time\nwhile not os.path.exists({str(gate)!r}): time.sleep(0.01)"
+    bus = make_bus(t=worker(PY, "-c", wait, concurrency=2))
+    assert (bus.capacity("t"), bus.capacity("nobody")) == (2, 0)
+    bus.send(stored(1), None)
+    assert bus.capacity("t") == 1
+    bus.send(stored(2), None)
+    assert bus.capacity("t") == 0
+    gate.touch()
+    assert [d.result for d in results(bus, 2)] == ["complete", "complete"]
+    assert bus.capacity("t") == 2
+
+
+def test_values_arrive_as_literal_single_arguments_and_in_the_environment(
+        make_bus: Callable[..., Bus], tmp_path: Path) -> None:
+    out = tmp_path / "out.json"
+    script = ("import json, os, sys\n"
+              f"json.dump({{'argv': sys.argv[1:], 'env': {{k: v for k, v in os.environ.items() "
+              f"if k.startswith('FLOWLORD_TASK')}}}}, open({str(out)!r}, 'w'))")
+    bus = make_bus(t=worker(PY, "-c", script, "{info}", "--x={meta}", "{type}:{job}:{id}",
+                            "{unknown}"))
+    task = stored(7, info=HOSTILE, meta="k={info}")
+    bus.send(task, None)
+    assert results(bus, 1)[0].result == "complete"
+    seen = json.loads(out.read_text())
+    assert seen["argv"] == [HOSTILE, "--x=k={info}", "t:j:id-7", "{unknown}"]
+    assert seen["env"]["FLOWLORD_TASK_INFO"] == HOSTILE
+    assert (seen["env"]["FLOWLORD_TASK_ID"], seen["env"]["FLOWLORD_TASK_TYPE"],
+            seen["env"]["FLOWLORD_TASK_JOB"]) == ("id-7", "t", "j")
+    assert json.loads(seen["env"]["FLOWLORD_TASK"])["info"] == HOSTILE
+    assert not os.path.exists("/tmp/owned")
+
+
+def test_a_timeout_ends_the_whole_process_group(make_bus: Callable[..., Bus],
+                                                tmp_path: Path) -> None:
+    pid_file = tmp_path / "grandchild"
+    script = ("import os, signal, subprocess, sys, time\n"
+              "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+              f"p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+              f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
+              "time.sleep(60)")
+    bus = make_bus(t=worker(PY, "-c", script, timeout=60))
+    bus.send(stored(1), 1.0)  # the phase's timeout= wins over the worker's
+    [done] = results(bus, 1)
+    assert (done.result, done.msg) == ("error", "timeout after 1s")
+    grandchild = int(pid_file.read_text())
+    end = time.monotonic() + 10
+    while _alive(grandchild):
+        assert time.monotonic() < end, "the grandchild survived the timeout"
+        time.sleep(0.05)
+
+
+def test_a_grandchild_left_behind_does_not_hold_the_result(make_bus: Callable[..., Bus]) -> None:
+    script = ("import subprocess, sys\n"
+              "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])")
+    bus = make_bus(t=worker(PY, "-c", script))
+    bus.send(stored(1), None)
+    assert results(bus, 1, seconds=15)[0].result == "complete"
+
+
+def test_huge_output_keeps_only_the_tail_of_stderr(make_bus: Callable[..., Bus]) -> None:
+    script = ("import sys\nchunk = 'x' * 1023 + '\\n'\n"
+              "for _ in range(25 * 1024):\n    sys.stdout.write(chunk); sys.stderr.write(chunk)\n"
+              "sys.stderr.write('the end'); sys.exit(1)")
+    bus = make_bus(t=worker(PY, "-c", script))
+    bus.send(stored(1), None)
+    [done] = results(bus, 1, seconds=60)
+    assert done.result == "error" and done.msg.endswith("the end")
+    assert len(done.msg) < 5000
+
+
+def test_a_missing_program_is_an_error_not_a_crash(make_bus: Callable[..., Bus]) -> None:
+    bus = make_bus(t=worker("/nonexistent/program"))
+    bus.send(stored(1), None)
+    [done] = results(bus, 1)
+    assert done.result == "error" and "cannot start '/nonexistent/program'" in done.msg
+
+
+def test_close_waits_for_the_grace_then_ends_the_rest(make_bus: Callable[..., Bus]) -> None:
+    bus = make_bus(quick=worker(PY, "-c", "import time; time.sleep(0.3)"),
+                   slow=worker(PY, "-c", "import time; time.sleep(60)"))
+    bus.send(stored(1, "quick"), None)
+    bus.send(stored(2, "slow"), None)
+    done = sorted(bus.close(2.0), key=lambda d: d.task_no)
+    assert [(d.task_no, d.result, d.msg) for d in done] == [
+        (1, "complete", ""), (2, "error", STOPPED)]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (ProcessLookupError, FileNotFoundError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is gone
