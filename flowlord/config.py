@@ -38,6 +38,7 @@ class Config:
     catchup: str = "none"
     catchup_limit: int = 100  # catchup=all fires at most this many missed slots per phase
     allow_world_writable: bool = False  # load workflow files any user can write
+    shutdown_grace: timedelta = timedelta(seconds=30)  # running tasks' time to end on stop
     rescan: timedelta = timedelta(minutes=5)
     bus_url: str = "local"
     workers: dict[str, WorkerConfig] = field(default_factory=dict)
@@ -74,7 +75,7 @@ def resolve_zone(name: str) -> tzinfo:
 
 # section → key → (attribute, type)
 _TOP = {"workflows": str, "db": str, "timezone": str, "catchup": str, "rescan": timedelta,
-        "catchup_limit": int, "allow_world_writable": bool}
+        "catchup_limit": int, "allow_world_writable": bool, "shutdown_grace": timedelta}
 _SECTIONS: dict[str, dict[str, tuple[str, type]]] = {
     "bus": {"url": ("bus_url", str)},
     "alerts": {"task_ttl": ("task_ttl", timedelta), "webhook": ("webhook", str)},

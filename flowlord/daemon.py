@@ -24,8 +24,10 @@ from types import FrameType
 import apsw
 
 from flowlord import logs
+from flowlord.bus.local import LocalBus
 from flowlord.clock import Clock, SystemClock
-from flowlord.config import Config
+from flowlord.config import Config, ConfigError
+from flowlord.dispatch import Dispatcher
 from flowlord.loader import Loader, LoaderError
 from flowlord.model import Fire
 from flowlord.scheduler import Due, PhaseKey, Scheduler, parse_slot
@@ -45,6 +47,7 @@ class Daemon:
         self.clock = clock or SystemClock()
         self.stop = threading.Event()
         self.rescan = threading.Event()
+        self.wakeup = threading.Event()  # a signal or a task result: look again now
         self.watcher: Watcher | None = None
         self.log = logs.get("flowlord.daemon")
         self.zone = config.zone()
@@ -56,17 +59,30 @@ class Daemon:
 
     def _on_signal(self, signum: int, _: FrameType | None) -> None:
         (self.rescan if signum == signal.SIGHUP else self.stop).set()
+        self._wake()
+
+    def _wake(self) -> None:
+        self.wakeup.set()
+        if self.watcher:
+            self.watcher.wake()
 
     def run(self) -> int:
+        if self.config.bus_url != "local":
+            raise ConfigError(f"bus url {self.config.bus_url}: only \"local\" is supported "
+                              "by this version")
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
         store = Store(self.config.db, busy_timeout_ms=BUSY_TIMEOUT_MS)
         loader = Loader(self.config.workflows, store,
                         allow_world_writable=self.config.allow_world_writable)
+        self.dispatcher = Dispatcher(loader, LocalBus(self.config.workers, wake=self._wake),
+                                     Context(self.zone, self._meta_dir(), self.clock.now()),
+                                     self.config.task_ttl, self.log)
         try:
             self._watch(loader)
             self._refresh(loader, None)  # a failure here is fatal: bad path or database
             self._start_schedule(loader.store)
+            self.dispatcher.recover()
             notify("READY=1", self._status(loader))
             self._loop(loader)
         finally:
@@ -74,6 +90,7 @@ class Daemon:
             if self.watcher:
                 self.watcher.stop()
             self._write(loader.store)  # fires found before the stop are kept if possible
+            self.dispatcher.close(self.config.shutdown_grace.total_seconds())
             loader.close()
         if self.pending:  # the database stayed locked; their slots count as missed
             self.log.error("fires not recorded", count=len(self.pending))
@@ -102,12 +119,15 @@ class Daemon:
         next_rescan = time.monotonic() + self.config.rescan.total_seconds()
         next_ping = time.monotonic()
         while not self.stop.is_set():
-            wait = max(0.0, min(TICK, next_rescan - time.monotonic(), self._until_due()))
-            if self.pending or self.unplanned:
+            retry_due = self.dispatcher.next_due()
+            wait = max(0.0, min(TICK, next_rescan - time.monotonic(), self._until_due(),
+                                TICK if retry_due is None else retry_due))
+            if self.pending or self.unplanned or self.dispatcher.pending:
                 wait = min(wait, 0.2)  # the database was locked: try again soon
+            self.wakeup.clear()
             paths = self.watcher.changed_paths(wait) if self.watcher else set()
             if not self.watcher:
-                self.stop.wait(wait)
+                self.wakeup.wait(wait)
             try:
                 if (self.rescan.is_set() or time.monotonic() >= next_rescan
                         or (self.watcher and self.watcher.overflowed())):
@@ -123,6 +143,9 @@ class Daemon:
                 self.resync = True
             self._fire_due()
             self._write(loader.store)
+            self.dispatcher.collect(0)
+            self.dispatcher.dispatch()
+            self.dispatcher.check_overdue(time.monotonic())
             # pinged from this loop only, so a stuck loop gets restarted by systemd
             if ping_every and time.monotonic() >= next_ping:
                 notify("WATCHDOG=1")

@@ -355,11 +355,13 @@ class Store:
 
     def claim(self, topic: str, limit: int, now: str) -> list[StoredTask]:
         """Mark up to `limit` due tasks of a topic started, oldest first; call inside
-        write_txn. Only a task still waiting can be claimed, so none runs twice."""
+        write_txn. Only a task still waiting can be claimed, so none runs twice.
+        `now` has milliseconds, like due times; `started` keeps whole seconds."""
         rows = self.conn.execute(
             f"UPDATE tasks SET started = ? WHERE task_no IN (SELECT task_no FROM tasks "
             "WHERE started IS NULL AND type = ? AND (due_at IS NULL OR due_at <= ?) "
-            f"ORDER BY task_no LIMIT ?) RETURNING {_STORED_COLUMNS}", (now, topic, now, limit))
+            f"ORDER BY task_no LIMIT ?) RETURNING {_STORED_COLUMNS}",
+            (now[:19] + "Z", topic, now, limit))
         return sorted((_stored(r) for r in rows), key=lambda t: t.task_no)
 
     def finish(self, task_no: int, ended: str, result: str, msg: str) -> bool:

@@ -11,7 +11,8 @@ import re
 import socket
 import uuid
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 _SLUGS = (("{SLUG}", "{HOUR_SLUG}"), ("{HOUR_SLUG}", "{YYYY}/{MM}/{DD}/{HH}"),
           ("{DAY_SLUG}", "{YYYY}/{MM}/{DD}"), ("{MONTH_SLUG}", "{YYYY}/{MM}"))
@@ -77,3 +78,52 @@ def meta_names(text: str) -> list[str]:
 def cron_hour(t: datetime) -> str:
     """The `cron=` meta value: the task's data time as `YYYY-MM-DDTHH`."""
     return t.strftime("%Y-%m-%dT%H")
+
+
+# --- the time of a task (flowlord-reference §4.4) -----------------------------------------
+
+_INFO_SECOND = re.compile(r"(?:day|date|time|timestamp)[=:](\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z)")
+_INFO_HOUR = re.compile(r"(?:date|hour|hour_utc)[=:](\d{4}-\d{2}-\d{2}T\d{2})")
+_INFO_DAY = re.compile(r"(?:day|date)[=:](\d{4}-\d{2}-\d{2})")
+_PATH_RULES = (  # (pattern, strptime format, file name only)
+    (re.compile(r"\d{8}T\d{6}"), "%Y%m%dT%H%M%S", True),
+    (re.compile(r"\d{4}/\d{2}/\d{2}/\d{2}"), "%Y/%m/%d/%H", False),
+    (re.compile(r"\d{4}/\d{2}/\d{2}"), "%Y/%m/%d", False),
+    (re.compile(r"\d{4}-\d{2}-\d{2}"), "%Y-%m-%d", False),
+    (re.compile(r"\d{4}/\d{2}"), "%Y/%m", False),
+)
+
+
+def _parse(text: str, fmt: str) -> datetime | None:
+    try:
+        return datetime.strptime(text, fmt).replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+def task_time(meta: dict[str, str], info: str) -> datetime | None:
+    """A task's data time: meta `cron=` (YYYY-MM-DDTHH), else from its info."""
+    cron = _parse(meta.get("cron", ""), "%Y-%m-%dT%H")
+    return cron or info_time(info)
+
+
+def info_time(info: str) -> datetime | None:
+    """A time written in the info (`day=`, `date=`, `hour=` …), else from its path."""
+    for pattern, fmt in ((_INFO_SECOND, "%Y-%m-%dT%H:%M:%SZ"), (_INFO_HOUR, "%Y-%m-%dT%H"),
+                         (_INFO_DAY, "%Y-%m-%d")):
+        m = pattern.search(info)
+        if m and (t := _parse(m.group(1), fmt)):
+            return t
+    try:
+        return path_time(urlsplit(info).path)
+    except ValueError:  # not a URL (an unclosed `[`): no time, as in Go
+        return None
+
+
+def path_time(path: str) -> datetime | None:
+    """The time in a path: the first rule that matches decides, valid or not."""
+    for pattern, fmt, name_only in _PATH_RULES:
+        m = pattern.search(path.rsplit("/", 1)[-1] if name_only else path)
+        if m:
+            return _parse(m.group(0), fmt)
+    return None

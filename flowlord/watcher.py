@@ -31,6 +31,7 @@ _IGNORED = (FileOpenedEvent, FileClosedNoWriteEvent, DirModifiedEvent)
 class _Collector(FileSystemEventHandler):
     def __init__(self) -> None:
         self.paths: set[str] = set()
+        self.woken = False  # wake() was called: return from a wait without paths
         self.last_event = 0.0
         self.changed = threading.Condition()
 
@@ -81,6 +82,12 @@ class Watcher:
         self._observer.stop()
         self._observer.join()
 
+    def wake(self) -> None:
+        """End a `changed_paths` wait early (from any thread): there is other work."""
+        with self._collector.changed:
+            self._collector.woken = True
+            self._collector.changed.notify_all()
+
     def overflowed(self) -> bool:
         """True once after inotify dropped events: the caller must rescan everything."""
         if self._overflow.raised.is_set():
@@ -99,7 +106,8 @@ class Watcher:
         with c.changed:
             while not c.paths:
                 left = deadline - time.monotonic()
-                if left <= 0:
+                if left <= 0 or c.woken:
+                    c.woken = False
                     return set()
                 c.changed.wait(left)
             latest = max(deadline, time.monotonic() + self.quiet)

@@ -1,0 +1,146 @@
+"""Between the database and the bus: claim due tasks for workers, record their results
+with what the results lead to (children, retries, alerts), each in one transaction.
+
+Runs on the daemon's loop, the only writer. A locked database delays this work;
+results wait in `pending` and are recorded on a later turn.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import apsw
+
+from flowlord.bus import Bus
+from flowlord.loader import Loader
+from flowlord.model import Phase, StoredTask
+from flowlord.outcomes import after_result
+from flowlord.rules import parse_rule
+from flowlord.store import Store, utc_now_ms, write_txn
+from flowlord.tasks import Context
+from flowlord.workers import Done, now_text
+
+RESTARTED = "error: the daemon restarted while the task ran"
+OVERDUE_EVERY = 60.0  # seconds between checks for tasks unfinished past task_ttl
+
+
+class Dispatcher:
+    def __init__(self, loader: Loader, bus: Bus, ctx: Context, task_ttl: timedelta,
+                 log: Any) -> None:
+        self.loader = loader
+        self.store: Store = loader.store
+        self.bus = bus
+        self.ctx = ctx
+        self.task_ttl = task_ttl
+        self.log = log
+        self.pending: list[Done] = []  # received, not yet recorded
+        self.next_overdue_check = 0.0
+
+    def recover(self) -> None:
+        """Tasks the last run left running cannot be finished by anyone: record them as
+        errors (the retry rules apply), so none stays running forever."""
+        left = self.store.running()
+        if left:
+            self.log.warning("tasks left running by the last run", count=len(left))
+            self.pending += [Done(s.task_no, "error", RESTARTED, now_text()) for s in left]
+
+    def dispatch(self) -> int:
+        """Claim what the workers can take now and send it; returns how many were sent."""
+        now = utc_now_ms()
+        sent = 0
+        try:
+            for topic in self.store.ready_topics(now):
+                room = self.bus.capacity(topic)
+                if room <= 0:
+                    continue
+                with write_txn(self.store.conn):
+                    claimed = self.store.claim(topic, room, now)
+                for stored in claimed:
+                    self.bus.send(stored, self._timeout(stored))
+                sent += len(claimed)
+        except apsw.BusyError:
+            self.log.warning("database locked by another process; tasks wait")
+        return sent
+
+    def collect(self, wait: float) -> None:
+        """Receive results (waiting up to `wait` seconds) and record them with their effects."""
+        self.pending += self.bus.receive(wait)
+        if not self.pending:
+            return
+        now = datetime.now(UTC)
+        ctx = Context(self.ctx.zone, self.ctx.meta_dir, now)
+        try:
+            with write_txn(self.store.conn):
+                recorded = [d for d in self.pending if self._record(d, ctx)]
+        except apsw.BusyError:
+            self.log.warning("database locked by another process; results wait",
+                             results_waiting=len(self.pending))
+            return
+        for done in self.pending:
+            self.bus.ack(done)
+        self.pending = []
+        for done in recorded:
+            self.log.info("task ended", task_no=done.task_no, result=done.result,
+                          msg=done.msg[:200])
+
+    def close(self, grace: float) -> None:
+        """On stop: running tasks get `grace` seconds, then are ended and recorded."""
+        self.pending += self.bus.close(grace)
+        self.collect(0)
+
+    def next_due(self) -> float | None:
+        """Seconds until the next waiting retry is due, if any."""
+        due = self.store.next_due(utc_now_ms())
+        if due is None:
+            return None
+        when = datetime.fromisoformat(due.replace("Z", "+00:00"))
+        return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+    def check_overdue(self, monotonic: float) -> None:
+        """One `incomplete` alert per task unfinished after task_ttl."""
+        if monotonic < self.next_overdue_check:
+            return
+        self.next_overdue_check = monotonic + OVERDUE_EVERY
+        cutoff = (datetime.now(UTC) - self.task_ttl).strftime("%Y-%m-%dT%H:%M:%SZ")
+        try:
+            with write_txn(self.store.conn):
+                for stored in self.store.overdue(cutoff):
+                    self.store.add_alert(stored.task_no, "incomplete", stored.task,
+                                         f"unfinished after {self.task_ttl}", now_text())
+                    self.log.warning("task unfinished past task_ttl", task_no=stored.task_no,
+                                     type=stored.task.type, created=stored.task.created)
+        except apsw.BusyError:
+            self.next_overdue_check = monotonic + 1.0
+
+    # --- helpers --------------------------------------------------------------------
+
+    def _record(self, done: Done, ctx: Context) -> bool:
+        """The result and its effects; False when the task already had a result."""
+        if not self.store.finish(done.task_no, done.ended, done.result, done.msg):
+            return False
+        stored = self.store.stored_task(done.task_no)
+        assert stored is not None
+        phase = self._phase(stored)
+        children = self.loader.children(stored.task) if done.result == "complete" else []
+        effects = after_result(stored, done.result, done.msg, phase=phase, children=children,
+                               ctx=ctx)
+        self.store.add_tasks(effects.tasks)
+        for kind, message in effects.alerts:
+            self.store.add_alert(stored.task_no, kind, stored.task, message, now_text())
+            self.log.error("alert", kind=kind, task_no=stored.task_no, type=stored.task.type,
+                           message=message[:200])
+        for note in effects.notes:
+            self.log.info("child not created", task_no=stored.task_no, note=note)
+        return True
+
+    def _phase(self, stored: StoredTask) -> Phase | None:
+        if stored.file_path is not None and stored.phase is not None:
+            found = self.store.phases(file_path=stored.file_path, task=stored.phase)
+            return found[0] if found else None
+        return self.loader.get(stored.task)
+
+    def _timeout(self, stored: StoredTask) -> float | None:
+        phase = self._phase(stored)
+        timeout = parse_rule(phase.rule).timeout if phase else None
+        return timeout.total_seconds() if timeout else None

@@ -1,0 +1,129 @@
+"""What a task's result leads to (flowlord-reference §5.4–5.7): children after
+`complete`, a retry or a failure after `error`, an alert after `alert`.
+
+Pure decisions on values read from the database; the daemon writes them in the
+transaction that records the result, so each result has its effects exactly once.
+Flowlord's bugs fixed: a child's meta keeps the parent's keys (so grandchildren
+see them), siblings build their meta separately, a retry without `retry_delay`
+drops a stale `delayed=`, and a failed task whose phase is gone still alerts.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import partial
+
+from flowlord.durations import format_duration
+from flowlord.model import NewTask, Phase, StoredTask, Task
+from flowlord.rules import parse_query, parse_rule
+from flowlord.tasks import BuildError, Context, encode_meta, meta_rows, rfc3339
+from flowlord.templates import meta_names, render_meta, render_time, task_time
+
+DEFAULT_RETRY_DELAY = timedelta(seconds=1)
+JITTER = 0.4  # up to 40 % of retry_delay added
+_ATTEMPT_KEYS = ("retry", "retried", "delayed")  # about one attempt: not inherited by children
+
+
+def decode_meta(text: str) -> dict[str, str]:
+    """Task meta as a dict (first value of a repeated key); encoded and raw forms both read."""
+    meta: dict[str, str] = {}
+    for key, value in parse_query(text)[0]:
+        meta.setdefault(key, value)
+    return meta
+
+
+@dataclass
+class Effects:
+    """What one result leads to."""
+
+    tasks: list[NewTask] = field(default_factory=list)
+    alerts: list[tuple[str, str]] = field(default_factory=list)  # (kind, message)
+    notes: list[str] = field(default_factory=list)  # for the log: skipped children, …
+
+
+def after_result(stored: StoredTask, result: str, msg: str, *, phase: Phase | None,
+                 children: Sequence[Phase], ctx: Context,
+                 jitter: Callable[[], float] = random.random) -> Effects:
+    """The effects of `result` on a task whose phase is `phase` (None: gone) and whose
+    file's dependents are `children`."""
+    effects = Effects()
+    if result == "complete":
+        for child in children:
+            effects.tasks += _child_tasks(stored, child, ctx, effects.notes)
+    elif result == "error":
+        _retry_or_fail(stored, msg, phase, ctx, jitter, effects)
+    elif result == "alert":
+        effects.alerts.append(("alert", msg))
+    return effects  # warn: nothing further, as flowlord
+
+
+def _child_tasks(parent: StoredTask, child: Phase, ctx: Context,
+                 notes: list[str]) -> list[NewTask]:
+    meta = decode_meta(parent.task.meta)
+    rule = parse_rule(child.rule)
+    for name in meta_names(rule.require):  # require={meta:x}: x must be set and not empty
+        if not meta.get(name):
+            notes.append(f"{child.task}: skipped, parent meta {name} is empty")
+            return []
+    t = task_time(meta, parent.task.info)
+    info = render_time(child.template, t)
+    try:
+        rows = meta_rows(rule, ctx.meta_dir) or [{}]
+    except BuildError as e:
+        notes.append(f"{child.task}: skipped: {e}")
+        return []
+    inherited = {k: v for k, v in meta.items()
+                 if k not in _ATTEMPT_KEYS and k not in ("workflow", "cron", "job")}
+    head = [("workflow", meta.get("workflow", child.file_path))]
+    if "cron" in meta:
+        head.append(("cron", meta["cron"]))
+    if child.job:
+        head.append(("job", child.job))
+    tasks = []
+    for row in rows:
+        values = {**meta, **row}
+        text, used = render_meta(info, partial(_lookup, values))
+        own = {**inherited, **{name: values.get(name, "") for name in used if name in row}}
+        task = Task(type=child.topic, job=child.job, info=text,
+                    meta=encode_meta(head + sorted(own.items())), id=parent.task.id,
+                    created=rfc3339(ctx.created))
+        tasks.append(NewTask(task, child.file_path, child.task, parent_no=parent.task_no))
+    return tasks
+
+
+def _lookup(values: dict[str, str], name: str) -> str:
+    return values.get(name, "")
+
+
+def _retry_or_fail(stored: StoredTask, msg: str, phase: Phase | None, ctx: Context,
+                   jitter: Callable[[], float], effects: Effects) -> None:
+    task = stored.task
+    rule = parse_rule(phase.rule) if phase else None
+    if phase is None or stored.attempt >= phase.retry:
+        attempts = stored.attempt + 1
+        if rule is None or not rule.no_alert:
+            why = "its phase is gone" if phase is None else f"after {attempts} attempts"
+            effects.alerts.append(("failed", f"failed {why}: {msg}" if msg else f"failed {why}"))
+        return
+    meta = decode_meta(task.meta)
+    meta["retry"] = str(stored.attempt + 1)
+    meta.pop("delayed", None)
+    if rule is not None and rule.retry_delay is not None:
+        delay = rule.retry_delay * (1 + JITTER * jitter())
+        meta["delayed"] = format_duration(delay)
+    else:
+        delay = DEFAULT_RETRY_DELAY
+    due = ctx.created.astimezone(UTC) + delay
+    retry = Task(type=task.type, job=task.job, info=task.info,
+                 meta=encode_meta(sorted(meta.items())), id=task.id,
+                 created=rfc3339(ctx.created))
+    effects.tasks.append(NewTask(retry, stored.file_path, stored.phase, stored.attempt + 1,
+                                 stored.scheduled_for, _due_text(due), stored.task_no))
+
+
+def _due_text(t: datetime) -> str:
+    """Due times to the millisecond: a retry's delay of 1.3 s is not rounded to 1 s."""
+    return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
