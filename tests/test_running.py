@@ -1,0 +1,137 @@
+"""The real daemon running tasks on local workers: results, retries, children, alerts,
+and every task accounted for after a SIGKILL."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import sys
+from pathlib import Path
+
+from tests.conftest import run_cli
+from tests.test_daemon import daemon, messages_until, wait_for
+from tests.test_firing import query
+
+# sleeps 0-200 ms, fails about a third of the time: random, but the same for the same
+# info and attempt, so every run of the test sees the same failures
+FLAKY = ("import json, os, random, sys, time\n"
+         "task = json.loads(os.environ['FLOWLORD_TASK'])\n"
+         "rng = random.Random(os.environ['FLOWLORD_TASK_INFO'] + task.get('meta', ''))\n"
+         "time.sleep(rng.random() * 0.2)\n"
+         "sys.exit(1 if rng.random() < 1 / 3 else 0)")
+
+
+def config(tmp_path: Path, workers: str) -> Path:
+    path = tmp_path / "flowlord.toml"
+    path.write_text(f'timezone = "UTC"\nshutdown_grace = "5s"\n{workers}')
+    return path
+
+
+def worker(topic: str, *argv: str, concurrency: int = 1) -> str:
+    args = ", ".join(f'"{a}"' for a in argv).replace("\n", "\\n")
+    return f"[workers.{topic}]\ncommand = [{args}]\nconcurrency = {concurrency}\n"
+
+
+def backload(wf: Path, db: Path, task: str, hours: int) -> None:
+    done = run_cli("refresh", "-w", str(wf), "--db", str(db))
+    assert done.returncode == 0, done.stderr
+    done = run_cli("backload", task, "--from", "2026-01-01T00:00:00Z", "--to",
+                   f"2026-01-{1 + (hours - 1) // 24:02d}T{(hours - 1) % 24:02d}:00:00Z",
+                   "--by", "hour", "-w", str(wf), "--db", str(db))
+    assert done.returncode == 0, done.stderr
+    assert f"{hours} steps: {hours} new" in done.stdout
+
+
+def unfinished(db: Path) -> int:
+    rows = query(db, "SELECT count(*) FROM tasks WHERE ended IS NULL")
+    return int(rows[0][0]) if rows else -1  # type: ignore[call-overload]
+
+
+def chains(db: Path) -> dict[int, list[tuple[int, str]]]:
+    """Each root work task (attempt 0) → the results of its attempts, in order."""
+    rows = query(db, "SELECT task_no, parent_no, attempt, result FROM tasks "
+                     "WHERE type = 'work' ORDER BY task_no")
+    root_of: dict[int, int] = {}
+    found: dict[int, list[tuple[int, str]]] = {}
+    for no, parent, attempt, result in rows:
+        root = int(no) if attempt == 0 else root_of[int(parent)]  # type: ignore[call-overload]
+        root_of[int(no)] = root  # type: ignore[call-overload]
+        found.setdefault(root, []).append((int(attempt), str(result)))  # type: ignore[call-overload]
+    return found
+
+
+def test_tasks_end_exactly_once_with_retries_children_and_alerts(
+        tmp_path: Path, wf: Path, notify_socket: socket.socket) -> None:
+    (wf / "a.toml").write_text(
+        '[[phase]]\ntask = "work"\nrule = "retry_delay=10ms"\nretry = 2\n'
+        'template = "?d={dd}&h={hh}"\n\n'
+        '[[phase]]\ntask = "after"\ndependsOn = "work"\ntemplate = "after {meta:cron}"\n')
+    db = tmp_path / "f.db"
+    backload(wf, db, "work", 200)
+    cfg = config(tmp_path, worker("work", sys.executable, "-c", FLAKY, concurrency=8)
+                 + worker("after", "true", concurrency=4))
+    with daemon(tmp_path, wf, db, args=["-c", str(cfg)]) as proc:
+        messages_until(notify_socket, "READY=1")
+        wait_for(lambda: query(db, "SELECT count(*) FROM tasks WHERE type = 'work'"
+                                   " AND result IS NULL") == [(0,)]
+                 and unfinished(db) == 0, seconds=120)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    found = chains(db)
+    assert len(found) == 200
+    failed_roots = set()
+    for root, attempts in found.items():
+        assert [a for a, _ in attempts] == list(range(len(attempts)))  # 0, 1, 2 in order
+        results = [r for _, r in attempts]
+        assert all(r == "error" for r in results[:-1])  # retried only after an error
+        assert results[-1] == "complete" or (len(results) == 3 and results[-1] == "error")
+        if results[-1] == "error":
+            failed_roots.add(root)
+    assert 0 < len(failed_roots) < 30  # (1/3)^3 of 200 fail for good: about 7
+    # one `failed` alert per chain that ran out of retries, on its last attempt
+    alerted = query(db, "SELECT t.task_no, t.attempt FROM alerts AS a "
+                        "JOIN tasks AS t USING (task_no) WHERE a.kind = 'failed'")
+    assert len(alerted) == len(failed_roots) and {a for _, a in alerted} == {2}
+    # one child per completed work task, with its parent's id and time; no orphans
+    children = query(db, "SELECT c.info, c.id = p.id, p.result, c.result FROM tasks AS c "
+                         "JOIN tasks AS p ON p.task_no = c.parent_no WHERE c.type = 'after'")
+    assert len(children) == 200 - len(failed_roots)
+    assert all(same and parent == "complete" and mine == "complete"
+               for _, same, parent, mine in children)
+    assert all(str(info).startswith("after 2026-01-") for info, *_ in children)
+    assert query(db, "SELECT count(*) FROM tasks WHERE type = 'after' AND parent_no IS NULL") \
+        == [(0,)]
+    assert query(db, "PRAGMA foreign_key_check") == []
+    assert query(db, "PRAGMA integrity_check") == [("ok",)]
+    listed = run_cli("tasks", "--db", str(db), "--result", "error", "--limit", "1000")
+    assert listed.returncode == 0
+    assert len(listed.stdout.splitlines()) == sum(
+        r == "error" for attempts in found.values() for _, r in attempts)
+
+
+def test_sigkill_with_tasks_running_leaves_none_running_or_lost(
+        tmp_path: Path, wf: Path, notify_socket: socket.socket) -> None:
+    (wf / "a.toml").write_text('[[phase]]\ntask = "work"\nretry = 1\ntemplate = "?h={hh}"\n')
+    db = tmp_path / "f.db"
+    backload(wf, db, "work", 50)
+    marker = tmp_path / "slow"
+    # the first run's workers take long; once the marker is gone, they are quick
+    script = f"import os, time\nif os.path.exists({str(marker)!r}): time.sleep(3)"
+    cfg = config(tmp_path, worker("work", sys.executable, "-c", script, concurrency=50))
+    marker.touch()
+    with daemon(tmp_path, wf, db, args=["-c", str(cfg)]) as proc:
+        wait_for(lambda: query(db, "SELECT count(*) FROM running_tasks") == [(50,)])
+        proc.kill()
+        proc.wait(timeout=10)
+    marker.unlink()
+    assert query(db, "SELECT count(*) FROM tasks WHERE ended IS NULL AND started IS NOT NULL") \
+        == [(50,)]
+    with daemon(tmp_path, wf, db, args=["-c", str(cfg)]) as proc:
+        wait_for(lambda: unfinished(db) == 0, seconds=60)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    rows = query(db, "SELECT attempt, result, msg FROM tasks ORDER BY task_no")
+    assert len(rows) == 100
+    assert rows[:50] == [(0, "error", "error: the daemon restarted while the task ran")] * 50
+    assert {r[:2] for r in rows[50:]} == {(1, "complete")}
+    assert query(db, "PRAGMA foreign_key_check") == []
