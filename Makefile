@@ -12,7 +12,7 @@ $(BIN)/flowlord: pyproject.toml
 	touch $@
 
 run: $(BIN)/flowlord
-	$(BIN)/flowlord run
+	$(BIN)/flowlord -c examples/flowlord.toml run
 
 test: $(BIN)/flowlord
 	$(BIN)/ruff check flowlord tests bench

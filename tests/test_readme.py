@@ -15,7 +15,7 @@ from pathlib import Path
 import apsw
 
 from flowlord.model import Fire
-from flowlord.store import Store, utc_now_ms, write_txn
+from flowlord.store import Store, utc_now, utc_now_ms, write_txn
 from tests.conftest import ROOT
 
 README = (ROOT / "README.md").read_text()
@@ -80,14 +80,18 @@ def test_sqlite3_queries_run_in_debian_sqlite3_and_apsw(tmp_path: Path) -> None:
     (tmp_path / "workflows" / "broken.toml").write_text('[[phase]]\ntask = "b"\ndependsOn = "x"\n')
     (tmp_path / "workflows" / "unparsable.toml").write_text("[[phase]\n")
     db = tmp_path / "flowlord.db"
-    for command in (["refresh"], ["trigger", "report:daily", "--time", "2026-11-20T11:30:00Z"]):
+    for command in (["refresh"], ["trigger", "report:daily", "--time", "2026-11-20T11:30:00Z"],
+                    ["trigger", "report:daily", "--time", "2026-11-22T11:30:00Z"]):
         subprocess.run([sys.executable, "-m", "flowlord", *command,
                         "-w", str(tmp_path / "workflows"), "--db", str(db)],
                        check=True, capture_output=True)
-    store = Store(str(db))  # a fire that could build no task, as the daemon records one
+    store = Store(str(db))  # what the daemon records: a fire without tasks, a failed task
     with write_txn(store.conn):
         store.record_fires([Fire("reports.toml", "report:daily", "2026-11-21T11:30:00Z", "cron",
                                  (), "no files found for /data/rows.json")], utc_now_ms())
+        [task] = store.claim("report", 1, utc_now_ms())
+        store.finish(task.task_no, utc_now(), "error", "exit status 1: no data")
+        store.add_alert(task.task_no, "failed", task.task, "failed after 1 attempts", utc_now())
     store.close()
     queries = sql_queries()
     assert len(queries) >= 8
@@ -106,7 +110,7 @@ def test_sqlite3_queries_run_in_debian_sqlite3_and_apsw(tmp_path: Path) -> None:
     assert answered == len(queries)  # every example finds something in the examples
 
 
-def test_make_run_loads_the_examples_fires_the_heartbeat_and_keeps_running() -> None:
+def test_make_run_loads_the_examples_runs_the_heartbeat_and_keeps_running() -> None:
     db = ROOT / "flowlord.db"
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db}{suffix}").unlink(missing_ok=True)
@@ -118,8 +122,9 @@ def test_make_run_loads_the_examples_fires_the_heartbeat_and_keeps_running() -> 
         conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
         try:
             files = {r[0] for r in conn.execute("SELECT file_path FROM workflow_files")}
-            beats = conn.execute("SELECT count(*) FROM tasks WHERE type = 'heartbeat'").fetchone()
-            return files == wanted and beats[0] > 0
+            done = dict(conn.execute("SELECT type, count(*) FROM tasks "
+                                     "WHERE result = 'complete' GROUP BY type"))
+            return files == wanted and done.get("heartbeat", 0) > 0 and done.get("pulse", 0) > 0
         except apsw.SQLError:  # the schema is being created
             return False
         finally:
@@ -134,9 +139,10 @@ def test_make_run_loads_the_examples_fires_the_heartbeat_and_keeps_running() -> 
                 assert time.monotonic() < deadline
                 time.sleep(0.1)
             assert proc.poll() is None  # the daemon keeps running
-            listed = subprocess.run([str(ROOT / ".venv" / "bin" / "flowlord"), "tasks", "--type",
-                                     "heartbeat"], cwd=ROOT, capture_output=True, text=True)
-            assert listed.returncode == 0 and "\theartbeat\twaiting\t?at=" in listed.stdout
+            listed = subprocess.run([str(ROOT / ".venv" / "bin" / "flowlord"), "-c",
+                                     "examples/flowlord.toml", "tasks", "--type", "heartbeat"],
+                                    cwd=ROOT, capture_output=True, text=True)
+            assert listed.returncode == 0 and "\theartbeat\tcomplete\t?at=" in listed.stdout
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=60)
