@@ -159,7 +159,7 @@ class Daemon:
             self.log.warning(problem)
         if changes:
             self.log.info("workflows changed", changes=" ".join(changes))
-            notify(self._status(loader))
+            self._notify_status(loader)
         files = {change[1:] for change in changes}
         if self.resync:  # an earlier refresh failed after committing some files
             files |= {f[0] for f in loader.store.files()}
@@ -175,6 +175,10 @@ class Daemon:
         # the loader rewrote these phases' rows: their plan is written again, changed or not
         self.unplanned |= {(f, p.task) for f, phases in by_file.items() for p in phases}
 
+    def _notify_status(self, loader: Loader) -> None:
+        if os.environ.get("NOTIFY_SOCKET"):  # counting 100,000 phases is not free
+            notify(self._status(loader))
+
     def _status(self, loader: Loader) -> str:
         counts = loader.store.severity_counts()
         return (f"STATUS={counts['ok'] + counts['warning']} valid phases, "
@@ -183,7 +187,13 @@ class Daemon:
     # --- firing ---------------------------------------------------------------------
 
     def _start_schedule(self, store: Store) -> None:
-        last = {k: parse_slot(v) for k, v in store.last_fires().items()}
+        last = {}
+        for key, text in store.last_fires().items():
+            try:
+                last[key] = parse_slot(text)
+            except ValueError:  # a row written by hand in another format: no catch-up
+                self.log.warning("ledger slot not understood", file=key[0], phase=key[1],
+                                 slot=text)
         phases = store.phases()
         self.pending += self._build(self.scheduler.start(phases, self.clock.now(), last))
         self.unplanned |= {(p.file_path, p.task) for p in phases}
@@ -239,15 +249,42 @@ class Daemon:
             self.log.warning("database locked by another process; will retry",
                              fires_waiting=len(self.pending))
             return
-        except apsw.Error as e:
-            self.log.error("cannot record fires; will retry", error=str(e),
-                           fires_waiting=len(self.pending))
-            return
+        except Exception:  # e.g. a task the database refuses: it must not block the others
+            self.log.exception("cannot record the fires together; recording them one by one")
+            each = self._write_each(store, plan)
+            if each is None:
+                return
+            new = each
         waited = time.monotonic() - started
         if waited > 0.5:
             self.log.warning("waited for the database lock", seconds=round(waited, 3))
         self._log_fires(new, len(self.pending) - len(new))
         self.pending, self.unplanned = [], set()
+
+    def _write_each(self, store: Store, plan: list[tuple[str | None, str, str]],
+                    ) -> list[Fire] | None:
+        """Each pending fire in its own transaction; a fire that cannot be stored is
+        recorded without its tasks, with the reason. None: the database got locked."""
+        new: list[Fire] = []
+        try:
+            for i, fire in enumerate(self.pending):
+                try:
+                    with write_txn(store.conn):
+                        new += store.record_fires([fire], utc_now_ms())
+                except apsw.BusyError:
+                    self.pending = self.pending[i:]
+                    return None
+                except Exception as e:
+                    failed = Fire(fire.file_path, fire.phase, fire.scheduled_for, fire.source,
+                                  (), f"cannot store its tasks: {type(e).__name__}: {e}")
+                    with write_txn(store.conn):
+                        new += store.record_fires([failed], utc_now_ms())
+            with write_txn(store.conn):
+                store.set_next_fires(plan)
+        except apsw.BusyError:
+            self.pending = []  # all recorded; the plan is written next time
+            return None
+        return new
 
     def _log_fires(self, new: list[Fire], repeated: int) -> None:
         if repeated:

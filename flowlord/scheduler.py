@@ -135,8 +135,12 @@ class Scheduler:
         if self._seen is not None:
             wall, mono = self._seen
             elapsed = timedelta(seconds=max(0.0, monotonic - mono))
-            if (now - wall).total_seconds() - elapsed.total_seconds() > CLOCK_STEP:
+            ahead = (now - wall).total_seconds() - elapsed.total_seconds()
+            if ahead > CLOCK_STEP:
                 real_now = wall + elapsed  # what lies beyond was jumped over by a clock step
+            elif ahead < -CLOCK_STEP:
+                self._restart_from(now)  # stepped back: plan from the new now (the ledger
+                # refuses any slot that fired before the step)
         self._seen = (now, monotonic)
         due: list[Due] = []
         while (deadline := self.next_deadline()) is not None and deadline <= now:
@@ -173,6 +177,11 @@ class Scheduler:
         self._by_file.setdefault(key[0], set()).add(key[1])
         if slot is not None:
             heapq.heappush(self._heap, (slot, self._seq, key))
+
+    def _restart_from(self, now: datetime) -> None:
+        self._heap = []
+        for entry in list(self._entries.values()):
+            self._put(entry, self._next(entry, now))
 
     def _remove(self, key: PhaseKey) -> None:
         del self._entries[key]  # its heap item is dropped when it surfaces

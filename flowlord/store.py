@@ -313,9 +313,11 @@ class Store:
         return found
 
     def last_fires(self) -> dict[tuple[str, str], str]:
-        """The latest slot in the ledger of every (file, phase)."""
+        """The latest slot the scheduler fired, of every (file, phase): what catch-up
+        counts from (a trigger or a backload, at any time, says nothing about it)."""
         return {(f, p): slot for f, p, slot in self.conn.execute(
-            "SELECT file_path, phase, max(scheduled_for) FROM fires GROUP BY file_path, phase")}
+            "SELECT file_path, phase, max(scheduled_for) FROM fires "
+            "WHERE source IN ('cron', 'catchup') GROUP BY file_path, phase")}
 
     def set_next_fires(self, plan: Sequence[tuple[str | None, str, str]]) -> None:
         """(next fire UTC text or None, file, task) for each phase; call inside write_txn."""

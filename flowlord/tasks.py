@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import stat
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from flowlord.rules import Rule, parse_rule
 from flowlord.templates import cron_hour, meta_names, render_meta, render_time
 
 MAX_BATCH_TASKS = 100_000  # one fire or backload never builds more than this
+MAX_META_FILE_BYTES = 64 * 1024 * 1024
 # `;` too: a query parser like Go's (and flowlord.rules.parse_query) rejects a raw one
 _ENCODE = {c: f"%{ord(c):02X}" for c in "%&=+ ;"}
 
@@ -170,9 +172,15 @@ def _meta_file_rows(pattern: str) -> list[dict[str, str]]:
     rows: list[dict[str, str]] = []
     for path in paths:
         try:
-            with open(path, encoding="utf-8") as f:
-                lines = f.read().split("\n")  # only '\n' ends a JSON line
-        except (OSError, UnicodeDecodeError) as e:
+            with open(path, "rb") as f:
+                st = os.fstat(f.fileno())
+                if not stat.S_ISREG(st.st_mode):  # a FIFO would block the daemon
+                    raise BuildError(f"meta-file {path} is not a regular file")
+                if st.st_size > MAX_META_FILE_BYTES:
+                    raise BuildError(f"meta-file {path} is larger than {MAX_META_FILE_BYTES} "
+                                     "bytes")
+                lines = f.read(MAX_META_FILE_BYTES + 1).decode("utf-8").split("\n")
+        except (OSError, UnicodeDecodeError) as e:  # only '\n' ends a JSON line, above
             raise BuildError(f"cannot read meta-file {path}: {e}") from e
         for number, line in enumerate(lines, 1):
             if not line.strip():
@@ -183,10 +191,23 @@ def _meta_file_rows(pattern: str) -> list[dict[str, str]]:
                 raise BuildError(f"meta-file {path} line {number}: {e}") from e
             if not isinstance(row, dict):
                 raise BuildError(f"meta-file {path} line {number}: not a JSON object")
-            rows.append({str(k): _json_text(v) for k, v in row.items()})
+            text = {str(k): _json_text(v) for k, v in row.items()}
+            if not all(_storable(k) and _storable(v) for k, v in text.items()):
+                raise BuildError(f"meta-file {path} line {number}: "
+                                 "text that is not valid Unicode (a lone surrogate)")
+            rows.append(text)
             if len(rows) > MAX_BATCH_TASKS:
                 raise BuildError(f"meta-file {pattern} has more than {MAX_BATCH_TASKS} rows")
     return rows
+
+
+def _storable(text: str) -> bool:
+    """JSON allows lone surrogates (`"\\ud800"`); UTF-8, and so SQLite, does not."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _json_text(value: object) -> str:
