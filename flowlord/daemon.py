@@ -39,6 +39,7 @@ from flowlord.watcher import Watcher
 TICK = 1.0  # longest sleep: bounds how late a signal or a clock step is seen
 BUSY_TIMEOUT_MS = 1000  # a locked database is retried on the next turn, with pings between
 LOGGED_FIRES = 50  # more fires than this in one turn are logged as one summary line
+STOP_WRITE_SECONDS = 10.0  # at stop, how long to retry recording fires in a locked database
 
 
 class Daemon:
@@ -56,6 +57,8 @@ class Daemon:
         self.unplanned: set[PhaseKey] = set()  # next_fire columns to write
         self.resync = False  # a refresh failed half-way: compare every phase next time
         self.scheduled = False  # _start_schedule has run
+        self.data_version = -1  # PRAGMA data_version when other writers were last checked
+        self.synced: dict[str, tuple[str, str | None]] = {}  # file → (hash, loaded_at) then
 
     def _on_signal(self, signum: int, _: FrameType | None) -> None:
         (self.rescan if signum == signal.SIGHUP else self.stop).set()
@@ -80,7 +83,7 @@ class Daemon:
                                      self.config.task_ttl, self.log)
         try:
             self._watch(loader)
-            self._refresh(loader, None)  # a failure here is fatal: bad path or database
+            self._first_refresh(loader)
             self._start_schedule(loader.store)
             self.dispatcher.recover()
             notify("READY=1", self._status(loader))
@@ -89,13 +92,43 @@ class Daemon:
             notify("STOPPING=1")
             if self.watcher:
                 self.watcher.stop()
-            self._write(loader.store)  # fires found before the stop are kept if possible
+            # fires found before the stop are recorded, if the database lets us in time
+            deadline = time.monotonic() + STOP_WRITE_SECONDS
+            self._write(loader.store)
+            while self.pending and time.monotonic() < deadline:
+                self._write(loader.store)
             self.dispatcher.close(self.config.shutdown_grace.total_seconds())
             loader.close()
         if self.pending:  # the database stayed locked; their slots count as missed
             self.log.error("fires not recorded", count=len(self.pending))
         self.log.info("stopped")
         return 0
+
+    def _first_refresh(self, loader: Loader) -> None:
+        """The load at start: a bad path is fatal, a locked database is waited for."""
+        while True:
+            try:
+                self._refresh(loader, None)
+                return
+            except LoaderError as e:
+                if not isinstance(e.__cause__, apsw.BusyError) or self.stop.is_set():
+                    raise
+                self.log.warning("database locked at start; waiting", error=str(e))
+                self.stop.wait(1.0)
+
+    def _follow_other_writers(self, store: Store) -> None:
+        """`flowlord refresh` (or another process) may have changed workflow rows: when the
+        database changed under us, reschedule the files whose rows differ from last time."""
+        version = store.conn.pragma("data_version")
+        if version == self.data_version:
+            return
+        self.data_version = version
+        now = {f[0]: (f[2], f[3]) for f in store.files()}  # hash, loaded_at
+        changed = {f for f, seen in now.items() if self.synced.get(f) != seen}
+        changed |= set(self.synced) - set(now)
+        self.synced = now
+        if changed and self.scheduled:
+            self._reschedule(store, changed)  # unchanged rules keep their schedule
 
     def _watch(self, loader: Loader) -> None:
         """Watch the directory the workflow path names now. Deployments swap a symlink
@@ -141,6 +174,7 @@ class Daemon:
                 self.log.error("refresh failed; rescanning soon", error=str(e))
                 next_rescan = time.monotonic() + TICK
                 self.resync = True
+            self._follow_other_writers(loader.store)
             self._fire_due()
             self._write(loader.store)
             self.dispatcher.collect(0)
@@ -198,6 +232,8 @@ class Daemon:
         self.pending += self._build(self.scheduler.start(phases, self.clock.now(), last))
         self.unplanned |= {(p.file_path, p.task) for p in phases}
         self.scheduled = True
+        self.data_version = store.conn.pragma("data_version")
+        self.synced = {f[0]: (f[2], f[3]) for f in store.files()}
         self.log.info("scheduled", phases=len(self.scheduler), catching_up=len(self.pending))
 
     def _until_due(self) -> float:

@@ -216,7 +216,8 @@ class Loader:
             st = st or os.stat(path)
             # ctime too: `rsync -t` or `touch -r` can restore an mtime, never a ctime
             token = f"{st.st_size}:{st.st_ino}:{st.st_mtime_ns}:{st.st_ctime_ns}"
-            if state and state.stat_token == token:
+            # o+w is checked even on unchanged files: the config may have stopped allowing it
+            if state and state.stat_token == token and not self._world_writable(st):
                 return ""
             last_modified = mtime_text(st.st_mtime_ns)
             refusal = self._refusal(path, st)
@@ -254,7 +255,7 @@ class Loader:
 
     def _refusal(self, path: str, st: os.stat_result) -> str:
         """Why a file must not be loaded even if it parses ('' when it may be)."""
-        if st.st_mode & stat.S_IWOTH and not self.allow_world_writable:
+        if self._world_writable(st):
             # like cron: anyone could make it run anything (allow_world_writable overrides)
             return "writable by any user (o+w)"
         if self.is_dir():
@@ -262,6 +263,9 @@ class Loader:
             if not real.startswith(self._real_root + os.sep):
                 return f"symbolic link out of the workflow directory: {real}"
         return ""
+
+    def _world_writable(self, st: os.stat_result) -> bool:
+        return bool(st.st_mode & stat.S_IWOTH) and not self.allow_world_writable
 
     def _refuse(self, key: str, state: FileState | None, reason: str,
                 last_modified: str, ops: list[FileOp]) -> str:

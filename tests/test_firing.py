@@ -243,3 +243,50 @@ def test_bench_daemon_quick_runs(tmp_path: Path) -> None:
                   "lateness of 60 fires", "target", "ratio"):
         assert label in result.stdout, label
     assert list(tmp_path.iterdir()) == [], "the benchmark left files behind"
+
+
+def test_changes_made_by_another_flowlord_process_are_scheduled(
+        tmp_path: Path, wf: Path, notify_socket: socket.socket) -> None:
+    (wf / "a.toml").write_text(EVERY_SECOND.format(extra=""))
+    db = tmp_path / "f.db"
+    with daemon(tmp_path, wf, db) as proc:
+        wait_for(lambda: len(fired(db)) >= 2)
+        proc.send_signal(signal.SIGSTOP)  # while it sleeps, `flowlord refresh` does the work
+        try:
+            (wf / "a.toml").unlink()
+            (wf / "b.toml").write_text(EVERY_SECOND.format(extra="").replace("tick", "tock"))
+            done = run_cli("refresh", "-w", str(wf), "--db", str(db))
+            assert done.stdout.split() == ["+b.toml", "-a.toml"]
+        finally:
+            proc.send_signal(signal.SIGCONT)
+        wait_for(lambda: len(fired(db, "tock")) >= 2)
+        ticks = len(fired(db))
+        last_tock = fired(db, "tock")[-1]
+        wait_for(lambda: fired(db, "tock")[-1] >= last_tock + 2)
+        assert len(fired(db)) == ticks  # the removed phase stopped
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+
+
+def test_a_database_locked_at_start_is_waited_for(
+        tmp_path: Path, wf: Path, notify_socket: socket.socket) -> None:
+    sqlite3 = shutil.which("sqlite3")
+    assert sqlite3, "the sqlite3 shell is needed (.ci/run installs it)"
+    (wf / "a.toml").write_text(EVERY_SECOND.format(extra=""))
+    db, log = tmp_path / "f.db", tmp_path / "daemon.log"
+    assert run_cli("refresh", "-w", str(wf), "--db", str(db)).returncode == 0
+    (wf / "b.toml").write_text(EVERY_SECOND.format(extra="").replace("tick", "tock"))
+    holder = subprocess.Popen([sqlite3, str(db)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    assert holder.stdin is not None and holder.stdout is not None
+    holder.stdin.write("BEGIN IMMEDIATE;\nSELECT 'locked';\n.shell sleep 3\nCOMMIT;\n")
+    holder.stdin.close()
+    assert holder.stdout.readline() == "locked\n"
+    with log.open("w") as err, daemon(tmp_path, wf, db, stderr=err) as proc:
+        messages_until(notify_socket, "READY=1")
+        assert holder.wait(timeout=30) == 0
+        holder.stdout.close()
+        assert "database locked at start; waiting" in log.read_text()
+        wait_for(lambda: len(fired(db, "tock")) >= 1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0

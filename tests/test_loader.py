@@ -403,3 +403,15 @@ def test_a_new_database_is_private_to_owner_and_group(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "new.db").stat().st_mode) == 0o640
+
+
+def test_a_world_writable_file_loaded_when_allowed_is_refused_once_no_longer_allowed(
+        wf: Path, store: Store) -> None:
+    f = wf / "open.toml"
+    f.write_text('[[phase]]\ntask = "a"\nrule = "cron=0 * * * *"\n')
+    f.chmod(0o666)
+    Loader(str(wf), store, allow_world_writable=True).refresh()
+    assert [p.task for p in store.phases()] == ["a"]
+    assert Loader(str(wf), store).refresh() == ["~open.toml"]  # same bytes, same stat
+    assert store.phases() == []
+    assert store.files()[0][1] == "parse error: refused: writable by any user (o+w)"
