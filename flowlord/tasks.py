@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import stat
 import uuid
 from collections.abc import Iterable, Sequence
@@ -26,6 +27,8 @@ MAX_BATCH_TASKS = 100_000  # one fire or backload never builds more than this
 MAX_META_FILE_BYTES = 64 * 1024 * 1024
 # `;` too: a query parser like Go's (and flowlord.rules.parse_query) rejects a raw one
 _ENCODE = {c: f"%{ord(c):02X}" for c in "%&=+ ;"}
+_ENCODE_TABLE = str.maketrans(_ENCODE)
+_NEEDS_ENCODING = re.compile("[%&=+ ;]")
 
 
 class BuildError(Exception):
@@ -38,9 +41,7 @@ def rfc3339(t: datetime) -> str:
 
 
 def _escape(text: str) -> str:
-    if not any(c in text for c in _ENCODE):
-        return text
-    return "".join(_ENCODE.get(c, c) for c in text)
+    return text.translate(_ENCODE_TABLE) if _NEEDS_ENCODING.search(text) else text
 
 
 def encode_meta(pairs: Iterable[tuple[str, str]]) -> str:
