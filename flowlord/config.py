@@ -39,6 +39,7 @@ class Config:
     catchup_limit: int = 100  # catchup=all fires at most this many missed slots per phase
     allow_world_writable: bool = False  # load workflow files any user can write
     shutdown_grace: timedelta = timedelta(seconds=30)  # running tasks' time to end on stop
+    retention: timedelta = timedelta(days=90)  # finished tasks and fires older go, daily
     rescan: timedelta = timedelta(minutes=5)
     bus_url: str = "local"
     workers: dict[str, WorkerConfig] = field(default_factory=dict)
@@ -75,7 +76,8 @@ def resolve_zone(name: str) -> tzinfo:
 
 # section → key → (attribute, type)
 _TOP = {"workflows": str, "db": str, "timezone": str, "catchup": str, "rescan": timedelta,
-        "catchup_limit": int, "allow_world_writable": bool, "shutdown_grace": timedelta}
+        "catchup_limit": int, "allow_world_writable": bool, "shutdown_grace": timedelta,
+        "retention": timedelta}
 _SECTIONS: dict[str, dict[str, tuple[str, type]]] = {
     "bus": {"url": ("bus_url", str)},
     "alerts": {"task_ttl": ("task_ttl", timedelta), "webhook": ("webhook", str)},

@@ -39,6 +39,9 @@ from flowlord.watcher import Watcher
 TICK = 1.0  # longest sleep: bounds how late a signal or a clock step is seen
 BUSY_TIMEOUT_MS = 1000  # a locked database is retried on the next turn, with pings between
 LOGGED_FIRES = 50  # more fires than this in one turn are logged as one summary line
+RETENTION_EVERY = 24 * 3600.0  # seconds between deletions of old history
+RETENTION_BATCH = 500  # rows per transaction: the write lock is held briefly
+RETENTION_BATCHES_PER_TURN = 10
 STOP_WRITE_SECONDS = 10.0  # at stop, how long to retry recording fires in a locked database
 
 
@@ -57,6 +60,7 @@ class Daemon:
         self.unplanned: set[PhaseKey] = set()  # next_fire columns to write
         self.resync = False  # a refresh failed half-way: compare every phase next time
         self.scheduled = False  # _start_schedule has run
+        self.next_retention = time.monotonic() + 60  # the first a minute after the start
         self.data_version = -1  # PRAGMA data_version when other writers were last checked
         self.synced: dict[str, tuple[str, str | None]] = {}  # file → (hash, loaded_at) then
 
@@ -115,6 +119,26 @@ class Daemon:
                     raise
                 self.log.warning("database locked at start; waiting", error=str(e))
                 self.stop.wait(1.0)
+
+    def _expire_history(self, store: Store) -> None:
+        """Daily: finished tasks and fires older than `retention` go, in small batches, a
+        few per turn of the loop, so firing and results are never held up for long."""
+        if time.monotonic() < self.next_retention:
+            return
+        cutoff = rfc3339(self.clock.now() - self.config.retention)
+        deleted = 0
+        try:
+            for _ in range(RETENTION_BATCHES_PER_TURN):
+                with write_txn(store.conn):
+                    batch = store.delete_history(cutoff, RETENTION_BATCH)
+                deleted += batch
+                if batch == 0:
+                    self.next_retention = time.monotonic() + RETENTION_EVERY
+                    break
+        except apsw.BusyError:
+            self.next_retention = time.monotonic() + 60  # try again soon
+        if deleted:
+            self.log.info("history deleted", rows=deleted, before=cutoff)
 
     def _follow_other_writers(self, store: Store) -> None:
         """`flowlord refresh` (or another process) may have changed workflow rows: when the
@@ -180,6 +204,7 @@ class Daemon:
             self.dispatcher.collect(0)
             self.dispatcher.dispatch()
             self.dispatcher.check_overdue(time.monotonic())
+            self._expire_history(loader.store)
             # pinged from this loop only, so a stuck loop gets restarted by systemd
             if ping_every and time.monotonic() >= next_ping:
                 notify("WATCHDOG=1")

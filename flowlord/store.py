@@ -409,6 +409,23 @@ class Store:
             "AND NOT EXISTS (SELECT 1 FROM alerts AS a WHERE a.task_no = t.task_no "
             "AND a.kind = 'incomplete') ORDER BY task_no", (cutoff,))]
 
+    def delete_history(self, cutoff: str, batch: int) -> int:
+        """Delete up to `batch` finished tasks that ended before `cutoff` (their alerts go
+        with them), else up to `batch` fires before it that no task needs; call inside
+        write_txn. Returns how many rows went: 0 when nothing is left to delete."""
+        self.conn.execute(
+            "DELETE FROM tasks WHERE task_no IN (SELECT task_no FROM tasks "
+            "WHERE ended IS NOT NULL AND ended < ? ORDER BY task_no LIMIT ?)", (cutoff, batch))
+        if deleted := self.conn.changes():
+            return deleted
+        self.conn.execute(
+            "DELETE FROM fires WHERE (file_path, phase, scheduled_for) IN ("
+            "SELECT f.file_path, f.phase, f.scheduled_for FROM fires AS f "
+            "WHERE f.fired_at < ? AND NOT EXISTS (SELECT 1 FROM tasks AS t "
+            "WHERE t.file_path = f.file_path AND t.phase = f.phase "
+            "AND t.scheduled_for = f.scheduled_for) LIMIT ?)", (cutoff, batch))
+        return self.conn.changes()
+
     # --- integrity ----------------------------------------------------------------------
 
     def integrity_problems(self) -> list[str]:

@@ -128,3 +128,34 @@ def test_debian_sqlite3_reads_the_schema_while_it_is_live(upstream: Path, store:
     assert out == ["ok", str(phases), str(len(store.phases(severity="warning"))
                                           + len(store.phases(severity="error"))),
                    str(len(store.edges())), "4"]
+
+
+def test_delete_history_removes_old_finished_rows_in_batches(store: Store) -> None:
+    from flowlord.model import Fire, NewTask, Task
+    from flowlord.store import write_txn
+
+    def task(i: int) -> Task:
+        return Task(type="t", info=str(i), id=f"id{i}", created="2026-01-01T00:00:00Z")
+    with write_txn(store.conn):
+        store.record_fires([Fire("a.toml", "t", f"2026-01-0{d}T00:00:00Z", "cron",
+                                 [task(d)]) for d in range(1, 6)], "2026-01-01T00:00:00.000Z")
+        old = store.claim("t", 4, "2026-02-01T00:00:00.000Z")  # 4 run; the 5th never starts
+        for s in old[:3]:
+            store.finish(s.task_no, "2026-01-02T00:00:00Z", "error", "x")
+        store.finish(old[3].task_no, "2026-06-01T00:00:00Z", "complete", "")  # recent
+        store.add_alert(old[0].task_no, "failed", old[0].task, "x", "2026-01-02T00:00:00Z")
+        store.add_tasks([NewTask(task(9), "a.toml", "child", parent_no=old[0].task_no)])
+    deleted = []
+    while True:
+        with write_txn(store.conn):
+            n = store.delete_history("2026-03-01T00:00:00Z", 2)
+        if not n:
+            break
+        deleted.append(n)
+    assert deleted == [2, 1, 2, 1]  # 3 tasks in batches of 2, then the 3 fires no task needs
+    rows = list(store.conn.execute("SELECT info, ended, parent_no FROM tasks ORDER BY info"))
+    assert rows == [("4", "2026-06-01T00:00:00Z", None), ("5", None, None), ("9", None, None)]
+    assert list(store.conn.execute("SELECT count(*) FROM alerts")) == [(0,)]
+    fires = [r[0] for r in store.conn.execute("SELECT scheduled_for FROM fires ORDER BY 1")]
+    assert fires == ["2026-01-04T00:00:00Z", "2026-01-05T00:00:00Z"]  # their tasks remain
+    assert store.foreign_key_problems() == []
