@@ -45,6 +45,7 @@ class Config:
     workers: dict[str, WorkerConfig] = field(default_factory=dict)
     task_ttl: timedelta = timedelta(hours=4)
     webhook: str = ""
+    webhook_interval: timedelta = timedelta(minutes=5)  # at most one post per interval
     http_listen: str = ""
     http_token: str = ""
     http_token_file: str = ""
@@ -80,7 +81,8 @@ _TOP = {"workflows": str, "db": str, "timezone": str, "catchup": str, "rescan": 
         "retention": timedelta}
 _SECTIONS: dict[str, dict[str, tuple[str, type]]] = {
     "bus": {"url": ("bus_url", str)},
-    "alerts": {"task_ttl": ("task_ttl", timedelta), "webhook": ("webhook", str)},
+    "alerts": {"task_ttl": ("task_ttl", timedelta), "webhook": ("webhook", str),
+               "webhook_interval": ("webhook_interval", timedelta)},
     "http": {"listen": ("http_listen", str), "token": ("http_token", str),
              "token_file": ("http_token_file", str)},
 }

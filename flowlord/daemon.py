@@ -35,6 +35,7 @@ from flowlord.sdnotify import notify, watchdog_interval
 from flowlord.store import Store, utc_now_ms, write_txn
 from flowlord.tasks import Context, build_fire, rfc3339
 from flowlord.watcher import Watcher
+from flowlord.webhook import Webhook
 
 TICK = 1.0  # longest sleep: bounds how late a signal or a clock step is seen
 BUSY_TIMEOUT_MS = 1000  # a locked database is retried on the next turn, with pings between
@@ -60,7 +61,11 @@ class Daemon:
         self.unplanned: set[PhaseKey] = set()  # next_fire columns to write
         self.resync = False  # a refresh failed half-way: compare every phase next time
         self.scheduled = False  # _start_schedule has run
+        self.webhook = (Webhook(config.webhook, config.webhook_interval.total_seconds(), self.log)
+                        if config.webhook else None)
         self.next_retention = time.monotonic() + 60  # the first a minute after the start
+        self.webhook = (Webhook(config.webhook, config.webhook_interval.total_seconds(),
+                                self.log) if config.webhook else None)
         self.data_version = -1  # PRAGMA data_version when other writers were last checked
         self.synced: dict[str, tuple[str, str | None]] = {}  # file → (hash, loaded_at) then
 
@@ -205,6 +210,8 @@ class Daemon:
             self.dispatcher.dispatch()
             self.dispatcher.check_overdue(time.monotonic())
             self._expire_history(loader.store)
+            if self.webhook:
+                self.webhook.tick(loader.store, time.monotonic())
             # pinged from this loop only, so a stuck loop gets restarted by systemd
             if ping_every and time.monotonic() >= next_ping:
                 notify("WATCHDOG=1")

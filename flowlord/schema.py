@@ -167,8 +167,11 @@ MIGRATIONS: tuple[str, ...] = (
         job      TEXT NOT NULL DEFAULT '',
         message  TEXT NOT NULL DEFAULT '',
         created  TEXT NOT NULL,
+        -- when the webhook accepted it; NULL: not sent (yet, or no webhook configured)
+        posted_at TEXT,
         UNIQUE (task_no, kind)
     );
+    CREATE INDEX alerts_unposted ON alerts (alert_no) WHERE posted_at IS NULL;
 
     -- tasks running now, oldest first
     CREATE VIEW running_tasks AS

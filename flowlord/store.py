@@ -402,6 +402,17 @@ class Store:
             (task_no, kind, task.type, task.job, message, created))
         return self.conn.changes() == 1
 
+    def unposted_alerts(self, limit: int) -> list[tuple[int, str, str, str, str, str]]:
+        """(alert_no, kind, type, job, message, created) not yet accepted by the webhook."""
+        return list(self.conn.execute(
+            "SELECT alert_no, kind, type, job, message, created FROM alerts "
+            "WHERE posted_at IS NULL ORDER BY alert_no LIMIT ?", (limit,)))
+
+    def mark_posted(self, alert_nos: Sequence[int], posted_at: str) -> None:
+        """Call inside write_txn."""
+        self.conn.executemany("UPDATE alerts SET posted_at = ? WHERE alert_no = ?",
+                              [(posted_at, n) for n in alert_nos])
+
     def overdue(self, cutoff: str) -> list[StoredTask]:
         """Unfinished tasks created before `cutoff` without an `incomplete` alert."""
         return [_stored(r) for r in self.conn.execute(
