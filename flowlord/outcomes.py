@@ -23,7 +23,7 @@ from flowlord.tasks import BuildError, Context, encode_meta, meta_rows, rfc3339
 from flowlord.templates import meta_names, render_meta, render_time, task_time
 
 DEFAULT_RETRY_DELAY = timedelta(seconds=1)
-JITTER = 0.4  # up to 40 % of retry_delay added
+JITTER = 0.4  # up to 40 % of retry_delay added, in whole milliseconds
 _ATTEMPT_KEYS = ("retry", "retried", "delayed")  # about one attempt: not inherited by children
 
 
@@ -112,7 +112,7 @@ def _retry_or_fail(stored: StoredTask, msg: str, phase: Phase | None, ctx: Conte
     meta["retry"] = str(stored.attempt + 1)
     meta.pop("delayed", None)
     if rule is not None and rule.retry_delay is not None:
-        delay = rule.retry_delay * (1 + JITTER * jitter())
+        delay = rule.retry_delay + _jitter(rule.retry_delay, jitter)
         meta["delayed"] = format_duration(delay)
     else:
         delay = DEFAULT_RETRY_DELAY
@@ -122,6 +122,13 @@ def _retry_or_fail(stored: StoredTask, msg: str, phase: Phase | None, ctx: Conte
                  created=rfc3339(ctx.created))
     effects.tasks.append(NewTask(retry, stored.file_path, stored.phase, stored.attempt + 1,
                                  stored.scheduled_for, _due_text(due), stored.task_no))
+
+
+def _jitter(delay: timedelta, jitter: Callable[[], float]) -> timedelta:
+    """Whole milliseconds in [0, JITTER × delay): due times are kept to the millisecond,
+    `delayed=` stays short, and a float product cannot round up to the bound."""
+    bound = int(delay / timedelta(milliseconds=1) * JITTER)
+    return timedelta(milliseconds=min(int(bound * jitter()), bound - 1) if bound > 0 else 0)
 
 
 def _due_text(t: datetime) -> str:

@@ -12,7 +12,7 @@ import socket
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from urllib.parse import urlsplit
+from urllib.parse import unquote
 
 _SLUGS = (("{SLUG}", "{HOUR_SLUG}"), ("{HOUR_SLUG}", "{YYYY}/{MM}/{DD}/{HH}"),
           ("{DAY_SLUG}", "{YYYY}/{MM}/{DD}"), ("{MONTH_SLUG}", "{YYYY}/{MM}"))
@@ -82,16 +82,28 @@ def cron_hour(t: datetime) -> str:
 
 # --- the time of a task (flowlord-reference §4.4) -----------------------------------------
 
-_INFO_SECOND = re.compile(r"(?:day|date|time|timestamp)[=:](\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z)")
-_INFO_HOUR = re.compile(r"(?:date|hour|hour_utc)[=:](\d{4}-\d{2}-\d{2}T\d{2})")
-_INFO_DAY = re.compile(r"(?:day|date)[=:](\d{4}-\d{2}-\d{2})")
+# re.ASCII: Go's \d is [0-9], not every Unicode digit
+_INFO_SECOND = re.compile(
+    r"(?:day|date|time|timestamp)[=:](\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z)", re.ASCII)
+_INFO_HOUR = re.compile(r"(?:date|hour|hour_utc)[=:](\d{4}-\d{2}-\d{2}T\d{2})", re.ASCII)
+_INFO_DAY = re.compile(r"(?:day|date)[=:](\d{4}-\d{2}-\d{2})", re.ASCII)
+_CRON_HOUR = re.compile(r"\d{4}-\d{2}-\d{2}T\d{1,2}", re.ASCII)  # Go's "2006-01-02T15"
 _PATH_RULES = (  # (pattern, strptime format, file name only)
-    (re.compile(r"\d{8}T\d{6}"), "%Y%m%dT%H%M%S", True),
-    (re.compile(r"\d{4}/\d{2}/\d{2}/\d{2}"), "%Y/%m/%d/%H", False),
-    (re.compile(r"\d{4}/\d{2}/\d{2}"), "%Y/%m/%d", False),
-    (re.compile(r"\d{4}-\d{2}-\d{2}"), "%Y-%m-%d", False),
-    (re.compile(r"\d{4}/\d{2}"), "%Y/%m", False),
+    (re.compile(r"\d{8}T\d{6}", re.ASCII), "%Y%m%dT%H%M%S", True),
+    (re.compile(r"\d{4}/\d{2}/\d{2}/\d{2}", re.ASCII), "%Y/%m/%d/%H", False),
+    (re.compile(r"\d{4}/\d{2}/\d{2}", re.ASCII), "%Y/%m/%d", False),
+    (re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII), "%Y-%m-%d", False),
+    (re.compile(r"\d{4}/\d{2}", re.ASCII), "%Y/%m", False),
 )
+# Go's url.Parse, as far as it decides whether an info parses and what its path is
+_URL_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+_URL_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_URL_PORT = re.compile(r"(?::[0-9]*)?")
+_URL_USERINFO = re.compile(r"[-A-Za-z0-9._:~!$&'()*+,;=%@]*")
+# in a host: these ASCII characters, any other character, %-escapes of non-ASCII bytes, %25
+_URL_HOST = re.compile(
+    r"(?:[-A-Za-z0-9!$&'()*+,;=:\[\]<>\"_.~]|[^\x00-\x7f]|%25|%[89A-Fa-f][0-9A-Fa-f])*")
 
 
 def _parse(text: str, fmt: str) -> datetime | None:
@@ -103,21 +115,59 @@ def _parse(text: str, fmt: str) -> datetime | None:
 
 def task_time(meta: dict[str, str], info: str) -> datetime | None:
     """A task's data time: meta `cron=` (YYYY-MM-DDTHH), else from its info."""
-    cron = _parse(meta.get("cron", ""), "%Y-%m-%dT%H")
-    return cron or info_time(info)
+    cron = meta.get("cron", "")
+    t = _parse(cron, "%Y-%m-%dT%H") if _CRON_HOUR.fullmatch(cron) else None
+    return t or info_time(info)
 
 
 def info_time(info: str) -> datetime | None:
-    """A time written in the info (`day=`, `date=`, `hour=` …), else from its path."""
+    """A time written in the info (`day=`, `date=`, `hour=` …), else from its path;
+    an info Go's url.Parse refuses has no time."""
+    path = _url_path(info)
+    if path is None:
+        return None
     for pattern, fmt in ((_INFO_SECOND, "%Y-%m-%dT%H:%M:%SZ"), (_INFO_HOUR, "%Y-%m-%dT%H"),
                          (_INFO_DAY, "%Y-%m-%d")):
         m = pattern.search(info)
         if m and (t := _parse(m.group(1), fmt)):
             return t
-    try:
-        return path_time(urlsplit(info).path)
-    except ValueError:  # not a URL (an unclosed `[`): no time, as in Go
+    return path_time(path)
+
+
+def _url_path(url: str) -> str | None:
+    """Go's url.Parse(url).Path (unescaped), or None where url.Parse fails."""
+    url, _, fragment = url.partition("#")
+    if _URL_CONTROL.search(url) or _URL_BAD_ESCAPE.search(fragment) or url.startswith(":"):
+        return None  # a control character, a bad escape, "missing protocol scheme"
+    scheme = _URL_SCHEME.match(url)
+    rest = (url[scheme.end():] if scheme else url).partition("?")[0]
+    if not rest.startswith("/"):
+        if scheme:
+            return ""  # opaque (`mailto:x`): no path
+        if ":" in rest.partition("/")[0]:
+            return None  # "first path segment in URL cannot contain colon"
+    if rest.startswith("//") and (scheme or not rest.startswith("///")):
+        authority, slash, path = rest[2:].partition("/")
+        if not _authority_ok(authority):
+            return None
+        rest = slash + path
+    if _URL_BAD_ESCAPE.search(rest):
         return None
+    return unquote(rest)
+
+
+def _authority_ok(authority: str) -> bool:
+    userinfo, at, host = authority.rpartition("@")
+    if at and (not _URL_USERINFO.fullmatch(userinfo) or _URL_BAD_ESCAPE.search(userinfo)):
+        return False
+    if host.startswith("["):
+        close = host.rfind("]")
+        if close < 0:
+            return False  # "missing ']' in host"
+        port = host[close + 1:]
+    else:
+        port = host[host.rfind(":"):] if ":" in host else ""
+    return bool(_URL_PORT.fullmatch(port) and _URL_HOST.fullmatch(host))
 
 
 def path_time(path: str) -> datetime | None:
