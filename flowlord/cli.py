@@ -77,6 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--by", choices=["hour", "day", "week", "month"])
     p.add_argument("--workflow", help="workflow file key, when several define TASK")
     p.add_argument("--dry-run", action="store_true", help="print the tasks as JSON lines")
+    p = sub.add_parser("notify", parents=[common], help="files that arrived: start their phases")
+    p.add_argument("paths", nargs="+", metavar="PATH")
     p = sub.add_parser("tasks", parents=[common], help="task history, newest first")
     p.add_argument("--type")
     p.add_argument("--result", choices=["complete", "error", "alert", "warn", "none"],
@@ -323,7 +325,7 @@ COMMANDS = {
     "run": cmd_run, "check": cmd_check, "refresh": cmd_refresh, "phases": cmd_phases,
     "graph": cmd_graph, "next": cmd_next, "doctor": cmd_doctor,
     "trigger": cli_tasks.cmd_trigger, "backload": cli_tasks.cmd_backload,
-    "tasks": cli_tasks.cmd_tasks,
+    "tasks": cli_tasks.cmd_tasks, "notify": cli_tasks.cmd_notify,
 }
 
 if __name__ == "__main__":

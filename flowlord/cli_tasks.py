@@ -1,4 +1,4 @@
-"""The commands that create and list tasks: `trigger`, `backload`, `tasks`.
+"""The commands that create and list tasks: `trigger`, `backload`, `notify`, `tasks`.
 
 They work on the stored phases (what the daemon schedules) and write through
 the fire ledger, so a slot fired by the daemon, a trigger or a backload is
@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
+from flowlord.arrivals import record_arrival
 from flowlord.config import Config
 from flowlord.errors import UsageError
 from flowlord.model import Fire, Phase
@@ -140,4 +141,20 @@ def cmd_tasks(args: argparse.Namespace, config: Config) -> int:
         state = r["result"] or ("running" if r["started"] else "waiting")
         kind = f"{r['type']}:{r['job']}" if r["job"] else r["type"]
         print(f"{r['task_no']}\t{r['created']}\t{kind}\t{state}\t{r['info']}\t{r['id']}")
+    return 0
+
+
+def cmd_notify(args: argparse.Namespace, config: Config) -> int:
+    """Report files that arrived elsewhere: each starts the `files=` phases it matches."""
+    store = Store(config.db)
+    try:
+        phases = [p for p in store.file_phases() if parse_rule(p.rule).files]
+        with write_txn(store.conn):
+            started = [(path, record_arrival(store, phases, path, "notify", _context(config)))
+                       for path in args.paths]
+    finally:
+        store.close()
+    for path, tasks in started:
+        names = " ".join(t.phase or "" for t in tasks)
+        print(f"{path}\t{count(len(tasks), 'task')}" + (f"\t{names}" if names else ""))
     return 0

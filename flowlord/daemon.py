@@ -24,12 +24,14 @@ from types import FrameType
 import apsw
 
 from flowlord import logs
+from flowlord.arrivals import ArrivalWatcher, record_arrival
 from flowlord.bus.local import LocalBus
 from flowlord.clock import Clock, SystemClock
 from flowlord.config import Config, ConfigError
 from flowlord.dispatch import Dispatcher
 from flowlord.loader import Loader, LoaderError
-from flowlord.model import Fire
+from flowlord.model import Fire, Phase
+from flowlord.rules import parse_rule
 from flowlord.scheduler import Due, PhaseKey, Scheduler, parse_slot
 from flowlord.sdnotify import notify, watchdog_interval
 from flowlord.store import Store, utc_now_ms, write_txn
@@ -63,6 +65,9 @@ class Daemon:
         self.scheduled = False  # _start_schedule has run
         self.webhook = (Webhook(config.webhook, config.webhook_interval.total_seconds(), self.log)
                         if config.webhook else None)
+        self.arrivals = ArrivalWatcher(self.log, self._wake)  # files for `files=` phases
+        self.file_phases: list[Phase] = []
+        self.arrived: list[str] = []  # paths not yet recorded (the database was locked)
         self.next_retention = time.monotonic() + 60  # the first a minute after the start
         self.webhook = (Webhook(config.webhook, config.webhook_interval.total_seconds(),
                                 self.log) if config.webhook else None)
@@ -101,6 +106,7 @@ class Daemon:
             notify("STOPPING=1")
             if self.watcher:
                 self.watcher.stop()
+            self.arrivals.stop()
             # fires found before the stop are recorded, if the database lets us in time
             deadline = time.monotonic() + STOP_WRITE_SECONDS
             self._write(loader.store)
@@ -204,6 +210,7 @@ class Daemon:
                 next_rescan = time.monotonic() + TICK
                 self.resync = True
             self._follow_other_writers(loader.store)
+            self._record_arrivals(loader.store)
             self._fire_due()
             self._write(loader.store)
             self.dispatcher.collect(0)
@@ -238,12 +245,33 @@ class Daemon:
         by_file = {f: [p for p in store.phases(file_path=f) if p.severity != "error"]
                    for f in files}
         self.scheduler.update(by_file, self.clock.now())
+        self._follow_file_phases(store)
         # the loader rewrote these phases' rows: their plan is written again, changed or not
         self.unplanned |= {(f, p.task) for f, phases in by_file.items() for p in phases}
 
     def _notify_status(self, loader: Loader) -> None:
         if os.environ.get("NOTIFY_SOCKET"):  # counting 100,000 phases is not free
             notify(self._status(loader))
+
+    def _follow_file_phases(self, store: Store) -> None:
+        self.file_phases = [p for p in store.file_phases() if parse_rule(p.rule).files]
+        self.arrivals.follow(self.file_phases)
+
+    def _record_arrivals(self, store: Store) -> None:
+        """Files closed after writing, or moved in, under the `files=` directories."""
+        self.arrived += self.arrivals.arrived()
+        if not self.arrived:
+            return
+        ctx = Context(self.zone, self._meta_dir(), self.clock.now())
+        try:
+            with write_txn(store.conn):
+                started = [(path, record_arrival(store, self.file_phases, path, "watch", ctx))
+                           for path in self.arrived]
+        except apsw.BusyError:
+            return  # they wait for the next turn
+        self.arrived = []
+        for path, tasks in started:
+            self.log.info("file arrived", path=path, tasks=len(tasks))
 
     def _status(self, loader: Loader) -> str:
         counts = loader.store.severity_counts()
@@ -264,6 +292,7 @@ class Daemon:
         self.pending += self._build(self.scheduler.start(phases, self.clock.now(), last))
         self.unplanned |= {(p.file_path, p.task) for p in phases}
         self.scheduled = True
+        self._follow_file_phases(store)
         self.data_version = store.conn.pragma("data_version")
         self.synced = {f[0]: (f[2], f[3]) for f in store.files()}
         self.log.info("scheduled", phases=len(self.scheduler), catching_up=len(self.pending))

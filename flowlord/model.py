@@ -123,3 +123,4 @@ class NewTask:
     scheduled_for: str | None = None
     due_at: str | None = None
     parent_no: int | None = None
+    file_no: int | None = None

@@ -173,6 +173,26 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX alerts_unposted ON alerts (alert_no) WHERE posted_at IS NULL;
 
+    -- each file that arrived for `files=` phases: seen by the daemon's watch, or reported
+    -- by `flowlord notify`; its tasks point at it (tasks.file_no)
+    CREATE TABLE file_messages (
+        file_no  INTEGER PRIMARY KEY,
+        path     TEXT NOT NULL CHECK (path <> ''),
+        received TEXT NOT NULL,
+        source   TEXT NOT NULL CHECK (source IN ('watch', 'notify'))
+    );
+    ALTER TABLE tasks ADD COLUMN file_no INTEGER
+        REFERENCES file_messages (file_no) ON DELETE SET NULL;
+    CREATE INDEX tasks_by_file ON tasks (file_no) WHERE file_no IS NOT NULL;
+
+    -- files that arrived, newest first, with the tasks they started ('' when none matched)
+    CREATE VIEW file_arrivals AS
+    SELECT m.file_no, m.path, m.received, m.source, count(t.task_no) AS tasks,
+           coalesce(group_concat(t.type || CASE WHEN t.job <> '' THEN ':' || t.job ELSE '' END,
+                                 ' '), '') AS started
+      FROM file_messages AS m LEFT JOIN tasks AS t ON t.file_no = m.file_no
+     GROUP BY m.file_no ORDER BY m.file_no DESC;
+
     -- tasks running now, oldest first
     CREATE VIEW running_tasks AS
     SELECT task_no, id, type, job, info, started, attempt, file_path, phase,

@@ -389,10 +389,23 @@ class Store:
         """Insert children, retries and file tasks; call inside write_txn."""
         self.conn.executemany(
             "INSERT INTO tasks (id, type, job, info, meta, created, file_path, phase, attempt, "
-            "scheduled_for, due_at, parent_no) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "scheduled_for, due_at, parent_no, file_no) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [(n.task.id, n.task.type, n.task.job, n.task.info, n.task.meta, n.task.created,
-              n.file_path, n.phase, n.attempt, n.scheduled_for, n.due_at, n.parent_no)
-             for n in tasks])
+              n.file_path, n.phase, n.attempt, n.scheduled_for, n.due_at, n.parent_no,
+              n.file_no) for n in tasks])
+
+    def add_file_message(self, path: str, received: str, source: str) -> int:
+        """Record an arrived file; its number for its tasks. Call inside write_txn."""
+        self.conn.execute("INSERT INTO file_messages (path, received, source) VALUES (?, ?, ?)",
+                          (path, received, source))
+        return self.conn.last_insert_rowid()
+
+    def file_phases(self) -> list[Phase]:
+        """Phases that may have a `files=` rule (the caller parses the rule to be sure)."""
+        return [_phase(r) for r in self.conn.execute(
+            f"SELECT {_PHASE_COLUMNS} FROM workflow_phases WHERE rule LIKE '%files=%' "
+            "AND severity <> 'error' ORDER BY file_path, position")]
 
     def add_alert(self, task_no: int, kind: str, task: Task, message: str, created: str) -> bool:
         """One alert per task and kind; False when it was raised before."""
@@ -422,7 +435,8 @@ class Store:
 
     def delete_history(self, cutoff: str, batch: int) -> int:
         """Delete up to `batch` finished tasks that ended before `cutoff` (their alerts go
-        with them), else up to `batch` fires before it that no task needs; call inside
+        with them), else up to `batch` fires, else file messages, before it that no task
+        needs; call inside
         write_txn. Returns how many rows went: 0 when nothing is left to delete."""
         self.conn.execute(
             "DELETE FROM tasks WHERE task_no IN (SELECT task_no FROM tasks "
@@ -435,6 +449,12 @@ class Store:
             "WHERE f.fired_at < ? AND NOT EXISTS (SELECT 1 FROM tasks AS t "
             "WHERE t.file_path = f.file_path AND t.phase = f.phase "
             "AND t.scheduled_for = f.scheduled_for) LIMIT ?)", (cutoff, batch))
+        if deleted := self.conn.changes():
+            return deleted
+        self.conn.execute(
+            "DELETE FROM file_messages WHERE file_no IN (SELECT m.file_no FROM file_messages "
+            "AS m WHERE m.received < ? AND NOT EXISTS (SELECT 1 FROM tasks AS t "
+            "WHERE t.file_no = m.file_no) LIMIT ?)", (cutoff, batch))
         return self.conn.changes()
 
     # --- integrity ----------------------------------------------------------------------
