@@ -56,19 +56,29 @@ def parse_duration(text: str) -> timedelta:
 
 
 def format_duration(d: timedelta) -> str:
-    """Go-like rendering: `1h30m0s`, `250ms`, `-4h0m0s`."""
+    """Go's rendering, to the microsecond: `1h30m0s`, `2.5s`, `250ms`, `10.52ms`, `500µs`."""
     us = round(d.total_seconds() * 1_000_000)
     if us == 0:
         return "0s"
     sign = "-" if us < 0 else ""
     us = abs(us)
+    if us < 1000:
+        return f"{sign}{us}µs"
     if us < 1_000_000:
-        return f"{sign}{us / 1000:g}ms"
+        return sign + _decimal(us, 1000) + "ms"
     h, rest = divmod(us, 3_600_000_000)
     m, rest = divmod(rest, 60_000_000)
-    s = f"{rest / 1_000_000:g}s"
+    s = _decimal(rest, 1_000_000) + "s"
     if h:
         return f"{sign}{h}h{m}m{s}"
     if m:
         return f"{sign}{m}m{s}"
     return sign + s
+
+
+def _decimal(n: int, unit: int) -> str:
+    """n / unit with no trailing zeros: 1500000 / 1000000 → `1.5`."""
+    whole, frac = divmod(n, unit)
+    if not frac:
+        return str(whole)
+    return f"{whole}.{frac:0{len(str(unit)) - 1}d}".rstrip("0")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from flowlord.durations import DurationError, format_duration, parse_duration
 
@@ -40,7 +42,15 @@ def test_refused(text: str) -> None:
     ("d", "text"),
     [(timedelta(0), "0s"), (timedelta(milliseconds=10.52), "10.52ms"),
      (timedelta(seconds=35.6), "35.6s"), (timedelta(minutes=1, seconds=2.5), "1m2.5s"),
-     (timedelta(hours=-4), "-4h0m0s")],
+     (timedelta(hours=-4), "-4h0m0s"), (timedelta(microseconds=500), "500µs"),
+     (timedelta(hours=1, minutes=30, microseconds=2), "1h30m0.000002s"),
+     (timedelta(seconds=59.123456), "59.123456s")],
 )
 def test_format_like_go(d: timedelta, text: str) -> None:
     assert format_duration(d) == text
+
+
+@given(st.integers(min_value=-10**15, max_value=10**15))
+def test_format_parses_back(us: int) -> None:
+    d = timedelta(microseconds=us)
+    assert parse_duration(format_duration(d)) == d
