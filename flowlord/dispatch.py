@@ -15,7 +15,7 @@ import apsw
 from flowlord.bus import Bus
 from flowlord.loader import Loader
 from flowlord.model import Phase, StoredTask
-from flowlord.outcomes import after_result
+from flowlord.outcomes import after_result, decode_meta
 from flowlord.rules import parse_rule
 from flowlord.store import Store, utc_now_ms, write_txn
 from flowlord.tasks import Context
@@ -35,6 +35,8 @@ class Dispatcher:
         self.task_ttl = task_ttl
         self.log = log
         self.pending: list[Done] = []  # received, not yet recorded
+        self._phases: dict[tuple[str | None, str | None, str, str], Phase | None] = {}
+        self._children: dict[tuple[str, str, str], list[Phase]] = {}
         self.next_overdue_check = 0.0
 
     def recover(self) -> None:
@@ -70,6 +72,8 @@ class Dispatcher:
             return
         now = datetime.now(UTC)
         ctx = Context(self.ctx.zone, self.ctx.meta_dir, now)
+        self._phases.clear()  # phases change only between turns (a refresh)
+        self._children.clear()
         try:
             with write_txn(self.store.conn):
                 recorded = [d for d in self.pending if self._record(d, ctx)]
@@ -122,7 +126,7 @@ class Dispatcher:
         stored = self.store.stored_task(done.task_no)
         assert stored is not None
         phase = self._phase(stored)
-        children = self.loader.children(stored.task) if done.result == "complete" else []
+        children = self._children_of(stored) if done.result == "complete" else []
         effects = after_result(stored, done.result, done.msg, phase=phase, children=children,
                                ctx=ctx)
         self.store.add_tasks(effects.tasks)
@@ -135,10 +139,21 @@ class Dispatcher:
         return True
 
     def _phase(self, stored: StoredTask) -> Phase | None:
-        if stored.file_path is not None and stored.phase is not None:
-            found = self.store.phases(file_path=stored.file_path, task=stored.phase)
-            return found[0] if found else None
-        return self.loader.get(stored.task)
+        key = (stored.file_path, stored.phase, stored.task.type, stored.task.job)
+        if key not in self._phases:
+            if stored.file_path is not None and stored.phase is not None:
+                found = self.store.phases(file_path=stored.file_path, task=stored.phase)
+                self._phases[key] = found[0] if found else None
+            else:
+                self._phases[key] = self.loader.get(stored.task)
+        return self._phases[key]
+
+    def _children_of(self, stored: StoredTask) -> list[Phase]:
+        task = stored.task
+        key = (decode_meta(task.meta).get("workflow", ""), task.type, task.job)
+        if key not in self._children:
+            self._children[key] = self.loader.children(task)
+        return self._children[key]
 
     def _timeout(self, stored: StoredTask) -> float | None:
         phase = self._phase(stored)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from typing import NamedTuple
 
 from flowlord.durations import format_duration
 from flowlord.model import NewTask, Phase, StoredTask, Task
@@ -50,9 +51,10 @@ def after_result(stored: StoredTask, result: str, msg: str, *, phase: Phase | No
     """The effects of `result` on a task whose phase is `phase` (None: gone) and whose
     file's dependents are `children`."""
     effects = Effects()
-    if result == "complete":
+    if result == "complete" and children:
+        parent = _Parent.of(stored, ctx)
         for child in children:
-            effects.tasks += _child_tasks(stored, child, ctx, effects.notes)
+            effects.tasks += _child_tasks(parent, child, ctx, effects.notes)
     elif result == "error":
         _retry_or_fail(stored, msg, phase, ctx, jitter, effects)
     elif result == "alert":
@@ -60,38 +62,61 @@ def after_result(stored: StoredTask, result: str, msg: str, *, phase: Phase | No
     return effects  # warn: nothing further, as flowlord
 
 
-def _child_tasks(parent: StoredTask, child: Phase, ctx: Context,
+class _Parent(NamedTuple):
+    """What every child of one completed task takes from it, worked out once."""
+
+    stored: StoredTask
+    meta: dict[str, str]
+    time: datetime | None
+    inherited: dict[str, str]  # meta keys its children keep
+    inherited_text: str  # the same, encoded
+    created: str
+
+    @classmethod
+    def of(cls, stored: StoredTask, ctx: Context) -> _Parent:
+        meta = decode_meta(stored.task.meta)
+        inherited = {k: v for k, v in sorted(meta.items())
+                     if k not in _ATTEMPT_KEYS and k not in ("workflow", "cron", "job")}
+        return cls(stored, meta, task_time(meta, stored.task.info), inherited,
+                   encode_meta(inherited.items()), rfc3339(ctx.created))
+
+
+def _child_tasks(parent: _Parent, child: Phase, ctx: Context,
                  notes: list[str]) -> list[NewTask]:
-    meta = decode_meta(parent.task.meta)
+    meta = parent.meta
     rule = parse_rule(child.rule)
     for name in meta_names(rule.require):  # require={meta:x}: x must be set and not empty
         if not meta.get(name):
             notes.append(f"{child.task}: skipped, parent meta {name} is empty")
             return []
-    t = task_time(meta, parent.task.info)
-    info = render_time(child.template, t)
+    info = render_time(child.template, parent.time)
     try:
-        rows = meta_rows(rule, ctx.meta_dir) or [{}]
+        rows = meta_rows(rule, ctx.meta_dir)
     except BuildError as e:
         notes.append(f"{child.task}: skipped: {e}")
         return []
-    inherited = {k: v for k, v in meta.items()
-                 if k not in _ATTEMPT_KEYS and k not in ("workflow", "cron", "job")}
     head = [("workflow", meta.get("workflow", child.file_path))]
     if "cron" in meta:
         head.append(("cron", meta["cron"]))
     if child.job:
         head.append(("job", child.job))
+    if not rows:  # the usual child: the parent's meta, no rows of its own
+        text = render_meta(info, partial(_lookup, meta))[0] if "{meta:" in info else info
+        own = encode_meta(head) + ("&" + parent.inherited_text if parent.inherited_text else "")
+        return [_child(parent, child, text, own)]
     tasks = []
     for row in rows:
         values = {**meta, **row}
         text, used = render_meta(info, partial(_lookup, values))
-        own = {**inherited, **{name: values.get(name, "") for name in used if name in row}}
-        task = Task(type=child.topic, job=child.job, info=text,
-                    meta=encode_meta(head + sorted(own.items())), id=parent.task.id,
-                    created=rfc3339(ctx.created))
-        tasks.append(NewTask(task, child.file_path, child.task, parent_no=parent.task_no))
+        mine = {**parent.inherited, **{name: values.get(name, "") for name in used if name in row}}
+        tasks.append(_child(parent, child, text, encode_meta(head + sorted(mine.items()))))
     return tasks
+
+
+def _child(parent: _Parent, child: Phase, info: str, meta: str) -> NewTask:
+    task = Task(type=child.topic, job=child.job, info=info, meta=meta,
+                id=parent.stored.task.id, created=parent.created)
+    return NewTask(task, child.file_path, child.task, parent_no=parent.stored.task_no)
 
 
 def _lookup(values: dict[str, str], name: str) -> str:

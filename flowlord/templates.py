@@ -38,27 +38,35 @@ def pod_name(host: str) -> str:
 
 def render_time(template: str, t: datetime | None) -> str:
     """The time pass. `t` None (no time known) leaves every token as it is."""
-    if t is None:
+    if t is None or "{" not in template:
         return template
     comment = ""
     cut = template.find("#")
     if cut > 0:  # everything from a '#' after the start is kept verbatim
         template, comment = template[:cut], template[cut:]
-    for token, expansion in _SLUGS:
-        template = template.replace(token, expansion)
-    template = template.replace("{TS}", t.strftime("%Y%m%dT%H%M%S"))
-    year = str(t.year)
-    template = _YEAR.sub(year, template)
-    template = _SHORT_YEAR.sub(year[2:], template)
-    template = _MONTH.sub(f"{t.month:02d}", template)
-    template = _DAY.sub(f"{t.day:02d}", template)
-    template = _HOUR.sub(f"{t.hour:02d}", template)
-    template = template.replace("{min}", f"{t.minute:02d}")
-    if "{" in template:
+    if "SLUG}" in template:
+        for token, expansion in _SLUGS:
+            template = template.replace(token, expansion)
+    if "{TS}" in template:
+        template = template.replace("{TS}", t.strftime("%Y%m%dT%H%M%S"))
+    lower = template.lower()  # each token is looked for only when it may be there
+    if "{yy" in lower:
+        year = str(t.year)
+        template = _YEAR.sub(year, template)
+        template = _SHORT_YEAR.sub(year[2:], template)
+    if "{mm}" in lower:
+        template = _MONTH.sub(f"{t.month:02d}", template)
+    if "{dd}" in lower:
+        template = _DAY.sub(f"{t.day:02d}", template)
+    if "{hh}" in lower:
+        template = _HOUR.sub(f"{t.hour:02d}", template)
+    if "{min}" in template:
+        template = template.replace("{min}", f"{t.minute:02d}")
+    if "{host}" in lower or "{pod}" in lower:
         host = hostname()
         template = _HOST.sub(host, template)
         template = _POD.sub(pod_name(host), template)
-        # flowlord replaces the first lowercase {uuid} only
+    if "{uuid}" in template:  # flowlord replaces the first lowercase {uuid} only
         template = template.replace("{uuid}", uuid.uuid4().hex[:8], 1)
     return template + comment
 

@@ -1,0 +1,193 @@
+"""Benchmark of running tasks: the whole loop against the bare cost of spawning, and
+result handling in-process, each beside its target, measured in one run.
+
+    python bench/tasks.py [--tasks N] [--results N] [--quick]
+
+1. the limit: `true` spawned N times by 4 and by 16 threads (subprocess, no daemon);
+2. the whole loop: N tasks backloaded, then `flowlord run` with a `true` worker at
+   concurrency 4 and 16, from the first start to the last result committed;
+3. results handled in-process: the dispatcher records N results from a bus that
+   completes every task at once (no process), without children and with 10 each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import queue
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import apsw
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from flowlord import logs  # noqa: E402
+from flowlord.dispatch import Dispatcher  # noqa: E402
+from flowlord.loader import Loader  # noqa: E402
+from flowlord.model import Fire, StoredTask, Task  # noqa: E402
+from flowlord.store import Store, utc_now_ms, write_txn  # noqa: E402
+from flowlord.tasks import Context  # noqa: E402
+from flowlord.workers import Done, now_text  # noqa: E402
+
+TARGET_LOOP_RATIO = 2.0  # whole loop within 2x the bare spawn time
+TARGET_RESULTS = 5000.0  # results handled per second in-process
+CHILDREN = 10
+
+
+def spawn_limit(n: int, threads: int) -> float:
+    """Seconds to run `true` n times from `threads` threads."""
+    jobs: queue.SimpleQueue[int] = queue.SimpleQueue()
+    for i in range(n):
+        jobs.put(i)
+
+    def work() -> None:
+        while True:
+            try:
+                jobs.get_nowait()
+            except queue.Empty:
+                return
+            subprocess.run(["true"], start_new_session=True, stderr=subprocess.PIPE)
+    started = time.perf_counter()
+    pool = [threading.Thread(target=work) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return time.perf_counter() - started
+
+
+def query(db: Path, sql: str) -> list[tuple[object, ...]]:
+    conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
+    conn.set_busy_timeout(5000)
+    try:
+        return list(conn.execute(sql))
+    finally:
+        conn.close()
+
+
+def whole_loop(tmp: Path, n: int, concurrency: int) -> float:
+    """Seconds from the first task started to the last result committed."""
+    run = tmp / f"loop{concurrency}"
+    wf = run / "wf"
+    wf.mkdir(parents=True)
+    (wf / "a.toml").write_text('[[phase]]\ntask = "work"\ntemplate = "?t={TS}"\n')
+    db = run / "f.db"
+    config = run / "flowlord.toml"
+    config.write_text(f'workflows = "{wf}"\ndb = "{db}"\ntimezone = "UTC"\n'
+                      f'[workers.work]\ncommand = ["true"]\nconcurrency = {concurrency}\n')
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    flowlord = [sys.executable, "-m", "flowlord", "-c", str(config)]
+    subprocess.run([*flowlord, "refresh"], check=True, capture_output=True, env=env)
+    start = datetime(2020, 1, 1, tzinfo=UTC)
+    end = start + timedelta(hours=n - 1)
+    subprocess.run([*flowlord, "backload", "work", "--from", start.isoformat(), "--to",
+                    end.isoformat(), "--by", "hour"], check=True, capture_output=True, env=env)
+    with subprocess.Popen([*flowlord, "run"], env=env, stderr=subprocess.DEVNULL) as proc:
+        try:
+            deadline = time.monotonic() + 600
+            while query(db, "SELECT count(*) FROM tasks WHERE result IS NULL") != [(0,)]:
+                if time.monotonic() > deadline:
+                    raise SystemExit("bench: the tasks did not finish in time")
+                time.sleep(0.05)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+    (first, last), = query(db, "SELECT min(started), max(ended) FROM tasks")
+    seconds = (datetime.fromisoformat(str(last).replace("Z", "+00:00"))
+               - datetime.fromisoformat(str(first).replace("Z", "+00:00"))).total_seconds()
+    return max(seconds, 1.0)  # started/ended have whole seconds
+
+
+class InstantBus:
+    """A bus whose worker completes every task at once, in this process."""
+
+    def __init__(self) -> None:
+        self.done: list[Done] = []
+
+    def capacity(self, topic: str) -> int:
+        return 1_000_000
+
+    def send(self, stored: StoredTask, timeout_seconds: float | None) -> None:
+        self.done.append(Done(stored.task_no, "complete", "", now_text()))
+
+    def receive(self, wait: float) -> list[Done]:
+        found, self.done = self.done, []
+        return found
+
+    def ack(self, done: Done) -> None:
+        pass
+
+    def close(self, grace: float) -> list[Done]:
+        return self.receive(0)
+
+
+def in_process(tmp: Path, n: int, fan_out: int) -> tuple[float, int]:
+    """Seconds to record n results, each starting `fan_out` children; children created."""
+    wf = tmp / f"inproc{fan_out}"
+    wf.mkdir()
+    children = "".join(f'[[phase]]\ntask = "child{i}"\ndependsOn = "parent"\n'
+                       f'template = "?t={{yyyy}}-{{mm}}-{{dd}}T{{hh}}&k={{meta:k}}"\n\n'
+                       for i in range(fan_out))
+    (wf / "a.toml").write_text('[[phase]]\ntask = "parent"\ntemplate = "?t={TS}"\n\n'
+                               + children)
+    loader = Loader(str(wf), Store(str(tmp / f"inproc{fan_out}.db")))
+    loader.refresh()
+    tasks = [Task(type="parent", info=f"?n={i}", meta=f"workflow=a.toml&cron=2026-01-01T00&k={i}",
+                  id=f"id{i}", created="2026-01-01T00:00:00Z") for i in range(n)]
+    with write_txn(loader.store.conn):
+        loader.store.record_fires([Fire("a.toml", "parent", "2026-01-01T00:00:00Z", "backload",
+                                        tasks)], utc_now_ms())
+    bus = InstantBus()
+    dispatcher = Dispatcher(loader, bus, Context(ZoneInfo("UTC"), str(wf), datetime.now(UTC)),
+                            timedelta(hours=4), logs.get("bench"))
+    with write_txn(loader.store.conn):
+        claimed = loader.store.claim("parent", n, utc_now_ms())
+    for stored in claimed:
+        bus.send(stored, None)
+    started = time.perf_counter()
+    dispatcher.collect(0)
+    seconds = time.perf_counter() - started
+    made = loader.store.conn.execute("SELECT count(*) FROM tasks WHERE type LIKE 'child%'")
+    count = made.fetchone()[0]
+    loader.close()
+    return seconds, count
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tasks", type=int, default=2000)
+    parser.add_argument("--results", type=int, default=5000)
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
+    args = parser.parse_args()
+    if args.quick:
+        args.tasks, args.results = 100, 500
+    logs.configure()
+    with tempfile.TemporaryDirectory(prefix="flowlord-bench-") as name:
+        tmp = Path(name)
+        for concurrency in (4, 16):
+            limit = spawn_limit(args.tasks, concurrency)
+            loop = whole_loop(tmp, args.tasks, concurrency)
+            print(f"whole loop, `true` worker, concurrency {concurrency}: {args.tasks} tasks in "
+                  f"{loop:.2f} s ({args.tasks / loop:.0f}/s); limit: spawning `true` alone "
+                  f"{limit:.2f} s ({args.tasks / limit:.0f}/s); ratio {loop / limit:.2f} "
+                  f"(target <= {TARGET_LOOP_RATIO:.0f})")
+        for fan_out in (0, CHILDREN):
+            seconds, made = in_process(tmp, args.results, fan_out)
+            rate = args.results / seconds
+            print(f"results handled in-process, {fan_out} children each: {args.results} "
+                  f"results and {made} children in {seconds:.2f} s: {rate:.0f} results/s, "
+                  f"{(args.results + made) / seconds:.0f} rows/s (target >= "
+                  f"{TARGET_RESULTS:.0f} results/s, ratio {rate / TARGET_RESULTS:.2f})")
+
+
+if __name__ == "__main__":
+    main()
