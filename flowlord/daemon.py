@@ -246,6 +246,7 @@ class Daemon:
                    for f in files}
         self.scheduler.update(by_file, self.clock.now())
         self._follow_file_phases(store)
+        self.dispatcher.forget_phases()
         # the loader rewrote these phases' rows: their plan is written again, changed or not
         self.unplanned |= {(f, p.task) for f, phases in by_file.items() for p in phases}
 

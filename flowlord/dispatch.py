@@ -52,7 +52,8 @@ class Dispatcher:
         now = utc_now_ms()
         sent = 0
         try:
-            for topic in self.store.ready_topics(now):
+            topics = self.bus.open_topics()
+            for topic in self.store.ready_topics(now) if topics is None else topics:
                 room = self.bus.capacity(topic)
                 if room <= 0:
                     continue
@@ -72,8 +73,6 @@ class Dispatcher:
             return
         now = datetime.now(UTC)
         ctx = Context(self.ctx.zone, self.ctx.meta_dir, now)
-        self._phases.clear()  # phases change only between turns (a refresh)
-        self._children.clear()
         try:
             with write_txn(self.store.conn):
                 recorded = [d for d in self.pending if self._record(d, ctx)]
@@ -87,6 +86,11 @@ class Dispatcher:
         for done in recorded:
             self.log.info("task ended", task_no=done.task_no, result=done.result,
                           msg=done.msg[:200])
+
+    def forget_phases(self) -> None:
+        """Workflow rows changed (a refresh): look phases and children up again."""
+        self._phases.clear()
+        self._children.clear()
 
     def close(self, grace: float) -> None:
         """On stop: running tasks get `grace` seconds, then are ended and recorded."""

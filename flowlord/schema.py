@@ -155,6 +155,9 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE tasks ADD COLUMN parent_no INTEGER
         REFERENCES tasks (task_no) ON DELETE SET NULL;
     CREATE INDEX tasks_by_parent ON tasks (parent_no) WHERE parent_no IS NOT NULL;
+    -- the queue: a topic's waiting tasks in order, and the next retry's due time
+    CREATE INDEX tasks_queue ON tasks (type, task_no) WHERE started IS NULL;
+    CREATE INDEX tasks_due ON tasks (due_at) WHERE started IS NULL AND due_at IS NOT NULL;
     CREATE INDEX tasks_running ON tasks (task_no) WHERE started IS NOT NULL AND ended IS NULL;
 
     -- one row per alert event: a task failed for good, a worker reported `alert`, or a

@@ -12,9 +12,11 @@ import collections
 import contextlib
 import os
 import re
+import select
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -24,6 +26,7 @@ from flowlord.model import StoredTask, Task
 
 STDERR_TAIL_BYTES = 4096  # the end of stderr kept for `msg`; the rest is read and dropped
 KILL_AFTER = 5.0  # seconds between SIGTERM and SIGKILL
+WATCH_TICK_MS = 50  # between looks at a process that writes nothing
 _TOKEN = re.compile(r"\{(info|type|job|id|meta)\}")
 
 
@@ -56,7 +59,8 @@ class Done:
 
 
 class Run:
-    """One task's process, waited for on its own thread; `on_done` gets the result."""
+    """One task's process; `run()` (on a worker thread) waits for it and hands the
+    result to `on_done`."""
 
     def __init__(self, stored: StoredTask, command: Sequence[str], timeout: timedelta,
                  on_done: Callable[[Done], None]) -> None:
@@ -67,15 +71,11 @@ class Run:
         self.stop_reason = ""  # set by stop(): the daemon ended the task
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, daemon=True,
-                                        name=f"task-{stored.task_no}")
-
-    def start(self) -> None:
-        self._thread.start()
+        self._ended = threading.Event()
 
     def join(self, timeout: float | None = None) -> bool:
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        """Wait for the result to be handed over; False when `timeout` passed first."""
+        return self._ended.wait(timeout)
 
     def stop(self, reason: str) -> None:
         """End the process group now (SIGTERM, then SIGKILL)."""
@@ -86,11 +86,16 @@ class Run:
             _signal_group(proc.pid, signal.SIGTERM)
             threading.Timer(KILL_AFTER, _signal_group, (proc.pid, signal.SIGKILL)).start()
 
-    def _run(self) -> None:
-        self.on_done(self._execute())
+    def run(self) -> None:
+        try:
+            self.on_done(self._execute())
+        finally:
+            self._ended.set()
 
     def _execute(self) -> Done:
         no = self.stored.task_no
+        if self.stop_reason:  # stopped while it waited for a worker thread
+            return Done(no, "error", self.stop_reason, now_text())
         try:
             proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -103,24 +108,42 @@ class Run:
             stopped = self.stop_reason
         if stopped:
             _signal_group(proc.pid, signal.SIGKILL)
+        tail, timed_out = self._watch(proc)
+        proc.wait()
+        return Done(no, *self._result(proc.returncode, timed_out, tail), now_text())
+
+    def _watch(self, proc: subprocess.Popen[bytes]) -> tuple[bytes, bool]:
+        """Read stderr to its end (keeping its tail) while minding the process: at the
+        timeout its group gets SIGTERM, then SIGKILL; once the command has exited, what it
+        left running in its group is ended too (it would hold stderr open). One thread,
+        no polling of a short task: its exit closes stderr at once."""
+        assert proc.stderr is not None
+        fd = proc.stderr.fileno()
         tail: collections.deque[bytes] = collections.deque()
-        reader = threading.Thread(target=_keep_tail, args=(proc, tail), daemon=True)
-        reader.start()
-        timed_out = False
-        try:
-            proc.wait(timeout=self.timeout.total_seconds())
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            _signal_group(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=KILL_AFTER)
-            except subprocess.TimeoutExpired:
-                _signal_group(proc.pid, signal.SIGKILL)
-                proc.wait()
-        # whatever the command left running in its group goes too: it holds stderr open
-        _signal_group(proc.pid, signal.SIGKILL)
-        reader.join(timeout=KILL_AFTER)
-        return Done(no, *self._result(proc.returncode, timed_out, b"".join(tail)), now_text())
+        size = 0
+        deadline = time.monotonic() + self.timeout.total_seconds()
+        kill_at: float | None = None  # after the timeout's SIGTERM
+        poller = select.poll()  # not select(): descriptors above 1024 are fine
+        poller.register(fd, select.POLLIN | select.POLLHUP)
+        with proc.stderr:
+            while True:
+                if poller.poll(WATCH_TICK_MS):
+                    chunk = os.read(fd, 65536)
+                    if not chunk:
+                        break
+                    tail.append(chunk)
+                    size += len(chunk)
+                    while size - len(tail[0]) >= STDERR_TAIL_BYTES:
+                        size -= len(tail.popleft())
+                elif proc.poll() is not None:
+                    _signal_group(proc.pid, signal.SIGKILL)
+                elif kill_at is None and time.monotonic() >= deadline:
+                    _signal_group(proc.pid, signal.SIGTERM)
+                    kill_at = time.monotonic() + KILL_AFTER
+                elif kill_at is not None and time.monotonic() >= kill_at:
+                    _signal_group(proc.pid, signal.SIGKILL)
+        _signal_group(proc.pid, signal.SIGKILL)  # a grandchild that closed stderr early
+        return b"".join(tail)[-STDERR_TAIL_BYTES:], kill_at is not None
 
     def _result(self, code: int, timed_out: bool, stderr: bytes) -> tuple[str, str]:
         text = stderr.decode("utf-8", "replace").strip()
@@ -133,22 +156,6 @@ class Run:
         what = (f"killed by {signal.Signals(-code).name}" if code < 0
                 else f"exit status {code}")
         return "error", f"{what}: {text}" if text else what
-
-
-def _keep_tail(proc: subprocess.Popen[bytes], tail: collections.deque[bytes]) -> None:
-    """Read stderr to its end, keeping only the last STDERR_TAIL_BYTES."""
-    assert proc.stderr is not None
-    size = 0
-    with proc.stderr:
-        while chunk := os.read(proc.stderr.fileno(), 65536):
-            tail.append(chunk)
-            size += len(chunk)
-            while size - len(tail[0]) >= STDERR_TAIL_BYTES:
-                size -= len(tail.popleft())
-    if size > STDERR_TAIL_BYTES:
-        joined = b"".join(tail)[-STDERR_TAIL_BYTES:]
-        tail.clear()
-        tail.append(joined)
 
 
 def _signal_group(pid: int, signum: int) -> None:

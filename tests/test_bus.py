@@ -69,10 +69,12 @@ def test_capacity_follows_concurrency_and_unknown_topics_get_none(
     wait = f"import os, time\nwhile not os.path.exists({str(gate)!r}): time.sleep(0.01)"
     bus = make_bus(t=worker(PY, "-c", wait, concurrency=2))
     assert (bus.capacity("t"), bus.capacity("nobody")) == (2, 0)
+    assert bus.open_topics() in (["t"], None)
     bus.send(stored(1), None)
     assert bus.capacity("t") == 1
     bus.send(stored(2), None)
     assert bus.capacity("t") == 0
+    assert bus.open_topics() == []  # full: nothing to claim for it
     gate.touch()
     assert [d.result for d in results(bus, 2)] == ["complete", "complete"]
     assert bus.capacity("t") == 2

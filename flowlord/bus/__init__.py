@@ -12,6 +12,9 @@ from flowlord.workers import Done
 
 
 class Bus(Protocol):
+    def open_topics(self) -> list[str] | None:
+        """The topics it can take a task of now; None: any topic (ask `capacity`)."""
+
     def capacity(self, topic: str) -> int:
         """How many more tasks of this topic can be sent now (0: none, or no worker)."""
 

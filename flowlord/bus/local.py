@@ -5,6 +5,7 @@ from __future__ import annotations
 import queue
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 from flowlord.config import WorkerConfig
@@ -19,8 +20,15 @@ class LocalBus:
                  wake: Callable[[], None] | None = None) -> None:
         self.workers = workers
         self.runs: dict[int, Run] = {}
+        # a pool per topic, as large as its concurrency: threads are reused, not started
+        # for each task (starting one costs more than running `true`)
+        self.pools = {topic: ThreadPoolExecutor(w.concurrency, f"worker-{topic}")
+                      for topic, w in workers.items()}
         self.results: queue.SimpleQueue[Done] = queue.SimpleQueue()
         self.wake = wake  # called (no arguments) when a result arrives, to end a wait early
+
+    def open_topics(self) -> list[str] | None:
+        return [topic for topic in self.workers if self.capacity(topic) > 0]
 
     def capacity(self, topic: str) -> int:
         worker = self.workers.get(topic)
@@ -35,7 +43,7 @@ class LocalBus:
                    else worker.timeout)
         run = Run(stored, worker.command, timeout, self._finished)
         self.runs[stored.task_no] = run
-        run.start()
+        self.pools[stored.task.type].submit(run.run)
 
     def _finished(self, done: Done) -> None:  # on the task's thread
         self.results.put(done)
@@ -65,4 +73,6 @@ class LocalBus:
             run.stop(STOPPED)
         for run in list(self.runs.values()):
             run.join()
+        for pool in self.pools.values():
+            pool.shutdown(wait=False)
         return self.receive(0)
