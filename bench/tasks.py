@@ -164,7 +164,7 @@ def in_process(tmp: Path, n: int, fan_out: int) -> tuple[float, int]:
     for stored in claimed:
         bus.send(stored, None)
     started = time.perf_counter()
-    dispatcher.collect(0)
+    dispatcher.turn(claim=False)
     seconds = time.perf_counter() - started
     made = loader.store.conn.execute("SELECT count(*) FROM tasks WHERE type LIKE 'child%'")
     count = made.fetchone()[0]

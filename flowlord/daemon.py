@@ -213,8 +213,7 @@ class Daemon:
             self._record_arrivals(loader.store)
             self._fire_due()
             self._write(loader.store)
-            self.dispatcher.collect(0)
-            self.dispatcher.dispatch()
+            self.dispatcher.turn()
             self.dispatcher.check_overdue(time.monotonic())
             self._expire_history(loader.store)
             if self.webhook:

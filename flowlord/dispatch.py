@@ -47,37 +47,26 @@ class Dispatcher:
             self.log.warning("tasks left running by the last run", count=len(left))
             self.pending += [Done(s.task_no, "error", RESTARTED, now_text()) for s in left]
 
-    def dispatch(self) -> int:
-        """Claim what the workers can take now and send it; returns how many were sent."""
+    def turn(self, *, claim: bool = True) -> None:
+        """Record the results that came back, with their effects, and claim what the
+        workers can take now, in one transaction; then send the claimed tasks."""
+        self.pending += self.bus.receive(0)
         now = utc_now_ms()
-        sent = 0
-        try:
-            topics = self.bus.open_topics()
-            for topic in self.store.ready_topics(now) if topics is None else topics:
-                room = self.bus.capacity(topic)
-                if room <= 0:
-                    continue
-                with write_txn(self.store.conn):
-                    claimed = self.store.claim(topic, room, now)
-                for stored in claimed:
-                    self.bus.send(stored, self._timeout(stored))
-                sent += len(claimed)
-        except apsw.BusyError:
-            self.log.warning("database locked by another process; tasks wait")
-        return sent
-
-    def collect(self, wait: float) -> None:
-        """Receive results (waiting up to `wait` seconds) and record them with their effects."""
-        self.pending += self.bus.receive(wait)
-        if not self.pending:
+        topics: list[str] = []
+        if claim:
+            ready = self.store.ready_topics(now)
+            open_topics = self.bus.open_topics()
+            topics = ready if open_topics is None else [t for t in open_topics if t in ready]
+        if not self.pending and not topics:
             return
-        now = datetime.now(UTC)
-        ctx = Context(self.ctx.zone, self.ctx.meta_dir, now)
+        ctx = Context(self.ctx.zone, self.ctx.meta_dir, datetime.now(UTC))
         try:
             with write_txn(self.store.conn):
                 recorded = [d for d in self.pending if self._record(d, ctx)]
+                claimed = [stored for topic in topics
+                           for stored in self.store.claim(topic, self.bus.capacity(topic), now)]
         except apsw.BusyError:
-            self.log.warning("database locked by another process; results wait",
+            self.log.warning("database locked by another process; results and tasks wait",
                              results_waiting=len(self.pending))
             return
         for done in self.pending:
@@ -86,6 +75,8 @@ class Dispatcher:
         for done in recorded:
             self.log.info("task ended", task_no=done.task_no, result=done.result,
                           msg=done.msg[:200])
+        for stored in claimed:
+            self.bus.send(stored, self._timeout(stored))
 
     def forget_phases(self) -> None:
         """Workflow rows changed (a refresh): look phases and children up again."""
@@ -95,7 +86,7 @@ class Dispatcher:
     def close(self, grace: float) -> None:
         """On stop: running tasks get `grace` seconds, then are ended and recorded."""
         self.pending += self.bus.close(grace)
-        self.collect(0)
+        self.turn(claim=False)
 
     def next_due(self) -> float | None:
         """Seconds until the next waiting retry is due, if any."""
