@@ -14,11 +14,18 @@ import functools
 import os
 import re
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from watchdog.events import FileClosedEvent, FileMovedEvent, FileSystemEvent
+from watchdog.events import (
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+)
 from watchdog.events import FileSystemEventHandler as _Handler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
@@ -30,6 +37,7 @@ from flowlord.tasks import Context, encode_meta, rfc3339
 from flowlord.templates import path_time, render_meta, render_time
 
 _GLOB_CHARS = re.compile(r"[*?\[\\]")
+MOVED_IN_AFTER = 0.5  # seconds: a created file not written or closed by then was moved in
 
 
 @functools.lru_cache(maxsize=4096)
@@ -112,23 +120,50 @@ def record_arrival(store: Store, phases: Sequence[Phase], path: str, source: str
 
 
 class _Arrived(_Handler):
-    """A file counts when it is closed after writing, or moved in: not on every write."""
+    """A file counts when it is closed after writing, or moved in: not on every write.
+
+    inotify reports a file moved in from an unwatched directory as created, with no
+    close after it. A created file that is neither written nor closed within
+    MOVED_IN_AFTER seconds therefore counts as moved in.
+    """
 
     def __init__(self, wake: Callable[[], None]) -> None:
         self.paths: list[str] = []
+        self.created: dict[str, float] = {}  # path → when; not yet written or closed
         self.lock = threading.Lock()
         self.wake = wake
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        if isinstance(event, FileClosedEvent) and not event.is_directory:
-            path = event.src_path
-        elif isinstance(event, FileMovedEvent) and not event.is_directory:
-            path = event.dest_path
-        else:
+        if event.is_directory:
             return
+        kind = type(event)
+        path = _text(event.dest_path if kind is FileMovedEvent else event.src_path)
         with self.lock:
-            self.paths.append(path if isinstance(path, str) else path.decode())
+            if kind is FileCreatedEvent:
+                self.created[path] = time.monotonic()
+                return
+            if kind is FileModifiedEvent:  # being written: it counts when closed
+                self.created.pop(path, None)
+                return
+            if kind not in (FileClosedEvent, FileMovedEvent):
+                return  # opened, read, deleted…: not an arrival
+            self.created.pop(path, None)
+            self.paths.append(path)
         self.wake()
+
+    def take(self) -> list[str]:
+        moved_in_before = time.monotonic() - MOVED_IN_AFTER
+        with self.lock:
+            paths, self.paths = self.paths, []
+            for path, when in list(self.created.items()):
+                if when <= moved_in_before:
+                    del self.created[path]
+                    paths.append(path)
+        return paths
+
+
+def _text(path: str | bytes) -> str:
+    return path if isinstance(path, str) else path.decode()
 
 
 class ArrivalWatcher:
@@ -159,9 +194,7 @@ class ArrivalWatcher:
         self.observer = observer
 
     def arrived(self) -> list[str]:
-        with self.handler.lock:
-            paths, self.handler.paths = self.handler.paths, []
-        return paths
+        return self.handler.take()
 
     def stop(self) -> None:
         if self.observer is not None:

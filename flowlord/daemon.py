@@ -24,7 +24,7 @@ from types import FrameType
 import apsw
 
 from flowlord import logs
-from flowlord.arrivals import ArrivalWatcher, record_arrival
+from flowlord.arrivals import ArrivalWatcher, matches, record_arrival
 from flowlord.bus.local import LocalBus
 from flowlord.clock import Clock, SystemClock
 from flowlord.config import Config, ConfigError
@@ -259,7 +259,9 @@ class Daemon:
 
     def _record_arrivals(self, store: Store) -> None:
         """Files closed after writing, or moved in, under the `files=` directories."""
-        self.arrived += self.arrivals.arrived()
+        # the watch sees every file closed in those directories: keep those a phase wants
+        self.arrived += [path for path in self.arrivals.arrived()
+                         if any(matches(parse_rule(p.rule).files, path) for p in self.file_phases)]
         if not self.arrived:
             return
         ctx = Context(self.zone, self._meta_dir(), self.clock.now())
