@@ -12,6 +12,7 @@ $(BIN)/flowlord: pyproject.toml
 	touch $@
 
 run: $(BIN)/flowlord
+	mkdir -p /tmp/flowlord-drop  # the directory workflows/drop.toml watches
 	$(BIN)/flowlord -c examples/flowlord.toml run
 
 test: $(BIN)/flowlord

@@ -203,6 +203,7 @@ class Daemon:
                     next_rescan = time.monotonic() + self.config.rescan.total_seconds()
                     self._refresh(loader, None)
                     self._watch(loader)
+                    self._follow_file_phases(loader.store)  # a directory may exist now
                 elif paths:
                     self._refresh(loader, paths)
             except LoaderError as e:  # the directory is gone for a moment, the database locked

@@ -110,6 +110,19 @@ def test_sqlite3_queries_run_in_debian_sqlite3_and_apsw(tmp_path: Path) -> None:
     assert answered == len(queries)  # every example finds something in the examples
 
 
+def wait_for_count(db: Path, sql: str) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
+        try:
+            if conn.execute(sql).fetchone()[0] > 0:
+                return
+        finally:
+            conn.close()
+        assert time.monotonic() < deadline, sql
+        time.sleep(0.1)
+
+
 def test_make_run_loads_the_examples_runs_the_heartbeat_and_keeps_running() -> None:
     db = ROOT / "flowlord.db"
     for suffix in ("", "-wal", "-shm"):
@@ -139,6 +152,13 @@ def test_make_run_loads_the_examples_runs_the_heartbeat_and_keeps_running() -> N
                 assert time.monotonic() < deadline
                 time.sleep(0.1)
             assert proc.poll() is None  # the daemon keeps running
+            dropped = Path("/tmp/flowlord-drop") / f"readme-test-{os.getpid()}.csv"
+            dropped.write_text("a,b\nc,d\n")  # the README's file drop
+            try:
+                wait_for_count(db, "SELECT count(*) FROM tasks WHERE type = 'count' "
+                                   f"AND info = '{dropped}' AND result = 'complete'")
+            finally:
+                dropped.unlink()
             listed = subprocess.run([str(ROOT / ".venv" / "bin" / "flowlord"), "-c",
                                      "examples/flowlord.toml", "tasks", "--type", "heartbeat"],
                                     cwd=ROOT, capture_output=True, text=True)
