@@ -14,12 +14,13 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Literal
 
 import apsw
 
-from flowlord.model import Fire, NewTask, Phase, StoredTask, Task
+from flowlord.model import Phase
 from flowlord.schema import MIGRATIONS, SCHEMA_VERSION
+from flowlord.taskrows import TaskRows
 
 BUSY_TIMEOUT_MS = 5000
 _PHASE_COLUMNS = "file_path, task, depends_on, rule, template, retry, status, severity, position"
@@ -148,26 +149,13 @@ class FileOp:
     status: str = ""
 
 
-_TASK_COLUMNS = ("task_no, id, type, job, info, meta, created, started, ended, result, msg, "
-                 "file_path, phase, attempt, scheduled_for")
-
-
-_STORED_COLUMNS = ("task_no, id, type, job, info, meta, created, started, file_path, phase, "
-                   "attempt, scheduled_for")
-
-
-def _stored(r: Sequence[Any]) -> StoredTask:
-    task = Task(type=r[2], job=r[3], info=r[4], meta=r[5], id=r[1], created=r[6],
-                started=r[7] or "")
-    return StoredTask(r[0], task, r[8], r[9], r[10], r[11])
-
-
 def _phase(row: Sequence[object]) -> Phase:
     return Phase(*row)  # type: ignore[arg-type]
 
 
-class Store:
-    """The writer's view of the database (the daemon and state-changing commands)."""
+class Store(TaskRows):
+    """The writer's view of the database (the daemon and state-changing commands);
+    the rows of fires, tasks, alerts and files are in TaskRows."""
 
     def __init__(self, path: str, *, readonly: bool = False,
                  busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
@@ -267,6 +255,12 @@ class Store:
             "SELECT severity, count(*) FROM workflow_phases GROUP BY severity"))
         return counts
 
+    def file_phases(self) -> list[Phase]:
+        """Phases that may have a `files=` rule (the caller parses the rule to be sure)."""
+        return [_phase(r) for r in self.conn.execute(
+            f"SELECT {_PHASE_COLUMNS} FROM workflow_phases WHERE rule LIKE '%files=%' "
+            "AND severity <> 'error' ORDER BY file_path, position")]
+
     def dependents(self, file_path: str, topic: str) -> list[Phase]:
         """Phases of one file whose dependsOn names `topic` or `topic:<job>`."""
         rows = self.conn.execute(
@@ -279,183 +273,6 @@ class Store:
         """(file, parent, child) from the phase_edges view."""
         return list(self.conn.execute(
             "SELECT file_path, parent, child FROM phase_edges ORDER BY file_path, parent, child"))
-
-    # --- fires and tasks ---------------------------------------------------------------
-
-    def record_fires(self, fires: Sequence[Fire], fired_at: str) -> list[Fire]:
-        """Write each fire with its tasks, skipping slots already in the ledger; call
-        inside write_txn. Returns the fires that were new."""
-        new: list[Fire] = []
-        for fire in fires:
-            self.conn.execute(
-                "INSERT INTO fires (file_path, phase, scheduled_for, fired_at, source, error) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                (fire.file_path, fire.phase, fire.scheduled_for, fired_at, fire.source,
-                 fire.error))
-            if self.conn.changes() == 0:  # fired before: by another run, or a restart
-                continue
-            new.append(fire)
-            self.conn.executemany(
-                "INSERT INTO tasks (id, type, job, info, meta, created, file_path, phase, "
-                "scheduled_for) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(t.id, t.type, t.job, t.info, t.meta, t.created, fire.file_path, fire.phase,
-                  fire.scheduled_for) for t in fire.tasks])
-        return new
-
-    def fired_slots(self, file_path: str, phase: str, slots: Sequence[str]) -> set[str]:
-        """Which of these slots of a phase are in the ledger."""
-        found: set[str] = set()
-        for slot in slots:
-            if self.conn.execute(
-                    "SELECT 1 FROM fires WHERE file_path = ? AND phase = ? AND scheduled_for = ?",
-                    (file_path, phase, slot)).fetchone():
-                found.add(slot)
-        return found
-
-    def last_fires(self) -> dict[tuple[str, str], str]:
-        """The latest slot the scheduler fired, of every (file, phase): what catch-up
-        counts from (a trigger or a backload, at any time, says nothing about it)."""
-        return {(f, p): slot for f, p, slot in self.conn.execute(
-            "SELECT file_path, phase, max(scheduled_for) FROM fires "
-            "WHERE source IN ('cron', 'catchup') GROUP BY file_path, phase")}
-
-    def set_next_fires(self, plan: Sequence[tuple[str | None, str, str]]) -> None:
-        """(next fire UTC text or None, file, task) for each phase; call inside write_txn."""
-        self.conn.executemany(
-            "UPDATE workflow_phases SET next_fire = ? WHERE file_path = ? AND task = ?", plan)
-
-    def tasks(self, *, type: str | None = None, result: str | None = None,
-              limit: int = 100) -> list[tuple[object, ...]]:
-        """Task rows, newest first, in _TASK_COLUMNS order. `result` 'none' means unfinished."""
-        where, args = [], []
-        if type is not None:
-            where.append("type = ?")
-            args.append(type)
-        if result == "none":
-            where.append("result IS NULL")
-        elif result is not None:
-            where.append("result = ?")
-            args.append(result)
-        sql = f"SELECT {_TASK_COLUMNS} FROM tasks"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        return list(self.conn.execute(sql + " ORDER BY task_no DESC LIMIT ?", (*args, limit)))
-
-    # --- running tasks -----------------------------------------------------------------
-
-    def ready_topics(self, now: str) -> list[str]:
-        """Topics with a task waiting whose due time has come."""
-        return [r[0] for r in self.conn.execute(
-            "SELECT DISTINCT type FROM tasks WHERE started IS NULL "
-            "AND (due_at IS NULL OR due_at <= ?)", (now,))]
-
-    def next_due(self, now: str) -> str | None:
-        """The earliest due time of a waiting task that is not due yet."""
-        row = self.conn.execute("SELECT min(due_at) FROM tasks WHERE started IS NULL "
-                                "AND due_at > ?", (now,)).fetchone()
-        return row[0] if row else None
-
-    def claim(self, topic: str, limit: int, now: str) -> list[StoredTask]:
-        """Mark up to `limit` due tasks of a topic started, oldest first; call inside
-        write_txn. Only a task still waiting can be claimed, so none runs twice.
-        `now` has milliseconds, like due times; `started` keeps whole seconds."""
-        rows = self.conn.execute(
-            f"UPDATE tasks SET started = ? WHERE task_no IN (SELECT task_no FROM tasks "
-            "WHERE started IS NULL AND type = ? AND (due_at IS NULL OR due_at <= ?) "
-            f"ORDER BY task_no LIMIT ?) RETURNING {_STORED_COLUMNS}",
-            (now[:19] + "Z", topic, now, limit))
-        return sorted((_stored(r) for r in rows), key=lambda t: t.task_no)
-
-    def finish(self, task_no: int, ended: str, result: str, msg: str) -> bool:
-        """Record a running task's result; False when it was not running (already
-        recorded). Call inside write_txn."""
-        self.conn.execute("UPDATE tasks SET ended = ?, result = ?, msg = ? "
-                          "WHERE task_no = ? AND started IS NOT NULL AND ended IS NULL",
-                          (ended, result, msg, task_no))
-        return self.conn.changes() == 1
-
-    def stored_task(self, task_no: int) -> StoredTask | None:
-        row = self.conn.execute(f"SELECT {_STORED_COLUMNS} FROM tasks WHERE task_no = ?",
-                                (task_no,)).fetchone()
-        return _stored(row) if row else None
-
-    def running(self) -> list[StoredTask]:
-        """Tasks started and not ended: after a restart, those the last run left behind."""
-        return [_stored(r) for r in self.conn.execute(
-            f"SELECT {_STORED_COLUMNS} FROM tasks WHERE started IS NOT NULL AND ended IS NULL "
-            "ORDER BY task_no")]
-
-    def add_tasks(self, tasks: Sequence[NewTask]) -> None:
-        """Insert children, retries and file tasks; call inside write_txn."""
-        self.conn.executemany(
-            "INSERT INTO tasks (id, type, job, info, meta, created, file_path, phase, attempt, "
-            "scheduled_for, due_at, parent_no, file_no) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(n.task.id, n.task.type, n.task.job, n.task.info, n.task.meta, n.task.created,
-              n.file_path, n.phase, n.attempt, n.scheduled_for, n.due_at, n.parent_no,
-              n.file_no) for n in tasks])
-
-    def add_file_message(self, path: str, received: str, source: str) -> int:
-        """Record an arrived file; its number for its tasks. Call inside write_txn."""
-        self.conn.execute("INSERT INTO file_messages (path, received, source) VALUES (?, ?, ?)",
-                          (path, received, source))
-        return self.conn.last_insert_rowid()
-
-    def file_phases(self) -> list[Phase]:
-        """Phases that may have a `files=` rule (the caller parses the rule to be sure)."""
-        return [_phase(r) for r in self.conn.execute(
-            f"SELECT {_PHASE_COLUMNS} FROM workflow_phases WHERE rule LIKE '%files=%' "
-            "AND severity <> 'error' ORDER BY file_path, position")]
-
-    def add_alert(self, task_no: int, kind: str, task: Task, message: str, created: str) -> bool:
-        """One alert per task and kind; False when it was raised before."""
-        self.conn.execute(
-            "INSERT INTO alerts (task_no, kind, type, job, message, created) "
-            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            (task_no, kind, task.type, task.job, message, created))
-        return self.conn.changes() == 1
-
-    def unposted_alerts(self, limit: int) -> list[tuple[int, str, str, str, str, str]]:
-        """(alert_no, kind, type, job, message, created) not yet accepted by the webhook."""
-        return list(self.conn.execute(
-            "SELECT alert_no, kind, type, job, message, created FROM alerts "
-            "WHERE posted_at IS NULL ORDER BY alert_no LIMIT ?", (limit,)))
-
-    def mark_posted(self, alert_nos: Sequence[int], posted_at: str) -> None:
-        """Call inside write_txn."""
-        self.conn.executemany("UPDATE alerts SET posted_at = ? WHERE alert_no = ?",
-                              [(posted_at, n) for n in alert_nos])
-
-    def overdue(self, cutoff: str) -> list[StoredTask]:
-        """Unfinished tasks created before `cutoff` without an `incomplete` alert."""
-        return [_stored(r) for r in self.conn.execute(
-            f"SELECT {_STORED_COLUMNS} FROM tasks AS t WHERE ended IS NULL AND created < ? "
-            "AND NOT EXISTS (SELECT 1 FROM alerts AS a WHERE a.task_no = t.task_no "
-            "AND a.kind = 'incomplete') ORDER BY task_no", (cutoff,))]
-
-    def delete_history(self, cutoff: str, batch: int) -> int:
-        """Delete up to `batch` finished tasks that ended before `cutoff` (their alerts go
-        with them), else up to `batch` fires, else file messages, before it that no task
-        needs; call inside
-        write_txn. Returns how many rows went: 0 when nothing is left to delete."""
-        self.conn.execute(
-            "DELETE FROM tasks WHERE task_no IN (SELECT task_no FROM tasks "
-            "WHERE ended IS NOT NULL AND ended < ? ORDER BY task_no LIMIT ?)", (cutoff, batch))
-        if deleted := self.conn.changes():
-            return deleted
-        self.conn.execute(
-            "DELETE FROM fires WHERE (file_path, phase, scheduled_for) IN ("
-            "SELECT f.file_path, f.phase, f.scheduled_for FROM fires AS f "
-            "WHERE f.fired_at < ? AND NOT EXISTS (SELECT 1 FROM tasks AS t "
-            "WHERE t.file_path = f.file_path AND t.phase = f.phase "
-            "AND t.scheduled_for = f.scheduled_for) LIMIT ?)", (cutoff, batch))
-        if deleted := self.conn.changes():
-            return deleted
-        self.conn.execute(
-            "DELETE FROM file_messages WHERE file_no IN (SELECT m.file_no FROM file_messages "
-            "AS m WHERE m.received < ? AND NOT EXISTS (SELECT 1 FROM tasks AS t "
-            "WHERE t.file_no = m.file_no) LIMIT ?)", (cutoff, batch))
-        return self.conn.changes()
 
     # --- integrity ----------------------------------------------------------------------
 
