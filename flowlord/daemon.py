@@ -31,6 +31,7 @@ from flowlord.config import Config, ConfigError
 from flowlord.dispatch import Dispatcher
 from flowlord.loader import Loader, LoaderError
 from flowlord.model import Fire, Phase
+from flowlord.retention import Retention
 from flowlord.rules import parse_rule
 from flowlord.scheduler import Due, PhaseKey, Scheduler, parse_slot
 from flowlord.sdnotify import notify, watchdog_interval
@@ -42,9 +43,6 @@ from flowlord.webhook import Webhook
 TICK = 1.0  # longest sleep: bounds how late a signal or a clock step is seen
 BUSY_TIMEOUT_MS = 1000  # a locked database is retried on the next turn, with pings between
 LOGGED_FIRES = 50  # more fires than this in one turn are logged as one summary line
-RETENTION_EVERY = 24 * 3600.0  # seconds between deletions of old history
-RETENTION_BATCH = 500  # rows per transaction: the write lock is held briefly
-RETENTION_BATCHES_PER_TURN = 10
 STOP_WRITE_SECONDS = 10.0  # at stop, how long to retry recording fires in a locked database
 
 
@@ -68,7 +66,7 @@ class Daemon:
         self.arrivals = ArrivalWatcher(self.log, self._wake)  # files for `files=` phases
         self.file_phases: list[Phase] = []
         self.arrived: list[str] = []  # paths not yet recorded (the database was locked)
-        self.next_retention = time.monotonic() + 60  # the first a minute after the start
+        self.retention = Retention(config.retention, self.log)
         self.webhook = (Webhook(config.webhook, config.webhook_interval.total_seconds(),
                                 self.log) if config.webhook else None)
         self.data_version = -1  # PRAGMA data_version when other writers were last checked
@@ -130,26 +128,6 @@ class Daemon:
                     raise
                 self.log.warning("database locked at start; waiting", error=str(e))
                 self.stop.wait(1.0)
-
-    def _expire_history(self, store: Store) -> None:
-        """Daily: finished tasks and fires older than `retention` go, in small batches, a
-        few per turn of the loop, so firing and results are never held up for long."""
-        if time.monotonic() < self.next_retention:
-            return
-        cutoff = rfc3339(self.clock.now() - self.config.retention)
-        deleted = 0
-        try:
-            for _ in range(RETENTION_BATCHES_PER_TURN):
-                with write_txn(store.conn):
-                    batch = store.delete_history(cutoff, RETENTION_BATCH)
-                deleted += batch
-                if batch == 0:
-                    self.next_retention = time.monotonic() + RETENTION_EVERY
-                    break
-        except apsw.BusyError:
-            self.next_retention = time.monotonic() + 60  # try again soon
-        if deleted:
-            self.log.info("history deleted", rows=deleted, before=cutoff)
 
     def _follow_other_writers(self, store: Store) -> None:
         """`flowlord refresh` (or another process) may have changed workflow rows: when the
@@ -216,7 +194,7 @@ class Daemon:
             self._write(loader.store)
             self.dispatcher.turn()
             self.dispatcher.check_overdue(time.monotonic())
-            self._expire_history(loader.store)
+            self.retention.tick(loader.store, self.clock.now(), time.monotonic())
             if self.webhook:
                 self.webhook.tick(loader.store, time.monotonic())
             # pinged from this loop only, so a stuck loop gets restarted by systemd

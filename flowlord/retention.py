@@ -1,0 +1,46 @@
+"""Deleting old history: finished tasks, fires and file messages older than `retention`.
+
+Daily, in batches of RETENTION_BATCH rows per transaction and a few batches per turn
+of the daemon's loop, so neither the write lock nor the loop is held for long.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timedelta
+from typing import Any
+
+import apsw
+
+from flowlord.store import Store, write_txn
+from flowlord.tasks import rfc3339
+
+EVERY = 24 * 3600.0  # seconds between deletions
+FIRST_AFTER = 60.0  # seconds after the start
+BATCH = 500  # rows per transaction
+BATCHES_PER_TURN = 10
+
+
+class Retention:
+    def __init__(self, keep: timedelta, log: Any) -> None:
+        self.keep = keep
+        self.log = log
+        self.next_run = time.monotonic() + FIRST_AFTER
+
+    def tick(self, store: Store, now: datetime, monotonic: float) -> None:
+        if monotonic < self.next_run:
+            return
+        cutoff = rfc3339(now - self.keep)
+        deleted = 0
+        try:
+            for _ in range(BATCHES_PER_TURN):
+                with write_txn(store.conn):
+                    batch = store.delete_history(cutoff, BATCH)
+                deleted += batch
+                if batch == 0:
+                    self.next_run = monotonic + EVERY
+                    break
+        except apsw.BusyError:
+            self.next_run = monotonic + FIRST_AFTER  # try again soon
+        if deleted:
+            self.log.info("history deleted", rows=deleted, before=cutoff)
