@@ -42,35 +42,69 @@ MOVED_IN_AFTER = 0.5  # seconds: a created file not written or closed by then wa
 
 @functools.lru_cache(maxsize=4096)
 def _glob_regex(pattern: str) -> re.Pattern[str] | None:
-    """Go's filepath.Match as a regex; None for a malformed pattern (it matches nothing)."""
-    out, i = [], 0
+    """Go's filepath.Match as a regex; None for a malformed pattern (it matches nothing).
+
+    Go matches the pieces between stars left to right, each at the first place it
+    fits, and never goes back: a lazy star in an atomic group does the same. That
+    matters because a class, unlike `*` and `?`, can match `/` (`*[^x]*b` does not
+    match `a/b` in Go). The last piece must end the path.
+    """
+    groups: list[tuple[bool, str]] = []  # (after a star, the regex of the piece)
+    star, piece, i = False, "", 0
     while i < len(pattern):
         c = pattern[i]
-        if c == "*":
-            out.append("[^/]*")
-        elif c == "?":
-            out.append("[^/]")
-        elif c == "\\":
-            if i + 1 == len(pattern):
-                return None
-            i += 1
-            out.append(re.escape(pattern[i]))
-        elif c == "[":
-            end = pattern.find("]", i + 2 if pattern[i + 1:i + 2] in ("^", "") else i + 1)
-            if end < 0:
-                return None
-            body = pattern[i + 1:end]
-            negate = body.startswith("^")
-            body = body[1:] if negate else body
-            if not body:
-                return None
-            chars = "".join("\\" + ch if ch in "\\]" else ch for ch in body)
-            out.append(f"[^/{chars}]" if negate else f"[{chars}]")
-            i = end
-        else:
-            out.append(re.escape(c))
         i += 1
+        if c == "*":
+            if piece:
+                groups.append((star, piece))
+                piece = ""
+            star = True
+        elif c == "?":
+            piece += "[^/]"
+        elif c == "\\":
+            if i == len(pattern):
+                return None
+            piece += re.escape(pattern[i])
+            i += 1
+        elif c == "[":
+            negated = pattern.startswith("^", i)
+            if negated:
+                i += 1
+            members, count = "", 0
+            while not (count and pattern.startswith("]", i)):
+                lo = _class_char(pattern, i)
+                hi = _class_char(pattern, lo[1] + 1) if lo and pattern[lo[1]] == "-" else lo
+                if lo is None or hi is None:
+                    return None
+                if lo[0] <= hi[0]:  # Go: a reversed range matches nothing
+                    members += re.escape(lo[0]) + (
+                        "-" + re.escape(hi[0]) if hi[0] != lo[0] else "")
+                i, count = hi[1], count + 1
+            i += 1
+            if members:
+                piece += f"[^{members}]" if negated else f"[{members}]"
+            else:
+                piece += "(?s:.)" if negated else "(?!)"
+        else:
+            piece += re.escape(c)
+    groups.append((star, piece))
+    out = [regex if not after_star
+           else f"(?>[^/]*?{regex})" if n + 1 < len(groups)
+           else f"[^/]*{regex}"
+           for n, (after_star, regex) in enumerate(groups)]
     return re.compile("".join(out) + r"\Z")
+
+
+def _class_char(pattern: str, i: int) -> tuple[str, int] | None:
+    """Go's getEsc: the class member at i (`\\` escapes) and where the class goes on;
+    None when the class is malformed: a bare `-` or `]` here, or nothing after it."""
+    if i >= len(pattern) or pattern[i] in "-]":
+        return None
+    if pattern[i] == "\\":
+        i += 1
+    if i + 1 >= len(pattern):
+        return None
+    return pattern[i], i + 1
 
 
 def matches(pattern: str, path: str) -> bool:
@@ -98,7 +132,9 @@ def file_tasks(phase: Phase, path: str, ctx: Context) -> list[NewTask]:
     meta: dict[str, str] = {}
     for key, value in parse_query(phase.rule)[0]:
         meta.setdefault(key, value)
-    meta.update(file=path, filename=path.rsplit("/", 1)[-1], workflow=phase.file_path)
+    # filename: Go's filepath.Base, which drops trailing slashes
+    meta.update(file=path, filename=path.rstrip("/").rsplit("/", 1)[-1] or "/",
+                workflow=phase.file_path)
     info, _ = render_meta(render_time(phase.template, path_time(path)), _getter(meta))
     task = Task(type=phase.topic, job=phase.job, info=info,
                 meta=encode_meta(sorted(meta.items())), id=str(uuid.uuid4()),
