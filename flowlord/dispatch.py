@@ -54,9 +54,9 @@ class Dispatcher:
         now = utc_now_ms()
         topics: list[str] = []
         if claim:
-            ready = self.store.ready_topics(now)
             open_topics = self.bus.open_topics()
-            topics = ready if open_topics is None else [t for t in open_topics if t in ready]
+            topics = (self.store.ready_topics(now) if open_topics is None
+                      else [t for t in open_topics if self.store.has_ready(t, now)])
         if not self.pending and not topics:
             return
         ctx = Context(self.ctx.zone, self.ctx.meta_dir, datetime.now(UTC))

@@ -99,6 +99,12 @@ class TaskRows:
             "SELECT DISTINCT type FROM tasks WHERE started IS NULL "
             "AND (due_at IS NULL OR due_at <= ?)", (now,))]
 
+    def has_ready(self, topic: str, now: str) -> bool:
+        """Whether a task of `topic` waits whose due time has come (the queue index)."""
+        return self.conn.execute(
+            "SELECT 1 FROM tasks WHERE started IS NULL AND type = ? "
+            "AND (due_at IS NULL OR due_at <= ?) LIMIT 1", (topic, now)).fetchone() is not None
+
     def next_due(self, now: str) -> str | None:
         """The earliest due time of a waiting task that is not due yet."""
         row = self.conn.execute("SELECT min(due_at) FROM tasks WHERE started IS NULL "
