@@ -13,6 +13,7 @@ from typing import Any
 import apsw
 
 from flowlord.bus import Bus
+from flowlord.durations import format_duration
 from flowlord.loader import Loader
 from flowlord.model import Phase, StoredTask
 from flowlord.outcomes import after_result, decode_meta
@@ -103,10 +104,11 @@ class Dispatcher:
         self.next_overdue_check = monotonic + OVERDUE_EVERY
         cutoff = (datetime.now(UTC) - self.task_ttl).strftime("%Y-%m-%dT%H:%M:%SZ")
         try:
+            message = f"unfinished after {format_duration(self.task_ttl)}"
             with write_txn(self.store.conn):
                 for stored in self.store.overdue(cutoff):
-                    self.store.add_alert(stored.task_no, "incomplete", stored.task,
-                                         f"unfinished after {self.task_ttl}", now_text())
+                    self.store.add_alert(stored.task_no, "incomplete", stored.task, message,
+                                         now_text())
                     self.log.warning("task unfinished past task_ttl", task_no=stored.task_no,
                                      type=stored.task.type, created=stored.task.created)
         except apsw.BusyError:

@@ -9,6 +9,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from pathlib import Path
 
 from tests.conftest import run_cli
@@ -182,3 +183,40 @@ def test_alerts_reach_the_webhook_batched_and_retried(
     posted = int(query(db, "SELECT count(*) FROM alerts WHERE posted_at IS NOT NULL")
                  [0][0])  # type: ignore[call-overload]
     assert sum(accepted[:-1]) <= posted <= sum(accepted)
+
+
+def test_sigterm_gives_running_tasks_the_grace_then_records_them_and_their_retries(
+        tmp_path: Path, wf: Path, notify_socket: socket.socket) -> None:
+    (wf / "a.toml").write_text('[[phase]]\ntask = "work"\nretry = 1\ntemplate = "?h={hh}"\n')
+    db = tmp_path / "f.db"
+    backload(wf, db, "work", 3)
+    cfg = config(tmp_path, worker("work", "sleep", "60", concurrency=3)).read_text()
+    (tmp_path / "flowlord.toml").write_text(cfg.replace('shutdown_grace = "5s"',
+                                                        'shutdown_grace = "1s"'))
+    with daemon(tmp_path, wf, db, args=["-c", str(tmp_path / "flowlord.toml")]) as proc:
+        wait_for(lambda: query(db, "SELECT count(*) FROM running_tasks") == [(3,)])
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    rows = query(db, "SELECT attempt, result, msg, due_at IS NOT NULL FROM tasks "
+                     "ORDER BY task_no")
+    assert rows[:3] == [(0, "error", "stopped: the daemon shut down while the task ran", 0)] * 3
+    assert rows[3:] == [(1, None, "", 1)] * 3  # their retries wait for the next start
+    assert query(db, "SELECT count(*) FROM running_tasks") == [(0,)]
+
+
+def test_a_task_unfinished_past_task_ttl_gets_one_incomplete_alert(
+        tmp_path: Path, wf: Path, notify_socket: socket.socket) -> None:
+    (wf / "a.toml").write_text('[[phase]]\ntask = "nobody"\ntemplate = "?h={hh}"\n')
+    db = tmp_path / "f.db"
+    backload(wf, db, "nobody", 2)  # no worker for this topic: they wait
+    cfg = config(tmp_path, '[alerts]\ntask_ttl = "1s"\n')
+    created = time.monotonic()
+    wait_for(lambda: time.monotonic() > created + 2)  # let them grow older than task_ttl
+    for _ in range(2):  # a restart checks again: still one alert per task
+        with daemon(tmp_path, wf, db, args=["-c", str(cfg)]) as proc:
+            messages_until(notify_socket, "READY=1")
+            wait_for(lambda: query(db, "SELECT count(*) FROM alerts") == [(2,)])
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0
+    assert query(db, "SELECT kind, type, message FROM alerts") == [
+        ("incomplete", "nobody", "unfinished after 1s")] * 2
