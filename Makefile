@@ -27,6 +27,7 @@ lint: $(BIN)/flowlord
 bench: $(BIN)/flowlord
 	$(BIN)/python bench/refresh.py
 	$(BIN)/python bench/daemon.py
+	$(BIN)/python bench/tasks.py
 
 clean:
 	rm -rf $(VENV) flowlord.db flowlord.db-wal flowlord.db-shm
