@@ -1,10 +1,13 @@
-"""`flowlord run`: keep the database in step with the workflow directory and fire phases.
+"""`flowlord run`: keep the database in step with the workflow directory, fire phases,
+run their tasks.
 
 File events drive targeted refreshes; a full rescan runs at start, on SIGHUP and
 every `rescan` period, because inotify drops events on overflow. After each
 refresh the scheduler reschedules the phases of the changed files; each due
-slot becomes a ledger row with its tasks, in one transaction. Signals only set
-flags; this loop is the only code that writes to the database.
+slot becomes a ledger row with its tasks, in one transaction. Files arriving
+for `files=` phases become tasks; the dispatcher hands tasks to workers and
+records their results. Signals only set flags; this loop is the only code that
+writes to the database.
 
 A write that finds the database locked (a `sqlite3` shell inside BEGIN) keeps
 its work for the next turn of the loop: changes are found again by a rescan,
@@ -61,8 +64,6 @@ class Daemon:
         self.unplanned: set[PhaseKey] = set()  # next_fire columns to write
         self.resync = False  # a refresh failed half-way: compare every phase next time
         self.scheduled = False  # _start_schedule has run
-        self.webhook = (Webhook(config.webhook, config.webhook_interval.total_seconds(), self.log)
-                        if config.webhook else None)
         self.arrivals = ArrivalWatcher(self.log, self._wake)  # files for `files=` phases
         self.file_phases: list[Phase] = []
         self.arrived: list[str] = []  # paths not yet recorded (the database was locked)
