@@ -15,7 +15,7 @@ import apsw
 from flowlord.bus import Bus
 from flowlord.durations import format_duration
 from flowlord.loader import Loader
-from flowlord.model import Phase, StoredTask
+from flowlord.model import NewTask, Phase, StoredTask
 from flowlord.outcomes import after_result, decode_meta
 from flowlord.rules import parse_rule
 from flowlord.store import Store, utc_now_ms, write_txn
@@ -63,7 +63,9 @@ class Dispatcher:
         ctx = Context(self.ctx.zone, self.ctx.meta_dir, datetime.now(UTC))
         try:
             with write_txn(self.store.conn):
-                recorded = [d for d in self.pending if self._record(d, ctx)]
+                children: list[NewTask] = []  # of the whole turn: one insert
+                recorded = [d for d in self.pending if self._record(d, ctx, children)]
+                self.store.add_tasks(children)
                 claimed = [stored for topic in topics
                            for stored in self.store.claim(topic, self.bus.capacity(topic), now)]
         except apsw.BusyError:
@@ -116,8 +118,9 @@ class Dispatcher:
 
     # --- helpers --------------------------------------------------------------------
 
-    def _record(self, done: Done, ctx: Context) -> bool:
-        """The result and its effects; False when the task already had a result."""
+    def _record(self, done: Done, ctx: Context, new_tasks: list[NewTask]) -> bool:
+        """The result and its effects (new tasks go to `new_tasks`); False when the task
+        already had a result."""
         if not self.store.finish(done.task_no, done.ended, done.result, done.msg):
             return False
         stored = self.store.stored_task(done.task_no)
@@ -126,7 +129,7 @@ class Dispatcher:
         children = self._children_of(stored) if done.result == "complete" else []
         effects = after_result(stored, done.result, done.msg, phase=phase, children=children,
                                ctx=ctx)
-        self.store.add_tasks(effects.tasks)
+        new_tasks += effects.tasks
         for kind, message in effects.alerts:
             self.store.add_alert(stored.task_no, kind, stored.task, message, now_text())
             self.log.error("alert", kind=kind, task_no=stored.task_no, type=stored.task.type,

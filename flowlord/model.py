@@ -63,7 +63,7 @@ class Phase(NamedTuple):
         return split_task(self.task)[1]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # a burst of results builds tens of thousands
 class Task:
     """A task in pcelvng/task's JSON shape (CONTRACT §6)."""
 
@@ -100,7 +100,7 @@ class Fire:
     error: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StoredTask:
     """A task row: the task, where it came from, and which attempt it is."""
 
@@ -112,7 +112,7 @@ class StoredTask:
     scheduled_for: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NewTask:
     """A task row to insert: a child, a retry (with its due time), or a file's task."""
 
