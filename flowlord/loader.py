@@ -135,6 +135,7 @@ class Loader:
         self.store = store
         self.allow_world_writable = allow_world_writable
         self._real_root = os.path.realpath(self.root)
+        self._dir_open: dict[str, bool] = {}  # directory → any user may add files to it
         self.now_ns = now_ns  # the clock, for telling fresh files from settled ones
         self.problems: list[str] = []  # of the last refresh, for logs and the CLI
         try:
@@ -157,6 +158,7 @@ class Loader:
         """
         self.problems = []
         self._real_root = os.path.realpath(self.root)  # a deployment may swap a symlink
+        self._dir_open.clear()
         if paths is None:
             listing, scope = self._list_all(), [""]
         else:
@@ -217,7 +219,8 @@ class Loader:
             # ctime too: `rsync -t` or `touch -r` can restore an mtime, never a ctime
             token = f"{st.st_size}:{st.st_ino}:{st.st_mtime_ns}:{st.st_ctime_ns}"
             # o+w is checked even on unchanged files: the config may have stopped allowing it
-            if state and state.stat_token == token and not self._world_writable(st):
+            if (state and state.stat_token == token and not self._world_writable(st)
+                    and not self._open_directory(path)):
                 return ""
             last_modified = mtime_text(st.st_mtime_ns)
             refusal = self._refusal(path, st)
@@ -258,11 +261,33 @@ class Loader:
         if self._world_writable(st):
             # like cron: anyone could make it run anything (allow_world_writable overrides)
             return "writable by any user (o+w)"
+        if directory := self._open_directory(path):
+            return f"in a directory any user can write to: {directory}"
         if self.is_dir():
             real = os.path.realpath(path)
             if not real.startswith(self._real_root + os.sep):
                 return f"symbolic link out of the workflow directory: {real}"
         return ""
+
+    def _open_directory(self, path: str) -> str:
+        """The first directory from the file's up to the workflow directory that any user
+        may add files to (o+w); '' when there is none."""
+        if self.allow_world_writable or not self.is_dir():
+            return ""
+        directory = os.path.dirname(path)
+        while True:
+            if directory not in self._dir_open:
+                try:
+                    mode = os.stat(directory).st_mode
+                except OSError:
+                    mode = 0
+                # even with the sticky bit, anyone could add a workflow file of their own
+                self._dir_open[directory] = bool(mode & stat.S_IWOTH)
+            if self._dir_open[directory]:
+                return directory
+            if directory == self.root or len(directory) <= len(self.root):
+                return ""
+            directory = os.path.dirname(directory)
 
     def _world_writable(self, st: os.stat_result) -> bool:
         return bool(st.st_mode & stat.S_IWOTH) and not self.allow_world_writable

@@ -415,3 +415,24 @@ def test_a_world_writable_file_loaded_when_allowed_is_refused_once_no_longer_all
     assert Loader(str(wf), store).refresh() == ["~open.toml"]  # same bytes, same stat
     assert store.phases() == []
     assert store.files()[0][1] == "parse error: refused: writable by any user (o+w)"
+
+
+def test_files_in_a_directory_any_user_can_write_to_are_refused(wf: Path, store: Store) -> None:
+    shared = wf / "shared"
+    shared.mkdir()
+    f = shared / "a.toml"
+    f.write_text('[[phase]]\ntask = "a"\nrule = "cron=0 * * * *"\n')
+    loader = Loader(str(wf), store)
+    loader.refresh()
+    assert [p.task for p in store.phases()] == ["a"]
+    shared.chmod(0o777)  # anyone could drop a workflow in: like cron, refuse
+    assert loader.refresh() == ["~shared/a.toml"]
+    assert store.phases() == []
+    assert store.files()[0][1] == ("parse error: refused: in a directory any user can write "
+                                   f"to: {shared}")
+    shared.chmod(0o1777)  # the sticky bit does not help: anyone can still add a file
+    assert loader.refresh() == []
+    assert store.phases() == []
+    shared.chmod(0o755)
+    assert loader.refresh() == ["~shared/a.toml"]
+    assert [p.task for p in store.phases()] == ["a"]
