@@ -175,6 +175,9 @@ class Daemon:
             paths = self.watcher.changed_paths(wait) if self.watcher else set()
             if not self.watcher:
                 self.wakeup.wait(wait)
+            # slots due by now fire from the phases as they were, before a refresh can
+            # reschedule them (a rename at 12:00:00.1 must not lose the 12:00 slot)
+            self._fire_due()
             try:
                 if (self.rescan.is_set() or time.monotonic() >= next_rescan
                         or (self.watcher and self.watcher.overflowed())):
