@@ -27,6 +27,7 @@ from flowlord.model import StoredTask, Task
 STDERR_TAIL_BYTES = 4096  # the end of stderr kept for `msg`; the rest is read and dropped
 KILL_AFTER = 5.0  # seconds between SIGTERM and SIGKILL
 WATCH_TICK_MS = 50  # between looks at a process that writes nothing
+LINGER = 1.0  # seconds stderr is read after the command exited
 _TOKEN = re.compile(r"\{(info|type|job|id|meta)\}")
 
 
@@ -88,7 +89,12 @@ class Run:
 
     def run(self) -> None:
         try:
-            self.on_done(self._execute())
+            done = self._execute()
+        except Exception as e:  # a result must come back, or the task stays running
+            done = Done(self.stored.task_no, "error", f"internal error: {type(e).__name__}: {e}",
+                        now_text())
+        try:
+            self.on_done(done)
         finally:
             self._ended.set()
 
@@ -109,40 +115,53 @@ class Run:
         if stopped:
             _signal_group(proc.pid, signal.SIGKILL)
         tail, timed_out = self._watch(proc)
-        proc.wait()
         return Done(no, *self._result(proc.returncode, timed_out, tail), now_text())
 
     def _watch(self, proc: subprocess.Popen[bytes]) -> tuple[bytes, bool]:
-        """Read stderr to its end (keeping its tail) while minding the process: at the
-        timeout its group gets SIGTERM, then SIGKILL; once the command has exited, what it
-        left running in its group is ended too (it would hold stderr open). One thread,
-        no polling of a short task: its exit closes stderr at once."""
+        """Mind the process until it has exited, reading its stderr (keeping the tail).
+
+        At the timeout its group gets SIGTERM, then SIGKILL. Once the command has exited,
+        what it left in its group is killed; stderr is read for LINGER seconds more, in
+        case something that escaped the group still holds it open. A command that closes
+        or redirects its own stderr is still watched until it exits. One thread, and no
+        polling of a short task: its exit closes stderr at once.
+        """
         assert proc.stderr is not None
         fd = proc.stderr.fileno()
         tail: collections.deque[bytes] = collections.deque()
         size = 0
         deadline = time.monotonic() + self.timeout.total_seconds()
         kill_at: float | None = None  # after the timeout's SIGTERM
+        exited_at: float | None = None
         poller = select.poll()  # not select(): descriptors above 1024 are fine
         poller.register(fd, select.POLLIN | select.POLLHUP)
         with proc.stderr:
+            reading = True
             while True:
-                if poller.poll(WATCH_TICK_MS):
+                if reading and poller.poll(WATCH_TICK_MS):
                     chunk = os.read(fd, 65536)
-                    if not chunk:
+                    if chunk:
+                        tail.append(chunk)
+                        size += len(chunk)
+                        while size - len(tail[0]) >= STDERR_TAIL_BYTES:
+                            size -= len(tail.popleft())
+                    else:
+                        reading = False
+                elif not reading:
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        proc.wait(timeout=WATCH_TICK_MS / 1000)
+                now = time.monotonic()
+                if proc.poll() is not None:
+                    if exited_at is None:
+                        exited_at = now
+                        _signal_group(proc.pid, signal.SIGKILL)  # leftovers hold stderr
+                    if not reading or now - exited_at > LINGER:
                         break
-                    tail.append(chunk)
-                    size += len(chunk)
-                    while size - len(tail[0]) >= STDERR_TAIL_BYTES:
-                        size -= len(tail.popleft())
-                elif proc.poll() is not None:
-                    _signal_group(proc.pid, signal.SIGKILL)
-                elif kill_at is None and time.monotonic() >= deadline:
+                elif kill_at is None and now >= deadline:
                     _signal_group(proc.pid, signal.SIGTERM)
-                    kill_at = time.monotonic() + KILL_AFTER
-                elif kill_at is not None and time.monotonic() >= kill_at:
+                    kill_at = now + KILL_AFTER
+                elif kill_at is not None and now >= kill_at:
                     _signal_group(proc.pid, signal.SIGKILL)
-        _signal_group(proc.pid, signal.SIGKILL)  # a grandchild that closed stderr early
         return b"".join(tail)[-STDERR_TAIL_BYTES:], kill_at is not None
 
     def _result(self, code: int, timed_out: bool, stderr: bytes) -> tuple[str, str]:
@@ -153,9 +172,15 @@ class Run:
             return "error", f"timeout after {format_duration(self.timeout)}"
         if code == 0:
             return "complete", ""
-        what = (f"killed by {signal.Signals(-code).name}" if code < 0
-                else f"exit status {code}")
+        what = f"killed by {_signal_name(-code)}" if code < 0 else f"exit status {code}"
         return "error", f"{what}: {text}" if text else what
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:  # a real-time signal has no name
+        return f"signal {number}"
 
 
 def _signal_group(pid: int, signum: int) -> None:

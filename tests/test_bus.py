@@ -162,3 +162,36 @@ def _alive(pid: int) -> bool:
     except (ProcessLookupError, FileNotFoundError):
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is gone
+
+
+def test_a_command_that_redirects_its_stderr_runs_to_its_end(
+        make_bus: Callable[..., Bus]) -> None:
+    bus = make_bus(t=worker("sh", "-c", "exec 2>/dev/null; sleep 0.5; exit 0"))
+    bus.send(stored(1), None)
+    assert [(d.result, d.msg) for d in results(bus, 1)] == [("complete", "")]
+
+
+def test_a_command_writing_stderr_without_pause_still_times_out(
+        make_bus: Callable[..., Bus]) -> None:
+    bus = make_bus(t=worker(PY, "-c", "import sys\nwhile True: sys.stderr.write('x' * 100)"))
+    bus.send(stored(1), 1.0)
+    [done] = results(bus, 1, seconds=20)
+    assert (done.result, done.msg) == ("error", "timeout after 1s")
+
+
+def test_a_grandchild_that_left_the_group_does_not_hold_the_result(
+        make_bus: Callable[..., Bus]) -> None:
+    # setsid: out of the task's process group, with the task's stderr still open
+    script = ("import subprocess, sys\n"
+              "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)'],"
+              " start_new_session=True)")
+    bus = make_bus(t=worker(PY, "-c", script))
+    bus.send(stored(1), None)
+    assert results(bus, 1, seconds=15)[0].result == "complete"
+
+
+def test_a_real_time_signal_is_named_by_number(make_bus: Callable[..., Bus]) -> None:
+    bus = make_bus(t=worker(PY, "-c", "import os, signal; os.kill(os.getpid(), 40)"))
+    bus.send(stored(1), None)
+    [done] = results(bus, 1)
+    assert (done.result, done.msg) == ("error", "killed by signal 40")

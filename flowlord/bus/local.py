@@ -13,6 +13,8 @@ from flowlord.model import StoredTask
 from flowlord.workers import Done, Run
 
 STOPPED = "stopped: the daemon shut down while the task ran"
+STOP_WAIT = 10.0  # seconds for a stopped task's result; a task still without one is left
+# running in the database, and recorded as an error at the next start
 
 
 class LocalBus:
@@ -71,8 +73,8 @@ class LocalBus:
             run.join(max(0.0, deadline - time.monotonic()))
         for run in self.runs.values():
             run.stop(STOPPED)
-        for run in list(self.runs.values()):
-            run.join()
+        for run in list(self.runs.values()):  # ended within seconds (SIGKILL), or stuck
+            run.join(STOP_WAIT)
         for pool in self.pools.values():
             pool.shutdown(wait=False)
         return self.receive(0)
