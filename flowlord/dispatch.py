@@ -64,7 +64,7 @@ class Dispatcher:
         try:
             with write_txn(self.store.conn):
                 children: list[NewTask] = []  # of the whole turn: one insert
-                recorded = [d for d in self.pending if self._record(d, ctx, children)]
+                recorded = [d for d in self.pending if self._record_safely(d, ctx, children)]
                 self.store.add_tasks(children)
                 claimed = [stored for topic in topics
                            for stored in self.store.claim(topic, self.bus.capacity(topic), now)]
@@ -117,6 +117,27 @@ class Dispatcher:
             self.next_overdue_check = monotonic + 1.0
 
     # --- helpers --------------------------------------------------------------------
+
+    def _record_safely(self, done: Done, ctx: Context, new_tasks: list[NewTask]) -> bool:
+        """_record in a savepoint: when working out a result's effects fails, the result is
+        still recorded, with an alert saying why its effects are missing."""
+        mine: list[NewTask] = []
+        try:
+            with self.store.conn:  # inside the turn's transaction: a savepoint
+                recorded = self._record(done, ctx, mine)
+        except apsw.BusyError:
+            raise
+        except Exception as e:
+            self.log.exception("cannot work out a result's effects", task_no=done.task_no)
+            with self.store.conn:
+                recorded = self.store.finish(done.task_no, done.ended, done.result, done.msg)
+                stored = self.store.stored_task(done.task_no)
+                if recorded and stored is not None:
+                    self.store.add_alert(stored.task_no, "alert", stored.task,
+                                         f"internal error after the result: {e}", now_text())
+            return recorded
+        new_tasks += mine
+        return recorded
 
     def _record(self, done: Done, ctx: Context, new_tasks: list[NewTask]) -> bool:
         """The result and its effects (new tasks go to `new_tasks`); False when the task

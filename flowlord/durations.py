@@ -17,6 +17,7 @@ _UNIT_SECONDS = {
     "h": 3600.0,
     "d": 86400.0,
 }
+MAX_SECONDS = (2**63 - 1) / 1e9  # Go's longest duration: about 292 years (2562047h)
 _PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h|d)")
 
 
@@ -49,10 +50,9 @@ def parse_duration(text: str) -> timedelta:
         pos = m.end()
     if pos == 0:
         raise DurationError(f"invalid duration: {text}")
-    try:
-        return timedelta(seconds=sign * total)
-    except OverflowError as e:
-        raise DurationError(f"duration out of range: {text}") from e
+    if total > MAX_SECONDS:  # Go's limit, which keeps every time math of ours in range
+        raise DurationError(f"duration out of range: {text}")
+    return timedelta(seconds=sign * total)
 
 
 def format_duration(d: timedelta) -> str:

@@ -759,14 +759,20 @@ def test_build_fire_of_a_broken_meta_file_is_a_fire_without_tasks(upstream: Path
     assert "invalid.json" in fire.error
 
 
-def test_build_fire_with_an_offset_past_year_9999_is_a_fire_without_tasks() -> None:
-    p = phase("cron=0 * * * *&offset=100000000h")  # a valid duration: 11,400 years
-    assert p.rule and parse_rule(p.rule).issues == ()
-    fire = build_fire(p, SLOT, "cron", context())
+def test_an_offset_longer_than_go_allows_is_an_invalid_rule() -> None:
+    assert parse_rule("cron=0 * * * *&offset=2562047h").issues == ()
+    [issue] = parse_rule("cron=0 * * * *&offset=2562048h").issues
+    assert issue.message == "invalid offset: 2562048h"
+
+
+def test_build_fire_with_a_time_past_year_9999_is_a_fire_without_tasks() -> None:
+    late = datetime(9999, 12, 31, 23, tzinfo=UTC)
+    fire = build_fire(phase("cron=0 * * * *&offset=2h"), late, "cron", context())
     assert list(fire.tasks) == []
-    assert fire.error.startswith("time out of range: 2026-11-23T14:17:00Z plus offset")
+    assert fire.error.startswith("time out of range: 9999-12-31T23:00:00Z plus offset")
 
 
 def test_build_fire_of_a_batch_reaching_past_year_9999_is_a_fire_without_tasks() -> None:
-    fire = build_fire(phase("cron=0 * * * *&for=100000000h"), SLOT, "cron", context())
+    late = datetime(9999, 12, 31, 22, tzinfo=UTC)
+    fire = build_fire(phase("cron=0 * * * *&for=3h&by=hour"), late, "cron", context())
     assert (list(fire.tasks), fire.error) == ([], "time out of range")
