@@ -107,6 +107,16 @@ def _class_char(pattern: str, i: int) -> tuple[str, int] | None:
     return pattern[i], i + 1
 
 
+def storable(path: str) -> bool:
+    """Whether a path can be stored: a file name that is not UTF-8 (bytes decoded with
+    surrogate escapes) cannot."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def matches(pattern: str, path: str) -> bool:
     regex = _glob_regex(pattern)
     return bool(regex and regex.match(path))

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from flowlord.arrivals import record_arrival
+from flowlord.arrivals import record_arrival, storable
 from flowlord.config import Config
 from flowlord.errors import UsageError
 from flowlord.model import Fire, Phase
@@ -146,15 +146,18 @@ def cmd_tasks(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_notify(args: argparse.Namespace, config: Config) -> int:
     """Report files that arrived elsewhere: each starts the `files=` phases it matches."""
+    bad = [p for p in args.paths if not storable(p)]
+    for path in bad:
+        print(f"flowlord: not a UTF-8 path, skipped: {ascii(path)}", file=sys.stderr)
     store = Store(config.db)
     try:
         phases = [p for p in store.file_phases() if parse_rule(p.rule).files]
         with write_txn(store.conn):
             started = [(path, record_arrival(store, phases, path, "notify", _context(config)))
-                       for path in args.paths]
+                       for path in args.paths if path not in bad]
     finally:
         store.close()
     for path, tasks in started:
         names = " ".join(t.phase or "" for t in tasks)
         print(f"{path}\t{count(len(tasks), 'task')}" + (f"\t{names}" if names else ""))
-    return 0
+    return 1 if bad else 0

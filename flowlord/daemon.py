@@ -16,6 +16,7 @@ fires wait in `pending` until they are written.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import threading
@@ -27,7 +28,7 @@ from types import FrameType
 import apsw
 
 from flowlord import logs
-from flowlord.arrivals import ArrivalWatcher, matches, record_arrival
+from flowlord.arrivals import ArrivalWatcher, matches, record_arrival, storable
 from flowlord.bus.local import LocalBus
 from flowlord.clock import Clock, SystemClock
 from flowlord.config import Config, ConfigError
@@ -86,6 +87,7 @@ class Daemon:
         if self.config.bus_url != "local":
             raise ConfigError(f"bus url {self.config.bus_url}: only \"local\" is supported "
                               "by this version")
+        lock = self._lock_database()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
         store = Store(self.config.db, busy_timeout_ms=BUSY_TIMEOUT_MS)
@@ -106,17 +108,36 @@ class Daemon:
             if self.watcher:
                 self.watcher.stop()
             self.arrivals.stop()
-            # fires found before the stop are recorded, if the database lets us in time
+            # fires and files found before the stop are recorded, if the database lets us
             deadline = time.monotonic() + STOP_WRITE_SECONDS
+            self._record_arrivals(loader.store)
             self._write(loader.store)
-            while self.pending and time.monotonic() < deadline:
+            while (self.pending or self.arrived) and time.monotonic() < deadline:
+                self._record_arrivals(loader.store)
                 self._write(loader.store)
-            self.dispatcher.close(self.config.shutdown_grace.total_seconds())
+            self.dispatcher.close(self.config.shutdown_grace.total_seconds(),
+                                  STOP_WRITE_SECONDS)
             loader.close()
         if self.pending:  # the database stayed locked; their slots count as missed
             self.log.error("fires not recorded", count=len(self.pending))
+        if self.arrived:
+            self.log.error("arrived files not recorded", paths=" ".join(self.arrived))
         self.log.info("stopped")
+        os.close(lock)
         return 0
+
+    def _lock_database(self) -> int:
+        """One daemon per database: a second one would take the first one's running tasks
+        for leftovers of a crash, and run them again."""
+        path = self.config.db + ".lock"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"another flowlord run is using {self.config.db}") from None
+        except OSError as e:
+            raise ConfigError(f"cannot lock {path}: {e.strerror}") from None
+        return fd
 
     def _first_refresh(self, loader: Loader) -> None:
         """The load at start: a bad path is fatal, a locked database is waited for."""
@@ -243,8 +264,11 @@ class Daemon:
     def _record_arrivals(self, store: Store) -> None:
         """Files closed after writing, or moved in, under the `files=` directories."""
         # the watch sees every file closed in those directories: keep those a phase wants
-        self.arrived += [path for path in self.arrivals.arrived()
-                         if any(matches(parse_rule(p.rule).files, path) for p in self.file_phases)]
+        for path in self.arrivals.arrived():
+            if not storable(path):
+                self.log.warning("file name is not UTF-8, ignored", path=ascii(path))
+            elif any(matches(parse_rule(p.rule).files, path) for p in self.file_phases):
+                self.arrived.append(path)
         if not self.arrived:
             return
         ctx = Context(self.zone, self._meta_dir(), self.clock.now())

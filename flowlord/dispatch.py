@@ -7,6 +7,7 @@ results wait in `pending` and are recorded on a later turn.
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -86,10 +87,16 @@ class Dispatcher:
         self._phases.clear()
         self._children.clear()
 
-    def close(self, grace: float) -> None:
-        """On stop: running tasks get `grace` seconds, then are ended and recorded."""
+    def close(self, grace: float, write_for: float) -> None:
+        """On stop: running tasks get `grace` seconds, then are ended; their results are
+        recorded, retried for `write_for` seconds if the database is locked."""
         self.pending += self.bus.close(grace)
+        deadline = time.monotonic() + write_for
         self.turn(claim=False)
+        while self.pending and time.monotonic() < deadline:
+            self.turn(claim=False)
+        if self.pending:  # recorded as errors at the next start, and retried by the rules
+            self.log.error("results not recorded", task_nos=[d.task_no for d in self.pending])
 
     def next_due(self) -> float | None:
         """Seconds until the next waiting retry is due, if any."""
@@ -107,8 +114,11 @@ class Dispatcher:
         cutoff = (datetime.now(UTC) - self.task_ttl).strftime("%Y-%m-%dT%H:%M:%SZ")
         try:
             message = f"unfinished after {format_duration(self.task_ttl)}"
+            overdue = self.store.overdue(cutoff)  # read before taking the write lock
+            if not overdue:
+                return
             with write_txn(self.store.conn):
-                for stored in self.store.overdue(cutoff):
+                for stored in overdue:
                     self.store.add_alert(stored.task_no, "incomplete", stored.task, message,
                                          now_text())
                     self.log.warning("task unfinished past task_ttl", task_no=stored.task_no,

@@ -158,6 +158,7 @@ MIGRATIONS: tuple[str, ...] = (
     -- the queue: a topic's waiting tasks in order, and the next retry's due time
     CREATE INDEX tasks_queue ON tasks (type, task_no) WHERE started IS NULL;
     CREATE INDEX tasks_due ON tasks (due_at) WHERE started IS NULL AND due_at IS NOT NULL;
+    CREATE INDEX tasks_unfinished ON tasks (created) WHERE ended IS NULL;
     CREATE INDEX tasks_running ON tasks (task_no) WHERE started IS NOT NULL AND ended IS NULL;
 
     -- one row per alert event: a task failed for good, a worker reported `alert`, or a

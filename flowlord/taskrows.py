@@ -182,7 +182,7 @@ class TaskRows:
         return [_stored(r) for r in self.conn.execute(
             f"SELECT {_STORED_COLUMNS} FROM tasks AS t WHERE ended IS NULL AND created < ? "
             "AND NOT EXISTS (SELECT 1 FROM alerts AS a WHERE a.task_no = t.task_no "
-            "AND a.kind = 'incomplete') ORDER BY task_no", (cutoff,))]
+            "AND a.kind = 'incomplete') ORDER BY created", (cutoff,))]
 
     def delete_history(self, cutoff: str, batch: int) -> int:
         """Delete up to `batch` finished tasks that ended before `cutoff` (their alerts go

@@ -189,3 +189,19 @@ def test_notify_never_blocks_when_nobody_reads(tmp_path: Path,
     finally:
         s.close()
     assert sent[0] is True and sent[-1] is False
+
+
+def test_a_second_daemon_on_the_same_database_is_refused(
+        tmp_path: Path, notify_socket: socket.socket) -> None:
+    wf = tmp_path / "wf"
+    wf.mkdir()
+    db = tmp_path / "f.db"
+    with daemon(tmp_path, wf, db) as first:
+        messages_until(notify_socket, "READY=1")
+        second = subprocess.run([sys.executable, "-m", "flowlord", "run", "-w", str(wf),
+                                 "--db", str(db)], capture_output=True, text=True, timeout=60,
+                                env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert second.returncode == 2
+        assert second.stderr == f"flowlord: another flowlord run is using {db}\n"
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=20) == 0
