@@ -20,10 +20,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from watchdog.events import (
+    DirDeletedEvent,
     FileClosedEvent,
     FileCreatedEvent,
     FileModifiedEvent,
     FileMovedEvent,
+    FileOpenedEvent,
     FileSystemEvent,
 )
 from watchdog.events import FileSystemEventHandler as _Handler
@@ -169,18 +171,22 @@ class _Arrived(_Handler):
     """A file counts when it is closed after writing, or moved in: not on every write.
 
     inotify reports a file moved in from an unwatched directory as created, with no
-    close after it. A created file that is neither written nor closed within
+    close after it. A created file that is neither opened, written nor closed within
     MOVED_IN_AFTER seconds therefore counts as moved in.
     """
 
     def __init__(self, wake: Callable[[], None]) -> None:
         self.paths: list[str] = []
         self.created: dict[str, float] = {}  # path → when; not yet written or closed
+        self.roots: set[str] = set()  # the directories watched
+        self.lost = False  # one of them was deleted
         self.lock = threading.Lock()
         self.wake = wake
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.is_directory:
+            if isinstance(event, DirDeletedEvent) and _text(event.src_path) in self.roots:
+                self.lost = True  # its watch is gone with it: make it again when it is back
             return
         kind = type(event)
         path = _text(event.dest_path if kind is FileMovedEvent else event.src_path)
@@ -188,7 +194,7 @@ class _Arrived(_Handler):
             if kind is FileCreatedEvent:
                 self.created[path] = time.monotonic()
                 return
-            if kind is FileModifiedEvent:  # being written: it counts when closed
+            if kind in (FileModifiedEvent, FileOpenedEvent):  # it counts when closed
                 self.created.pop(path, None)
                 return
             if kind not in (FileClosedEvent, FileMovedEvent):
@@ -219,25 +225,33 @@ class ArrivalWatcher:
         self.log = log
         self.handler = _Arrived(wake)
         self.observer: BaseObserver | None = None
-        self.roots: set[tuple[str, bool]] = set()
+        self.roots: set[tuple[str, bool]] = set()  # directory, recursive
 
     def follow(self, phases: Sequence[Phase]) -> None:
-        roots = {root for p in phases if (pattern := parse_rule(p.rule).files)
-                 if (root := watch_root(pattern)) and os.path.isdir(root[0])}
-        if roots == self.roots:
+        """Watch the directories the phases' patterns need (those that exist: the next
+        rescan looks again); a directory deleted and made again is watched anew."""
+        roots = {root for p in phases if (root := watch_root(parse_rule(p.rule).files))
+                 and os.path.isdir(root[0])}
+        if roots == self.roots and not self.handler.lost:
             return
         self.stop()
-        self.roots = roots
         if not roots:
+            self.roots = roots
             return
+        self.handler.roots, self.handler.lost = {r[0] for r in roots}, False
         observer = Observer()
         for directory, recursive in sorted(roots):
-            try:
-                observer.schedule(self.handler, directory, recursive=recursive)
-            except OSError as e:
-                self.log.warning("cannot watch for files", path=directory, error=str(e))
-        observer.start()
+            observer.schedule(self.handler, directory, recursive=recursive)
+        try:
+            observer.start()  # watchdog adds the inotify watches here
+        except OSError as e:  # the watch limit, a directory gone meanwhile: rescans retry
+            self.log.warning("cannot watch for files", paths=" ".join(sorted(
+                r[0] for r in roots)), error=str(e))
+            self.roots = set()
+            return
+        self.roots = roots
         self.observer = observer
+        self.log.info("watching for files", paths=" ".join(sorted(r[0] for r in roots)))
 
     def arrived(self) -> list[str]:
         return self.handler.take()

@@ -4,8 +4,10 @@ watched directory, and files reported by `flowlord notify`."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
+import time
 from pathlib import Path
 
 from tests.conftest import run_cli
@@ -65,3 +67,38 @@ def test_notify_reports_files_that_arrived_elsewhere(tmp_path: Path, wf: Path) -
         ("gs://bucket/2026/data-x.json", "notify", 1), ("gs://bucket/a/b/data-y.json", "notify", 0)]
     assert query(db, "SELECT type, info, started FROM tasks") == [
         ("load", "gs://bucket/2026/data-x.json?hour={yyyy}-{mm}-{dd}T{hh}", None)]
+
+
+def test_a_slow_writer_counts_once_and_a_recreated_directory_is_watched_again(
+        tmp_path: Path, wf: Path, notify_socket: socket.socket) -> None:
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    (wf / "a.toml").write_text(f'[[phase]]\ntask = "load"\nrule = "files={inbox}/*.csv"\n')
+    db = tmp_path / "f.db"
+    cfg = config(tmp_path, worker("load", "true")).read_text()
+    (tmp_path / "flowlord.toml").write_text('rescan = "1s"\n' + cfg)
+    with daemon(tmp_path, wf, db, args=["-c", str(tmp_path / "flowlord.toml")]) as proc:
+        messages_until(notify_socket, "READY=1")
+        with (inbox / "slow.csv").open("w") as f:  # open well past the moved-in delay
+            start = time.monotonic()
+            wait_for(lambda: time.monotonic() > start + 1.5)
+            f.write("late\n")
+        wait_for(lambda: arrivals(db) == ["slow.csv"])
+        shutil.rmtree(inbox)
+        inbox.mkdir()  # a new directory: its watch is made again at the next rescan
+        wait_for(lambda: not_watched_yet(db, inbox))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    seen = arrivals(db)
+    assert seen.count("slow.csv") == 1 and set(seen) == {"after.csv", "slow.csv"}
+
+
+def arrivals(db: Path) -> list[str]:
+    return sorted(str(r[0]).rsplit("/", 1)[-1]
+                  for r in query(db, "SELECT path FROM file_messages"))
+
+
+def not_watched_yet(db: Path, inbox: Path) -> bool:
+    """Drop a file until one is seen (the first may come before the new watch)."""
+    (inbox / "after.csv").write_text("x\n")
+    return "after.csv" in arrivals(db)
