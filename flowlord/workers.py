@@ -43,8 +43,14 @@ def argv_for(command: Sequence[str], task: Task) -> list[str]:
     return [_TOKEN.sub(lambda m: values[m.group(1)], arg) for arg in command]
 
 
+# systemd's variables are for the daemon: a worker that used them would speak for it
+_DAEMON_ONLY = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID",
+                "LISTEN_FDNAMES")
+
+
 def environment(task: Task) -> dict[str, str]:
-    return {**os.environ, "FLOWLORD_TASK": task.to_json(), "FLOWLORD_TASK_ID": task.id,
+    inherited = {k: v for k, v in os.environ.items() if k not in _DAEMON_ONLY}
+    return {**inherited, "FLOWLORD_TASK": task.to_json(), "FLOWLORD_TASK_ID": task.id,
             "FLOWLORD_TASK_TYPE": task.type, "FLOWLORD_TASK_JOB": task.job,
             "FLOWLORD_TASK_INFO": task.info}
 

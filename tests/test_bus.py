@@ -100,6 +100,21 @@ def test_values_arrive_as_literal_single_arguments_and_in_the_environment(
     assert not os.path.exists("/tmp/owned")
 
 
+def test_systemd_variables_of_the_daemon_do_not_reach_workers(
+        make_bus: Callable[..., Bus], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NOTIFY_SOCKET", "/run/systemd/notify")
+    monkeypatch.setenv("WATCHDOG_USEC", "30000000")
+    monkeypatch.setenv("FLOWLORD_KEEP", "yes")
+    out = tmp_path / "env.json"
+    script = f"import json, os\njson.dump(dict(os.environ), open({str(out)!r}, 'w'))"
+    bus = make_bus(t=worker(PY, "-c", script))
+    bus.send(stored(1), None)
+    assert results(bus, 1)[0].result == "complete"
+    seen = json.loads(out.read_text())
+    assert "NOTIFY_SOCKET" not in seen and "WATCHDOG_USEC" not in seen
+    assert seen["FLOWLORD_KEEP"] == "yes"
+
+
 def test_a_timeout_ends_the_whole_process_group(make_bus: Callable[..., Bus],
                                                 tmp_path: Path) -> None:
     pid_file = tmp_path / "grandchild"
