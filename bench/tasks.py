@@ -32,12 +32,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from flowlord import logs  # noqa: E402
+from flowlord.bus.inprocess import InProcessBus  # noqa: E402
 from flowlord.dispatch import Dispatcher  # noqa: E402
 from flowlord.loader import Loader  # noqa: E402
-from flowlord.model import Fire, StoredTask, Task  # noqa: E402
+from flowlord.model import Fire, Task  # noqa: E402
 from flowlord.store import Store, utc_now_ms, write_txn  # noqa: E402
 from flowlord.tasks import Context  # noqa: E402
-from flowlord.workers import Done, now_text  # noqa: E402
 
 TARGET_LOOP_RATIO = 2.0  # whole loop within 2x the bare spawn time
 TARGET_RESULTS = 5000.0  # results handled per second in-process
@@ -114,32 +114,6 @@ def wait_until(db: Path, sql: str, deadline: float) -> float:
     return time.monotonic()
 
 
-class InstantBus:
-    """A bus whose worker completes every task at once, in this process."""
-
-    def __init__(self) -> None:
-        self.done: list[Done] = []
-
-    def open_topics(self) -> list[str] | None:
-        return None
-
-    def capacity(self, topic: str) -> int:
-        return 1_000_000
-
-    def send(self, stored: StoredTask, timeout_seconds: float | None) -> None:
-        self.done.append(Done(stored.task_no, "complete", "", now_text()))
-
-    def receive(self, wait: float) -> list[Done]:
-        found, self.done = self.done, []
-        return found
-
-    def ack(self, done: Done) -> None:
-        pass
-
-    def close(self, grace: float) -> list[Done]:
-        return self.receive(0)
-
-
 def in_process(tmp: Path, n: int, fan_out: int) -> tuple[float, int]:
     """Seconds to record n results, each starting `fan_out` children; children created."""
     wf = tmp / f"inproc{fan_out}"
@@ -156,7 +130,7 @@ def in_process(tmp: Path, n: int, fan_out: int) -> tuple[float, int]:
     with write_txn(loader.store.conn):
         loader.store.record_fires([Fire("a.toml", "parent", "2026-01-01T00:00:00Z", "backload",
                                         tasks)], utc_now_ms())
-    bus = InstantBus()
+    bus = InProcessBus()
     dispatcher = Dispatcher(loader, bus, Context(ZoneInfo("UTC"), str(wf), datetime.now(UTC)),
                             timedelta(hours=4), logs.get("bench"))
     with write_txn(loader.store.conn):

@@ -7,8 +7,6 @@ clean refresh must make the database match the directory exactly.
 
 Kill moments come from a seeded random.Random (FLOWLORD_CRASH_SEED picks another
 seed); the log of where each kill landed is printed, and shown on failure.
-
-Also here: a run of the refresh benchmark in its quick mode.
 """
 
 from __future__ import annotations
@@ -366,17 +364,3 @@ def test_refresh_killed_at_random_moments_leaves_a_sound_database(tmp_path: Path
         assert not soundness_problems(conn, tree.versions)
     finally:
         conn.close()
-
-
-def test_bench_refresh_quick_runs(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "FLOWLORD_CONFIG"}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
-    env["TMPDIR"] = str(tmp_path)  # so a temp file left behind would be seen below
-    result = subprocess.run([sys.executable, str(ROOT / "bench" / "refresh.py"), "--quick"],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    for label in ("cold load", "no-change rescan", "one changed file, targeted",
-                  "one changed file, full", "peak RSS", "physical limit", "ratio",
-                  "target"):
-        assert label in result.stdout, label
-    assert list(tmp_path.iterdir()) == [], "the benchmark left files behind"

@@ -9,41 +9,14 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from flowlord import dispatch, logs
+from flowlord.bus.inprocess import InProcessBus
 from flowlord.loader import Loader
-from flowlord.model import Fire, StoredTask, Task
+from flowlord.model import Fire, Task
 from flowlord.store import Store, utc_now_ms, write_txn
 from flowlord.tasks import Context
-from flowlord.workers import Done, now_text
 
 
-class InstantBus:
-    """Completes every task it is sent with `result`, at once."""
-
-    def __init__(self, result: str = "complete") -> None:
-        self.result = result
-        self.done: list[Done] = []
-
-    def open_topics(self) -> list[str] | None:
-        return None
-
-    def capacity(self, topic: str) -> int:
-        return 100
-
-    def send(self, stored: StoredTask, timeout_seconds: float | None) -> None:
-        self.done.append(Done(stored.task_no, self.result, "", now_text()))
-
-    def receive(self, wait: float) -> list[Done]:
-        found, self.done = self.done, []
-        return found
-
-    def ack(self, done: Done) -> None:
-        pass
-
-    def close(self, grace: float) -> list[Done]:
-        return self.receive(0)
-
-
-def setup(wf: Path, store: Store, bus: InstantBus) -> dispatch.Dispatcher:
+def setup(wf: Path, store: Store, bus: InProcessBus) -> dispatch.Dispatcher:
     (wf / "a.toml").write_text('[[phase]]\ntask = "p"\n\n[[phase]]\ntask = "c"\n'
                                'dependsOn = "p"\n')
     loader = Loader(str(wf), store)
@@ -62,7 +35,7 @@ def rows(store: Store, sql: str) -> list[tuple[object, ...]]:
 
 
 def test_a_turn_claims_sends_and_records_with_children(wf: Path, store: Store) -> None:
-    d = setup(wf, store, InstantBus())
+    d = setup(wf, store, InProcessBus())
     d.turn()  # claims p and sends it; the bus completes it at once
     d.turn()  # records p's result, which creates its child
     d.turn()  # claims and sends the child
@@ -73,7 +46,7 @@ def test_a_turn_claims_sends_and_records_with_children(wf: Path, store: Store) -
 
 def test_a_failure_working_out_effects_still_records_the_result_and_alerts(
         wf: Path, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    d = setup(wf, store, InstantBus())
+    d = setup(wf, store, InProcessBus())
 
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("boom")

@@ -4,7 +4,6 @@ database, edits by several writers, and broken files."""
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 import shutil
 import signal
@@ -19,7 +18,7 @@ from pathlib import Path
 import apsw
 import pytest
 
-from tests.conftest import ROOT, run_cli
+from tests.conftest import run_cli
 from tests.test_daemon import daemon, messages_until, wait_for
 
 EVERY_SECOND = '[[phase]]\ntask = "tick"\nrule = "cron=* * * * * *{extra}"\ntemplate = "t={{TS}}"\n'
@@ -229,20 +228,6 @@ def test_a_broken_edit_keeps_the_last_good_phases_firing(
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
     assert_exactly_once_without_gaps(db)
-
-
-def test_bench_daemon_quick_runs(tmp_path: Path) -> None:
-    """The daemon benchmark in its smoke mode: it runs, prints every figure, and cleans up."""
-    env = {k: v for k, v in os.environ.items() if k != "FLOWLORD_CONFIG"}
-    env["TMPDIR"] = str(tmp_path)  # so a temp file left behind would be seen below
-    result = subprocess.run([sys.executable, str(ROOT / "bench" / "daemon.py"), "--quick"],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    for label in ("edit latency over 20 edits", "debounce 200 ms", "start-up to READY=1",
-                  "RSS", "idle CPU", "500 phases due at one second", "raw insert",
-                  "lateness of 60 fires", "target", "ratio"):
-        assert label in result.stdout, label
-    assert list(tmp_path.iterdir()) == [], "the benchmark left files behind"
 
 
 def test_changes_made_by_another_flowlord_process_are_scheduled(

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import http.server
 import json
-import os
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
-from tests.conftest import ROOT, run_cli
+from tests.conftest import run_cli
 from tests.test_daemon import daemon, messages_until, wait_for
 from tests.test_firing import query
 
@@ -222,17 +220,3 @@ def test_a_task_unfinished_past_task_ttl_gets_one_incomplete_alert(
             assert proc.wait(timeout=30) == 0
     assert query(db, "SELECT kind, type, message FROM alerts") == [
         ("incomplete", "nobody", "unfinished after 1s")] * 2
-
-
-def test_bench_tasks_quick_runs(tmp_path: Path) -> None:
-    """The task benchmark in its smoke mode: it runs, prints every figure, cleans up."""
-    env = {k: v for k, v in os.environ.items() if k != "FLOWLORD_CONFIG"}
-    env["TMPDIR"] = str(tmp_path)
-    result = subprocess.run([sys.executable, str(ROOT / "bench" / "tasks.py"), "--quick"],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    for label in ("whole loop, `true` worker, concurrency 4: 100 tasks", "concurrency 16",
-                  "spawning `true` alone", "0 children each: 500 results",
-                  "10 children each: 500 results and 5000 children", "ratio", "target"):
-        assert label in result.stdout, label
-    assert list(tmp_path.iterdir()) == [], "the benchmark left files behind"

@@ -1,0 +1,41 @@
+"""A bus whose worker is a Python function in this process: it measures and tests the
+dispatcher without the cost of processes (bench/tasks.py, tests/test_dispatch.py).
+No config selects it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from flowlord.model import StoredTask
+from flowlord.workers import Done, now_text
+
+
+def complete(stored: StoredTask) -> tuple[str, str]:
+    return "complete", ""
+
+
+class InProcessBus:
+    """Runs `work(task)` → (result, msg) at once for every task it is sent."""
+
+    def __init__(self, work: Callable[[StoredTask], tuple[str, str]] = complete) -> None:
+        self.work = work
+        self.done: list[Done] = []
+
+    def open_topics(self) -> list[str] | None:
+        return None
+
+    def capacity(self, topic: str) -> int:
+        return 1_000_000
+
+    def send(self, stored: StoredTask, timeout_seconds: float | None) -> None:
+        self.done.append(Done(stored.task_no, *self.work(stored), now_text()))
+
+    def receive(self, wait: float) -> list[Done]:
+        found, self.done = self.done, []
+        return found
+
+    def ack(self, done: Done) -> None:
+        pass
+
+    def close(self, grace: float) -> list[Done]:
+        return self.receive(0)

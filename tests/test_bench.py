@@ -1,0 +1,36 @@
+"""Each benchmark in its quick mode: it runs, prints every figure, and leaves nothing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+LABELS = {
+    "refresh.py": ["cold load", "no-change rescan", "one changed file, targeted",
+                   "one changed file, full", "peak RSS", "physical limit", "ratio", "target"],
+    "daemon.py": ["edit latency over 20 edits", "debounce 200 ms", "start-up to READY=1", "RSS",
+                  "idle CPU", "500 phases due at one second", "raw insert",
+                  "lateness of 60 fires", "target", "ratio"],
+    "tasks.py": ["whole loop, `true` worker, concurrency 4: 100 tasks", "concurrency 16",
+                 "spawning `true` alone", "0 children each: 500 results",
+                 "10 children each: 500 results and 5000 children", "ratio", "target"],
+}
+
+
+@pytest.mark.parametrize("script", sorted(LABELS))
+def test_bench_quick_runs(script: str, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "FLOWLORD_CONFIG"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    env["TMPDIR"] = str(tmp_path)  # so a temp file left behind would be seen below
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--quick"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    for label in LABELS[script]:
+        assert label in result.stdout, label
+    assert list(tmp_path.iterdir()) == [], "the benchmark left files behind"
