@@ -30,4 +30,4 @@ bench: $(BIN)/flowlord
 	$(BIN)/python bench/tasks.py
 
 clean:
-	rm -rf $(VENV) flowlord.db flowlord.db-wal flowlord.db-shm
+	rm -rf $(VENV) flowlord.db flowlord.db-wal flowlord.db-shm flowlord.db.lock

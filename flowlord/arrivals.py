@@ -230,10 +230,14 @@ class ArrivalWatcher:
     def follow(self, phases: Sequence[Phase]) -> None:
         """Watch the directories the phases' patterns need (those that exist: the next
         rescan looks again); a directory deleted and made again is watched anew."""
-        roots = {root for p in phases if (root := watch_root(parse_rule(p.rule).files))
-                 and os.path.isdir(root[0])}
+        wanted = {root for p in phases if (root := watch_root(parse_rule(p.rule).files))}
+        roots = {root for root in wanted if os.path.isdir(root[0])}
         if roots == self.roots and not self.handler.lost:
             return
+        missing = sorted(root[0] for root in wanted - roots)
+        if missing:
+            self.log.warning("files= directories missing; not watched until they exist",
+                             paths=" ".join(missing))
         self.stop()
         if not roots:
             self.roots = roots

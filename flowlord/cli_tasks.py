@@ -119,7 +119,7 @@ def cmd_backload(args: argparse.Namespace, config: Config) -> int:
         return 0
     new = _record(config, fires)
     created = sum(len(f.tasks) for f in new)
-    print(f"{phase.file_path}\t{phase.task}\t{len(fires)} steps: {len(new)} new, "
+    print(f"{phase.file_path}\t{phase.task}\t{count(len(fires), 'step')}: {len(new)} new, "
           f"{len(fires) - len(new)} done before; {count(created, 'task')} created")
     return 0
 

@@ -232,11 +232,14 @@ class Daemon:
     def _refresh(self, loader: Loader, paths: set[str] | None) -> None:
         changes = loader.refresh(paths)
         for problem in loader.problems:
-            self.log.warning(problem)
+            self.log.warning("workflow problem", problem=problem)
         if changes:
             self.log.info("workflows changed", changes=" ".join(changes))
             self._notify_status(loader)
         files = {change[1:] for change in changes}
+        for file, state in loader.store.file_states(sorted(files)).items():
+            if state.status:  # bytes refused: the last good phases stay (or none, if refused)
+                self.log.warning("workflow file not loaded", file=file, status=state.status)
         if self.resync:  # an earlier refresh failed after committing some files
             files |= {f[0] for f in loader.store.files()}
             files |= {file for file, _ in self.scheduler.phase_keys()}

@@ -130,7 +130,8 @@ def _retry_or_fail(stored: StoredTask, msg: str, phase: Phase | None, ctx: Conte
     if phase is None or stored.attempt >= phase.retry:
         attempts = stored.attempt + 1
         if rule is None or not rule.no_alert:
-            why = "its phase is gone" if phase is None else f"after {attempts} attempts"
+            why = ("its phase is gone" if phase is None
+                   else f"after {attempts} attempt{'' if attempts == 1 else 's'}")
             effects.alerts.append(("failed", f"failed {why}: {msg}" if msg else f"failed {why}"))
         return
     meta = decode_meta(task.meta)

@@ -91,7 +91,7 @@ def test_sqlite3_queries_run_in_debian_sqlite3_and_apsw(tmp_path: Path) -> None:
                                  (), "no files found for /data/rows.json")], utc_now_ms())
         [task] = store.claim("report", 1, utc_now_ms())
         store.finish(task.task_no, utc_now(), "error", "exit status 1: no data")
-        store.add_alert(task.task_no, "failed", task.task, "failed after 1 attempts", utc_now())
+        store.add_alert(task.task_no, "failed", task.task, "failed after 1 attempt", utc_now())
     store.close()
     queries = sql_queries()
     assert len(queries) >= 8
