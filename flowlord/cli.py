@@ -169,9 +169,17 @@ def check_file(key: str, path: str) -> list[report.Finding]:
     return [(key, p.task, p.severity, p.status) for p in outcome]
 
 
+def _loader(config: Config) -> Loader:
+    """A loader on the database; a missing workflow path is refused before the database
+    is created."""
+    if not os.path.exists(config.workflows):
+        raise UsageError(f"workflow path not found: {os.path.abspath(config.workflows)}")
+    return Loader(config.workflows, Store(config.db),
+                  allow_world_writable=config.allow_world_writable)
+
+
 def cmd_refresh(args: argparse.Namespace, config: Config) -> int:
-    loader = Loader(config.workflows, Store(config.db),
-                    allow_world_writable=config.allow_world_writable)
+    loader = _loader(config)
     try:
         changes = loader.refresh()
         _warn_problems(loader)
@@ -199,8 +207,7 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
     """The daemon (watch, refresh); with --once, one refresh and a summary."""
     if not args.once:
         return daemon.run(config)
-    loader = Loader(config.workflows, Store(config.db),
-                    allow_world_writable=config.allow_world_writable)
+    loader = _loader(config)
     try:
         changes = loader.refresh()
         phases = loader.store.phases()

@@ -128,6 +128,8 @@ def load_config(path: str | None) -> Config:
     config = Config(**values)
     if config.catchup not in CATCHUP:
         raise ConfigError(f"config {path}: catchup must be none, last or all")
+    if config.webhook and not config.webhook.startswith(("http://", "https://")):
+        raise ConfigError(f"config {path}: alerts.webhook must be an http:// or https:// URL")
     try:
         config.zone()  # an unknown zone is a config error now, not at the first fire
     except ConfigError as e:

@@ -265,3 +265,12 @@ def test_graph_text_names_shared_children_once_and_survives_deep_chains(tmp_path
         "d.toml:\n  a:x\n    b\n      c\n        n0\n")
     assert "  a:y\n    b  (see above)\n" in done.stdout
     assert len(done.stdout.splitlines()) == 1 + 2 + 1 + 1 + 1 + 1500
+
+
+def test_refresh_of_a_missing_directory_creates_no_database(tmp_path: Path) -> None:
+    db = tmp_path / "f.db"
+    for command in (["refresh"], ["run", "--once"]):
+        done = run_cli(*command, "-w", str(tmp_path / "nope"), "--db", str(db))
+        assert (done.returncode, done.stderr) == (
+            2, f"flowlord: workflow path not found: {tmp_path / 'nope'}\n")
+    assert not db.exists()

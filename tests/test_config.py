@@ -85,3 +85,12 @@ def test_flags_win_over_the_file(tmp_path: Path) -> None:
 def test_local_zone_follows_tz(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TZ", "Europe/Berlin")
     assert resolve_zone("local") == ZoneInfo("Europe/Berlin")
+
+
+def test_a_webhook_must_be_an_http_url(tmp_path: Path) -> None:
+    f = tmp_path / "flowlord.toml"
+    f.write_text('[alerts]\nwebhook = "ftp://example/hook"\n')
+    with pytest.raises(ConfigError, match="alerts.webhook must be an http:// or https:// URL"):
+        load_config(str(f))
+    f.write_text('[alerts]\nwebhook = "https://hooks.example/T1"\n')
+    assert load_config(str(f)).webhook == "https://hooks.example/T1"
