@@ -18,7 +18,14 @@ import apsw
 from flowlord import __version__, cli_tasks, cron, daemon, report
 from flowlord.config import Config, ConfigError, find_config_file, load_config, with_flags
 from flowlord.errors import UsageError
-from flowlord.loader import Loader, LoaderError, list_workflows, load_bytes, read_workflow
+from flowlord.loader import (
+    Loader,
+    LoaderError,
+    Refusals,
+    list_workflows,
+    load_bytes,
+    read_workflow,
+)
 from flowlord.model import Phase
 from flowlord.parse import WorkflowParseError
 from flowlord.rules import parse_rule
@@ -141,9 +148,11 @@ def cmd_check(args: argparse.Namespace, config: Config) -> int:
             targets = listing.files
         else:
             targets = {os.path.basename(path): path}
+        # what the daemon would refuse, check reports (with this config's allowance)
+        refusals = Refusals(path, config.allow_world_writable)
         for key, file in targets.items():
             files += 1
-            findings.extend(check_file(key, file))
+            findings.extend(check_file(key, file, refusals))
     if args.json:
         _out(report.findings_json(findings))
     else:
@@ -162,7 +171,13 @@ def load_file(key: str, path: str) -> list[Phase] | str:
         return str(e)
 
 
-def check_file(key: str, path: str) -> list[report.Finding]:
+def check_file(key: str, path: str, refusals: Refusals | None = None) -> list[report.Finding]:
+    try:
+        refused = refusals.reason(path, os.stat(path)) if refusals else ""
+    except OSError:
+        refused = ""  # load_file says why it cannot be read
+    if refused:
+        return [(key, None, "error", f"parse error: refused: {refused}")]
     outcome = load_file(key, path)
     if isinstance(outcome, str):
         return [(key, None, "error", outcome)]

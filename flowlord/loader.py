@@ -125,6 +125,58 @@ def _under(key: str, prefixes: Iterable[str]) -> bool:
                for p in prefixes)
 
 
+class Refusals:
+    """Why a workflow file must not be loaded even if it parses, like cron: any user can
+    write it or add files beside it (unless allowed), or it is a symbolic link out of the
+    workflow directory. Directory answers are kept until `forget()`."""
+
+    def __init__(self, root: str, allow_world_writable: bool = False) -> None:
+        self.root = os.path.abspath(root)
+        self.allow_world_writable = allow_world_writable
+        self._is_dir = os.path.isdir(self.root)
+        self._real_root = os.path.realpath(self.root)
+        self._dir_open: dict[str, bool] = {}  # directory → any user may add files to it
+
+    def forget(self) -> None:
+        """Look at the directories again (a refresh): modes and symlinks may have changed."""
+        self._real_root = os.path.realpath(self.root)  # a deployment may swap a symlink
+        self._dir_open.clear()
+
+    def reason(self, path: str, st: os.stat_result) -> str:
+        """'' when the file may be loaded."""
+        if self.world_writable(st):
+            return "writable by any user (o+w)"
+        if directory := self.open_directory(path):
+            return f"in a directory any user can write to: {directory}"
+        if self._is_dir:
+            real = os.path.realpath(path)
+            if not real.startswith(self._real_root + os.sep):
+                return f"symbolic link out of the workflow directory: {real}"
+        return ""
+
+    def world_writable(self, st: os.stat_result) -> bool:
+        return bool(st.st_mode & stat.S_IWOTH) and not self.allow_world_writable
+
+    def open_directory(self, path: str) -> str:
+        """The first directory from the file's up to the workflow directory that any user
+        may add files to (o+w, even with the sticky bit); '' when there is none."""
+        if self.allow_world_writable or not self._is_dir:
+            return ""
+        directory = os.path.dirname(os.path.abspath(path))
+        while True:
+            if directory not in self._dir_open:
+                try:
+                    mode = os.stat(directory).st_mode
+                except OSError:
+                    mode = 0
+                self._dir_open[directory] = bool(mode & stat.S_IWOTH)
+            if self._dir_open[directory]:
+                return directory
+            if directory == self.root or len(directory) <= len(self.root):
+                return ""
+            directory = os.path.dirname(directory)
+
+
 class Loader:
     """The Cache API of the seed plan, on a Store."""
 
@@ -133,9 +185,7 @@ class Loader:
                  allow_world_writable: bool = False) -> None:
         self.root = os.path.abspath(workflow_path)
         self.store = store
-        self.allow_world_writable = allow_world_writable
-        self._real_root = os.path.realpath(self.root)
-        self._dir_open: dict[str, bool] = {}  # directory → any user may add files to it
+        self.refusals = Refusals(self.root, allow_world_writable)
         self.now_ns = now_ns  # the clock, for telling fresh files from settled ones
         self.problems: list[str] = []  # of the last refresh, for logs and the CLI
         try:
@@ -157,8 +207,7 @@ class Loader:
         With `paths` (from file events) only those files, or directories, are looked at.
         """
         self.problems = []
-        self._real_root = os.path.realpath(self.root)  # a deployment may swap a symlink
-        self._dir_open.clear()
+        self.refusals.forget()
         if paths is None:
             listing, scope = self._list_all(), [""]
         else:
@@ -219,11 +268,11 @@ class Loader:
             # ctime too: `rsync -t` or `touch -r` can restore an mtime, never a ctime
             token = f"{st.st_size}:{st.st_ino}:{st.st_mtime_ns}:{st.st_ctime_ns}"
             # o+w is checked even on unchanged files: the config may have stopped allowing it
-            if (state and state.stat_token == token and not self._world_writable(st)
-                    and not self._open_directory(path)):
+            if (state and state.stat_token == token and not self.refusals.world_writable(st)
+                    and not self.refusals.open_directory(path)):
                 return ""
             last_modified = mtime_text(st.st_mtime_ns)
-            refusal = self._refusal(path, st)
+            refusal = self.refusals.reason(path, st)
             if refusal:
                 return self._refuse(key, state, refusal, last_modified, ops)
             st, data = read_workflow(path, st)
@@ -255,42 +304,6 @@ class Loader:
         else:
             ops.append(FileOp("replace", version, phases=outcome))
         return "~" if state else "+"
-
-    def _refusal(self, path: str, st: os.stat_result) -> str:
-        """Why a file must not be loaded even if it parses ('' when it may be)."""
-        if self._world_writable(st):
-            # like cron: anyone could make it run anything (allow_world_writable overrides)
-            return "writable by any user (o+w)"
-        if directory := self._open_directory(path):
-            return f"in a directory any user can write to: {directory}"
-        if self.is_dir():
-            real = os.path.realpath(path)
-            if not real.startswith(self._real_root + os.sep):
-                return f"symbolic link out of the workflow directory: {real}"
-        return ""
-
-    def _open_directory(self, path: str) -> str:
-        """The first directory from the file's up to the workflow directory that any user
-        may add files to (o+w); '' when there is none."""
-        if self.allow_world_writable or not self.is_dir():
-            return ""
-        directory = os.path.dirname(path)
-        while True:
-            if directory not in self._dir_open:
-                try:
-                    mode = os.stat(directory).st_mode
-                except OSError:
-                    mode = 0
-                # even with the sticky bit, anyone could add a workflow file of their own
-                self._dir_open[directory] = bool(mode & stat.S_IWOTH)
-            if self._dir_open[directory]:
-                return directory
-            if directory == self.root or len(directory) <= len(self.root):
-                return ""
-            directory = os.path.dirname(directory)
-
-    def _world_writable(self, st: os.stat_result) -> bool:
-        return bool(st.st_mode & stat.S_IWOTH) and not self.allow_world_writable
 
     def _refuse(self, key: str, state: FileState | None, reason: str,
                 last_modified: str, ops: list[FileOp]) -> str:

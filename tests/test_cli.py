@@ -274,3 +274,17 @@ def test_refresh_of_a_missing_directory_creates_no_database(tmp_path: Path) -> N
         assert (done.returncode, done.stderr) == (
             2, f"flowlord: workflow path not found: {tmp_path / 'nope'}\n")
     assert not db.exists()
+
+
+def test_check_reports_what_the_daemon_would_refuse(tmp_path: Path) -> None:
+    wf = tmp_path / "wf"
+    wf.mkdir()
+    f = wf / "open.toml"
+    f.write_text('[[phase]]\ntask = "a"\nrule = "cron=0 * * * *"\n')
+    f.chmod(0o666)
+    done = run_cli("check", str(wf))
+    assert done.returncode == 1
+    assert "open.toml: parse error: refused: writable by any user (o+w)" in done.stdout
+    config = tmp_path / "flowlord.toml"
+    config.write_text("allow_world_writable = true\n")
+    assert run_cli("check", str(wf), "-c", str(config)).returncode == 0
