@@ -139,6 +139,8 @@ def cmd_tasks(args: argparse.Namespace, config: Config) -> int:
         return 0
     for r in records:
         state = r["result"] or ("running" if r["started"] else "waiting")
+        if r["attempt"]:  # a retry: which one
+            state += f" (attempt {r['attempt']})"
         kind = f"{r['type']}:{r['job']}" if r["job"] else r["type"]
         print(f"{r['task_no']}\t{r['created']}\t{kind}\t{state}\t{r['info']}\t{r['id']}")
     return 0

@@ -12,6 +12,8 @@ import threading
 import time
 from pathlib import Path
 
+from flowlord.model import NewTask
+from flowlord.store import Store, utc_now_ms, write_txn
 from tests.conftest import run_cli
 from tests.test_daemon import daemon, messages_until, wait_for
 from tests.test_firing import query
@@ -43,7 +45,7 @@ def backload(wf: Path, db: Path, task: str, hours: int) -> None:
                    f"2026-01-{1 + (hours - 1) // 24:02d}T{(hours - 1) % 24:02d}:00:00Z",
                    "--by", "hour", "-w", str(wf), "--db", str(db))
     assert done.returncode == 0, done.stderr
-    assert f"{hours} steps: {hours} new" in done.stdout
+    assert f"{hours} step{'s' if hours > 1 else ''}: {hours} new" in done.stdout
 
 
 def unfinished(db: Path) -> int:
@@ -220,3 +222,20 @@ def test_a_task_unfinished_past_task_ttl_gets_one_incomplete_alert(
             assert proc.wait(timeout=30) == 0
     assert query(db, "SELECT kind, type, message FROM alerts") == [
         ("incomplete", "nobody", "unfinished after 1s")] * 2
+
+
+def test_tasks_lists_retries_with_their_attempt(tmp_path: Path, wf: Path) -> None:
+    (wf / "a.toml").write_text('[[phase]]\ntask = "work"\nretry = 1\ntemplate = "?h={hh}"\n')
+    db = tmp_path / "f.db"
+    backload(wf, db, "work", 1)
+    store = Store(str(db))
+    try:
+        with write_txn(store.conn):
+            [task] = store.claim("work", 1, utc_now_ms())
+            store.finish(task.task_no, "2026-11-23T00:00:00Z", "error", "boom")
+            store.add_tasks([NewTask(task.task, task.file_path, task.phase, 1,
+                                     task.scheduled_for, parent_no=task.task_no)])
+    finally:
+        store.close()
+    lines = run_cli("tasks", "--db", str(db)).stdout.splitlines()
+    assert [line.split("\t")[3] for line in lines] == ["waiting (attempt 1)", "error"]
