@@ -138,7 +138,7 @@ def cmd_tasks(args: argparse.Namespace, config: Config) -> int:
         print(json.dumps(records, indent=1, ensure_ascii=False))
         return 0
     for r in records:
-        state = r["result"] or ("running" if r["started"] else "waiting")
+        state = str(r["result"] or ("running" if r["started"] else "waiting"))
         if r["attempt"]:  # a retry: which one
             state += f" (attempt {r['attempt']})"
         kind = f"{r['type']}:{r['job']}" if r["job"] else r["type"]
