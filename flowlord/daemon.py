@@ -204,8 +204,8 @@ class Daemon:
                         or (self.watcher and self.watcher.overflowed())):
                     self.rescan.clear()
                     next_rescan = time.monotonic() + self.config.rescan.total_seconds()
+                    self._watch(loader)  # first: what changes during the rescan is seen
                     self._refresh(loader, None)
-                    self._watch(loader)
                     self._follow_file_phases(loader.store)  # a directory may exist now
                 elif paths:
                     self._refresh(loader, paths)
