@@ -33,7 +33,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
 from flowlord.model import NewTask, Phase, Task
-from flowlord.rules import parse_query, parse_rule
+from flowlord.rules import decode_meta, parse_rule
 from flowlord.store import Store, utc_now
 from flowlord.tasks import Context, encode_meta, rfc3339
 from flowlord.templates import path_time, render_meta, render_time
@@ -141,9 +141,7 @@ def file_tasks(phase: Phase, path: str, ctx: Context) -> list[NewTask]:
     rule = parse_rule(phase.rule)
     if not rule.files or not matches(rule.files, path):
         return []
-    meta: dict[str, str] = {}
-    for key, value in parse_query(phase.rule)[0]:
-        meta.setdefault(key, value)
+    meta = decode_meta(phase.rule)
     # filename: Go's filepath.Base, which drops trailing slashes
     meta.update(file=path, filename=path.rstrip("/").rsplit("/", 1)[-1] or "/",
                 workflow=phase.file_path)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -21,7 +20,7 @@ from flowlord.model import Fire, Phase
 from flowlord.report import count
 from flowlord.rules import BY_STEPS, parse_rule
 from flowlord.store import Store, utc_now_ms, write_txn
-from flowlord.tasks import BuildError, Context, backload_steps, build_fire, rfc3339
+from flowlord.tasks import BuildError, Context, backload_steps, build_fire, meta_dir, rfc3339
 
 
 def pick_phase(phases: Sequence[Phase], task: str, workflow: str | None, where: str) -> Phase:
@@ -60,9 +59,7 @@ def _in_zone(t: datetime, config: Config) -> datetime:
 
 
 def _context(config: Config) -> Context:
-    root = os.path.abspath(config.workflows)
-    meta_dir = root if os.path.isdir(root) else os.path.dirname(root)
-    return Context(config.zone(), meta_dir, datetime.now(UTC))
+    return Context(config.zone(), meta_dir(config.workflows), datetime.now(UTC))
 
 
 def _record(config: Config, fires: list[Fire]) -> list[Fire]:

@@ -40,7 +40,7 @@ from flowlord.rules import parse_rule
 from flowlord.scheduler import Due, PhaseKey, Scheduler, parse_slot
 from flowlord.sdnotify import notify, watchdog_interval
 from flowlord.store import Store, utc_now_ms, write_txn
-from flowlord.tasks import Context, build_fire, rfc3339
+from flowlord.tasks import Context, build_fire, meta_dir, rfc3339
 from flowlord.watcher import Watcher
 from flowlord.webhook import Webhook
 
@@ -94,8 +94,7 @@ class Daemon:
         loader = Loader(self.config.workflows, store,
                         allow_world_writable=self.config.allow_world_writable)
         self.dispatcher = Dispatcher(loader, LocalBus(self.config.workers, wake=self._wake),
-                                     Context(self.zone, self._meta_dir(), self.clock.now()),
-                                     self.config.task_ttl, self.log)
+                                     self._context(), self.config.task_ttl, self.log)
         try:
             self._watch(loader)
             self._first_refresh(loader)
@@ -251,7 +250,11 @@ class Daemon:
         by_file = {f: [p for p in store.phases(file_path=f) if p.severity != "error"]
                    for f in files}
         self.scheduler.update(by_file, self.clock.now())
-        self._follow_file_phases(store)
+        # the files= phases are looked up again only when a changed file has or had one
+        # (the lookup reads every phase: not for each edit of a large tree)
+        if any("files=" in p.rule for f in by_file for p in by_file[f]) or any(
+                p.file_path in by_file for p in self.file_phases):
+            self._follow_file_phases(store)
         self.dispatcher.forget_phases()
         # the loader rewrote these phases' rows: their plan is written again, changed or not
         self.unplanned |= {(f, p.task) for f, phases in by_file.items() for p in phases}
@@ -274,7 +277,7 @@ class Daemon:
                 self.arrived.append(path)
         if not self.arrived:
             return
-        ctx = Context(self.zone, self._meta_dir(), self.clock.now())
+        ctx = self._context()
         try:
             with write_txn(store.conn):
                 started = [(path, record_arrival(store, self.file_phases, path, "watch", ctx))
@@ -322,7 +325,7 @@ class Daemon:
             self.unplanned |= {(d.phase.file_path, d.phase.task) for d in due}
 
     def _build(self, due: Iterable[Due]) -> list[Fire]:
-        ctx = Context(self.zone, self._meta_dir(), self.clock.now())
+        ctx = self._context()
         fires = []
         for d in due:
             try:
@@ -334,9 +337,9 @@ class Daemon:
                                   (), f"internal error: {type(e).__name__}: {e}"))
         return fires
 
-    def _meta_dir(self) -> str:
-        root = os.path.abspath(self.config.workflows)
-        return root if os.path.isdir(root) else os.path.dirname(root)
+    def _context(self) -> Context:
+        """What building tasks needs, as of now."""
+        return Context(self.zone, meta_dir(self.config.workflows), self.clock.now())
 
     def _write(self, store: Store) -> None:
         """Commit pending fires and the plan in one transaction; keep them if locked."""

@@ -17,11 +17,11 @@ from flowlord.bus import Bus
 from flowlord.durations import format_duration
 from flowlord.loader import Loader
 from flowlord.model import NewTask, Phase, StoredTask
-from flowlord.outcomes import after_result, decode_meta
-from flowlord.rules import parse_rule
-from flowlord.store import Store, utc_now_ms, write_txn
+from flowlord.outcomes import after_result
+from flowlord.rules import decode_meta, parse_rule
+from flowlord.store import Store, utc_now, utc_now_ms, write_txn
 from flowlord.tasks import Context
-from flowlord.workers import Done, now_text
+from flowlord.workers import Done
 
 RESTARTED = "error: the daemon restarted while the task ran"
 OVERDUE_EVERY = 60.0  # seconds between checks for tasks unfinished past task_ttl
@@ -47,7 +47,7 @@ class Dispatcher:
         left = self.store.running()
         if left:
             self.log.warning("tasks left running by the last run", count=len(left))
-            self.pending += [Done(s.task_no, "error", RESTARTED, now_text()) for s in left]
+            self.pending += [Done(s.task_no, "error", RESTARTED, utc_now()) for s in left]
 
     def turn(self, *, claim: bool = True) -> None:
         """Record the results that came back, with their effects, and claim what the
@@ -120,7 +120,7 @@ class Dispatcher:
             with write_txn(self.store.conn):
                 for stored in overdue:
                     self.store.add_alert(stored.task_no, "incomplete", stored.task, message,
-                                         now_text())
+                                         utc_now())
                     self.log.warning("task unfinished past task_ttl", task_no=stored.task_no,
                                      type=stored.task.type, created=stored.task.created)
         except apsw.BusyError:
@@ -144,7 +144,7 @@ class Dispatcher:
                 stored = self.store.stored_task(done.task_no)
                 if recorded and stored is not None:
                     self.store.add_alert(stored.task_no, "alert", stored.task,
-                                         f"internal error after the result: {e}", now_text())
+                                         f"internal error after the result: {e}", utc_now())
             return recorded
         new_tasks += mine
         return recorded
@@ -162,7 +162,7 @@ class Dispatcher:
                                ctx=ctx)
         new_tasks += effects.tasks
         for kind, message in effects.alerts:
-            self.store.add_alert(stored.task_no, kind, stored.task, message, now_text())
+            self.store.add_alert(stored.task_no, kind, stored.task, message, utc_now())
             self.log.error("alert", kind=kind, task_no=stored.task_no, type=stored.task.type,
                            message=message[:200])
         for note in effects.notes:

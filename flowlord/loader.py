@@ -22,7 +22,7 @@ import apsw
 
 from flowlord.model import Phase, Task, split_task
 from flowlord.parse import WorkflowParseError, parse_workflow
-from flowlord.rules import parse_query
+from flowlord.rules import decode_meta
 from flowlord.store import FileOp, FileState, FileVersion, Store, mtime_text, write_txn
 from flowlord.validate import validate_file
 
@@ -347,7 +347,7 @@ class Loader:
 
     def get(self, task: Task) -> Phase | None:
         """The phase a task came from: looked up in its own workflow file first."""
-        meta = _meta(task.meta)
+        meta = decode_meta(task.meta)
         job = task.job or meta.get("job", "")
         key = meta.get("workflow", "")
         if task.type and key and key != "*":
@@ -361,7 +361,7 @@ class Loader:
 
         Phases with severity `error` are left out: they never run (CONTRACT §2).
         """
-        meta = _meta(task.meta)
+        meta = decode_meta(task.meta)
         key = meta.get("workflow", "")
         if not task.type or not key:
             return []
@@ -384,9 +384,3 @@ def load_bytes(key: str, data: bytes) -> list[Phase] | str:
     except WorkflowParseError as e:
         return str(e)
 
-
-def _meta(text: str) -> dict[str, str]:
-    first: dict[str, str] = {}
-    for k, v in parse_query(text)[0]:
-        first.setdefault(k, v)
-    return first

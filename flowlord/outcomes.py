@@ -19,21 +19,13 @@ from typing import NamedTuple
 
 from flowlord.durations import format_duration
 from flowlord.model import NewTask, Phase, StoredTask, Task
-from flowlord.rules import parse_query, parse_rule
+from flowlord.rules import decode_meta, parse_rule
 from flowlord.tasks import BuildError, Context, encode_meta, meta_rows, rfc3339
 from flowlord.templates import meta_names, render_meta, render_time, task_time
 
 DEFAULT_RETRY_DELAY = timedelta(seconds=1)
 JITTER = 0.4  # up to 40 % of retry_delay added, in whole milliseconds
 _ATTEMPT_KEYS = ("retry", "retried", "delayed")  # about one attempt: not inherited by children
-
-
-def decode_meta(text: str) -> dict[str, str]:
-    """Task meta as a dict (first value of a repeated key); encoded and raw forms both read."""
-    meta: dict[str, str] = {}
-    for key, value in parse_query(text)[0]:
-        meta.setdefault(key, value)
-    return meta
 
 
 @dataclass

@@ -67,6 +67,15 @@ def parse_query(text: str) -> tuple[list[tuple[str, str]], bool]:
     return pairs, ok
 
 
+def decode_meta(text: str) -> dict[str, str]:
+    """A query string (task meta, a rule) as a dict: the first value of a repeated key;
+    encoded and raw forms both read."""
+    meta: dict[str, str] = {}
+    for key, value in parse_query(text)[0]:
+        meta.setdefault(key, value)
+    return meta
+
+
 @dataclass(frozen=True)
 class Rule:
     text: str

@@ -59,6 +59,13 @@ class Context:
     created: datetime
 
 
+def meta_dir(workflows: str) -> str:
+    """Where relative `meta-file` paths start: the workflow directory (or a single
+    workflow file's directory)."""
+    root = os.path.abspath(workflows)
+    return root if os.path.isdir(root) else os.path.dirname(root)
+
+
 def data_time(slot: datetime, offset: timedelta, zone: tzinfo) -> datetime:
     """A fire's template time: the slot plus `offset` (real elapsed time), in `zone`."""
     try:

@@ -19,20 +19,17 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from flowlord.durations import format_duration
 from flowlord.model import StoredTask, Task
+from flowlord.store import utc_now
 
 STDERR_TAIL_BYTES = 4096  # the end of stderr kept for `msg`; the rest is read and dropped
 KILL_AFTER = 5.0  # seconds between SIGTERM and SIGKILL
 WATCH_TICK_MS = 50  # between looks at a process that writes nothing
 LINGER = 1.0  # seconds stderr is read after the command exited
 _TOKEN = re.compile(r"\{(info|type|job|id|meta)\}")
-
-
-def now_text() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def argv_for(command: Sequence[str], task: Task) -> list[str]:
@@ -98,7 +95,7 @@ class Run:
             done = self._execute()
         except Exception as e:  # a result must come back, or the task stays running
             done = Done(self.stored.task_no, "error", f"internal error: {type(e).__name__}: {e}",
-                        now_text())
+                        utc_now())
         try:
             self.on_done(done)
         finally:
@@ -107,21 +104,21 @@ class Run:
     def _execute(self) -> Done:
         no = self.stored.task_no
         if self.stop_reason:  # stopped while it waited for a worker thread
-            return Done(no, "error", self.stop_reason, now_text())
+            return Done(no, "error", self.stop_reason, utc_now())
         try:
             proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                     env=environment(self.stored.task), start_new_session=True,
                                     close_fds=True)
         except (OSError, ValueError) as e:  # no such program, a NUL in a value, …
-            return Done(no, "error", f"cannot start {self.argv[0]!r}: {e}", now_text())
+            return Done(no, "error", f"cannot start {self.argv[0]!r}: {e}", utc_now())
         with self._lock:
             self._proc = proc
             stopped = self.stop_reason
         if stopped:
             _signal_group(proc.pid, signal.SIGKILL)
         tail, timed_out = self._watch(proc)
-        return Done(no, *self._result(proc.returncode, timed_out, tail), now_text())
+        return Done(no, *self._result(proc.returncode, timed_out, tail), utc_now())
 
     def _watch(self, proc: subprocess.Popen[bytes]) -> tuple[bytes, bool]:
         """Mind the process until it has exited, reading its stderr (keeping the tail).

@@ -7,7 +7,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from flowlord.model import StoredTask
-from flowlord.workers import Done, now_text
+from flowlord.store import utc_now
+from flowlord.workers import Done
 
 
 def complete(stored: StoredTask) -> tuple[str, str]:
@@ -28,7 +29,7 @@ class InProcessBus:
         return 1_000_000
 
     def send(self, stored: StoredTask, timeout_seconds: float | None) -> None:
-        self.done.append(Done(stored.task_no, *self.work(stored), now_text()))
+        self.done.append(Done(stored.task_no, *self.work(stored), utc_now()))
 
     def receive(self, wait: float) -> list[Done]:
         found, self.done = self.done, []
