@@ -35,7 +35,7 @@ from watchdog.observers.api import BaseObserver
 from flowlord.model import NewTask, Phase, Task
 from flowlord.rules import decode_meta, parse_rule
 from flowlord.store import Store, utc_now
-from flowlord.tasks import Context, encode_meta, rfc3339
+from flowlord.tasks import Context, encode_meta
 from flowlord.templates import path_time, render_meta, render_time
 
 _GLOB_CHARS = re.compile(r"[*?\[\\]")
@@ -148,8 +148,8 @@ def file_tasks(phase: Phase, path: str, ctx: Context) -> list[NewTask]:
     info, _ = render_meta(render_time(phase.template, path_time(path)), _getter(meta))
     task = Task(type=phase.topic, job=phase.job, info=info,
                 meta=encode_meta(sorted(meta.items())), id=str(uuid.uuid4()),
-                created=rfc3339(ctx.created))
-    return [NewTask(task, phase.file_path, phase.task)]
+                created=ctx.created_text)
+    return [NewTask.of(task, phase.file_path, phase.task)]
 
 
 def _getter(meta: dict[str, str]) -> Callable[[str], str]:
@@ -161,7 +161,7 @@ def record_arrival(store: Store, phases: Sequence[Phase], path: str, source: str
     """The file message and the tasks of every matching phase; call inside write_txn."""
     tasks = [t for phase in phases for t in file_tasks(phase, path, ctx)]
     file_no = store.add_file_message(path, utc_now(), source)
-    store.add_tasks([NewTask(t.task, t.file_path, t.phase, file_no=file_no) for t in tasks])
+    store.add_tasks([t._replace(file_no=file_no) for t in tasks])
     return tasks
 
 

@@ -48,6 +48,7 @@ TICK = 1.0  # longest sleep: bounds how late a signal or a clock step is seen
 BUSY_TIMEOUT_MS = 1000  # a locked database is retried on the next turn, with pings between
 LOGGED_FIRES = 50  # more fires than this in one turn are logged as one summary line
 STOP_WRITE_SECONDS = 10.0  # at stop, how long to retry recording fires in a locked database
+FOLLOW_EVERY = 0.1  # seconds between looks for other writers: not on every task result
 
 
 class Daemon:
@@ -72,6 +73,7 @@ class Daemon:
         self.webhook = (Webhook(config.webhook, config.webhook_interval.total_seconds(),
                                 self.log) if config.webhook else None)
         self.data_version = -1  # PRAGMA data_version when other writers were last checked
+        self.next_follow = 0.0  # monotonic time of the next look for other writers
         self.synced: dict[str, tuple[str, str | None]] = {}  # file → (hash, loaded_at) then
 
     def _on_signal(self, signum: int, _: FrameType | None) -> None:
@@ -153,6 +155,9 @@ class Daemon:
     def _follow_other_writers(self, store: Store) -> None:
         """`flowlord refresh` (or another process) may have changed workflow rows: when the
         database changed under us, reschedule the files whose rows differ from last time."""
+        if time.monotonic() < self.next_follow:
+            return
+        self.next_follow = time.monotonic() + FOLLOW_EVERY
         version = store.conn.pragma("data_version")
         if version == self.data_version:
             return

@@ -17,7 +17,7 @@ from flowlord.bus import Bus
 from flowlord.durations import format_duration
 from flowlord.loader import Loader
 from flowlord.model import NewTask, Phase, StoredTask
-from flowlord.outcomes import after_result
+from flowlord.outcomes import Effects, after_result
 from flowlord.rules import decode_meta, parse_rule
 from flowlord.store import Store, utc_now, utc_now_ms, write_txn
 from flowlord.tasks import Context
@@ -25,6 +25,8 @@ from flowlord.workers import Done
 
 RESTARTED = "error: the daemon restarted while the task ran"
 OVERDUE_EVERY = 60.0  # seconds between checks for tasks unfinished past task_ttl
+NEXT_DUE_MAX_AGE = 1.0  # seconds the next retry's due time is kept between turns that write
+COMPLETED_LOG_EVERY = 10.0  # seconds between the log lines counting completed tasks
 
 
 class Dispatcher:
@@ -40,6 +42,9 @@ class Dispatcher:
         self._phases: dict[tuple[str | None, str | None, str, str], Phase | None] = {}
         self._children: dict[tuple[str, str, str], list[Phase]] = {}
         self.next_overdue_check = 0.0
+        self._next_due: tuple[float, datetime | None] | None = None  # (kept until, due time)
+        self._completed = 0  # tasks completed since the last line that counted them
+        self._next_completed_log = 0.0
 
     def recover(self) -> None:
         """Tasks the last run left running cannot be finished by anyone: record them as
@@ -65,7 +70,7 @@ class Dispatcher:
         try:
             with write_txn(self.store.conn):
                 children: list[NewTask] = []  # of the whole turn: one insert
-                recorded = [d for d in self.pending if self._record_safely(d, ctx, children)]
+                recorded = [d for d in self.pending if self._record(d, ctx, children)]
                 self.store.add_tasks(children)
                 claimed = [stored for topic in topics
                            for stored in self.store.claim(topic, self.bus.capacity(topic), now)]
@@ -76,11 +81,26 @@ class Dispatcher:
         for done in self.pending:
             self.bus.ack(done)
         self.pending = []
-        for done in recorded:
-            self.log.info("task ended", task_no=done.task_no, result=done.result,
-                          msg=done.msg[:200])
+        if any(t.due_at is not None for t in children):
+            self._next_due = None  # a retry waits: its due time may come first
+        self._log_ended(recorded)
         for stored in claimed:
             self.bus.send(stored, self._timeout(stored))
+
+    def _log_ended(self, recorded: list[Done]) -> None:
+        """A line per task that did not complete, and every few seconds a count of those
+        that did: a line per completed task would be thousands a second in a burst, past
+        journald's default rate limit, and the database keeps every result anyway."""
+        for done in recorded:
+            if done.result == "complete":
+                self._completed += 1
+            else:
+                self.log.warning("task ended", task_no=done.task_no, result=done.result,
+                                 msg=done.msg[:200])
+        if self._completed and time.monotonic() >= self._next_completed_log:
+            self.log.info("tasks completed", count=self._completed)
+            self._completed = 0
+            self._next_completed_log = time.monotonic() + COMPLETED_LOG_EVERY
 
     def forget_phases(self) -> None:
         """Workflow rows changed (a refresh): look phases and children up again."""
@@ -99,12 +119,16 @@ class Dispatcher:
             self.log.error("results not recorded", task_nos=[d.task_no for d in self.pending])
 
     def next_due(self) -> float | None:
-        """Seconds until the next waiting retry is due, if any."""
-        due = self.store.next_due(utc_now_ms())
-        if due is None:
-            return None
-        when = datetime.fromisoformat(due.replace("Z", "+00:00"))
-        return max(0.0, (when - datetime.now(UTC)).total_seconds())
+        """Seconds until the next waiting retry is due, if any. Retries come from this
+        dispatcher's turns, so the answer is kept until a turn writes (or for a second:
+        what a stopped daemon left is found too)."""
+        if self._next_due is None or time.monotonic() >= self._next_due[0]:
+            due = self.store.next_due(utc_now_ms())
+            when = (None if due is None
+                    else datetime.fromisoformat(due.replace("Z", "+00:00")))
+            self._next_due = (time.monotonic() + NEXT_DUE_MAX_AGE, when)
+        when = self._next_due[1]
+        return None if when is None else max(0.0, (when - datetime.now(UTC)).total_seconds())
 
     def check_overdue(self, monotonic: float) -> None:
         """One `incomplete` alert per task unfinished after task_ttl."""
@@ -128,38 +152,26 @@ class Dispatcher:
 
     # --- helpers --------------------------------------------------------------------
 
-    def _record_safely(self, done: Done, ctx: Context, new_tasks: list[NewTask]) -> bool:
-        """_record in a savepoint: when working out a result's effects fails, the result is
-        still recorded, with an alert saying why its effects are missing."""
-        mine: list[NewTask] = []
+    def _record(self, done: Done, ctx: Context, new_tasks: list[NewTask]) -> bool:
+        """The result and its effects (new tasks go to `new_tasks`); False when the task
+        already had a result. Working out the effects only reads: when it fails, the
+        result is still recorded, with an alert saying why its effects are missing."""
+        if not done.ran:
+            self.store.unclaim(done.task_no)
+            return False
+        stored = self.store.finish(done.task_no, done.ended, done.result, done.msg, done.started)
+        if stored is None:
+            return False
         try:
-            with self.store.conn:  # inside the turn's transaction: a savepoint
-                recorded = self._record(done, ctx, mine)
+            phase = self._phase(stored)
+            children = self._children_of(stored) if done.result == "complete" else []
+            effects = after_result(stored, done.result, done.msg, phase=phase,
+                                   children=children, ctx=ctx)
         except apsw.BusyError:
             raise
         except Exception as e:
             self.log.exception("cannot work out a result's effects", task_no=done.task_no)
-            with self.store.conn:
-                recorded = self.store.finish(done.task_no, done.ended, done.result, done.msg)
-                stored = self.store.stored_task(done.task_no)
-                if recorded and stored is not None:
-                    self.store.add_alert(stored.task_no, "alert", stored.task,
-                                         f"internal error after the result: {e}", utc_now())
-            return recorded
-        new_tasks += mine
-        return recorded
-
-    def _record(self, done: Done, ctx: Context, new_tasks: list[NewTask]) -> bool:
-        """The result and its effects (new tasks go to `new_tasks`); False when the task
-        already had a result."""
-        if not self.store.finish(done.task_no, done.ended, done.result, done.msg):
-            return False
-        stored = self.store.stored_task(done.task_no)
-        assert stored is not None
-        phase = self._phase(stored)
-        children = self._children_of(stored) if done.result == "complete" else []
-        effects = after_result(stored, done.result, done.msg, phase=phase, children=children,
-                               ctx=ctx)
+            effects = Effects(alerts=[("alert", f"internal error after the result: {e}")])
         new_tasks += effects.tasks
         for kind, message in effects.alerts:
             self.store.add_alert(stored.task_no, kind, stored.task, message, utc_now())

@@ -14,13 +14,13 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from functools import partial
+from functools import lru_cache, partial
 from typing import NamedTuple
 
 from flowlord.durations import format_duration
-from flowlord.model import NewTask, Phase, StoredTask, Task
-from flowlord.rules import decode_meta, parse_rule
-from flowlord.tasks import BuildError, Context, encode_meta, meta_rows, rfc3339
+from flowlord.model import NewTask, Phase, StoredTask, Task, split_task
+from flowlord.rules import Rule, decode_meta, parse_rule
+from flowlord.tasks import BuildError, Context, encode_meta, meta_rows
 from flowlord.templates import meta_names, render_meta, render_time, task_time
 
 DEFAULT_RETRY_DELAY = timedelta(seconds=1)
@@ -61,7 +61,8 @@ class _Parent(NamedTuple):
     meta: dict[str, str]
     time: datetime | None
     inherited: dict[str, str]  # meta keys its children keep
-    inherited_text: str  # the same, encoded
+    inherited_text: str  # the same, encoded, with a leading '&' (or empty)
+    head_text: str | None  # `workflow=…&cron=…` encoded; None: no workflow, the child's
     created: str
 
     @classmethod
@@ -69,46 +70,77 @@ class _Parent(NamedTuple):
         meta = decode_meta(stored.task.meta)
         inherited = {k: v for k, v in sorted(meta.items())
                      if k not in _ATTEMPT_KEYS and k not in ("workflow", "cron", "job")}
+        inherited_text = encode_meta(inherited.items())
+        head_text = (encode_meta(_head(meta, meta["workflow"])) if "workflow" in meta
+                     else None)
         return cls(stored, meta, task_time(meta, stored.task.info), inherited,
-                   encode_meta(inherited.items()), rfc3339(ctx.created))
+                   "&" + inherited_text if inherited_text else "", head_text,
+                   ctx.created_text)
+
+
+def _head(meta: dict[str, str], workflow: str) -> list[tuple[str, str]]:
+    head = [("workflow", workflow)]
+    if "cron" in meta:
+        head.append(("cron", meta["cron"]))
+    return head
+
+
+class _Plan(NamedTuple):
+    """What building any child of a phase needs, worked out once per phase (a burst of
+    results builds the same children thousands of times)."""
+
+    phase: Phase
+    rule: Rule
+    topic: str
+    job: str
+    require: tuple[str, ...]  # require={meta:x}: these parent meta values must be set
+    job_text: str  # `&job=…` encoded, or empty
+    batch: bool  # meta= or meta-file=: one child per row
+
+
+@lru_cache(maxsize=4096)
+def _plan(child: Phase) -> _Plan:
+    rule = parse_rule(child.rule)
+    topic, job = split_task(child.task)
+    return _Plan(child, rule, topic, job, tuple(meta_names(rule.require)),
+                 "&" + encode_meta([("job", job)]) if job else "",
+                 bool(rule.meta or rule.meta_file))
 
 
 def _child_tasks(parent: _Parent, child: Phase, ctx: Context,
                  notes: list[str]) -> list[NewTask]:
+    plan = _plan(child)
     meta = parent.meta
-    rule = parse_rule(child.rule)
-    for name in meta_names(rule.require):  # require={meta:x}: x must be set and not empty
+    for name in plan.require:
         if not meta.get(name):
             notes.append(f"{child.task}: skipped, parent meta {name} is empty")
             return []
     info = render_time(child.template, parent.time)
     try:
-        rows = meta_rows(rule, ctx.meta_dir)
+        rows = meta_rows(plan.rule, ctx.meta_dir) if plan.batch else []
     except BuildError as e:
         notes.append(f"{child.task}: skipped: {e}")
         return []
-    head = [("workflow", meta.get("workflow", child.file_path))]
-    if "cron" in meta:
-        head.append(("cron", meta["cron"]))
-    if child.job:
-        head.append(("job", child.job))
     if not rows:  # the usual child: the parent's meta, no rows of its own
         text = render_meta(info, partial(_lookup, meta))[0] if "{meta:" in info else info
-        own = encode_meta(head) + ("&" + parent.inherited_text if parent.inherited_text else "")
-        return [_child(parent, child, text, own)]
+        head_text = (parent.head_text if parent.head_text is not None
+                     else encode_meta(_head(meta, child.file_path)))
+        return [_child(parent, plan, text, head_text + plan.job_text + parent.inherited_text)]
+    head = _head(meta, meta.get("workflow", child.file_path))
+    if plan.job:
+        head.append(("job", plan.job))
     tasks = []
     for row in rows:
         values = {**meta, **row}
         text, used = render_meta(info, partial(_lookup, values))
         mine = {**parent.inherited, **{name: values.get(name, "") for name in used if name in row}}
-        tasks.append(_child(parent, child, text, encode_meta(head + sorted(mine.items()))))
+        tasks.append(_child(parent, plan, text, encode_meta(head + sorted(mine.items()))))
     return tasks
 
 
-def _child(parent: _Parent, child: Phase, info: str, meta: str) -> NewTask:
-    task = Task(type=child.topic, job=child.job, info=info, meta=meta,
-                id=parent.stored.task.id, created=parent.created)
-    return NewTask(task, child.file_path, child.task, parent_no=parent.stored.task_no)
+def _child(parent: _Parent, plan: _Plan, info: str, meta: str) -> NewTask:
+    return NewTask(parent.stored.task.id, plan.topic, plan.job, info, meta, parent.created,
+                   plan.phase.file_path, plan.phase.task, parent_no=parent.stored.task_no)
 
 
 def _lookup(values: dict[str, str], name: str) -> str:
@@ -137,9 +169,9 @@ def _retry_or_fail(stored: StoredTask, msg: str, phase: Phase | None, ctx: Conte
     due = ctx.created.astimezone(UTC) + delay
     retry = Task(type=task.type, job=task.job, info=task.info,
                  meta=encode_meta(sorted(meta.items())), id=task.id,
-                 created=rfc3339(ctx.created))
-    effects.tasks.append(NewTask(retry, stored.file_path, stored.phase, stored.attempt + 1,
-                                 stored.scheduled_for, _due_text(due), stored.task_no))
+                 created=ctx.created_text)
+    effects.tasks.append(NewTask.of(retry, stored.file_path, stored.phase, stored.attempt + 1,
+                                    stored.scheduled_for, _due_text(due), stored.task_no))
 
 
 def _jitter(delay: timedelta, jitter: Callable[[], float]) -> timedelta:

@@ -122,13 +122,21 @@ class TaskRows:
             (now[:19] + "Z", topic, now, limit))
         return sorted((_stored(r) for r in rows), key=lambda t: t.task_no)
 
-    def finish(self, task_no: int, ended: str, result: str, msg: str) -> bool:
-        """Record a running task's result; False when it was not running (already
-        recorded). Call inside write_txn."""
-        self.conn.execute("UPDATE tasks SET ended = ?, result = ?, msg = ? "
-                          "WHERE task_no = ? AND started IS NOT NULL AND ended IS NULL",
-                          (ended, result, msg, task_no))
-        return self.conn.changes() == 1
+    def finish(self, task_no: int, ended: str, result: str, msg: str,
+               started: str = "") -> StoredTask | None:
+        """Record a running task's result (and when its process started, if known: the
+        claim may have come a little earlier); the task, or None when it was not running
+        (already recorded). Call inside write_txn."""
+        row = self.conn.execute(
+            "UPDATE tasks SET started = coalesce(nullif(?, ''), started), ended = ?, "
+            "result = ?, msg = ? WHERE task_no = ? AND started IS NOT NULL AND ended IS NULL "
+            f"RETURNING {_STORED_COLUMNS}", (started, ended, result, msg, task_no)).fetchone()
+        return _stored(row) if row else None
+
+    def unclaim(self, task_no: int) -> None:
+        """A claimed task that never started goes back to the queue; inside write_txn."""
+        self.conn.execute("UPDATE tasks SET started = NULL WHERE task_no = ? AND ended IS NULL",
+                          (task_no,))
 
     def stored_task(self, task_no: int) -> StoredTask | None:
         row = self.conn.execute(f"SELECT {_STORED_COLUMNS} FROM tasks WHERE task_no = ?",
@@ -146,10 +154,7 @@ class TaskRows:
         self.conn.executemany(
             "INSERT INTO tasks (id, type, job, info, meta, created, file_path, phase, attempt, "
             "scheduled_for, due_at, parent_no, file_no) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(n.task.id, n.task.type, n.task.job, n.task.info, n.task.meta, n.task.created,
-              n.file_path, n.phase, n.attempt, n.scheduled_for, n.due_at, n.parent_no,
-              n.file_no) for n in tasks])
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", tasks)
 
     def add_file_message(self, path: str, received: str, source: str) -> int:
         """Record an arrived file; its number for its tasks. Call inside write_txn."""

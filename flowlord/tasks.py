@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
-from functools import partial
+from functools import cached_property, partial
 
 from flowlord.model import Fire, FireSource, Phase, Task
 from flowlord.rules import Rule, parse_rule
@@ -57,6 +57,11 @@ class Context:
     zone: tzinfo
     meta_dir: str
     created: datetime
+
+    @cached_property
+    def created_text(self) -> str:
+        """`created` as task rows keep it: a burst of children all take the same one."""
+        return rfc3339(self.created)
 
 
 def meta_dir(workflows: str) -> str:
@@ -261,7 +266,7 @@ def _base_meta(phase: Phase, t: datetime) -> list[tuple[str, str]]:
 
 def _task(phase: Phase, info: str, meta: Iterable[tuple[str, str]], ctx: Context) -> Task:
     return Task(type=phase.topic, job=phase.job, info=info, meta=encode_meta(meta),
-                id=str(uuid.uuid4()), created=rfc3339(ctx.created))
+                id=str(uuid.uuid4()), created=ctx.created_text)
 
 
 def build_fire(phase: Phase, slot: datetime, source: FireSource, ctx: Context) -> Fire:

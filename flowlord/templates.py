@@ -12,6 +12,7 @@ import socket
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import lru_cache
 from urllib.parse import unquote
 
 _SLUGS = (("{SLUG}", "{HOUR_SLUG}"), ("{HOUR_SLUG}", "{YYYY}/{MM}/{DD}/{HH}"),
@@ -40,6 +41,50 @@ def render_time(template: str, t: datetime | None) -> str:
     """The time pass. `t` None (no time known) leaves every token as it is."""
     if t is None or "{" not in template:
         return template
+    literals, kinds = _compile(template)
+    if not kinds:
+        return template
+    values = _time_values(t)
+    parts = [literals[0]]
+    for kind, literal in zip(kinds, literals[1:], strict=True):
+        parts.append(values[kind] if kind in values else _OTHER_VALUES[kind]())
+        parts.append(literal)
+    return "".join(parts)
+
+
+# Every time token, found in one pass. flowlord replaces them one kind after another;
+# as no value contains a brace, no replacement can form a new token, and one pass
+# gives the same text. Year, month, day and hour take any case, host and pod too.
+_TIME_TOKEN = re.compile(
+    r"\{(TS|[Yy]{4}|[Yy]{2}|[Mm]{2}|[Dd]{2}|[Hh]{2}|min|(?i:host|pod)|uuid)\}")
+_OTHER_VALUES: dict[str, Callable[[], str]] = {
+    "host": hostname,
+    "pod": lambda: pod_name(hostname()),
+    "uuid": lambda: uuid.uuid4().hex[:8],
+}
+_last_values: tuple[datetime | None, dict[str, str]] = (None, {})
+
+
+def _time_values(t: datetime) -> dict[str, str]:
+    """The value of each time token at `t`. The siblings of one parent render with the
+    same time object, so the last one's values are kept (compared by identity: equal
+    datetimes in different zones give different values)."""
+    global _last_values
+    last, values = _last_values
+    if last is not t:
+        year = str(t.year)
+        values = {"ts": t.strftime("%Y%m%dT%H%M%S"), "yyyy": year, "yy": year[2:],
+                  "mm": f"{t.month:02d}", "dd": f"{t.day:02d}", "hh": f"{t.hour:02d}",
+                  "min": f"{t.minute:02d}"}
+        _last_values = (t, values)
+    return values
+
+
+@lru_cache(maxsize=4096)
+def _compile(template: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The template as literal text around its time tokens: (literals, token kinds),
+    with one literal more than kinds. Worked out once per template, as a burst of
+    results renders the same children's templates thousands of times."""
     comment = ""
     cut = template.find("#")
     if cut > 0:  # everything from a '#' after the start is kept verbatim
@@ -47,28 +92,20 @@ def render_time(template: str, t: datetime | None) -> str:
     if "SLUG}" in template:
         for token, expansion in _SLUGS:
             template = template.replace(token, expansion)
-    if "{TS}" in template:
-        template = template.replace("{TS}", t.strftime("%Y%m%dT%H%M%S"))
-    lower = template.lower()  # each token is looked for only when it may be there
-    if "{yy" in lower:
-        year = str(t.year)
-        template = _YEAR.sub(year, template)
-        template = _SHORT_YEAR.sub(year[2:], template)
-    if "{mm}" in lower:
-        template = _MONTH.sub(f"{t.month:02d}", template)
-    if "{dd}" in lower:
-        template = _DAY.sub(f"{t.day:02d}", template)
-    if "{hh}" in lower:
-        template = _HOUR.sub(f"{t.hour:02d}", template)
-    if "{min}" in template:
-        template = template.replace("{min}", f"{t.minute:02d}")
-    if "{host}" in lower or "{pod}" in lower:
-        host = hostname()
-        template = _HOST.sub(host, template)
-        template = _POD.sub(pod_name(host), template)
-    if "{uuid}" in template:  # flowlord replaces the first lowercase {uuid} only
-        template = template.replace("{uuid}", uuid.uuid4().hex[:8], 1)
-    return template + comment
+    literals, kinds = [], []
+    start = 0
+    uuid_seen = False
+    for m in _TIME_TOKEN.finditer(template):
+        kind = m.group(1).lower()
+        if kind == "uuid":
+            if uuid_seen:  # flowlord replaces the first {uuid} only
+                continue
+            uuid_seen = True
+        literals.append(template[start:m.start()])
+        kinds.append(kind)
+        start = m.end()
+    literals.append(template[start:] + comment)
+    return tuple(literals), tuple(kinds)
 
 
 def render_meta(text: str, get: Callable[[str], str]) -> tuple[str, list[str]]:
@@ -124,8 +161,17 @@ def _parse(text: str, fmt: str) -> datetime | None:
 def task_time(meta: dict[str, str], info: str) -> datetime | None:
     """A task's data time: meta `cron=` (YYYY-MM-DDTHH), else from its info."""
     cron = meta.get("cron", "")
-    t = _parse(cron, "%Y-%m-%dT%H") if _CRON_HOUR.fullmatch(cron) else None
+    t = _cron_time(cron) if _CRON_HOUR.fullmatch(cron) else None
     return t or info_time(info)
+
+
+def _cron_time(text: str) -> datetime | None:
+    """`YYYY-MM-DDTH[H]` without strptime, which costs more than the rest of a child."""
+    try:
+        return datetime(int(text[:4]), int(text[5:7]), int(text[8:10]), int(text[11:]),
+                        tzinfo=UTC)
+    except ValueError:  # month 13, hour 24, …
+        return None
 
 
 def info_time(info: str) -> datetime | None:

@@ -45,8 +45,15 @@ _DAEMON_ONLY = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", 
                 "LISTEN_FDNAMES")
 
 
-def environment(task: Task) -> dict[str, str]:
-    inherited = {k: v for k, v in os.environ.items() if k not in _DAEMON_ONLY}
+def inherited_environment() -> dict[str, str]:
+    """The daemon's environment without systemd's variables: read once per bus, as
+    reading os.environ costs more than spawning a short task."""
+    return {k: v for k, v in os.environ.items() if k not in _DAEMON_ONLY}
+
+
+def environment(task: Task, inherited: dict[str, str] | None = None) -> dict[str, str]:
+    if inherited is None:
+        inherited = inherited_environment()
     return {**inherited, "FLOWLORD_TASK": task.to_json(), "FLOWLORD_TASK_ID": task.id,
             "FLOWLORD_TASK_TYPE": task.type, "FLOWLORD_TASK_JOB": task.job,
             "FLOWLORD_TASK_INFO": task.info}
@@ -60,6 +67,8 @@ class Done:
     result: str  # complete | error
     msg: str
     ended: str
+    started: str = ""  # when its process started; "": keep the claim's time
+    ran: bool = True  # False: never started (the bus closed first): back to the queue
 
 
 class Run:
@@ -67,12 +76,16 @@ class Run:
     result to `on_done`."""
 
     def __init__(self, stored: StoredTask, command: Sequence[str], timeout: timedelta,
-                 on_done: Callable[[Done], None]) -> None:
+                 on_done: Callable[[Done], None],
+                 inherited: dict[str, str] | None = None) -> None:
         self.stored = stored
+        self.inherited = inherited  # the environment's base (None: read os.environ)
         self.argv = argv_for(command, stored.task)
         self.timeout = timeout
         self.on_done = on_done
         self.stop_reason = ""  # set by stop(): the daemon ended the task
+        self.started = ""  # when the process started; "" while it waits for a thread
+        self.cancelled = False  # set by cancel(): it is not to start at all
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
         self._ended = threading.Event()
@@ -80,6 +93,13 @@ class Run:
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the result to be handed over; False when `timeout` passed first."""
         return self._ended.wait(timeout)
+
+    def cancel(self) -> bool:
+        """Keep a task that waits for a thread from starting; False when it has started."""
+        with self._lock:
+            if not self.started:
+                self.cancelled = True
+            return self.cancelled
 
     def stop(self, reason: str) -> None:
         """End the process group now (SIGTERM, then SIGKILL)."""
@@ -103,22 +123,27 @@ class Run:
 
     def _execute(self) -> Done:
         no = self.stored.task_no
-        if self.stop_reason:  # stopped while it waited for a worker thread
-            return Done(no, "error", self.stop_reason, utc_now())
+        with self._lock:
+            if self.cancelled:
+                return Done(no, "", "", "", ran=False)
+            if self.stop_reason:  # stopped while it waited for a worker thread
+                return Done(no, "error", self.stop_reason, utc_now())
+            self.started = utc_now()
         try:
             proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                    env=environment(self.stored.task), start_new_session=True,
-                                    close_fds=True)
+                                    env=environment(self.stored.task, self.inherited),
+                                    start_new_session=True, close_fds=True)
         except (OSError, ValueError) as e:  # no such program, a NUL in a value, …
-            return Done(no, "error", f"cannot start {self.argv[0]!r}: {e}", utc_now())
+            return Done(no, "error", f"cannot start {self.argv[0]!r}: {e}", utc_now(),
+                        self.started)
         with self._lock:
             self._proc = proc
             stopped = self.stop_reason
         if stopped:
             _signal_group(proc.pid, signal.SIGKILL)
         tail, timed_out = self._watch(proc)
-        return Done(no, *self._result(proc.returncode, timed_out, tail), utc_now())
+        return Done(no, *self._result(proc.returncode, timed_out, tail), utc_now(), self.started)
 
     def _watch(self, proc: subprocess.Popen[bytes]) -> tuple[bytes, bool]:
         """Mind the process until it has exited, reading its stderr (keeping the tail).

@@ -63,21 +63,34 @@ def test_exit_status_decides_the_result(make_bus: Callable[..., Bus]) -> None:
         (1, "complete", ""), (2, "error", "exit status 3: boom")]
 
 
-def test_capacity_follows_concurrency_and_unknown_topics_get_none(
+def test_capacity_runs_no_more_than_the_concurrency_at_once_and_unknown_topics_get_none(
         make_bus: Callable[..., Bus], tmp_path: Path) -> None:
-    gate = tmp_path / "go"
-    wait = f"import os, time\nwhile not os.path.exists({str(gate)!r}): time.sleep(0.01)"
+    gate, log = tmp_path / "go", tmp_path / "log"
+    # each task logs its start and end (one short append each: atomic), waiting at the gate
+    wait = (f"import os, time\nlog = {str(log)!r}\n"
+            "def note(w):\n    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)\n"
+            "    os.write(fd, w.encode()); os.close(fd)\n"
+            f"note('s')\nwhile not os.path.exists({str(gate)!r}): time.sleep(0.01)\nnote('e')")
     bus = make_bus(t=worker(PY, "-c", wait, concurrency=2))
-    assert (bus.capacity("t"), bus.capacity("nobody")) == (2, 0)
+    room = bus.capacity("t")
+    assert room >= 2 and bus.capacity("nobody") == 0
     assert bus.open_topics() in (["t"], None)
-    bus.send(stored(1), None)
-    assert bus.capacity("t") == 1
-    bus.send(stored(2), None)
-    assert bus.capacity("t") == 0
+    for no in range(1, room + 1):
+        bus.send(stored(no), None)
+        assert bus.capacity("t") == room - no
     assert bus.open_topics() == []  # full: nothing to claim for it
+    end = time.monotonic() + 30
+    while not log.exists() or log.read_text().count("s") < 2:
+        assert time.monotonic() < end, "the first two tasks did not start"
+        time.sleep(0.01)
     gate.touch()
-    assert [d.result for d in results(bus, 2)] == ["complete", "complete"]
-    assert bus.capacity("t") == 2
+    assert [d.result for d in results(bus, room)] == ["complete"] * room
+    running, most = 0, 0
+    for event in log.read_text():
+        running += 1 if event == "s" else -1
+        most = max(most, running)
+    assert most == 2
+    assert bus.capacity("t") == room
 
 
 def test_values_arrive_as_literal_single_arguments_and_in_the_environment(
@@ -168,6 +181,17 @@ def test_close_waits_for_the_grace_then_ends_the_rest(make_bus: Callable[..., Bu
     done = sorted(bus.close(2.0), key=lambda d: d.task_no)
     assert [(d.task_no, d.result, d.msg) for d in done] == [
         (1, "complete", ""), (2, "error", STOPPED)]
+
+
+def test_close_gives_back_the_tasks_that_never_started(make_bus: Callable[..., Bus]) -> None:
+    bus = make_bus(slow=worker(PY, "-c", "import time; time.sleep(60)", concurrency=1))
+    sent = bus.capacity("slow")
+    for no in range(1, sent + 1):
+        bus.send(stored(no, "slow"), None)
+    done = sorted(bus.close(0.5), key=lambda d: d.task_no)
+    ran = [d for d in done if d.ran]
+    assert [(d.task_no, d.result, d.msg) for d in ran] == [(1, "error", STOPPED)]
+    assert [d.task_no for d in done if not d.ran] == list(range(2, sent + 1))
 
 
 def _alive(pid: int) -> bool:

@@ -11,9 +11,10 @@ import pytest
 from flowlord import dispatch, logs
 from flowlord.bus.inprocess import InProcessBus
 from flowlord.loader import Loader
-from flowlord.model import Fire, Task
+from flowlord.model import Fire, StoredTask, Task
 from flowlord.store import Store, utc_now_ms, write_txn
 from flowlord.tasks import Context
+from flowlord.workers import Done
 
 
 def setup(wf: Path, store: Store, bus: InProcessBus) -> dispatch.Dispatcher:
@@ -57,3 +58,32 @@ def test_a_failure_working_out_effects_still_records_the_result_and_alerts(
     assert rows(store, "SELECT kind, message FROM alerts") == [
         ("alert", "internal error after the result: boom")]
     assert d.pending == []
+
+
+class Unstarted(InProcessBus):
+    """Gives every task back without running it, as a closing bus does with the tasks
+    that waited for a thread."""
+
+    def send(self, stored: StoredTask, timeout_seconds: float | None) -> None:
+        self.done.append(Done(stored.task_no, "", "", "", ran=False))
+
+
+def test_a_task_that_never_started_goes_back_to_the_queue(wf: Path, store: Store) -> None:
+    d = setup(wf, store, Unstarted())
+    d.turn()  # claims p: it is marked started
+    assert rows(store, "SELECT started IS NOT NULL FROM tasks") == [(1,)]
+    d.turn(claim=False)  # the bus gave it back
+    assert rows(store, "SELECT started, ended, result FROM tasks") == [(None, None, None)]
+    assert rows(store, "SELECT count(*) FROM alerts") == [(0,)]
+
+
+def test_the_process_start_time_replaces_the_claim_time(wf: Path, store: Store) -> None:
+    class StartedLater(InProcessBus):
+        def send(self, stored: StoredTask, timeout_seconds: float | None) -> None:
+            self.done.append(Done(stored.task_no, "complete", "", "2099-01-01T00:00:09Z",
+                                  "2099-01-01T00:00:05Z"))
+    d = setup(wf, store, StartedLater())
+    d.turn()
+    d.turn(claim=False)
+    assert rows(store, "SELECT started, ended, result FROM tasks WHERE type = 'p'") == [
+        ("2099-01-01T00:00:05Z", "2099-01-01T00:00:09Z", "complete")]

@@ -233,7 +233,7 @@ def test_tasks_lists_retries_with_their_attempt(tmp_path: Path, wf: Path) -> Non
         with write_txn(store.conn):
             [task] = store.claim("work", 1, utc_now_ms())
             store.finish(task.task_no, "2026-11-23T00:00:00Z", "error", "boom")
-            store.add_tasks([NewTask(task.task, task.file_path, task.phase, 1,
+            store.add_tasks([NewTask.of(task.task, task.file_path, task.phase, 1,
                                      task.scheduled_for, parent_no=task.task_no)])
     finally:
         store.close()

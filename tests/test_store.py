@@ -144,7 +144,7 @@ def test_delete_history_removes_old_finished_rows_in_batches(store: Store) -> No
             store.finish(s.task_no, "2026-01-02T00:00:00Z", "error", "x")
         store.finish(old[3].task_no, "2026-06-01T00:00:00Z", "complete", "")  # recent
         store.add_alert(old[0].task_no, "failed", old[0].task, "x", "2026-01-02T00:00:00Z")
-        store.add_tasks([NewTask(task(9), "a.toml", "child", parent_no=old[0].task_no)])
+        store.add_tasks([NewTask.of(task(9), "a.toml", "child", parent_no=old[0].task_no)])
     deleted = []
     while True:
         with write_txn(store.conn):

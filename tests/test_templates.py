@@ -252,3 +252,35 @@ def test_every_named_token_takes_its_row_value(row: dict[str, str]) -> None:
 def test_cron_hour_is_the_wall_clock_hour_of_the_time() -> None:
     assert cron_hour(T) == "2018-01-02T03"
     assert cron_hour(datetime(2026, 3, 8, 3, 30, tzinfo=NY)) == "2026-03-08T03"
+
+
+# --- one pass gives flowlord's kind-by-kind result ------------------------------------------
+
+def kind_by_kind(template: str, t: datetime) -> str:
+    """flowlord's order (§4.1), one token kind after another: the reference the one-pass
+    renderer must agree with (host and uuid left out: their values are not fixed)."""
+    cut = template.find("#")
+    comment = ""
+    if cut > 0:
+        template, comment = template[:cut], template[cut:]
+    for token, expansion in (("{SLUG}", "{HOUR_SLUG}"), ("{HOUR_SLUG}", "{YYYY}/{MM}/{DD}/{HH}"),
+                             ("{DAY_SLUG}", "{YYYY}/{MM}/{DD}"), ("{MONTH_SLUG}", "{YYYY}/{MM}")):
+        template = template.replace(token, expansion)
+    template = template.replace("{TS}", t.strftime("%Y%m%dT%H%M%S"))
+    for pattern, value in ((r"\{[Yy]{4}\}", str(t.year)), (r"\{[Yy]{2}\}", str(t.year)[2:]),
+                           (r"\{[Mm]{2}\}", f"{t.month:02d}"), (r"\{[Dd]{2}\}", f"{t.day:02d}"),
+                           (r"\{[Hh]{2}\}", f"{t.hour:02d}")):
+        template = re.sub(pattern, value, template)
+    return template.replace("{min}", f"{t.minute:02d}") + comment
+
+
+PIECES = ["{yyyy}", "{YyYy}", "{yy}", "{mm}", "{MM}", "{dd}", "{Dd}", "{hh}", "{HH}", "{min}",
+          "{MIN}", "{TS}", "{ts}", "{SLUG}", "{DAY_SLUG}", "{MONTH_SLUG}", "{HOUR_SLUG}",
+          "{meta:x}", "{", "}", "#", "y", "m", "-", "{{", "}}", "a=", "&"]
+
+
+@given(st.lists(st.sampled_from(PIECES), max_size=12).map("".join),
+       st.datetimes(min_value=datetime(1000, 1, 1), timezones=st.just(UTC)))
+def test_one_pass_agrees_with_flowlords_kind_by_kind_replacement(template: str,
+                                                                 t: datetime) -> None:
+    assert render_time(template, t) == kind_by_kind(template, t)

@@ -10,9 +10,12 @@ from datetime import timedelta
 
 from flowlord.config import WorkerConfig
 from flowlord.model import StoredTask
-from flowlord.workers import Done, Run
+from flowlord.workers import Done, Run, inherited_environment
 
 STOPPED = "stopped: the daemon shut down while the task ran"
+# tasks sent per worker thread beyond the one it runs: a thread that finishes starts the
+# next task at once, instead of waiting for the daemon's loop to record and claim
+PREFETCH = 1
 STOP_WAIT = 10.0  # seconds for a stopped task's result; a task still without one is left
 # running in the database, and recorded as an error at the next start
 
@@ -27,6 +30,7 @@ class LocalBus:
         self.pools = {topic: ThreadPoolExecutor(w.concurrency, f"worker-{topic}")
                       for topic, w in workers.items()}
         self.results: queue.SimpleQueue[Done] = queue.SimpleQueue()
+        self.environment = inherited_environment()
         self.wake = wake  # called (no arguments) when a result arrives, to end a wait early
 
     def open_topics(self) -> list[str] | None:
@@ -37,13 +41,13 @@ class LocalBus:
         if worker is None:
             return 0
         busy = sum(1 for r in self.runs.values() if r.stored.task.type == topic)
-        return max(0, worker.concurrency - busy)
+        return max(0, worker.concurrency * (1 + PREFETCH) - busy)
 
     def send(self, stored: StoredTask, timeout_seconds: float | None) -> None:
         worker = self.workers[stored.task.type]
         timeout = (timedelta(seconds=timeout_seconds) if timeout_seconds is not None
                    else worker.timeout)
-        run = Run(stored, worker.command, timeout, self._finished)
+        run = Run(stored, worker.command, timeout, self._finished, self.environment)
         self.runs[stored.task_no] = run
         self.pools[stored.task.type].submit(run.run)
 
@@ -69,6 +73,8 @@ class LocalBus:
 
     def close(self, grace: float) -> list[Done]:
         deadline = time.monotonic() + grace
+        for run in self.runs.values():  # those still waiting for a thread go back
+            run.cancel()
         for run in list(self.runs.values()):
             run.join(max(0.0, deadline - time.monotonic()))
         for run in self.runs.values():
