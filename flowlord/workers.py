@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import os
 import re
 import select
@@ -130,8 +131,8 @@ class Run:
                 return Done(no, "error", self.stop_reason, utc_now())
             self.started = utc_now()
         try:
-            proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            proc = subprocess.Popen(self.argv, stdin=_devnull(), stdout=_devnull(),
+                                    stderr=subprocess.PIPE,
                                     env=environment(self.stored.task, self.inherited),
                                     start_new_session=True, close_fds=True)
         except (OSError, ValueError) as e:  # no such program, a NUL in a value, …
@@ -202,6 +203,13 @@ class Run:
             return "complete", ""
         what = f"killed by {_signal_name(-code)}" if code < 0 else f"exit status {code}"
         return "error", f"{what}: {text}" if text else what
+
+
+@functools.cache
+def _devnull() -> int:
+    """/dev/null, opened once (Popen's DEVNULL opens it for every process); never
+    inherited: each child gets it as its stdin and stdout only."""
+    return os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
 
 
 def _signal_name(number: int) -> str:
