@@ -10,13 +10,14 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import NoReturn
 
 import apsw
 
-from flowlord import __version__, cli_tasks, cron, daemon, report
+from flowlord import __version__, cli_tasks, cron, daemon, logs, report
 from flowlord.config import Config, ConfigError, find_config_file, load_config, with_flags
+from flowlord.durations import parse_duration
 from flowlord.errors import UsageError
 from flowlord.loader import (
     Loader,
@@ -86,6 +87,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the tasks as JSON lines")
     p = sub.add_parser("notify", parents=[common], help="files that arrived: start their phases")
     p.add_argument("paths", nargs="+", metavar="PATH")
+    p = sub.add_parser("worker", parents=[common],
+                       help="run a topic's tasks from the redis bus: worker … -- COMMAND…")
+    p.add_argument("--bus", help="redis URL (default: bus.url of the config)")
+    p.add_argument("--topic", required=True)
+    p.add_argument("--concurrency", type=_positive, default=1)
+    p.add_argument("--timeout", type=_duration, default=timedelta(hours=1),
+                   help="per task, unless its phase sets timeout= (default 1h)")
+    p.add_argument("--claim-idle", type=_duration, default=timedelta(minutes=1),
+                   help="take over a task another worker left silent this long (default 1m)")
+    p.add_argument("--grace", type=_duration, default=timedelta(seconds=30),
+                   help="at SIGTERM, how long running tasks may finish (default 30s)")
+    p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND")
     p = sub.add_parser("tasks", parents=[common], help="task history, newest first")
     p.add_argument("--type")
     p.add_argument("--result", choices=["complete", "error", "alert", "warn", "none"],
@@ -100,6 +113,16 @@ def _iso_time(text: str) -> datetime:
         return datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text}") from None
+
+
+def _duration(text: str) -> timedelta:
+    try:
+        value = parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if value <= timedelta(0):
+        raise argparse.ArgumentTypeError(f"not a positive duration: {text}")
+    return value
 
 
 def _positive(text: str) -> int:
@@ -343,11 +366,35 @@ def cmd_doctor(args: argparse.Namespace, config: Config) -> int:
     return 1 if findings else 0
 
 
+def cmd_worker(args: argparse.Namespace, config: Config) -> int:
+    """A remote worker: the tasks of one topic from the redis bus (CONTRACT §6)."""
+    from flowlord.bus import BusUnavailable
+    from flowlord.remote import RemoteWorker
+
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    if not argv:
+        raise UsageError("worker: the command is missing: worker --topic T -- COMMAND…")
+    url = args.bus or config.bus_url
+    if url == "local":
+        raise UsageError("worker: needs a redis bus: --bus redis://host:port/db, or bus.url")
+    logs.configure()
+    worker = RemoteWorker(url, args.topic, argv, concurrency=args.concurrency,
+                          timeout=args.timeout, claim_idle=args.claim_idle, grace=args.grace,
+                          log=logs.get("flowlord.worker"))
+    try:
+        return worker.run()
+    except BusUnavailable as e:
+        raise UsageError(f"worker: {e}") from None
+    except ImportError:
+        raise UsageError("worker: the redis bus needs redis-py: pip install 'flowlord[redis]'") \
+            from None
+
+
 COMMANDS = {
     "run": cmd_run, "check": cmd_check, "refresh": cmd_refresh, "phases": cmd_phases,
     "graph": cmd_graph, "next": cmd_next, "doctor": cmd_doctor,
     "trigger": cli_tasks.cmd_trigger, "backload": cli_tasks.cmd_backload,
-    "tasks": cli_tasks.cmd_tasks, "notify": cli_tasks.cmd_notify,
+    "tasks": cli_tasks.cmd_tasks, "notify": cli_tasks.cmd_notify, "worker": cmd_worker,
 }
 
 if __name__ == "__main__":

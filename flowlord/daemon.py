@@ -29,6 +29,7 @@ import apsw
 
 from flowlord import logs
 from flowlord.arrivals import ArrivalWatcher, matches, record_arrival, storable
+from flowlord.bus import Bus, BusUnavailable
 from flowlord.bus.local import LocalBus
 from flowlord.clock import Clock, SystemClock
 from flowlord.config import Config, ConfigError
@@ -86,17 +87,15 @@ class Daemon:
             self.watcher.wake()
 
     def run(self) -> int:
-        if self.config.bus_url != "local":
-            raise ConfigError(f"bus url {self.config.bus_url}: only \"local\" is supported "
-                              "by this version")
+        bus = self._bus()
         lock = self._lock_database()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
         store = Store(self.config.db, busy_timeout_ms=BUSY_TIMEOUT_MS)
         loader = Loader(self.config.workflows, store,
                         allow_world_writable=self.config.allow_world_writable)
-        self.dispatcher = Dispatcher(loader, LocalBus(self.config.workers, wake=self._wake),
-                                     self._context(), self.config.task_ttl, self.log)
+        self.dispatcher = Dispatcher(loader, bus, self._context(), self.config.task_ttl,
+                                     self.log)
         try:
             self._watch(loader)
             self._first_refresh(loader)
@@ -139,6 +138,20 @@ class Daemon:
         except OSError as e:
             raise ConfigError(f"cannot lock {path}: {e.strerror}") from None
         return fd
+
+    def _bus(self) -> Bus:
+        """The bus the config names: `local`, or a redis URL (which must answer now)."""
+        if self.config.bus_url == "local":
+            return LocalBus(self.config.workers, wake=self._wake)
+        from flowlord.bus.redis import RedisBus
+
+        try:
+            return RedisBus(self.config.bus_url, self.log, wake=self._wake)
+        except ImportError:
+            raise ConfigError("bus.url: the redis bus needs redis-py: "
+                              "pip install 'flowlord[redis]'") from None
+        except BusUnavailable as e:
+            raise ConfigError(f"bus.url: {e}") from None
 
     def _first_refresh(self, loader: Loader) -> None:
         """The load at start: a bad path is fatal, a locked database is waited for."""

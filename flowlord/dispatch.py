@@ -13,7 +13,7 @@ from typing import Any
 
 import apsw
 
-from flowlord.bus import Bus
+from flowlord.bus import Bus, BusUnavailable
 from flowlord.durations import format_duration
 from flowlord.loader import Loader
 from flowlord.model import NewTask, Phase, StoredTask
@@ -45,10 +45,22 @@ class Dispatcher:
         self._next_due: tuple[float, datetime | None] | None = None  # (kept until, due time)
         self._completed = 0  # tasks completed since the last line that counted them
         self._next_completed_log = 0.0
+        # a remote bus: tasks run elsewhere, and each is marked published once handed over
+        self.remote = bool(getattr(bus, "remote", False))
+        self.unsent: list[StoredTask] = []  # claimed, not handed over yet: the bus was away
+        self.published: list[int] = []  # handed over, not yet marked in the database
 
     def recover(self) -> None:
-        """Tasks the last run left running cannot be finished by anyone: record them as
-        errors (the retry rules apply), so none stays running forever."""
+        """Tasks the last run left running: on the local bus nobody can finish them, so
+        they are recorded as errors (the retry rules apply) and none stays running
+        forever. On a remote bus they may still run: only those never published are
+        published now."""
+        if self.remote:
+            self.unsent = self.store.unpublished()
+            if self.unsent:
+                self.log.warning("claimed tasks not yet published; publishing them",
+                                 count=len(self.unsent))
+            return
         left = self.store.running()
         if left:
             self.log.warning("tasks left running by the last run", count=len(left))
@@ -58,6 +70,8 @@ class Dispatcher:
         """Record the results that came back, with their effects, and claim what the
         workers can take now, in one transaction; then send the claimed tasks."""
         self.pending += self.bus.receive(0)
+        self._send(self._take_unsent())
+        self._mark_published()
         now = utc_now_ms()
         topics: list[str] = []
         if claim:
@@ -84,8 +98,39 @@ class Dispatcher:
         if any(t.due_at is not None for t in children):
             self._next_due = None  # a retry waits: its due time may come first
         self._log_ended(recorded)
-        for stored in claimed:
-            self.bus.send(stored, self._timeout(stored))
+        self._send(claimed)
+        self._mark_published()
+
+    def _send(self, claimed: list[StoredTask]) -> None:
+        """Hand claimed tasks to the bus; once a remote bus fails, the rest wait in
+        `unsent` (each try could wait for a timeout)."""
+        for n, stored in enumerate(claimed):
+            try:
+                self.bus.send(stored, self._timeout(stored))
+            except BusUnavailable:
+                self.unsent += claimed[n:]
+                return
+            if self.remote:
+                self.published.append(stored.task_no)
+
+    def _take_unsent(self) -> list[StoredTask]:
+        """The tasks to publish again, when the bus can take them."""
+        if not self.unsent or self.bus.capacity(self.unsent[0].task.type) == 0:
+            return []
+        unsent, self.unsent = self.unsent, []
+        return unsent
+
+    def _mark_published(self) -> None:
+        """Record which tasks the bus took. A crash before this publishes them again at
+        the next start: a task may run twice, and only its first result is recorded."""
+        if not self.published:
+            return
+        try:
+            with write_txn(self.store.conn):
+                self.store.mark_published(self.published, utc_now())
+        except apsw.BusyError:
+            return  # the next turn tries again
+        self.published = []
 
     def _log_ended(self, recorded: list[Done]) -> None:
         """A line per task that did not complete, and every few seconds a count of those

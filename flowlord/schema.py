@@ -214,6 +214,14 @@ MIGRATIONS: tuple[str, ...] = (
     """
     DROP INDEX tasks_waiting;
     """,
+    # 5: the redis bus: a claimed task is published to its stream after its row commits
+    """
+    -- when the task was handed to the redis bus (NULL: not yet, or the local bus). After a
+    -- crash or an outage, a claimed task without it is published again.
+    ALTER TABLE tasks ADD COLUMN published_at TEXT;
+    CREATE INDEX tasks_unpublished ON tasks (task_no)
+        WHERE started IS NOT NULL AND ended IS NULL AND published_at IS NULL;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

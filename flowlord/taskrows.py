@@ -133,6 +133,17 @@ class TaskRows:
             f"RETURNING {_STORED_COLUMNS}", (started, ended, result, msg, task_no)).fetchone()
         return _stored(row) if row else None
 
+    def unpublished(self) -> list[StoredTask]:
+        """Tasks claimed for the redis bus whose publication was not recorded."""
+        return [_stored(r) for r in self.conn.execute(
+            f"SELECT {_STORED_COLUMNS} FROM tasks WHERE started IS NOT NULL AND ended IS NULL "
+            "AND published_at IS NULL ORDER BY task_no")]
+
+    def mark_published(self, task_nos: Sequence[int], when: str) -> None:
+        """Call inside write_txn."""
+        self.conn.executemany("UPDATE tasks SET published_at = ? WHERE task_no = ?",
+                              [(when, no) for no in task_nos])
+
     def unclaim(self, task_no: int) -> None:
         """A claimed task that never started goes back to the queue; inside write_txn."""
         self.conn.execute("UPDATE tasks SET started = NULL WHERE task_no = ? AND ended IS NULL",

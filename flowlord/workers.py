@@ -70,6 +70,7 @@ class Done:
     ended: str
     started: str = ""  # when its process started; "": keep the claim's time
     ran: bool = True  # False: never started (the bus closed first): back to the queue
+    receipt: str = ""  # the bus's handle on the result message, for its acknowledgement
 
 
 class Run:

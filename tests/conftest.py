@@ -14,6 +14,7 @@ import pytest
 
 from flowlord.loader import Loader
 from flowlord.store import Store
+from tests.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 UPSTREAM = ROOT.parent / "shared" / "fixtures" / "flowlord-upstream"
@@ -65,3 +66,12 @@ def run_cli(*args: str, cwd: Path | None = None,
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "flowlord", *args], cwd=cwd,
                           capture_output=True, text=True, env=full_env, timeout=120)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server of its own, stopped after the test."""
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    yield server
+    server.kill()

@@ -11,6 +11,10 @@ from flowlord.model import StoredTask
 from flowlord.workers import Done
 
 
+class BusUnavailable(Exception):
+    """A remote bus cannot be reached or refuses us; str(e) is one line for people."""
+
+
 class Bus(Protocol):
     def open_topics(self) -> list[str] | None:
         """The topics it can take a task of now; None: any topic (ask `capacity`)."""
@@ -19,7 +23,8 @@ class Bus(Protocol):
         """How many more tasks of this topic can be sent now (0: none, or no worker)."""
 
     def send(self, stored: StoredTask, timeout_seconds: float | None) -> None:
-        """Hand a claimed task to a worker; `timeout_seconds` overrides the worker's."""
+        """Hand a claimed task to a worker; `timeout_seconds` overrides the worker's.
+        A remote bus raises BusUnavailable when the task could not be handed over."""
 
     def receive(self, wait: float) -> list[Done]:
         """Results that came back, waiting up to `wait` seconds for the first."""

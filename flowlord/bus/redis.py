@@ -1,0 +1,263 @@
+"""The Redis bus (CONTRACT §6): tasks travel to `flowlord worker` processes on any host.
+
+Each topic is a stream (`flowlord:tasks:<topic>`) read by the consumer group
+`workers`; results come back on `flowlord:done`, read by the daemon's group
+`daemon`. The database stays the source of truth: a task is published after its
+row commits, a result is acknowledged only after it is stored, and recording a
+result is idempotent, so a message delivered twice records nothing twice.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from flowlord.bus import BusUnavailable
+from flowlord.model import StoredTask, Task
+from flowlord.workers import Done
+
+PREFIX = "flowlord"
+DONE_STREAM = f"{PREFIX}:done"
+WORKERS_GROUP = "workers"
+DAEMON_GROUP = "daemon"
+DAEMON_CONSUMER = "daemon"  # one name across restarts: its unacknowledged results come back
+IN_FLIGHT = 1000  # tasks of a topic published and not yet finished, at most
+READ_BLOCK_MS = 1000  # a blocking read returns at least this often (to notice close)
+BACKOFF_MAX = 10.0  # seconds between reconnection attempts, at most
+WORKERS_SEEN_FOR = 1.0  # seconds a topic without workers is not asked about again
+
+
+def task_stream(topic: str) -> str:
+    return f"{PREFIX}:tasks:{topic}"
+
+
+def connect(url: str) -> Any:
+    """A client for `url` (any URL redis-py accepts: redis://, rediss://, unix://, with
+    a password); BusUnavailable when the URL is bad or the server does not answer."""
+    import redis  # an optional dependency: only this bus needs it
+
+    try:
+        client = redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5,
+                                      socket_timeout=READ_BLOCK_MS / 1000 + 5,
+                                      health_check_interval=30)
+    except ValueError as e:
+        raise BusUnavailable(f"bad bus url {url!r}: {e}") from None
+    ping(client, url)
+    return client
+
+
+def ping(client: Any, url: str) -> None:
+    import redis
+
+    try:
+        client.ping()
+    except redis.AuthenticationError as e:
+        raise BusUnavailable(f"redis at {_where(url)} refused the credentials: {e}") from None
+    except redis.ResponseError as e:  # NOAUTH, WRONGPASS on some versions
+        raise BusUnavailable(f"redis at {_where(url)} refused us: {e}") from None
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
+        raise BusUnavailable(f"cannot reach redis at {_where(url)}: {e}") from None
+
+
+def _where(url: str) -> str:
+    """The URL without its password, for messages."""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        rest = rest.rsplit("@", 1)[1]
+    return f"{scheme}{sep}{rest}"
+
+
+def ensure_group(client: Any, stream: str, group: str) -> None:
+    """The consumer group, created with its stream when missing; it reads from the
+    stream's start, so tasks published before any worker existed are delivered."""
+    import redis
+
+    try:
+        client.xgroup_create(stream, group, id="0", mkstream=True)
+    except redis.ResponseError as e:
+        if "BUSYGROUP" not in str(e):
+            raise
+
+
+def encode_task(stored: StoredTask, timeout_seconds: float | None) -> dict[str, str]:
+    return {"task_no": str(stored.task_no), "task": stored.task.to_json(),
+            "timeout": "" if timeout_seconds is None else repr(timeout_seconds)}
+
+
+def decode_task(fields: Mapping[str, str]) -> tuple[StoredTask, float | None]:
+    """A task message; ValueError when it is not one."""
+    import json
+
+    data = json.loads(fields["task"])
+    if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+        raise ValueError("the task has no type")
+    task = Task(**{k: str(data.get(k, "")) for k in Task._fields if k in data})
+    timeout = fields.get("timeout", "")
+    return StoredTask(int(fields["task_no"]), task), float(timeout) if timeout else None
+
+
+def encode_done(done: Done) -> dict[str, str]:
+    return {"task_no": str(done.task_no), "result": done.result, "msg": done.msg,
+            "started": done.started, "ended": done.ended}
+
+
+def decode_done(fields: Mapping[str, str], receipt: str) -> Done:
+    """A result message; ValueError when it is not one."""
+    result = fields["result"]
+    if result not in ("complete", "error", "alert", "warn"):
+        raise ValueError(f"unknown result {result!r}")
+    return Done(int(fields["task_no"]), result, fields.get("msg", ""), fields["ended"],
+                fields.get("started", ""), receipt=receipt)
+
+
+class RedisBus:
+    """The daemon's side: publishes claimed tasks, and reads results on a thread of its
+    own that wakes the daemon's loop. While the server is away nothing is claimed:
+    tasks wait in the database and are published when it is back."""
+
+    remote = True  # tasks run elsewhere: a restart must not record them as errors
+
+    def __init__(self, url: str, log: Any, wake: Callable[[], None] | None = None,
+                 in_flight: int = IN_FLIGHT) -> None:
+        self.url = url
+        self.log = log
+        self.wake = wake
+        self.in_flight = in_flight
+        self.client = connect(url)
+        self.available = True
+        self.outstanding: dict[str, set[int]] = {}  # topic → task_nos sent, no result yet
+        self._topic_of: dict[int, str] = {}
+        self._workers_seen: dict[str, tuple[float, bool]] = {}  # topic → (ask again at, found)
+        self.results: queue.SimpleQueue[Done] = queue.SimpleQueue()
+        self._closed = threading.Event()
+        self._reader = threading.Thread(target=self._read_results, name="redis-results",
+                                        daemon=True)
+        self._reader.start()
+
+    def open_topics(self) -> list[str] | None:
+        return None if self.available else []
+
+    def capacity(self, topic: str) -> int:
+        """0 while the server is away or no worker has joined the topic: its tasks wait
+        in the database, where they count toward the unfinished-task alert."""
+        if not self.available or not self._has_workers(topic):
+            return 0
+        return max(0, self.in_flight - len(self.outstanding.get(topic, ())))
+
+    def _has_workers(self, topic: str) -> bool:
+        """Whether a worker ever read the topic (its group has a consumer); asked again
+        after WORKERS_SEEN_FOR seconds."""
+        import redis
+
+        seen = self._workers_seen.get(topic)
+        if seen is not None and (seen[1] or time.monotonic() < seen[0]):
+            return seen[1]
+        try:
+            groups = self.client.xinfo_groups(task_stream(topic))
+        except redis.ResponseError:  # no such stream: nobody ever asked for the topic
+            groups = []
+        except (redis.RedisError, OSError) as e:
+            self._lost(e)
+            return False
+        found = any(g["name"] == WORKERS_GROUP and g["consumers"] > 0 for g in groups)
+        self._workers_seen[topic] = (time.monotonic() + WORKERS_SEEN_FOR, found)
+        return found
+
+    def send(self, stored: StoredTask, timeout_seconds: float | None) -> None:
+        import redis
+
+        topic = stored.task.type
+        try:
+            self.client.xadd(task_stream(topic), encode_task(stored, timeout_seconds))
+        except (redis.RedisError, OSError) as e:
+            self._lost(e)
+            raise BusUnavailable(f"cannot publish to redis at {_where(self.url)}: {e}") from e
+        self.outstanding.setdefault(topic, set()).add(stored.task_no)
+        self._topic_of[stored.task_no] = topic
+
+    def receive(self, wait: float) -> list[Done]:
+        found: list[Done] = []
+        try:
+            found.append(self.results.get(timeout=wait) if wait > 0 else self.results.get_nowait())
+            while True:
+                found.append(self.results.get_nowait())
+        except queue.Empty:
+            pass
+        for done in found:
+            topic = self._topic_of.pop(done.task_no, None)
+            if topic is not None:
+                self.outstanding[topic].discard(done.task_no)
+        return found
+
+    def ack(self, done: Done) -> None:
+        """The result is stored: drop its message. When this fails the message stays
+        pending and comes back at the next start, where recording it changes nothing."""
+        import redis
+
+        if not done.receipt:
+            return
+        try:
+            self.client.xack(DONE_STREAM, DAEMON_GROUP, done.receipt)
+            self.client.xdel(DONE_STREAM, done.receipt)
+        except (redis.RedisError, OSError) as e:
+            self._lost(e)
+
+    def close(self, grace: float) -> list[Done]:
+        """Remote tasks keep running; their results wait in the stream for the next start."""
+        self._closed.set()
+        self._reader.join(READ_BLOCK_MS / 1000 + 6)
+        self.client.close()
+        return []
+
+    # --- the result reader (its own thread) ------------------------------------------
+
+    def _lost(self, e: Exception) -> None:
+        if self.available:
+            self.available = False
+            self.log.error("redis unavailable; tasks wait in the database", url=_where(self.url),
+                           error=str(e))
+
+    def _read_results(self) -> None:
+        import redis
+
+        backoff = 0.5
+        after: str | None = "0"  # first what was delivered to us before and never stored
+        while not self._closed.is_set():
+            try:
+                if not self.available:
+                    ping(self.client, self.url)
+                    self.available = True
+                    self.log.info("redis available again", url=_where(self.url))
+                    self._wake()
+                ensure_group(self.client, DONE_STREAM, DAEMON_GROUP)
+                reply = self.client.xreadgroup(
+                    DAEMON_GROUP, DAEMON_CONSUMER, {DONE_STREAM: after or ">"}, count=1000,
+                    block=None if after else READ_BLOCK_MS)
+                backoff = 0.5
+            except (redis.RedisError, BusUnavailable, OSError) as e:
+                self._lost(e)
+                self._closed.wait(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+                after = "0"  # what was read but not yet stored comes again
+                continue
+            entries = reply[0][1] if reply else []
+            if after:  # reading the backlog: on from its last entry, then new results
+                after = entries[-1][0] if entries else None
+            for receipt, fields in entries:
+                self._take(receipt, fields)
+            if entries:
+                self._wake()
+
+    def _take(self, receipt: str, fields: Mapping[str, str] | None) -> None:
+        try:
+            self.results.put(decode_done(fields or {}, receipt))
+        except (KeyError, ValueError) as e:  # not ours to store: dropped, loudly
+            self.log.error("unreadable result message dropped", receipt=receipt, error=str(e))
+            self.ack(Done(0, "error", "", "", receipt=receipt))
+
+    def _wake(self) -> None:
+        if self.wake is not None:
+            self.wake()
