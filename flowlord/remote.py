@@ -23,12 +23,12 @@ from typing import Any
 from flowlord.bus import BusUnavailable
 from flowlord.bus.redis import (
     BACKOFF_MAX,
-    DONE_STREAM,
     WORKERS_GROUP,
     connect,
     decode_task,
     encode_done,
     ensure_group,
+    reply_stream,
     task_stream,
 )
 from flowlord.workers import Done, Run, inherited_environment
@@ -133,13 +133,14 @@ class RemoteWorker:
             return
         timeout = (timedelta(seconds=timeout_seconds) if timeout_seconds is not None
                    else self.timeout)
-        run = Run(stored, self.command, timeout, lambda done: self._report(receipt, done),
-                  self.environment)
+        reply_to = reply_stream(fields or {})
+        run = Run(stored, self.command, timeout,
+                  lambda done: self._report(receipt, reply_to, done), self.environment)
         with self.lock:
             self.runs[receipt] = run
         pool.submit(run.run)
 
-    def _report(self, receipt: str, done: Done) -> None:
+    def _report(self, receipt: str, reply_to: str, done: Done) -> None:
         """On the task's thread: the result onto the done stream, then the message
         acknowledged; retried until the server takes it (a result is never dropped)."""
         import redis
@@ -148,7 +149,7 @@ class RemoteWorker:
         give_up: float | None = None  # once stopping: the message is left for another worker
         while True:
             try:
-                self.client.xadd(DONE_STREAM, encode_done(done))
+                self.client.xadd(reply_to, encode_done(done))
                 self._acknowledge(receipt)
                 break
             except (redis.RedisError, OSError) as e:

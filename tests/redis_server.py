@@ -20,13 +20,15 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, directory: Path, password: str = "") -> None:
+    def __init__(self, directory: Path, password: str = "", persist: bool = False) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail("redis-server is not installed (Debian: apt-get install redis-server)")
         self.binary = binary
         self.directory = directory
         self.password = password
+        self.persist = persist  # an append-only file, written at every command: a restart
+        # after SIGKILL keeps the streams, as a production server's persistence does
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         directory.mkdir(parents=True, exist_ok=True)
@@ -38,7 +40,9 @@ class RedisServer:
 
     def start(self) -> None:
         argv = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir",
-                str(self.directory), "--save", "", "--appendonly", "no"]
+                str(self.directory), "--save", ""]
+        argv += (["--appendonly", "yes", "--appendfsync", "always"] if self.persist
+                 else ["--appendonly", "no"])
         if self.password:
             argv += ["--requirepass", self.password]
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)

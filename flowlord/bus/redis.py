@@ -82,9 +82,19 @@ def ensure_group(client: Any, stream: str, group: str) -> None:
             raise
 
 
-def encode_task(stored: StoredTask, timeout_seconds: float | None) -> dict[str, str]:
+def encode_task(stored: StoredTask, timeout_seconds: float | None,
+                reply_to: str = DONE_STREAM) -> dict[str, str]:
+    """A task message: the task JSON, its row number in the daemon's database, the
+    phase's timeout, and the stream its result goes to (the daemon's)."""
     return {"task_no": str(stored.task_no), "task": stored.task.to_json(),
-            "timeout": "" if timeout_seconds is None else repr(timeout_seconds)}
+            "timeout": "" if timeout_seconds is None else repr(timeout_seconds),
+            "reply_to": reply_to}
+
+
+def reply_stream(fields: Mapping[str, str]) -> str:
+    """Where a task's result goes: only to a flowlord done stream."""
+    stream = fields.get("reply_to", "")
+    return stream if stream.startswith(DONE_STREAM) else DONE_STREAM
 
 
 def decode_task(fields: Mapping[str, str]) -> tuple[StoredTask, float | None]:
@@ -128,6 +138,7 @@ class RedisBus:
         self.in_flight = in_flight
         self.client = connect(url)
         self.available = True
+        self._state = threading.Lock()  # guards `available` across the two threads
         self.outstanding: dict[str, set[int]] = {}  # topic → task_nos sent, no result yet
         self._topic_of: dict[int, str] = {}
         self._workers_seen: dict[str, tuple[float, bool]] = {}  # topic → (ask again at, found)
@@ -215,8 +226,9 @@ class RedisBus:
     # --- the result reader (its own thread) ------------------------------------------
 
     def _lost(self, e: Exception) -> None:
-        if self.available:
-            self.available = False
+        with self._state:  # both threads notice an outage: it is logged once
+            was, self.available = self.available, False
+        if was:
             self.log.error("redis unavailable; tasks wait in the database", url=_where(self.url),
                            error=str(e))
 

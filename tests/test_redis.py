@@ -1,0 +1,144 @@
+"""The redis bus with real processes: the daemon, `flowlord worker`s and a real
+redis-server, killed and restarted (issue 5's reliability tests)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tests.conftest import run_cli
+from tests.redis_server import RedisServer
+from tests.test_daemon import ROOT, daemon, wait_for
+from tests.test_firing import query
+from tests.test_running import FLAKY, backload, chains, unfinished
+
+
+@contextmanager
+def workers(url: str, topic: str, *command: str, count: int = 1, concurrency: int = 1,
+            claim_idle: str = "1m") -> Iterator[list[subprocess.Popen[str]]]:
+    """`count` worker processes for a topic, killed at the end if still running."""
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "flowlord", "worker", "--bus", url, "--topic", topic,
+         "--concurrency", str(concurrency), "--claim-idle", claim_idle, "--grace", "2s",
+         "--", *command], stderr=subprocess.DEVNULL, text=True,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}) for _ in range(count)]
+    try:
+        yield procs
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(10)
+
+
+def redis_config(tmp_path: Path, url: str) -> list[str]:
+    path = tmp_path / "flowlord.toml"
+    path.write_text(f'timezone = "UTC"\n[bus]\nurl = "{url}"\n')
+    return ["-c", str(path)]
+
+
+def test_a_worker_with_a_wrong_password_or_a_closed_port_exits_2_with_one_line(
+        tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "redis", password="right")
+    server.start()
+    try:
+        wrong = server.url.replace(":right@", ":wrong@")
+        for url in (wrong, f"redis://127.0.0.1:{server.port}/0",
+                    f"redis://127.0.0.1:{RedisServer(tmp_path / 'other').port}/0"):
+            done = run_cli("worker", "--bus", url, "--topic", "t", "--", "true")
+            assert done.returncode == 2, (url, done.stderr)
+            lines = done.stderr.splitlines()
+            assert len(lines) == 1 and lines[0].startswith("flowlord: worker: "), done.stderr
+            assert "right" not in lines[0] and "wrong" not in lines[0]  # no password shown
+    finally:
+        server.kill()
+
+
+def test_the_daemon_refuses_an_unreachable_bus_with_one_line(tmp_path: Path, wf: Path) -> None:
+    port = RedisServer(tmp_path / "none").port
+    done = run_cli("run", *redis_config(tmp_path, f"redis://127.0.0.1:{port}/0"),
+                   "-w", str(wf), "--db", str(tmp_path / "f.db"))
+    assert done.returncode == 2
+    assert done.stderr.startswith("flowlord: bus.url: cannot reach redis") and \
+        len(done.stderr.splitlines()) == 1, done.stderr
+
+
+def test_500_tasks_through_three_workers_one_killed_all_accounted_for(
+        tmp_path: Path, wf: Path, redis_server: RedisServer) -> None:
+    (wf / "a.toml").write_text('[[phase]]\ntask = "work"\nrule = "retry_delay=10ms"\n'
+                               'retry = 2\ntemplate = "?d={dd}&h={hh}"\n')
+    db = tmp_path / "f.db"
+    backload(wf, db, "work", 500)
+    config = redis_config(tmp_path, redis_server.url)
+    with workers(redis_server.url, "work", sys.executable, "-c", FLAKY, count=3,
+                 concurrency=4, claim_idle="2s") as procs, \
+            daemon(tmp_path, wf, db, args=config):
+        wait_for(lambda: len(query(db, "SELECT 1 FROM tasks WHERE ended IS NOT NULL")) >= 100,
+                 120)
+        procs[0].kill()  # its tasks stay pending in the stream, to be reclaimed
+        wait_for(lambda: unfinished(db) == 0 and len(chains(db)) == 500, 240)
+    found = chains(db)
+    for attempts in found.values():
+        assert [a for a, _ in attempts] == list(range(len(attempts)))  # one row per attempt
+        assert all(r == "error" for _, r in attempts[:-1])
+        assert attempts[-1][1] == "complete" or len(attempts) == 3
+    assert query(db, "SELECT count(*) FROM tasks WHERE result IS NULL OR ended IS NULL") == [
+        (0,)]
+    assert query(db, "SELECT count(*) FROM tasks WHERE published_at IS NULL") == [(0,)]
+    failed = sum(1 for a in found.values() if a[-1][1] == "error")
+    assert query(db, "SELECT count(*) FROM alerts WHERE kind = 'failed'") == [(failed,)]
+
+
+def test_a_slow_task_is_not_taken_from_a_live_worker(
+        tmp_path: Path, wf: Path, redis_server: RedisServer) -> None:
+    runs = tmp_path / "runs"
+    script = f"import time\nopen({str(runs)!r}, 'a').write('x')\ntime.sleep(4)"
+    (wf / "a.toml").write_text('[[phase]]\ntask = "slow"\ntemplate = "?h={hh}"\n')
+    db = tmp_path / "f.db"
+    backload(wf, db, "slow", 1)
+    with workers(redis_server.url, "slow", sys.executable, "-c", script, count=2,
+                 claim_idle="1s"), daemon(tmp_path, wf, db,
+                                          args=redis_config(tmp_path, redis_server.url)):
+        wait_for(lambda: unfinished(db) == 0, 60)
+    assert runs.read_text() == "x"  # idle 4 s past a 1 s claim_idle: renewed, never reclaimed
+    assert query(db, "SELECT result FROM tasks") == [("complete",)]
+
+
+def count(db: Path, sql: str) -> int:
+    """A count(*) query; 0 before the daemon has made its tables."""
+    rows = query(db, sql)
+    return int(rows[0][0]) if rows else 0  # type: ignore[call-overload]
+
+
+def test_a_redis_outage_loses_nothing_and_is_logged_once(
+        tmp_path: Path, wf: Path) -> None:
+    server = RedisServer(tmp_path / "redis", persist=True)
+    server.start()
+    (wf / "a.toml").write_text('[[phase]]\ntask = "tick"\nrule = "cron=@every 1s"\n'
+                               'template = "?t={TS}"\n')
+    db = tmp_path / "f.db"
+    log = tmp_path / "daemon.log"
+    fires = "SELECT count(*) FROM fires"
+    try:
+        with workers(server.url, "tick", "true"), log.open("w") as err, \
+                daemon(tmp_path, wf, db, stderr=err, args=redis_config(tmp_path, server.url)):
+            wait_for(lambda: count(db, "SELECT count(*) FROM tasks "
+                                       "WHERE result = 'complete'") >= 3, 60)
+            server.kill()
+            before = count(db, fires)
+            # the daemon goes on firing into its database while the server is away
+            wait_for(lambda: count(db, fires) >= before + 3, 30)
+            assert "redis unavailable" in log.read_text()
+            server.start()
+            during = count(db, fires)
+            # every task fired so far, before, during and after the outage, completes
+            wait_for(lambda: count(db, "SELECT count(*) FROM tasks WHERE result = 'complete' "
+                                       f"AND task_no <= {during}") == during, 90)
+            assert count(db, "SELECT count(*) FROM tasks WHERE result <> 'complete'") == 0
+        assert log.read_text().count("redis unavailable") == 1
+        assert "redis available again" in log.read_text()
+    finally:
+        server.kill()
