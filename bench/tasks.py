@@ -78,16 +78,18 @@ def query(db: Path, sql: str) -> list[tuple[object, ...]]:
         conn.close()
 
 
-def whole_loop(tmp: Path, n: int, concurrency: int) -> float:
-    """Seconds from the first task started to the last result committed."""
-    run = tmp / f"loop{concurrency}"
+def whole_loop(tmp: Path, n: int, concurrency: int, bus_url: str | None = None) -> float:
+    """Seconds from the first task started to the last result committed. With a redis
+    `bus_url`, the tasks run on `concurrency` `flowlord worker` processes instead."""
+    run = tmp / f"loop{concurrency}{'-redis' if bus_url else ''}"
     wf = run / "wf"
     wf.mkdir(parents=True)
     (wf / "a.toml").write_text('[[phase]]\ntask = "work"\ntemplate = "?t={TS}"\n')
     db = run / "f.db"
     config = run / "flowlord.toml"
-    config.write_text(f'workflows = "{wf}"\ndb = "{db}"\ntimezone = "UTC"\n'
-                      f'[workers.work]\ncommand = ["true"]\nconcurrency = {concurrency}\n')
+    bus = (f'[bus]\nurl = "{bus_url}"\n' if bus_url else
+           f'[workers.work]\ncommand = ["true"]\nconcurrency = {concurrency}\n')
+    config.write_text(f'workflows = "{wf}"\ndb = "{db}"\ntimezone = "UTC"\n{bus}')
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     flowlord = [sys.executable, "-m", "flowlord", "-c", str(config)]
     subprocess.run([*flowlord, "refresh"], check=True, capture_output=True, env=env)
@@ -95,16 +97,24 @@ def whole_loop(tmp: Path, n: int, concurrency: int) -> float:
     end = start + timedelta(hours=n - 1)
     subprocess.run([*flowlord, "backload", "work", "--from", start.isoformat(), "--to",
                     end.isoformat(), "--by", "hour"], check=True, capture_output=True, env=env)
-    with subprocess.Popen([*flowlord, "run"], env=env, stderr=subprocess.DEVNULL) as proc:
-        try:
-            deadline = time.monotonic() + 600
-            first = wait_until(db, "SELECT count(*) > 0 FROM tasks WHERE started IS NOT NULL",
-                               deadline)
-            last = wait_until(db, "SELECT count(*) = 0 FROM tasks WHERE result IS NULL",
-                              deadline)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=60)
+    workers = [subprocess.Popen([*flowlord, "worker", "--topic", "work", "--", "true"], env=env,
+                                stderr=subprocess.DEVNULL)
+               for _ in range(concurrency if bus_url else 0)]
+    try:
+        with subprocess.Popen([*flowlord, "run"], env=env, stderr=subprocess.DEVNULL) as proc:
+            try:
+                deadline = time.monotonic() + 600
+                first = wait_until(db, "SELECT count(*) > 0 FROM tasks "
+                                       "WHERE started IS NOT NULL", deadline)
+                last = wait_until(db, "SELECT count(*) = 0 FROM tasks WHERE result IS NULL",
+                                  deadline)
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=60)
+    finally:
+        for worker in workers:
+            worker.send_signal(signal.SIGTERM)
+            worker.wait(timeout=60)
     return last - first
 
 

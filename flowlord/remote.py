@@ -56,6 +56,8 @@ class RemoteWorker:
         self.runs: dict[str, Run] = {}  # message id → its run
         self.lock = threading.Lock()
         self.stopping = threading.Event()
+        self.slot_freed = threading.Event()  # a task ended: the main loop may read again
+        self.next_reclaim = 0.0  # monotonic time of the next look for abandoned messages
         self.client: Any = None
 
     def run(self) -> int:
@@ -101,17 +103,22 @@ class RemoteWorker:
         worker left idle past claim_idle, then new ones (waiting a little for them)."""
         import redis
 
+        self.slot_freed.clear()
         free = self._free()
-        if free <= 0:
-            self.stopping.wait(0.05)
+        if free <= 0:  # until a task ends (or a moment passes: claims need renewing)
+            self.slot_freed.wait(READ_BLOCK_MS / 1000)
             return []
         try:
-            _, claimed, _ = self.client.xautoclaim(
-                self.stream, WORKERS_GROUP, self.consumer, self.claim_idle_ms, "0-0",
-                count=free)
-            if claimed:
-                self.log.warning("reclaimed tasks of a worker gone quiet", count=len(claimed))
-                return list(claimed)
+            if time.monotonic() >= self.next_reclaim:
+                self.next_reclaim = time.monotonic() + self.claim_idle_ms / 4000
+                _, claimed, _ = self.client.xautoclaim(
+                    self.stream, WORKERS_GROUP, self.consumer, self.claim_idle_ms, "0-0",
+                    count=free)
+                if claimed:
+                    self.log.warning("reclaimed tasks of a worker gone quiet",
+                                     count=len(claimed))
+                    self.next_reclaim = 0.0  # there may be more
+                    return list(claimed)
             reply = self.client.xreadgroup(WORKERS_GROUP, self.consumer, {self.stream: ">"},
                                            count=free, block=READ_BLOCK_MS)
         except redis.ResponseError as e:
@@ -148,9 +155,12 @@ class RemoteWorker:
         backoff = 0.5
         give_up: float | None = None  # once stopping: the message is left for another worker
         while True:
-            try:
-                self.client.xadd(reply_to, encode_done(done))
-                self._acknowledge(receipt)
+            try:  # one round trip; the acknowledgement goes only with the result
+                with self.client.pipeline(transaction=True) as both:
+                    both.xadd(reply_to, encode_done(done))
+                    both.xack(self.stream, WORKERS_GROUP, receipt)
+                    both.xdel(self.stream, receipt)
+                    both.execute()
                 break
             except (redis.RedisError, OSError) as e:
                 self.log.error("cannot post a result; retrying", task_no=done.task_no,
@@ -165,6 +175,7 @@ class RemoteWorker:
             backoff = min(backoff * 2, BACKOFF_MAX)
         with self.lock:
             self.runs.pop(receipt, None)
+        self.slot_freed.set()
         self.log.info("task ended", task_no=done.task_no, result=done.result,
                       msg=done.msg[:200])
 

@@ -20,6 +20,8 @@ LABELS = {
     "tasks.py": ["whole loop, `true` worker, concurrency 4: 100 tasks", "concurrency 16",
                  "spawning `true` alone", "0 children each: 500 results",
                  "10 children each: 500 results and 5000 children", "ratio", "target"],
+    "redis_bus.py": ["end to end, `true`, 4 workers: redis", "of the local bus",
+                     "start latency at 100 tasks/s", "p50", "p99", "round trips/s", "target"],
 }
 
 
