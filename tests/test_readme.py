@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -13,10 +14,12 @@ import time
 from pathlib import Path
 
 import apsw
+import redis
 
 from flowlord.model import Fire
 from flowlord.store import Store, utc_now, utc_now_ms, write_txn
 from tests.conftest import ROOT
+from tests.redis_server import free_port
 
 README = (ROOT / "README.md").read_text()
 
@@ -166,3 +169,55 @@ def test_make_run_loads_the_examples_runs_the_heartbeat_and_keeps_running() -> N
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=60)
+
+
+def test_the_redis_walkthrough_runs_as_shown(tmp_path: Path) -> None:
+    """The "Beyond one machine" commands, on a free port instead of 6379: the daemon and
+    two workers against a real redis-server, until the pulse tasks show as complete."""
+    block = re.search(r"## Beyond one machine.*?```sh\n(.*?)```", README, re.S)
+    assert block is not None
+    port = str(free_port())
+    lines = [line.replace("6379", port) for line in block.group(1).splitlines()]
+    shutil.copytree(ROOT / "workflows", tmp_path / "workflows")
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")
+    config = tmp_path / "examples" / "flowlord-redis.toml"
+    config.write_text(config.read_text().replace("6379", port))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "TZ": "UTC"}
+    env.pop("FLOWLORD_CONFIG", None)
+    background = [line.removesuffix("&").strip() for line in lines if line.endswith("&")]
+    [last] = [line for line in lines if not line.endswith("&")]
+    procs = []
+    try:
+        for command in background:
+            procs.append(subprocess.Popen(["bash", "-c", f"exec {command}"], cwd=tmp_path,
+                                          env=env, stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL, start_new_session=True))
+            if command.startswith("redis-server"):  # the next commands need it up
+                client = redis.Redis(port=int(port))
+                end = time.monotonic() + 20
+                while not _answers(client):
+                    assert time.monotonic() < end, "redis-server did not answer"
+                    time.sleep(0.05)
+        deadline = time.monotonic() + 90
+        while True:
+            done = subprocess.run(["bash", "-c", last], cwd=tmp_path, env=env,
+                                  capture_output=True, text=True, timeout=60)
+            if done.returncode == 0 and "complete" in done.stdout:
+                break
+            assert time.monotonic() < deadline, (done.stdout, done.stderr)
+            time.sleep(0.5)
+        assert "pulse" in done.stdout and "Traceback" not in done.stderr
+        assert all(p.poll() is None for p in procs), "a command of the walkthrough exited"
+    finally:
+        for proc in reversed(procs):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(30)
+
+
+def _answers(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
