@@ -42,6 +42,9 @@ class Config:
     retention: timedelta = timedelta(days=90)  # finished tasks and fires older go, daily
     rescan: timedelta = timedelta(minutes=5)
     bus_url: str = "local"
+    # several daemons on one redis: the leader's lease; None: this daemon always leads
+    bus_lease: timedelta | None = None
+    bus_node: str = ""  # this daemon's name among them ('' : the host name)
     workers: dict[str, WorkerConfig] = field(default_factory=dict)
     task_ttl: timedelta = timedelta(hours=4)
     webhook: str = ""
@@ -80,7 +83,8 @@ _TOP = {"workflows": str, "db": str, "timezone": str, "catchup": str, "rescan": 
         "catchup_limit": int, "allow_world_writable": bool, "shutdown_grace": timedelta,
         "retention": timedelta}
 _SECTIONS: dict[str, dict[str, tuple[str, type]]] = {
-    "bus": {"url": ("bus_url", str)},
+    "bus": {"url": ("bus_url", str), "lease": ("bus_lease", timedelta),
+            "node": ("bus_node", str)},
     "alerts": {"task_ttl": ("task_ttl", timedelta), "webhook": ("webhook", str),
                "webhook_interval": ("webhook_interval", timedelta)},
     "http": {"listen": ("http_listen", str), "token": ("http_token", str),
@@ -128,6 +132,8 @@ def load_config(path: str | None) -> Config:
     config = Config(**values)
     if config.catchup not in CATCHUP:
         raise ConfigError(f"config {path}: catchup must be none, last or all")
+    if config.bus_lease is not None and config.bus_url == "local":
+        raise ConfigError(f"config {path}: bus.lease needs a redis bus.url")
     if config.webhook and not config.webhook.startswith(("http://", "https://")):
         raise ConfigError(f"config {path}: alerts.webhook must be an http:// or https:// URL")
     try:

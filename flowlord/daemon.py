@@ -19,6 +19,7 @@ from __future__ import annotations
 import fcntl
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterable
@@ -40,6 +41,7 @@ from flowlord.retention import Retention
 from flowlord.rules import parse_rule
 from flowlord.scheduler import Due, PhaseKey, Scheduler, parse_slot
 from flowlord.sdnotify import notify, watchdog_interval
+from flowlord.standby import Leadership
 from flowlord.store import Store, utc_now_ms, write_txn
 from flowlord.tasks import Context, build_fire, meta_dir, rfc3339
 from flowlord.watcher import Watcher
@@ -76,6 +78,8 @@ class Daemon:
         self.data_version = -1  # PRAGMA data_version when other writers were last checked
         self.next_follow = 0.0  # monotonic time of the next look for other writers
         self.synced: dict[str, tuple[str, str | None]] = {}  # file → (hash, loaded_at) then
+        self.leadership: Leadership | None = None  # with standbys: who fires (bus.lease)
+        self.held: list[Fire] = []  # due slots a standby holds until someone claims them
 
     def _on_signal(self, signum: int, _: FrameType | None) -> None:
         (self.rescan if signum == signal.SIGHUP else self.stop).set()
@@ -117,6 +121,8 @@ class Daemon:
                 self._write(loader.store)
             self.dispatcher.close(self.config.shutdown_grace.total_seconds(),
                                   STOP_WRITE_SECONDS)
+            if self.leadership is not None:
+                self.leadership.release()  # a standby takes over now, not at the expiry
             loader.close()
         if self.pending:  # the database stayed locked; their slots count as missed
             self.log.error("fires not recorded", count=len(self.pending))
@@ -143,10 +149,16 @@ class Daemon:
         """The bus the config names: `local`, or a redis URL (which must answer now)."""
         if self.config.bus_url == "local":
             return LocalBus(self.config.workers, wake=self._wake)
-        from flowlord.bus.redis import RedisBus
+        from flowlord.bus.redis import DONE_STREAM, RedisBus
 
         try:
-            return RedisBus(self.config.bus_url, self.log, wake=self._wake)
+            if self.config.bus_lease is None:
+                return RedisBus(self.config.bus_url, self.log, wake=self._wake)
+            node = self.config.bus_node or socket.gethostname()
+            bus = RedisBus(self.config.bus_url, self.log, wake=self._wake,
+                           done_stream=f"{DONE_STREAM}:{node}")
+            self.leadership = Leadership(bus.client, node, self.config.bus_lease, self.log)
+            return bus
         except ImportError:
             raise ConfigError("bus.url: the redis bus needs redis-py: "
                               "pip install 'flowlord[redis]'") from None
@@ -207,8 +219,10 @@ class Daemon:
             retry_due = self.dispatcher.next_due()
             wait = max(0.0, min(TICK, next_rescan - time.monotonic(), self._until_due(),
                                 TICK if retry_due is None else retry_due))
-            if self.pending or self.unplanned or self.dispatcher.pending:
-                wait = min(wait, 0.2)  # the database was locked: try again soon
+            if self.pending or self.unplanned or self.dispatcher.pending or self.held:
+                wait = min(wait, 0.2)  # the database was locked, or slots wait for a claim
+            if self.leadership is not None:  # the lease is renewed from this loop
+                wait = min(wait, self.leadership.lease_ms / 3000)
             self.wakeup.clear()
             paths = self.watcher.changed_paths(wait) if self.watcher else set()
             if not self.watcher:
@@ -231,10 +245,14 @@ class Daemon:
                 next_rescan = time.monotonic() + TICK
                 self.resync = True
             self._follow_other_writers(loader.store)
-            self._record_arrivals(loader.store)
+            leading = self._lead(loader)
+            if leading:  # a standby leaves arrived files to the leader
+                self._record_arrivals(loader.store)
+            else:
+                self.arrivals.arrived()
             self._fire_due()
             self._write(loader.store)
-            self.dispatcher.turn()
+            self.dispatcher.turn(claim=leading)
             self.dispatcher.check_overdue(time.monotonic())
             self.retention.tick(loader.store, self.clock.now(), time.monotonic())
             if self.webhook:
@@ -308,8 +326,20 @@ class Daemon:
 
     def _status(self, loader: Loader) -> str:
         counts = loader.store.severity_counts()
+        role = f"; {self.leadership.role}" if self.leadership is not None else ""
         return (f"STATUS={counts['ok'] + counts['warning']} valid phases, "
-                f"{counts['error']} invalid")
+                f"{counts['error']} invalid{role}")
+
+    def _lead(self, loader: Loader) -> bool:
+        """Whether this daemon fires and dispatches now: always, unless standbys share
+        its redis (bus.lease); then only while it holds the lease."""
+        if self.leadership is None:
+            return True
+        was = self.leadership.leading
+        leading = self.leadership.tick(time.monotonic())
+        if leading != was:
+            self._notify_status(loader)
+        return leading
 
     # --- firing ---------------------------------------------------------------------
 
@@ -361,6 +391,8 @@ class Daemon:
 
     def _write(self, store: Store) -> None:
         """Commit pending fires and the plan in one transaction; keep them if locked."""
+        if self.leadership is not None:
+            self._claim_slots(self.leadership)
         if not self.pending and not self.unplanned:
             return
         texts: dict[datetime, str] = {}  # phases share slots: format each once
@@ -390,6 +422,28 @@ class Daemon:
             self.log.warning("waited for the database lock", seconds=round(waited, 3))
         self._log_fires(new, len(self.pending) - len(new))
         self.pending, self.unplanned = [], set()
+
+    def _claim_slots(self, leadership: Leadership) -> None:
+        """With standbys, a fire is recorded only once its slot is claimed in redis: the
+        leader claims its due slots (one another daemon claimed is recorded as fired
+        there); a standby records the slots the leader claimed, and holds the others
+        until then, or until it leads. While redis cannot be asked, slots are held."""
+        fires = self.held + self.pending
+        self.held, self.pending = [], []
+        if not fires:
+            return
+        if leadership.leading:
+            claimed = leadership.claim(fires)
+            if claimed is None:
+                self.held = fires
+            else:
+                self.pending = claimed
+            return
+        split = leadership.fired_elsewhere(fires)
+        if split is None:
+            self.held = fires
+        else:
+            self.pending, self.held = split
 
     def _write_each(self, store: Store, plan: list[tuple[str | None, str, str]],
                     ) -> list[Fire] | None:

@@ -3,10 +3,12 @@ redis-server, killed and restarted (issue 5's reliability tests)."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from tests.conftest import run_cli
@@ -142,3 +144,54 @@ def test_a_redis_outage_loses_nothing_and_is_logged_once(
         assert "redis available again" in log.read_text()
     finally:
         server.kill()
+
+
+def standby_config(directory: Path, url: str, node: str) -> list[str]:
+    path = directory / "flowlord.toml"
+    path.write_text(f'timezone = "UTC"\n[bus]\nurl = "{url}"\nlease = "2s"\nnode = "{node}"\n')
+    return ["-c", str(path)]
+
+
+def own_slots(db: Path) -> list[str]:
+    """The slots this database fired itself (with tasks), not those recorded as fired
+    by another daemon."""
+    return [str(r[0]) for r in query(db, "SELECT f.scheduled_for FROM fires AS f WHERE "
+                                         "f.error = '' AND EXISTS (SELECT 1 FROM tasks AS t "
+                                         "WHERE t.file_path = f.file_path AND t.phase = f.phase "
+                                         "AND t.scheduled_for = f.scheduled_for)")]
+
+
+def test_a_standby_takes_over_without_firing_a_slot_twice_or_missing_one(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    homes = {node: tmp_path / node for node in ("a", "b")}
+    for home in homes.values():
+        (home / "wf").mkdir(parents=True)
+        (home / "wf" / "tick.toml").write_text(
+            '[[phase]]\ntask = "tick"\nrule = "cron=@every 1s&catchup=all"\n'
+            'template = "?t={TS}"\n')
+    dbs = {node: home / "f.db" for node, home in homes.items()}
+    log = tmp_path / "b.log"
+    with workers(redis_server.url, "tick", "true", concurrency=4), \
+            daemon(homes["a"], homes["a"] / "wf", dbs["a"],
+                   args=standby_config(homes["a"], redis_server.url, "a")) as leader:
+        wait_for(lambda: len(own_slots(dbs["a"])) >= 2, 30)  # a leads
+        with log.open("w") as err, daemon(homes["b"], homes["b"] / "wf", dbs["b"], stderr=err,
+                                          args=standby_config(homes["b"], redis_server.url,
+                                                              "b")) as standby:
+            # b stands by: it records a's slots as fired there, and fires none itself
+            wait_for(lambda: count(dbs["b"], "SELECT count(*) FROM fires "
+                                             "WHERE error = 'fired by flowlord a'") >= 2, 30)
+            assert own_slots(dbs["b"]) == []
+            leader.kill()
+            wait_for(lambda: len(own_slots(dbs["b"])) >= 3, 30)  # b took over
+            standby.send_signal(signal.SIGTERM)
+            assert standby.wait(30) == 0
+    assert "role=leader" in log.read_text()
+    a, b = own_slots(dbs["a"]), own_slots(dbs["b"])
+    assert not set(a) & set(b), "a slot fired by both daemons"
+    fired = sorted(a + b)
+    first, last = (datetime.fromisoformat(t.replace("Z", "+00:00")) for t in (fired[0],
+                                                                              fired[-1]))
+    every_second = [(first + timedelta(seconds=i)).strftime("%Y-%m-%dT%H:%M:%SZ")
+                    for i in range(int((last - first).total_seconds()) + 1)]
+    assert fired == every_second  # none twice, none missing

@@ -131,8 +131,9 @@ class RedisBus:
     remote = True  # tasks run elsewhere: a restart must not record them as errors
 
     def __init__(self, url: str, log: Any, wake: Callable[[], None] | None = None,
-                 in_flight: int = IN_FLIGHT) -> None:
+                 in_flight: int = IN_FLIGHT, done_stream: str = DONE_STREAM) -> None:
         self.url = url
+        self.done_stream = done_stream  # several daemons on one redis: one each
         self.log = log
         self.wake = wake
         self.in_flight = in_flight
@@ -182,7 +183,8 @@ class RedisBus:
 
         topic = stored.task.type
         try:
-            self.client.xadd(task_stream(topic), encode_task(stored, timeout_seconds))
+            self.client.xadd(task_stream(topic),
+                             encode_task(stored, timeout_seconds, self.done_stream))
         except (redis.RedisError, OSError) as e:
             self._lost(e)
             raise BusUnavailable(f"cannot publish to redis at {_where(self.url)}: {e}") from e
@@ -211,8 +213,8 @@ class RedisBus:
         if not done.receipt:
             return
         try:
-            self.client.xack(DONE_STREAM, DAEMON_GROUP, done.receipt)
-            self.client.xdel(DONE_STREAM, done.receipt)
+            self.client.xack(self.done_stream, DAEMON_GROUP, done.receipt)
+            self.client.xdel(self.done_stream, done.receipt)
         except (redis.RedisError, OSError) as e:
             self._lost(e)
 
@@ -244,9 +246,9 @@ class RedisBus:
                     self.available = True
                     self.log.info("redis available again", url=_where(self.url))
                     self._wake()
-                ensure_group(self.client, DONE_STREAM, DAEMON_GROUP)
+                ensure_group(self.client, self.done_stream, DAEMON_GROUP)
                 reply = self.client.xreadgroup(
-                    DAEMON_GROUP, DAEMON_CONSUMER, {DONE_STREAM: after or ">"}, count=1000,
+                    DAEMON_GROUP, DAEMON_CONSUMER, {self.done_stream: after or ">"}, count=1000,
                     block=None if after else READ_BLOCK_MS)
                 backoff = 0.5
             except (redis.RedisError, BusUnavailable, OSError) as e:
