@@ -4,6 +4,7 @@ redis-server, killed and restarted (issue 5's reliability tests)."""
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from tests.conftest import run_cli
 from tests.redis_server import RedisServer
-from tests.test_daemon import ROOT, daemon, wait_for
+from tests.test_daemon import ROOT, daemon, messages_until, wait_for
 from tests.test_firing import query
 from tests.test_running import FLAKY, backload, chains, unfinished
 
@@ -171,7 +172,10 @@ def test_a_standby_takes_over_without_firing_a_slot_twice_or_missing_one(
             'template = "?t={TS}"\n')
     dbs = {node: home / "f.db" for node, home in homes.items()}
     log = tmp_path / "b.log"
-    with workers(redis_server.url, "tick", "true", concurrency=4), \
+    status = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # b's systemd notifications
+    status.bind(str(homes["b"] / "notify.sock"))
+    status.settimeout(30)
+    with status, workers(redis_server.url, "tick", "true", concurrency=4), \
             daemon(homes["a"], homes["a"] / "wf", dbs["a"],
                    args=standby_config(homes["a"], redis_server.url, "a")) as leader:
         wait_for(lambda: len(own_slots(dbs["a"])) >= 2, 30)  # a leads
@@ -182,8 +186,12 @@ def test_a_standby_takes_over_without_firing_a_slot_twice_or_missing_one(
             wait_for(lambda: count(dbs["b"], "SELECT count(*) FROM fires "
                                              "WHERE error = 'fired by flowlord a'") >= 2, 30)
             assert own_slots(dbs["b"]) == []
+            assert any(m.endswith("; standby") for m in messages_until(status, "READY=1"))
             leader.kill()
             wait_for(lambda: len(own_slots(dbs["b"])) >= 3, 30)  # b took over
+            seen: list[str] = []
+            while not any(m.endswith("; leader") for m in seen):  # STATUS= says so
+                seen += status.recv(4096).decode().split("\n")
             standby.send_signal(signal.SIGTERM)
             assert standby.wait(30) == 0
     assert "role=leader" in log.read_text()
