@@ -28,6 +28,7 @@ bench: $(BIN)/flowlord
 	$(BIN)/python bench/refresh.py
 	$(BIN)/python bench/daemon.py
 	$(BIN)/python bench/tasks.py
+	$(BIN)/python bench/redis_bus.py
 
 clean:
 	rm -rf $(VENV) flowlord.db flowlord.db-wal flowlord.db-shm flowlord.db.lock
