@@ -47,7 +47,7 @@ def render_time(template: str, t: datetime | None) -> str:
     values = _time_values(t)
     parts = [literals[0]]
     for kind, literal in zip(kinds, literals[1:], strict=True):
-        parts.append(values[kind] if kind in values else _OTHER_VALUES[kind]())
+        parts.append(values[kind] if kind in values else _OTHER_VALUES[kind](t))
         parts.append(literal)
     return "".join(parts)
 
@@ -57,10 +57,11 @@ def render_time(template: str, t: datetime | None) -> str:
 # gives the same text. Year, month, day and hour take any case, host and pod too.
 _TIME_TOKEN = re.compile(
     r"\{(TS|[Yy]{4}|[Yy]{2}|[Mm]{2}|[Dd]{2}|[Hh]{2}|min|(?i:host|pod)|uuid)\}")
-_OTHER_VALUES: dict[str, Callable[[], str]] = {
-    "host": hostname,
-    "pod": lambda: pod_name(hostname()),
-    "uuid": lambda: uuid.uuid4().hex[:8],
+_OTHER_VALUES: dict[str, Callable[[datetime], str]] = {  # rare, or new at each use
+    "ts": lambda t: t.strftime("%Y%m%dT%H%M%S"),
+    "host": lambda t: hostname(),
+    "pod": lambda t: pod_name(hostname()),
+    "uuid": lambda t: uuid.uuid4().hex[:8],
 }
 _last_values: tuple[datetime | None, dict[str, str]] = (None, {})
 
@@ -73,9 +74,8 @@ def _time_values(t: datetime) -> dict[str, str]:
     last, values = _last_values
     if last is not t:
         year = str(t.year)
-        values = {"ts": t.strftime("%Y%m%dT%H%M%S"), "yyyy": year, "yy": year[2:],
-                  "mm": f"{t.month:02d}", "dd": f"{t.day:02d}", "hh": f"{t.hour:02d}",
-                  "min": f"{t.minute:02d}"}
+        values = {"yyyy": year, "yy": year[2:], "mm": f"{t.month:02d}",
+                  "dd": f"{t.day:02d}", "hh": f"{t.hour:02d}", "min": f"{t.minute:02d}"}
         _last_values = (t, values)
     return values
 
