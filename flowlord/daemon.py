@@ -91,8 +91,8 @@ class Daemon:
             self.watcher.wake()
 
     def run(self) -> int:
+        lock = self._lock_database()  # first: a second daemon must not touch the bus
         bus = self._bus()
-        lock = self._lock_database()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
         store = Store(self.config.db, busy_timeout_ms=BUSY_TIMEOUT_MS)
@@ -252,7 +252,9 @@ class Daemon:
                 self.arrivals.arrived()
             self._fire_due()
             self._write(loader.store)
-            self.dispatcher.turn(claim=leading)
+            # the tasks in this database are its own, whoever leads: a standby that led
+            # before still runs their children and retries
+            self.dispatcher.turn()
             self.dispatcher.check_overdue(time.monotonic())
             self.retention.tick(loader.store, self.clock.now(), time.monotonic())
             if self.webhook:
@@ -427,7 +429,8 @@ class Daemon:
         """With standbys, a fire is recorded only once its slot is claimed in redis: the
         leader claims its due slots (one another daemon claimed is recorded as fired
         there); a standby records the slots the leader claimed, and holds the others
-        until then, or until it leads. While redis cannot be asked, slots are held."""
+        until then, or until it leads (a slot it claimed itself, as leader, is recorded
+        with its tasks). While redis cannot be asked, slots are held."""
         fires = self.held + self.pending
         self.held, self.pending = [], []
         if not fires:
@@ -439,11 +442,11 @@ class Daemon:
             else:
                 self.pending = claimed
             return
-        split = leadership.fired_elsewhere(fires)
-        if split is None:
+        settled = leadership.settle(fires)
+        if settled is None:
             self.held = fires
         else:
-            self.pending, self.held = split
+            self.pending, self.held = settled
 
     def _write_each(self, store: Store, plan: list[tuple[str | None, str, str]],
                     ) -> list[Fire] | None:

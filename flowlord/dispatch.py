@@ -167,13 +167,16 @@ class Dispatcher:
         """Seconds until the next waiting retry is due, if any. Retries come from this
         dispatcher's turns, so the answer is kept until a turn writes (or for a second:
         what a stopped daemon left is found too)."""
-        if self._next_due is None or time.monotonic() >= self._next_due[0]:
+        now = datetime.now(UTC)
+        kept = self._next_due
+        if kept is None or time.monotonic() >= kept[0] or (kept[1] is not None
+                                                           and kept[1] <= now):  # due: on
             due = self.store.next_due(utc_now_ms())
-            when = (None if due is None
-                    else datetime.fromisoformat(due.replace("Z", "+00:00")))
-            self._next_due = (time.monotonic() + NEXT_DUE_MAX_AGE, when)
-        when = self._next_due[1]
-        return None if when is None else max(0.0, (when - datetime.now(UTC)).total_seconds())
+            kept = (time.monotonic() + NEXT_DUE_MAX_AGE,
+                    None if due is None else datetime.fromisoformat(due.replace("Z", "+00:00")))
+            self._next_due = kept
+        when = kept[1]
+        return None if when is None else max(0.0, (when - now).total_seconds())
 
     def check_overdue(self, monotonic: float) -> None:
         """One `incomplete` alert per task unfinished after task_ttl."""

@@ -9,6 +9,7 @@ while a worker running a long task renews its claim, so it is not taken away.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -58,6 +59,7 @@ class RemoteWorker:
         self.stopping = threading.Event()
         self.slot_freed = threading.Event()  # a task ended: the main loop may read again
         self.next_reclaim = 0.0  # monotonic time of the next look for abandoned messages
+        self.reclaim_from = "0-0"  # where that look goes on in the pending entries
         self.client: Any = None
 
     def run(self) -> int:
@@ -111,13 +113,16 @@ class RemoteWorker:
         try:
             if time.monotonic() >= self.next_reclaim:
                 self.next_reclaim = time.monotonic() + self.claim_idle_ms / 4000
-                _, claimed, _ = self.client.xautoclaim(
-                    self.stream, WORKERS_GROUP, self.consumer, self.claim_idle_ms, "0-0",
-                    count=free)
+                # a scan looks at 10 × count entries from the cursor: on from where the last
+                # one stopped, so abandoned messages behind live ones are reached too
+                self.reclaim_from, claimed, _ = self.client.xautoclaim(
+                    self.stream, WORKERS_GROUP, self.consumer, self.claim_idle_ms,
+                    self.reclaim_from, count=free)
+                if self.reclaim_from != "0-0":
+                    self.next_reclaim = 0.0  # the scan is not through: go on next time
                 if claimed:
                     self.log.warning("reclaimed tasks of a worker gone quiet",
                                      count=len(claimed))
-                    self.next_reclaim = 0.0  # there may be more
                     return list(claimed)
             reply = self.client.xreadgroup(WORKERS_GROUP, self.consumer, {self.stream: ">"},
                                            count=free, block=READ_BLOCK_MS)
@@ -211,8 +216,13 @@ class RemoteWorker:
         deadline = time.monotonic() + self.grace
         with self.lock:
             runs = list(self.runs.values())
-        for run in runs:
-            run.join(max(0.0, deadline - time.monotonic()))
+        for run in runs:  # claims renewed meanwhile: no other worker takes these over
+            while not run.join(min(self.claim_idle_ms / 3000,
+                                   max(0.0, deadline - time.monotonic()))):
+                if time.monotonic() >= deadline:
+                    break
+                with contextlib.suppress(BusUnavailable):
+                    self._renew_claims()
         for run in runs:
             if not run.join(0):
                 run.stop(STOPPED)

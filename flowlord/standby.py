@@ -108,9 +108,10 @@ class Leadership:
         return [fire if owner in (None, self.node) else fired_by(fire, owner)
                 for fire, owner in zip(fires, owners, strict=True)]
 
-    def fired_elsewhere(self, fires: Sequence[Fire]) -> tuple[list[Fire], list[Fire]] | None:
-        """A standby's due fires: (those another daemon claimed, as ledger rows; those
-        still open, to hold). None when Redis cannot be asked."""
+    def settle(self, fires: Sequence[Fire]) -> tuple[list[Fire], list[Fire]] | None:
+        """A standby's due fires: (those to record: as fired elsewhere when another
+        daemon claimed them, with their tasks when this one did while it led; those
+        nobody claimed, to hold). None when Redis cannot be asked."""
         import redis
 
         if not fires:
@@ -119,9 +120,10 @@ class Leadership:
             owners = self.client.mget([claim_key(f) for f in fires])
         except (redis.RedisError, OSError):
             return None
-        elsewhere = [fired_by(f, o) for f, o in zip(fires, owners, strict=True) if o]
-        still_open = [f for f, o in zip(fires, owners, strict=True) if not o]
-        return elsewhere, still_open
+        record = [f if o == self.node else fired_by(f, o)
+                  for f, o in zip(fires, owners, strict=True) if o]
+        held = [f for f, o in zip(fires, owners, strict=True) if not o]
+        return record, held
 
     def release(self) -> None:
         """At a clean stop: hand the lease over at once instead of at its expiry."""

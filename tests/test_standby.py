@@ -47,15 +47,18 @@ def test_a_slot_is_fired_by_the_first_claim_only(redis_server: RedisServer) -> N
     assert a.claim([fire()]) == [fire()]  # ours already: a restart may record it
     [elsewhere] = b.claim([fire()]) or []
     assert (elsewhere.tasks, elsewhere.error) == ((), "fired by flowlord a")
-    assert b.fired_elsewhere([fire(), fire("2026-01-01T00:00:01Z")]) == (
+    # a standby records what others claimed as fired there, what it claimed itself (while
+    # it led) with its tasks, and holds the rest
+    assert b.settle([fire(), fire("2026-01-01T00:00:01Z")]) == (
         [elsewhere], [fire("2026-01-01T00:00:01Z")])
+    assert a.settle([fire()]) == ([fire()], [])
 
 
 def test_redis_away_means_no_claim_and_no_answer(redis_server: RedisServer) -> None:
     a = Leadership(redis_server.client(), "a", LEASE, logs.get("test"))
     redis_server.kill()
     assert a.claim([fire()]) is None
-    assert a.fired_elsewhere([fire()]) is None
+    assert a.settle([fire()]) is None
 
 
 def test_a_lease_needs_a_redis_bus(tmp_path: Path) -> None:

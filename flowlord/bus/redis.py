@@ -26,7 +26,9 @@ DAEMON_GROUP = "daemon"
 DAEMON_CONSUMER = "daemon"  # one name across restarts: its unacknowledged results come back
 IN_FLIGHT = 1000  # tasks of a topic published and not yet finished, at most
 READ_BLOCK_MS = 1000  # a blocking read returns at least this often (to notice close)
+COMMAND_TIMEOUT = 2.0  # seconds a command may take: a dead server costs the loop no more
 BACKOFF_MAX = 10.0  # seconds between reconnection attempts, at most
+MAX_TIMEOUT_SECONDS = 10 * 365 * 86400.0  # a task message's timeout must be below this
 WORKERS_SEEN_FOR = 1.0  # seconds a topic without workers is not asked about again
 
 
@@ -34,18 +36,23 @@ def task_stream(topic: str) -> str:
     return f"{PREFIX}:tasks:{topic}"
 
 
-def connect(url: str) -> Any:
+def connect(url: str, timeout: float = COMMAND_TIMEOUT) -> Any:
     """A client for `url` (any URL redis-py accepts: redis://, rediss://, unix://, with
-    a password); BusUnavailable when the URL is bad or the server does not answer."""
+    a password), whose commands give up after `timeout` seconds; BusUnavailable when
+    the URL is bad, the server does not answer, or it is older than 7.0."""
     import redis  # an optional dependency: only this bus needs it
 
     try:
-        client = redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5,
-                                      socket_timeout=READ_BLOCK_MS / 1000 + 5,
-                                      health_check_interval=30)
+        client = redis.Redis.from_url(url, decode_responses=True,
+                                      socket_connect_timeout=COMMAND_TIMEOUT,
+                                      socket_timeout=timeout, health_check_interval=30)
     except ValueError as e:
         raise BusUnavailable(f"bad bus url {url!r}: {e}") from None
     ping(client, url)
+    version = str(client.info("server").get("redis_version", "0"))
+    if tuple(int(n) for n in version.split(".")[:2] if n.isdigit()) < (7, 0):
+        raise BusUnavailable(f"redis at {_where(url)} is version {version}: flowlord needs "
+                             "7.0 or later (XAUTOCLAIM, SET … NX GET)")
     return client
 
 
@@ -105,8 +112,10 @@ def decode_task(fields: Mapping[str, str]) -> tuple[StoredTask, float | None]:
     if not isinstance(data, dict) or not isinstance(data.get("type"), str):
         raise ValueError("the task has no type")
     task = Task(**{k: str(data.get(k, "")) for k in Task._fields if k in data})
-    timeout = fields.get("timeout", "")
-    return StoredTask(int(fields["task_no"]), task), float(timeout) if timeout else None
+    timeout = float(fields["timeout"]) if fields.get("timeout") else None
+    if timeout is not None and not 0 < timeout < MAX_TIMEOUT_SECONDS:
+        raise ValueError(f"timeout out of range: {timeout}")
+    return StoredTask(int(fields["task_no"]), task), timeout
 
 
 def encode_done(done: Done) -> dict[str, str]:
@@ -138,6 +147,8 @@ class RedisBus:
         self.wake = wake
         self.in_flight = in_flight
         self.client = connect(url)
+        # the reader blocks in its reads: a connection of its own, with a longer timeout
+        self.reader_client = connect(url, READ_BLOCK_MS / 1000 + COMMAND_TIMEOUT)
         self.available = True
         self._state = threading.Lock()  # guards `available` across the two threads
         self.outstanding: dict[str, set[int]] = {}  # topic → task_nos sent, no result yet
@@ -210,19 +221,22 @@ class RedisBus:
         pending and comes back at the next start, where recording it changes nothing."""
         import redis
 
-        if not done.receipt:
+        if not done.receipt or not self.available:  # pending, it is read again when back
             return
         try:
-            self.client.xack(self.done_stream, DAEMON_GROUP, done.receipt)
-            self.client.xdel(self.done_stream, done.receipt)
+            with self.client.pipeline(transaction=False) as both:
+                both.xack(self.done_stream, DAEMON_GROUP, done.receipt)
+                both.xdel(self.done_stream, done.receipt)
+                both.execute()
         except (redis.RedisError, OSError) as e:
             self._lost(e)
 
     def close(self, grace: float) -> list[Done]:
         """Remote tasks keep running; their results wait in the stream for the next start."""
         self._closed.set()
-        self._reader.join(READ_BLOCK_MS / 1000 + 6)
+        self._reader.join(READ_BLOCK_MS / 1000 + COMMAND_TIMEOUT + 1)
         self.client.close()
+        self.reader_client.close()
         return []
 
     # --- the result reader (its own thread) ------------------------------------------
@@ -242,12 +256,12 @@ class RedisBus:
         while not self._closed.is_set():
             try:
                 if not self.available:
-                    ping(self.client, self.url)
+                    ping(self.reader_client, self.url)
                     self.available = True
                     self.log.info("redis available again", url=_where(self.url))
                     self._wake()
-                ensure_group(self.client, self.done_stream, DAEMON_GROUP)
-                reply = self.client.xreadgroup(
+                ensure_group(self.reader_client, self.done_stream, DAEMON_GROUP)
+                reply = self.reader_client.xreadgroup(
                     DAEMON_GROUP, DAEMON_CONSUMER, {self.done_stream: after or ">"}, count=1000,
                     block=None if after else READ_BLOCK_MS)
                 backoff = 0.5
