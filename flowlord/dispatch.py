@@ -115,10 +115,12 @@ class Dispatcher:
 
     def _take_unsent(self) -> list[StoredTask]:
         """The tasks to publish again, when the bus can take them."""
-        if not self.unsent or self.bus.capacity(self.unsent[0].task.type) == 0:
+        if not self.unsent:
             return []
-        unsent, self.unsent = self.unsent, []
-        return unsent
+        room = {t: self.bus.capacity(t) for t in {s.task.type for s in self.unsent}}
+        ready = [s for s in self.unsent if room[s.task.type] > 0]
+        self.unsent = [s for s in self.unsent if room[s.task.type] <= 0]
+        return ready
 
     def _mark_published(self) -> None:
         """Record which tasks the bus took. A crash before this publishes them again at
