@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from flowlord.store import Store, utc_now_ms, write_txn
 from tests.conftest import run_cli
 from tests.redis_server import RedisServer
 from tests.test_daemon import ROOT, daemon, messages_until, wait_for
@@ -203,3 +204,26 @@ def test_a_standby_takes_over_without_firing_a_slot_twice_or_missing_one(
     every_second = [(first + timedelta(seconds=i)).strftime("%Y-%m-%dT%H:%M:%SZ")
                     for i in range(int((last - first).total_seconds()) + 1)]
     assert fired == every_second  # none twice, none missing
+
+
+def test_a_task_claimed_but_never_published_is_published_at_the_next_start(
+        tmp_path: Path, wf: Path, redis_server: RedisServer) -> None:
+    """What a daemon that died between committing a claim and publishing leaves behind;
+    a task published before (published_at set) is left to its worker."""
+    (wf / "a.toml").write_text('[[phase]]\ntask = "work"\ntemplate = "?h={hh}"\n')
+    db = tmp_path / "f.db"
+    backload(wf, db, "work", 2)
+    store = Store(str(db))
+    try:
+        with write_txn(store.conn):
+            first, second = store.claim("work", 2, utc_now_ms())
+            store.mark_published([second.task_no], "2026-01-01T00:00:00Z")
+    finally:
+        store.close()
+    with workers(redis_server.url, "work", "true"), \
+            daemon(tmp_path, wf, db, args=redis_config(tmp_path, redis_server.url)):
+        wait_for(lambda: query(db, "SELECT result FROM tasks WHERE task_no = ?",
+                               (first.task_no,)) == [("complete",)], 30)
+    # the published one is nobody's to run again here: it stays with its (lost) worker
+    assert query(db, "SELECT ended FROM tasks WHERE task_no = ?", (second.task_no,)) == [
+        (None,)]
