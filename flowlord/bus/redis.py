@@ -171,8 +171,8 @@ class RedisBus:
         return max(0, self.in_flight - len(self.outstanding.get(topic, ())))
 
     def _has_workers(self, topic: str) -> bool:
-        """Whether a worker ever read the topic (its group has a consumer); asked again
-        after WORKERS_SEEN_FOR seconds."""
+        """Whether a worker has joined the topic (its group has a consumer); asked again
+        after WORKERS_SEEN_FOR seconds while none has."""
         import redis
 
         seen = self._workers_seen.get(topic)
