@@ -30,7 +30,7 @@ from flowlord.loader import (
 from flowlord.model import Phase
 from flowlord.parse import WorkflowParseError
 from flowlord.rules import parse_rule
-from flowlord.store import Store, StoreError
+from flowlord.store import Store, StoreError, write_txn
 
 
 class _Parser(argparse.ArgumentParser):
@@ -72,7 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--after", type=_iso_time, help="ISO 8601 time (default now)")
     p.add_argument("-n", type=_positive, default=5)
     p.add_argument("--workflow", help="workflow file key, when several define TASK")
-    sub.add_parser("doctor", parents=[common], help="integrity and foreign-key checks")
+    p = sub.add_parser("doctor", parents=[common], help="integrity and foreign-key checks")
+    p.add_argument("--fix", action="store_true",
+                   help="remove orphans (rows whose parent is gone) in one transaction")
     p = sub.add_parser("trigger", parents=[common], help="fire a phase now or at --time")
     p.add_argument("task")
     p.add_argument("--time", type=_iso_time, help="ISO 8601 fire time (default now)")
@@ -354,6 +356,17 @@ def _find_phase_in_files(root: str, task: str, workflow: str | None) -> Phase:
 
 
 def cmd_doctor(args: argparse.Namespace, config: Config) -> int:
+    """Integrity, foreign keys and orphans; with --fix, orphans removed, then checked
+    again. Exit 1 while anything is found."""
+    if args.fix:
+        store = Store(config.db)
+        try:
+            with write_txn(store.conn):
+                fixed = store.remove_orphans()
+        finally:
+            store.close()
+        print(f"flowlord: removed or cleared {report.count(fixed, 'orphan row')}",
+              file=sys.stderr)
     store = Store(config.db, readonly=True)
     try:
         findings = [f"integrity: {p}" for p in store.integrity_problems()]

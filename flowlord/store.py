@@ -284,6 +284,29 @@ class Store(TaskRows):
         return [f"{table} row {rowid} points at a missing {parent}"
                 for table, rowid, parent, _ in self.conn.execute("PRAGMA foreign_key_check")]
 
+    def remove_orphans(self) -> int:
+        """Rows whose parent row is gone (edits made with foreign keys off), settled as
+        their foreign key's ON DELETE says: a reference that may be NULL is cleared (a
+        child keeps its history when its parent task went), any other row is deleted
+        (with what cascades from it). Call inside write_txn; returns how many rows."""
+        actions: dict[tuple[str, int], tuple[str, list[str]]] = {}  # (table, fk id) → …
+        fixed = 0
+        for table, rowid, _, fkid in list(self.conn.execute("PRAGMA foreign_key_check")):
+            if rowid is None:  # a WITHOUT ROWID table: none of ours has foreign keys
+                continue
+            if (table, fkid) not in actions:
+                rows = [r for r in self.conn.execute(f'PRAGMA foreign_key_list("{table}")')
+                        if r[0] == fkid]  # (id, seq, parent, from, to, on update, on delete…)
+                actions[table, fkid] = (rows[0][6], [r[3] for r in rows])
+            on_delete, columns = actions[table, fkid]
+            if on_delete == "SET NULL":
+                cleared = ", ".join(f'"{c}" = NULL' for c in columns)
+                self.conn.execute(f'UPDATE "{table}" SET {cleared} WHERE rowid = ?', (rowid,))
+            else:
+                self.conn.execute(f'DELETE FROM "{table}" WHERE rowid = ?', (rowid,))
+            fixed += self.conn.changes()
+        return fixed
+
     def orphan_phases(self) -> list[tuple[str, str]]:
         """Phases whose file row is gone (left by edits made with foreign keys off)."""
         return list(self.conn.execute(

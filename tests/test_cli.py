@@ -288,3 +288,39 @@ def test_check_reports_what_the_daemon_would_refuse(tmp_path: Path) -> None:
     config = tmp_path / "flowlord.toml"
     config.write_text("allow_world_writable = true\n")
     assert run_cli("check", str(wf), "-c", str(config)).returncode == 0
+
+
+def test_doctor_fix_removes_orphans_in_one_go_and_keeps_what_it_can(tmp_path: Path,
+                                                                    wf: Path) -> None:
+    (wf / "a.toml").write_text('[[phase]]\ntask = "p"\ntemplate = "?h={hh}"\n\n'
+                               '[[phase]]\ntask = "c"\ndependsOn = "p"\n')
+    (wf / "b.toml").write_text('[[phase]]\ntask = "q"\n')
+    db = str(tmp_path / "f.db")
+    assert run_cli("refresh", "-w", str(wf), "--db", db).returncode == 0
+    assert run_cli("backload", "p", "--from", "2026-01-01T00:00:00Z", "--to",
+                   "2026-01-01T01:00:00Z", "--by", "hour", "-w", str(wf),
+                   "--db", db).returncode == 0
+    conn = apsw.Connection(db)
+    conn.pragma("foreign_keys", "ON")
+    [(first, second)] = conn.execute("SELECT min(task_no), max(task_no) FROM tasks")
+    conn.execute("INSERT INTO tasks (id, type, created, file_path, phase, parent_no) "
+                 "SELECT id, 'c', created, file_path, 'c', task_no FROM tasks "
+                 "WHERE task_no = ?", (first,))  # a child of the first task
+    conn.pragma("foreign_keys", "OFF")  # what hand edits in the sqlite3 shell do
+    conn.execute("DELETE FROM workflow_files WHERE file_path = 'b.toml'")  # q is orphaned
+    conn.execute("DELETE FROM tasks WHERE task_no = ?", (first,))  # the child's parent
+    conn.execute("DELETE FROM fires WHERE scheduled_for = '2026-01-01T01:00:00Z'")  # 2nd's
+    conn.close()
+    before = run_cli("doctor", "--db", db)
+    assert before.returncode == 1 and "orphan phase: b.toml: q" in before.stdout
+    done = run_cli("doctor", "--fix", "--db", db)
+    assert done.returncode == 0, done.stdout
+    assert done.stdout.strip() == f"{db}: ok"
+    assert "removed or cleared 3 orphan rows" in done.stderr
+    conn = apsw.Connection(db, flags=apsw.SQLITE_OPEN_READONLY)
+    assert list(conn.execute("SELECT task FROM workflow_phases ORDER BY task")) == [
+        ("c",), ("p",)]
+    # the child stays, without its parent; the task of the lost fire is gone
+    assert list(conn.execute("SELECT type, parent_no FROM tasks")) == [("c", None)]
+    assert not list(conn.execute("SELECT 1 FROM tasks WHERE task_no = ?", (second,)))
+    conn.close()
