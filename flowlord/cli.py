@@ -19,6 +19,7 @@ from flowlord import __version__, cli_tasks, cron, daemon, logs, report
 from flowlord.config import Config, ConfigError, find_config_file, load_config, with_flags
 from flowlord.durations import parse_duration
 from flowlord.errors import UsageError
+from flowlord.export import ExportError, export
 from flowlord.loader import (
     Loader,
     LoaderError,
@@ -72,6 +73,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--after", type=_iso_time, help="ISO 8601 time (default now)")
     p.add_argument("-n", type=_positive, default=5)
     p.add_argument("--workflow", help="workflow file key, when several define TASK")
+    p = sub.add_parser("export", parents=[common],
+                       help="write the stored workflows back to TOML files")
+    p.add_argument("--out", default="flowlord-export",
+                   help="directory to write them to (default ./flowlord-export)")
     p = sub.add_parser("doctor", parents=[common], help="integrity and foreign-key checks")
     p.add_argument("--fix", action="store_true",
                    help="remove orphans (rows whose parent is gone) in one transaction")
@@ -379,6 +384,27 @@ def cmd_doctor(args: argparse.Namespace, config: Config) -> int:
     return 1 if findings else 0
 
 
+def cmd_export(args: argparse.Namespace, config: Config) -> int:
+    """The stored workflows as TOML files under --out, one per workflow key."""
+    out = os.path.abspath(args.out)
+    workflows = os.path.abspath(config.workflows)
+    if out == workflows or out.startswith(workflows.rstrip(os.sep) + os.sep):
+        raise UsageError(f"export: {args.out} is the workflow directory: the files there "
+                         "are the source; choose another --out")
+    store = Store(config.db, readonly=True)
+    try:
+        keys = export(store, out)
+    except ExportError as e:
+        raise UsageError(f"export: {e}") from None
+    except OSError as e:
+        raise UsageError(f"export: cannot write {e.filename or args.out}: {e.strerror}") \
+            from None
+    finally:
+        store.close()
+    _out("\n".join(os.path.join(args.out, key) for key in keys))
+    return 0
+
+
 def cmd_worker(args: argparse.Namespace, config: Config) -> int:
     """A remote worker: the tasks of one topic from the redis bus (CONTRACT §6)."""
     from flowlord.bus import BusUnavailable
@@ -408,6 +434,7 @@ COMMANDS = {
     "graph": cmd_graph, "next": cmd_next, "doctor": cmd_doctor,
     "trigger": cli_tasks.cmd_trigger, "backload": cli_tasks.cmd_backload,
     "tasks": cli_tasks.cmd_tasks, "notify": cli_tasks.cmd_notify, "worker": cmd_worker,
+    "export": cmd_export,
 }
 
 if __name__ == "__main__":
