@@ -35,6 +35,7 @@ from flowlord.bus.local import LocalBus
 from flowlord.clock import Clock, SystemClock
 from flowlord.config import Config, ConfigError
 from flowlord.dispatch import Dispatcher
+from flowlord.http_api import Api, HttpServer, parse_listen
 from flowlord.loader import Loader, LoaderError
 from flowlord.model import Fire, Phase
 from flowlord.retention import Retention
@@ -52,6 +53,7 @@ BUSY_TIMEOUT_MS = 1000  # a locked database is retried on the next turn, with pi
 LOGGED_FIRES = 50  # more fires than this in one turn are logged as one summary line
 STOP_WRITE_SECONDS = 10.0  # at stop, how long to retry recording fires in a locked database
 FOLLOW_EVERY = 0.1  # seconds between looks for other writers: not on every task result
+STUCK_AFTER = 30.0  # seconds without a turn of the main loop: /healthz answers 503
 
 
 class Daemon:
@@ -80,6 +82,7 @@ class Daemon:
         self.synced: dict[str, tuple[str, str | None]] = {}  # file → (hash, loaded_at) then
         self.leadership: Leadership | None = None  # with standbys: who fires (bus.lease)
         self.held: list[Fire] = []  # due slots a standby holds until someone claims them
+        self.last_turn = time.monotonic()  # of the main loop: /healthz's signal
 
     def _on_signal(self, signum: int, _: FrameType | None) -> None:
         (self.rescan if signum == signal.SIGHUP else self.stop).set()
@@ -93,6 +96,7 @@ class Daemon:
     def run(self) -> int:
         lock = self._lock_database()  # first: a second daemon must not touch the bus
         bus = self._bus()
+        http = self._http()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
         store = Store(self.config.db, busy_timeout_ms=BUSY_TIMEOUT_MS)
@@ -105,10 +109,15 @@ class Daemon:
             self._first_refresh(loader)
             self._start_schedule(loader.store)
             self.dispatcher.recover()
+            if http is not None:
+                http.start()
+                self.log.info("http api listening", listen=self.config.http_listen)
             notify("READY=1", self._status(loader))
             self._loop(loader)
         finally:
             notify("STOPPING=1")
+            if http is not None:
+                http.stop()
             if self.watcher:
                 self.watcher.stop()
             self.arrivals.stop()
@@ -165,6 +174,27 @@ class Daemon:
         except BusUnavailable as e:
             raise ConfigError(f"bus.url: {e}") from None
 
+    def _http(self) -> HttpServer | None:
+        """The read-only API when http.listen is set; a bad or unsafe address is a config
+        error, and so is a port that cannot be bound."""
+        if not self.config.http_listen:
+            return None
+        token = self.config.http_token
+        if not token and self.config.http_token_file:
+            try:
+                with open(self.config.http_token_file, encoding="utf-8") as f:
+                    token = f.read().strip()
+            except OSError as e:
+                raise ConfigError(f"http.token_file: {e.strerror}: "
+                                  f"{self.config.http_token_file}") from None
+        host, port = parse_listen(self.config.http_listen, token)
+        api = Api(self.config.db, lambda: time.monotonic() - self.last_turn < STUCK_AFTER,
+                  lambda: self.leadership.role if self.leadership is not None else "leader")
+        try:
+            return HttpServer(host, port, api, self.log)
+        except OSError as e:
+            raise ConfigError(f"http.listen {self.config.http_listen}: {e.strerror}") from None
+
     def _first_refresh(self, loader: Loader) -> None:
         """The load at start: a bad path is fatal, a locked database is waited for."""
         while True:
@@ -216,6 +246,7 @@ class Daemon:
         next_rescan = time.monotonic() + self.config.rescan.total_seconds()
         next_ping = time.monotonic()
         while not self.stop.is_set():
+            self.last_turn = time.monotonic()
             retry_due = self.dispatcher.next_due()
             wait = max(0.0, min(TICK, next_rescan - time.monotonic(), self._until_due(),
                                 TICK if retry_due is None else retry_due))

@@ -1,0 +1,270 @@
+"""The daemon's read-only HTTP API (CONTRACT §8): JSON about files, phases, the graph,
+tasks and alerts, and /healthz.
+
+Each request reads through a read-only connection of its own, on a thread of the
+server's, so no request can hold up the scheduler's writes. Bad parameters get a
+400 with a JSON error; large results are paginated with a hard cap.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import threading
+import time
+from collections.abc import Callable
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from flowlord import __version__
+from flowlord.config import ConfigError
+from flowlord.store import Store
+
+MAX_LIMIT = 1000  # rows per page, at most
+DEFAULT_LIMIT = 100
+STARTED = time.time()
+
+
+class BadRequest(Exception):
+    """A 4xx answer: (status, message)."""
+
+    def __init__(self, status: HTTPStatus, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def parse_listen(listen: str, token: str) -> tuple[str, int]:
+    """`host:port` → (host, port); a non-loopback host needs a token (ConfigError)."""
+    host, sep, port = listen.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
+        raise ConfigError(f"http.listen must be host:port, such as 127.0.0.1:8080: {listen}")
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback and not token:
+        raise ConfigError(f"http.listen {listen} is not a loopback address: set http.token "
+                          "(or http.token_file) first")
+    return host, int(port)
+
+
+class Api:
+    """Answers for each path; `healthy()` says whether the main loop makes progress."""
+
+    def __init__(self, db: str, healthy: Callable[[], bool], role: Callable[[], str]) -> None:
+        self.db = db
+        self.healthy = healthy
+        self.role = role
+
+    def answer(self, path: str, query: dict[str, list[str]]) -> tuple[HTTPStatus, Any]:
+        if path == "/healthz":
+            ok = self.healthy()
+            return (HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE,
+                    {"status": "ok" if ok else "stuck", "role": self.role()})
+        routes: dict[str, Callable[[Store, dict[str, list[str]]], Any]] = {
+            "/api/status": self.status, "/api/files": self.files, "/api/phases": self.phases,
+            "/api/graph": self.graph, "/api/tasks": self.tasks, "/api/alerts": self.alerts}
+        store = Store(self.db, readonly=True)
+        try:
+            if path in routes:
+                return HTTPStatus.OK, routes[path](store, query)
+            if path.startswith("/api/phases/") and path.count("/") >= 4:
+                file, _, task = path[len("/api/phases/"):].rpartition("/")
+                return HTTPStatus.OK, self.phase(store, unquote(file), unquote(task))
+            if path.startswith("/api/tasks/") and len(path) > len("/api/tasks/"):
+                return HTTPStatus.OK, self.lineage(store, unquote(path[len("/api/tasks/"):]))
+        finally:
+            store.close()
+        raise BadRequest(HTTPStatus.NOT_FOUND, f"no such path: {path}")
+
+    # --- endpoints -------------------------------------------------------------------
+
+    def status(self, store: Store, query: dict[str, list[str]]) -> dict[str, Any]:
+        counts = store.severity_counts()
+        files = store.files()
+        return {"version": __version__, "uptime_seconds": round(time.time() - STARTED),
+                "role": self.role(), "files": len(files),
+                "refused_files": sum(1 for f in files if f[1]), "phases": counts,
+                "last_load": max((f[3] for f in files if f[3]), default=None)}
+
+    def files(self, store: Store, query: dict[str, list[str]]) -> list[dict[str, Any]]:
+        return [{"file": f[0], "status": f[1], "file_hash": f[2], "loaded_at": f[3],
+                 "phases": f[5], "errors": f[6], "warnings": f[7]} for f in store.files()]
+
+    def phases(self, store: Store, query: dict[str, list[str]]) -> list[dict[str, Any]]:
+        severity = _one(query, "severity")
+        if severity is not None and severity not in ("ok", "warning", "error"):
+            raise BadRequest(HTTPStatus.BAD_REQUEST, "severity must be ok, warning or error")
+        limit, offset = _limit(query), _int(query, "offset", 0)
+        sql = (f"SELECT {_PHASE_COLUMNS} FROM workflow_phases AS p "
+               + ("WHERE p.severity = ? " if severity else "")
+               + "ORDER BY p.file_path, p.position LIMIT ? OFFSET ?")
+        args = (*((severity,) if severity else ()), limit, offset)
+        return [_phase(r) for r in store.conn.execute(sql, args)]
+
+    def phase(self, store: Store, file: str, task: str) -> dict[str, Any]:
+        rows = list(store.conn.execute(f"SELECT {_PHASE_COLUMNS} FROM workflow_phases AS p "
+                                       "WHERE p.file_path = ? AND p.task = ?", (file, task)))
+        if not rows:
+            raise BadRequest(HTTPStatus.NOT_FOUND, f"no phase {task} in {file}")
+        found = _phase(rows[0])
+        found["last_tasks"] = [_task(r) for r in store.conn.execute(
+            f"SELECT {_TASK_COLUMNS} FROM tasks WHERE file_path = ? AND phase = ? "
+            "ORDER BY task_no DESC LIMIT 10", (file, task))]
+        found["parents"] = [
+            {"task": p[0], "severity": p[1], "status": p[2], "last_result": p[3],
+             "last_ended": p[4]}
+            for p in store.conn.execute(
+                "SELECT p.task, p.severity, p.status, t.result, t.ended FROM workflow_phases "
+                "AS p LEFT JOIN tasks AS t ON t.task_no = (SELECT max(task_no) FROM tasks "
+                "WHERE file_path = p.file_path AND phase = p.task) "
+                "WHERE p.file_path = ? AND p.task = ?", (file, found["depends_on"]))]
+        return found
+
+    def graph(self, store: Store, query: dict[str, list[str]]) -> dict[str, Any]:
+        phases = store.phases()
+        return {"nodes": [{"file": p.file_path, "task": p.task, "severity": p.severity}
+                          for p in phases],
+                "edges": [{"from": a, "to": b, "file": f} for f, a, b in store.edges()]}
+
+    def tasks(self, store: Store, query: dict[str, list[str]]) -> list[dict[str, Any]]:
+        where: list[str] = []
+        args: list[object] = []
+        for key in ("type", "job"):
+            value = _one(query, key)
+            if value is not None:
+                where.append(f"{key} = ?")
+                args.append(value)
+        result = _one(query, "result")
+        if result == "none":
+            where.append("result IS NULL")
+        elif result is not None:
+            if result not in ("complete", "error", "alert", "warn"):
+                raise BadRequest(HTTPStatus.BAD_REQUEST,
+                                 "result must be complete, error, alert, warn or none")
+            where.append("result = ?")
+            args.append(result)
+        before = _int(query, "before", None)
+        if before is not None:
+            where.append("task_no < ?")
+            args.append(before)
+        sql = (f"SELECT {_TASK_COLUMNS} FROM tasks "
+               + ("WHERE " + " AND ".join(where) + " " if where else "")
+               + "ORDER BY task_no DESC LIMIT ?")
+        return [_task(r) for r in store.conn.execute(sql, (*args, _limit(query)))]
+
+    def lineage(self, store: Store, task_id: str) -> list[dict[str, Any]]:
+        rows = [_task(r) for r in store.conn.execute(
+            f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = ? ORDER BY task_no LIMIT ?",
+            (task_id, MAX_LIMIT))]
+        if not rows:
+            raise BadRequest(HTTPStatus.NOT_FOUND, f"no task with id {task_id}")
+        return rows
+
+    def alerts(self, store: Store, query: dict[str, list[str]]) -> list[dict[str, Any]]:
+        before = _int(query, "before", None)
+        return [{"alert_no": r[0], "task_no": r[1], "kind": r[2], "type": r[3], "job": r[4],
+                 "message": r[5], "created": r[6], "posted_at": r[7]}
+                for r in store.conn.execute(
+                    "SELECT alert_no, task_no, kind, type, job, message, created, posted_at "
+                    "FROM alerts WHERE alert_no < ? ORDER BY alert_no DESC LIMIT ?",
+                    (before if before is not None else 2**62, _limit(query)))]
+
+
+_PHASE_COLUMNS = ("p.file_path, p.task, p.depends_on, p.rule, p.template, p.retry, "
+                  "p.severity, p.status, p.next_fire, (SELECT max(f.scheduled_for) FROM "
+                  "fires AS f WHERE f.file_path = p.file_path AND f.phase = p.task)")
+_TASK_COLUMNS = ("task_no, id, type, job, info, meta, created, started, ended, result, msg, "
+                 "file_path, phase, attempt, scheduled_for, parent_no, due_at")
+
+
+def _phase(r: tuple[Any, ...]) -> dict[str, Any]:
+    keys = ("file", "task", "depends_on", "rule", "template", "retry", "severity", "status",
+            "next_fire", "last_fire")
+    return dict(zip(keys, r, strict=True))
+
+
+def _task(r: tuple[Any, ...]) -> dict[str, Any]:
+    keys = ("task_no", "id", "type", "job", "info", "meta", "created", "started", "ended",
+            "result", "msg", "file", "phase", "attempt", "scheduled_for", "parent_no", "due_at")
+    return dict(zip(keys, r, strict=True))
+
+
+def _one(query: dict[str, list[str]], key: str) -> str | None:
+    values = query.get(key)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise BadRequest(HTTPStatus.BAD_REQUEST, f"{key} given more than once")
+    return values[0]
+
+
+def _int(query: dict[str, list[str]], key: str, default: int | None) -> int | None:
+    text = _one(query, key)
+    if text is None:
+        return default
+    if not text.isascii() or not text.isdigit() or len(text) > 18:
+        raise BadRequest(HTTPStatus.BAD_REQUEST, f"{key} must be a non-negative integer")
+    return int(text)
+
+
+def _limit(query: dict[str, list[str]]) -> int:
+    limit = _int(query, "limit", DEFAULT_LIMIT)
+    assert limit is not None
+    if not 1 <= limit <= MAX_LIMIT:
+        raise BadRequest(HTTPStatus.BAD_REQUEST, f"limit must be from 1 to {MAX_LIMIT}")
+    return limit
+
+
+class _Handler(BaseHTTPRequestHandler):
+    api: Api
+    log: Any
+    server_version = f"flowlord/{__version__}"
+
+    def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+        try:
+            parts = urlsplit(self.path)
+            query = parse_qs(parts.query, keep_blank_values=True, max_num_fields=50)
+            status, body = self.api.answer(parts.path, query)
+        except BadRequest as e:
+            status, body = e.status, {"error": str(e)}
+        except ValueError as e:  # a query string parse_qs refuses
+            status, body = HTTPStatus.BAD_REQUEST, {"error": f"bad query: {e}"}
+        except Exception as e:  # a bug costs this answer, never the daemon
+            self.log.exception("http request failed", path=self.path[:200])
+            status, body = HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"internal error: {e}"}
+        self._send(status, body)
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._send(HTTPStatus.METHOD_NOT_ALLOWED,
+                   {"error": "this version serves the read-only API (GET) only"})
+
+    def _send(self, status: HTTPStatus, body: Any) -> None:
+        data = json.dumps(body, ensure_ascii=False).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass  # not every request in the journal
+
+
+class HttpServer:
+    def __init__(self, host: str, port: int, api: Api, log: Any) -> None:
+        handler = type("Handler", (_Handler,), {"api": api, "log": log})
+        self.server = ThreadingHTTPServer((host, port), handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, name="http",
+                                       daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,136 @@
+"""The read-only HTTP API of the real daemon (CONTRACT §8): its answers, its 400s for bad
+parameters, and no 500 for a thousand random requests."""
+
+from __future__ import annotations
+
+import json
+import random
+import string
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import run_cli
+from tests.redis_server import free_port
+from tests.test_daemon import daemon, wait_for
+from tests.test_running import backload
+
+
+def get(base: str, path: str) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(base + path, timeout=10) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as e:
+        with e:  # an error answer is a response too: closed here
+            return e.code, json.loads(e.read())
+
+
+def answers(base: str) -> bool:
+    try:
+        return get(base, "/healthz")[0] == 200
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def api(tmp_path: Path, wf: Path) -> Iterator[str]:
+    (wf / "a.toml").write_text(
+        '[[phase]]\ntask = "extract"\nrule = "cron=0 * * * *"\ntemplate = "?h={hh}"\n\n'
+        '[[phase]]\ntask = "load"\ndependsOn = "extract"\n\n'
+        '[[phase]]\ntask = "<script>alert(1)</script>"\nrule = "cron=bad"\n')
+    (wf / "dir").mkdir()
+    (wf / "dir" / "b.toml").write_text('[[phase]]\ntask = "other:job"\n')
+    db = tmp_path / "f.db"
+    backload(wf, db, "extract", 3)
+    port = free_port()
+    config = tmp_path / "flowlord.toml"
+    config.write_text(f'timezone = "UTC"\n[http]\nlisten = "127.0.0.1:{port}"\n')
+    base = f"http://127.0.0.1:{port}"
+    with daemon(tmp_path, wf, db, args=["-c", str(config)]):
+        wait_for(lambda: answers(base), 30)
+        yield base
+
+
+def test_the_read_endpoints_answer_from_the_database(api: str) -> None:
+    status, body = get(api, "/api/status")
+    assert status == 200 and body["files"] == 2 and body["role"] == "leader"
+    assert body["phases"]["error"] == 1 and sum(body["phases"].values()) == 4
+    status, files = get(api, "/api/files")
+    assert [f["file"] for f in files] == ["a.toml", "dir/b.toml"]
+    status, errors = get(api, "/api/phases?severity=error")
+    assert [(p["task"], p["severity"]) for p in errors] == [
+        ("<script>alert(1)</script>", "error")]
+    status, page = get(api, "/api/phases?limit=2&offset=1")
+    assert [p["task"] for p in page] == ["load", "<script>alert(1)</script>"]
+    status, phase = get(api, "/api/phases/a.toml/load")
+    assert status == 200 and phase["depends_on"] == "extract"
+    assert [p["task"] for p in phase["parents"]] == ["extract"]
+    status, nested = get(api, "/api/phases/dir/b.toml/other:job")
+    assert status == 200 and nested["file"] == "dir/b.toml"
+    status, graph = get(api, "/api/graph")
+    assert {"from": "extract", "to": "load", "file": "a.toml"} in graph["edges"]
+    status, tasks = get(api, "/api/tasks?type=extract&limit=2")
+    assert status == 200 and len(tasks) == 2 and tasks[0]["task_no"] > tasks[1]["task_no"]
+    status, older = get(api, f"/api/tasks?type=extract&before={tasks[1]['task_no']}")
+    assert [t["task_no"] for t in older] == [tasks[1]["task_no"] - 1]
+    status, lineage = get(api, f"/api/tasks/{tasks[0]['id']}")
+    assert status == 200 and lineage[0]["id"] == tasks[0]["id"]
+    assert get(api, "/api/alerts")[0] == 200
+
+
+@pytest.mark.parametrize("path", ["/api/phases?severity=bad", "/api/tasks?limit=0",
+                                  "/api/tasks?limit=100000", "/api/tasks?before=-1",
+                                  "/api/tasks?result=maybe", "/api/phases?offset=x",
+                                  "/api/tasks?type=a&type=b"])
+def test_bad_parameters_get_400_with_a_json_error(api: str, path: str) -> None:
+    status, body = get(api, path)
+    assert status == 400 and body["error"]
+
+
+def test_unknown_paths_get_404_and_posts_are_refused(api: str) -> None:
+    assert get(api, "/api/nothing")[0] == 404
+    assert get(api, "/api/phases/a.toml/ghost")[0] == 404
+    assert get(api, "/api/tasks/no-such-id")[0] == 404
+    request = urllib.request.Request(api + "/api/refresh", data=b"{}", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    with refused.value:
+        assert refused.value.code == 405
+
+
+def test_a_thousand_random_requests_never_get_a_500(api: str) -> None:
+    rng = random.Random(7)
+    paths = ["/api/status", "/api/files", "/api/phases", "/api/phases/", "/api/graph",
+             "/api/tasks", "/api/tasks/", "/api/alerts", "/healthz", "/", "/api/phases/a.toml/"]
+    keys = ["limit", "offset", "before", "severity", "type", "job", "result", "x"]
+    junk = string.printable + "éß☃\x00%"
+    for _ in range(1000):
+        path = rng.choice(paths) + "".join(rng.choice(junk) for _ in range(rng.randint(0, 8)))
+        query = "&".join(f"{rng.choice(keys)}="
+                         + "".join(rng.choice(junk) for _ in range(rng.randint(0, 6)))
+                         for _ in range(rng.randint(0, 3)))
+        url = urllib.parse.quote(path, safe="/:") + "?" + urllib.parse.quote(query, safe="=&")
+        status, body = get(api, url)
+        assert status != 500 and isinstance(body, (dict, list)), (url, body)
+
+
+def test_a_non_loopback_address_needs_a_token(tmp_path: Path, wf: Path) -> None:
+    config = tmp_path / "flowlord.toml"
+    config.write_text('[http]\nlisten = "0.0.0.0:8080"\n')
+    done = run_cli("run", "-c", str(config), "-w", str(wf), "--db", str(tmp_path / "f.db"))
+    assert done.returncode == 2
+    assert "not a loopback address: set http.token" in done.stderr
+
+
+def test_healthz_says_503_when_the_main_loop_is_stuck(tmp_path: Path) -> None:
+    from flowlord.http_api import Api
+
+    stuck = Api(str(tmp_path / "f.db"), healthy=lambda: False, role=lambda: "leader")
+    assert stuck.answer("/healthz", {}) == (503, {"status": "stuck", "role": "leader"})
+    fine = Api(str(tmp_path / "f.db"), healthy=lambda: True, role=lambda: "standby")
+    assert fine.answer("/healthz", {}) == (200, {"status": "ok", "role": "standby"})
