@@ -41,11 +41,11 @@ def pick_phase(phases: Sequence[Phase], task: str, workflow: str | None, where: 
     return found[0]
 
 
-def _stored_phase(args: argparse.Namespace, config: Config) -> Phase:
-    """The phase TASK names in the database; one that cannot run is a usage error."""
+def stored_phase(config: Config, task: str, workflow: str | None) -> Phase:
+    """The phase `task` names in the database; one that cannot run is a usage error."""
     store = Store(config.db, readonly=True)
     try:
-        phase = pick_phase(store.phases(), args.task, args.workflow, config.db)
+        phase = pick_phase(store.phases(), task, workflow, config.db)
     finally:
         store.close()
     if phase.severity == "error":
@@ -53,8 +53,8 @@ def _stored_phase(args: argparse.Namespace, config: Config) -> Phase:
     return phase
 
 
-def _in_zone(t: datetime, config: Config) -> datetime:
-    """A time from the command line: without an offset it is in the configured zone."""
+def in_zone(t: datetime, config: Config) -> datetime:
+    """A time given by a person: without an offset it is in the configured zone."""
     return t.replace(tzinfo=config.zone()) if t.tzinfo is None else t
 
 
@@ -62,7 +62,8 @@ def _context(config: Config) -> Context:
     return Context(config.zone(), meta_dir(config.workflows), datetime.now(UTC))
 
 
-def _record(config: Config, fires: list[Fire]) -> list[Fire]:
+def record(config: Config, fires: list[Fire]) -> list[Fire]:
+    """Write fires through the ledger; the ones that were new."""
     store = Store(config.db)
     try:
         with write_txn(store.conn):
@@ -71,12 +72,36 @@ def _record(config: Config, fires: list[Fire]) -> list[Fire]:
         store.close()
 
 
+def trigger_fire(config: Config, task: str, time: datetime | None,
+                 workflow: str | None) -> tuple[Phase, Fire]:
+    """The fire of a phase as if its cron fired at `time` (default now); not recorded.
+    Its `error` says why it has no tasks."""
+    phase = stored_phase(config, task, workflow)
+    slot = in_zone(time, config) if time else datetime.now(UTC)
+    slot = slot.astimezone(UTC).replace(microsecond=0)
+    return phase, build_fire(phase, slot, "trigger", _context(config))
+
+
+def backload_fires(config: Config, task: str, start: datetime, end: datetime,
+                   by: str | None, workflow: str | None) -> tuple[Phase, list[Fire]]:
+    """A fire for every step of [start, end]; not recorded. BuildError when the range
+    cannot be built (the message says why)."""
+    phase = stored_phase(config, task, workflow)
+    rule = parse_rule(phase.rule)
+    try:
+        steps = backload_steps(phase, in_zone(start, config), in_zone(end, config),
+                               BY_STEPS[by] if by else rule.by, _context(config))
+        # a step's slot is the cron time that builds it: its data time less the offset
+        return phase, [Fire(phase.file_path, phase.task,
+                            rfc3339(t.astimezone(UTC) - rule.offset), "backload", tasks)
+                       for t, tasks in steps]
+    except OverflowError:
+        raise BuildError("time out of range") from None
+
+
 def cmd_trigger(args: argparse.Namespace, config: Config) -> int:
     """Fire a phase as if its cron fired at --time (default now)."""
-    phase = _stored_phase(args, config)
-    slot = _in_zone(args.time, config) if args.time else datetime.now(UTC)
-    slot = slot.astimezone(UTC).replace(microsecond=0)
-    fire = build_fire(phase, slot, "trigger", _context(config))
+    phase, fire = trigger_fire(config, args.task, args.time, args.workflow)
     if fire.error:
         print(f"flowlord: {phase.file_path}: {phase.task}: {fire.error}", file=sys.stderr)
         return 1
@@ -84,7 +109,7 @@ def cmd_trigger(args: argparse.Namespace, config: Config) -> int:
         for t in fire.tasks:
             print(t.to_json())
         return 0
-    if not _record(config, [fire]):
+    if not record(config, [fire]):
         print(f"flowlord: {phase.file_path}: {phase.task} already fired for "
               f"{fire.scheduled_for}; nothing created", file=sys.stderr)
         return 0
@@ -95,26 +120,18 @@ def cmd_trigger(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_backload(args: argparse.Namespace, config: Config) -> int:
     """The phase's tasks for every step of [--from, --to]; a step done before is skipped."""
-    phase = _stored_phase(args, config)
-    rule = parse_rule(phase.rule)
-    by = BY_STEPS[args.by] if args.by else rule.by
-    ctx = _context(config)
     try:
-        steps = backload_steps(phase, _in_zone(args.start, config), _in_zone(args.end, config),
-                               by, ctx)
-        # a step's slot is the cron time that builds it: its data time less the offset
-        fires = [Fire(phase.file_path, phase.task, rfc3339(t.astimezone(UTC) - rule.offset),
-                      "backload", tasks) for t, tasks in steps]
-    except (BuildError, OverflowError) as e:
-        reason = "time out of range" if isinstance(e, OverflowError) else str(e)
-        print(f"flowlord: {phase.file_path}: {phase.task}: {reason}", file=sys.stderr)
+        phase, fires = backload_fires(config, args.task, args.start, args.end, args.by,
+                                      args.workflow)
+    except BuildError as e:
+        print(f"flowlord: {args.task}: {e}", file=sys.stderr)
         return 1
     if args.dry_run:
-        for _, tasks in steps:
-            for t in tasks:
+        for fire in fires:
+            for t in fire.tasks:
                 print(t.to_json())
         return 0
-    new = _record(config, fires)
+    new = record(config, fires)
     created = sum(len(f.tasks) for f in new)
     print(f"{phase.file_path}\t{phase.task}\t{count(len(fires), 'step')}: {len(new)} new, "
           f"{len(fires) - len(new)} done before; {count(created, 'task')} created")

@@ -188,8 +188,9 @@ class Daemon:
                 raise ConfigError(f"http.token_file: {e.strerror}: "
                                   f"{self.config.http_token_file}") from None
         host, port = parse_listen(self.config.http_listen, token)
-        api = Api(self.config.db, lambda: time.monotonic() - self.last_turn < STUCK_AFTER,
-                  lambda: self.leadership.role if self.leadership is not None else "leader")
+        api = Api(self.config, lambda: time.monotonic() - self.last_turn < STUCK_AFTER,
+                  lambda: self.leadership.role if self.leadership is not None else "leader",
+                  token)
         try:
             return HttpServer(host, port, api, self.log)
         except OSError as e:

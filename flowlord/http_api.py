@@ -1,28 +1,39 @@
-"""The daemon's read-only HTTP API (CONTRACT §8): JSON about files, phases, the graph,
-tasks and alerts, and /healthz.
+"""The daemon's HTTP API (CONTRACT §8): JSON about files, phases, the graph, tasks and
+alerts, /healthz, and POST refresh, trigger and backload behind a bearer token.
 
-Each request reads through a read-only connection of its own, on a thread of the
-server's, so no request can hold up the scheduler's writes. Bad parameters get a
-400 with a JSON error; large results are paginated with a hard cap.
+Each request runs on a thread of the server's with a connection of its own (a
+read-only one for GET), so no request can hold up the scheduler's loop. Bad
+parameters get a 4xx with a JSON error; large results are paginated with a hard cap.
 """
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import json
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import apsw
+
 from flowlord import __version__
-from flowlord.config import ConfigError
-from flowlord.store import Store
+from flowlord.cli_tasks import backload_fires, record, trigger_fire
+from flowlord.config import Config, ConfigError
+from flowlord.errors import UsageError
+from flowlord.loader import Loader, LoaderError
+from flowlord.model import Fire
+from flowlord.rules import BY_STEPS
+from flowlord.store import Store, StoreError
+from flowlord.tasks import BuildError
 
 MAX_LIMIT = 1000  # rows per page, at most
+MAX_BODY = 65536  # bytes of a POST body, at most
 DEFAULT_LIMIT = 100
 STARTED = time.time()
 
@@ -52,12 +63,69 @@ def parse_listen(listen: str, token: str) -> tuple[str, int]:
 
 
 class Api:
-    """Answers for each path; `healthy()` says whether the main loop makes progress."""
+    """Answers for each path; `healthy()` says whether the main loop makes progress.
+    The POST endpoints write as `flowlord refresh`, `trigger` and `backload` do, through
+    connections of their own; the daemon follows their changes like any other writer."""
 
-    def __init__(self, db: str, healthy: Callable[[], bool], role: Callable[[], str]) -> None:
-        self.db = db
+    def __init__(self, config: Config, healthy: Callable[[], bool],
+                 role: Callable[[], str], token: str = "") -> None:
+        self.config = config
+        self.db = config.db
         self.healthy = healthy
         self.role = role
+        self.token = token
+
+    def post(self, path: str, authorization: str, body: bytes) -> tuple[HTTPStatus, Any]:
+        if not self.token:
+            raise BadRequest(HTTPStatus.FORBIDDEN, "POST is disabled: no http.token is set")
+        given = authorization.removeprefix("Bearer ").strip()
+        if not authorization.startswith("Bearer ") or not hmac.compare_digest(
+                given.encode(), self.token.encode()):
+            raise BadRequest(HTTPStatus.UNAUTHORIZED, "Authorization: Bearer <token> needed")
+        routes = {"/api/refresh": self.refresh, "/api/trigger": self.trigger,
+                  "/api/backload": self.backload}
+        if path not in routes:
+            raise BadRequest(HTTPStatus.NOT_FOUND, f"no such path: {path}")
+        try:
+            fields = json.loads(body or b"{}")
+        except ValueError as e:
+            raise BadRequest(HTTPStatus.BAD_REQUEST, f"the body is not JSON: {e}") from None
+        if not isinstance(fields, dict):
+            raise BadRequest(HTTPStatus.BAD_REQUEST, "the body must be a JSON object")
+        try:
+            return routes[path](fields)
+        except UsageError as e:  # no such phase, a phase that cannot run
+            raise BadRequest(HTTPStatus.BAD_REQUEST, str(e)) from None
+        except (apsw.BusyError, LoaderError, StoreError) as e:
+            raise BadRequest(HTTPStatus.SERVICE_UNAVAILABLE, str(e)) from None
+
+    def refresh(self, fields: dict[str, Any]) -> tuple[HTTPStatus, Any]:
+        loader = Loader(self.config.workflows, Store(self.db),
+                        allow_world_writable=self.config.allow_world_writable)
+        try:
+            return HTTPStatus.OK, {"changes": loader.refresh()}
+        finally:
+            loader.close()
+
+    def trigger(self, fields: dict[str, Any]) -> tuple[HTTPStatus, Any]:
+        phase, fire = trigger_fire(self.config, _text(fields, "task"),
+                                   _time(fields, "time", None), _text(fields, "workflow", None))
+        if fire.error:
+            raise BadRequest(HTTPStatus.UNPROCESSABLE_ENTITY, fire.error)
+        return _created(record(self.config, [fire]))
+
+    def backload(self, fields: dict[str, Any]) -> tuple[HTTPStatus, Any]:
+        by = _text(fields, "by", None)
+        if by is not None and by not in BY_STEPS:
+            raise BadRequest(HTTPStatus.BAD_REQUEST, "by must be hour, day, week or month")
+        start, end = _time(fields, "from"), _time(fields, "to")
+        assert start is not None and end is not None
+        try:
+            _, fires = backload_fires(self.config, _text(fields, "task"), start, end, by,
+                                      _text(fields, "workflow", None))
+        except BuildError as e:
+            raise BadRequest(HTTPStatus.UNPROCESSABLE_ENTITY, str(e)) from None
+        return _created(record(self.config, fires))
 
     def answer(self, path: str, query: dict[str, list[str]]) -> tuple[HTTPStatus, Any]:
         if path == "/healthz":
@@ -193,6 +261,35 @@ def _task(r: tuple[Any, ...]) -> dict[str, Any]:
     return dict(zip(keys, r, strict=True))
 
 
+def _created(new: list[Fire]) -> tuple[HTTPStatus, Any]:
+    """201 with the created tasks; 200 with none when every slot was fired before."""
+    tasks = [json.loads(t.to_json()) for fire in new for t in fire.tasks]
+    return (HTTPStatus.CREATED if new else HTTPStatus.OK), {
+        "fires": len(new), "tasks": tasks}
+
+
+_REQUIRED = object()
+
+
+def _text(fields: dict[str, Any], key: str, default: Any = _REQUIRED) -> Any:
+    value = fields.get(key, default)
+    if value is _REQUIRED:
+        raise BadRequest(HTTPStatus.BAD_REQUEST, f"{key} is required")
+    if value is not default and not isinstance(value, str):
+        raise BadRequest(HTTPStatus.BAD_REQUEST, f"{key} must be a string")
+    return value
+
+
+def _time(fields: dict[str, Any], key: str, default: Any = _REQUIRED) -> datetime | None:
+    text = _text(fields, key, default)
+    if text is None:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise BadRequest(HTTPStatus.BAD_REQUEST, f"{key} is not an ISO 8601 time") from None
+
+
 def _one(query: dict[str, list[str]], key: str) -> str | None:
     values = query.get(key)
     if not values:
@@ -239,8 +336,22 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, body)
 
     def do_POST(self) -> None:  # noqa: N802
-        self._send(HTTPStatus.METHOD_NOT_ALLOWED,
-                   {"error": "this version serves the read-only API (GET) only"})
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+            if not 0 <= length <= MAX_BODY:
+                raise BadRequest(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                                 f"a body of at most {MAX_BODY} bytes")
+            body = self.rfile.read(length)
+            status, answer = self.api.post(urlsplit(self.path).path,
+                                            self.headers.get("Authorization", ""), body)
+        except BadRequest as e:
+            status, answer = e.status, {"error": str(e)}
+        except ValueError:  # a Content-Length that is not a number
+            status, answer = HTTPStatus.BAD_REQUEST, {"error": "bad Content-Length"}
+        except Exception as e:  # a bug costs this answer, never the daemon
+            self.log.exception("http request failed", path=self.path[:200])
+            status, answer = HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"internal error: {e}"}
+        self._send(status, answer)
 
     def _send(self, status: HTTPStatus, body: Any) -> None:
         data = json.dumps(body, ensure_ascii=False).encode()

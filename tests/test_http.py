@@ -1,5 +1,5 @@
-"""The read-only HTTP API of the real daemon (CONTRACT §8): its answers, its 400s for bad
-parameters, and no 500 for a thousand random requests."""
+"""The HTTP API of the real daemon (CONTRACT §8): its answers, the token on POST, its 4xx
+for bad parameters and bodies, and no 500 for a thousand random requests."""
 
 from __future__ import annotations
 
@@ -19,6 +19,21 @@ from tests.conftest import run_cli
 from tests.redis_server import free_port
 from tests.test_daemon import daemon, wait_for
 from tests.test_running import backload
+
+TOKEN = "s3cret-token"
+
+
+def post(base: str, path: str, body: object, token: str | None = TOKEN,
+         raw: bytes | None = None) -> tuple[int, Any]:
+    data = raw if raw is not None else json.dumps(body).encode()
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    request = urllib.request.Request(base + path, data=data, method="POST", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as e:
+        with e:
+            return e.code, json.loads(e.read())
 
 
 def get(base: str, path: str) -> tuple[int, Any]:
@@ -49,7 +64,8 @@ def api(tmp_path: Path, wf: Path) -> Iterator[str]:
     backload(wf, db, "extract", 3)
     port = free_port()
     config = tmp_path / "flowlord.toml"
-    config.write_text(f'timezone = "UTC"\n[http]\nlisten = "127.0.0.1:{port}"\n')
+    config.write_text(f'timezone = "UTC"\n[http]\nlisten = "127.0.0.1:{port}"\n'
+                      f'token = "{TOKEN}"\n')
     base = f"http://127.0.0.1:{port}"
     with daemon(tmp_path, wf, db, args=["-c", str(config)]):
         wait_for(lambda: answers(base), 30)
@@ -92,15 +108,44 @@ def test_bad_parameters_get_400_with_a_json_error(api: str, path: str) -> None:
     assert status == 400 and body["error"]
 
 
-def test_unknown_paths_get_404_and_posts_are_refused(api: str) -> None:
+def test_unknown_paths_get_404(api: str) -> None:
     assert get(api, "/api/nothing")[0] == 404
     assert get(api, "/api/phases/a.toml/ghost")[0] == 404
     assert get(api, "/api/tasks/no-such-id")[0] == 404
-    request = urllib.request.Request(api + "/api/refresh", data=b"{}", method="POST")
-    with pytest.raises(urllib.error.HTTPError) as refused:
-        urllib.request.urlopen(request, timeout=10)
-    with refused.value:
-        assert refused.value.code == 405
+    assert post(api, "/api/nothing", {})[0] == 404
+
+
+def test_posts_need_the_token(api: str) -> None:
+    assert post(api, "/api/refresh", {}, token=None)[0] == 401
+    assert post(api, "/api/refresh", {}, token="wrong")[0] == 401
+    assert post(api, "/api/refresh", {})[0] == 200
+
+
+def test_trigger_backload_and_refresh_write_as_the_commands_do(api: str, wf: Path) -> None:
+    status, body = post(api, "/api/trigger", {"task": "extract", "time": "2026-02-01T05:00:00Z"})
+    assert status == 201 and [t["info"] for t in body["tasks"]] == ["?h=05"]
+    assert post(api, "/api/trigger", {"task": "extract", "time": "2026-02-01T05:00:00Z"}) == (
+        200, {"fires": 0, "tasks": []})  # fired before: nothing new
+    status, body = post(api, "/api/backload", {"task": "extract", "from": "2026-03-01T00:00:00Z",
+                                               "to": "2026-03-01T02:00:00Z", "by": "hour"})
+    assert status == 201 and body["fires"] == 3 and len(body["tasks"]) == 3
+    (wf / "c.toml").write_text('[[phase]]\ntask = "new"\n')
+    status, body = post(api, "/api/refresh", {})
+    assert status == 200 and "+c.toml" in body["changes"]
+    assert any(p["task"] == "new" for p in get(api, "/api/phases")[1])
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/api/trigger", b"not json"), ("/api/trigger", b"[1]"), ("/api/trigger", b"{}"),
+    ("/api/trigger", b'{"task": "ghost"}'), ("/api/trigger", b'{"task": 7}'),
+    ("/api/trigger", b'{"task": "extract", "time": "yesterday"}'),
+    ("/api/backload", b'{"task": "extract", "from": "2026-01-01"}'),
+    ("/api/backload", b'{"task": "extract", "from": "2026-01-01", "to": "2026-01-02", '
+                      b'"by": "fortnight"}'),
+])
+def test_bad_post_bodies_get_a_4xx_with_a_json_error(api: str, path: str, body: bytes) -> None:
+    status, answer = post(api, path, None, raw=body)
+    assert 400 <= status < 500 and answer["error"]
 
 
 def test_a_thousand_random_requests_never_get_a_500(api: str) -> None:
@@ -128,9 +173,20 @@ def test_a_non_loopback_address_needs_a_token(tmp_path: Path, wf: Path) -> None:
 
 
 def test_healthz_says_503_when_the_main_loop_is_stuck(tmp_path: Path) -> None:
+    from flowlord.config import Config
     from flowlord.http_api import Api
 
-    stuck = Api(str(tmp_path / "f.db"), healthy=lambda: False, role=lambda: "leader")
+    stuck = Api(Config(db=str(tmp_path / "f.db")), healthy=lambda: False, role=lambda: "leader")
     assert stuck.answer("/healthz", {}) == (503, {"status": "stuck", "role": "leader"})
-    fine = Api(str(tmp_path / "f.db"), healthy=lambda: True, role=lambda: "standby")
+    fine = Api(Config(db=str(tmp_path / "f.db")), healthy=lambda: True, role=lambda: "standby")
     assert fine.answer("/healthz", {}) == (200, {"status": "ok", "role": "standby"})
+
+
+def test_posts_are_disabled_without_a_token(tmp_path: Path) -> None:
+    from flowlord.config import Config
+    from flowlord.http_api import Api, BadRequest
+
+    api = Api(Config(db=str(tmp_path / "f.db")), healthy=lambda: True, role=lambda: "leader")
+    with pytest.raises(BadRequest) as refused:
+        api.post("/api/refresh", "Bearer anything", b"{}")
+    assert refused.value.status == 403
