@@ -28,7 +28,7 @@ from types import FrameType
 
 import apsw
 
-from flowlord import logs
+from flowlord import logs, metrics
 from flowlord.arrivals import ArrivalWatcher, matches, record_arrival, storable
 from flowlord.bus import Bus, BusUnavailable
 from flowlord.bus.local import LocalBus
@@ -267,10 +267,12 @@ class Daemon:
                         or (self.watcher and self.watcher.overflowed())):
                     self.rescan.clear()
                     next_rescan = time.monotonic() + self.config.rescan.total_seconds()
+                    metrics.RESCANS.inc()
                     self._watch(loader)  # first: what changes during the rescan is seen
                     self._refresh(loader, None)
                     self._follow_file_phases(loader.store)  # a directory may exist now
                 elif paths:
+                    metrics.WATCH_EVENTS.inc(len(paths))
                     self._refresh(loader, paths)
             except LoaderError as e:  # the directory is gone for a moment, the database locked
                 self.log.error("refresh failed; rescanning soon", error=str(e))
@@ -299,7 +301,8 @@ class Daemon:
     # --- workflow files -------------------------------------------------------------
 
     def _refresh(self, loader: Loader, paths: set[str] | None) -> None:
-        changes = loader.refresh(paths)
+        with metrics.REFRESH.time():
+            changes = loader.refresh(paths)
         for problem in loader.problems:
             self.log.warning("workflow problem", problem=problem)
         if changes:
@@ -444,6 +447,7 @@ class Daemon:
         except apsw.BusyError:
             self.log.warning("database locked by another process; will retry",
                              fires_waiting=len(self.pending))
+            metrics.BUSY.inc()
             return
         except Exception:  # e.g. a task the database refuses: it must not block the others
             self.log.exception("cannot record the fires together; recording them one by one")
@@ -506,6 +510,12 @@ class Daemon:
         return new
 
     def _log_fires(self, new: list[Fire], repeated: int) -> None:
+        now = self.clock.now()
+        for f in new:
+            metrics.FIRES.labels(f.source).inc()
+            if f.source == "cron":
+                metrics.FIRE_LATENESS.observe(max(0.0, (now - parse_slot(f.scheduled_for))
+                                                  .total_seconds()))
         if repeated:
             self.log.info("slots already fired, skipped", count=repeated)
         failed = [f for f in new if f.error]

@@ -13,6 +13,7 @@ from typing import Any
 
 import apsw
 
+from flowlord import metrics
 from flowlord.bus import Bus, BusUnavailable
 from flowlord.durations import format_duration
 from flowlord.loader import Loader
@@ -49,6 +50,8 @@ class Dispatcher:
         self.remote = bool(getattr(bus, "remote", False))
         self.unsent: list[StoredTask] = []  # claimed, not handed over yet: the bus was away
         self.published: list[int] = []  # handed over, not yet marked in the database
+        self._counted: list[tuple[str, str]] = []  # this turn's (topic, result), for metrics
+        self._alerted: list[str] = []  # this turn's alert kinds, for metrics
 
     def recover(self) -> None:
         """Tasks the last run left running: on the local bus nobody can finish them, so
@@ -91,7 +94,10 @@ class Dispatcher:
         except apsw.BusyError:
             self.log.warning("database locked by another process; results and tasks wait",
                              results_waiting=len(self.pending))
+            metrics.BUSY.inc()
+            self._counted, self._alerted = [], []
             return
+        self._count(children)
         for done in self.pending:
             self.bus.ack(done)
         self.pending = []
@@ -133,6 +139,15 @@ class Dispatcher:
         except apsw.BusyError:
             return  # the next turn tries again
         self.published = []
+
+    def _count(self, new_tasks: list[NewTask]) -> None:
+        """The metrics of a committed turn."""
+        for topic, result in self._counted:
+            metrics.TASKS.labels(topic, result).inc()
+        for kind in self._alerted:
+            metrics.ALERTS.labels(kind).inc()
+        metrics.RETRIES.inc(sum(1 for t in new_tasks if t.attempt > 0))
+        self._counted, self._alerted = [], []
 
     def _log_ended(self, recorded: list[Done]) -> None:
         """A line per task that did not complete, and every few seconds a count of those
@@ -223,6 +238,8 @@ class Dispatcher:
             self.log.exception("cannot work out a result's effects", task_no=done.task_no)
             effects = Effects(alerts=[("alert", f"internal error after the result: {e}")])
         new_tasks += effects.tasks
+        self._counted.append((stored.task.type, done.result))
+        self._alerted += [kind for kind, _ in effects.alerts]
         for kind, message in effects.alerts:
             self.store.add_alert(stored.task_no, kind, stored.task, message, utc_now())
             self.log.error("alert", kind=kind, task_no=stored.task_no, type=stored.task.type,

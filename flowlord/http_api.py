@@ -21,12 +21,14 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import apsw
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from flowlord import __version__
+from flowlord import __version__, metrics
 from flowlord.cli_tasks import backload_fires, record, trigger_fire
 from flowlord.config import Config, ConfigError
 from flowlord.errors import UsageError
 from flowlord.loader import Loader, LoaderError
+from flowlord.metrics import DatabaseState
 from flowlord.model import Fire
 from flowlord.rules import BY_STEPS
 from flowlord.store import Store, StoreError
@@ -36,6 +38,10 @@ MAX_LIMIT = 1000  # rows per page, at most
 MAX_BODY = 65536  # bytes of a POST body, at most
 DEFAULT_LIMIT = 100
 STARTED = time.time()
+
+
+class Metrics(bytes):
+    """An answer in Prometheus's text format, not JSON."""
 
 
 class BadRequest(Exception):
@@ -128,6 +134,8 @@ class Api:
         return _created(record(self.config, fires))
 
     def answer(self, path: str, query: dict[str, list[str]]) -> tuple[HTTPStatus, Any]:
+        if path == "/metrics":
+            return HTTPStatus.OK, Metrics(self.text_metrics())
         if path == "/healthz":
             ok = self.healthy()
             return (HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE,
@@ -147,6 +155,12 @@ class Api:
         finally:
             store.close()
         raise BadRequest(HTTPStatus.NOT_FOUND, f"no such path: {path}")
+
+    def text_metrics(self) -> bytes:
+        """The process's counters, and the database's state read now."""
+        state = CollectorRegistry()
+        state.register(DatabaseState(lambda: Store(self.db, readonly=True)))
+        return generate_latest(metrics.REGISTRY) + generate_latest(state)
 
     # --- endpoints -------------------------------------------------------------------
 
@@ -354,9 +368,13 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, answer)
 
     def _send(self, status: HTTPStatus, body: Any) -> None:
-        data = json.dumps(body, ensure_ascii=False).encode()
+        if isinstance(body, Metrics):
+            data, kind = bytes(body), CONTENT_TYPE_LATEST
+        else:
+            data = json.dumps(body, ensure_ascii=False).encode()
+            kind = "application/json; charset=utf-8"
         self.send_response(status)
-        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Type", kind)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)

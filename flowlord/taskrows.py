@@ -167,6 +167,12 @@ class TaskRows:
             "scheduled_for, due_at, parent_no, file_no) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", tasks)
 
+    def queue_depths(self) -> list[tuple[str, int, int]]:
+        """(topic, waiting, running) of the unfinished tasks."""
+        return list(self.conn.execute(
+            "SELECT type, sum(started IS NULL), sum(started IS NOT NULL) FROM tasks "
+            "WHERE ended IS NULL GROUP BY type ORDER BY type"))
+
     def add_file_message(self, path: str, received: str, source: str) -> int:
         """Record an arrived file; its number for its tasks. Call inside write_txn."""
         self.conn.execute("INSERT INTO file_messages (path, received, source) VALUES (?, ?, ?)",

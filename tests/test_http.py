@@ -190,3 +190,20 @@ def test_posts_are_disabled_without_a_token(tmp_path: Path) -> None:
     with pytest.raises(BadRequest) as refused:
         api.post("/api/refresh", "Bearer anything", b"{}")
     assert refused.value.status == 403
+
+
+def test_metrics_count_events_and_read_the_state_from_the_database(api: str) -> None:
+    assert post(api, "/api/trigger", {"task": "extract", "time": "2026-02-02T05:00:00Z"})[0] \
+        == 201
+    with urllib.request.urlopen(api + "/metrics", timeout=10) as answer:
+        assert answer.headers["Content-Type"].startswith("text/plain")
+        text = answer.read().decode()
+    assert 'flowlord_phases{severity="error"} 1.0' in text
+    assert 'flowlord_queue_depth{topic="extract"} 4.0' in text  # 3 backloaded, 1 triggered
+    for name in ("flowlord_fires_total", "flowlord_fire_lateness_seconds_bucket",
+                 "flowlord_tasks_ended_total", "flowlord_retries_total",
+                 "flowlord_alerts_total", "flowlord_refresh_seconds_count",
+                 "flowlord_watch_events_total", "flowlord_rescans_total",
+                 "flowlord_database_busy_total", "flowlord_tasks_running"):
+        assert name in text, name
+    assert "flowlord_refresh_seconds_count 1.0" in text  # the load at start

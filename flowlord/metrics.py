@@ -1,0 +1,61 @@
+"""Prometheus metrics (`GET /metrics`). Events are counted where they happen, in this
+process (a restart starts them again, as Prometheus expects of counters); states
+(phases by severity, the queue) are read from the database at each scrape, so they
+are never out of step with it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from flowlord.store import Store
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+FIRES = Counter("flowlord_fires", "Fires recorded, by source", ["source"], registry=REGISTRY)
+FIRE_LATENESS = Histogram(
+    "flowlord_fire_lateness_seconds", "From a slot to the commit of its fire",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60),
+    registry=REGISTRY)
+TASKS = Counter("flowlord_tasks_ended", "Task results recorded, by topic and result",
+                ["topic", "result"], registry=REGISTRY)
+RETRIES = Counter("flowlord_retries", "Retries created", registry=REGISTRY)
+ALERTS = Counter("flowlord_alerts", "Alerts raised, by kind", ["kind"], registry=REGISTRY)
+REFRESH = Histogram("flowlord_refresh_seconds", "Duration of a workflow refresh",
+                    registry=REGISTRY)
+WATCH_EVENTS = Counter("flowlord_watch_events", "Changed paths seen by the file watch",
+                       registry=REGISTRY)
+RESCANS = Counter("flowlord_rescans", "Full rescans of the workflow directory",
+                  registry=REGISTRY)
+BUSY = Counter("flowlord_database_busy", "Writes put off because the database was locked",
+               registry=REGISTRY)
+
+
+class DatabaseState(Collector):
+    """Gauges read at each scrape, through `open_store()` (a read-only connection)."""
+
+    def __init__(self, open_store: Callable[[], Store]) -> None:
+        self.open_store = open_store
+
+    def collect(self) -> Iterator[Metric]:
+        store = self.open_store()
+        try:
+            phases = GaugeMetricFamily("flowlord_phases", "Stored phases, by severity",
+                                       labels=["severity"])
+            for severity, n in store.severity_counts().items():
+                phases.add_metric([severity], n)
+            queue = GaugeMetricFamily("flowlord_queue_depth",
+                                      "Tasks waiting for a worker, by topic", labels=["topic"])
+            running = GaugeMetricFamily("flowlord_tasks_running", "Tasks running, by topic",
+                                        labels=["topic"])
+            for topic, waiting, busy in store.queue_depths():
+                queue.add_metric([topic], waiting)
+                running.add_metric([topic], busy)
+        finally:
+            store.close()
+        yield phases
+        yield queue
+        yield running
