@@ -52,16 +52,6 @@ class TaskRows:
                   fire.scheduled_for) for t in fire.tasks])
         return new
 
-    def fired_slots(self, file_path: str, phase: str, slots: Sequence[str]) -> set[str]:
-        """Which of these slots of a phase are in the ledger."""
-        found: set[str] = set()
-        for slot in slots:
-            if self.conn.execute(
-                    "SELECT 1 FROM fires WHERE file_path = ? AND phase = ? AND scheduled_for = ?",
-                    (file_path, phase, slot)).fetchone():
-                found.add(slot)
-        return found
-
     def last_fires(self) -> dict[tuple[str, str], str]:
         """The latest slot the scheduler fired, of every (file, phase): what catch-up
         counts from (a trigger or a backload, at any time, says nothing about it)."""
@@ -148,11 +138,6 @@ class TaskRows:
         """A claimed task that never started goes back to the queue; inside write_txn."""
         self.conn.execute("UPDATE tasks SET started = NULL WHERE task_no = ? AND ended IS NULL",
                           (task_no,))
-
-    def stored_task(self, task_no: int) -> StoredTask | None:
-        row = self.conn.execute(f"SELECT {_STORED_COLUMNS} FROM tasks WHERE task_no = ?",
-                                (task_no,)).fetchone()
-        return _stored(row) if row else None
 
     def running(self) -> list[StoredTask]:
         """Tasks started and not ended: after a restart, those the last run left behind."""

@@ -5,10 +5,23 @@ each to `send`, and records what `receive` returns, then calls `ack`.
 
 from __future__ import annotations
 
+import queue
 from typing import Protocol
 
 from flowlord.model import StoredTask
 from flowlord.workers import Done
+
+
+def drain(results: queue.SimpleQueue[Done], wait: float) -> list[Done]:
+    """Everything in `results`, waiting up to `wait` seconds for the first."""
+    found: list[Done] = []
+    try:
+        found.append(results.get(timeout=wait) if wait > 0 else results.get_nowait())
+        while True:
+            found.append(results.get_nowait())
+    except queue.Empty:
+        pass
+    return found
 
 
 class BusUnavailable(Exception):

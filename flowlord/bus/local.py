@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
+from flowlord.bus import drain
 from flowlord.config import WorkerConfig
 from flowlord.model import StoredTask
 from flowlord.workers import Done, Run, inherited_environment
@@ -57,13 +58,7 @@ class LocalBus:
             self.wake()
 
     def receive(self, wait: float) -> list[Done]:
-        found: list[Done] = []
-        try:
-            found.append(self.results.get(timeout=wait) if wait > 0 else self.results.get_nowait())
-            while True:
-                found.append(self.results.get_nowait())
-        except queue.Empty:
-            pass
+        found = drain(self.results, wait)
         for done in found:
             self.runs.pop(done.task_no, None)
         return found

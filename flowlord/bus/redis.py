@@ -9,13 +9,14 @@ result is idempotent, so a message delivered twice records nothing twice.
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from flowlord.bus import BusUnavailable
+from flowlord.bus import BusUnavailable, drain
 from flowlord.model import StoredTask, Task
 from flowlord.workers import Done
 
@@ -106,8 +107,6 @@ def reply_stream(fields: Mapping[str, str]) -> str:
 
 def decode_task(fields: Mapping[str, str]) -> tuple[StoredTask, float | None]:
     """A task message; ValueError when it is not one."""
-    import json
-
     data = json.loads(fields["task"])
     if not isinstance(data, dict) or not isinstance(data.get("type"), str):
         raise ValueError("the task has no type")
@@ -203,13 +202,7 @@ class RedisBus:
         self._topic_of[stored.task_no] = topic
 
     def receive(self, wait: float) -> list[Done]:
-        found: list[Done] = []
-        try:
-            found.append(self.results.get(timeout=wait) if wait > 0 else self.results.get_nowait())
-            while True:
-                found.append(self.results.get_nowait())
-        except queue.Empty:
-            pass
+        found = drain(self.results, wait)
         for done in found:
             topic = self._topic_of.pop(done.task_no, None)
             if topic is not None:
