@@ -26,6 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from flowlord import __version__, metrics
 from flowlord.cli_tasks import backload_fires, record, trigger_fire
 from flowlord.config import Config, ConfigError
+from flowlord.dashboard import CONTENT_SECURITY_POLICY, Asset, Dashboard, Page
 from flowlord.errors import UsageError
 from flowlord.loader import Loader, LoaderError
 from flowlord.metrics import DatabaseState
@@ -180,12 +181,16 @@ class Api:
         severity = _one(query, "severity")
         if severity is not None and severity not in ("ok", "warning", "error"):
             raise BadRequest(HTTPStatus.BAD_REQUEST, "severity must be ok, warning or error")
-        limit, offset = _limit(query), _int(query, "offset", 0)
+        where, args = [], []
+        for column, value in (("severity", severity), ("file_path", _one(query, "file"))):
+            if value is not None:
+                where.append(f"p.{column} = ?")
+                args.append(value)
         sql = (f"SELECT {_PHASE_COLUMNS} FROM workflow_phases AS p "
-               + ("WHERE p.severity = ? " if severity else "")
+               + ("WHERE " + " AND ".join(where) + " " if where else "")
                + "ORDER BY p.file_path, p.position LIMIT ? OFFSET ?")
-        args = (*((severity,) if severity else ()), limit, offset)
-        return [_phase(r) for r in store.conn.execute(sql, args)]
+        rows = store.conn.execute(sql, (*args, _limit(query), _int(query, "offset", 0)))
+        return [_phase(r) for r in rows]
 
     def phase(self, store: Store, file: str, task: str) -> dict[str, Any]:
         rows = list(store.conn.execute(f"SELECT {_PHASE_COLUMNS} FROM workflow_phases AS p "
@@ -249,10 +254,11 @@ class Api:
     def alerts(self, store: Store, query: dict[str, list[str]]) -> list[dict[str, Any]]:
         before = _int(query, "before", None)
         return [{"alert_no": r[0], "task_no": r[1], "kind": r[2], "type": r[3], "job": r[4],
-                 "message": r[5], "created": r[6], "posted_at": r[7]}
+                 "message": r[5], "created": r[6], "posted_at": r[7], "task_id": r[8]}
                 for r in store.conn.execute(
-                    "SELECT alert_no, task_no, kind, type, job, message, created, posted_at "
-                    "FROM alerts WHERE alert_no < ? ORDER BY alert_no DESC LIMIT ?",
+                    "SELECT a.alert_no, a.task_no, a.kind, a.type, a.job, a.message, a.created, "
+                    "a.posted_at, t.id FROM alerts AS a JOIN tasks AS t USING (task_no) "
+                    "WHERE a.alert_no < ? ORDER BY a.alert_no DESC LIMIT ?",
                     (before if before is not None else 2**62, _limit(query)))]
 
 
@@ -332,21 +338,25 @@ def _limit(query: dict[str, list[str]]) -> int:
 
 class _Handler(BaseHTTPRequestHandler):
     api: Api
+    dashboard: Dashboard
     log: Any
     server_version = f"flowlord/{__version__}"
 
     def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+        parts = urlsplit(self.path)
+        page = not parts.path.startswith("/api/") and parts.path not in ("/metrics", "/healthz")
         try:
-            parts = urlsplit(self.path)
             query = parse_qs(parts.query, keep_blank_values=True, max_num_fields=50)
-            status, body = self.api.answer(parts.path, query)
+            status, body = (self.dashboard if page else self.api).answer(parts.path, query)
         except BadRequest as e:
-            status, body = e.status, {"error": str(e)}
+            status, body = e.status, str(e)
         except ValueError as e:  # a query string parse_qs refuses
-            status, body = HTTPStatus.BAD_REQUEST, {"error": f"bad query: {e}"}
+            status, body = HTTPStatus.BAD_REQUEST, f"bad query: {e}"
         except Exception as e:  # a bug costs this answer, never the daemon
             self.log.exception("http request failed", path=self.path[:200])
-            status, body = HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"internal error: {e}"}
+            status, body = HTTPStatus.INTERNAL_SERVER_ERROR, f"internal error: {e}"
+        if isinstance(body, str) and not isinstance(body, Page):  # an error message
+            body = self.dashboard.error(status, body) if page else {"error": body}
         self._send(status, body)
 
     def do_POST(self) -> None:  # noqa: N802
@@ -368,14 +378,24 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, answer)
 
     def _send(self, status: HTTPStatus, body: Any) -> None:
+        headers = {}
         if isinstance(body, Metrics):
             data, kind = bytes(body), CONTENT_TYPE_LATEST
+        elif isinstance(body, Asset):
+            data, kind = bytes(body), body.content_type
+            headers["Cache-Control"] = "max-age=3600"
+        elif isinstance(body, Page):
+            data, kind = body.encode(), "text/html; charset=utf-8"
+            headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
         else:
             data = json.dumps(body, ensure_ascii=False).encode()
             kind = "application/json; charset=utf-8"
         self.send_response(status)
         self.send_header("Content-Type", kind)
         self.send_header("Content-Length", str(len(data)))
+        self.send_header("X-Content-Type-Options", "nosniff")
+        for name, value in headers.items():
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
 
@@ -385,7 +405,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 class HttpServer:
     def __init__(self, host: str, port: int, api: Api, log: Any) -> None:
-        handler = type("Handler", (_Handler,), {"api": api, "log": log})
+        handler = type("Handler", (_Handler,), {"api": api, "dashboard": Dashboard(api),
+                                                "log": log})
         self.server = ThreadingHTTPServer((host, port), handler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, name="http",

@@ -1,0 +1,194 @@
+"""The dashboard: server-rendered HTML pages over the API's queries (CONTRACT §8, `GET /`).
+
+Jinja2 with autoescape renders every page, so workflow content (task names, rules,
+templates, messages) is always text, never markup. No JavaScript and no asset from
+elsewhere: links and GET forms do all the navigation, the graph is SVG drawn here,
+and the one stylesheet ships in the package. The Content-Security-Policy header
+forbids scripts outright, as a second wall behind the escaping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from http import HTTPStatus
+from importlib import resources
+from itertools import groupby
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, unquote, urlencode
+
+from jinja2 import Environment, PackageLoader, StrictUndefined
+
+from flowlord.drawing import lay_out
+from flowlord.store import Store
+
+if TYPE_CHECKING:
+    from flowlord.http_api import Api
+
+CONTENT_SECURITY_POLICY = ("default-src 'none'; style-src 'self'; img-src 'self'; "
+                           "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+GRAPH_NODES_AT_ONCE = 400  # more phases than this: the graph page asks for one file
+STYLESHEET = resources.files("flowlord").joinpath("pages", "style.css").read_bytes()
+
+class Page(str):
+    """An HTML answer, not JSON."""
+
+
+class Asset(bytes):
+    """A file of the package's, with its content type."""
+
+    content_type = "text/css; charset=utf-8"
+
+
+def since(text: str | None, now: datetime | None = None) -> str:
+    """'3 min ago' or 'in 12 s' for an RFC 3339 UTC time; '' for none."""
+    if not text:
+        return ""
+    try:
+        then = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return text
+    if then.tzinfo is None:
+        then = then.replace(tzinfo=UTC)
+    seconds = ((now or datetime.now(UTC)) - then).total_seconds()
+    size = abs(seconds)
+    for unit, length in (("d", 86400), ("h", 3600), ("min", 60)):
+        if size >= length:
+            amount = f"{size // length:.0f} {unit}"
+            break
+    else:
+        amount = f"{size:.0f} s"
+    return f"{amount} ago" if seconds >= 0 else f"in {amount}"
+
+
+def _environment() -> Environment:
+    env = Environment(loader=PackageLoader("flowlord", "pages"), autoescape=True,
+                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["since"] = since
+    env.filters["file_url"] = lambda file: quote(file, safe="/")
+    env.filters["part_url"] = lambda part: quote(str(part), safe="")
+    env.globals["query"] = lambda **kw: urlencode({k: v for k, v in kw.items()
+                                                   if v not in (None, "")})
+    return env
+
+
+class Dashboard:
+    """Renders the pages from the API's queries (which check the query parameters),
+    each request with a read-only connection of its own."""
+
+    def __init__(self, api: Api) -> None:
+        self.api = api
+        self.env = _environment()
+
+    def answer(self, path: str, query: dict[str, list[str]]) -> tuple[HTTPStatus, Any]:
+        """The page at `path`; None when there is none (the caller answers 404)."""
+        if path == "/static/style.css":
+            return HTTPStatus.OK, Asset(STYLESHEET)
+        pages: dict[str, Callable[[Store, dict[str, list[str]]], Page]] = {
+            "/": self.overview, "/files": self.files, "/phases": self.phases,
+            "/graph": self.graph, "/tasks": self.tasks, "/alerts": self.alerts}
+        store = Store(self.api.db, readonly=True)
+        try:
+            if path in pages:
+                return HTTPStatus.OK, pages[path](store, query)
+            if path.startswith("/phases/") and path.count("/") >= 3:
+                file, _, task = path[len("/phases/"):].rpartition("/")
+                return HTTPStatus.OK, self.phase(store, file, task)
+            if path.startswith("/tasks/") and len(path) > len("/tasks/"):
+                return HTTPStatus.OK, self.lineage(store, path[len("/tasks/"):])
+        finally:
+            store.close()
+        return HTTPStatus.NOT_FOUND, self.error(HTTPStatus.NOT_FOUND, f"no such page: {path}")
+
+    def error(self, status: HTTPStatus, message: str) -> Page:
+        return self._render("error.html", "error", status=int(status), reason=status.phrase,
+                            message=message)
+
+    def _render(self, template: str, section: str, **values: Any) -> Page:
+        return Page(self.env.get_template(template).render(
+            section=section, role=self.api.role(), **values))
+
+    # --- pages -------------------------------------------------------------------------
+
+    def overview(self, store: Store, query: dict[str, list[str]]) -> Page:
+        return self._render(
+            "overview.html", "overview",
+            status=self.api.status(store, {}),
+            broken=list(store.conn.execute(
+                "SELECT file_path, task, severity, status FROM broken_phases LIMIT 10")),
+            next_fires=list(store.conn.execute(
+                "SELECT file_path, task, next_fire FROM workflow_phases "
+                "WHERE next_fire IS NOT NULL ORDER BY next_fire LIMIT 10")),
+            queue=store.queue_depths(),
+            failures=self._recent_failures(store, 10),
+            alerts=self.api.alerts(store, {"limit": ["10"]}))
+
+    def _recent_failures(self, store: Store, limit: int) -> list[dict[str, Any]]:
+        """The newest tasks that ended in error or alert: one indexed query per result
+        (tasks_by_result), merged, so a million old failures cost nothing."""
+        found = [t for result in ("error", "alert")
+                 for t in self.api.tasks(store, {"result": [result],
+                                                     "limit": [str(limit)]})]
+        return sorted(found, key=lambda t: t["task_no"], reverse=True)[:limit]
+
+    def files(self, store: Store, query: dict[str, list[str]]) -> Page:
+        return self._render("files.html", "files", files=self.api.files(store, {}))
+
+    def phases(self, store: Store, query: dict[str, list[str]]) -> Page:
+        rows = self.api.phases(store, query)
+        offset = int(query.get("offset", ["0"])[0] or 0)
+        return self._render("phases.html", "phases", phases=rows,
+                            severity=_first(query, "severity"), file=_first(query, "file"),
+                            limit=int(query.get("limit", ["100"])[0]), offset=offset)
+
+    def phase(self, store: Store, file: str, task: str) -> Page:
+        found = self.api.phase(store, unquote(file), unquote(task))
+        return self._render("phase.html", "phases", phase=found)
+
+    def graph(self, store: Store, query: dict[str, list[str]]) -> Page:
+        file = _first(query, "file")
+        files = [f["file"] for f in self.api.files(store, {})]
+        total = int(store.conn.execute("SELECT count(*) FROM workflow_phases").get or 0)
+        if file is None and total > GRAPH_NODES_AT_ONCE:
+            return self._render("graph.html", "graph", files=files, drawings=[], file=None,
+                                too_many=total)
+        rows = store.conn.execute(
+            "SELECT file_path, task, depends_on, severity FROM workflow_phases "
+            + ("WHERE file_path = ? " if file is not None else "")
+            + "ORDER BY file_path, position", (file,) if file is not None else ())
+        drawings = [(path, lay_out([(t, d, s) for _, t, d, s in group]))
+                    for path, group in groupby(rows, key=lambda r: r[0])]
+        return self._render("graph.html", "graph", files=files, drawings=drawings, file=file,
+                            too_many=0)
+
+    def tasks(self, store: Store, query: dict[str, list[str]]) -> Page:
+        rows = self.api.tasks(store, query)
+        return self._render("tasks.html", "tasks", tasks=rows,
+                            filters={k: _first(query, k) or "" for k in ("type", "job", "result")},
+                            limit=int(query.get("limit", ["100"])[0]))
+
+    def lineage(self, store: Store, task_id: str) -> Page:
+        rows = self.api.lineage(store, unquote(task_id))
+        numbers = {t["task_no"] for t in rows}
+        children: dict[int | None, list[dict[str, Any]]] = {}
+        for t in rows:  # a parent outside this id (or deleted) makes the task a root
+            children.setdefault(t["parent_no"] if t["parent_no"] in numbers else None,
+                                []).append(t)
+        first = rows[0]
+        fire = None
+        if first["file"] is not None and first["scheduled_for"] is not None:
+            fire = next(iter(store.conn.execute(
+                "SELECT source, fired_at, error FROM fires WHERE file_path = ? AND phase = ? "
+                "AND scheduled_for = ?", (first["file"], first["phase"],
+                                          first["scheduled_for"]))), None)
+        return self._render("lineage.html", "tasks", id=first["id"], root=first,
+                            fire=fire, children=children)
+
+    def alerts(self, store: Store, query: dict[str, list[str]]) -> Page:
+        return self._render("alerts.html", "alerts", alerts=self.api.alerts(store, query),
+                            limit=int(query.get("limit", ["100"])[0]))
+
+
+def _first(query: dict[str, list[str]], key: str) -> str | None:
+    values = query.get(key)
+    return values[0] if values else None
