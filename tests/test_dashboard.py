@@ -1,0 +1,201 @@
+"""The dashboard of the real daemon, in a real headless browser with JavaScript off: every
+page shows what the database holds, links lead from a fire to its children, hostile
+workflow content stays text, a broken file shows why. Screenshots go to build/screenshots.
+"""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from flowlord.dashboard import since
+from flowlord.drawing import NODE_HEIGHT, NODE_WIDTH, depths, lay_out
+from tests.browser import Browser
+from tests.redis_server import free_port
+from tests.test_daemon import daemon, wait_for
+from tests.test_firing import query
+from tests.test_http import answers, get
+from tests.test_running import backload
+
+HOSTILE_TASK = "<script>alert(1)</script>"
+HOSTILE_FILE = "<img src=x onerror=alert(3)>.toml"
+FAILURE = "<b>load failed</b>"
+
+
+@dataclass
+class Site:
+    base: str
+    wf: Path
+    db: Path
+    browser: Browser
+
+
+@pytest.fixture
+def site(tmp_path: Path, wf: Path) -> Iterator[Site]:
+    (wf / "a.toml").write_text(
+        '[[phase]]\ntask = "extract"\nrule = "cron=0 * * * *"\n'
+        'template = "?h={hh}&x=<i>{hh}</i>"\n\n'
+        '[[phase]]\ntask = "load"\ndependsOn = "extract"\n\n'
+        f'[[phase]]\ntask = "{HOSTILE_TASK}"\nrule = "cron=bad"\n'
+        'template = "<img src=x onerror=alert(2)>"\n')
+    (wf / HOSTILE_FILE).write_text('[[phase]]\ntask = "boom"\nrule = "cron=0 0 * * *"\n')
+    db = tmp_path / "f.db"
+    backload(wf, db, "extract", 2)
+    port = free_port()
+    config = tmp_path / "flowlord.toml"
+    config.write_text(
+        f'timezone = "UTC"\n[http]\nlisten = "127.0.0.1:{port}"\n\n'
+        '[workers.extract]\ncommand = ["true"]\n\n'
+        f'[workers.load]\ncommand = ["sh", "-c", "echo \'{FAILURE}\' >&2; exit 1"]\n')
+    base = f"http://127.0.0.1:{port}"
+    with daemon(tmp_path, wf, db, args=["-c", str(config)]):
+        wait_for(lambda: answers(base), 30)
+        # both extracts ran, and both loads failed for good: two alerts
+        wait_for(lambda: query(db, "SELECT count(*) FROM alerts") == [(2,)], 60)
+        yield Site(base, wf, db, Browser(tmp_path / "chromium"))
+
+
+def test_every_page_shows_the_database_and_links_a_fire_to_its_children(site: Site) -> None:
+    b, base = site.browser, site.base
+    overview = b.load(base + "/")
+    assert "3 ok 0 warnings 1 errors 2 files" in overview.text
+    assert f"{HOSTILE_TASK} error no valid rule found: cron=bad" in overview.text
+    assert "Recent failures" in overview.text and FAILURE in overview.text
+    assert overview.text.count("failed load (task") == 2  # the two alerts of kind failed
+    b.screenshot(base + "/", "overview")
+
+    phase = b.load(base + overview.link(HOSTILE_TASK))  # a hostile name survives its URL
+    assert f"{HOSTILE_TASK} in a.toml" in phase.text
+    assert "error: no valid rule found: cron=bad" in phase.text
+    assert "<img src=x onerror=alert(2)>" in phase.text
+
+    files = b.load(base + overview.link("2 files"))
+    assert "a.toml" in files.text and HOSTILE_FILE in files.text
+    b.screenshot(base + "/files", "files")
+
+    of_file = b.load(base + files.link(HOSTILE_FILE))
+    assert [label for _, label in of_file.links if label == "boom"] == ["boom"]
+    assert "extract" not in of_file.text
+    b.screenshot(base + "/phases", "phases")
+
+    graph = b.load(base + overview.link("Graph"))
+    assert graph.tags.get("svg") == 2 and graph.tags.get("rect") == 4  # two files, 4 phases
+    assert graph.tags.get("path") == 1  # extract → load
+    load = b.load(base + graph.link("load"))
+    assert "load in a.toml" in load.text and "runs when its parent completes" in load.text
+    assert "Parent task severity last result ended why extract ok complete" in load.text
+    b.screenshot(base + "/graph", "graph")
+
+    failed = b.load(base + "/tasks?type=load&result=error")  # as the filter form sends it
+    rows = [label for href, label in failed.links if href.startswith("/phases/")]
+    assert rows == ["load", "load"]
+    b.screenshot(base + "/tasks?type=load&result=error", "tasks")
+
+    task_id = query(site.db, "SELECT id FROM tasks WHERE type = 'load' ORDER BY task_no LIMIT 1")
+    lineage = b.load(base + failed.link(str(task_id[0][0])))
+    assert "Fired by extract in a.toml for the slot 2026-01-01T00:00:00Z: a backload fire" \
+        in lineage.text
+    assert lineage.text.index("extract complete") < lineage.text.index("load error")
+    assert FAILURE in lineage.text
+    b.screenshot(base + failed.link(str(task_id[0][0])), "lineage")
+
+    alerts = b.load(base + "/alerts")
+    assert alerts.text.count("failed after 1 attempt: exit status 1") == 2
+    newest = query(site.db, "SELECT task_no, id FROM alerts JOIN tasks USING (task_no) "
+                            "ORDER BY alert_no DESC LIMIT 1")[0]
+    alerted = b.load(base + alerts.link(f"task {newest[0]}"))
+    assert f"Task {newest[1]}" in alerted.text and "load error" in alerted.text
+    b.screenshot(base + "/alerts", "alerts")
+
+    for dom in (overview, phase, files, graph, failed, lineage, alerts):
+        assert "script" not in dom.tags and "img" not in dom.tags and "b" not in dom.tags
+
+
+def test_a_file_broken_while_the_daemon_runs_shows_why_on_the_overview(site: Site) -> None:
+    text = (site.wf / "a.toml").read_text().replace('dependsOn = "extract"',
+                                                     'dependsOn = "ghost"')
+    (site.wf / "a.toml").write_text(text)
+    wait_for(lambda: get(site.base, "/api/status")[1]["phases"]["error"] == 2, 30)
+    overview = site.browser.load(site.base + "/")
+    assert "2 errors" in overview.text
+    assert "a.toml load error parent task not found: ghost" in overview.text
+
+
+def test_hostile_content_is_escaped_on_every_page(site: Site) -> None:
+    task_id = query(site.db, "SELECT id FROM tasks WHERE type = 'load' LIMIT 1")[0][0]
+    pages = ["/", "/files", "/phases", "/phases?severity=error", "/graph", "/tasks",
+             "/tasks?type=load", f"/tasks/{task_id}", "/alerts",
+             "/phases/a.toml/%3Cscript%3Ealert%281%29%3C%2Fscript%3E",
+             "/phases/%3Cimg%20src%3Dx%20onerror%3Dalert%283%29%3E.toml/boom"]
+    for page in pages:
+        status, html = get(site.base, page)
+        assert status == 200, page
+        for raw in (HOSTILE_TASK, "<img src=x", FAILURE, "<i>{hh}</i>"):
+            assert raw not in html, (page, raw)
+    status, html = get(site.base, "/phases/a.toml/%3Cscript%3Ealert%281%29%3C%2Fscript%3E")
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+def test_errors_are_pages_and_every_page_forbids_scripts(site: Site) -> None:
+    for path, status, message in [
+            ("/nope", 404, "no such page: /nope"),
+            ("/phases/a.toml/ghost", 404, "no phase ghost in a.toml"),
+            ("/tasks/no-such-id", 404, "no task with id no-such-id"),
+            ("/phases?severity=bad", 400, "severity must be ok, warning or error"),
+            ("/tasks?limit=0", 400, "limit must be from 1 to 1000"),
+            ("/", 200, "Overview")]:
+        try:
+            with urllib.request.urlopen(site.base + path, timeout=10) as answer:
+                code, headers, html = answer.status, answer.headers, answer.read().decode()
+        except urllib.error.HTTPError as e:
+            with e:
+                code, headers, html = e.code, e.headers, e.read().decode()
+        assert (code, message in html) == (status, True), path
+        assert headers["Content-Type"] == "text/html; charset=utf-8"
+        assert "default-src 'none'" in headers["Content-Security-Policy"]
+    status, css = get(site.base, "/static/style.css")
+    assert status == 200 and "--error" in css
+    assert get(site.base, "/static/../pages/base.html")[0] == 404
+
+
+# --- the pieces, alone ---------------------------------------------------------------
+
+
+def test_depth_is_the_longest_path_from_a_root_and_a_cycle_ends() -> None:
+    assert depths([("a", ""), ("b", "a"), ("c", "b"), ("d", "a"), ("e", "d")]) == \
+        {"a": 0, "b": 1, "c": 2, "d": 1, "e": 2}
+    # `dependsOn = topic` hangs a phase under every job of the topic
+    assert depths([("x:1", ""), ("x:2", "x:1"), ("y", "x")]) == {"x:1": 0, "x:2": 1, "y": 2}
+    cycle = depths([("a", "b"), ("b", "a"), ("c", "")])
+    assert set(cycle) == {"a", "b", "c"} and max(cycle.values()) <= 2
+
+
+def test_nodes_never_overlap_and_edges_join_a_parent_to_its_child() -> None:
+    phases = [(f"t{i}", f"t{i // 2}" if i else "", "ok") for i in range(40)]
+    drawing = lay_out(phases)
+    boxes = {(n.x, n.y) for n in drawing.nodes}
+    assert len(boxes) == 40
+    for n in drawing.nodes:
+        assert 0 <= n.x and n.x + NODE_WIDTH <= drawing.width
+        assert 0 <= n.y and n.y + NODE_HEIGHT <= drawing.height
+    assert len(drawing.edges) == 39
+    by_task = {n.task: n for n in drawing.nodes}
+    first = drawing.edges[0].path  # t0 → t1
+    assert first.startswith(f"M{by_task['t0'].x + NODE_WIDTH},")
+    assert first.endswith(f" {by_task['t1'].x},{by_task['t1'].y + NODE_HEIGHT // 2}")
+    assert lay_out([("a" * 40, "", "error")]).nodes[0].label == "a" * 27 + "…"
+
+
+def test_since_says_how_long_ago_or_how_soon() -> None:
+    now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+    assert since("2026-01-01T11:59:30Z", now) == "30 s ago"
+    assert since("2026-01-01T12:05:00Z", now) == "in 5 min"
+    assert since("2025-12-30T11:59:59.500Z", now) == "2 d ago"
+    assert since("2026-01-01T14:00:00", now) == "in 2 h"
+    assert since(None, now) == "" and since("soon", now) == "soon"
