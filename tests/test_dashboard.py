@@ -182,8 +182,8 @@ def test_nodes_never_overlap_and_edges_join_a_parent_to_its_child() -> None:
     boxes = {(n.x, n.y) for n in drawing.nodes}
     assert len(boxes) == 40
     for n in drawing.nodes:
-        assert 0 <= n.x and n.x + NODE_WIDTH <= drawing.width
-        assert 0 <= n.y and n.y + NODE_HEIGHT <= drawing.height
+        assert n.x >= 0 and n.x + NODE_WIDTH <= drawing.width
+        assert n.y >= 0 and n.y + NODE_HEIGHT <= drawing.height
     assert len(drawing.edges) == 39
     by_task = {n.task: n for n in drawing.nodes}
     first = drawing.edges[0].path  # t0 → t1
