@@ -29,6 +29,7 @@ bench: $(BIN)/flowlord
 	$(BIN)/python bench/daemon.py
 	$(BIN)/python bench/tasks.py
 	$(BIN)/python bench/redis_bus.py
+	$(BIN)/python bench/http_api.py
 
 clean:
 	rm -rf $(VENV) flowlord.db flowlord.db-wal flowlord.db-shm flowlord.db.lock

@@ -166,16 +166,24 @@ class Api:
     # --- endpoints -------------------------------------------------------------------
 
     def status(self, store: Store, query: dict[str, list[str]]) -> dict[str, Any]:
-        counts = store.severity_counts()
-        files = store.files()
+        files, refused, last_load = store.file_counts()
         return {"version": __version__, "uptime_seconds": round(time.time() - STARTED),
-                "role": self.role(), "files": len(files),
-                "refused_files": sum(1 for f in files if f[1]), "phases": counts,
-                "last_load": max((f[3] for f in files if f[3]), default=None)}
+                "role": self.role(), "files": files, "refused_files": refused,
+                "phases": store.severity_counts(), "last_load": last_load}
 
     def files(self, store: Store, query: dict[str, list[str]]) -> list[dict[str, Any]]:
+        # a page of files, each counted through the primary key of its phases
+        rows = store.conn.execute(
+            "SELECT f.file_path, f.status, f.file_hash, f.loaded_at, "
+            "(SELECT count(*) FROM workflow_phases AS p WHERE p.file_path = f.file_path), "
+            "(SELECT count(*) FROM workflow_phases AS p WHERE p.file_path = f.file_path "
+            " AND p.severity = 'error'), "
+            "(SELECT count(*) FROM workflow_phases AS p WHERE p.file_path = f.file_path "
+            " AND p.severity = 'warning') "
+            "FROM workflow_files AS f ORDER BY f.file_path LIMIT ? OFFSET ?",
+            (_limit(query), _int(query, "offset", 0)))
         return [{"file": f[0], "status": f[1], "file_hash": f[2], "loaded_at": f[3],
-                 "phases": f[5], "errors": f[6], "warnings": f[7]} for f in store.files()]
+                 "phases": f[4], "errors": f[5], "warnings": f[6]} for f in rows]
 
     def phases(self, store: Store, query: dict[str, list[str]]) -> list[dict[str, Any]]:
         severity = _one(query, "severity")
@@ -186,6 +194,8 @@ class Api:
             if value is not None:
                 where.append(f"p.{column} = ?")
                 args.append(value)
+        if severity in ("warning", "error"):
+            where.append("p.severity <> 'ok'")  # so the partial index of the broken serves
         sql = (f"SELECT {_PHASE_COLUMNS} FROM workflow_phases AS p "
                + ("WHERE " + " AND ".join(where) + " " if where else "")
                + "ORDER BY p.file_path, p.position LIMIT ? OFFSET ?")

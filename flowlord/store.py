@@ -219,6 +219,13 @@ class Store(TaskRows):
         self.conn.executemany("DELETE FROM workflow_files WHERE file_path = ?",
                               [(op.version.file_path,) for op in ops if op.kind == "remove"])
 
+    def file_counts(self) -> tuple[int, int, str | None]:
+        """(files, refused files, the last load time) without reading their phases."""
+        files, refused, last = next(self.conn.execute(
+            "SELECT count(*), count(CASE WHEN status <> '' THEN 1 END), max(loaded_at) "
+            "FROM workflow_files"))
+        return int(files), int(refused), last
+
     def files(self) -> list[tuple[str, str, str, str | None, str, int, int, int]]:
         """file_summary rows: path, status, hash, loaded_at, last_modified, counts."""
         return list(self.conn.execute(
@@ -250,10 +257,13 @@ class Store(TaskRows):
 
     def severity_counts(self) -> dict[str, int]:
         """How many stored phases are ok, warning and error."""
-        counts = dict.fromkeys(("ok", "warning", "error"), 0)
+        counts = dict.fromkeys(("warning", "error"), 0)
+        # one statement, one snapshot; the broken ones through their partial index
         counts.update(self.conn.execute(
-            "SELECT severity, count(*) FROM workflow_phases GROUP BY severity"))
-        return counts
+            "SELECT 'all', count(*) FROM workflow_phases UNION ALL "
+            "SELECT severity, count(*) FROM workflow_phases WHERE severity <> 'ok' "
+            "GROUP BY severity"))
+        return {"ok": counts.pop("all") - counts["warning"] - counts["error"], **counts}
 
     def file_phases(self) -> list[Phase]:
         """Phases that may have a `files=` rule (the caller parses the rule to be sure)."""

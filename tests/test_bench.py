@@ -20,6 +20,9 @@ LABELS = {
     "tasks.py": ["whole loop, `true` worker, concurrency 4: 100 tasks", "concurrency 16",
                  "spawning `true` alone", "0 children each: 500 results",
                  "10 children each: 500 results and 5000 children", "ratio", "target"],
+    "http_api.py": ["overview page", "phases API, first page", "tasks API, topic7 errors",
+                    "/metrics", "a topic never run", "no client", "20 clients, 1 request/s each",
+                    "20 clients back to back", "p99 growth with 20 polling clients", "target"],
     "redis_bus.py": ["end to end, `true`, 4 workers: redis", "of the local bus",
                      "start latency at 100 tasks/s", "p50", "p99", "round trips/s", "target"],
 }

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import apsw
@@ -166,6 +167,20 @@ def test_make_run_loads_the_examples_runs_the_heartbeat_and_keeps_running() -> N
                                      "examples/flowlord.toml", "tasks", "--type", "heartbeat"],
                                     cwd=ROOT, capture_output=True, text=True)
             assert listed.returncode == 0 and "\theartbeat\tcomplete\t?at=" in listed.stdout
+            # the dashboard the README points at: the example files, a fire and its children
+            with urllib.request.urlopen("http://127.0.0.1:8080/files", timeout=10) as page:
+                files = page.read().decode()
+            assert all(f">{name}</a>" in files for name in wanted)
+            conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
+            try:
+                fired = conn.execute("SELECT id FROM tasks WHERE type = 'pulse' "
+                                     "AND result = 'complete' LIMIT 1").get
+            finally:
+                conn.close()
+            with urllib.request.urlopen(f"http://127.0.0.1:8080/tasks/{fired}",
+                                        timeout=10) as page:
+                lineage = page.read().decode()
+            assert "Fired by <a" in lineage and "<strong>pulse</strong>" in lineage
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=60)

@@ -1,0 +1,267 @@
+"""Benchmark of the HTTP API and dashboard on a big database, while the daemon fires.
+
+    python bench/http_api.py [--phases N] [--tasks N] [--requests N] [--window S] [--quick]
+
+One run, in a temporary directory removed at the end:
+
+1. 100,000 phases (10 per file; one file in 100 has a broken phase, children hang
+   under a daily cron phase) are loaded, and 1,000,000 finished task rows (with their
+   fires and 10,000 alerts) are written straight into the database;
+2. the daemon starts with `[http] listen` and 20 phases firing every second;
+3. latency, p50 and p99 over sequential requests, of the overview page, the phases API
+   (first page), a filtered task query and /metrics, each beside the same query run
+   directly on the database (the floor);
+4. fire lateness of the 20 phases over a window with no client, then over a window
+   with 20 clients polling the API (each one request a second, endpoints in turn),
+   then with the 20 clients polling back to back (a stress figure, not a target).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from daemon import Daemon, parse_time, percentile, phase_file, query  # noqa: E402
+
+from flowlord.config import Config  # noqa: E402
+from flowlord.dashboard import Dashboard  # noqa: E402
+from flowlord.http_api import Api  # noqa: E402
+from flowlord.loader import Loader  # noqa: E402
+from flowlord.store import Store, write_txn  # noqa: E402
+from tests.redis_server import free_port  # noqa: E402
+
+PHASES_PER_FILE = 10
+TICKERS = 20
+CLIENTS = 20
+TOPICS = [f"topic{i}" for i in range(20)]
+TARGET_P99 = 0.100
+TARGET_LATENESS_GROWTH = 0.010
+
+
+def workflow(f: int) -> str:
+    """Ten phases: a daily root, children under it; file 0, 100, 200… has a bad rule."""
+    text = (f'[[phase]]\ntask = "{TOPICS[f % 20]}:w{f}"\nrule = "cron=0 3 * * *"\n'
+            f'template = "s3://lake/w{f}/{{yyyy}}/{{mm}}/{{dd}}.json"\n\n')
+    for i in range(1, PHASES_PER_FILE):
+        rule = "cron=nope" if f % 100 == 0 and i == 1 else ""
+        text += (f'[[phase]]\ntask = "step{i}:w{f}"\ndependsOn = "{TOPICS[f % 20]}:w{f}"\n'
+                 f'rule = "{rule}"\ntemplate = "?day={{yyyy}}-{{mm}}-{{dd}}&part={i}"\n\n')
+    return text
+
+
+def build(tmp: Path, phases: int, tasks: int) -> tuple[Path, Path]:
+    wf, db = tmp / "wf", tmp / "f.db"
+    for f in range(phases // PHASES_PER_FILE):
+        d = wf / f"d{f // 100}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"w{f}.toml").write_text(workflow(f))
+    started = time.monotonic()
+    loader = Loader(str(wf), Store(str(db)))
+    loader.refresh()
+    loader.close()
+    print(f"loaded {phases:,} phases in {time.monotonic() - started:.1f} s")
+    started = time.monotonic()
+    write_history(db, tasks, phases // PHASES_PER_FILE)
+    print(f"wrote {tasks:,} task rows in {time.monotonic() - started:.1f} s")
+    return wf, db
+
+
+def write_history(db: Path, tasks: int, files: int) -> None:
+    """Finished tasks of the past 30 days: a root per fire and its children, 5 % errors,
+    1 % alerts; an alert row for every hundredth task."""
+    rng = random.Random(1)
+    store = Store(str(db))
+    start = datetime.now(UTC) - timedelta(days=30)
+    step = timedelta(days=30) / tasks
+    with write_txn(store.conn):
+        fires, rows, alerts = [], [], []
+        for n in range(tasks):
+            f = n // 10 % files
+            at = (start + n * step).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            slot = at[:17] + "00Z"
+            file_path = f"d{f // 100}/w{f}.toml"
+            root = f"{TOPICS[f % 20]}:w{f}"
+            phase = root if n % 10 == 0 else f"step{n % 10}:w{f}"
+            if phase == root:
+                fires.append((file_path, root, slot, at, "cron"))
+            roll = rng.random()
+            result = "error" if roll < 0.05 else "alert" if roll < 0.06 else "complete"
+            topic, _, job = phase.partition(":")
+            is_root = n % 10 == 0
+            rows.append((n + 1, str(uuid.UUID(int=n // 10 + 1)), topic, job, f"?n={n}", at,
+                         at, at, result, "exit status 1" if result != "complete" else "",
+                         file_path, phase, slot if is_root else None,
+                         None if is_root else n - n % 10 + 1))
+            if n % 100 == 0:
+                alerts.append((n + 1, "failed", topic, job, "failed after 1 attempt", at))
+        store.conn.executemany(
+            "INSERT OR IGNORE INTO fires (file_path, phase, scheduled_for, fired_at, source) "
+            "VALUES (?, ?, ?, ?, ?)", fires)
+        store.conn.executemany(
+            "INSERT INTO tasks (task_no, id, type, job, info, created, started, ended, result, "
+            "msg, file_path, phase, scheduled_for, parent_no) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        store.conn.executemany(
+            "INSERT INTO alerts (task_no, kind, type, job, message, created, posted_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)", [(*a, a[5]) for a in alerts])
+    store.close()
+
+
+def get(url: str) -> float:
+    started = time.perf_counter()
+    with urllib.request.urlopen(url, timeout=30) as answer:
+        answer.read()
+        assert answer.status == 200, url
+    return time.perf_counter() - started
+
+
+ENDPOINTS = {
+    "overview page": "/",
+    "phases API, first page": "/api/phases",
+    "tasks API, topic7 errors": "/api/tasks?type=topic7&result=error",
+    "/metrics": "/metrics",
+}
+# no index on a task's topic (each one would cost every task inserted): a topic that
+# never ran is the worst case of a filter by topic alone, a scan of every row
+WORST_CASE = ("tasks API, a topic never run", "/api/tasks?type=ghost")
+
+
+def floor(db: Path) -> dict[str, float]:
+    """The same reads done directly on the database, in this process (median of 20)."""
+    api = Api(Config(db=str(db)), healthy=lambda: True, role=lambda: "leader")
+    dashboard = Dashboard(api)
+    calls: dict[str, Callable[[], object]] = {
+        "overview page": lambda: dashboard.answer("/", {}),
+        "phases API, first page": lambda: api.answer("/api/phases", {}),
+        "tasks API, topic7 errors": lambda: api.answer(
+            "/api/tasks", {"type": ["topic7"], "result": ["error"]}),
+        "/metrics": lambda: api.answer("/metrics", {}),
+    }
+    figures = {}
+    for name, call in calls.items():
+        times = []
+        for _ in range(20):
+            started = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - started)
+        figures[name] = statistics.median(times)
+    return figures
+
+
+def lateness(db: Path, since: str, until: str) -> list[float]:
+    return [(parse_time(fired) - parse_time(slot)).total_seconds()
+            for slot, fired in query(db, "SELECT scheduled_for, fired_at FROM fires WHERE "
+                                         "phase LIKE 'tick-%' AND scheduled_for >= ? AND "
+                                         "scheduled_for < ?", (since, until))]
+
+
+def window(db: Path, seconds: int, clients: Callable[[threading.Event], list[threading.Thread]]
+           ) -> tuple[list[float], float]:
+    """Fire lateness over `seconds` whole seconds while `clients` run; their requests/s."""
+    stop = threading.Event()
+    threads = clients(stop)
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    time.sleep(1.5)  # clients under way
+    begin = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1)
+    end = begin + timedelta(seconds=seconds)
+    time.sleep((end - datetime.now(UTC)).total_seconds() + 1.0)
+    stop.set()
+    for t in threads:
+        t.join()
+    fmt = "%Y-%m-%dT%H:%M:%SZ"
+    rate = sum(getattr(t, "requests", 0) for t in threads) / (time.monotonic() - started)
+    return lateness(db, begin.strftime(fmt), end.strftime(fmt)), rate
+
+
+class Client(threading.Thread):
+    def __init__(self, base: str, stop: threading.Event, interval: float, offset: int) -> None:
+        super().__init__(daemon=True)
+        self.base, self.stop, self.interval, self.offset = base, stop, interval, offset
+        self.requests = 0
+
+    def run(self) -> None:
+        paths = list(ENDPOINTS.values())
+        time.sleep(self.interval * self.offset / CLIENTS)  # spread over the second
+        while not self.stop.is_set():
+            started = time.monotonic()
+            get(self.base + paths[(self.offset + self.requests) % len(paths)])
+            self.requests += 1
+            self.stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--phases", type=int, default=100_000)
+    parser.add_argument("--tasks", type=int, default=1_000_000)
+    parser.add_argument("--requests", type=int, default=200, help="per endpoint")
+    parser.add_argument("--window", type=int, default=30, help="seconds of lateness samples")
+    parser.add_argument("--quick", action="store_true", help="10,000 phases, 100,000 tasks")
+    args = parser.parse_args()
+    if args.quick:
+        args.phases, args.tasks, args.requests, args.window = 10_000, 100_000, 50, 5
+    with tempfile.TemporaryDirectory(prefix="flowlord-bench-http-") as tmp_name:
+        tmp = Path(tmp_name)
+        wf, db = build(tmp, args.phases, args.tasks)
+        (wf / "tickers.toml").write_text(phase_file("tick", "cron=* * * * * *", TICKERS))
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        config = tmp / "flowlord.toml"
+        config.write_text(f'workflows = "{wf}"\ndb = "{db}"\ntimezone = "UTC"\n'
+                          f'[http]\nlisten = "127.0.0.1:{port}"\n')
+        daemon = Daemon(tmp, config)
+        try:
+            print(f"daemon ready in {daemon.ready():.1f} s")
+            direct = floor(db)
+            print(f"\nlatency over {args.requests} sequential requests each, "
+                  "while 20 phases fire every second:")
+            print(f"{'':28} {'p50':>8} {'p99':>8} {'direct':>8}  target p99")
+            for name, path in ENDPOINTS.items():
+                times = sorted(get(base + path) for _ in range(args.requests))
+                p99 = percentile(times, 99)
+                print(f"{name:28} {statistics.median(times) * 1000:6.1f}ms "
+                      f"{p99 * 1000:6.1f}ms {direct[name] * 1000:6.1f}ms  "
+                      f"< {TARGET_P99 * 1000:.0f} ms: {'met' if p99 < TARGET_P99 else 'NOT met'}")
+            name, path = WORST_CASE
+            times = sorted(get(base + path) for _ in range(max(args.requests // 10, 5)))
+            print(f"{name:28} {statistics.median(times) * 1000:6.1f}ms "
+                  f"{percentile(times, 99) * 1000:6.1f}ms {'':>8}  (no target: a full scan)")
+
+            quiet, _ = window(db, args.window, lambda stop: [])
+            polled, polls = window(db, args.window, lambda stop: [
+                Client(base, stop, 1.0, i) for i in range(CLIENTS)])
+            hammered, hammers = window(db, args.window, lambda stop: [
+                Client(base, stop, 0.0, i) for i in range(CLIENTS)])
+            print(f"\nfire lateness of {TICKERS} phases firing every second, "
+                  f"{args.window} s windows:")
+            print(f"{'':34} {'fires':>6} {'p50':>8} {'p99':>8} {'requests/s':>11}")
+            rows = [("no client", quiet, 0), (f"{CLIENTS} clients, 1 request/s each", polled,
+                                               polls), (f"{CLIENTS} clients back to back",
+                                                        hammered, hammers)]
+            for name, late, requests in rows:
+                print(f"{name:34} {len(late):6} {statistics.median(late) * 1000:6.1f}ms "
+                      f"{percentile(late, 99) * 1000:6.1f}ms {requests:11.0f}")
+            growth = percentile(polled, 99) - percentile(quiet, 99)
+            print(f"p99 growth with {CLIENTS} polling clients: {growth * 1000:.1f} ms "
+                  f"(target < {TARGET_LATENESS_GROWTH * 1000:.0f} ms: "
+                  f"{'met' if growth < TARGET_LATENESS_GROWTH else 'NOT met'})")
+        finally:
+            daemon.stop()
+
+
+if __name__ == "__main__":
+    main()
