@@ -148,7 +148,7 @@ class Dashboard:
     def graph(self, store: Store, query: dict[str, list[str]]) -> Page:
         file = _first(query, "file")
         files = [f["file"] for f in self.api.files(store, {})]
-        total = int(store.conn.execute("SELECT count(*) FROM workflow_phases").get or 0)
+        total = sum(store.severity_counts().values())
         if file is None and total > GRAPH_NODES_AT_ONCE:
             return self._render("graph.html", "graph", files=files, drawings=[], file=None,
                                 too_many=total)

@@ -37,6 +37,7 @@ from flowlord.tasks import BuildError
 
 MAX_LIMIT = 1000  # rows per page, at most
 MAX_BODY = 65536  # bytes of a POST body, at most
+MAX_GRAPH = 10_000  # phases in an answer of /api/graph for every file
 DEFAULT_LIMIT = 100
 STARTED = time.time()
 
@@ -222,10 +223,15 @@ class Api:
         return found
 
     def graph(self, store: Store, query: dict[str, list[str]]) -> dict[str, Any]:
-        phases = store.phases()
+        file = _one(query, "file")
+        if file is None and (total := sum(store.severity_counts().values())) > MAX_GRAPH:
+            raise BadRequest(HTTPStatus.BAD_REQUEST,
+                             f"{total} phases are too many for one answer (at most "
+                             f"{MAX_GRAPH}): ask for one file with ?file=")
         return {"nodes": [{"file": p.file_path, "task": p.task, "severity": p.severity}
-                          for p in phases],
-                "edges": [{"from": a, "to": b, "file": f} for f, a, b in store.edges()]}
+                          for p in store.phases(file_path=file)],
+                "edges": [{"from": a, "to": b, "file": f}
+                          for f, a, b in store.edges(file_path=file)]}
 
     def tasks(self, store: Store, query: dict[str, list[str]]) -> list[dict[str, Any]]:
         where: list[str] = []

@@ -279,10 +279,12 @@ class Store(TaskRows):
             (file_path, topic, topic + ":", topic + ";"))
         return [_phase(r) for r in rows]
 
-    def edges(self) -> list[tuple[str, str, str]]:
-        """(file, parent, child) from the phase_edges view."""
+    def edges(self, file_path: str | None = None) -> list[tuple[str, str, str]]:
+        """(file, parent, child) from the phase_edges view, of one file or of all."""
+        where = "WHERE file_path = ? " if file_path is not None else ""
         return list(self.conn.execute(
-            "SELECT file_path, parent, child FROM phase_edges ORDER BY file_path, parent, child"))
+            f"SELECT file_path, parent, child FROM phase_edges {where}"
+            "ORDER BY file_path, parent, child", (file_path,) if file_path is not None else ()))
 
     # --- integrity ----------------------------------------------------------------------
 

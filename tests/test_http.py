@@ -98,6 +98,9 @@ def test_the_read_endpoints_answer_from_the_database(api: str) -> None:
     assert status == 200 and nested["file"] == "dir/b.toml"
     status, graph = get(api, "/api/graph")
     assert {"from": "extract", "to": "load", "file": "a.toml"} in graph["edges"]
+    status, one = get(api, "/api/graph?file=dir/b.toml")
+    assert one == {"nodes": [{"file": "dir/b.toml", "task": "other:job", "severity": "warning"}],
+                   "edges": []}
     status, tasks = get(api, "/api/tasks?type=extract&limit=2")
     assert status == 200 and len(tasks) == 2 and tasks[0]["task_no"] > tasks[1]["task_no"]
     status, older = get(api, f"/api/tasks?type=extract&before={tasks[1]['task_no']}")
@@ -218,3 +221,26 @@ def test_metrics_count_events_and_read_the_state_from_the_database(api: str) -> 
                  "flowlord_database_busy_total", "flowlord_tasks_running"):
         assert name in text, name
     assert "flowlord_refresh_seconds_count 1.0" in text  # the load at start
+
+
+def test_the_whole_graph_is_refused_past_its_cap_but_one_file_answers(
+        tmp_path: Path, wf: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flowlord import http_api
+    from flowlord.config import Config
+    from flowlord.http_api import Api, BadRequest
+
+    (wf / "a.toml").write_text('[[phase]]\ntask = "x"\n\n[[phase]]\ntask = "y"\n'
+                               'dependsOn = "x"\n')
+    (wf / "b.toml").write_text('[[phase]]\ntask = "z"\n')
+    db = tmp_path / "f.db"
+    assert run_cli("refresh", "-w", str(wf), "--db", str(db)).returncode == 0
+    monkeypatch.setattr(http_api, "MAX_GRAPH", 2)
+    api = Api(Config(db=str(db)), healthy=lambda: True, role=lambda: "leader")
+    with pytest.raises(BadRequest) as refused:
+        api.answer("/api/graph", {})
+    assert refused.value.status == 400
+    assert str(refused.value) == ("3 phases are too many for one answer (at most 2): "
+                                  "ask for one file with ?file=")
+    status, graph = api.answer("/api/graph", {"file": ["a.toml"]})
+    assert status == 200 and graph["edges"] == [{"from": "x", "to": "y", "file": "a.toml"}]
+    assert [n["task"] for n in graph["nodes"]] == ["x", "y"]
