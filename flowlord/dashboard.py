@@ -20,6 +20,7 @@ from urllib.parse import quote, unquote, urlencode
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from flowlord.drawing import lay_out
+from flowlord.errors import BadRequest
 from flowlord.store import Store
 
 if TYPE_CHECKING:
@@ -67,6 +68,7 @@ def _environment() -> Environment:
     env.filters["since"] = since
     env.filters["file_url"] = lambda file: quote(file, safe="/")
     env.filters["part_url"] = lambda part: quote(str(part), safe="")
+    env.globals["plural"] = lambda n, word: word if n == 1 else word + "s"
     env.globals["query"] = lambda **kw: urlencode({k: v for k, v in kw.items()
                                                    if v not in (None, "")})
     return env
@@ -106,7 +108,8 @@ class Dashboard:
 
     def _render(self, template: str, section: str, **values: Any) -> Page:
         return Page(self.env.get_template(template).render(
-            section=section, role=self.api.role(), **values))
+            section=section, role=self.api.role(), webhook=bool(self.api.config.webhook),
+            **values))
 
     # --- pages -------------------------------------------------------------------------
 
@@ -114,6 +117,9 @@ class Dashboard:
         return self._render(
             "overview.html", "overview",
             status=self.api.status(store, {}),
+            refused=list(store.conn.execute(
+                "SELECT file_path, status FROM workflow_files WHERE status <> '' "
+                "ORDER BY file_path LIMIT 10")),
             broken=list(store.conn.execute(
                 "SELECT file_path, task, severity, status FROM broken_phases LIMIT 10")),
             next_fires=list(store.conn.execute(
@@ -132,22 +138,36 @@ class Dashboard:
         return sorted(found, key=lambda t: t["task_no"], reverse=True)[:limit]
 
     def files(self, store: Store, query: dict[str, list[str]]) -> Page:
-        return self._render("files.html", "files", files=self.api.files(store, {}))
+        rows = self.api.files(store, query)  # checks limit and offset
+        return self._render("files.html", "files", files=rows, **_page(query))
 
     def phases(self, store: Store, query: dict[str, list[str]]) -> Page:
-        rows = self.api.phases(store, query)
-        offset = int(query.get("offset", ["0"])[0] or 0)
-        return self._render("phases.html", "phases", phases=rows,
-                            severity=_first(query, "severity"), file=_first(query, "file"),
-                            limit=int(query.get("limit", ["100"])[0]), offset=offset)
+        rows = self.api.phases(store, query)  # checks every parameter
+        file = _first(query, "file")
+        refused = None
+        if file is not None:
+            refused = self._file_status(store, file)
+        return self._render("phases.html", "phases", phases=rows, refused=refused,
+                            severity=_first(query, "severity"), file=file, **_page(query))
+
+    def _file_status(self, store: Store, file: str) -> str:
+        """The workflow file's status ('' when it loaded); 404 when there is no such file."""
+        status = store.conn.execute("SELECT status FROM workflow_files WHERE file_path = ?",
+                                    (file,)).fetchall()
+        if not status:
+            raise BadRequest(HTTPStatus.NOT_FOUND, f"no workflow file {file}")
+        return str(status[0][0])
 
     def phase(self, store: Store, file: str, task: str) -> Page:
         found = self.api.phase(store, unquote(file), unquote(task))
         return self._render("phase.html", "phases", phase=found)
 
     def graph(self, store: Store, query: dict[str, list[str]]) -> Page:
-        file = _first(query, "file")
-        files = [f["file"] for f in self.api.files(store, {})]
+        file = _first(query, "file") or None  # the picker's "every file" sends file=
+        if file is not None:
+            self._file_status(store, file)
+        files = [path for path, in store.conn.execute(
+            "SELECT file_path FROM workflow_files ORDER BY file_path")]
         total = sum(store.severity_counts().values())
         if file is None and total > GRAPH_NODES_AT_ONCE:
             return self._render("graph.html", "graph", files=files, drawings=[], file=None,
@@ -165,7 +185,7 @@ class Dashboard:
         rows = self.api.tasks(store, query)
         return self._render("tasks.html", "tasks", tasks=rows,
                             filters={k: _first(query, k) or "" for k in ("type", "job", "result")},
-                            limit=int(query.get("limit", ["100"])[0]))
+                            limit=_page(query)["limit"])
 
     def lineage(self, store: Store, task_id: str) -> Page:
         rows = self.api.lineage(store, unquote(task_id))
@@ -186,7 +206,13 @@ class Dashboard:
 
     def alerts(self, store: Store, query: dict[str, list[str]]) -> Page:
         return self._render("alerts.html", "alerts", alerts=self.api.alerts(store, query),
-                            limit=int(query.get("limit", ["100"])[0]))
+                            limit=_page(query)["limit"])
+
+
+def _page(query: dict[str, list[str]]) -> dict[str, int]:
+    """limit and offset of a page, checked by the API's reader before this is called."""
+    return {"limit": int(_first(query, "limit") or 100),
+            "offset": int(_first(query, "offset") or 0)}
 
 
 def _first(query: dict[str, list[str]], key: str) -> str | None:

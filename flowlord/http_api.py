@@ -27,7 +27,7 @@ from flowlord import __version__, metrics
 from flowlord.cli_tasks import backload_fires, record, trigger_fire
 from flowlord.config import Config, ConfigError
 from flowlord.dashboard import CONTENT_SECURITY_POLICY, Asset, Dashboard, Page
-from flowlord.errors import UsageError
+from flowlord.errors import BadRequest, UsageError
 from flowlord.loader import Loader, LoaderError
 from flowlord.metrics import DatabaseState
 from flowlord.model import Fire
@@ -44,14 +44,6 @@ STARTED = time.time()
 
 class Metrics(bytes):
     """An answer in Prometheus's text format, not JSON."""
-
-
-class BadRequest(Exception):
-    """A 4xx answer: (status, message)."""
-
-    def __init__(self, status: HTTPStatus, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def parse_listen(listen: str, token: str) -> tuple[str, int]:
@@ -357,6 +349,27 @@ class _Handler(BaseHTTPRequestHandler):
     dashboard: Dashboard
     log: Any
     server_version = f"flowlord/{__version__}"
+    timeout = 30  # seconds a connection may idle before its request is complete
+    head = False  # answering HEAD: the headers of the GET answer, no body
+
+    def do_HEAD(self) -> None:  # noqa: N802 (the stdlib's name)
+        self.head = True
+        self.do_GET()
+
+    def refuse_method(self) -> None:
+        self._send(HTTPStatus.METHOD_NOT_ALLOWED,
+                   {"error": f"method {self.command} is not allowed: GET, HEAD or POST"},
+                   {"Allow": "GET, HEAD, POST"})
+
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = refuse_method
+
+    def send_error(self, code: int, message: str | None = None,
+                   explain: str | None = None) -> None:
+        """A request the stdlib refused to parse (a bad request line, a line too long):
+        JSON like every other error, not its HTML page."""
+        self.close_connection = True
+        status = HTTPStatus(code)
+        self._send(status, {"error": message or status.phrase})
 
     def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
         parts = urlsplit(self.path)
@@ -393,8 +406,9 @@ class _Handler(BaseHTTPRequestHandler):
             status, answer = HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"internal error: {e}"}
         self._send(status, answer)
 
-    def _send(self, status: HTTPStatus, body: Any) -> None:
-        headers = {}
+    def _send(self, status: HTTPStatus, body: Any, headers: dict[str, str] | None = None
+              ) -> None:
+        headers = dict(headers or {})
         if isinstance(body, Metrics):
             data, kind = bytes(body), CONTENT_TYPE_LATEST
         elif isinstance(body, Asset):
@@ -413,7 +427,8 @@ class _Handler(BaseHTTPRequestHandler):
         for name, value in headers.items():
             self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(data)
+        if not self.head:
+            self.wfile.write(data)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         pass  # not every request in the journal

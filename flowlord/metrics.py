@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from flowlord.store import Store
 
+disable_created_metrics()  # no `*_created` series beside every counter: noise here
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 FIRES = Counter("flowlord_fires", "Fires recorded, by source", ["source"], registry=REGISTRY)

@@ -64,7 +64,7 @@ def site(tmp_path: Path, wf: Path) -> Iterator[Site]:
 def test_every_page_shows_the_database_and_links_a_fire_to_its_children(site: Site) -> None:
     b, base = site.browser, site.base
     overview = b.load(base + "/")
-    assert "3 ok 0 warnings 1 errors 2 files" in overview.text
+    assert "3 ok 0 warnings 1 error 2 files" in overview.text
     assert f"{HOSTILE_TASK} error no valid rule found: cron=bad" in overview.text
     assert "Recent failures" in overview.text and FAILURE in overview.text
     assert overview.text.count("failed load (task") == 2  # the two alerts of kind failed
@@ -86,7 +86,7 @@ def test_every_page_shows_the_database_and_links_a_fire_to_its_children(site: Si
 
     graph = b.load(base + overview.link("Graph"))
     assert graph.tags.get("svg") == 2 and graph.tags.get("rect") == 4  # two files, 4 phases
-    assert graph.tags.get("path") == 1  # extract → load
+    assert graph.tags.get("path") == 3  # extract → load, and an arrowhead in each drawing
     load = b.load(base + graph.link("load"))
     assert "load in a.toml" in load.text and "runs when its parent completes" in load.text
     assert "Parent task severity last result ended why extract ok complete" in load.text

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import socket
 import string
 import urllib.error
 import urllib.parse
@@ -244,3 +245,31 @@ def test_the_whole_graph_is_refused_past_its_cap_but_one_file_answers(
     status, graph = api.answer("/api/graph", {"file": ["a.toml"]})
     assert status == 200 and graph["edges"] == [{"from": "x", "to": "y", "file": "a.toml"}]
     assert [n["task"] for n in graph["nodes"]] == ["x", "y"]
+
+
+def test_head_answers_like_get_without_a_body_and_other_methods_get_405(api: str) -> None:
+    request = urllib.request.Request(api + "/healthz", method="HEAD")
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        assert answer.status == 200 and answer.read() == b""
+        assert answer.headers["Content-Type"].startswith("application/json")
+    for method in ("PUT", "DELETE", "OPTIONS"):
+        request = urllib.request.Request(api + "/api/status", method=method)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        with refused.value as e:
+            assert e.code == 405 and e.headers["Allow"] == "GET, HEAD, POST"
+            assert json.loads(e.read()) == {
+                "error": f"method {method} is not allowed: GET, HEAD or POST"}
+
+
+def test_a_request_the_server_cannot_parse_gets_a_json_error(api: str) -> None:
+    host, port = urllib.parse.urlsplit(api).netloc.split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(b"GET / HTTP/1.1\r\nX-Long: " + b"a" * 70000 + b"\r\n\r\n")
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 431 ")
+    assert b"Content-Type: application/json" in head
+    assert json.loads(body) == {"error": "Line too long"}
