@@ -83,6 +83,7 @@ class Daemon:
         self.leadership: Leadership | None = None  # with standbys: who fires (bus.lease)
         self.held: list[Fire] = []  # due slots a standby holds until someone claims them
         self.last_turn = time.monotonic()  # of the main loop: /healthz's signal
+        self.last_rescan: str | None = None  # when the last full rescan ended (UTC)
 
     def _on_signal(self, signum: int, _: FrameType | None) -> None:
         (self.rescan if signum == signal.SIGHUP else self.stop).set()
@@ -107,6 +108,7 @@ class Daemon:
         try:
             self._watch(loader)
             self._first_refresh(loader)
+            self.last_rescan = utc_now_ms()
             self._start_schedule(loader.store)
             self.dispatcher.recover()
             if http is not None:
@@ -190,7 +192,7 @@ class Daemon:
         host, port = parse_listen(self.config.http_listen, token)
         api = Api(self.config, lambda: time.monotonic() - self.last_turn < STUCK_AFTER,
                   lambda: self.leadership.role if self.leadership is not None else "leader",
-                  token)
+                  token, last_rescan=lambda: self.last_rescan)
         try:
             return HttpServer(host, port, api, self.log)
         except OSError as e:
@@ -270,6 +272,7 @@ class Daemon:
                     metrics.RESCANS.inc()
                     self._watch(loader)  # first: what changes during the rescan is seen
                     self._refresh(loader, None)
+                    self.last_rescan = utc_now_ms()
                     self._follow_file_phases(loader.store)  # a directory may exist now
                 elif paths:
                     metrics.WATCH_EVENTS.inc(len(paths))

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 CONTENT_SECURITY_POLICY = ("default-src 'none'; style-src 'self'; img-src 'self'; "
                            "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 GRAPH_NODES_AT_ONCE = 400  # more phases than this: the graph page asks for one file
+GRAPH_NODES_OF_A_FILE = 2000  # more than this in one file: not drawn (a page of megabytes)
 STYLESHEET = resources.files("flowlord").joinpath("pages", "style.css").read_bytes()
 
 class Page(str):
@@ -163,14 +164,19 @@ class Dashboard:
         return self._render("phase.html", "phases", phase=found)
 
     def graph(self, store: Store, query: dict[str, list[str]]) -> Page:
-        file = _first(query, "file") or None  # the picker's "every file" sends file=
+        file = _first(query, "file")
         if file is not None:
-            self._file_status(store, file)
+            self._file_status(store, file)  # 404 for no such file
         files = [path for path, in store.conn.execute(
             "SELECT file_path FROM workflow_files ORDER BY file_path")]
-        total = sum(store.severity_counts().values())
-        if file is None and total > GRAPH_NODES_AT_ONCE:
-            return self._render("graph.html", "graph", files=files, drawings=[], file=None,
+        if file is None:
+            total, limit = sum(store.severity_counts().values()), GRAPH_NODES_AT_ONCE
+        else:
+            (total,), = store.conn.execute(
+                "SELECT count(*) FROM workflow_phases WHERE file_path = ?", (file,))
+            limit = GRAPH_NODES_OF_A_FILE
+        if total > limit:
+            return self._render("graph.html", "graph", files=files, drawings=[], file=file,
                                 too_many=total)
         rows = store.conn.execute(
             "SELECT file_path, task, depends_on, severity FROM workflow_phases "
@@ -189,11 +195,6 @@ class Dashboard:
 
     def lineage(self, store: Store, task_id: str) -> Page:
         rows = self.api.lineage(store, unquote(task_id))
-        numbers = {t["task_no"] for t in rows}
-        children: dict[int | None, list[dict[str, Any]]] = {}
-        for t in rows:  # a parent outside this id (or deleted) makes the task a root
-            children.setdefault(t["parent_no"] if t["parent_no"] in numbers else None,
-                                []).append(t)
         first = rows[0]
         fire = None
         if first["file"] is not None and first["scheduled_for"] is not None:
@@ -201,12 +202,32 @@ class Dashboard:
                 "SELECT source, fired_at, error FROM fires WHERE file_path = ? AND phase = ? "
                 "AND scheduled_for = ?", (first["file"], first["phase"],
                                           first["scheduled_for"]))), None)
-        return self._render("lineage.html", "tasks", id=first["id"], root=first,
-                            fire=fire, children=children)
+        (total,), = store.conn.execute("SELECT count(*) FROM tasks WHERE id = ?",
+                                       (first["id"],))
+        return self._render("lineage.html", "tasks", id=first["id"], root=first, fire=fire,
+                            tree=tree(rows), total=total, shown=len(rows))
 
     def alerts(self, store: Store, query: dict[str, list[str]]) -> Page:
         return self._render("alerts.html", "alerts", alerts=self.api.alerts(store, query),
                             limit=_page(query)["limit"])
+
+
+def tree(tasks: list[dict[str, Any]]) -> list[tuple[int, dict[str, Any]]]:
+    """(depth, task) in the order of a depth-first walk from the roots: each task under
+    the one it came from (`parent_no`); a parent outside the list makes a root. A loop,
+    not recursion: a chain of retries and children can be thousands deep."""
+    numbers = {t["task_no"] for t in tasks}
+    children: dict[int | None, list[dict[str, Any]]] = {}
+    for t in tasks:
+        children.setdefault(t["parent_no"] if t["parent_no"] in numbers else None,
+                            []).append(t)
+    walk: list[tuple[int, dict[str, Any]]] = []
+    stack = [(0, t) for t in reversed(children.get(None, []))]
+    while stack:
+        depth, task = stack.pop()
+        walk.append((depth, task))
+        stack.extend((depth + 1, t) for t in reversed(children.get(task["task_no"], [])))
+    return walk
 
 
 def _page(query: dict[str, list[str]]) -> dict[str, int]:
@@ -217,4 +238,4 @@ def _page(query: dict[str, list[str]]) -> dict[str, int]:
 
 def _first(query: dict[str, list[str]], key: str) -> str | None:
     values = query.get(key)
-    return values[0] if values else None
+    return (values[0] or None) if values else None  # blank: absent, as the API reads it

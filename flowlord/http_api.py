@@ -37,6 +37,8 @@ from flowlord.tasks import BuildError
 
 MAX_LIMIT = 1000  # rows per page, at most
 MAX_BODY = 65536  # bytes of a POST body, at most
+INTERNAL_ERROR = "internal error: the daemon's log has the details"
+RECENT_TASKS = 10_000  # the newest tasks looked through for phases' last results
 MAX_GRAPH = 10_000  # phases in an answer of /api/graph for every file
 DEFAULT_LIMIT = 100
 STARTED = time.time()
@@ -52,14 +54,17 @@ def parse_listen(listen: str, token: str) -> tuple[str, int]:
     host = host.strip("[]")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
         raise ConfigError(f"http.listen must be host:port, such as 127.0.0.1:8080: {listen}")
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = host == "localhost"
-    if not loopback and not token:
+    if not (host == "localhost" or _is_loopback(host)) and not token:
         raise ConfigError(f"http.listen {listen} is not a loopback address: set http.token "
                           "(or http.token_file) first")
     return host, int(port)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class Api:
@@ -68,12 +73,14 @@ class Api:
     connections of their own; the daemon follows their changes like any other writer."""
 
     def __init__(self, config: Config, healthy: Callable[[], bool],
-                 role: Callable[[], str], token: str = "") -> None:
+                 role: Callable[[], str], token: str = "",
+                 last_rescan: Callable[[], str | None] = lambda: None) -> None:
         self.config = config
         self.db = config.db
         self.healthy = healthy
         self.role = role
         self.token = token
+        self.last_rescan = last_rescan
 
     def post(self, path: str, authorization: str, body: bytes) -> tuple[HTTPStatus, Any]:
         if not self.token:
@@ -162,7 +169,8 @@ class Api:
         files, refused, last_load = store.file_counts()
         return {"version": __version__, "uptime_seconds": round(time.time() - STARTED),
                 "role": self.role(), "files": files, "refused_files": refused,
-                "phases": store.severity_counts(), "last_load": last_load}
+                "phases": store.severity_counts(), "last_rescan": self.last_rescan(),
+                "last_load": last_load}
 
     def files(self, store: Store, query: dict[str, list[str]]) -> list[dict[str, Any]]:
         # a page of files, each counted through the primary key of its phases
@@ -193,7 +201,11 @@ class Api:
                + ("WHERE " + " AND ".join(where) + " " if where else "")
                + "ORDER BY p.file_path, p.position LIMIT ? OFFSET ?")
         rows = store.conn.execute(sql, (*args, _limit(query), _int(query, "offset", 0)))
-        return [_phase(r) for r in rows]
+        phases = [_phase(r) for r in rows]
+        results = _last_results(store, phases)
+        for p in phases:
+            p["last_result"] = results.get((p["file"], p["task"]))
+        return phases
 
     def phase(self, store: Store, file: str, task: str) -> dict[str, Any]:
         rows = list(store.conn.execute(f"SELECT {_PHASE_COLUMNS} FROM workflow_phases AS p "
@@ -277,6 +289,26 @@ _TASK_COLUMNS = ("task_no, id, type, job, info, meta, created, started, ended, r
                  "file_path, phase, attempt, scheduled_for, parent_no, due_at")
 
 
+def _last_results(store: Store, phases: list[dict[str, Any]]) -> dict[tuple[str, str], Any]:
+    """(file, task) → the result of the phase's newest task (None while it runs): looked
+    for among the newest RECENT_TASKS tasks, then among the tasks of the phase's last
+    fire (through the slot index). No index leads from a phase to its tasks (every task
+    inserted would pay for one), so a child phase quiet for longer has none."""
+    found: dict[tuple[str, str], Any] = {
+        (f, p): result for f, p, result, _ in store.conn.execute(
+            "SELECT file_path, phase, result, max(task_no) FROM tasks WHERE task_no > "
+            "(SELECT max(task_no) FROM tasks) - ? AND file_path IS NOT NULL "
+            "GROUP BY file_path, phase", (RECENT_TASKS,))}
+    for p in phases:
+        key = (p["file"], p["task"])
+        if key not in found and p["last_fire"] is not None:
+            for (result,) in store.conn.execute(
+                    "SELECT result FROM tasks WHERE file_path = ? AND phase = ? AND "
+                    "scheduled_for = ? ORDER BY task_no DESC LIMIT 1", (*key, p["last_fire"])):
+                found[key] = result
+    return found
+
+
 def _phase(r: tuple[Any, ...]) -> dict[str, Any]:
     keys = ("file", "task", "depends_on", "rule", "template", "retry", "severity", "status",
             "next_fire", "last_fire")
@@ -319,12 +351,14 @@ def _time(fields: dict[str, Any], key: str, default: Any = _REQUIRED) -> datetim
 
 
 def _one(query: dict[str, list[str]], key: str) -> str | None:
+    """The parameter's value; None when it is absent or blank (`?type=&result=error` is
+    how a browser sends a form with an empty field)."""
     values = query.get(key)
     if not values:
         return None
     if len(values) > 1:
         raise BadRequest(HTTPStatus.BAD_REQUEST, f"{key} given more than once")
-    return values[0]
+    return values[0] or None
 
 
 def _int(query: dict[str, list[str]], key: str, default: int | None) -> int | None:
@@ -347,6 +381,7 @@ def _limit(query: dict[str, list[str]]) -> int:
 class _Handler(BaseHTTPRequestHandler):
     api: Api
     dashboard: Dashboard
+    loopback_only: bool
     log: Any
     server_version = f"flowlord/{__version__}"
     timeout = 30  # seconds a connection may idle before its request is complete
@@ -372,6 +407,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, {"error": message or status.phrase})
 
     def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+        if not self._host_allowed():
+            return
         parts = urlsplit(self.path)
         page = not parts.path.startswith("/api/") and parts.path not in ("/metrics", "/healthz")
         try:
@@ -381,14 +418,16 @@ class _Handler(BaseHTTPRequestHandler):
             status, body = e.status, str(e)
         except ValueError as e:  # a query string parse_qs refuses
             status, body = HTTPStatus.BAD_REQUEST, f"bad query: {e}"
-        except Exception as e:  # a bug costs this answer, never the daemon
+        except Exception:  # a bug costs this answer, never the daemon
             self.log.exception("http request failed", path=self.path[:200])
-            status, body = HTTPStatus.INTERNAL_SERVER_ERROR, f"internal error: {e}"
+            status, body = HTTPStatus.INTERNAL_SERVER_ERROR, INTERNAL_ERROR
         if isinstance(body, str) and not isinstance(body, Page):  # an error message
             body = self.dashboard.error(status, body) if page else {"error": body}
         self._send(status, body)
 
     def do_POST(self) -> None:  # noqa: N802
+        if not self._host_allowed():
+            return
         try:
             length = int(self.headers.get("Content-Length") or 0)
             if not 0 <= length <= MAX_BODY:
@@ -401,10 +440,23 @@ class _Handler(BaseHTTPRequestHandler):
             status, answer = e.status, {"error": str(e)}
         except ValueError:  # a Content-Length that is not a number
             status, answer = HTTPStatus.BAD_REQUEST, {"error": "bad Content-Length"}
-        except Exception as e:  # a bug costs this answer, never the daemon
+        except Exception:  # a bug costs this answer, never the daemon
             self.log.exception("http request failed", path=self.path[:200])
-            status, answer = HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"internal error: {e}"}
+            status, answer = HTTPStatus.INTERNAL_SERVER_ERROR, {"error": INTERNAL_ERROR}
         self._send(status, answer)
+
+    def _host_allowed(self) -> bool:
+        """On a loopback address, a request must name a loopback host: a web page whose
+        DNS name was pointed at 127.0.0.1 (DNS rebinding) cannot read the API."""
+        host = self.headers.get("Host")
+        if not self.loopback_only or host is None:
+            return True
+        name = urlsplit(f"//{host}").hostname or ""
+        if name == "localhost" or _is_loopback(name):
+            return True
+        self._send(HTTPStatus.MISDIRECTED_REQUEST,
+                   {"error": f"this server answers loopback names only, not {host[:100]}"})
+        return False
 
     def _send(self, status: HTTPStatus, body: Any, headers: dict[str, str] | None = None
               ) -> None:
@@ -436,8 +488,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 class HttpServer:
     def __init__(self, host: str, port: int, api: Api, log: Any) -> None:
-        handler = type("Handler", (_Handler,), {"api": api, "dashboard": Dashboard(api),
-                                                "log": log})
+        handler = type("Handler", (_Handler,), {
+            "api": api, "dashboard": Dashboard(api), "log": log,
+            "loopback_only": host == "localhost" or _is_loopback(host)})
         self.server = ThreadingHTTPServer((host, port), handler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, name="http",

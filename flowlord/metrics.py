@@ -13,7 +13,8 @@ from prometheus_client.registry import Collector
 
 from flowlord.store import Store
 
-disable_created_metrics()  # no `*_created` series beside every counter: noise here
+# no `*_created` series beside every counter: noise here
+disable_created_metrics()  # type: ignore[no-untyped-call]
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 FIRES = Counter("flowlord_fires", "Fires recorded, by source", ["source"], registry=REGISTRY)

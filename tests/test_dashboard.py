@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from flowlord.dashboard import since
+from flowlord.config import Config
+from flowlord.dashboard import Dashboard, since, tree
 from flowlord.drawing import NODE_HEIGHT, NODE_WIDTH, depths, lay_out
+from flowlord.http_api import Api
 from tests.browser import Browser
 from tests.redis_server import free_port
 from tests.test_daemon import daemon, wait_for
@@ -92,10 +94,10 @@ def test_every_page_shows_the_database_and_links_a_fire_to_its_children(site: Si
     assert "Parent task severity last result ended why extract ok complete" in load.text
     b.screenshot(base + "/graph", "graph")
 
-    failed = b.load(base + "/tasks?type=load&result=error")  # as the filter form sends it
+    failed = b.load(base + "/tasks?type=load&job=&result=error")  # as the form sends it
     rows = [label for href, label in failed.links if href.startswith("/phases/")]
     assert rows == ["load", "load"]
-    b.screenshot(base + "/tasks?type=load&result=error", "tasks")
+    b.screenshot(base + "/tasks?type=load&job=&result=error", "tasks")
 
     task_id = query(site.db, "SELECT id FROM tasks WHERE type = 'load' ORDER BY task_no LIMIT 1")
     lineage = b.load(base + failed.link(str(task_id[0][0])))
@@ -115,6 +117,33 @@ def test_every_page_shows_the_database_and_links_a_fire_to_its_children(site: Si
 
     for dom in (overview, phase, files, graph, failed, lineage, alerts):
         assert "script" not in dom.tags and "img" not in dom.tags and "b" not in dom.tags
+
+
+def test_the_filter_forms_work_with_their_fields_left_blank(site: Site) -> None:
+    """A browser sends an empty field as `name=`: blank means no filter."""
+    b, base = site.browser, site.base
+    every = b.load(base + "/tasks?type=&job=&result=")
+    assert [label for href, label in every.links if href.startswith("/phases/")] == \
+        ["load", "load", "extract", "extract"]
+    errors = b.load(base + "/tasks?type=&job=&result=error")
+    assert [label for href, label in errors.links if href.startswith("/phases/")] == \
+        ["load", "load"]
+    phases = b.load(base + "/phases?severity=")
+    assert "error" in phases.text and HOSTILE_TASK in phases.text and "boom" in phases.text
+    assert b.load(base + "/graph?file=").tags.get("svg") == 2
+
+
+def test_phases_carry_their_last_result_and_lists_page(site: Site) -> None:
+    status, phases = get(site.base, "/api/phases")
+    assert status == 200
+    assert {p["task"]: p["last_result"] for p in phases} == {
+        "boom": None, "extract": "complete", "load": "error", HOSTILE_TASK: None}
+    status, first = get(site.base, "/api/alerts?limit=1")
+    status, second = get(site.base, f"/api/alerts?limit=1&before={first[0]['alert_no']}")
+    status, third = get(site.base, f"/api/alerts?limit=1&before={second[0]['alert_no']}")
+    assert [first[0]["alert_no"], second[0]["alert_no"], third] == [2, 1, []]
+    assert [f["file"] for f in get(site.base, "/api/files?limit=1&offset=1")[1]] == ["a.toml"]
+    assert get(site.base, "/files?limit=1")[1].count('href="/files?limit=1&amp;offset=1"') == 1
 
 
 def test_a_file_broken_while_the_daemon_runs_shows_why_on_the_overview(site: Site) -> None:
@@ -172,15 +201,27 @@ def test_depth_is_the_longest_path_from_a_root_and_a_cycle_ends() -> None:
         {"a": 0, "b": 1, "c": 2, "d": 1, "e": 2}
     # `dependsOn = topic` hangs a phase under every job of the topic
     assert depths([("x:1", ""), ("x:2", "x:1"), ("y", "x")]) == {"x:1": 0, "x:2": 1, "y": 2}
-    cycle = depths([("a", "b"), ("b", "a"), ("c", "")])
-    assert set(cycle) == {"a", "b", "c"} and max(cycle.values()) <= 2
+    # a cycle comes last, in file order; its edge back to an earlier phase is ignored
+    assert depths([("a", "b"), ("b", "a"), ("c", ""), ("d", "b")]) == \
+        {"c": 0, "a": 0, "b": 1, "d": 2}
+    drawing = lay_out([("a", "b", "error"), ("b", "a", "error")])
+    assert [e.back for e in drawing.edges] == [True, False]  # b → a goes back, a → b on
+    assert drawing.nodes[0].x < drawing.nodes[1].x and drawing.nodes[0].x == 10
 
 
 def test_nodes_never_overlap_and_edges_join_a_parent_to_its_child() -> None:
     phases = [(f"t{i}", f"t{i // 2}" if i else "", "ok") for i in range(40)]
     drawing = lay_out(phases)
-    boxes = {(n.x, n.y) for n in drawing.nodes}
-    assert len(boxes) == 40
+    # and a graph that is not a tree: roots of their own, a diamond, a topic's jobs
+    other = lay_out([("r1", "", "ok"), ("r2", "", "ok"), ("x:1", "r1", "ok"),
+                     ("x:2", "r2", "ok"), ("y", "x", "ok"), ("z", "y", "warning"),
+                     ("w", "r1", "ok"), ("v", "w", "ok"), ("u", "v", "ok")])
+    for d in (drawing, other):
+        for i, a in enumerate(d.nodes):
+            for b in d.nodes[i + 1:]:
+                apart = (abs(a.x - b.x) >= NODE_WIDTH or abs(a.y - b.y) >= NODE_HEIGHT)
+                assert apart, (a, b)
+    assert {n.task: n.x for n in other.nodes}["y"] > {n.task: n.x for n in other.nodes}["x:2"]
     for n in drawing.nodes:
         assert n.x >= 0 and n.x + NODE_WIDTH <= drawing.width
         assert n.y >= 0 and n.y + NODE_HEIGHT <= drawing.height
@@ -192,6 +233,26 @@ def test_nodes_never_overlap_and_edges_join_a_parent_to_its_child() -> None:
     assert lay_out([("a" * 40, "", "error")]).nodes[0].label == "a" * 27 + "…"
 
 
+def test_a_lineage_thousands_deep_is_walked_without_recursion() -> None:
+    chain = [{"task_no": n, "parent_no": n - 1 if n else None} for n in range(5000)]
+    walk = tree(chain[::-1])  # any order in, parents first out
+    assert [(depth, t["task_no"]) for depth, t in walk] == [(n, n) for n in range(5000)]
+    forest = tree([{"task_no": 1, "parent_no": None}, {"task_no": 2, "parent_no": 1},
+                   {"task_no": 3, "parent_no": 99}, {"task_no": 4, "parent_no": 1},
+                   {"task_no": 5, "parent_no": 2}])  # 99: a parent of another id
+    assert [(d, t["task_no"]) for d, t in forest] == [(0, 1), (1, 2), (2, 5), (1, 4), (0, 3)]
+    # and the page draws it without a recursion of its own
+    fields = {"type": "t", "job": "", "attempt": 1, "result": "error", "file": None,
+              "phase": None, "created": "2026-01-01T00:00:00Z", "started": None,
+              "ended": None, "due_at": None, "info": "", "msg": "", "id": "i"}
+    deep = tree([{**fields, **t} for t in chain])
+    page = Dashboard(Api(Config(), healthy=lambda: True, role=lambda: "leader"))._render(
+        "lineage.html", "tasks", id="i", root=deep[0][1], fire=None, tree=deep,
+        total=6000, shown=5000)
+    assert page.count('<li class="depth-12">') == 5000 - 12 and "level 4999" in page
+    assert "Showing the first 5000 of 6000 tasks." in page
+
+
 def test_since_says_how_long_ago_or_how_soon() -> None:
     now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
     assert since("2026-01-01T11:59:30Z", now) == "30 s ago"
@@ -199,3 +260,27 @@ def test_since_says_how_long_ago_or_how_soon() -> None:
     assert since("2025-12-30T11:59:59.500Z", now) == "2 d ago"
     assert since("2026-01-01T14:00:00", now) == "in 2 h"
     assert since(None, now) == "" and since("soon", now) == "soon"
+
+
+def test_the_graph_page_draws_no_more_than_its_caps(
+        tmp_path: Path, wf: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flowlord import dashboard
+    from flowlord.errors import BadRequest
+    from tests.conftest import run_cli
+
+    (wf / "a.toml").write_text("".join(f'[[phase]]\ntask = "t{i}"\n\n' for i in range(3)))
+    (wf / "b.toml").write_text('[[phase]]\ntask = "u"\n')
+    db = tmp_path / "f.db"
+    assert run_cli("refresh", "-w", str(wf), "--db", str(db)).returncode == 0
+    monkeypatch.setattr(dashboard, "GRAPH_NODES_AT_ONCE", 3)
+    monkeypatch.setattr(dashboard, "GRAPH_NODES_OF_A_FILE", 2)
+    pages = Dashboard(Api(Config(db=str(db)), healthy=lambda: True, role=lambda: "leader"))
+    every = pages.answer("/graph", {})[1]
+    assert "4 phases are too many to draw at once: choose a file." in every
+    assert "<svg" not in every
+    one = pages.answer("/graph", {"file": ["a.toml"]})[1]
+    assert "3 phases are too many to draw at once; " in one and "<svg" not in one
+    assert pages.answer("/graph", {"file": ["b.toml"]})[1].count("<rect") == 1
+    with pytest.raises(BadRequest) as missing:
+        pages.answer("/graph", {"file": ["nope.toml"]})
+    assert missing.value.status == 404 and str(missing.value) == "no workflow file nope.toml"

@@ -247,6 +247,31 @@ def test_the_whole_graph_is_refused_past_its_cap_but_one_file_answers(
     assert [n["task"] for n in graph["nodes"]] == ["x", "y"]
 
 
+def test_blank_parameters_are_no_filter_and_file_filters_phases(api: str) -> None:
+    assert get(api, "/api/tasks?type=&job=&result=") == get(api, "/api/tasks")
+    assert get(api, "/api/phases?severity=&file=") == get(api, "/api/phases")
+    status, phases = get(api, "/api/phases?file=dir/b.toml")
+    assert status == 200 and [p["task"] for p in phases] == ["other:job"]
+    status, body = get(api, "/api/status")
+    assert body["last_rescan"] is not None and body["last_load"] is not None
+
+
+def test_a_loopback_server_refuses_other_host_names(api: str) -> None:
+    """DNS rebinding: a page served as evil.example, its name pointed at 127.0.0.1."""
+    request = urllib.request.Request(api + "/api/status", headers={"Host": "evil.example"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    with refused.value as e:
+        assert e.code == 421
+        assert json.loads(e.read()) == {
+            "error": "this server answers loopback names only, not evil.example"}
+    port = urllib.parse.urlsplit(api).port
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}"):
+        request = urllib.request.Request(api + "/api/status", headers={"Host": host})
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            assert answer.status == 200
+
+
 def test_head_answers_like_get_without_a_body_and_other_methods_get_405(api: str) -> None:
     request = urllib.request.Request(api + "/healthz", method="HEAD")
     with urllib.request.urlopen(request, timeout=10) as answer:
