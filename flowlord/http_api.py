@@ -213,17 +213,17 @@ class Api:
         if not rows:
             raise BadRequest(HTTPStatus.NOT_FOUND, f"no phase {task} in {file}")
         found = _phase(rows[0])
-        found["last_tasks"] = [_task(r) for r in store.conn.execute(
-            f"SELECT {_TASK_COLUMNS} FROM tasks WHERE file_path = ? AND phase = ? "
-            "ORDER BY task_no DESC LIMIT 10", (file, task))]
-        found["parents"] = [
-            {"task": p[0], "severity": p[1], "status": p[2], "last_result": p[3],
-             "last_ended": p[4]}
-            for p in store.conn.execute(
-                "SELECT p.task, p.severity, p.status, t.result, t.ended FROM workflow_phases "
-                "AS p LEFT JOIN tasks AS t ON t.task_no = (SELECT max(task_no) FROM tasks "
-                "WHERE file_path = p.file_path AND phase = p.task) "
-                "WHERE p.file_path = ? AND p.task = ?", (file, found["depends_on"]))]
+        found["last_tasks"] = _newest_tasks(store, file, task, 10)
+        found["parents"] = []
+        for parent, severity, status in store.conn.execute(  # `dependsOn = topic`: each job
+                "SELECT e.parent, p.severity, p.status FROM phase_edges AS e "
+                "JOIN workflow_phases AS p ON p.file_path = e.file_path AND p.task = e.parent "
+                "WHERE e.file_path = ? AND e.child = ? ORDER BY p.position", (file, task)):
+            last = _newest_tasks(store, file, parent, 1)
+            found["parents"].append({
+                "task": parent, "severity": severity, "status": status,
+                "last_result": last[0]["result"] if last else None,
+                "last_ended": last[0]["ended"] if last else None})
         return found
 
     def graph(self, store: Store, query: dict[str, list[str]]) -> dict[str, Any]:
@@ -287,6 +287,13 @@ _PHASE_COLUMNS = ("p.file_path, p.task, p.depends_on, p.rule, p.template, p.retr
                   "fires AS f WHERE f.file_path = p.file_path AND f.phase = p.task)")
 _TASK_COLUMNS = ("task_no, id, type, job, info, meta, created, started, ended, result, msg, "
                  "file_path, phase, attempt, scheduled_for, parent_no, due_at")
+
+
+def _newest_tasks(store: Store, file: str, phase: str, limit: int) -> list[dict[str, Any]]:
+    """A phase's newest tasks, through the index of its topic's tasks (tasks_by_type)."""
+    return [_task(r) for r in store.conn.execute(
+        f"SELECT {_TASK_COLUMNS} FROM tasks WHERE type = ? AND file_path = ? AND phase = ? "
+        "ORDER BY task_no DESC LIMIT ?", (phase.partition(":")[0], file, phase, limit))]
 
 
 def _last_results(store: Store, phases: list[dict[str, Any]]) -> dict[tuple[str, str], Any]:

@@ -298,3 +298,19 @@ def test_a_request_the_server_cannot_parse_gets_a_json_error(api: str) -> None:
     assert head.startswith(b"HTTP/1.0 431 ")
     assert b"Content-Type: application/json" in head
     assert json.loads(body) == {"error": "Line too long"}
+
+
+def test_a_phase_under_a_topic_shows_every_job_of_it_as_a_parent(
+        tmp_path: Path, wf: Path) -> None:
+    from flowlord.config import Config
+    from flowlord.http_api import Api
+
+    (wf / "a.toml").write_text('[[phase]]\ntask = "x:1"\n\n[[phase]]\ntask = "x:2"\n\n'
+                               '[[phase]]\ntask = "y"\ndependsOn = "x"\n')
+    db = tmp_path / "f.db"
+    assert run_cli("refresh", "-w", str(wf), "--db", str(db)).returncode == 0
+    api = Api(Config(db=str(db)), healthy=lambda: True, role=lambda: "leader")
+    status, phase = api.answer("/api/phases/a.toml/y", {})
+    assert status == 200 and phase["last_tasks"] == []
+    assert [(p["task"], p["last_result"]) for p in phase["parents"]] == \
+        [("x:1", None), ("x:2", None)]
