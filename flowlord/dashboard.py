@@ -32,6 +32,7 @@ GRAPH_NODES_AT_ONCE = 400  # more phases than this: the graph page asks for one 
 GRAPH_NODES_OF_A_FILE = 2000  # more than this in one file: not drawn (a page of megabytes)
 STYLESHEET = resources.files("flowlord").joinpath("pages", "style.css").read_bytes()
 
+
 class Page(str):
     """An HTML answer, not JSON."""
 
@@ -84,7 +85,8 @@ class Dashboard:
         self.env = _environment()
 
     def answer(self, path: str, query: dict[str, list[str]]) -> tuple[HTTPStatus, Any]:
-        """The page at `path`; None when there is none (the caller answers 404)."""
+        """The page at `path`, or a 404 page; a bad parameter raises BadRequest (the
+        caller renders it with `error`)."""
         if path == "/static/style.css":
             return HTTPStatus.OK, Asset(STYLESHEET)
         pages: dict[str, Callable[[Store, dict[str, list[str]]], Page]] = {
@@ -145,9 +147,7 @@ class Dashboard:
     def phases(self, store: Store, query: dict[str, list[str]]) -> Page:
         rows = self.api.phases(store, query)  # checks every parameter
         file = _first(query, "file")
-        refused = None
-        if file is not None:
-            refused = self._file_status(store, file)
+        refused = self._file_status(store, file) if file is not None else ""
         return self._render("phases.html", "phases", phases=rows, refused=refused,
                             severity=_first(query, "severity"), file=file, **_page(query))
 
@@ -231,7 +231,8 @@ def tree(tasks: list[dict[str, Any]]) -> list[tuple[int, dict[str, Any]]]:
 
 
 def _page(query: dict[str, list[str]]) -> dict[str, int]:
-    """limit and offset of a page, checked by the API's reader before this is called."""
+    """limit and offset of a page, checked by the API's reader before this is called
+    (100 rows: the API's DEFAULT_LIMIT)."""
     return {"limit": int(_first(query, "limit") or 100),
             "offset": int(_first(query, "offset") or 0)}
 
