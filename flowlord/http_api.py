@@ -33,6 +33,7 @@ from flowlord.metrics import DatabaseState
 from flowlord.model import Fire
 from flowlord.rules import BY_STEPS
 from flowlord.store import Store, StoreError
+from flowlord.taskrows import task_filter
 from flowlord.tasks import BuildError
 
 MAX_LIMIT = 1000  # rows per page, at most
@@ -222,6 +223,8 @@ class Api:
             last = _newest_tasks(store, file, parent, 1)
             found["parents"].append({
                 "task": parent, "severity": severity, "status": status,
+                "last_task_no": last[0]["task_no"] if last else None,
+                "last_started": last[0]["started"] if last else None,
                 "last_result": last[0]["result"] if last else None,
                 "last_ended": last[0]["ended"] if last else None})
         return found
@@ -238,30 +241,15 @@ class Api:
                           for f, a, b in store.edges(file_path=file)]}
 
     def tasks(self, store: Store, query: dict[str, list[str]]) -> list[dict[str, Any]]:
-        where: list[str] = []
-        args: list[object] = []
-        for key in ("type", "job"):
-            value = _one(query, key)
-            if value is not None:
-                where.append(f"{key} = ?")
-                args.append(value)
         result = _one(query, "result")
-        if result == "none":
-            where.append("result IS NULL")
-        elif result is not None:
-            if result not in ("complete", "error", "alert", "warn"):
-                raise BadRequest(HTTPStatus.BAD_REQUEST,
-                                 "result must be complete, error, alert, warn or none")
-            where.append("result = ?")
-            args.append(result)
-        before = _int(query, "before", None)
-        if before is not None:
-            where.append("task_no < ?")
-            args.append(before)
-        sql = (f"SELECT {_TASK_COLUMNS} FROM tasks "
-               + ("WHERE " + " AND ".join(where) + " " if where else "")
-               + "ORDER BY task_no DESC LIMIT ?")
-        return [_task(r) for r in store.conn.execute(sql, (*args, _limit(query)))]
+        if result not in (None, "complete", "error", "alert", "warn", "none"):
+            raise BadRequest(HTTPStatus.BAD_REQUEST,
+                             "result must be complete, error, alert, warn or none")
+        source, args = task_filter(type=_one(query, "type"), job=_one(query, "job"),
+                                   result=result, before=_int(query, "before", None))
+        return [_task(r) for r in store.conn.execute(
+            f"SELECT {_TASK_COLUMNS} {source} ORDER BY task_no DESC LIMIT ?",
+            (*args, _limit(query)))]
 
     def lineage(self, store: Store, task_id: str) -> list[dict[str, Any]]:
         rows = [_task(r) for r in store.conn.execute(
@@ -455,14 +443,21 @@ class _Handler(BaseHTTPRequestHandler):
     def _host_allowed(self) -> bool:
         """On a loopback address, a request must name a loopback host: a web page whose
         DNS name was pointed at 127.0.0.1 (DNS rebinding) cannot read the API."""
-        host = self.headers.get("Host")
-        if not self.loopback_only or host is None:
+        hosts = self.headers.get_all("Host") or []
+        if not self.loopback_only or not hosts:
             return True
-        name = urlsplit(f"//{host}").hostname or ""
+        if len(hosts) > 1:
+            self._send(HTTPStatus.BAD_REQUEST, {"error": "more than one Host header"})
+            return False
+        try:
+            name = (urlsplit(f"//{hosts[0]}").hostname or "").rstrip(".")
+        except ValueError:  # such as an unclosed [
+            self._send(HTTPStatus.BAD_REQUEST, {"error": "a malformed Host header"})
+            return False
         if name == "localhost" or _is_loopback(name):
             return True
-        self._send(HTTPStatus.MISDIRECTED_REQUEST,
-                   {"error": f"this server answers loopback names only, not {host[:100]}"})
+        self._send(HTTPStatus.MISDIRECTED_REQUEST, {
+            "error": f"this server answers loopback names only, not {hosts[0][:100]}"})
         return False
 
     def _send(self, status: HTTPStatus, body: Any, headers: dict[str, str] | None = None

@@ -27,6 +27,36 @@ def _stored(r: Sequence[Any]) -> StoredTask:
 
 
 
+def task_filter(*, type: str | None = None, job: str | None = None,
+                result: str | None = None, before: int | None = None
+                ) -> tuple[str, list[object]]:
+    """`FROM tasks … WHERE …` of a task listing (newest first), and its arguments; a
+    `result` of 'none' means unfinished. The planner has no statistics, so filters are
+    steered: unfinished tasks (few) go through tasks_unfinished, and a topic's tasks
+    through tasks_by_type, never tasks_by_result ('complete' is most rows). With a
+    failure result too, the topic's tasks are read until enough failed: fast unless a
+    big topic has almost no failures (a `+` before a column keeps it off its index)."""
+    where: list[str] = []
+    args: list[object] = []
+    index = ""
+    if result == "none":
+        index = "INDEXED BY tasks_unfinished "
+        where.append("ended IS NULL")  # the same as result IS NULL (a CHECK), and indexed
+    elif result is not None:
+        where.append("+result = ?" if type is not None else "result = ?")
+        args.append(result)
+    if type is not None:
+        where.append("type = ?")
+        args.append(type)
+    if job is not None:
+        where.append("job = ?")
+        args.append(job)
+    if before is not None:
+        where.append("task_no < ?")
+        args.append(before)
+    return "FROM tasks " + index + ("WHERE " + " AND ".join(where) if where else ""), args
+
+
 class TaskRows:
     conn: apsw.Connection
 
@@ -67,19 +97,9 @@ class TaskRows:
     def tasks(self, *, type: str | None = None, result: str | None = None,
               limit: int = 100) -> list[tuple[object, ...]]:
         """Task rows, newest first, in _TASK_COLUMNS order. `result` 'none' means unfinished."""
-        where, args = [], []
-        if type is not None:
-            where.append("type = ?")
-            args.append(type)
-        if result == "none":
-            where.append("result IS NULL")
-        elif result is not None:
-            where.append("result = ?")
-            args.append(result)
-        sql = f"SELECT {_TASK_COLUMNS} FROM tasks"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        return list(self.conn.execute(sql + " ORDER BY task_no DESC LIMIT ?", (*args, limit)))
+        source, args = task_filter(type=type, result=result)
+        return list(self.conn.execute(
+            f"SELECT {_TASK_COLUMNS} {source} ORDER BY task_no DESC LIMIT ?", (*args, limit)))
 
     # --- running tasks -----------------------------------------------------------------
     # INDEXED BY: tasks_by_type would answer `type = ?` too, by reading every finished

@@ -265,8 +265,14 @@ def test_a_loopback_server_refuses_other_host_names(api: str) -> None:
         assert e.code == 421
         assert json.loads(e.read()) == {
             "error": "this server answers loopback names only, not evil.example"}
+    for request, error in [
+            (b"GET /api/status HTTP/1.1\r\nHost: [::1:80\r\n\r\n", "a malformed Host header"),
+            (b"GET /api/status HTTP/1.1\r\nHost: localhost\r\nHost: evil.example\r\n\r\n",
+             "more than one Host header")]:
+        head, body = raw(api, request)
+        assert head.startswith(b"HTTP/1.0 400 ") and json.loads(body) == {"error": error}
     port = urllib.parse.urlsplit(api).port
-    for host in (f"localhost:{port}", f"127.0.0.1:{port}"):
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"localhost.:{port}", "[::1]"):
         request = urllib.request.Request(api + "/api/status", headers={"Host": host})
         with urllib.request.urlopen(request, timeout=10) as answer:
             assert answer.status == 200
@@ -287,14 +293,20 @@ def test_head_answers_like_get_without_a_body_and_other_methods_get_405(api: str
                 "error": f"method {method} is not allowed: GET, HEAD or POST"}
 
 
-def test_a_request_the_server_cannot_parse_gets_a_json_error(api: str) -> None:
+def raw(api: str, request: bytes) -> tuple[bytes, bytes]:
+    """(head, body) of the answer to bytes sent as they are."""
     host, port = urllib.parse.urlsplit(api).netloc.split(":")
     with socket.create_connection((host, int(port)), timeout=10) as conn:
-        conn.sendall(b"GET / HTTP/1.1\r\nX-Long: " + b"a" * 70000 + b"\r\n\r\n")
+        conn.sendall(request)
         answer = b""
         while chunk := conn.recv(65536):
             answer += chunk
     head, _, body = answer.partition(b"\r\n\r\n")
+    return head, body
+
+
+def test_a_request_the_server_cannot_parse_gets_a_json_error(api: str) -> None:
+    head, body = raw(api, b"GET / HTTP/1.1\r\nX-Long: " + b"a" * 70000 + b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.0 431 ")
     assert b"Content-Type: application/json" in head
     assert json.loads(body) == {"error": "Line too long"}
@@ -303,6 +315,7 @@ def test_a_request_the_server_cannot_parse_gets_a_json_error(api: str) -> None:
 def test_a_phase_under_a_topic_shows_every_job_of_it_as_a_parent(
         tmp_path: Path, wf: Path) -> None:
     from flowlord.config import Config
+    from flowlord.dashboard import Dashboard
     from flowlord.http_api import Api
 
     (wf / "a.toml").write_text('[[phase]]\ntask = "x:1"\n\n[[phase]]\ntask = "x:2"\n\n'
@@ -312,5 +325,13 @@ def test_a_phase_under_a_topic_shows_every_job_of_it_as_a_parent(
     api = Api(Config(db=str(db)), healthy=lambda: True, role=lambda: "leader")
     status, phase = api.answer("/api/phases/a.toml/y", {})
     assert status == 200 and phase["last_tasks"] == []
-    assert [(p["task"], p["last_result"]) for p in phase["parents"]] == \
+    assert [(p["task"], p["last_task_no"]) for p in phase["parents"]] == \
         [("x:1", None), ("x:2", None)]
+    # x:2 fired by hand: its task waits for a worker, and the page says so
+    done = run_cli("trigger", "x:2", "-w", str(wf), "--db", str(db))
+    assert done.returncode == 0, done.stderr
+    status, phase = api.answer("/api/phases/a.toml/y", {})
+    waiting = phase["parents"][1]
+    assert waiting["last_task_no"] is not None and waiting["last_started"] is None
+    page = Dashboard(api).answer("/phases/a.toml/y", {})[1]
+    assert page.count("never ran") == 1 and page.count("waiting for a worker") == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import apsw
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from flowlord.loader import Loader
 from flowlord.schema import SCHEMA_VERSION
 from flowlord.store import Store, StoreError, connect, write_txn
+from flowlord.taskrows import task_filter
 
 
 def test_connection_pragmas(store: Store) -> None:
@@ -159,3 +161,23 @@ def test_delete_history_removes_old_finished_rows_in_batches(store: Store) -> No
     fires = [r[0] for r in store.conn.execute("SELECT scheduled_for FROM fires ORDER BY 1")]
     assert fires == ["2026-01-04T00:00:00Z", "2026-01-05T00:00:00Z"]  # their tasks remain
     assert store.foreign_key_problems() == []
+
+
+@pytest.mark.parametrize(("filters", "index"), [
+    ({"type": "t"}, "tasks_by_type"),
+    ({"type": "t", "result": "error"}, "tasks_by_type"),
+    ({"type": "t", "result": "complete"}, "tasks_by_type"),  # not most of the table
+    ({"result": "error"}, "tasks_by_result"),
+    ({"result": "none"}, "tasks_unfinished"),
+    ({"type": "t", "result": "none", "before": 9}, "tasks_unfinished"),
+])
+def test_task_listings_read_through_the_index_chosen_for_them(
+        tmp_path: Path, filters: dict[str, Any], index: str) -> None:
+    """The planner has no statistics: each listing is steered to its index, and this
+    pins the plan so a new index cannot quietly take over (as tasks_by_type once did)."""
+    store = Store(str(tmp_path / "f.db"))
+    source, args = task_filter(**filters)
+    plan = " ".join(str(r[3]) for r in store.conn.execute(
+        f"EXPLAIN QUERY PLAN SELECT task_no {source} ORDER BY task_no DESC LIMIT 10", args))
+    store.close()
+    assert f"INDEX {index} " in plan, plan
