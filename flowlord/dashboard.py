@@ -19,6 +19,7 @@ from urllib.parse import quote, unquote, urlencode
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
+from flowlord import params
 from flowlord.drawing import lay_out
 from flowlord.errors import BadRequest
 from flowlord.store import Store
@@ -142,14 +143,16 @@ class Dashboard:
 
     def files(self, store: Store, query: dict[str, list[str]]) -> Page:
         rows = self.api.files(store, query)  # checks limit and offset
-        return self._render("files.html", "files", files=rows, **_page(query))
+        return self._render("files.html", "files", files=rows, limit=params.limit(query),
+                            offset=params.offset(query))
 
     def phases(self, store: Store, query: dict[str, list[str]]) -> Page:
         rows = self.api.phases(store, query)  # checks every parameter
-        file = _first(query, "file")
+        file = params.one(query, "file")
         refused = self._file_status(store, file) if file is not None else ""
         return self._render("phases.html", "phases", phases=rows, refused=refused,
-                            severity=_first(query, "severity"), file=file, **_page(query))
+                            severity=params.one(query, "severity"), file=file,
+                            limit=params.limit(query), offset=params.offset(query))
 
     def _file_status(self, store: Store, file: str) -> str:
         """The workflow file's status ('' when it loaded); 404 when there is no such file."""
@@ -164,7 +167,7 @@ class Dashboard:
         return self._render("phase.html", "phases", phase=found)
 
     def graph(self, store: Store, query: dict[str, list[str]]) -> Page:
-        file = _first(query, "file")
+        file = params.one(query, "file")
         if file is not None:
             self._file_status(store, file)  # 404 for no such file
         files = [path for path, in store.conn.execute(
@@ -190,8 +193,9 @@ class Dashboard:
     def tasks(self, store: Store, query: dict[str, list[str]]) -> Page:
         rows = self.api.tasks(store, query)
         return self._render("tasks.html", "tasks", tasks=rows,
-                            filters={k: _first(query, k) or "" for k in ("type", "job", "result")},
-                            limit=_page(query)["limit"])
+                            filters={k: params.one(query, k) or ""
+                                     for k in ("type", "job", "result")},
+                            limit=params.limit(query))
 
     def lineage(self, store: Store, task_id: str) -> Page:
         rows = self.api.lineage(store, unquote(task_id))
@@ -209,7 +213,7 @@ class Dashboard:
 
     def alerts(self, store: Store, query: dict[str, list[str]]) -> Page:
         return self._render("alerts.html", "alerts", alerts=self.api.alerts(store, query),
-                            limit=_page(query)["limit"])
+                            limit=params.limit(query))
 
 
 def tree(tasks: list[dict[str, Any]]) -> list[tuple[int, dict[str, Any]]]:
@@ -228,15 +232,3 @@ def tree(tasks: list[dict[str, Any]]) -> list[tuple[int, dict[str, Any]]]:
         walk.append((depth, task))
         stack.extend((depth + 1, t) for t in reversed(children.get(task["task_no"], [])))
     return walk
-
-
-def _page(query: dict[str, list[str]]) -> dict[str, int]:
-    """limit and offset of a page, checked by the API's reader before this is called
-    (100 rows: the API's DEFAULT_LIMIT)."""
-    return {"limit": int(_first(query, "limit") or 100),
-            "offset": int(_first(query, "offset") or 0)}
-
-
-def _first(query: dict[str, list[str]], key: str) -> str | None:
-    values = query.get(key)
-    return (values[0] or None) if values else None  # blank: absent, as the API reads it

@@ -23,7 +23,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import apsw
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from flowlord import __version__, metrics
+from flowlord import __version__, metrics, params
 from flowlord.cli_tasks import backload_fires, record, trigger_fire
 from flowlord.config import Config, ConfigError
 from flowlord.dashboard import CONTENT_SECURITY_POLICY, Asset, Dashboard, Page
@@ -36,12 +36,10 @@ from flowlord.store import Store, StoreError
 from flowlord.taskrows import task_filter
 from flowlord.tasks import BuildError
 
-MAX_LIMIT = 1000  # rows per page, at most
 MAX_BODY = 65536  # bytes of a POST body, at most
 INTERNAL_ERROR = "internal error: the daemon's log has the details"
 RECENT_TASKS = 10_000  # the newest tasks looked through for phases' last results
 MAX_GRAPH = 10_000  # phases in an answer of /api/graph for every file
-DEFAULT_LIMIT = 100
 STARTED = time.time()
 
 
@@ -183,16 +181,16 @@ class Api:
             "(SELECT count(*) FROM workflow_phases AS p WHERE p.file_path = f.file_path "
             " AND p.severity = 'warning') "
             "FROM workflow_files AS f ORDER BY f.file_path LIMIT ? OFFSET ?",
-            (_limit(query), _int(query, "offset", 0)))
+            (params.limit(query), params.offset(query)))
         return [{"file": f[0], "status": f[1], "file_hash": f[2], "loaded_at": f[3],
                  "phases": f[4], "errors": f[5], "warnings": f[6]} for f in rows]
 
     def phases(self, store: Store, query: dict[str, list[str]]) -> list[dict[str, Any]]:
-        severity = _one(query, "severity")
+        severity = params.one(query, "severity")
         if severity is not None and severity not in ("ok", "warning", "error"):
             raise BadRequest(HTTPStatus.BAD_REQUEST, "severity must be ok, warning or error")
         where, args = [], []
-        for column, value in (("severity", severity), ("file_path", _one(query, "file"))):
+        for column, value in (("severity", severity), ("file_path", params.one(query, "file"))):
             if value is not None:
                 where.append(f"p.{column} = ?")
                 args.append(value)
@@ -201,7 +199,7 @@ class Api:
         sql = (f"SELECT {_PHASE_COLUMNS} FROM workflow_phases AS p "
                + ("WHERE " + " AND ".join(where) + " " if where else "")
                + "ORDER BY p.file_path, p.position LIMIT ? OFFSET ?")
-        rows = store.conn.execute(sql, (*args, _limit(query), _int(query, "offset", 0)))
+        rows = store.conn.execute(sql, (*args, params.limit(query), params.offset(query)))
         phases = [_phase(r) for r in rows]
         results = _last_results(store, phases)
         for p in phases:
@@ -230,7 +228,7 @@ class Api:
         return found
 
     def graph(self, store: Store, query: dict[str, list[str]]) -> dict[str, Any]:
-        file = _one(query, "file")
+        file = params.one(query, "file")
         if file is None and (total := sum(store.severity_counts().values())) > MAX_GRAPH:
             raise BadRequest(HTTPStatus.BAD_REQUEST,
                              f"{total} phases are too many for one answer (at most "
@@ -241,33 +239,33 @@ class Api:
                           for f, a, b in store.edges(file_path=file)]}
 
     def tasks(self, store: Store, query: dict[str, list[str]]) -> list[dict[str, Any]]:
-        result = _one(query, "result")
+        result = params.one(query, "result")
         if result not in (None, "complete", "error", "alert", "warn", "none"):
             raise BadRequest(HTTPStatus.BAD_REQUEST,
                              "result must be complete, error, alert, warn or none")
-        source, args = task_filter(type=_one(query, "type"), job=_one(query, "job"),
-                                   result=result, before=_int(query, "before", None))
+        source, args = task_filter(type=params.one(query, "type"), job=params.one(query, "job"),
+                                   result=result, before=params.integer(query, "before", None))
         return [_task(r) for r in store.conn.execute(
             f"SELECT {_TASK_COLUMNS} {source} ORDER BY task_no DESC LIMIT ?",
-            (*args, _limit(query)))]
+            (*args, params.limit(query)))]
 
     def lineage(self, store: Store, task_id: str) -> list[dict[str, Any]]:
         rows = [_task(r) for r in store.conn.execute(
             f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = ? ORDER BY task_no LIMIT ?",
-            (task_id, MAX_LIMIT))]
+            (task_id, params.MAX_LIMIT))]
         if not rows:
             raise BadRequest(HTTPStatus.NOT_FOUND, f"no task with id {task_id}")
         return rows
 
     def alerts(self, store: Store, query: dict[str, list[str]]) -> list[dict[str, Any]]:
-        before = _int(query, "before", None)
+        before = params.integer(query, "before", None)
         return [{"alert_no": r[0], "task_no": r[1], "kind": r[2], "type": r[3], "job": r[4],
                  "message": r[5], "created": r[6], "posted_at": r[7], "task_id": r[8]}
                 for r in store.conn.execute(
                     "SELECT a.alert_no, a.task_no, a.kind, a.type, a.job, a.message, a.created, "
                     "a.posted_at, t.id FROM alerts AS a JOIN tasks AS t USING (task_no) "
                     "WHERE a.alert_no < ? ORDER BY a.alert_no DESC LIMIT ?",
-                    (before if before is not None else 2**62, _limit(query)))]
+                    (before if before is not None else 2**62, params.limit(query)))]
 
 
 _PHASE_COLUMNS = ("p.file_path, p.task, p.depends_on, p.rule, p.template, p.retry, "
@@ -343,34 +341,6 @@ def _time(fields: dict[str, Any], key: str, default: Any = _REQUIRED) -> datetim
         return datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise BadRequest(HTTPStatus.BAD_REQUEST, f"{key} is not an ISO 8601 time") from None
-
-
-def _one(query: dict[str, list[str]], key: str) -> str | None:
-    """The parameter's value; None when it is absent or blank (`?type=&result=error` is
-    how a browser sends a form with an empty field)."""
-    values = query.get(key)
-    if not values:
-        return None
-    if len(values) > 1:
-        raise BadRequest(HTTPStatus.BAD_REQUEST, f"{key} given more than once")
-    return values[0] or None
-
-
-def _int(query: dict[str, list[str]], key: str, default: int | None) -> int | None:
-    text = _one(query, key)
-    if text is None:
-        return default
-    if not text.isascii() or not text.isdigit() or len(text) > 18:
-        raise BadRequest(HTTPStatus.BAD_REQUEST, f"{key} must be a non-negative integer")
-    return int(text)
-
-
-def _limit(query: dict[str, list[str]]) -> int:
-    limit = _int(query, "limit", DEFAULT_LIMIT)
-    assert limit is not None
-    if not 1 <= limit <= MAX_LIMIT:
-        raise BadRequest(HTTPStatus.BAD_REQUEST, f"limit must be from 1 to {MAX_LIMIT}")
-    return limit
 
 
 class _Handler(BaseHTTPRequestHandler):

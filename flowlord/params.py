@@ -1,0 +1,46 @@
+"""Query parameters of the HTTP API and the dashboard, checked: a bad one is a 400."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+from flowlord.errors import BadRequest
+
+MAX_LIMIT = 1000  # rows per page, at most
+DEFAULT_LIMIT = 100
+
+Query = dict[str, list[str]]
+
+
+def one(query: Query, key: str) -> str | None:
+    """The parameter's value; None when it is absent or blank (`?type=&result=error` is
+    how a browser sends a form with an empty field)."""
+    values = query.get(key)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise BadRequest(HTTPStatus.BAD_REQUEST, f"{key} given more than once")
+    return values[0] or None
+
+
+def integer(query: Query, key: str, default: int | None) -> int | None:
+    text = one(query, key)
+    if text is None:
+        return default
+    if not text.isascii() or not text.isdigit() or len(text) > 18:
+        raise BadRequest(HTTPStatus.BAD_REQUEST, f"{key} must be a non-negative integer")
+    return int(text)
+
+
+def limit(query: Query) -> int:
+    rows = integer(query, "limit", DEFAULT_LIMIT)
+    assert rows is not None
+    if not 1 <= rows <= MAX_LIMIT:
+        raise BadRequest(HTTPStatus.BAD_REQUEST, f"limit must be from 1 to {MAX_LIMIT}")
+    return rows
+
+
+def offset(query: Query) -> int:
+    rows = integer(query, "offset", 0)
+    assert rows is not None
+    return rows
