@@ -42,7 +42,7 @@ from flowlord.retention import Retention
 from flowlord.rules import parse_rule
 from flowlord.scheduler import Due, PhaseKey, Scheduler, parse_slot
 from flowlord.sdnotify import notify, watchdog_interval
-from flowlord.standby import Leadership
+from flowlord.standby import DEFAULT_LEASE, Leadership, NodeInUse
 from flowlord.store import Store, utc_now_ms, write_txn
 from flowlord.tasks import Context, build_fire, meta_dir, rfc3339
 from flowlord.watcher import Watcher
@@ -163,18 +163,26 @@ class Daemon:
         from flowlord.bus.redis import DONE_STREAM, RedisBus
 
         try:
-            if self.config.bus_lease is None:
-                return RedisBus(self.config.bus_url, self.log, wake=self._wake)
+            # always a lease and a node of its own, even alone: two daemons that share a
+            # redis by mistake must not both fire, nor read each other's results
             node = self.config.bus_node or socket.gethostname()
             bus = RedisBus(self.config.bus_url, self.log, wake=self._wake,
                            done_stream=f"{DONE_STREAM}:{node}")
-            self.leadership = Leadership(bus.client, node, self.config.bus_lease, self.log)
+            self.leadership = Leadership(bus.client, node,
+                                         self.config.bus_lease or DEFAULT_LEASE, self.log)
+            try:
+                self.leadership.hold_node()
+            except (NodeInUse, BusUnavailable):
+                bus.close(0)
+                raise
             return bus
         except ImportError:
             raise ConfigError("bus.url: the redis bus needs redis-py: "
                               "pip install 'flowlord[redis]'") from None
         except BusUnavailable as e:
             raise ConfigError(f"bus.url: {e}") from None
+        except NodeInUse as e:
+            raise ConfigError(str(e)) from None
 
     def _http(self) -> HttpServer | None:
         """The read-only API when http.listen is set; a bad or unsafe address is a config

@@ -7,19 +7,30 @@ new leader never fires a slot the old one already fired: such a slot is recorded
 its ledger as fired elsewhere, with no tasks. A standby holds the slots that come due
 until the leader's claim shows up (then it records them the same way), and fires the
 ones still unclaimed when it becomes the leader.
+
+With a redis bus the lease is always on, even for one daemon: two daemons that
+share a Redis by mistake must not both fire. Each daemon also holds its node name
+(`flowlord:node:<node>`, renewed with the lease), so a second daemon given the same
+name, whose claims and results stream would be taken for the first one's, is
+refused at start.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
+import socket
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
+from flowlord.bus import BusUnavailable
 from flowlord.model import Fire
 
 LEASE_KEY = "flowlord:leader"
+NODE_PREFIX = "flowlord:node:"
+DEFAULT_LEASE = timedelta(seconds=10)  # when the config names none
 CLAIM_PREFIX = "flowlord:fired:"
 CLAIM_DAYS = 40  # a claim outlives every catch-up a ledger row does not already cover
 # renews the lease if it still names us; 1 when it did, 0 when another daemon holds it
@@ -29,6 +40,49 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+# holds the node name for this process: 1 when it was free or already ours, else 0
+_HOLD_NODE = """
+local holder = redis.call('GET', KEYS[1])
+if holder == false or holder == ARGV[1] then
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+    return 1
+end
+return 0
+"""
+
+# deletes a key only while it still holds our value
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+class NodeInUse(Exception):
+    """Another live daemon uses this node name on the same Redis; str(e) is one line."""
+
+
+def this_process() -> str:
+    """Who holds a node name: the host and the process id."""
+    return f"{socket.gethostname()} {os.getpid()}"
+
+
+def _gone(holder: str) -> bool:
+    """Whether the holder of a node name is a process of this host that no longer
+    runs (a daemon killed and restarted before its hold expired), or ourselves."""
+    host, _, pid = holder.rpartition(" ")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    if int(pid) == os.getpid():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
 
 
 def claim_key(fire: Fire) -> str:
@@ -51,6 +105,29 @@ class Leadership:
         self.valid_until = 0.0  # monotonic: our lease surely holds until then
         self.next_try = 0.0
         self._renew = client.register_script(_RENEW)
+        self._hold_node = client.register_script(_HOLD_NODE)
+        self._release = client.register_script(_RELEASE)
+        self.node_key = NODE_PREFIX + node
+        self.me = this_process()
+
+    def hold_node(self) -> None:
+        """At start: take this daemon's node name, or NodeInUse when a live daemon has
+        it. A holder that is a dead process of this host (a crash, then a restart
+        within the lease) is replaced at once."""
+        import redis
+
+        try:
+            if self._hold_node(keys=[self.node_key], args=[self.me, self.lease_ms]):
+                return
+            holder = self.client.get(self.node_key) or ""
+            if _gone(holder):
+                self.client.set(self.node_key, self.me, px=self.lease_ms)
+                return
+        except (redis.RedisError, OSError) as e:
+            raise BusUnavailable(f"cannot take the node name in redis: {e}") from None
+        host, _, pid = holder.rpartition(" ")
+        raise NodeInUse(f"bus.node {self.node!r} is in use by another flowlord run (host "
+                        f"{host or '?'}, pid {pid or '?'}): give each daemon its own node")
 
     @property
     def role(self) -> str:
@@ -65,6 +142,12 @@ class Leadership:
         if monotonic >= self.next_try:
             self.next_try = monotonic + self.lease_ms / 3000
             try:
+                if not self._hold_node(keys=[self.node_key], args=[self.me, self.lease_ms]):
+                    # our hold ran out (a long stall) and another daemon took the name
+                    self.log.error("bus.node taken by another daemon; standing by",
+                                   node=self.node)
+                    self._become(False)
+                    return False
                 if self.leading:
                     held = bool(self._renew(keys=[LEASE_KEY], args=[self.node, self.lease_ms]))
                 else:
@@ -126,13 +209,12 @@ class Leadership:
         return record, held
 
     def release(self) -> None:
-        """At a clean stop: hand the lease over at once instead of at its expiry."""
+        """At a clean stop: hand the lease and the node name over at once instead of at
+        their expiry."""
         import redis
 
-        if not self.leading:
-            return
-        with contextlib.suppress(redis.RedisError, OSError):  # else it expires
-            self.client.eval("if redis.call('GET', KEYS[1]) == ARGV[1] then "
-                             "return redis.call('DEL', KEYS[1]) end return 0", 1, LEASE_KEY,
-                             self.node)
+        with contextlib.suppress(redis.RedisError, OSError):  # else they expire
+            if self.leading:
+                self._release(keys=[LEASE_KEY], args=[self.node])
+            self._release(keys=[self.node_key], args=[self.me])
         self.leading = False

@@ -38,9 +38,11 @@ def workers(url: str, topic: str, *command: str, count: int = 1, concurrency: in
             proc.wait(10)
 
 
-def redis_config(tmp_path: Path, url: str) -> list[str]:
+def redis_config(tmp_path: Path, url: str, node: str = "") -> list[str]:
+    """The README's config for a redis bus: no lease setting, the node named or not."""
     path = tmp_path / "flowlord.toml"
-    path.write_text(f'timezone = "UTC"\n[bus]\nurl = "{url}"\n')
+    named = f'node = "{node}"\n' if node else ""
+    path.write_text(f'timezone = "UTC"\n[bus]\nurl = "{url}"\n{named}')
     return ["-c", str(path)]
 
 
@@ -132,16 +134,19 @@ def test_a_redis_outage_loses_nothing_and_is_logged_once(
             wait_for(lambda: count(db, "SELECT count(*) FROM tasks "
                                        "WHERE result = 'complete'") >= 3, 60)
             server.kill()
-            before = count(db, fires)
-            # the daemon goes on firing into its database while the server is away
-            wait_for(lambda: count(db, fires) >= before + 3, 30)
-            assert "redis unavailable" in log.read_text()
+            wait_for(lambda: "redis unavailable" in log.read_text(), 30)
+            # due slots wait in memory while nobody can claim them in redis
             server.start()
-            during = count(db, fires)
-            # every task fired so far, before, during and after the outage, completes
+            after = count(db, fires)
+            wait_for(lambda: count(db, fires) >= after + 3, 60)
+            # every task fired, before, during and after the outage, completes
+            done = count(db, fires)
             wait_for(lambda: count(db, "SELECT count(*) FROM tasks WHERE result = 'complete' "
-                                       f"AND task_no <= {during}") == during, 90)
+                                       f"AND task_no <= {done}") == done, 90)
             assert count(db, "SELECT count(*) FROM tasks WHERE result <> 'complete'") == 0
+        slots = [str(r[0]) for r in query(db, "SELECT scheduled_for FROM fires "
+                                              "ORDER BY scheduled_for")]
+        assert slots == every_second(slots[0], slots[-1])  # none lost during the outage
         assert log.read_text().count("redis unavailable") == 1
         assert "redis available again" in log.read_text()
     finally:
@@ -199,11 +204,45 @@ def test_a_standby_takes_over_without_firing_a_slot_twice_or_missing_one(
     a, b = own_slots(dbs["a"]), own_slots(dbs["b"])
     assert not set(a) & set(b), "a slot fired by both daemons"
     fired = sorted(a + b)
-    first, last = (datetime.fromisoformat(t.replace("Z", "+00:00")) for t in (fired[0],
-                                                                              fired[-1]))
-    every_second = [(first + timedelta(seconds=i)).strftime("%Y-%m-%dT%H:%M:%SZ")
-                    for i in range(int((last - first).total_seconds()) + 1)]
-    assert fired == every_second  # none twice, none missing
+    assert fired == every_second(fired[0], fired[-1])  # none twice, none missing
+
+
+def every_second(first: str, last: str) -> list[str]:
+    """Every whole second from `first` to `last`, as the ledger writes slots."""
+    start, end = (datetime.fromisoformat(t.replace("Z", "+00:00")) for t in (first, last))
+    return [(start + timedelta(seconds=i)).strftime("%Y-%m-%dT%H:%M:%SZ")
+            for i in range(int((end - start).total_seconds()) + 1)]
+
+
+def test_two_daemons_on_one_redis_without_a_lease_setting_never_both_fire(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    """The two-host config minus any lease setting: the lease is on anyway, and a third
+    daemon reusing a live daemon's node name is refused."""
+    homes = {node: tmp_path / node for node in ("a", "b", "c")}
+    for home in homes.values():
+        (home / "wf").mkdir(parents=True)
+        (home / "wf" / "tick.toml").write_text(
+            '[[phase]]\ntask = "tick"\nrule = "cron=@every 1s"\ntemplate = "?t={TS}"\n')
+    dbs = {node: home / "f.db" for node, home in homes.items()}
+    with workers(redis_server.url, "tick", "true", concurrency=4), \
+            daemon(homes["a"], homes["a"] / "wf", dbs["a"],
+                   args=redis_config(homes["a"], redis_server.url, "a")), \
+            daemon(homes["b"], homes["b"] / "wf", dbs["b"],
+                   args=redis_config(homes["b"], redis_server.url, "b")):
+        # both run: each records every slot, one of them with tasks
+        wait_for(lambda: all(count(dbs[n], "SELECT count(*) FROM fires") >= 5 for n in "ab"),
+                 60)
+        reused = run_cli("run", *redis_config(homes["c"], redis_server.url, "a"),
+                         "-w", str(homes["c"] / "wf"), "--db", str(dbs["c"]))
+        assert reused.returncode == 2
+        assert reused.stderr.startswith("flowlord: bus.node 'a' is in use by another "
+                                        "flowlord run"), reused.stderr
+        assert len(reused.stderr.splitlines()) == 1
+    a, b = own_slots(dbs["a"]), own_slots(dbs["b"])
+    assert a or b
+    assert not set(a) & set(b), "a slot fired by both daemons"
+    tasks = [str(r[0]) for n in "ab" for r in query(dbs[n], "SELECT scheduled_for FROM tasks")]
+    assert sorted(tasks) == sorted(set(tasks))  # one task per slot across both databases
 
 
 def test_a_task_claimed_but_never_published_is_published_at_the_next_start(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
 from datetime import timedelta
 from pathlib import Path
 
@@ -10,7 +12,7 @@ import pytest
 from flowlord import logs
 from flowlord.config import ConfigError, load_config
 from flowlord.model import Fire, Task
-from flowlord.standby import Leadership
+from flowlord.standby import Leadership, NodeInUse, this_process
 from tests.redis_server import RedisServer
 
 LEASE = timedelta(seconds=30)
@@ -66,3 +68,39 @@ def test_a_lease_needs_a_redis_bus(tmp_path: Path) -> None:
     path.write_text('[bus]\nlease = "10s"\n')
     with pytest.raises(ConfigError, match="bus.lease needs a redis bus.url"):
         load_config(str(path))
+
+
+def test_a_node_name_is_held_by_one_live_daemon(redis_server: RedisServer) -> None:
+    def daemon_as(me: str) -> Leadership:
+        leadership = Leadership(redis_server.client(), "a", LEASE, logs.get("test"))
+        leadership.me = me  # who holds the name: host and pid
+        return leadership
+
+    with subprocess.Popen(["sleep", "60"]) as alive:  # a live daemon of this host
+        try:
+            first = daemon_as(f"{socket.gethostname()} {alive.pid}")
+            first.hold_node()
+            first.hold_node()  # renewing our own hold is fine
+            for second in (daemon_as("elsewhere 1"), daemon_as(this_process())):
+                with pytest.raises(NodeInUse, match=r"bus.node 'a' is in use by another "
+                                                    rf"flowlord run \(host .+, pid {alive.pid}\)"):
+                    second.hold_node()
+        finally:
+            alive.kill()
+    # its process is gone (a crash, then a restart within the lease): taken at once
+    restarted = daemon_as(this_process())
+    restarted.hold_node()
+    assert redis_server.client().get("flowlord:node:a") == this_process()
+    restarted.release()  # a clean stop frees the name at once
+    daemon_as("elsewhere 1").hold_node()
+    # a holder on another host is not ours to judge: its hold must run out
+    with pytest.raises(NodeInUse, match=r"host elsewhere, pid 1\)"):
+        daemon_as(this_process()).hold_node()
+
+
+def test_a_leader_whose_node_name_was_taken_stands_by(redis_server: RedisServer) -> None:
+    a = Leadership(redis_server.client(), "a", LEASE, logs.get("test"))
+    a.hold_node()
+    assert a.tick(0.0) is True
+    redis_server.client().set("flowlord:node:a", "elsewhere 1")  # ours ran out, then taken
+    assert a.tick(20.0) is False
