@@ -40,10 +40,10 @@ sys.path.insert(0, str(ROOT))
 from daemon import Daemon, parse_time, percentile, phase_file, query  # noqa: E402
 
 from flowlord.config import Config  # noqa: E402
-from flowlord.dashboard import Dashboard  # noqa: E402
-from flowlord.http_api import Api  # noqa: E402
 from flowlord.loader import Loader  # noqa: E402
 from flowlord.store import Store, write_txn  # noqa: E402
+from flowlord.web.api import Api  # noqa: E402
+from flowlord.web.dashboard import Dashboard  # noqa: E402
 from tests.redis_server import free_port  # noqa: E402
 
 PHASES_PER_FILE = 10

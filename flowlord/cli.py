@@ -408,7 +408,7 @@ def cmd_export(args: argparse.Namespace, config: Config) -> int:
 def cmd_worker(args: argparse.Namespace, config: Config) -> int:
     """A remote worker: the tasks of one topic from the redis bus (CONTRACT §6)."""
     from flowlord.bus import BusUnavailable
-    from flowlord.remote import RemoteWorker
+    from flowlord.bus.worker import RemoteWorker
 
     argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     if not argv:

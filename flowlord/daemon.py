@@ -35,7 +35,6 @@ from flowlord.bus.local import LocalBus
 from flowlord.clock import Clock, SystemClock
 from flowlord.config import Config, ConfigError
 from flowlord.dispatch import Dispatcher
-from flowlord.http_api import Api, HttpServer, parse_listen
 from flowlord.loader import Loader, LoaderError
 from flowlord.model import Fire, Phase
 from flowlord.retention import Retention
@@ -46,6 +45,7 @@ from flowlord.standby import DEFAULT_LEASE, Leadership, NodeInUse
 from flowlord.store import Store, utc_now_ms, write_txn
 from flowlord.tasks import Context, build_fire, meta_dir, rfc3339
 from flowlord.watcher import Watcher
+from flowlord.web.api import Api, HttpServer, parse_listen
 from flowlord.webhook import Webhook
 
 TICK = 1.0  # longest sleep: bounds how late a signal or a clock step is seen

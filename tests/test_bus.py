@@ -19,10 +19,10 @@ from flowlord import logs
 from flowlord.bus import Bus
 from flowlord.bus.local import STOPPED, LocalBus
 from flowlord.bus.redis import RedisBus
+from flowlord.bus.worker import STOPPED as WORKER_STOPPED
 from flowlord.config import WorkerConfig
 from flowlord.durations import format_duration
 from flowlord.model import StoredTask, Task
-from flowlord.remote import STOPPED as WORKER_STOPPED
 from flowlord.workers import Done
 from tests.redis_server import RedisServer
 

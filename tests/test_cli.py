@@ -11,7 +11,7 @@ from pathlib import Path
 import apsw
 import pytest
 
-from flowlord.schema import SCHEMA_VERSION
+from flowlord.store.schema import SCHEMA_VERSION
 from tests.conftest import ROOT, run_cli
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from flowlord.config import Config
-from flowlord.dashboard import Dashboard, since, tree
-from flowlord.drawing import NODE_HEIGHT, NODE_WIDTH, depths, lay_out
-from flowlord.http_api import Api
+from flowlord.web.api import Api
+from flowlord.web.dashboard import Dashboard, since, tree
+from flowlord.web.drawing import NODE_HEIGHT, NODE_WIDTH, depths, lay_out
 from tests.browser import Browser
 from tests.redis_server import free_port
 from tests.test_daemon import daemon, wait_for
@@ -264,8 +264,8 @@ def test_since_says_how_long_ago_or_how_soon() -> None:
 
 def test_the_graph_page_draws_no_more_than_its_caps(
         tmp_path: Path, wf: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from flowlord import dashboard
     from flowlord.errors import BadRequest
+    from flowlord.web import dashboard
     from tests.conftest import run_cli
 
     (wf / "a.toml").write_text("".join(f'[[phase]]\ntask = "t{i}"\n\n' for i in range(3)))

@@ -189,7 +189,7 @@ def test_a_non_loopback_address_needs_a_token(tmp_path: Path, wf: Path) -> None:
 
 def test_healthz_says_503_when_the_main_loop_is_stuck(tmp_path: Path) -> None:
     from flowlord.config import Config
-    from flowlord.http_api import Api
+    from flowlord.web.api import Api
 
     stuck = Api(Config(db=str(tmp_path / "f.db")), healthy=lambda: False, role=lambda: "leader")
     assert stuck.answer("/healthz", {}) == (503, {"status": "stuck", "role": "leader"})
@@ -199,7 +199,7 @@ def test_healthz_says_503_when_the_main_loop_is_stuck(tmp_path: Path) -> None:
 
 def test_posts_are_disabled_without_a_token(tmp_path: Path) -> None:
     from flowlord.config import Config
-    from flowlord.http_api import Api, BadRequest
+    from flowlord.web.api import Api, BadRequest
 
     api = Api(Config(db=str(tmp_path / "f.db")), healthy=lambda: True, role=lambda: "leader")
     with pytest.raises(BadRequest) as refused:
@@ -226,9 +226,9 @@ def test_metrics_count_events_and_read_the_state_from_the_database(api: str) -> 
 
 def test_the_whole_graph_is_refused_past_its_cap_but_one_file_answers(
         tmp_path: Path, wf: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from flowlord import http_api
     from flowlord.config import Config
-    from flowlord.http_api import Api, BadRequest
+    from flowlord.web import api as http_api
+    from flowlord.web.api import Api, BadRequest
 
     (wf / "a.toml").write_text('[[phase]]\ntask = "x"\n\n[[phase]]\ntask = "y"\n'
                                'dependsOn = "x"\n')
@@ -315,8 +315,8 @@ def test_a_request_the_server_cannot_parse_gets_a_json_error(api: str) -> None:
 def test_a_phase_under_a_topic_shows_every_job_of_it_as_a_parent(
         tmp_path: Path, wf: Path) -> None:
     from flowlord.config import Config
-    from flowlord.dashboard import Dashboard
-    from flowlord.http_api import Api
+    from flowlord.web.api import Api
+    from flowlord.web.dashboard import Dashboard
 
     (wf / "a.toml").write_text('[[phase]]\ntask = "x:1"\n\n[[phase]]\ntask = "x:2"\n\n'
                                '[[phase]]\ntask = "y"\ndependsOn = "x"\n')

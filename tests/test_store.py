@@ -11,9 +11,9 @@ import apsw
 import pytest
 
 from flowlord.loader import Loader
-from flowlord.schema import SCHEMA_VERSION
 from flowlord.store import Store, StoreError, connect, write_txn
-from flowlord.taskrows import task_filter
+from flowlord.store.schema import SCHEMA_VERSION
+from flowlord.store.taskrows import task_filter
 
 
 def test_connection_pragmas(store: Store) -> None:

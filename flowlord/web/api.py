@@ -23,18 +23,19 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import apsw
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from flowlord import __version__, metrics, params
+from flowlord import __version__, metrics
 from flowlord.cli_tasks import backload_fires, record, trigger_fire
 from flowlord.config import Config, ConfigError
-from flowlord.dashboard import CONTENT_SECURITY_POLICY, Asset, Dashboard, Page
 from flowlord.errors import BadRequest, UsageError
 from flowlord.loader import Loader, LoaderError
 from flowlord.metrics import DatabaseState
 from flowlord.model import Fire
 from flowlord.rules import BY_STEPS
 from flowlord.store import Store, StoreError
-from flowlord.taskrows import task_filter
+from flowlord.store.taskrows import task_filter
 from flowlord.tasks import BuildError
+from flowlord.web import params
+from flowlord.web.dashboard import CONTENT_SECURITY_POLICY, Asset, Dashboard, Page
 
 MAX_BODY = 65536  # bytes of a POST body, at most
 INTERNAL_ERROR = "internal error: the daemon's log has the details"

@@ -19,19 +19,19 @@ from urllib.parse import quote, unquote, urlencode
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
-from flowlord import params
-from flowlord.drawing import lay_out
 from flowlord.errors import BadRequest
 from flowlord.store import Store
+from flowlord.web import params
+from flowlord.web.drawing import lay_out
 
 if TYPE_CHECKING:
-    from flowlord.http_api import Api
+    from flowlord.web.api import Api
 
 CONTENT_SECURITY_POLICY = ("default-src 'none'; style-src 'self'; img-src 'self'; "
                            "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 GRAPH_NODES_AT_ONCE = 400  # more phases than this: the graph page asks for one file
 GRAPH_NODES_OF_A_FILE = 2000  # more than this in one file: not drawn (a page of megabytes)
-STYLESHEET = resources.files("flowlord").joinpath("pages", "style.css").read_bytes()
+STYLESHEET = resources.files("flowlord.web").joinpath("pages", "style.css").read_bytes()
 
 
 class Page(str):
@@ -66,7 +66,7 @@ def since(text: str | None, now: datetime | None = None) -> str:
 
 
 def _environment() -> Environment:
-    env = Environment(loader=PackageLoader("flowlord", "pages"), autoescape=True,
+    env = Environment(loader=PackageLoader("flowlord.web", "pages"), autoescape=True,
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["since"] = since
     env.filters["file_url"] = lambda file: quote(file, safe="/")

@@ -19,8 +19,8 @@ from typing import Literal
 import apsw
 
 from flowlord.model import Phase
-from flowlord.schema import MIGRATIONS, SCHEMA_VERSION
-from flowlord.taskrows import TaskRows
+from flowlord.store.schema import MIGRATIONS, SCHEMA_VERSION
+from flowlord.store.taskrows import TaskRows
 
 BUSY_TIMEOUT_MS = 5000
 _PHASE_COLUMNS = "file_path, task, depends_on, rule, template, retry, status, severity, position"
