@@ -41,10 +41,11 @@ from tasks import whole_loop  # noqa: E402
 
 from flowlord import logs  # noqa: E402
 from flowlord.bus.redis import RedisBus  # noqa: E402
+from flowlord.clock import utc_now_ms  # noqa: E402
 from flowlord.dispatch import Dispatcher  # noqa: E402
 from flowlord.loader import Loader  # noqa: E402
 from flowlord.model import Fire, Task  # noqa: E402
-from flowlord.store import Store, utc_now_ms, write_txn  # noqa: E402
+from flowlord.store import Store, write_txn  # noqa: E402
 from flowlord.tasks import Context  # noqa: E402
 
 TARGET_SHARE = 0.5  # end to end, at least half the local bus's rate

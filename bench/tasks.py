@@ -35,10 +35,11 @@ sys.path.insert(0, str(ROOT))
 
 from flowlord import logs  # noqa: E402
 from flowlord.bus.inprocess import InProcessBus  # noqa: E402
+from flowlord.clock import utc_now_ms  # noqa: E402
 from flowlord.dispatch import Dispatcher  # noqa: E402
 from flowlord.loader import Loader  # noqa: E402
 from flowlord.model import Fire, Task  # noqa: E402
-from flowlord.store import Store, utc_now_ms, write_txn  # noqa: E402
+from flowlord.store import Store, write_txn  # noqa: E402
 from flowlord.tasks import Context  # noqa: E402
 
 TARGET_LOOP_RATIO = 2.0  # whole loop within 2x the bare spawn time

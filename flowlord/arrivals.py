@@ -32,9 +32,10 @@ from watchdog.events import FileSystemEventHandler as _Handler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
+from flowlord.clock import utc_now
 from flowlord.model import NewTask, Phase, Task
 from flowlord.rules import decode_meta, parse_rule
-from flowlord.store import Store, utc_now
+from flowlord.store import Store
 from flowlord.tasks import Context, encode_meta
 from flowlord.templates import path_time, render_meta, render_time
 

@@ -16,6 +16,7 @@ from typing import NoReturn
 import apsw
 
 from flowlord import __version__, cli_tasks, cron, daemon, logs, report
+from flowlord.clock import parse_iso, rfc3339
 from flowlord.config import Config, ConfigError, find_config_file, load_config, with_flags
 from flowlord.durations import parse_duration
 from flowlord.errors import UsageError
@@ -117,7 +118,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _iso_time(text: str) -> datetime:
     try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return parse_iso(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text}") from None
 
@@ -295,7 +296,7 @@ def cmd_phases(args: argparse.Namespace, config: Config) -> int:
         rows.append({"file": p.file_path, "task": p.task, "depends_on": p.depends_on,
                      "rule": p.rule, "template": p.template, "retry": p.retry,
                      "severity": p.severity, "status": p.status,
-                     "next_fire": fire.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+                     "next_fire": rfc3339(fire)
                      if fire else None})
     if args.json:
         _out(json.dumps(rows, indent=1))

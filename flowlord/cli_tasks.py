@@ -14,13 +14,14 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from flowlord.arrivals import record_arrival, storable
+from flowlord.clock import rfc3339, utc_now_ms
 from flowlord.config import Config
 from flowlord.errors import UsageError
 from flowlord.model import Fire, Phase
 from flowlord.report import count
 from flowlord.rules import BY_STEPS, parse_rule
-from flowlord.store import Store, utc_now_ms, write_txn
-from flowlord.tasks import BuildError, Context, backload_steps, build_fire, meta_dir, rfc3339
+from flowlord.store import Store, write_txn
+from flowlord.tasks import BuildError, Context, backload_steps, build_fire, meta_dir
 
 
 def pick_phase(phases: Sequence[Phase], task: str, workflow: str | None, where: str) -> Phase:

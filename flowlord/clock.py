@@ -1,7 +1,10 @@
-"""The wall clock and elapsed time behind one small interface, so tests can drive time.
+"""The wall clock and elapsed time behind one small interface, so tests can drive time,
+and the one way flowlord writes and reads UTC time text.
 
 Only this module reads the system clock for scheduling; everything else takes
-the time as an argument or asks a Clock.
+the time as an argument or asks a Clock. Stored times are ISO 8601 UTC with a `Z`
+(`2026-11-23T14:05:00Z`): slots, task times and the rest in whole seconds, the
+times that measure lateness (fires, due times) to the millisecond.
 """
 
 from __future__ import annotations
@@ -10,6 +13,39 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
+
+
+def rfc3339(t: datetime) -> str:
+    """Task times and ledger slots: UTC, whole seconds (`2026-11-23T14:05:00Z`)."""
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def rfc3339_ms(t: datetime) -> str:
+    """To the millisecond (`2026-11-23T14:05:00.123Z`): due times, when fires were
+    recorded, so a delay of 1.3 s or a fire's lateness shows."""
+    return t.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_iso(text: str) -> datetime:
+    """Stored or typed ISO 8601 text, `Z` or an offset or neither (naive: the caller
+    decides the zone); ValueError when it is not one."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def utc_now() -> str:
+    return rfc3339(datetime.now(UTC))
+
+
+def utc_now_ms() -> str:
+    return rfc3339_ms(datetime.now(UTC))
+
+
+def mtime_text(mtime_ns: int) -> str:
+    """An mtime as ISO 8601 UTC with nanoseconds; equal strings mean equal mtimes."""
+    seconds, ns = divmod(mtime_ns, 1_000_000_000)
+    t = time.gmtime(seconds)  # a rescan formats 10,000 of these: no datetime objects
+    return (f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T"
+            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}.{ns:09d}Z")
 
 
 class Clock(Protocol):

@@ -32,7 +32,7 @@ from flowlord import logs, metrics
 from flowlord.arrivals import ArrivalWatcher, matches, record_arrival, storable
 from flowlord.bus import Bus, BusUnavailable
 from flowlord.bus.local import LocalBus
-from flowlord.clock import Clock, SystemClock
+from flowlord.clock import Clock, SystemClock, rfc3339, utc_now_ms
 from flowlord.config import Config, ConfigError
 from flowlord.dispatch import Dispatcher
 from flowlord.loader import Loader, LoaderError
@@ -42,8 +42,8 @@ from flowlord.rules import parse_rule
 from flowlord.scheduler import Due, PhaseKey, Scheduler, parse_slot
 from flowlord.sdnotify import notify, watchdog_interval
 from flowlord.standby import DEFAULT_LEASE, Leadership, NodeInUse
-from flowlord.store import Store, utc_now_ms, write_txn
-from flowlord.tasks import Context, build_fire, meta_dir, rfc3339
+from flowlord.store import Store, write_txn
+from flowlord.tasks import Context, build_fire, meta_dir
 from flowlord.watcher import Watcher
 from flowlord.web.api import Api, HttpServer, parse_listen
 from flowlord.webhook import Webhook

@@ -15,14 +15,14 @@ import apsw
 
 from flowlord import metrics
 from flowlord.bus import Bus, BusUnavailable
+from flowlord.clock import parse_iso, rfc3339, utc_now, utc_now_ms
 from flowlord.durations import format_duration
 from flowlord.loader import Loader
-from flowlord.model import NewTask, Phase, StoredTask
+from flowlord.model import Done, NewTask, Phase, StoredTask
 from flowlord.outcomes import Effects, after_result
 from flowlord.rules import decode_meta, parse_rule
-from flowlord.store import Store, utc_now, utc_now_ms, write_txn
+from flowlord.store import Store, write_txn
 from flowlord.tasks import Context
-from flowlord.workers import Done
 
 RESTARTED = "error: the daemon restarted while the task ran"
 OVERDUE_EVERY = 60.0  # seconds between checks for tasks unfinished past task_ttl
@@ -190,7 +190,7 @@ class Dispatcher:
                                                            and kept[1] <= now):  # due: on
             due = self.store.next_due(utc_now_ms())
             kept = (time.monotonic() + NEXT_DUE_MAX_AGE,
-                    None if due is None else datetime.fromisoformat(due.replace("Z", "+00:00")))
+                    None if due is None else parse_iso(due))
             self._next_due = kept
         when = kept[1]
         return None if when is None else max(0.0, (when - now).total_seconds())
@@ -200,7 +200,7 @@ class Dispatcher:
         if monotonic < self.next_overdue_check:
             return
         self.next_overdue_check = monotonic + OVERDUE_EVERY
-        cutoff = (datetime.now(UTC) - self.task_ttl).strftime("%Y-%m-%dT%H:%M:%SZ")
+        cutoff = rfc3339(datetime.now(UTC) - self.task_ttl)
         try:
             message = f"unfinished after {format_duration(self.task_ttl)}"
             overdue = self.store.overdue(cutoff)  # read before taking the write lock

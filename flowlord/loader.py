@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 
 import apsw
 
+from flowlord.clock import mtime_text
 from flowlord.model import Phase, Task, split_task
 from flowlord.parse import WorkflowParseError, parse_workflow
 from flowlord.rules import decode_meta
-from flowlord.store import FileOp, FileState, FileVersion, Store, mtime_text, write_txn
+from flowlord.store import FileOp, FileState, FileVersion, Store, write_txn
 from flowlord.validate import validate_file
 
 MAX_FILE_BYTES = 4 * 1024 * 1024

@@ -143,3 +143,16 @@ class NewTask(NamedTuple):
     def task(self) -> Task:
         return Task(type=self.type, job=self.job, info=self.info, meta=self.meta, id=self.id,
                     created=self.created)
+
+
+@dataclass(frozen=True)
+class Done:
+    """A finished task, as a bus hands it to the daemon: what the daemon records."""
+
+    task_no: int
+    result: str  # complete | error
+    msg: str
+    ended: str
+    started: str = ""  # when its process started; "": keep the claim's time
+    ran: bool = True  # False: never started (the bus closed first): back to the queue
+    receipt: str = ""  # the bus's handle on the result message, for its acknowledgement

@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache, partial
 from typing import NamedTuple
 
+from flowlord.clock import rfc3339_ms
 from flowlord.durations import format_duration
 from flowlord.model import NewTask, Phase, StoredTask, Task, split_task
 from flowlord.rules import Rule, decode_meta, parse_rule
@@ -171,7 +172,7 @@ def _retry_or_fail(stored: StoredTask, msg: str, phase: Phase | None, ctx: Conte
                  meta=encode_meta(sorted(meta.items())), id=task.id,
                  created=ctx.created_text)
     effects.tasks.append(NewTask.of(retry, stored.file_path, stored.phase, stored.attempt + 1,
-                                    stored.scheduled_for, _due_text(due), stored.task_no))
+                                    stored.scheduled_for, rfc3339_ms(due), stored.task_no))
 
 
 def _jitter(delay: timedelta, jitter: Callable[[], float]) -> timedelta:
@@ -180,7 +181,3 @@ def _jitter(delay: timedelta, jitter: Callable[[], float]) -> timedelta:
     bound = int(delay / timedelta(milliseconds=1) * JITTER)
     return timedelta(milliseconds=min(int(bound * jitter()), bound - 1) if bound > 0 else 0)
 
-
-def _due_text(t: datetime) -> str:
-    """Due times to the millisecond: a retry's delay of 1.3 s is not rounded to 1 s."""
-    return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")

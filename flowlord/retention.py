@@ -12,8 +12,8 @@ from typing import Any
 
 import apsw
 
+from flowlord.clock import rfc3339
 from flowlord.store import Store, write_txn
-from flowlord.tasks import rfc3339
 
 EVERY = 24 * 3600.0  # seconds between deletions
 FIRST_AFTER = 60.0  # seconds after the start

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from functools import cached_property, partial
 
+from flowlord.clock import rfc3339
 from flowlord.model import Fire, FireSource, Phase, Task
 from flowlord.rules import Rule, parse_rule
 from flowlord.templates import cron_hour, meta_names, render_meta, render_time
@@ -34,10 +35,6 @@ _NEEDS_ENCODING = re.compile("[%&=+ ;]")
 class BuildError(Exception):
     """The phase's tasks cannot be built; str(e) says why (it is stored on the fire)."""
 
-
-def rfc3339(t: datetime) -> str:
-    """Task times and ledger slots: UTC, whole seconds (`2026-11-23T14:05:00Z`)."""
-    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _escape(text: str) -> str:

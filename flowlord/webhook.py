@@ -20,7 +20,8 @@ from typing import Any
 
 import apsw
 
-from flowlord.store import Store, utc_now, write_txn
+from flowlord.clock import utc_now
+from flowlord.store import Store, write_txn
 
 BATCH = 500  # alerts in one post at most; the rest go in the next
 TIMEOUT = 10.0  # seconds for one request

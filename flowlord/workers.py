@@ -19,12 +19,11 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import timedelta
 
+from flowlord.clock import utc_now
 from flowlord.durations import format_duration
-from flowlord.model import StoredTask, Task
-from flowlord.store import utc_now
+from flowlord.model import Done, StoredTask, Task
 
 STDERR_TAIL_BYTES = 4096  # the end of stderr kept for `msg`; the rest is read and dropped
 KILL_AFTER = 5.0  # seconds between SIGTERM and SIGKILL
@@ -59,18 +58,6 @@ def environment(task: Task, inherited: dict[str, str] | None = None) -> dict[str
             "FLOWLORD_TASK_TYPE": task.type, "FLOWLORD_TASK_JOB": task.job,
             "FLOWLORD_TASK_INFO": task.info}
 
-
-@dataclass(frozen=True)
-class Done:
-    """A finished task: what the daemon records."""
-
-    task_no: int
-    result: str  # complete | error
-    msg: str
-    ended: str
-    started: str = ""  # when its process started; "": keep the claim's time
-    ran: bool = True  # False: never started (the bus closed first): back to the queue
-    receipt: str = ""  # the bus's handle on the result message, for its acknowledgement
 
 
 class Run:

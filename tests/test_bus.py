@@ -22,8 +22,7 @@ from flowlord.bus.redis import RedisBus
 from flowlord.bus.worker import STOPPED as WORKER_STOPPED
 from flowlord.config import WorkerConfig
 from flowlord.durations import format_duration
-from flowlord.model import StoredTask, Task
-from flowlord.workers import Done
+from flowlord.model import Done, StoredTask, Task
 from tests.redis_server import RedisServer
 
 PY = sys.executable

@@ -10,11 +10,11 @@ import pytest
 
 from flowlord import dispatch, logs
 from flowlord.bus.inprocess import InProcessBus
+from flowlord.clock import utc_now_ms
 from flowlord.loader import Loader
-from flowlord.model import Fire, StoredTask, Task
-from flowlord.store import Store, utc_now_ms, write_txn
+from flowlord.model import Done, Fire, StoredTask, Task
+from flowlord.store import Store, write_txn
 from flowlord.tasks import Context
-from flowlord.workers import Done
 
 
 def setup(wf: Path, store: Store, bus: InProcessBus) -> dispatch.Dispatcher:

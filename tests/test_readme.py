@@ -17,8 +17,9 @@ from pathlib import Path
 import apsw
 import redis
 
+from flowlord.clock import utc_now, utc_now_ms
 from flowlord.model import Fire
-from flowlord.store import Store, utc_now, utc_now_ms, write_txn
+from flowlord.store import Store, write_txn
 from tests.conftest import ROOT
 from tests.redis_server import free_port
 

@@ -12,7 +12,8 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from flowlord.store import Store, utc_now_ms, write_txn
+from flowlord.clock import utc_now_ms
+from flowlord.store import Store, write_txn
 from tests.conftest import run_cli
 from tests.redis_server import RedisServer
 from tests.test_daemon import ROOT, daemon, messages_until, wait_for

@@ -12,8 +12,9 @@ import threading
 import time
 from pathlib import Path
 
+from flowlord.clock import utc_now_ms
 from flowlord.model import NewTask
-from flowlord.store import Store, utc_now_ms, write_txn
+from flowlord.store import Store, write_txn
 from tests.conftest import run_cli
 from tests.test_daemon import daemon, messages_until, wait_for
 from tests.test_firing import query

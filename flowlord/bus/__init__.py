@@ -8,8 +8,7 @@ from __future__ import annotations
 import queue
 from typing import Protocol
 
-from flowlord.model import StoredTask
-from flowlord.workers import Done
+from flowlord.model import Done, StoredTask
 
 
 def drain(results: queue.SimpleQueue[Done], wait: float) -> list[Done]:

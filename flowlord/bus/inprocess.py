@@ -6,9 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from flowlord.model import StoredTask
-from flowlord.store import utc_now
-from flowlord.workers import Done
+from flowlord.clock import utc_now
+from flowlord.model import Done, StoredTask
 
 
 def complete(stored: StoredTask) -> tuple[str, str]:

@@ -10,8 +10,8 @@ from datetime import timedelta
 
 from flowlord.bus import drain
 from flowlord.config import WorkerConfig
-from flowlord.model import StoredTask
-from flowlord.workers import Done, Run, inherited_environment
+from flowlord.model import Done, StoredTask
+from flowlord.workers import Run, inherited_environment
 
 STOPPED = "stopped: the daemon shut down while the task ran"
 # tasks sent per worker thread beyond the one it runs: a thread that finishes starts the

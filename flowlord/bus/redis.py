@@ -17,8 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from flowlord.bus import BusUnavailable, drain
-from flowlord.model import StoredTask, Task
-from flowlord.workers import Done
+from flowlord.model import Done, StoredTask, Task
 
 PREFIX = "flowlord"
 DONE_STREAM = f"{PREFIX}:done"

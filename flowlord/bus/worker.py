@@ -32,7 +32,8 @@ from flowlord.bus.redis import (
     reply_stream,
     task_stream,
 )
-from flowlord.workers import Done, Run, inherited_environment
+from flowlord.model import Done
+from flowlord.workers import Run, inherited_environment
 
 STOPPED = "stopped: the worker shut down while the task ran"
 READ_BLOCK_MS = 500  # a read waits this long for a task, then the loop looks around

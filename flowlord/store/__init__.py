@@ -1,19 +1,34 @@
-"""The store package: the only place with SQL. `Store` is the writer's view of the
-database (the daemon and the commands that change state)."""
+"""The store package: the only place with SQL.
 
-from flowlord.store.workflows import (
-    FileOp,
-    FileState,
-    FileVersion,
-    Store,
+`connection` opens the database (pragmas, migrations, `write_txn`); `workflows`
+and `taskrows` hold the SQL of workflow files and phases, and of fires, tasks,
+alerts and arrived files. `Store` is one connection with both.
+"""
+
+from __future__ import annotations
+
+from flowlord.store.connection import (
+    BUSY_TIMEOUT_MS,
     StoreError,
     connect,
     migrate,
-    mtime_text,
-    utc_now,
-    utc_now_ms,
     write_txn,
 )
+from flowlord.store.taskrows import TaskRows
+from flowlord.store.workflows import FileOp, FileState, FileVersion, WorkflowRows
+
+
+class Store(WorkflowRows, TaskRows):
+    """The writer's view of the database (the daemon and state-changing commands)."""
+
+    def __init__(self, path: str, *, readonly: bool = False,
+                 busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
+        self.path = path
+        self.conn = connect(path, readonly=readonly, busy_timeout_ms=busy_timeout_ms)
+
+    def close(self) -> None:
+        self.conn.close()
+
 
 __all__ = ["FileOp", "FileState", "FileVersion", "Store", "StoreError", "connect", "migrate",
-           "mtime_text", "utc_now", "utc_now_ms", "write_txn"]
+           "write_txn"]

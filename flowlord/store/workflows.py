@@ -1,117 +1,21 @@
-"""The SQLite database: one connection factory, migrations, and all of flowlord's SQL.
-
-Writes run in transactions begun with `BEGIN IMMEDIATE` (dependency-notes §0: a
-`with conn:` block in IMMEDIATE mode holds the GIL while it waits); a file's row
-and its phases always change in the same transaction.
+"""The SQL of workflow files and phases: the half of the Store that the loader, the
+scheduler and `flowlord check`'s neighbours use. Mixed into `flowlord.store.Store`,
+which owns the connection; a file's row and its phases always change in the same
+transaction (the caller's `write_txn`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Literal
 
 import apsw
 
+from flowlord.clock import utc_now
 from flowlord.model import Phase
-from flowlord.store.schema import MIGRATIONS, SCHEMA_VERSION
-from flowlord.store.taskrows import TaskRows
 
-BUSY_TIMEOUT_MS = 5000
-_PHASE_COLUMNS = "file_path, task, depends_on, rule, template, retry, status, severity, position"
-
-
-class StoreError(Exception):
-    """The database cannot be used; str(e) is one line for the person at the terminal."""
-
-
-def utc_now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def utc_now_ms() -> str:
-    """Now, to the millisecond: when a fire was recorded, so its lateness shows."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def mtime_text(mtime_ns: int) -> str:
-    """An mtime as ISO 8601 UTC with nanoseconds; equal strings mean equal mtimes."""
-    seconds, ns = divmod(mtime_ns, 1_000_000_000)
-    t = time.gmtime(seconds)  # a rescan formats 10,000 of these: no datetime objects
-    return (f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T"
-            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}.{ns:09d}Z")
-
-
-def connect(path: str, *, readonly: bool = False,
-            busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> apsw.Connection:
-    """Open the database with flowlord's pragmas; a writer also migrates it."""
-    if readonly and not os.path.exists(path):
-        raise StoreError(f"no database at {path}: run `flowlord refresh` first")
-    flags = apsw.SQLITE_OPEN_READONLY if readonly else (
-        apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE)
-    try:
-        if not readonly:
-            _create_private(path)
-        conn = apsw.Connection(path, flags=flags, statementcachesize=200)
-        conn.set_busy_timeout(busy_timeout_ms)
-        conn.config(apsw.SQLITE_DBCONFIG_DQS_DML, 0)
-        conn.config(apsw.SQLITE_DBCONFIG_DQS_DDL, 0)
-        conn.pragma("foreign_keys", "ON")
-        conn.pragma("synchronous", "NORMAL")
-        if not readonly:
-            conn.pragma("journal_mode", "wal")
-            conn.pragma("journal_size_limit", 64 * 1024 * 1024)
-        version = conn.pragma("user_version")
-    except apsw.Error as e:
-        raise StoreError(f"cannot open database {path}: {e}") from e
-    if version > SCHEMA_VERSION:
-        conn.close()
-        raise StoreError(
-            f"database {path} has schema version {version}, newer than this flowlord "
-            f"understands (version {SCHEMA_VERSION}): upgrade flowlord")
-    if version < SCHEMA_VERSION:
-        if readonly:
-            conn.close()
-            raise StoreError(f"database {path} has schema version {version}, expected "
-                             f"{SCHEMA_VERSION}: run `flowlord refresh` to upgrade it")
-        migrate(conn)
-    return conn
-
-
-def _create_private(path: str) -> None:
-    """A new database file is readable by its owner and group only; SQLite gives its
-    -wal and -shm files the same permissions."""
-    with contextlib.suppress(OSError):  # it exists; or SQLite will say why it cannot open it
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640))
-
-
-@contextmanager
-def write_txn(conn: apsw.Connection) -> Iterator[apsw.Connection]:
-    conn.execute("BEGIN IMMEDIATE")  # waits for the lock with the GIL released
-    try:
-        yield conn
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    else:
-        conn.execute("COMMIT")
-
-
-def migrate(conn: apsw.Connection) -> None:
-    """Apply each missing migration in the transaction that records its number."""
-    try:
-        with write_txn(conn):
-            version = conn.pragma("user_version")  # again, now under the write lock
-            for number in range(version + 1, SCHEMA_VERSION + 1):
-                conn.execute(MIGRATIONS[number - 1])
-                conn.pragma("user_version", number)
-    except apsw.Error as e:
-        raise StoreError(f"cannot migrate database: {e}") from e
+PHASE_COLUMNS = "file_path, task, depends_on, rule, template, retry, status, severity, position"
 
 
 @dataclass(frozen=True)
@@ -153,17 +57,8 @@ def _phase(row: Sequence[object]) -> Phase:
     return Phase(*row)  # type: ignore[arg-type]
 
 
-class Store(TaskRows):
-    """The writer's view of the database (the daemon and state-changing commands);
-    the rows of fires, tasks, alerts and files are in TaskRows."""
-
-    def __init__(self, path: str, *, readonly: bool = False,
-                 busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
-        self.path = path
-        self.conn = connect(path, readonly=readonly, busy_timeout_ms=busy_timeout_ms)
-
-    def close(self) -> None:
-        self.conn.close()
+class WorkflowRows:
+    conn: apsw.Connection
 
     # --- workflow files ---------------------------------------------------------------
 
@@ -212,8 +107,8 @@ class Store(TaskRows):
         replaced = [op for op in ops if op.kind == "replace"]
         self.conn.executemany("DELETE FROM workflow_phases WHERE file_path = ?",
                               [(op.version.file_path,) for op in replaced])
-        self.conn.executemany(  # a Phase is a tuple in _PHASE_COLUMNS order
-            f"INSERT INTO workflow_phases ({_PHASE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        self.conn.executemany(  # a Phase is a tuple in PHASE_COLUMNS order
+            f"INSERT INTO workflow_phases ({PHASE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [p for op in replaced for p in op.phases])
         # phases of a removed file go by ON DELETE CASCADE
         self.conn.executemany("DELETE FROM workflow_files WHERE file_path = ?",
@@ -250,7 +145,7 @@ class Store(TaskRows):
         if topic is not None:
             where.append("(task = ? OR task >= ? AND task < ?)")  # topic, topic:…
             args.extend([topic, topic + ":", topic + ";"])
-        sql = f"SELECT {_PHASE_COLUMNS} FROM workflow_phases"
+        sql = f"SELECT {PHASE_COLUMNS} FROM workflow_phases"
         if where:
             sql += " WHERE " + " AND ".join(where)
         return [_phase(r) for r in self.conn.execute(sql + " ORDER BY file_path, position", args)]
@@ -268,13 +163,13 @@ class Store(TaskRows):
     def file_phases(self) -> list[Phase]:
         """Phases that may have a `files=` rule (the caller parses the rule to be sure)."""
         return [_phase(r) for r in self.conn.execute(
-            f"SELECT {_PHASE_COLUMNS} FROM workflow_phases WHERE rule LIKE '%files=%' "
+            f"SELECT {PHASE_COLUMNS} FROM workflow_phases WHERE rule LIKE '%files=%' "
             "AND severity <> 'error' ORDER BY file_path, position")]
 
     def dependents(self, file_path: str, topic: str) -> list[Phase]:
         """Phases of one file whose dependsOn names `topic` or `topic:<job>`."""
         rows = self.conn.execute(
-            f"SELECT {_PHASE_COLUMNS} FROM workflow_phases WHERE file_path = ? "
+            f"SELECT {PHASE_COLUMNS} FROM workflow_phases WHERE file_path = ? "
             "AND (depends_on = ? OR depends_on >= ? AND depends_on < ?) ORDER BY position",
             (file_path, topic, topic + ":", topic + ";"))
         return [_phase(r) for r in rows]

@@ -25,6 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from flowlord import __version__, metrics
 from flowlord.cli_tasks import backload_fires, record, trigger_fire
+from flowlord.clock import parse_iso
 from flowlord.config import Config, ConfigError
 from flowlord.errors import BadRequest, UsageError
 from flowlord.loader import Loader, LoaderError
@@ -339,7 +340,7 @@ def _time(fields: dict[str, Any], key: str, default: Any = _REQUIRED) -> datetim
     if text is None:
         return None
     try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return parse_iso(text)
     except ValueError:
         raise BadRequest(HTTPStatus.BAD_REQUEST, f"{key} is not an ISO 8601 time") from None
 

@@ -19,6 +19,7 @@ from urllib.parse import quote, unquote, urlencode
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
+from flowlord.clock import parse_iso
 from flowlord.errors import BadRequest
 from flowlord.store import Store
 from flowlord.web import params
@@ -49,7 +50,7 @@ def since(text: str | None, now: datetime | None = None) -> str:
     if not text:
         return ""
     try:
-        then = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        then = parse_iso(text)
     except ValueError:
         return text
     if then.tzinfo is None:

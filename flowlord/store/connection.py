@@ -1,0 +1,91 @@
+"""Opening the database: one connection factory with flowlord's pragmas, the
+migrations, and `write_txn`, the one way a write transaction is run.
+
+Writes run in transactions begun with `BEGIN IMMEDIATE` (docs/decisions.md: a
+`with conn:` block in IMMEDIATE mode holds the GIL while it waits).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import apsw
+
+from flowlord.store.schema import MIGRATIONS, SCHEMA_VERSION
+
+BUSY_TIMEOUT_MS = 5000
+
+
+class StoreError(Exception):
+    """The database cannot be used; str(e) is one line for the person at the terminal."""
+
+
+
+def connect(path: str, *, readonly: bool = False,
+            busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> apsw.Connection:
+    """Open the database with flowlord's pragmas; a writer also migrates it."""
+    if readonly and not os.path.exists(path):
+        raise StoreError(f"no database at {path}: run `flowlord refresh` first")
+    flags = apsw.SQLITE_OPEN_READONLY if readonly else (
+        apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE)
+    try:
+        if not readonly:
+            _create_private(path)
+        conn = apsw.Connection(path, flags=flags, statementcachesize=200)
+        conn.set_busy_timeout(busy_timeout_ms)
+        conn.config(apsw.SQLITE_DBCONFIG_DQS_DML, 0)
+        conn.config(apsw.SQLITE_DBCONFIG_DQS_DDL, 0)
+        conn.pragma("foreign_keys", "ON")
+        conn.pragma("synchronous", "NORMAL")
+        if not readonly:
+            conn.pragma("journal_mode", "wal")
+            conn.pragma("journal_size_limit", 64 * 1024 * 1024)
+        version = conn.pragma("user_version")
+    except apsw.Error as e:
+        raise StoreError(f"cannot open database {path}: {e}") from e
+    if version > SCHEMA_VERSION:
+        conn.close()
+        raise StoreError(
+            f"database {path} has schema version {version}, newer than this flowlord "
+            f"understands (version {SCHEMA_VERSION}): upgrade flowlord")
+    if version < SCHEMA_VERSION:
+        if readonly:
+            conn.close()
+            raise StoreError(f"database {path} has schema version {version}, expected "
+                             f"{SCHEMA_VERSION}: run `flowlord refresh` to upgrade it")
+        migrate(conn)
+    return conn
+
+
+def _create_private(path: str) -> None:
+    """A new database file is readable by its owner and group only; SQLite gives its
+    -wal and -shm files the same permissions."""
+    with contextlib.suppress(OSError):  # it exists; or SQLite will say why it cannot open it
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640))
+
+
+@contextmanager
+def write_txn(conn: apsw.Connection) -> Iterator[apsw.Connection]:
+    conn.execute("BEGIN IMMEDIATE")  # waits for the lock with the GIL released
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    else:
+        conn.execute("COMMIT")
+
+
+def migrate(conn: apsw.Connection) -> None:
+    """Apply each missing migration in the transaction that records its number."""
+    try:
+        with write_txn(conn):
+            version = conn.pragma("user_version")  # again, now under the write lock
+            for number in range(version + 1, SCHEMA_VERSION + 1):
+                conn.execute(MIGRATIONS[number - 1])
+                conn.pragma("user_version", number)
+    except apsw.Error as e:
+        raise StoreError(f"cannot migrate database: {e}") from e
