@@ -86,6 +86,35 @@ def test_write_txn_rolls_back_everything_on_error(store: Store) -> None:
     assert not store.conn.in_transaction
 
 
+def test_write_txn_raises_the_first_error_when_sqlite_ended_the_transaction(
+        store: Store) -> None:
+    """A full disk ends the transaction inside SQLite: the error raised is the disk's,
+    not a failed ROLLBACK's "no transaction is active"."""
+    store.conn.pragma("max_page_count", store.conn.pragma("page_count") + 2)
+    with pytest.raises(apsw.FullError), write_txn(store.conn):
+        store.conn.execute("INSERT INTO workflow_files (file_path, file_hash, loaded_at, "
+                           "status) VALUES ('big.toml', '', '', zeroblob(1000000))")
+    assert not store.conn.in_transaction
+    store.conn.pragma("max_page_count", 1_000_000)
+    with write_txn(store.conn):  # the connection goes on working
+        insert_file(store)
+    assert len(store.files()) == 1
+
+
+def test_write_txn_rolls_back_when_commit_fails(store: Store) -> None:
+    """A COMMIT refused (here: a deferred foreign key still broken) leaves SQLite's
+    transaction open; it is rolled back, and the connection can write again."""
+    store.conn.pragma("defer_foreign_keys", True)
+    with pytest.raises(apsw.ConstraintError), write_txn(store.conn):
+        store.conn.execute("INSERT INTO workflow_phases (file_path, task) "
+                           "VALUES ('nowhere.toml', 'orphan')")
+    assert not store.conn.in_transaction
+    assert store.phases() == []
+    with write_txn(store.conn):
+        insert_file(store)
+    assert len(store.files()) == 1
+
+
 def test_newer_schema_is_refused_naming_both_versions(tmp_path: Path) -> None:
     db = str(tmp_path / "f.db")
     connect(db).close()

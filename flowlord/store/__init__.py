@@ -1,8 +1,9 @@
 """The store package: the only place with SQL.
 
 `connection` opens the database (pragmas, migrations, `write_txn`); `workflows`
-and `taskrows` hold the SQL of workflow files and phases, and of fires, tasks,
-alerts and arrived files. `Store` is one connection with both.
+holds the SQL of workflow files and phases, `fires` the fire ledger's, and
+`taskrows` that of tasks, alerts and arrived files. `Store` is one connection
+with all three.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from flowlord.store.connection import (
     migrate,
     write_txn,
 )
+from flowlord.store.fires import FireRows
 from flowlord.store.taskrows import TaskRows
 from flowlord.store.workflows import FileOp, FileState, FileVersion, WorkflowRows
 
 
-class Store(WorkflowRows, TaskRows):
+class Store(WorkflowRows, FireRows, TaskRows):
     """The writer's view of the database (the daemon and state-changing commands)."""
 
     def __init__(self, path: str, *, readonly: bool = False,

@@ -69,14 +69,19 @@ def _create_private(path: str) -> None:
 
 @contextmanager
 def write_txn(conn: apsw.Connection) -> Iterator[apsw.Connection]:
+    """One write transaction: committed when the block ends, rolled back when it raises
+    or when COMMIT fails. The first error is the one raised: after a disk-full or I/O
+    error SQLite may already have ended the transaction, and a ROLLBACK then would
+    fail with "no transaction is active" and hide it."""
     conn.execute("BEGIN IMMEDIATE")  # waits for the lock with the GIL released
     try:
         yield conn
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    else:
         conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            with contextlib.suppress(apsw.Error):  # the first error matters, not this one
+                conn.execute("ROLLBACK")
+        raise
 
 
 def migrate(conn: apsw.Connection) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import apsw
 
-from flowlord.model import Fire, NewTask, StoredTask, Task
+from flowlord.model import NewTask, StoredTask, Task
 
 _TASK_COLUMNS = ("task_no, id, type, job, info, meta, created, started, ended, result, msg, "
                  "file_path, phase, attempt, scheduled_for")
@@ -61,38 +61,6 @@ class TaskRows:
     conn: apsw.Connection
 
     # --- fires and tasks ---------------------------------------------------------------
-
-    def record_fires(self, fires: Sequence[Fire], fired_at: str) -> list[Fire]:
-        """Write each fire with its tasks, skipping slots already in the ledger; call
-        inside write_txn. Returns the fires that were new."""
-        new: list[Fire] = []
-        for fire in fires:
-            self.conn.execute(
-                "INSERT INTO fires (file_path, phase, scheduled_for, fired_at, source, error) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                (fire.file_path, fire.phase, fire.scheduled_for, fired_at, fire.source,
-                 fire.error))
-            if self.conn.changes() == 0:  # fired before: by another run, or a restart
-                continue
-            new.append(fire)
-            self.conn.executemany(
-                "INSERT INTO tasks (id, type, job, info, meta, created, file_path, phase, "
-                "scheduled_for) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(t.id, t.type, t.job, t.info, t.meta, t.created, fire.file_path, fire.phase,
-                  fire.scheduled_for) for t in fire.tasks])
-        return new
-
-    def last_fires(self) -> dict[tuple[str, str], str]:
-        """The latest slot the scheduler fired, of every (file, phase): what catch-up
-        counts from (a trigger or a backload, at any time, says nothing about it)."""
-        return {(f, p): slot for f, p, slot in self.conn.execute(
-            "SELECT file_path, phase, max(scheduled_for) FROM fires "
-            "WHERE source IN ('cron', 'catchup') GROUP BY file_path, phase")}
-
-    def set_next_fires(self, plan: Sequence[tuple[str | None, str, str]]) -> None:
-        """(next fire UTC text or None, file, task) for each phase; call inside write_txn."""
-        self.conn.executemany(
-            "UPDATE workflow_phases SET next_fire = ? WHERE file_path = ? AND task = ?", plan)
 
     def tasks(self, *, type: str | None = None, result: str | None = None,
               limit: int = 100) -> list[tuple[object, ...]]:

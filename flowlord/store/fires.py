@@ -1,0 +1,50 @@
+"""The SQL of the fire ledger: one row per (file, phase, slot) ever fired, written in
+the transaction that inserts the fire's tasks, and each phase's plan (`next_fire`).
+The ledger's primary key is what makes a second fire of a slot impossible; the
+rules around it (pending, held and claimed slots) are in `flowlord/ledger.py`.
+Mixed into `flowlord.store.Store`; every write method runs inside `write_txn`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import apsw
+
+from flowlord.model import Fire
+
+
+class FireRows:
+    conn: apsw.Connection
+
+    def record_fires(self, fires: Sequence[Fire], fired_at: str) -> list[Fire]:
+        """Write each fire with its tasks, skipping slots already in the ledger; call
+        inside write_txn. Returns the fires that were new."""
+        new: list[Fire] = []
+        for fire in fires:
+            self.conn.execute(
+                "INSERT INTO fires (file_path, phase, scheduled_for, fired_at, source, error) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (fire.file_path, fire.phase, fire.scheduled_for, fired_at, fire.source,
+                 fire.error))
+            if self.conn.changes() == 0:  # fired before: by another run, or a restart
+                continue
+            new.append(fire)
+            self.conn.executemany(
+                "INSERT INTO tasks (id, type, job, info, meta, created, file_path, phase, "
+                "scheduled_for) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(t.id, t.type, t.job, t.info, t.meta, t.created, fire.file_path, fire.phase,
+                  fire.scheduled_for) for t in fire.tasks])
+        return new
+
+    def last_fires(self) -> dict[tuple[str, str], str]:
+        """The latest slot the scheduler fired, of every (file, phase): what catch-up
+        counts from (a trigger or a backload, at any time, says nothing about it)."""
+        return {(f, p): slot for f, p, slot in self.conn.execute(
+            "SELECT file_path, phase, max(scheduled_for) FROM fires "
+            "WHERE source IN ('cron', 'catchup') GROUP BY file_path, phase")}
+
+    def set_next_fires(self, plan: Sequence[tuple[str | None, str, str]]) -> None:
+        """(next fire UTC text or None, file, task) for each phase; call inside write_txn."""
+        self.conn.executemany(
+            "UPDATE workflow_phases SET next_fire = ? WHERE file_path = ? AND task = ?", plan)
