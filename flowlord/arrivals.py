@@ -1,4 +1,4 @@
-"""Files that arrive for `files=` phases (flowlord-reference §3.4, §5.9).
+"""Files that arrive for `files=` phases (docs/compatibility.md, File triggers).
 
 A path (seen by the daemon's own watch, or reported by `flowlord notify`) is
 matched against every valid `files=` pattern with Go's `filepath.Match` rules

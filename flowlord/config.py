@@ -1,6 +1,6 @@
 """Settings: embedded defaults, then the config file, then command-line flags.
 
-The file is TOML (CONTRACT §3). Every key is optional; an unknown key is an
+The file is TOML (docs/config.md). Every key is optional; an unknown key is an
 error that names it; relative paths are relative to the file's directory.
 """
 

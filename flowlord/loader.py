@@ -37,8 +37,8 @@ class LoaderError(Exception):
 
 
 def is_workflow_name(name: str) -> bool:
-    """`.toml` files that are not hidden (CONTRACT §1); editor leftovers (`*~`, `*.swp`,
-    `*.tmp`, `#*#`) never end in `.toml`."""
+    """`.toml` files that are not hidden (README.md, A workflow file); editor leftovers
+    (`*~`, `*.swp`, `*.tmp`, `#*#`) never end in `.toml`."""
     return name.endswith(".toml") and not name.startswith(".")
 
 
@@ -360,7 +360,8 @@ class Loader:
     def children(self, task: Task) -> list[Phase]:
         """Phases of the task's own workflow file that depend on it, in file order.
 
-        Phases with severity `error` are left out: they never run (CONTRACT §2).
+        Phases with severity `error` are left out: they never run (README.md, Status
+        messages).
         """
         meta = decode_meta(task.meta)
         key = meta.get("workflow", "")

@@ -13,7 +13,7 @@ FireSource = Literal["cron", "catchup", "trigger", "backload"]
 
 @dataclass(frozen=True)
 class Issue:
-    """One problem found on a phase; its message is a CONTRACT §2 status text."""
+    """One problem found on a phase; its message is a status of README.md, Status messages."""
 
     severity: Literal["warning", "error"]
     message: str
@@ -28,7 +28,8 @@ def split_task(task: str) -> tuple[str, str]:
 def normalize_task(task: str, rule_job: str) -> str:
     """The phase's identity in its file: `topic:job` when there is a job, else `topic`.
 
-    A job written in `task` wins over the rule's `job=` (flowlord-reference §1.3).
+    A job written in `task` wins over the rule's `job=` (docs/compatibility.md, Task and
+    phase identity).
     """
     task = task.strip()
     if ":" not in task:  # the usual case, kept cheap for cold loads
@@ -66,7 +67,7 @@ class Phase(NamedTuple):
 # Task, StoredTask and NewTask are NamedTuples, not frozen dataclasses: a burst of
 # results builds tens of thousands, and a NamedTuple is built several times faster.
 class Task(NamedTuple):
-    """A task in pcelvng/task's JSON shape (CONTRACT §6)."""
+    """A task in pcelvng/task's JSON shape (docs/compatibility.md, Task JSON)."""
 
     type: str
     job: str = ""

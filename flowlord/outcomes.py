@@ -1,5 +1,5 @@
-"""What a task's result leads to (flowlord-reference §5.4–5.7): children after
-`complete`, a retry or a failure after `error`, an alert after `alert`.
+"""What a task's result leads to: children after `complete`, a retry or a failure after
+`error`, an alert after `alert` (docs/compatibility.md, Results, retries and alerts).
 
 Pure decisions on values read from the database; the daemon writes them in the
 transaction that records the result, so each result has its effects exactly once.

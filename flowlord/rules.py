@@ -1,8 +1,9 @@
-"""A phase's rule (a URL query string) → typed values, with CONTRACT §2 messages.
+"""A phase's rule (a URL query string) → typed values, with the status messages of
+README.md, Status messages.
 
-Parsing follows Go's `url.ParseQuery`, which flowlord uses: pairs split on `&`,
-key and value at the first `=`, `+` is a space, a bad `%` escape or a `;`
-makes the whole string invalid. Keys are case-sensitive.
+Parsing follows Go's `url.ParseQuery`, which flowlord uses (docs/compatibility.md,
+Rules): pairs split on `&`, key and value at the first `=`, `+` is a space, a bad
+`%` escape or a `;` makes the whole string invalid. Keys are case-sensitive.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Pure logic: time is always an argument. The daemon asks `due(now, monotonic)`
 for the slots to fire, writes them through the fire ledger (whose unique key
 is the last word on exactly-once), and sleeps until `next_deadline()`.
 
-Which missed slots fire (CONTRACT §4 `catchup`):
+Which missed slots fire (`catchup`; README.md, Scheduling, exactly once):
 
 * slots that came due while this scheduler ran fire, even late (a busy disk or
   a locked database delays them; it does not drop them);

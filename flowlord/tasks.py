@@ -1,9 +1,9 @@
 """Building the tasks a phase creates: a cron fire (plain or batch) and backload steps.
 
-flowlord's behaviour (flowlord-reference §3.8, §4, §5.3) with its bugs fixed:
-meta values are percent-encoded where they would break the query string,
-JSON values of a meta-file render as JSON, batch steps stay on the zone's wall
-clock, and each meta row builds its own meta.
+flowlord's behaviour (docs/compatibility.md, Tasks of a fire; Backload and trigger) with
+its bugs fixed: meta values are percent-encoded where they would break the query
+string, JSON values of a meta-file render as JSON, batch steps stay on the zone's
+wall clock, and each meta row builds its own meta.
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ def _escape(text: str) -> str:
 
 
 def encode_meta(pairs: Iterable[tuple[str, str]]) -> str:
-    """`k=v&…`, with `%`, `&`, `=`, `+`, space and `;` percent-encoded (CONTRACT §5)."""
+    """`k=v&…`, with `%`, `&`, `=`, `+`, space and `;` percent-encoded
+    (docs/compatibility.md, Meta)."""
     return "&".join(f"{_escape(k)}={_escape(v)}" for k, v in pairs)
 
 
@@ -81,7 +82,7 @@ def is_batch(rule: Rule) -> bool:
 
 
 def fire_tasks(phase: Phase, slot: datetime, ctx: Context) -> list[Task]:
-    """The tasks of one fire of a cron phase at `slot` (flowlord-reference §5.3)."""
+    """The tasks of one fire of a cron phase at `slot` (docs/compatibility.md, Tasks of a fire)."""
     rule = parse_rule(phase.rule)
     t = data_time(slot, rule.offset, ctx.zone)
     if not is_batch(rule):  # a plain job: the time pass only, {meta:…} stays literal

@@ -1,4 +1,4 @@
-"""flowlord's template tokens (flowlord-reference §4), with their case rules.
+"""flowlord's template tokens, with their case rules (docs/compatibility.md, Templates).
 
 Two passes: the time pass replaces date tokens from a time, the meta pass
 replaces `{meta:name}` tokens from a lookup. Where both run, time runs first,
@@ -125,7 +125,7 @@ def cron_hour(t: datetime) -> str:
     return t.strftime("%Y-%m-%dT%H")
 
 
-# --- the time of a task (flowlord-reference §4.4) -----------------------------------------
+# --- the time of a task (docs/compatibility.md, Task time) ---------------------------------
 
 # re.ASCII: Go's \d is [0-9], not every Unicode digit
 _INFO_SECOND = re.compile(

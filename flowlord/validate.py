@@ -1,4 +1,5 @@
-"""The phases of one file → stored phases, each with its CONTRACT §2 status and severity."""
+"""The phases of one file → stored phases, each with its status and severity (README.md,
+Status messages)."""
 
 from __future__ import annotations
 

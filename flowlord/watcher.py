@@ -48,7 +48,8 @@ class _Collector(FileSystemEventHandler):
 
 class _OverflowAlarm(logging.Handler):
     """watchdog tells no handler that inotify dropped events; it only logs a warning
-    (dependency-notes §3.3). This handler turns that warning into a flag."""
+    (docs/decisions.md, The daemon: scheduling and the fire ledger). This handler turns
+    that warning into a flag."""
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)

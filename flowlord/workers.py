@@ -1,4 +1,4 @@
-"""Running one task's command as a process (CONTRACT §6).
+"""Running one task's command as a process (README.md, Running tasks).
 
 argv only, never a shell: `{info} {type} {job} {id} {meta}` are replaced inside
 each argument, so a value with spaces, quotes or `$(…)` stays one literal

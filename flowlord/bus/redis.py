@@ -1,4 +1,5 @@
-"""The Redis bus (CONTRACT §6): tasks travel to `flowlord worker` processes on any host.
+"""The Redis bus: tasks travel to `flowlord worker` processes on any host (README.md,
+Beyond one machine: the redis bus).
 
 Each topic is a stream (`flowlord:tasks:<topic>`) read by the consumer group
 `workers`; results come back on `flowlord:done`, read by the daemon's group

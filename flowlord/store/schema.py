@@ -6,7 +6,7 @@ readable by SQLite 3.40 (Debian bookworm's `sqlite3`): no functions newer than
 """
 
 MIGRATIONS: tuple[str, ...] = (
-    # 1: workflow files and their phases (CONTRACT §7), with debugging views
+    # 1: workflow files and their phases, with debugging views (README.md, Debugging with sqlite3)
     """
     CREATE TABLE workflow_files (
         file_path     TEXT PRIMARY KEY CHECK (file_path <> ''),
