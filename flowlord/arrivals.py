@@ -32,7 +32,7 @@ from watchdog.events import FileSystemEventHandler as _Handler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
-from flowlord.clock import utc_now
+from flowlord.clock import rfc3339
 from flowlord.model import NewTask, Phase, Task
 from flowlord.rules import decode_meta, parse_rule
 from flowlord.store import Store
@@ -161,7 +161,7 @@ def record_arrival(store: Store, phases: Sequence[Phase], path: str, source: str
                    ctx: Context) -> list[NewTask]:
     """The file message and the tasks of every matching phase; call inside write_txn."""
     tasks = [t for phase in phases for t in file_tasks(phase, path, ctx)]
-    file_no = store.add_file_message(path, utc_now(), source)
+    file_no = store.add_file_message(path, rfc3339(ctx.created), source)
     store.add_tasks([t._replace(file_no=file_no) for t in tasks])
     return tasks
 

@@ -8,14 +8,15 @@ results wait in `pending` and are recorded on a later turn.
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 import apsw
 
 from flowlord import metrics
 from flowlord.bus import Bus, BusUnavailable
-from flowlord.clock import parse_iso, rfc3339, utc_now, utc_now_ms
+from flowlord.clock import Clock, SystemClock, parse_iso, rfc3339, rfc3339_ms
 from flowlord.durations import format_duration
 from flowlord.loader import Loader
 from flowlord.model import Done, NewTask, Phase, StoredTask
@@ -32,8 +33,9 @@ COMPLETED_LOG_EVERY = 10.0  # seconds between the log lines counting completed t
 
 class Dispatcher:
     def __init__(self, loader: Loader, bus: Bus, ctx: Context, task_ttl: timedelta,
-                 log: Any) -> None:
+                 log: Any, clock: Clock | None = None) -> None:
         self.loader = loader
+        self.clock = clock or SystemClock()
         self.store: Store = loader.store
         self.bus = bus
         self.ctx = ctx
@@ -67,7 +69,8 @@ class Dispatcher:
         left = self.store.running()
         if left:
             self.log.warning("tasks left running by the last run", count=len(left))
-            self.pending += [Done(s.task_no, "error", RESTARTED, utc_now()) for s in left]
+            ended = rfc3339(self.clock.now())
+            self.pending += [Done(s.task_no, "error", RESTARTED, ended) for s in left]
 
     def turn(self, *, claim: bool = True) -> None:
         """Record the results that came back, with their effects, and claim what the
@@ -75,7 +78,7 @@ class Dispatcher:
         self.pending += self.bus.receive(0)
         self._send(self._take_unsent())
         self._mark_published()
-        now = utc_now_ms()
+        now = rfc3339_ms(self.clock.now())
         topics: list[str] = []
         if claim:
             open_topics = self.bus.open_topics()
@@ -83,7 +86,7 @@ class Dispatcher:
                       else [t for t in open_topics if self.store.has_ready(t, now)])
         if not self.pending and not topics:
             return
-        ctx = Context(self.ctx.zone, self.ctx.meta_dir, datetime.now(UTC))
+        ctx = Context(self.ctx.zone, self.ctx.meta_dir, self.clock.now())
         try:
             with write_txn(self.store.conn):
                 children: list[NewTask] = []  # of the whole turn: one insert
@@ -135,7 +138,7 @@ class Dispatcher:
             return
         try:
             with write_txn(self.store.conn):
-                self.store.mark_published(self.published, utc_now())
+                self.store.mark_published(self.published, rfc3339(self.clock.now()))
         except apsw.BusyError:
             return  # the next turn tries again
         self.published = []
@@ -159,23 +162,25 @@ class Dispatcher:
             else:
                 self.log.warning("task ended", task_no=done.task_no, result=done.result,
                                  msg=done.msg[:200])
-        if self._completed and time.monotonic() >= self._next_completed_log:
+        if self._completed and self.clock.monotonic() >= self._next_completed_log:
             self.log.info("tasks completed", count=self._completed)
             self._completed = 0
-            self._next_completed_log = time.monotonic() + COMPLETED_LOG_EVERY
+            self._next_completed_log = self.clock.monotonic() + COMPLETED_LOG_EVERY
 
     def forget_phases(self) -> None:
         """Workflow rows changed (a refresh): look phases and children up again."""
         self._phases.clear()
         self._children.clear()
 
-    def close(self, grace: float, write_for: float) -> None:
-        """On stop: running tasks get `grace` seconds, then are ended; their results are
-        recorded, retried for `write_for` seconds if the database is locked."""
-        self.pending += self.bus.close(grace)
+    def close(self, grace: float, write_for: float,
+              hurry: Callable[[], bool] = lambda: False) -> None:
+        """On stop: running tasks get `grace` seconds (none once `hurry()`), then are
+        ended; their results are recorded, retried for `write_for` seconds if the
+        database is locked (real seconds: this is the daemon's last work)."""
+        self.pending += self.bus.close(grace, hurry)
         deadline = time.monotonic() + write_for
         self.turn(claim=False)
-        while self.pending and time.monotonic() < deadline:
+        while self.pending and time.monotonic() < deadline and not hurry():
             self.turn(claim=False)
         if self.pending:  # recorded as errors at the next start, and retried by the rules
             self.log.error("results not recorded", task_nos=[d.task_no for d in self.pending])
@@ -184,12 +189,12 @@ class Dispatcher:
         """Seconds until the next waiting retry is due, if any. Retries come from this
         dispatcher's turns, so the answer is kept until a turn writes (or for a second:
         what a stopped daemon left is found too)."""
-        now = datetime.now(UTC)
+        now = self.clock.now()
         kept = self._next_due
-        if kept is None or time.monotonic() >= kept[0] or (kept[1] is not None
+        if kept is None or self.clock.monotonic() >= kept[0] or (kept[1] is not None
                                                            and kept[1] <= now):  # due: on
-            due = self.store.next_due(utc_now_ms())
-            kept = (time.monotonic() + NEXT_DUE_MAX_AGE,
+            due = self.store.next_due(rfc3339_ms(now))
+            kept = (self.clock.monotonic() + NEXT_DUE_MAX_AGE,
                     None if due is None else parse_iso(due))
             self._next_due = kept
         when = kept[1]
@@ -200,7 +205,7 @@ class Dispatcher:
         if monotonic < self.next_overdue_check:
             return
         self.next_overdue_check = monotonic + OVERDUE_EVERY
-        cutoff = rfc3339(datetime.now(UTC) - self.task_ttl)
+        cutoff = rfc3339(self.clock.now() - self.task_ttl)
         try:
             message = f"unfinished after {format_duration(self.task_ttl)}"
             overdue = self.store.overdue(cutoff)  # read before taking the write lock
@@ -209,7 +214,7 @@ class Dispatcher:
             with write_txn(self.store.conn):
                 for stored in overdue:
                     self.store.add_alert(stored.task_no, "incomplete", stored.task, message,
-                                         utc_now())
+                                         rfc3339(self.clock.now()))
                     self.log.warning("task unfinished past task_ttl", task_no=stored.task_no,
                                      type=stored.task.type, created=stored.task.created)
         except apsw.BusyError:
@@ -241,7 +246,8 @@ class Dispatcher:
         self._counted.append((stored.task.type, done.result))
         self._alerted += [kind for kind, _ in effects.alerts]
         for kind, message in effects.alerts:
-            self.store.add_alert(stored.task_no, kind, stored.task, message, utc_now())
+            self.store.add_alert(stored.task_no, kind, stored.task, message,
+                                 rfc3339(self.clock.now()))
             self.log.error("alert", kind=kind, task_no=stored.task_no, type=stored.task.type,
                            message=message[:200])
         for note in effects.notes:

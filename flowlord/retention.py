@@ -6,7 +6,6 @@ of the daemon's loop, so neither the write lock nor the loop is held for long.
 
 from __future__ import annotations
 
-import time
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -22,10 +21,10 @@ BATCHES_PER_TURN = 10
 
 
 class Retention:
-    def __init__(self, keep: timedelta, log: Any) -> None:
+    def __init__(self, keep: timedelta, log: Any, monotonic: float) -> None:
         self.keep = keep
         self.log = log
-        self.next_run = time.monotonic() + FIRST_AFTER
+        self.next_run = monotonic + FIRST_AFTER
 
     def tick(self, store: Store, now: datetime, monotonic: float) -> None:
         if monotonic < self.next_run:

@@ -2,7 +2,8 @@
 
 Events are hints, never the truth: the loader hashes what they point at, and a
 full rescan (at start, on SIGHUP, periodically) covers what inotify drops. The
-watchdog thread only records paths; whoever calls `changed_paths` does the work.
+watchdog thread only records paths and wakes the daemon's loop; the loop takes
+them with `take_paths` once they have settled and does the work.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 
 from watchdog.events import (
     DirModifiedEvent,
@@ -26,24 +28,31 @@ from watchdog.observers import Observer
 # comes with every entry added or removed, whose own events name the entry:
 # refreshing the whole directory for it would turn each edit into a rescan.
 _IGNORED = (FileOpenedEvent, FileClosedNoWriteEvent, DirModifiedEvent)
+HOLD_MAX = 1.0  # seconds after the first event, paths are taken even if events go on
 
 
 class _Collector(FileSystemEventHandler):
-    def __init__(self) -> None:
+    def __init__(self, wake: Callable[[], None] | None) -> None:
         self.paths: set[str] = set()
-        self.woken = False  # wake() was called: return from a wait without paths
+        self.first_event = 0.0  # of the paths not yet taken
         self.last_event = 0.0
         self.changed = threading.Condition()
+        self.wake = wake
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if isinstance(event, _IGNORED):
             return
         with self.changed:
+            first = not self.paths
             for path in (event.src_path, getattr(event, "dest_path", "")):
                 if path:
                     self.paths.add(path if isinstance(path, str) else path.decode())
             self.last_event = time.monotonic()
+            if first:
+                self.first_event = self.last_event
             self.changed.notify_all()
+        if first and self.wake is not None:
+            self.wake()  # the loop looks again when the paths have settled
 
 
 class _OverflowAlarm(logging.Handler):
@@ -63,13 +72,14 @@ class _OverflowAlarm(logging.Handler):
 class Watcher:
     """A recursive inotify watch on `root`; `quiet` is the debounce period in seconds."""
 
-    def __init__(self, root: str, quiet: float = 0.2) -> None:
+    def __init__(self, root: str, quiet: float = 0.2,
+                 wake: Callable[[], None] | None = None) -> None:
         self.root = root
         # inotify watches the real directory and names paths inside it; they are
         # given back under `root`, which may be a symlink (deployments swap one)
         self.target = os.path.realpath(root)
         self.quiet = quiet
-        self._collector = _Collector()
+        self._collector = _Collector(wake)  # wake: called when a first path comes in
         self._observer = Observer()
         self._overflow = _OverflowAlarm()
 
@@ -83,12 +93,6 @@ class Watcher:
         self._observer.stop()
         self._observer.join()
 
-    def wake(self) -> None:
-        """End a `changed_paths` wait early (from any thread): there is other work."""
-        with self._collector.changed:
-            self._collector.woken = True
-            self._collector.changed.notify_all()
-
     def overflowed(self) -> bool:
         """True once after inotify dropped events: the caller must rescan everything."""
         if self._overflow.raised.is_set():
@@ -96,26 +100,37 @@ class Watcher:
             return True
         return False
 
-    def changed_paths(self, timeout: float) -> set[str]:
-        """Paths touched since the last call: waits up to `timeout` seconds for a first
-        event, then until `quiet` seconds pass without another (an editor's save is
-        several events), but no longer than `quiet` past the first event or `timeout`
-        past the call, whichever is later: constant writes do not hold up the caller.
-        Empty when nothing happened."""
+    def settles_in(self) -> float | None:
+        """Seconds until `take_paths` gives the paths seen so far; None: there are none.
+        Paths settle `quiet` seconds after the last event (an editor's save is several
+        events), or HOLD_MAX after the first, so that constant writes hold nothing up."""
         c = self._collector
-        deadline = time.monotonic() + timeout
         with c.changed:
-            while not c.paths:
-                left = deadline - time.monotonic()
-                if left <= 0 or c.woken:
-                    c.woken = False
-                    return set()
-                c.changed.wait(left)
-            latest = max(deadline, time.monotonic() + self.quiet)
-            while (calm := min(c.last_event + self.quiet, latest) - time.monotonic()) > 0:
-                c.changed.wait(calm)
-            paths, c.paths = c.paths, set()
+            if not c.paths:
+                return None
+            ready = min(c.last_event + self.quiet, c.first_event + max(HOLD_MAX, self.quiet))
+        return max(0.0, ready - time.monotonic())
+
+    def take_paths(self) -> set[str]:
+        """The paths touched since the last take, once they have settled; else empty."""
+        if self.settles_in() != 0.0:
+            return set()
+        with self._collector.changed:
+            paths, self._collector.paths = self._collector.paths, set()
         return {self._under_root(p) for p in paths}
+
+    def changed_paths(self, timeout: float) -> set[str]:
+        """Waits up to `timeout` seconds for a first path, then until the paths settle;
+        for callers with nothing else to do (tests, benchmarks). Empty when nothing
+        happened."""
+        deadline = time.monotonic() + timeout
+        while (wait := self.settles_in()) != 0.0:
+            left = deadline - time.monotonic()
+            if wait is None and left <= 0:
+                return set()
+            with self._collector.changed:
+                self._collector.changed.wait(left if wait is None else wait)
+        return self.take_paths()
 
     def _under_root(self, path: str) -> str:
         if path == self.target or path.startswith(self.target + os.sep):

@@ -21,7 +21,7 @@ def fill(store: Store, n: int, ended: str) -> None:
             store.finish(s.task_no, ended, "complete", "")
 
 
-def count(store: Store, table: str) -> int:
+def table_count(store: Store, table: str) -> int:
     return int(store.conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
 
 
@@ -29,15 +29,15 @@ def test_old_history_goes_in_batches_a_few_per_turn_then_daily(store: Store) -> 
     n = BATCH * BATCHES_PER_TURN + 10  # more than one turn can delete
     fill(store, n, "2026-01-01T00:00:00Z")  # older than 90 days
     fill(store, 3, "2026-11-20T00:00:00Z")  # recent: stays
-    retention = Retention(timedelta(days=90), logs.get("test"))
+    retention = Retention(timedelta(days=90), logs.get("test"), 1000.0)
     start = retention.next_run
     retention.tick(store, NOW, start - 1)  # not yet (a minute after the start)
-    assert count(store, "tasks") == n + 3
+    assert table_count(store, "tasks") == n + 3
     retention.tick(store, NOW, start + FIRST_AFTER)
-    assert count(store, "tasks") == 13  # one turn: BATCHES_PER_TURN batches
+    assert table_count(store, "tasks") == 13  # one turn: BATCHES_PER_TURN batches
     retention.tick(store, NOW, start + FIRST_AFTER + 1)  # the next turn finishes the job
-    assert count(store, "tasks") == 3 and count(store, "fires") == 1
+    assert table_count(store, "tasks") == 3 and table_count(store, "fires") == 1
     assert retention.next_run == start + FIRST_AFTER + 1 + EVERY
     fill(store, 2, "2026-01-02T00:00:00Z")
     retention.tick(store, NOW, retention.next_run - 1)  # daily, not before
-    assert count(store, "tasks") == 5
+    assert table_count(store, "tasks") == 5

@@ -6,6 +6,7 @@ each to `send`, and records what `receive` returns, then calls `ack`.
 from __future__ import annotations
 
 import queue
+from collections.abc import Callable
 from typing import Protocol
 
 from flowlord.model import Done, StoredTask
@@ -44,5 +45,6 @@ class Bus(Protocol):
     def ack(self, done: Done) -> None:
         """The result is stored: the bus may forget it."""
 
-    def close(self, grace: float) -> list[Done]:
-        """Let running tasks finish within `grace` seconds, end the rest; their results."""
+    def close(self, grace: float, hurry: Callable[[], bool] = ...) -> list[Done]:
+        """Let running tasks finish within `grace` seconds (less once `hurry()` is true),
+        end the rest; their results."""

@@ -37,5 +37,5 @@ class InProcessBus:
     def ack(self, done: Done) -> None:
         pass
 
-    def close(self, grace: float) -> list[Done]:
+    def close(self, grace: float, hurry: Callable[[], bool] = lambda: False) -> list[Done]:
         return self.receive(0)

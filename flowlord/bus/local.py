@@ -17,6 +17,7 @@ STOPPED = "stopped: the daemon shut down while the task ran"
 # tasks sent per worker thread beyond the one it runs: a thread that finishes starts the
 # next task at once, instead of waiting for the daemon's loop to record and claim
 PREFETCH = 1
+HURRY_CHECK = 0.1  # seconds between looks at whether the stop became urgent
 STOP_WAIT = 10.0  # seconds for a stopped task's result; a task still without one is left
 # running in the database, and recorded as an error at the next start
 
@@ -66,12 +67,16 @@ class LocalBus:
     def ack(self, done: Done) -> None:
         pass  # the database is the queue: a stored result is the acknowledgement
 
-    def close(self, grace: float) -> list[Done]:
+    def close(self, grace: float, hurry: Callable[[], bool] = lambda: False) -> list[Done]:
+        """Running tasks get `grace` seconds, or less once `hurry()` says so (a second
+        SIGTERM); then they are ended."""
         deadline = time.monotonic() + grace
         for run in self.runs.values():  # those still waiting for a thread go back
             run.cancel()
-        for run in list(self.runs.values()):
-            run.join(max(0.0, deadline - time.monotonic()))
+        running = list(self.runs.values())
+        while running and time.monotonic() < deadline and not hurry():
+            running[0].join(min(HURRY_CHECK, max(0.0, deadline - time.monotonic())))
+            running = [run for run in running if not run.join(0)]
         for run in self.runs.values():
             run.stop(STOPPED)
         for run in list(self.runs.values()):  # ended within seconds (SIGKILL), or stuck

@@ -224,7 +224,7 @@ class RedisBus:
         except (redis.RedisError, OSError) as e:
             self._lost(e)
 
-    def close(self, grace: float) -> list[Done]:
+    def close(self, grace: float, hurry: Callable[[], bool] = lambda: False) -> list[Done]:
         """Remote tasks keep running; their results wait in the stream for the next start."""
         self._closed.set()
         self._reader.join(READ_BLOCK_MS / 1000 + COMMAND_TIMEOUT + 1)

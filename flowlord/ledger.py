@@ -1,0 +1,209 @@
+"""Exactly once: every due slot becomes one ledger row with its tasks, never two.
+
+The scheduler says which slots are due; this module turns them into fires and
+records them, and keeps the plan (`workflow_phases.next_fire`) in step. Its
+state between turns of the daemon's loop:
+
+* `pending`: fires built and not yet recorded (the database was locked, or the
+  write failed): they are recorded on a later turn, late but not lost;
+* `held`: with a redis bus, slots nobody has claimed in Redis yet (a standby
+  waits for the leader's claim, everyone waits while Redis is away);
+* `unplanned`: phases whose `next_fire` column must be written again.
+
+The ledger's primary key `(file_path, phase, scheduled_for)` is the last word: a
+slot already recorded (by a restart, a trigger, a backload or another daemon's
+claim) is skipped, so recording the same fire twice changes nothing. A fire
+whose tasks the database refuses is recorded alone, with the reason, so one bad
+fire never blocks the others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+import apsw
+
+from flowlord import metrics
+from flowlord.clock import rfc3339, rfc3339_ms
+from flowlord.model import Fire, Phase
+from flowlord.scheduler import Due, PhaseKey, Scheduler, parse_slot
+from flowlord.standby import Leadership
+from flowlord.store import Store, write_txn
+from flowlord.tasks import Context, build_fire
+
+LOGGED_FIRES = 50  # more fires than this in one write are logged as one summary line
+
+Plan = list[tuple[str | None, str, str]]  # (next fire or None, file, task)
+
+
+class Ledger:
+    def __init__(self, scheduler: Scheduler, log: Any,
+                 leadership: Leadership | None = None) -> None:
+        self.scheduler = scheduler
+        self.log = log
+        self.leadership = leadership  # with a redis bus: slots are claimed there first
+        self.pending: list[Fire] = []
+        self.held: list[Fire] = []
+        self.unplanned: set[PhaseKey] = set()
+
+    @property
+    def waiting(self) -> bool:
+        """Whether work waits for a later turn (a locked database, unclaimed slots)."""
+        return bool(self.pending or self.unplanned or self.held)
+
+    def start(self, store: Store, now: datetime, ctx: Context) -> None:
+        """Schedule every stored phase; the slots missed since each phase's last fire in
+        the ledger become pending fires, as its catch-up policy says."""
+        last = {}
+        for key, text in store.last_fires().items():
+            try:
+                last[key] = parse_slot(text)
+            except ValueError:  # a row written by hand in another format: no catch-up
+                self.log.warning("ledger slot not understood", file=key[0], phase=key[1],
+                                 slot=text)
+        phases = store.phases()
+        self.pending += self.build(self.scheduler.start(phases, now, last), ctx)
+        self.replan((p.file_path, p.task) for p in phases)
+        self.log.info("scheduled", phases=len(self.scheduler), catching_up=len(self.pending))
+
+    def fire_due(self, now: datetime, monotonic: float, ctx: Context) -> None:
+        """The slots due by `now` become pending fires."""
+        due = self.scheduler.due(now, monotonic)
+        if due:
+            self.pending += self.build(due, ctx)
+            self.replan((d.phase.file_path, d.phase.task) for d in due)
+
+    def reschedule(self, by_file: dict[str, list[Phase]], now: datetime) -> None:
+        """The phases of these files changed (file → its runnable phases now)."""
+        self.scheduler.update(by_file, now)
+        # the loader rewrote these phases' rows: their plan is written again, changed or not
+        self.replan((f, p.task) for f, phases in by_file.items() for p in phases)
+
+    def replan(self, keys: Iterable[PhaseKey]) -> None:
+        self.unplanned.update(keys)
+
+    def build(self, due: Iterable[Due], ctx: Context) -> list[Fire]:
+        """The fires of due slots. A fire whose tasks cannot be built is still a fire,
+        with `error` saying why; so is one a bug stopped."""
+        fires = []
+        for d in due:
+            try:
+                fires.append(build_fire(d.phase, d.slot, d.source, ctx))
+            except Exception as e:  # a bug costs this fire, recorded with why; not the daemon
+                self.log.exception("cannot build the tasks of a fire", file=d.phase.file_path,
+                                   phase=d.phase.task)
+                fires.append(Fire(d.phase.file_path, d.phase.task, rfc3339(d.slot), d.source,
+                                  (), f"internal error: {type(e).__name__}: {e}"))
+        return fires
+
+    # --- recording ------------------------------------------------------------------
+
+    def write(self, store: Store, now: datetime, clock: Callable[[], float]) -> None:
+        """Record pending fires and the plan in one transaction; keep them if locked.
+        `clock` reads elapsed time, to tell how long the write lock took."""
+        if self.leadership is not None:
+            self._claim_slots(self.leadership)
+        if not self.pending and not self.unplanned:
+            return
+        plan = self._plan()
+        started = clock()
+        try:
+            with write_txn(store.conn):
+                new = store.record_fires(self.pending, rfc3339_ms(now))
+                store.set_next_fires(plan)
+        except apsw.BusyError:
+            self.log.warning("database locked by another process; will retry",
+                             fires_waiting=len(self.pending))
+            metrics.BUSY.inc()
+            return
+        except Exception:  # e.g. a task the database refuses: it must not block the others
+            self.log.exception("cannot record the fires together; recording them one by one")
+            each = self._write_each(store, plan, now)
+            if each is None:
+                return
+            new = each
+        waited = clock() - started
+        if waited > 0.5:
+            self.log.warning("waited for the database lock", seconds=round(waited, 3))
+        self._log_fires(new, len(self.pending) - len(new), now)
+        self.pending, self.unplanned = [], set()
+
+    def _plan(self) -> Plan:
+        texts: dict[datetime, str] = {}  # phases share slots: format each once
+        plan = []
+        for key in self.unplanned:
+            slot = self.scheduler.next_slot(key)
+            if slot is not None and slot not in texts:
+                texts[slot] = rfc3339(slot)
+            plan.append((texts.get(slot) if slot else None, key[0], key[1]))
+        return plan
+
+    def _claim_slots(self, leadership: Leadership) -> None:
+        """With a redis bus, a fire is recorded only once its slot is claimed there: the
+        leader claims its due slots (one another daemon claimed is recorded as fired
+        there); a standby records the slots the leader claimed, and holds the others
+        until then, or until it leads (a slot it claimed itself, as leader, is recorded
+        with its tasks). While redis cannot be asked, slots are held."""
+        fires = self.held + self.pending
+        self.held, self.pending = [], []
+        if not fires:
+            return
+        if leadership.leading:
+            claimed = leadership.claim(fires)
+            if claimed is None:
+                self.held = fires
+            else:
+                self.pending = claimed
+            return
+        settled = leadership.settle(fires)
+        if settled is None:
+            self.held = fires
+        else:
+            self.pending, self.held = settled
+
+    def _write_each(self, store: Store, plan: Plan, now: datetime) -> list[Fire] | None:
+        """Each pending fire in its own transaction; a fire that cannot be stored is
+        recorded without its tasks, with the reason. None: the database got locked."""
+        new: list[Fire] = []
+        fired_at = rfc3339_ms(now)
+        try:
+            for i, fire in enumerate(self.pending):
+                try:
+                    with write_txn(store.conn):
+                        new += store.record_fires([fire], fired_at)
+                except apsw.BusyError:
+                    self.pending = self.pending[i:]
+                    return None
+                except Exception as e:
+                    failed = Fire(fire.file_path, fire.phase, fire.scheduled_for, fire.source,
+                                  (), f"cannot store its tasks: {type(e).__name__}: {e}")
+                    with write_txn(store.conn):
+                        new += store.record_fires([failed], fired_at)
+            with write_txn(store.conn):
+                store.set_next_fires(plan)
+        except apsw.BusyError:
+            self.pending = []  # all recorded; the plan is written next time
+            return None
+        return new
+
+    def _log_fires(self, new: Sequence[Fire], repeated: int, now: datetime) -> None:
+        for f in new:
+            metrics.FIRES.labels(f.source).inc()
+            if f.source == "cron":
+                metrics.FIRE_LATENESS.observe(max(0.0, (now - parse_slot(f.scheduled_for))
+                                                  .total_seconds()))
+        if repeated:
+            self.log.info("slots already fired, skipped", count=repeated)
+        for f in new:
+            if f.error:
+                self.log.error("fire created no task", file=f.file_path, phase=f.phase,
+                               slot=f.scheduled_for, error=f.error)
+        if len(new) > LOGGED_FIRES:
+            self.log.info("fired", fires=len(new), tasks=sum(len(f.tasks) for f in new))
+            return
+        for f in new:
+            if not f.error:
+                self.log.info("fired", file=f.file_path, phase=f.phase, slot=f.scheduled_for,
+                              source=f.source, tasks=len(f.tasks))
