@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint bench clean
+.PHONY: run test test-fast lint bench clean
 
 $(BIN)/flowlord: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ test: $(BIN)/flowlord
 	$(BIN)/ruff check flowlord tests bench
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
+
+# the in-process tests only: no process, server or browser started (the `slow` marker)
+test-fast: $(BIN)/flowlord
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(BIN)/flowlord
 	$(BIN)/ruff check flowlord tests bench

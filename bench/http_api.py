@@ -44,7 +44,7 @@ from flowlord.loader import Loader  # noqa: E402
 from flowlord.store import Store, write_txn  # noqa: E402
 from flowlord.web.api import Api  # noqa: E402
 from flowlord.web.dashboard import Dashboard  # noqa: E402
-from tests.redis_server import free_port  # noqa: E402
+from tests.helpers import free_port  # noqa: E402
 
 PHASES_PER_FILE = 10
 TICKERS = 20

@@ -1,12 +1,10 @@
-"""Shared fixtures: real SQLite files in tmp_path, the upstream fixture files copied in."""
+"""Shared fixtures: real SQLite files in tmp_path, the upstream fixture files copied in.
+Plain helper functions are in tests/helpers.py."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,12 +12,8 @@ import pytest
 
 from flowlord.loader import Loader
 from flowlord.store import Store
+from tests.helpers import FIXTURES
 from tests.redis_server import RedisServer
-
-ROOT = Path(__file__).resolve().parent.parent
-UPSTREAM = ROOT.parent / "shared" / "fixtures" / "flowlord-upstream"
-# a copy inside the project, so a clone tests without ../shared
-FIXTURES = Path(__file__).resolve().parent / "data" / "upstream"
 
 
 @pytest.fixture
@@ -57,15 +51,6 @@ def store(tmp_path: Path) -> Iterator[Store]:
 @pytest.fixture
 def loader(wf: Path, store: Store) -> Loader:
     return Loader(str(wf), store)
-
-
-def run_cli(*args: str, cwd: Path | None = None,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """The real command, in its own process."""
-    full_env = {k: v for k, v in os.environ.items() if k != "FLOWLORD_CONFIG"}
-    full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "flowlord", *args], cwd=cwd,
-                          capture_output=True, text=True, env=full_env, timeout=120)
 
 
 @pytest.fixture

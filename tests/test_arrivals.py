@@ -16,6 +16,7 @@ from flowlord.model import Phase
 from flowlord.outcomes import decode_meta
 from flowlord.store import Store, write_txn
 from flowlord.tasks import Context
+from tests.helpers import store_rows
 
 # --- a reference: Go's path/filepath.Match (Unix), translated line by line --------------
 
@@ -446,24 +447,20 @@ def db(tmp_path: Path) -> Iterator[Store]:
     store.close()
 
 
-def rows(store: Store, sql: str) -> list[tuple[object, ...]]:
-    return [tuple(r) for r in store.conn.execute(sql)]
-
-
 def test_record_arrival_stores_the_file_and_its_task(db: Store, ctx: Context) -> None:
     path = "/in/2026/03/08/x.csv"
     with write_txn(db.conn):
         [new] = record_arrival(db, [csv_phase()], path, "watch", ctx)
-    [(file_no, stored_path, source, received)] = rows(
+    [(file_no, stored_path, source, received)] = store_rows(
         db, "SELECT file_no, path, source, received FROM file_messages")
     assert (stored_path, source) == (path, "watch")
     assert isinstance(received, str) and received.endswith("Z")
-    [task] = rows(db, "SELECT id, type, job, info, meta, created, file_path, phase, attempt, "
-                      "scheduled_for, started, file_no FROM tasks")
+    [task] = store_rows(db, "SELECT id, type, job, info, meta, created, file_path, phase, attempt, "
+                            "scheduled_for, started, file_no FROM tasks")
     assert task == (new.task.id, "load", "csv", new.task.info, new.task.meta,
                     "2026-03-09T06:30:15Z", "ingest/csv.toml", "load:csv", 0, None, None,
                     file_no)
-    assert rows(db, "SELECT path, source, tasks, started FROM file_arrivals") == [
+    assert store_rows(db, "SELECT path, source, tasks, started FROM file_arrivals") == [
         (path, "watch", 1, "load:csv")]
 
 
@@ -481,13 +478,14 @@ def test_record_arrival_starts_every_matching_phase(db: Store, ctx: Context) -> 
         started = record_arrival(db, phases, "/in/2026/03/08/x.csv", "notify", ctx)
     assert [(n.file_path, n.phase) for n in started] == [
         ("ingest/csv.toml", "load:csv"), ("other.toml", "copy"), ("other.toml", "audit:csv")]
-    [(file_no,)] = rows(db, "SELECT file_no FROM file_messages")
-    assert rows(db, "SELECT file_path, phase, type, job, file_no FROM tasks ORDER BY task_no") == [
+    [(file_no,)] = store_rows(db, "SELECT file_no FROM file_messages")
+    assert store_rows(db, "SELECT file_path, phase, type, job, file_no FROM tasks "
+                          "ORDER BY task_no") == [
         ("ingest/csv.toml", "load:csv", "load", "csv", file_no),
         ("other.toml", "copy", "copy", "", file_no),
         ("other.toml", "audit:csv", "audit", "csv", file_no)]
     assert len({n.task.id for n in started}) == 3
-    [(tasks, names, source)] = rows(db, "SELECT tasks, started, source FROM file_arrivals")
+    [(tasks, names, source)] = store_rows(db, "SELECT tasks, started, source FROM file_arrivals")
     assert (tasks, source) == (3, "notify")
     assert sorted(str(names).split(" ")) == ["audit:csv", "copy", "load:csv"]
 
@@ -496,9 +494,9 @@ def test_record_arrival_of_a_file_nothing_wants(db: Store, ctx: Context) -> None
     with write_txn(db.conn):
         assert record_arrival(db, [csv_phase()], "/elsewhere/x.csv", "notify", ctx) == []
         assert record_arrival(db, [], "/in/2026/03/08/x.csv", "watch", ctx) == []
-    assert rows(db, "SELECT path, source, tasks, started FROM file_arrivals") == [
+    assert store_rows(db, "SELECT path, source, tasks, started FROM file_arrivals") == [
         ("/in/2026/03/08/x.csv", "watch", 0, ""), ("/elsewhere/x.csv", "notify", 0, "")]
-    assert rows(db, "SELECT count(*) FROM tasks") == [(0,)]
+    assert store_rows(db, "SELECT count(*) FROM tasks") == [(0,)]
 
 
 def test_each_arrival_is_its_own_file_message(db: Store, ctx: Context) -> None:
@@ -506,8 +504,8 @@ def test_each_arrival_is_its_own_file_message(db: Store, ctx: Context) -> None:
     with write_txn(db.conn):
         record_arrival(db, [csv_phase()], path, "watch", ctx)
         record_arrival(db, [csv_phase()], path, "watch", ctx)
-    counts = rows(db, "SELECT m.file_no, count(t.task_no) FROM file_messages m "
-                      "JOIN tasks t ON t.file_no = m.file_no GROUP BY m.file_no")
+    counts = store_rows(db, "SELECT m.file_no, count(t.task_no) FROM file_messages m "
+                            "JOIN tasks t ON t.file_no = m.file_no GROUP BY m.file_no")
     assert len(counts) == 2 and all(n == 1 for _, n in counts)
 
 
@@ -515,5 +513,5 @@ def test_record_arrival_is_rolled_back_with_its_transaction(db: Store, ctx: Cont
     with pytest.raises(RuntimeError), write_txn(db.conn):
         record_arrival(db, [csv_phase()], "/in/2026/03/08/x.csv", "watch", ctx)
         raise RuntimeError("later step failed")
-    assert rows(db, "SELECT count(*) FROM file_messages") == [(0,)]
-    assert rows(db, "SELECT count(*) FROM tasks") == [(0,)]
+    assert store_rows(db, "SELECT count(*) FROM file_messages") == [(0,)]
+    assert store_rows(db, "SELECT count(*) FROM tasks") == [(0,)]

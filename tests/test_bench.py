@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
+
+pytestmark = pytest.mark.slow
 
 LABELS = {
     "refresh.py": ["cold load", "no-change rescan", "one changed file, targeted",

@@ -25,6 +25,8 @@ from flowlord.durations import format_duration
 from flowlord.model import Done, StoredTask, Task
 from tests.redis_server import RedisServer
 
+pytestmark = pytest.mark.slow
+
 PY = sys.executable
 HOSTILE = "a b 'c' \"d\" ;rm -rf /tmp/x $(touch /tmp/owned) `id`\n--flag"
 

@@ -12,7 +12,9 @@ import apsw
 import pytest
 
 from flowlord.store.schema import SCHEMA_VERSION
-from tests.conftest import ROOT, run_cli
+from tests.helpers import ROOT, run_cli
+
+pytestmark = pytest.mark.slow
 
 
 def one_line_error(done: object, status: int = 2) -> str:
@@ -83,7 +85,7 @@ def test_phases_text_json_and_severity_filter(tmp_path: Path, upstream: Path) ->
     run_cli("refresh", "-w", str(upstream / "workflow"), "--db", db)
     rows = json.loads(run_cli("phases", "--db", db, "--json").stdout)
     assert set(rows[0]) == {"file", "task", "depends_on", "rule", "template", "retry",
-                            "severity", "status", "next_fire"}
+                            "severity", "status", "next_fire", "last_fire"}
     task1 = next(r for r in rows if r["task"] == "task1:t2")
     assert task1["next_fire"].endswith(":00:00Z")  # hourly at minute 0
     assert next(r for r in rows if r["task"] == "task2")["next_fire"] is None

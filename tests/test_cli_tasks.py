@@ -13,7 +13,9 @@ from urllib.parse import parse_qsl
 import apsw
 import pytest
 
-from tests.conftest import run_cli
+from tests.helpers import query_config_db, run_cli
+
+pytestmark = pytest.mark.slow
 
 Done = subprocess.CompletedProcess[str]
 # `report:daily` four hours back: a fire at 12:00Z renders the data of 08:00Z
@@ -25,8 +27,9 @@ template = "{yyyy}-{mm}-{dd}T{hh}"
 """
 LOAD = '[[phase]]\ntask = "load"\nrule = "cron=0 6 * * *"\ntemplate = "{yyyy}{mm}{dd}"\n'
 TASK_KEYS = {"type", "job", "info", "meta", "id", "created", "started", "ended", "result", "msg"}
+# the keys of /api/tasks: the workflow file is `file` in both (flowlord.store.reads)
 COLUMNS = {"task_no", "id", "type", "job", "info", "meta", "created", "started", "ended",
-           "result", "msg", "file_path", "phase", "attempt", "scheduled_for"}
+           "result", "msg", "file", "phase", "attempt", "scheduled_for", "parent_no", "due_at"}
 RFC3339_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 
 
@@ -52,23 +55,16 @@ def ok(done: Done) -> Done:
     return done
 
 
-def query(cfg: Path, sql: str, *params: object) -> list[tuple[object, ...]]:
-    conn = apsw.Connection(str(cfg.parent / "flowlord.db"), flags=apsw.SQLITE_OPEN_READONLY)
-    try:
-        return list(conn.execute(sql, params))
-    finally:
-        conn.close()
-
-
 def counts(cfg: Path) -> tuple[object, object]:
     """(fires, tasks), after checking that no slot fired twice and no task lacks its fire."""
-    assert query(cfg, "SELECT file_path, phase, scheduled_for FROM fires "
-                      "GROUP BY 1, 2, 3 HAVING count(*) > 1") == []
-    assert query(cfg, "SELECT task_no FROM tasks AS t WHERE NOT EXISTS (SELECT 1 FROM fires "
-                      "AS f WHERE f.file_path = t.file_path AND f.phase = t.phase "
-                      "AND f.scheduled_for = t.scheduled_for)") == []
-    return (query(cfg, "SELECT count(*) FROM fires")[0][0],
-            query(cfg, "SELECT count(*) FROM tasks")[0][0])
+    assert query_config_db(cfg, "SELECT file_path, phase, scheduled_for FROM fires "
+                                "GROUP BY 1, 2, 3 HAVING count(*) > 1") == []
+    assert query_config_db(cfg, "SELECT task_no FROM tasks AS t WHERE NOT EXISTS "
+                                "(SELECT 1 FROM fires AS f WHERE f.file_path = t.file_path "
+                                "AND f.phase = t.phase "
+                                "AND f.scheduled_for = t.scheduled_for)") == []
+    return (query_config_db(cfg, "SELECT count(*) FROM fires")[0][0],
+            query_config_db(cfg, "SELECT count(*) FROM tasks")[0][0])
 
 
 def refused(done: Done, status: int) -> str:
@@ -93,11 +89,12 @@ def json_lines(text: str) -> list[dict[str, str]]:
 def test_trigger_records_the_slot_and_renders_slot_plus_offset(tmp_path: Path, wf: Path) -> None:
     cfg = setup(tmp_path, wf, {"a.toml": REPORT})
     ok(cli(cfg, "trigger", "report:daily", "--time", "2026-03-10T12:00:00Z"))
-    assert query(cfg, "SELECT file_path, phase, scheduled_for, source, error FROM fires") == [
+    assert query_config_db(
+        cfg, "SELECT file_path, phase, scheduled_for, source, error FROM fires") == [
         ("a.toml", "report:daily", "2026-03-10T12:00:00Z", "trigger", "")]
     [(type_, job, info, meta, attempt, started, result, file_path, phase, slot, created,
-      id_)] = query(cfg, "SELECT type, job, info, meta, attempt, started, result, file_path, "
-                         "phase, scheduled_for, created, id FROM tasks")
+      id_)] = query_config_db(cfg, "SELECT type, job, info, meta, attempt, started, result, "
+                                   "file_path, phase, scheduled_for, created, id FROM tasks")
     assert (type_, job, info) == ("report", "daily", "2026-03-10T08")
     assert meta == "workflow=a.toml&cron=2026-03-10T08&job=daily"
     assert (attempt, started, result) == (0, None, None)
@@ -109,7 +106,7 @@ def test_trigger_time_without_offset_is_in_the_configured_zone_and_a_slot_fires_
         tmp_path: Path, wf: Path) -> None:
     cfg = setup(tmp_path, wf, {"a.toml": REPORT}, zone="America/New_York")
     ok(cli(cfg, "trigger", "report:daily", "--time", "2026-07-01T09:00"))  # EDT: 13:00Z
-    assert query(cfg, "SELECT scheduled_for, info FROM tasks") == [
+    assert query_config_db(cfg, "SELECT scheduled_for, info FROM tasks") == [
         ("2026-07-01T13:00:00Z", "2026-07-01T05")]  # 09:00 EDT less 4 hours
     again = ok(cli(cfg, "trigger", "report:daily", "--time", "2026-07-01T15:00:00+02:00"))
     assert again.stderr.strip() and again.stdout == ""  # the same instant: said, not done
@@ -121,7 +118,7 @@ def test_trigger_without_time_fires_now(tmp_path: Path, wf: Path) -> None:
     before = datetime.now(UTC).replace(microsecond=0)
     ok(cli(cfg, "trigger", "load"))
     after = datetime.now(UTC)
-    [(slot, info, meta)] = query(cfg, "SELECT scheduled_for, info, meta FROM tasks")
+    [(slot, info, meta)] = query_config_db(cfg, "SELECT scheduled_for, info, meta FROM tasks")
     fired = datetime.fromisoformat(str(slot).replace("Z", "+00:00"))
     assert before <= fired <= after
     assert info == fired.strftime("%Y%m%d")  # no job: no job= in meta
@@ -138,9 +135,9 @@ def test_first_file_key_wins_with_a_warning_and_workflow_picks_another(
     assert chosen.stderr == ""
     ok(cli(cfg, "backload", "report:daily", "--workflow", "b.toml", "--from",
            "2026-03-11T00:00Z", "--to", "2026-03-11T01:00Z", "--by", "hour"))
-    assert query(cfg, "SELECT file_path, count(*) FROM fires GROUP BY 1 ORDER BY 1") == [
+    assert query_config_db(cfg, "SELECT file_path, count(*) FROM fires GROUP BY 1 ORDER BY 1") == [
         ("a/z.toml", 1), ("b.toml", 3)]
-    metas = query(cfg, "SELECT file_path, meta FROM tasks")
+    metas = query_config_db(cfg, "SELECT file_path, meta FROM tasks")
     assert all(dict(parse_qsl(str(m)))["workflow"] == f for f, m in metas)
 
 
@@ -179,9 +176,9 @@ def test_backload_renders_each_step_without_offset_and_ledgers_it_less_offset(
     done = ok(cli(cfg, "backload", "report:daily", "--from", "2026-03-10T00:00Z",
                   "--to", "2026-03-10T02:00Z", "--by", "hour"))
     assert len(done.stdout.splitlines()) == 1  # the summary
-    rows = query(cfg, "SELECT f.scheduled_for, f.source, t.info, t.meta, t.attempt, "
-                      "t.started FROM fires AS f JOIN tasks AS t USING (file_path, phase, "
-                      "scheduled_for) ORDER BY 1")
+    rows = query_config_db(cfg, "SELECT f.scheduled_for, f.source, t.info, t.meta, t.attempt, "
+                                "t.started FROM fires AS f JOIN tasks AS t "
+                                "USING (file_path, phase, scheduled_for) ORDER BY 1")
     assert [r[:3] for r in rows] == [
         ("2026-03-10T04:00:00Z", "backload", "2026-03-10T00"),
         ("2026-03-10T05:00:00Z", "backload", "2026-03-10T01"),
@@ -205,7 +202,7 @@ def test_backload_is_idempotent_and_an_overlap_adds_only_new_steps(
     assert counts(cfg) == (3, 3)
     ok(cli(cfg, "backload", "load", "--from", "2026-01-02T06:00Z", "--to", "2026-01-05T06:00Z"))
     assert counts(cfg) == (5, 5)
-    assert [r[0] for r in query(cfg, "SELECT info FROM tasks ORDER BY info")] == [
+    assert [r[0] for r in query_config_db(cfg, "SELECT info FROM tasks ORDER BY info")] == [
         "20260101", "20260102", "20260103", "20260104", "20260105"]
 
 
@@ -229,7 +226,8 @@ def test_backload_by_hour_over_fall_back_has_five_steps(tmp_path: Path, wf: Path
     cfg = setup(tmp_path, wf, {"h.toml": hourly}, zone="America/New_York")
     ok(cli(cfg, "backload", "h", "--from", "2026-11-01T00:00", "--to", "2026-11-01T03:00",
            "--by", "hour"))
-    rows = query(cfg, "SELECT scheduled_for, info, meta FROM tasks ORDER BY scheduled_for")
+    rows = query_config_db(cfg, "SELECT scheduled_for, info, meta FROM tasks "
+                                "ORDER BY scheduled_for")
     # 00:00 EDT is 04:00Z, 03:00 EST is 08:00Z; 01:00 comes twice (EDT, then EST)
     assert [(r[0], r[1]) for r in rows] == [
         ("2026-11-01T04:00:00Z", "2026-11-01T00"), ("2026-11-01T05:00:00Z", "2026-11-01T01"),

@@ -24,12 +24,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import apsw
+import pytest
 
 from flowlord.model import Phase
 from flowlord.parse import WorkflowParseError, parse_workflow
 from flowlord.validate import validate_file
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
 SEED = int(os.environ.get("FLOWLORD_CRASH_SEED", "1917"))
 FILES = 2000
 ROUNDS = 12

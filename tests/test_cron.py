@@ -24,6 +24,7 @@ from flowlord.cron import (
     parse_cron,
     schedule_zone,
 )
+from tests.helpers import at
 
 NY = ZoneInfo("America/New_York")
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -34,10 +35,6 @@ SAT = datetime(2025, 3, 1, tzinfo=UTC)  # a Saturday
 
 def iso(expr: str, start: datetime, tz: tzinfo, n: int) -> list[str]:
     return [t.isoformat() for t in fire_times(expr, start, tz, n)]
-
-
-def at(text: str) -> datetime:
-    return datetime.fromisoformat(text)
 
 
 # --- grammar: sequences in UTC ------------------------------------------------------------

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import IO
 
 import apsw
 import pytest
@@ -19,40 +15,7 @@ import structlog
 
 from flowlord import logs
 from flowlord.sdnotify import notify, watchdog_interval
-from tests.conftest import ROOT
-
-
-def wait_for(condition: Callable[[], bool], seconds: float = 20) -> None:
-    end = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < end, "condition not met before the deadline"
-        time.sleep(0.05)
-
-
-def messages_until(sock: socket.socket, wanted: str) -> list[str]:
-    seen: list[str] = []
-    while wanted not in seen:
-        seen += sock.recv(4096).decode().split("\n")
-    return seen
-
-
-@contextlib.contextmanager
-def daemon(tmp_path: Path, wf: Path, db: Path, stderr: int | IO[str] = subprocess.DEVNULL,
-           args: Sequence[str] = (), env: dict[str, str] | None = None,
-           ) -> Iterator[subprocess.Popen[str]]:
-    """`flowlord run` on `wf`, notifying the socket of the notify_socket fixture;
-    killed at the end if the test did not stop it."""
-    full_env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify.sock"),
-                "PYTHONPATH": str(ROOT), **(env or {})}
-    full_env.pop("FLOWLORD_CONFIG", None)
-    with subprocess.Popen([sys.executable, "-m", "flowlord", "run", "-w", str(wf),
-                           "--db", str(db), *args], env=full_env, stderr=stderr,
-                          text=True) as proc:
-        try:
-            yield proc
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+from tests.helpers import ROOT, daemon, messages_until, wait_for
 
 
 def keys(db: Path) -> set[str]:
@@ -63,6 +26,7 @@ def keys(db: Path) -> set[str]:
         conn.close()
 
 
+@pytest.mark.slow
 def test_daemon_follows_the_directory_and_stops_on_sigterm(
         tmp_path: Path, notify_socket: socket.socket) -> None:
     wf = tmp_path / "wf"
@@ -88,6 +52,7 @@ def test_daemon_follows_the_directory_and_stops_on_sigterm(
     assert lines[-1] == "<6>event=stopped level=info"
 
 
+@pytest.mark.slow
 def test_daemon_refuses_a_missing_directory_in_one_line(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "flowlord", "run", "-w", str(tmp_path / "no"),
                            "--db", str(tmp_path / "f.db")], capture_output=True, text=True,
@@ -138,6 +103,7 @@ def test_log_lines_have_a_level_prefix_and_stay_on_one_line(
     assert len(lines) == 2
 
 
+@pytest.mark.slow
 def test_sighup_rescans_what_no_event_reports(
         tmp_path: Path, notify_socket: socket.socket) -> None:
     # inotify does not follow a symlinked directory, the rescan's walk does
@@ -156,6 +122,7 @@ def test_sighup_rescans_what_no_event_reports(
         assert proc.wait(timeout=20) == 0
 
 
+@pytest.mark.slow
 def test_a_symlink_swap_of_the_directory_is_followed(
         tmp_path: Path, notify_socket: socket.socket) -> None:
     old, new = tmp_path / "release1", tmp_path / "release2"
@@ -191,6 +158,7 @@ def test_notify_never_blocks_when_nobody_reads(tmp_path: Path,
     assert sent[0] is True and sent[-1] is False
 
 
+@pytest.mark.slow
 def test_a_second_daemon_on_the_same_database_is_refused(
         tmp_path: Path, notify_socket: socket.socket) -> None:
     wf = tmp_path / "wf"

@@ -19,11 +19,7 @@ from flowlord.web.api import Api
 from flowlord.web.dashboard import Dashboard, since, tree
 from flowlord.web.drawing import NODE_HEIGHT, NODE_WIDTH, depths, lay_out
 from tests.browser import Browser
-from tests.redis_server import free_port
-from tests.test_daemon import daemon, wait_for
-from tests.test_firing import query
-from tests.test_http import answers, get
-from tests.test_running import backload
+from tests.helpers import answers, backload, daemon, free_port, get, query, run_cli, wait_for
 
 HOSTILE_TASK = "<script>alert(1)</script>"
 HOSTILE_FILE = "<img src=x onerror=alert(3)>.toml"
@@ -63,6 +59,7 @@ def site(tmp_path: Path, wf: Path) -> Iterator[Site]:
         yield Site(base, wf, db, Browser(tmp_path / "chromium"))
 
 
+@pytest.mark.slow
 def test_every_page_shows_the_database_and_links_a_fire_to_its_children(site: Site) -> None:
     b, base = site.browser, site.base
     overview = b.load(base + "/")
@@ -119,6 +116,7 @@ def test_every_page_shows_the_database_and_links_a_fire_to_its_children(site: Si
         assert "script" not in dom.tags and "img" not in dom.tags and "b" not in dom.tags
 
 
+@pytest.mark.slow
 def test_the_filter_forms_work_with_their_fields_left_blank(site: Site) -> None:
     """A browser sends an empty field as `name=`: blank means no filter."""
     b, base = site.browser, site.base
@@ -133,6 +131,7 @@ def test_the_filter_forms_work_with_their_fields_left_blank(site: Site) -> None:
     assert b.load(base + "/graph?file=").tags.get("svg") == 2
 
 
+@pytest.mark.slow
 def test_phases_carry_their_last_result_and_lists_page(site: Site) -> None:
     status, phases = get(site.base, "/api/phases")
     assert status == 200
@@ -146,6 +145,7 @@ def test_phases_carry_their_last_result_and_lists_page(site: Site) -> None:
     assert get(site.base, "/files?limit=1")[1].count('href="/files?limit=1&amp;offset=1"') == 1
 
 
+@pytest.mark.slow
 def test_a_file_broken_while_the_daemon_runs_shows_why_on_the_overview(site: Site) -> None:
     text = (site.wf / "a.toml").read_text().replace('dependsOn = "extract"',
                                                      'dependsOn = "ghost"')
@@ -156,6 +156,7 @@ def test_a_file_broken_while_the_daemon_runs_shows_why_on_the_overview(site: Sit
     assert "a.toml load error parent task not found: ghost" in overview.text
 
 
+@pytest.mark.slow
 def test_hostile_content_is_escaped_on_every_page(site: Site) -> None:
     task_id = query(site.db, "SELECT id FROM tasks WHERE type = 'load' LIMIT 1")[0][0]
     pages = ["/", "/files", "/phases", "/phases?severity=error", "/graph", "/tasks",
@@ -171,6 +172,7 @@ def test_hostile_content_is_escaped_on_every_page(site: Site) -> None:
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
 
 
+@pytest.mark.slow
 def test_errors_are_pages_and_every_page_forbids_scripts(site: Site) -> None:
     for path, status, message in [
             ("/nope", 404, "no such page: /nope"),
@@ -262,11 +264,11 @@ def test_since_says_how_long_ago_or_how_soon() -> None:
     assert since(None, now) == "" and since("soon", now) == "soon"
 
 
+@pytest.mark.slow
 def test_the_graph_page_draws_no_more_than_its_caps(
         tmp_path: Path, wf: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from flowlord.errors import BadRequest
     from flowlord.web import dashboard
-    from tests.conftest import run_cli
 
     (wf / "a.toml").write_text("".join(f'[[phase]]\ntask = "t{i}"\n\n' for i in range(3)))
     (wf / "b.toml").write_text('[[phase]]\ntask = "u"\n')

@@ -15,6 +15,7 @@ from flowlord.loader import Loader
 from flowlord.model import Done, Fire, StoredTask, Task
 from flowlord.store import Store, write_txn
 from flowlord.tasks import Context
+from tests.helpers import store_rows
 
 
 def setup(wf: Path, store: Store, bus: InProcessBus) -> dispatch.Dispatcher:
@@ -31,17 +32,13 @@ def setup(wf: Path, store: Store, bus: InProcessBus) -> dispatch.Dispatcher:
                                timedelta(hours=4), logs.get("test"))
 
 
-def rows(store: Store, sql: str) -> list[tuple[object, ...]]:
-    return list(store.conn.execute(sql))
-
-
 def test_a_turn_claims_sends_and_records_with_children(wf: Path, store: Store) -> None:
     d = setup(wf, store, InProcessBus())
     d.turn()  # claims p and sends it; the bus completes it at once
     d.turn()  # records p's result, which creates its child
     d.turn()  # claims and sends the child
     d.turn()  # records the child
-    assert rows(store, "SELECT type, result, id, parent_no FROM tasks ORDER BY task_no") == [
+    assert store_rows(store, "SELECT type, result, id, parent_no FROM tasks ORDER BY task_no") == [
         ("p", "complete", "id1", None), ("c", "complete", "id1", 1)]
 
 
@@ -54,8 +51,8 @@ def test_a_failure_working_out_effects_still_records_the_result_and_alerts(
     monkeypatch.setattr(dispatch, "after_result", broken)
     d.turn()
     d.turn()
-    assert rows(store, "SELECT type, result FROM tasks") == [("p", "complete")]
-    assert rows(store, "SELECT kind, message FROM alerts") == [
+    assert store_rows(store, "SELECT type, result FROM tasks") == [("p", "complete")]
+    assert store_rows(store, "SELECT kind, message FROM alerts") == [
         ("alert", "internal error after the result: boom")]
     assert d.pending == []
 
@@ -71,10 +68,10 @@ class Unstarted(InProcessBus):
 def test_a_task_that_never_started_goes_back_to_the_queue(wf: Path, store: Store) -> None:
     d = setup(wf, store, Unstarted())
     d.turn()  # claims p: it is marked started
-    assert rows(store, "SELECT started IS NOT NULL FROM tasks") == [(1,)]
+    assert store_rows(store, "SELECT started IS NOT NULL FROM tasks") == [(1,)]
     d.turn(claim=False)  # the bus gave it back
-    assert rows(store, "SELECT started, ended, result FROM tasks") == [(None, None, None)]
-    assert rows(store, "SELECT count(*) FROM alerts") == [(0,)]
+    assert store_rows(store, "SELECT started, ended, result FROM tasks") == [(None, None, None)]
+    assert store_rows(store, "SELECT count(*) FROM alerts") == [(0,)]
 
 
 def test_the_process_start_time_replaces_the_claim_time(wf: Path, store: Store) -> None:
@@ -85,5 +82,5 @@ def test_the_process_start_time_replaces_the_claim_time(wf: Path, store: Store) 
     d = setup(wf, store, StartedLater())
     d.turn()
     d.turn(claim=False)
-    assert rows(store, "SELECT started, ended, result FROM tasks WHERE type = 'p'") == [
+    assert store_rows(store, "SELECT started, ended, result FROM tasks WHERE type = 'p'") == [
         ("2099-01-01T00:00:05Z", "2099-01-01T00:00:09Z", "complete")]

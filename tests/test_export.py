@@ -6,8 +6,11 @@ import shutil
 from pathlib import Path
 
 import apsw
+import pytest
 
-from tests.conftest import ROOT, run_cli
+from tests.helpers import ROOT, run_cli
+
+pytestmark = pytest.mark.slow
 
 COLUMNS = "file_path, task, depends_on, rule, template, retry, position"
 

@@ -10,10 +10,19 @@ import socket
 import time
 from pathlib import Path
 
-from tests.conftest import run_cli
-from tests.test_daemon import daemon, messages_until, wait_for
-from tests.test_firing import query
-from tests.test_running import config, worker
+import pytest
+
+from tests.helpers import (
+    daemon,
+    daemon_config,
+    messages_until,
+    query,
+    run_cli,
+    wait_for,
+    worker_table,
+)
+
+pytestmark = pytest.mark.slow
 
 
 def test_dropped_and_moved_files_start_their_phase_and_its_children(
@@ -27,7 +36,7 @@ def test_dropped_and_moved_files_start_their_phase_and_its_children(
         '[[phase]]\ntask = "audit"\ndependsOn = "load"\nrule = "require={meta:file}"\n'
         'template = "{meta:filename}?audit=true"\n')
     db = tmp_path / "f.db"
-    cfg = config(tmp_path, worker("load", "true") + worker("audit", "true"))
+    cfg = daemon_config(tmp_path, worker_table("load", "true") + worker_table("audit", "true"))
     with daemon(tmp_path, wf, db, args=["-c", str(cfg)]) as proc:
         messages_until(notify_socket, "READY=1")
         with (inbox / "sales-2026-11-20.csv").open("w") as f:  # written in parts: one file
@@ -75,7 +84,7 @@ def test_a_slow_writer_counts_once_and_a_recreated_directory_is_watched_again(
     inbox.mkdir()
     (wf / "a.toml").write_text(f'[[phase]]\ntask = "load"\nrule = "files={inbox}/*.csv"\n')
     db = tmp_path / "f.db"
-    cfg = config(tmp_path, worker("load", "true")).read_text()
+    cfg = daemon_config(tmp_path, worker_table("load", "true")).read_text()
     (tmp_path / "flowlord.toml").write_text('rescan = "1s"\n' + cfg)
     with daemon(tmp_path, wf, db, args=["-c", str(tmp_path / "flowlord.toml")]) as proc:
         messages_until(notify_socket, "READY=1")

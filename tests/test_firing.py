@@ -15,28 +15,13 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-import apsw
 import pytest
 
-from tests.conftest import run_cli
-from tests.test_daemon import daemon, messages_until, wait_for
+from tests.helpers import daemon, messages_until, query, run_cli, wait_for
+
+pytestmark = pytest.mark.slow
 
 EVERY_SECOND = '[[phase]]\ntask = "tick"\nrule = "cron=* * * * * *{extra}"\ntemplate = "t={{TS}}"\n'
-
-
-def query(db: Path, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
-    if not db.exists():  # the daemon has not started yet
-        return []
-    conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
-    conn.set_busy_timeout(5000)
-    try:
-        return list(conn.execute(sql, args))
-    except apsw.SQLError as e:  # the daemon has not created the tables yet
-        if "no such table" not in str(e):
-            raise
-        return []
-    finally:
-        conn.close()
 
 
 def fired(db: Path, phase: str = "tick") -> list[int]:

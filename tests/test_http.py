@@ -16,10 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import run_cli
-from tests.redis_server import free_port
-from tests.test_daemon import daemon, wait_for
-from tests.test_running import backload
+from tests.helpers import answers, backload, daemon, free_port, get, run_cli, wait_for
 
 TOKEN = "s3cret-token"
 
@@ -35,30 +32,6 @@ def post(base: str, path: str, body: object, token: str | None = TOKEN,
     except urllib.error.HTTPError as e:
         with e:
             return e.code, json.loads(e.read())
-
-
-def get(base: str, path: str) -> tuple[int, Any]:
-    """(status, JSON body); a page of the dashboard (or its stylesheet) comes back as text."""
-    try:
-        with urllib.request.urlopen(base + path, timeout=10) as answer:
-            return answer.status, _body(answer)
-    except urllib.error.HTTPError as e:
-        with e:  # an error answer is a response too: closed here
-            return e.code, _body(e)
-
-
-def _body(answer: Any) -> Any:
-    data = answer.read()
-    if answer.headers["Content-Type"].startswith("application/json"):
-        return json.loads(data)
-    return data.decode()
-
-
-def answers(base: str) -> bool:
-    try:
-        return get(base, "/healthz")[0] == 200
-    except OSError:
-        return False
 
 
 @pytest.fixture
@@ -81,6 +54,7 @@ def api(tmp_path: Path, wf: Path) -> Iterator[str]:
         yield base
 
 
+@pytest.mark.slow
 def test_the_read_endpoints_answer_from_the_database(api: str) -> None:
     status, body = get(api, "/api/status")
     assert status == 200 and body["files"] == 2 and body["role"] == "leader"
@@ -111,6 +85,7 @@ def test_the_read_endpoints_answer_from_the_database(api: str) -> None:
     assert get(api, "/api/alerts")[0] == 200
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", ["/api/phases?severity=bad", "/api/tasks?limit=0",
                                   "/api/tasks?limit=100000", "/api/tasks?before=-1",
                                   "/api/tasks?result=maybe", "/api/phases?offset=x",
@@ -120,6 +95,7 @@ def test_bad_parameters_get_400_with_a_json_error(api: str, path: str) -> None:
     assert status == 400 and body["error"]
 
 
+@pytest.mark.slow
 def test_unknown_paths_get_404(api: str) -> None:
     assert get(api, "/api/nothing")[0] == 404
     assert get(api, "/api/phases/a.toml/ghost")[0] == 404
@@ -127,12 +103,14 @@ def test_unknown_paths_get_404(api: str) -> None:
     assert post(api, "/api/nothing", {})[0] == 404
 
 
+@pytest.mark.slow
 def test_posts_need_the_token(api: str) -> None:
     assert post(api, "/api/refresh", {}, token=None)[0] == 401
     assert post(api, "/api/refresh", {}, token="wrong")[0] == 401
     assert post(api, "/api/refresh", {})[0] == 200
 
 
+@pytest.mark.slow
 def test_trigger_backload_and_refresh_write_as_the_commands_do(api: str, wf: Path) -> None:
     status, body = post(api, "/api/trigger", {"task": "extract", "time": "2026-02-01T05:00:00Z"})
     assert status == 201 and [t["info"] for t in body["tasks"]] == ["?h=05"]
@@ -147,6 +125,7 @@ def test_trigger_backload_and_refresh_write_as_the_commands_do(api: str, wf: Pat
     assert any(p["task"] == "new" for p in get(api, "/api/phases")[1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path, body", [
     ("/api/trigger", b"not json"), ("/api/trigger", b"[1]"), ("/api/trigger", b"{}"),
     ("/api/trigger", b'{"task": "ghost"}'), ("/api/trigger", b'{"task": 7}'),
@@ -160,6 +139,7 @@ def test_bad_post_bodies_get_a_4xx_with_a_json_error(api: str, path: str, body: 
     assert 400 <= status < 500 and answer["error"]
 
 
+@pytest.mark.slow
 def test_a_thousand_random_requests_never_get_a_500(api: str) -> None:
     rng = random.Random(7)
     paths = ["/api/status", "/api/files", "/api/phases", "/api/phases/", "/api/graph",
@@ -179,6 +159,7 @@ def test_a_thousand_random_requests_never_get_a_500(api: str) -> None:
         assert status != 500 and isinstance(body, str if page else (dict, list)), (url, body)
 
 
+@pytest.mark.slow
 def test_a_non_loopback_address_needs_a_token(tmp_path: Path, wf: Path) -> None:
     config = tmp_path / "flowlord.toml"
     config.write_text('[http]\nlisten = "0.0.0.0:8080"\n')
@@ -207,6 +188,7 @@ def test_posts_are_disabled_without_a_token(tmp_path: Path) -> None:
     assert refused.value.status == 403
 
 
+@pytest.mark.slow
 def test_metrics_count_events_and_read_the_state_from_the_database(api: str) -> None:
     assert post(api, "/api/trigger", {"task": "extract", "time": "2026-02-02T05:00:00Z"})[0] \
         == 201
@@ -224,6 +206,7 @@ def test_metrics_count_events_and_read_the_state_from_the_database(api: str) -> 
     assert "flowlord_refresh_seconds_count 1.0" in text  # the load at start
 
 
+@pytest.mark.slow
 def test_the_whole_graph_is_refused_past_its_cap_but_one_file_answers(
         tmp_path: Path, wf: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from flowlord.config import Config
@@ -247,6 +230,7 @@ def test_the_whole_graph_is_refused_past_its_cap_but_one_file_answers(
     assert [n["task"] for n in graph["nodes"]] == ["x", "y"]
 
 
+@pytest.mark.slow
 def test_blank_parameters_are_no_filter_and_file_filters_phases(api: str) -> None:
     assert get(api, "/api/tasks?type=&job=&result=") == get(api, "/api/tasks")
     assert get(api, "/api/phases?severity=&file=") == get(api, "/api/phases")
@@ -256,6 +240,7 @@ def test_blank_parameters_are_no_filter_and_file_filters_phases(api: str) -> Non
     assert body["last_rescan"] is not None and body["last_load"] is not None
 
 
+@pytest.mark.slow
 def test_a_loopback_server_refuses_other_host_names(api: str) -> None:
     """DNS rebinding: a page served as evil.example, its name pointed at 127.0.0.1."""
     request = urllib.request.Request(api + "/api/status", headers={"Host": "evil.example"})
@@ -278,6 +263,7 @@ def test_a_loopback_server_refuses_other_host_names(api: str) -> None:
             assert answer.status == 200
 
 
+@pytest.mark.slow
 def test_head_answers_like_get_without_a_body_and_other_methods_get_405(api: str) -> None:
     request = urllib.request.Request(api + "/healthz", method="HEAD")
     with urllib.request.urlopen(request, timeout=10) as answer:
@@ -305,6 +291,7 @@ def raw(api: str, request: bytes) -> tuple[bytes, bytes]:
     return head, body
 
 
+@pytest.mark.slow
 def test_a_request_the_server_cannot_parse_gets_a_json_error(api: str) -> None:
     head, body = raw(api, b"GET / HTTP/1.1\r\nX-Long: " + b"a" * 70000 + b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.0 431 ")
@@ -312,6 +299,7 @@ def test_a_request_the_server_cannot_parse_gets_a_json_error(api: str) -> None:
     assert json.loads(body) == {"error": "Line too long"}
 
 
+@pytest.mark.slow
 def test_a_phase_under_a_topic_shows_every_job_of_it_as_a_parent(
         tmp_path: Path, wf: Path) -> None:
     from flowlord.config import Config

@@ -24,6 +24,7 @@ from flowlord.model import NewTask, Phase, StoredTask, Task
 from flowlord.outcomes import Effects, after_result, decode_meta
 from flowlord.rules import parse_query
 from flowlord.tasks import Context, encode_meta
+from tests.helpers import at
 
 CREATED = datetime(2026, 11, 23, 14, 5, 6, 789000, tzinfo=UTC)
 CREATED_TEXT = "2026-11-23T14:05:06Z"
@@ -83,10 +84,6 @@ def only(effects: Effects) -> NewTask:
     assert len(effects.tasks) == 1, effects
     assert effects.alerts == []
     return effects.tasks[0]
-
-
-def at(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 # --- decode_meta ------------------------------------------------------------------------

@@ -15,13 +15,15 @@ import urllib.request
 from pathlib import Path
 
 import apsw
+import pytest
 import redis
 
 from flowlord.clock import utc_now, utc_now_ms
 from flowlord.model import Fire
 from flowlord.store import Store, write_txn
-from tests.conftest import ROOT
-from tests.redis_server import free_port
+from tests.helpers import ROOT, count, free_port, wait_for
+
+pytestmark = pytest.mark.slow
 
 README = (ROOT / "README.md").read_text()
 
@@ -115,19 +117,6 @@ def test_sqlite3_queries_run_in_debian_sqlite3_and_apsw(tmp_path: Path) -> None:
     assert answered == len(queries)  # every example finds something in the examples
 
 
-def wait_for_count(db: Path, sql: str) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
-        try:
-            if conn.execute(sql).fetchone()[0] > 0:
-                return
-        finally:
-            conn.close()
-        assert time.monotonic() < deadline, sql
-        time.sleep(0.1)
-
-
 def test_make_run_loads_the_examples_runs_the_heartbeat_and_keeps_running() -> None:
     db = ROOT / "flowlord.db"
     for suffix in ("", "-wal", "-shm"):
@@ -160,8 +149,9 @@ def test_make_run_loads_the_examples_runs_the_heartbeat_and_keeps_running() -> N
             dropped = Path("/tmp/flowlord-drop") / f"readme-test-{os.getpid()}.csv"
             dropped.write_text("a,b\nc,d\n")  # the README's file drop
             try:
-                wait_for_count(db, "SELECT count(*) FROM tasks WHERE type = 'count' "
-                                   f"AND info = '{dropped}' AND result = 'complete'")
+                wait_for(lambda: count(db, "SELECT count(*) FROM tasks WHERE type = 'count' "
+                                           f"AND info = '{dropped}' AND result = 'complete'")
+                         > 0, 60)
             finally:
                 dropped.unlink()
             listed = subprocess.run([str(ROOT / ".venv" / "bin" / "flowlord"), "-c",

@@ -5,46 +5,31 @@ from __future__ import annotations
 
 import signal
 import socket
-import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from flowlord.clock import utc_now_ms
 from flowlord.store import Store, write_txn
-from tests.conftest import run_cli
+from tests.helpers import (
+    FLAKY,
+    backload,
+    chains,
+    count,
+    daemon,
+    messages_until,
+    query,
+    redis_config,
+    run_cli,
+    unfinished,
+    wait_for,
+    workers,
+)
 from tests.redis_server import RedisServer
-from tests.test_daemon import ROOT, daemon, messages_until, wait_for
-from tests.test_firing import query
-from tests.test_running import FLAKY, backload, chains, unfinished
 
-
-@contextmanager
-def workers(url: str, topic: str, *command: str, count: int = 1, concurrency: int = 1,
-            claim_idle: str = "1m") -> Iterator[list[subprocess.Popen[str]]]:
-    """`count` worker processes for a topic, killed at the end if still running."""
-    procs = [subprocess.Popen(
-        [sys.executable, "-m", "flowlord", "worker", "--bus", url, "--topic", topic,
-         "--concurrency", str(concurrency), "--claim-idle", claim_idle, "--grace", "2s",
-         "--", *command], stderr=subprocess.DEVNULL, text=True,
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}) for _ in range(count)]
-    try:
-        yield procs
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(10)
-
-
-def redis_config(tmp_path: Path, url: str, node: str = "") -> list[str]:
-    """The README's config for a redis bus: no lease setting, the node named or not."""
-    path = tmp_path / "flowlord.toml"
-    named = f'node = "{node}"\n' if node else ""
-    path.write_text(f'timezone = "UTC"\n[bus]\nurl = "{url}"\n{named}')
-    return ["-c", str(path)]
+pytestmark = pytest.mark.slow
 
 
 def test_a_worker_with_a_wrong_password_or_a_closed_port_exits_2_with_one_line(
@@ -112,12 +97,6 @@ def test_a_slow_task_is_not_taken_from_a_live_worker(
         wait_for(lambda: unfinished(db) == 0, 60)
     assert runs.read_text() == "x"  # idle 4 s past a 1 s claim_idle: renewed, never reclaimed
     assert query(db, "SELECT result FROM tasks") == [("complete",)]
-
-
-def count(db: Path, sql: str) -> int:
-    """A count(*) query; 0 before the daemon has made its tables."""
-    rows = query(db, sql)
-    return int(rows[0][0]) if rows else 0  # type: ignore[call-overload]
 
 
 def test_a_redis_outage_loses_nothing_and_is_logged_once(

@@ -12,59 +12,26 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from flowlord.clock import utc_now_ms
 from flowlord.model import NewTask
 from flowlord.store import Store, write_txn
-from tests.conftest import run_cli
-from tests.test_daemon import daemon, messages_until, wait_for
-from tests.test_firing import query
+from tests.helpers import (
+    FLAKY,
+    backload,
+    chains,
+    daemon,
+    daemon_config,
+    messages_until,
+    query,
+    run_cli,
+    unfinished,
+    wait_for,
+    worker_table,
+)
 
-# sleeps 0-200 ms, fails about a third of the time: random, but the same for the same
-# info and attempt, so every run of the test sees the same failures
-FLAKY = ("import json, os, random, sys, time\n"
-         "task = json.loads(os.environ['FLOWLORD_TASK'])\n"
-         "rng = random.Random(os.environ['FLOWLORD_TASK_INFO'] + task.get('meta', ''))\n"
-         "time.sleep(rng.random() * 0.2)\n"
-         "sys.exit(1 if rng.random() < 1 / 3 else 0)")
-
-
-def config(tmp_path: Path, workers: str) -> Path:
-    path = tmp_path / "flowlord.toml"
-    path.write_text(f'timezone = "UTC"\nshutdown_grace = "5s"\n{workers}')
-    return path
-
-
-def worker(topic: str, *argv: str, concurrency: int = 1) -> str:
-    args = ", ".join(f'"{a}"' for a in argv).replace("\n", "\\n")
-    return f"[workers.{topic}]\ncommand = [{args}]\nconcurrency = {concurrency}\n"
-
-
-def backload(wf: Path, db: Path, task: str, hours: int) -> None:
-    done = run_cli("refresh", "-w", str(wf), "--db", str(db))
-    assert done.returncode == 0, done.stderr
-    done = run_cli("backload", task, "--from", "2026-01-01T00:00:00Z", "--to",
-                   f"2026-01-{1 + (hours - 1) // 24:02d}T{(hours - 1) % 24:02d}:00:00Z",
-                   "--by", "hour", "-w", str(wf), "--db", str(db))
-    assert done.returncode == 0, done.stderr
-    assert f"{hours} step{'s' if hours > 1 else ''}: {hours} new" in done.stdout
-
-
-def unfinished(db: Path) -> int:
-    rows = query(db, "SELECT count(*) FROM tasks WHERE ended IS NULL")
-    return int(rows[0][0]) if rows else -1  # type: ignore[call-overload]
-
-
-def chains(db: Path) -> dict[int, list[tuple[int, str]]]:
-    """Each root work task (attempt 0) → the results of its attempts, in order."""
-    rows = query(db, "SELECT task_no, parent_no, attempt, result FROM tasks "
-                     "WHERE type = 'work' ORDER BY task_no")
-    root_of: dict[int, int] = {}
-    found: dict[int, list[tuple[int, str]]] = {}
-    for no, parent, attempt, result in rows:
-        root = int(no) if attempt == 0 else root_of[int(parent)]  # type: ignore[call-overload]
-        root_of[int(no)] = root  # type: ignore[call-overload]
-        found.setdefault(root, []).append((int(attempt), str(result)))  # type: ignore[call-overload]
-    return found
+pytestmark = pytest.mark.slow
 
 
 def test_tasks_end_exactly_once_with_retries_children_and_alerts(
@@ -75,8 +42,9 @@ def test_tasks_end_exactly_once_with_retries_children_and_alerts(
         '[[phase]]\ntask = "after"\ndependsOn = "work"\ntemplate = "after {meta:cron}"\n')
     db = tmp_path / "f.db"
     backload(wf, db, "work", 200)
-    cfg = config(tmp_path, worker("work", sys.executable, "-c", FLAKY, concurrency=8)
-                 + worker("after", "true", concurrency=4))
+    cfg = daemon_config(tmp_path,
+                        worker_table("work", sys.executable, "-c", FLAKY, concurrency=8)
+                        + worker_table("after", "true", concurrency=4))
     with daemon(tmp_path, wf, db, args=["-c", str(cfg)]) as proc:
         messages_until(notify_socket, "READY=1")
         wait_for(lambda: query(db, "SELECT count(*) FROM tasks WHERE type = 'work'"
@@ -124,7 +92,8 @@ def test_sigkill_with_tasks_running_leaves_none_running_or_lost(
     marker = tmp_path / "slow"
     # the first run's workers take long; once the marker is gone, they are quick
     script = f"import os, time\nif os.path.exists({str(marker)!r}): time.sleep(3)"
-    cfg = config(tmp_path, worker("work", sys.executable, "-c", script, concurrency=50))
+    cfg = daemon_config(tmp_path,
+                        worker_table("work", sys.executable, "-c", script, concurrency=50))
     marker.touch()
     with daemon(tmp_path, wf, db, args=["-c", str(cfg)]) as proc:
         wait_for(lambda: query(db, "SELECT count(*) FROM running_tasks") == [(50,)])
@@ -164,9 +133,9 @@ def test_alerts_reach_the_webhook_batched_and_retried(
     try:
         (wf / "a.toml").write_text('[[phase]]\ntask = "bad"\nrule = "cron=* * * * * *"\n')
         db = tmp_path / "f.db"
-        cfg = config(tmp_path, worker("bad", "false", concurrency=4)
-                     + f'[alerts]\nwebhook = "http://127.0.0.1:{server.server_port}/hook"\n'
-                     'webhook_interval = "1s"\n')
+        cfg = daemon_config(tmp_path, worker_table("bad", "false", concurrency=4)
+                            + f'[alerts]\nwebhook = "http://127.0.0.1:{server.server_port}/hook"\n'
+                            'webhook_interval = "1s"\n')
         with daemon(tmp_path, wf, db, args=["-c", str(cfg)]) as proc:
             wait_for(lambda: any(status == 200 for status, _ in posts))
             wait_for(lambda: query(db, "SELECT count(*) FROM alerts WHERE posted_at IS NOT NULL")
@@ -193,7 +162,7 @@ def test_sigterm_gives_running_tasks_the_grace_then_records_them_and_their_retri
     (wf / "a.toml").write_text('[[phase]]\ntask = "work"\nretry = 1\ntemplate = "?h={hh}"\n')
     db = tmp_path / "f.db"
     backload(wf, db, "work", 3)
-    cfg = config(tmp_path, worker("work", "sleep", "60", concurrency=3)).read_text()
+    cfg = daemon_config(tmp_path, worker_table("work", "sleep", "60", concurrency=3)).read_text()
     (tmp_path / "flowlord.toml").write_text(cfg.replace('shutdown_grace = "5s"',
                                                         'shutdown_grace = "1s"'))
     with daemon(tmp_path, wf, db, args=["-c", str(tmp_path / "flowlord.toml")]) as proc:
@@ -212,7 +181,7 @@ def test_a_task_unfinished_past_task_ttl_gets_one_incomplete_alert(
     (wf / "a.toml").write_text('[[phase]]\ntask = "nobody"\ntemplate = "?h={hh}"\n')
     db = tmp_path / "f.db"
     backload(wf, db, "nobody", 2)  # no worker for this topic: they wait
-    cfg = config(tmp_path, '[alerts]\ntask_ttl = "1s"\n')
+    cfg = daemon_config(tmp_path, '[alerts]\ntask_ttl = "1s"\n')
     created = time.monotonic()
     wait_for(lambda: time.monotonic() > created + 2)  # let them grow older than task_ttl
     for _ in range(2):  # a restart checks again: still one alert per task

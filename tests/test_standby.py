@@ -22,6 +22,7 @@ def fire(slot: str = "2026-01-01T00:00:00Z") -> Fire:
     return Fire("a.toml", "tick", slot, "cron", [Task(type="tick", id="x")])
 
 
+@pytest.mark.slow
 def test_one_node_leads_and_hands_the_lease_over_at_a_clean_stop(
         redis_server: RedisServer) -> None:
     a = Leadership(redis_server.client(), "a", LEASE, logs.get("test"))
@@ -33,6 +34,7 @@ def test_one_node_leads_and_hands_the_lease_over_at_a_clean_stop(
     assert b.tick(30.0) is True and a.tick(40.0) is False
 
 
+@pytest.mark.slow
 def test_a_leader_that_cannot_renew_steps_down_before_its_lease_runs_out(
         redis_server: RedisServer) -> None:
     a = Leadership(redis_server.client(), "a", LEASE, logs.get("test"))
@@ -42,6 +44,7 @@ def test_a_leader_that_cannot_renew_steps_down_before_its_lease_runs_out(
     assert a.tick(28.0) is False  # 90 % of it gone: another may take it soon
 
 
+@pytest.mark.slow
 def test_a_slot_is_fired_by_the_first_claim_only(redis_server: RedisServer) -> None:
     a = Leadership(redis_server.client(), "a", LEASE, logs.get("test"))
     b = Leadership(redis_server.client(), "b", LEASE, logs.get("test"))
@@ -56,6 +59,7 @@ def test_a_slot_is_fired_by_the_first_claim_only(redis_server: RedisServer) -> N
     assert a.settle([fire()]) == ([fire()], [])
 
 
+@pytest.mark.slow
 def test_redis_away_means_no_claim_and_no_answer(redis_server: RedisServer) -> None:
     a = Leadership(redis_server.client(), "a", LEASE, logs.get("test"))
     redis_server.kill()
@@ -70,6 +74,7 @@ def test_a_lease_needs_a_redis_bus(tmp_path: Path) -> None:
         load_config(str(path))
 
 
+@pytest.mark.slow
 def test_a_node_name_is_held_by_one_live_daemon(redis_server: RedisServer) -> None:
     def daemon_as(me: str) -> Leadership:
         leadership = Leadership(redis_server.client(), "a", LEASE, logs.get("test"))
@@ -98,6 +103,7 @@ def test_a_node_name_is_held_by_one_live_daemon(redis_server: RedisServer) -> No
         daemon_as(this_process()).hold_node()
 
 
+@pytest.mark.slow
 def test_a_leader_whose_node_name_was_taken_stands_by(redis_server: RedisServer) -> None:
     a = Leadership(redis_server.client(), "a", LEASE, logs.get("test"))
     a.hold_node()

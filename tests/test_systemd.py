@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 UNIT = ROOT / "systemd" / "flowlord.service"
 WORKER_UNIT = ROOT / "systemd" / "flowlord-worker@.service"

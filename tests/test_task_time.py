@@ -16,11 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from flowlord.templates import info_time, path_time, task_time
-
-
-def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0,
-        second: int = 0) -> datetime:
-    return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
+from tests.helpers import utc
 
 
 def assert_utc(t: datetime | None) -> None:

@@ -40,7 +40,7 @@ from flowlord.tasks import (
     step,
     steps,
 )
-from tests.conftest import FIXTURES
+from tests.helpers import FIXTURES, utc
 
 NY = ZoneInfo("America/New_York")
 CREATED = datetime(2026, 11, 23, 14, 5, 6, 789000, tzinfo=UTC)
@@ -71,10 +71,6 @@ def keys(task: Task) -> list[str]:
 
 def infos(built: list[Task]) -> list[str]:
     return [t.info for t in built]
-
-
-def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
-    return datetime(year, month, day, hour, minute, tzinfo=UTC)
 
 
 @pytest.fixture
