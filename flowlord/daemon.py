@@ -27,22 +27,19 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Iterable
 from datetime import datetime
 from types import FrameType
 
-import apsw
-
-from flowlord import logs, metrics
+from flowlord import logs
 from flowlord.bus import Bus, BusUnavailable
 from flowlord.bus.local import LocalBus
-from flowlord.clock import Clock, SystemClock, rfc3339_ms
+from flowlord.clock import Clock, SystemClock
 from flowlord.commands import Commands
 from flowlord.config import Config, ConfigError
 from flowlord.dispatch import Dispatcher
 from flowlord.file_triggers import FileTriggers
 from flowlord.ledger import Ledger
-from flowlord.loader import Loader, LoaderError
+from flowlord.loader import Loader
 from flowlord.retention import Retention
 from flowlord.scheduler import Scheduler
 from flowlord.sdnotify import notify, watchdog_interval
@@ -50,14 +47,13 @@ from flowlord.standby import DEFAULT_LEASE, Leadership, NodeInUse
 from flowlord.store import Store
 from flowlord.tasks import Context, meta_dir
 from flowlord.wakeup import Wakeup
-from flowlord.watcher import Watcher
 from flowlord.web.api import Api, HttpServer, parse_listen
 from flowlord.webhook import Webhook
+from flowlord.workflow_sync import WorkflowSync
 
 TICK = 1.0  # longest wait: bounds how late a clock step is seen
 BUSY_TIMEOUT_MS = 1000  # a locked database is retried on the next turn, with pings between
 STOP_WRITE_SECONDS = 10.0  # at stop, how long to retry recording fires in a locked database
-FOLLOW_EVERY = 0.1  # seconds between looks for other writers: not on every task result
 STUCK_AFTER = 30.0  # seconds without a turn of the main loop: /healthz answers 503
 RETRY_SOON = 0.2  # seconds before the next turn while work waits (a locked database)
 
@@ -77,21 +73,13 @@ class Daemon:
         self.ledger = Ledger(Scheduler(config.zone(), catchup=config.catchup,
                                        limit=config.catchup_limit), self.log)
         self.file_triggers = FileTriggers(self.log, self.wakeup.wake)
-        self.watcher: Watcher | None = None
         self.retention = Retention(config.retention, self.log, self.clock.monotonic())
         self.webhook = (Webhook(config.webhook, config.webhook_interval.total_seconds(),
                                 self.log) if config.webhook else None)
-        self.resync = False  # a refresh failed half-way: compare every phase next time
-        self.scheduled = False  # start() has scheduled the stored phases
-        self.data_version = -1  # PRAGMA data_version when other writers were last checked
-        self.synced: dict[str, tuple[str, str | None]] = {}  # file → (hash, loaded_at) then
         monotonic = self.clock.monotonic()
-        self.next_follow = monotonic  # the next look for other writers
-        self.next_rescan = monotonic + config.rescan.total_seconds()
         self.ping_every = watchdog_interval()
         self.next_ping = monotonic
         self.last_turn = monotonic  # of the main loop: /healthz's signal
-        self.last_rescan: str | None = None  # when the last full rescan ended (UTC)
 
     # --- wiring ---------------------------------------------------------------------
 
@@ -106,19 +94,19 @@ class Daemon:
         self.store = store
         self.dispatcher = Dispatcher(self.loader, self.bus, self._context(self.clock.now()),
                                      self.config.task_ttl, self.log, self.clock)
+        self.sync = WorkflowSync(self.loader, self.ledger, self.file_triggers,
+                                 rescan_every=self.config.rescan.total_seconds(),
+                                 monotonic=self.clock.monotonic(), log=self.log,
+                                 wake=self.wakeup.wake, changed=self._notify_status,
+                                 rescheduled=self.dispatcher.forget_phases)
 
     def start(self) -> None:
         """The first load, the schedule with its catch-up fires, the tasks left by the
         last run; all committed before the daemon says it is ready."""
-        self._watch()
-        self._first_refresh()
+        self.sync.first_load(self.clock.now, lambda: bool(self.stop_signals), self.wakeup.wait)
         now = self.clock.now()
-        self.last_rescan = rfc3339_ms(now)
         self.ledger.start(self.store, now, self._context(now))
-        self.scheduled = True
-        self.file_triggers.follow(self.store)
-        self.data_version = self.store.conn.pragma("data_version")
-        self.synced = {f[0]: (f[2], f[3]) for f in self.store.files()}
+        self.sync.scheduled_now()
         self.dispatcher.recover()
         self.ledger.write(self.store, now, self.clock.monotonic)
 
@@ -161,8 +149,7 @@ class Daemon:
     def close(self) -> None:
         """Stop watching; record what was found before the stop, if the database lets us;
         give running tasks their grace (none once hurried) and record their ends."""
-        if self.watcher:
-            self.watcher.stop()
+        self.sync.stop()
         self.file_triggers.stop()
         deadline = time.monotonic() + STOP_WRITE_SECONDS  # real seconds: the last work
         while True:
@@ -243,7 +230,7 @@ class Daemon:
         api = Api(self.config,
                   lambda: time.monotonic() - self.last_turn < STUCK_AFTER,
                   lambda: self.leadership.role if self.leadership is not None else "leader",
-                  token, last_rescan=lambda: self.last_rescan)
+                  token, last_rescan=lambda: self.sync.last_rescan)
         try:
             return HttpServer(host, port, api, self.log)
         except OSError as e:
@@ -258,8 +245,8 @@ class Daemon:
         # slots due by now fire from the phases as they were, before a refresh can
         # reschedule them (a rename at 12:00:00.1 must not lose the 12:00 slot)
         self.ledger.fire_due(now, monotonic, ctx)
-        self._sync_files(now, monotonic)
-        self._follow_other_writers(now, monotonic)
+        asked, self.rescan_asked = self.rescan_asked, False  # a SIGHUP from now on counts
+        self.sync.turn(now, monotonic, asked)
         if self._lead(monotonic):
             self.file_triggers.record(self.store, ctx)
         else:  # a standby leaves arrived files to the leader
@@ -282,14 +269,14 @@ class Daemon:
 
     def _wait(self, now: datetime, monotonic: float) -> float:
         """Until the next slot, retry, rescan or settled file event; at most TICK."""
-        waits = [TICK, self.next_rescan - monotonic]
+        waits = [TICK, self.sync.next_rescan - monotonic]
         deadline = self.ledger.scheduler.next_deadline()
         if deadline is not None:
             waits.append((deadline - now).total_seconds())
         retry_due = self.dispatcher.next_due()
         if retry_due is not None:
             waits.append(retry_due)
-        settles = self.watcher.settles_in() if self.watcher else None
+        settles = self.sync.settles_in()
         if settles is not None:
             waits.append(settles)
         if self.ledger.waiting or self.dispatcher.pending or self.commands.waiting:
@@ -312,113 +299,6 @@ class Daemon:
         if leading != was:
             self._notify_status()
         return leading
-
-    # --- workflow files -------------------------------------------------------------
-
-    def _sync_files(self, now: datetime, monotonic: float) -> None:
-        """A full rescan when asked (SIGHUP), due, or when inotify dropped events;
-        else the paths file events named, once settled."""
-        paths = self.watcher.take_paths() if self.watcher else set()
-        try:
-            if (self.rescan_asked or monotonic >= self.next_rescan
-                    or (self.watcher and self.watcher.overflowed())):
-                self.rescan_asked = False
-                self.next_rescan = monotonic + self.config.rescan.total_seconds()
-                self.rescan(now)
-            elif paths:
-                metrics.WATCH_EVENTS.inc(len(paths))
-                self._refresh(paths, now)
-        except LoaderError as e:  # the directory is gone for a moment, the database locked
-            self.log.error("refresh failed; rescanning soon", error=str(e))
-            self.next_rescan = monotonic + TICK
-            self.resync = True
-
-    def rescan(self, now: datetime) -> list[str]:
-        """A full rescan of the workflow path; the changes (`+key`, `~key`, `-key`)."""
-        metrics.RESCANS.inc()
-        self._watch()  # first: what changes during the rescan is seen
-        changes = self._refresh(None, now)
-        self.last_rescan = rfc3339_ms(now)
-        self.file_triggers.follow(self.store)  # a directory may exist now
-        return changes
-
-    def _first_refresh(self) -> None:
-        """The load at start: a bad path is fatal, a locked database is waited for."""
-        while True:
-            try:
-                self._refresh(None, self.clock.now())
-                return
-            except LoaderError as e:
-                if not isinstance(e.__cause__, apsw.BusyError) or self.stop_signals:
-                    raise
-                self.log.warning("database locked at start; waiting", error=str(e))
-                self.wakeup.wait(1.0)
-
-    def _refresh(self, paths: set[str] | None, now: datetime) -> list[str]:
-        with metrics.REFRESH.time():
-            changes = self.loader.refresh(paths)
-        for problem in self.loader.problems:
-            self.log.warning("workflow problem", problem=problem)
-        if changes:
-            self.log.info("workflows changed", changes=" ".join(changes))
-            self._notify_status()
-        files = {change[1:] for change in changes}
-        for file, state in self.store.file_states(sorted(files)).items():
-            if state.status:  # bytes refused: the last good phases stay (or none, if refused)
-                self.log.warning("workflow file not loaded", file=file, status=state.status)
-        if self.resync:  # an earlier refresh failed after committing some files
-            files |= {f[0] for f in self.store.files()}
-            files |= {file for file, _ in self.ledger.scheduler.phase_keys()}
-            self.resync = False
-        if files and self.scheduled:  # before the start, start() schedules everything
-            self._reschedule(files, now)
-        return changes
-
-    def _reschedule(self, files: Iterable[str], now: datetime) -> None:
-        by_file = {f: [p for p in self.store.phases(file_path=f) if p.severity != "error"]
-                   for f in files}
-        self.ledger.reschedule(by_file, now)
-        # the files= phases are looked up again only when a changed file has or had one
-        # (the lookup reads every phase: not for each edit of a large tree)
-        if any("files=" in p.rule for f in by_file for p in by_file[f]) or \
-                self.file_triggers.concerns(set(by_file)):
-            self.file_triggers.follow(self.store)
-        self.dispatcher.forget_phases()
-
-    def _follow_other_writers(self, now: datetime, monotonic: float) -> None:
-        """`flowlord refresh` (or another process) may have changed workflow rows: when the
-        database changed under us, reschedule the files whose rows differ from last time."""
-        if monotonic < self.next_follow:
-            return
-        self.next_follow = monotonic + FOLLOW_EVERY
-        version = self.store.conn.pragma("data_version")
-        if version == self.data_version:
-            return
-        self.data_version = version
-        seen = {f[0]: (f[2], f[3]) for f in self.store.files()}  # hash, loaded_at
-        changed = {f for f, state in seen.items() if self.synced.get(f) != state}
-        changed |= set(self.synced) - set(seen)
-        self.synced = seen
-        if changed and self.scheduled:
-            self._reschedule(changed, now)  # unchanged rules keep their schedule
-
-    def _watch(self) -> None:
-        """Watch the directory the workflow path names now. Deployments swap a symlink
-        to a new directory; inotify would keep watching the old one."""
-        target = os.path.realpath(self.loader.root)
-        if self.watcher and self.watcher.target == target:
-            return
-        if self.watcher:
-            self.watcher.stop()
-            self.log.info("watching a new directory", path=target)
-        self.watcher = (Watcher(self.loader.root, wake=self.wakeup.wake)
-                        if os.path.isdir(target) else None)
-        if self.watcher:
-            try:
-                self.watcher.start()
-            except OSError as e:  # e.g. the inotify watch limit: the rescans remain
-                self.log.warning("cannot watch; relying on periodic rescans", error=str(e))
-                self.watcher = None
 
     def _notify_status(self) -> None:
         if os.environ.get("NOTIFY_SOCKET"):  # counting 100,000 phases is not free

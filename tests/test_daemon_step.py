@@ -152,7 +152,8 @@ def test_rows_written_by_another_process_are_followed(tmp_path: Path, wf: Path) 
     (wf / "a.toml").write_text(EVERY_10S.format(extra=""))
     db, clock = tmp_path / "f.db", FakeClock(START)
     with stepped(tmp_path, wf, clock, rescan=timedelta(days=1)) as d:
-        d.watcher = None  # only the other writer can tell it about the change
+        d.sync.stop()  # only the other writer can tell it about the change
+        d.sync.watcher = None
         (wf / "a.toml").write_text(EVERY_10S.format(extra="").replace("tick", "tock"))
         other = Loader(str(wf), Store(str(db)))  # `flowlord refresh` in another process
         assert other.refresh() == ["~a.toml"]
@@ -167,7 +168,7 @@ def test_a_broken_edit_keeps_the_last_good_phases_firing(tmp_path: Path, wf: Pat
     db, clock = tmp_path / "f.db", FakeClock(START)
     with stepped(tmp_path, wf, clock) as d:
         (wf / "a.toml").write_text("[[phase]\ntask = \n")
-        assert d.rescan(clock.now()) == ["~a.toml"]
+        assert d.sync.rescan(clock.now()) == ["~a.toml"]
         turn(d, clock, 10.0)
     assert str(query(db, "SELECT status FROM workflow_files")[0][0]).startswith("parse error")
     assert slots(db) == ["2026-12-01T12:00:10Z"]
