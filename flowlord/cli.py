@@ -32,7 +32,7 @@ from flowlord.loader import (
 from flowlord.model import Phase
 from flowlord.parse import WorkflowParseError
 from flowlord.rules import parse_rule
-from flowlord.store import Store, StoreError, write_txn
+from flowlord.store import Store, StoreError, reads, write_txn
 
 
 class _Parser(argparse.ArgumentParser):
@@ -280,10 +280,13 @@ def _next_fire(phase: Phase, zone: tzinfo, now: datetime) -> datetime | None:
 
 
 def cmd_phases(args: argparse.Namespace, config: Config) -> int:
+    """Stored phases as the API shows them; the next fire is the running daemon's plan
+    when one runs on the database, else computed here as it would plan it."""
+    planned = reads.daemon_running(config.db)
     store = Store(config.db, readonly=True)
     try:
-        phases = store.phases(severity=args.severity)
-        refused = [(f[0], f[1]) for f in store.files() if f[1]]
+        phases = reads.phase_rows(store, severity=args.severity)
+        refused = reads.refused_files(store)
     finally:
         store.close()
     zone, now = config.zone(), datetime.now(UTC)
@@ -291,13 +294,11 @@ def cmd_phases(args: argparse.Namespace, config: Config) -> int:
     rows: list[dict[str, object]] = [
         {"file": file, "task": None, "severity": "error", "status": status}
         for file, status in refused if args.severity in (None, "error")]
-    for p in phases:
-        fire = _next_fire(p, zone, now)
-        rows.append({"file": p.file_path, "task": p.task, "depends_on": p.depends_on,
-                     "rule": p.rule, "template": p.template, "retry": p.retry,
-                     "severity": p.severity, "status": p.status,
-                     "next_fire": rfc3339(fire)
-                     if fire else None})
+    for phase, next_fire, last_fire in phases:
+        if not planned:
+            fire = _next_fire(phase, zone, now)
+            next_fire = rfc3339(fire) if fire else None
+        rows.append(reads.phase_json(phase, next_fire, last_fire))
     if args.json:
         _out(json.dumps(rows, indent=1))
         return 0

@@ -20,7 +20,7 @@ from flowlord.errors import UsageError
 from flowlord.model import Fire, Phase
 from flowlord.report import count
 from flowlord.rules import BY_STEPS, parse_rule
-from flowlord.store import Store, write_txn
+from flowlord.store import Store, reads, write_txn
 from flowlord.tasks import BuildError, Context, backload_steps, build_fire, meta_dir
 
 
@@ -140,15 +140,12 @@ def cmd_backload(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_tasks(args: argparse.Namespace, config: Config) -> int:
-    """Task history, newest first."""
+    """Task history, newest first; --json prints what /api/tasks answers."""
     store = Store(config.db, readonly=True)
     try:
-        rows = store.tasks(type=args.type, result=args.result, limit=args.limit)
+        records = reads.tasks(store, type=args.type, result=args.result, limit=args.limit)
     finally:
         store.close()
-    names = ("task_no", "id", "type", "job", "info", "meta", "created", "started", "ended",
-             "result", "msg", "file_path", "phase", "attempt", "scheduled_for")
-    records = [dict(zip(names, row, strict=True)) for row in rows]
     if args.json:
         print(json.dumps(records, indent=1, ensure_ascii=False))
         return 0

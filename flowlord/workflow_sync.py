@@ -106,7 +106,7 @@ class WorkflowSync:
         rescheduled, and other writers are followed from this state."""
         self.scheduled = True
         self.file_triggers.follow(self.store)
-        self.data_version = self.store.conn.pragma("data_version")
+        self.data_version = self.store.data_version()
         self.synced = {f[0]: (f[2], f[3]) for f in self.store.files()}
 
     def _refresh(self, paths: set[str] | None, now: datetime) -> list[str]:
@@ -146,7 +146,7 @@ class WorkflowSync:
         if monotonic < self.next_follow:
             return
         self.next_follow = monotonic + FOLLOW_EVERY
-        version = self.store.conn.pragma("data_version")
+        version = self.store.data_version()
         if version == self.data_version:
             return
         self.data_version = version

@@ -31,6 +31,11 @@ class Store(WorkflowRows, FireRows, TaskRows):
     def close(self) -> None:
         self.conn.close()
 
+    def data_version(self) -> int:
+        """A number that changes when another connection commits: how the daemon
+        notices what `flowlord refresh` and other processes wrote."""
+        return int(self.conn.pragma("data_version"))
+
 
 __all__ = ["FileOp", "FileState", "FileVersion", "Store", "StoreError", "connect", "migrate",
            "write_txn"]

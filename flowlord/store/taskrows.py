@@ -12,19 +12,17 @@ import apsw
 
 from flowlord.model import NewTask, StoredTask, Task
 
-_TASK_COLUMNS = ("task_no, id, type, job, info, meta, created, started, ended, result, msg, "
-                 "file_path, phase, attempt, scheduled_for")
-
-
-_STORED_COLUMNS = ("task_no, id, type, job, info, meta, created, started, file_path, phase, "
-                   "attempt, scheduled_for")
+# The columns a task row is read with, everywhere (the scheduler's StoredTask, the read
+# model's task JSON): one list for the table.
+TASK_COLUMNS = ("task_no, id, type, job, info, meta, created, started, ended, result, msg, "
+                "file_path, phase, attempt, scheduled_for, parent_no, due_at")
 
 
 def _stored(r: Sequence[Any]) -> StoredTask:
+    """A row in TASK_COLUMNS order, as the task loop sees it (a claimed task has no result)."""
     task = Task(type=r[2], job=r[3], info=r[4], meta=r[5], id=r[1], created=r[6],
                 started=r[7] or "")
-    return StoredTask(r[0], task, r[8], r[9], r[10], r[11])
-
+    return StoredTask(r[0], task, r[11], r[12], r[13], r[14])
 
 
 def task_filter(*, type: str | None = None, job: str | None = None,
@@ -62,13 +60,6 @@ class TaskRows:
 
     # --- fires and tasks ---------------------------------------------------------------
 
-    def tasks(self, *, type: str | None = None, result: str | None = None,
-              limit: int = 100) -> list[tuple[object, ...]]:
-        """Task rows, newest first, in _TASK_COLUMNS order. `result` 'none' means unfinished."""
-        source, args = task_filter(type=type, result=result)
-        return list(self.conn.execute(
-            f"SELECT {_TASK_COLUMNS} {source} ORDER BY task_no DESC LIMIT ?", (*args, limit)))
-
     # --- running tasks -----------------------------------------------------------------
     # INDEXED BY: tasks_by_type would answer `type = ?` too, by reading every finished
     # task of the topic; without statistics the planner may take it, so the queue's
@@ -100,7 +91,7 @@ class TaskRows:
             f"UPDATE tasks SET started = ? WHERE task_no IN (SELECT task_no FROM tasks "
             "INDEXED BY tasks_queue "
             "WHERE started IS NULL AND type = ? AND (due_at IS NULL OR due_at <= ?) "
-            f"ORDER BY task_no LIMIT ?) RETURNING {_STORED_COLUMNS}",
+            f"ORDER BY task_no LIMIT ?) RETURNING {TASK_COLUMNS}",
             (now[:19] + "Z", topic, now, limit))
         return sorted((_stored(r) for r in rows), key=lambda t: t.task_no)
 
@@ -112,13 +103,13 @@ class TaskRows:
         row = self.conn.execute(
             "UPDATE tasks SET started = coalesce(nullif(?, ''), started), ended = ?, "
             "result = ?, msg = ? WHERE task_no = ? AND started IS NOT NULL AND ended IS NULL "
-            f"RETURNING {_STORED_COLUMNS}", (started, ended, result, msg, task_no)).fetchone()
+            f"RETURNING {TASK_COLUMNS}", (started, ended, result, msg, task_no)).fetchone()
         return _stored(row) if row else None
 
     def unpublished(self) -> list[StoredTask]:
         """Tasks claimed for the redis bus whose publication was not recorded."""
         return [_stored(r) for r in self.conn.execute(
-            f"SELECT {_STORED_COLUMNS} FROM tasks WHERE started IS NOT NULL AND ended IS NULL "
+            f"SELECT {TASK_COLUMNS} FROM tasks WHERE started IS NOT NULL AND ended IS NULL "
             "AND published_at IS NULL ORDER BY task_no")]
 
     def mark_published(self, task_nos: Sequence[int], when: str) -> None:
@@ -134,7 +125,7 @@ class TaskRows:
     def running(self) -> list[StoredTask]:
         """Tasks started and not ended: after a restart, those the last run left behind."""
         return [_stored(r) for r in self.conn.execute(
-            f"SELECT {_STORED_COLUMNS} FROM tasks WHERE started IS NOT NULL AND ended IS NULL "
+            f"SELECT {TASK_COLUMNS} FROM tasks WHERE started IS NOT NULL AND ended IS NULL "
             "ORDER BY task_no")]
 
     def add_tasks(self, tasks: Sequence[NewTask]) -> None:
@@ -180,7 +171,7 @@ class TaskRows:
     def overdue(self, cutoff: str) -> list[StoredTask]:
         """Unfinished tasks created before `cutoff` without an `incomplete` alert."""
         return [_stored(r) for r in self.conn.execute(
-            f"SELECT {_STORED_COLUMNS} FROM tasks AS t WHERE ended IS NULL AND created < ? "
+            f"SELECT {TASK_COLUMNS} FROM tasks AS t WHERE ended IS NULL AND created < ? "
             "AND NOT EXISTS (SELECT 1 FROM alerts AS a WHERE a.task_no = t.task_no "
             "AND a.kind = 'incomplete') ORDER BY created", (cutoff,))]
 

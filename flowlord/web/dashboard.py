@@ -1,4 +1,5 @@
-"""The dashboard: server-rendered HTML pages over the API's queries (CONTRACT §8, `GET /`).
+"""The dashboard: server-rendered HTML pages over the read model (`flowlord.store.reads`,
+as the API reads it) (CONTRACT §8, `GET /`).
 
 Jinja2 with autoescape renders every page, so workflow content (task names, rules,
 templates, messages) is always text, never markup. No JavaScript and no asset from
@@ -14,35 +15,39 @@ from datetime import UTC, datetime
 from http import HTTPStatus
 from importlib import resources
 from itertools import groupby
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import quote, unquote, urlencode
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from flowlord.clock import parse_iso
+from flowlord.config import Config
 from flowlord.errors import BadRequest
-from flowlord.store import Store
+from flowlord.store import Store, reads
 from flowlord.web import params
+from flowlord.web.answers import CONTENT_SECURITY_POLICY as CONTENT_SECURITY_POLICY
+from flowlord.web.answers import Asset, Page
 from flowlord.web.drawing import lay_out
 
-if TYPE_CHECKING:
-    from flowlord.web.api import Api
-
-CONTENT_SECURITY_POLICY = ("default-src 'none'; style-src 'self'; img-src 'self'; "
-                           "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 GRAPH_NODES_AT_ONCE = 400  # more phases than this: the graph page asks for one file
 GRAPH_NODES_OF_A_FILE = 2000  # more than this in one file: not drawn (a page of megabytes)
 STYLESHEET = resources.files("flowlord.web").joinpath("pages", "style.css").read_bytes()
 
 
-class Page(str):
-    """An HTML answer, not JSON."""
+class Daemon(Protocol):
+    """What the pages need of the daemon (`flowlord.web.api.Api` has it): the database,
+    the config, and the process's facts."""
 
+    @property
+    def db(self) -> str: ...
 
-class Asset(bytes):
-    """A file of the package's, with its content type."""
+    @property
+    def config(self) -> Config: ...
 
-    content_type = "text/css; charset=utf-8"
+    @property
+    def role(self) -> Callable[[], str]: ...
+
+    def about(self) -> dict[str, Any]: ...
 
 
 def since(text: str | None, now: datetime | None = None) -> str:
@@ -79,10 +84,10 @@ def _environment() -> Environment:
 
 
 class Dashboard:
-    """Renders the pages from the API's queries (which check the query parameters),
-    each request with a read-only connection of its own."""
+    """Renders the pages from the read model, each request with a read-only connection
+    of its own; query parameters are checked by `flowlord.web.params`, as the API's."""
 
-    def __init__(self, api: Api) -> None:
+    def __init__(self, api: Daemon) -> None:
         self.api = api
         self.env = _environment()
 
@@ -121,100 +126,85 @@ class Dashboard:
     def overview(self, store: Store, query: dict[str, list[str]]) -> Page:
         return self._render(
             "overview.html", "overview",
-            status=self.api.status(store, {}),
-            refused=list(store.conn.execute(
-                "SELECT file_path, status FROM workflow_files WHERE status <> '' "
-                "ORDER BY file_path LIMIT 10")),
-            broken=list(store.conn.execute(
-                "SELECT file_path, task, severity, status FROM broken_phases LIMIT 10")),
-            next_fires=list(store.conn.execute(
-                "SELECT file_path, task, next_fire FROM workflow_phases "
-                "WHERE next_fire IS NOT NULL ORDER BY next_fire LIMIT 10")),
+            status={**self.api.about(), **reads.status(store)},
+            refused=reads.refused_files(store, 10),
+            broken=reads.broken_phases(store, 10),
+            next_fires=reads.next_fires(store, 10),
             queue=store.queue_depths(),
-            failures=self._recent_failures(store, 10),
-            alerts=self.api.alerts(store, {"limit": ["10"]}))
-
-    def _recent_failures(self, store: Store, limit: int) -> list[dict[str, Any]]:
-        """The newest tasks that ended in error or alert: one indexed query per result
-        (tasks_by_result), merged, so a million old failures cost nothing."""
-        found = [t for result in ("error", "alert")
-                 for t in self.api.tasks(store, {"result": [result],
-                                                     "limit": [str(limit)]})]
-        return sorted(found, key=lambda t: t["task_no"], reverse=True)[:limit]
+            failures=reads.recent_failures(store, 10),
+            alerts=reads.alerts(store, limit=10))
 
     def files(self, store: Store, query: dict[str, list[str]]) -> Page:
-        rows = self.api.files(store, query)  # checks limit and offset
-        return self._render("files.html", "files", files=rows, limit=params.limit(query),
-                            offset=params.offset(query))
+        limit, offset = params.limit(query), params.offset(query)
+        return self._render("files.html", "files", files=reads.files(store, limit, offset),
+                            limit=limit, offset=offset)
 
     def phases(self, store: Store, query: dict[str, list[str]]) -> Page:
-        rows = self.api.phases(store, query)  # checks every parameter
-        file = params.one(query, "file")
+        severity, file = params.severity(query), params.one(query, "file")
+        limit, offset = params.limit(query), params.offset(query)
+        rows = reads.phases(store, severity=severity, file=file, limit=limit, offset=offset)
         refused = self._file_status(store, file) if file is not None else ""
         return self._render("phases.html", "phases", phases=rows, refused=refused,
-                            severity=params.one(query, "severity"), file=file,
-                            limit=params.limit(query), offset=params.offset(query))
+                            severity=severity, file=file, limit=limit, offset=offset)
 
     def _file_status(self, store: Store, file: str) -> str:
         """The workflow file's status ('' when it loaded); 404 when there is no such file."""
-        status = store.conn.execute("SELECT status FROM workflow_files WHERE file_path = ?",
-                                    (file,)).fetchall()
-        if not status:
+        status = reads.file_status(store, file)
+        if status is None:
             raise BadRequest(HTTPStatus.NOT_FOUND, f"no workflow file {file}")
-        return str(status[0][0])
+        return status
 
     def phase(self, store: Store, file: str, task: str) -> Page:
-        found = self.api.phase(store, unquote(file), unquote(task))
+        file, task = unquote(file), unquote(task)
+        found = reads.phase(store, file, task)
+        if found is None:
+            raise BadRequest(HTTPStatus.NOT_FOUND, f"no phase {task} in {file}")
         return self._render("phase.html", "phases", phase=found)
 
     def graph(self, store: Store, query: dict[str, list[str]]) -> Page:
         file = params.one(query, "file")
         if file is not None:
             self._file_status(store, file)  # 404 for no such file
-        files = [path for path, in store.conn.execute(
-            "SELECT file_path FROM workflow_files ORDER BY file_path")]
+        files = reads.file_paths(store)
         if file is None:
             total, limit = sum(store.severity_counts().values()), GRAPH_NODES_AT_ONCE
         else:
-            (total,), = store.conn.execute(
-                "SELECT count(*) FROM workflow_phases WHERE file_path = ?", (file,))
-            limit = GRAPH_NODES_OF_A_FILE
+            total, limit = reads.phase_count(store, file), GRAPH_NODES_OF_A_FILE
         if total > limit:
             return self._render("graph.html", "graph", files=files, drawings=[], file=file,
                                 too_many=total)
-        rows = store.conn.execute(
-            "SELECT file_path, task, depends_on, severity FROM workflow_phases "
-            + ("WHERE file_path = ? " if file is not None else "")
-            + "ORDER BY file_path, position", (file,) if file is not None else ())
-        drawings = [(path, lay_out([(t, d, s) for _, t, d, s in group]))
-                    for path, group in groupby(rows, key=lambda r: r[0])]
+        drawings = [(path, lay_out([(p.task, p.depends_on, p.severity) for p in group]))
+                    for path, group in groupby(store.phases(file_path=file),
+                                               key=lambda p: p.file_path)]
         return self._render("graph.html", "graph", files=files, drawings=drawings, file=file,
                             too_many=0)
 
     def tasks(self, store: Store, query: dict[str, list[str]]) -> Page:
-        rows = self.api.tasks(store, query)
-        return self._render("tasks.html", "tasks", tasks=rows,
-                            filters={k: params.one(query, k) or ""
-                                     for k in ("type", "job", "result")},
-                            limit=params.limit(query))
+        result, type_, job = params.result(query), params.one(query, "type"), params.one(
+            query, "job")
+        before, limit = params.integer(query, "before", None), params.limit(query)
+        rows = reads.tasks(store, type=type_, job=job, result=result, before=before,
+                           limit=limit)
+        return self._render("tasks.html", "tasks", tasks=rows, limit=limit, filters={
+            "type": type_ or "", "job": job or "", "result": result or ""})
 
     def lineage(self, store: Store, task_id: str) -> Page:
-        rows = self.api.lineage(store, unquote(task_id))
+        task_id = unquote(task_id)
+        rows = reads.lineage(store, task_id, params.MAX_LIMIT)
+        if not rows:
+            raise BadRequest(HTTPStatus.NOT_FOUND, f"no task with id {task_id}")
         first = rows[0]
         fire = None
         if first["file"] is not None and first["scheduled_for"] is not None:
-            fire = next(iter(store.conn.execute(
-                "SELECT source, fired_at, error FROM fires WHERE file_path = ? AND phase = ? "
-                "AND scheduled_for = ?", (first["file"], first["phase"],
-                                          first["scheduled_for"]))), None)
-        (total,), = store.conn.execute("SELECT count(*) FROM tasks WHERE id = ?",
-                                       (first["id"],))
+            fire = reads.fire(store, first["file"], first["phase"], first["scheduled_for"])
         return self._render("lineage.html", "tasks", id=first["id"], root=first, fire=fire,
-                            tree=tree(rows), total=total, shown=len(rows))
+                            tree=tree(rows), total=reads.lineage_size(store, first["id"]),
+                            shown=len(rows))
 
     def alerts(self, store: Store, query: dict[str, list[str]]) -> Page:
-        return self._render("alerts.html", "alerts", alerts=self.api.alerts(store, query),
-                            limit=params.limit(query))
+        before, limit = params.integer(query, "before", None), params.limit(query)
+        return self._render("alerts.html", "alerts", limit=limit,
+                            alerts=reads.alerts(store, before=before, limit=limit))
 
 
 def tree(tasks: list[dict[str, Any]]) -> list[tuple[int, dict[str, Any]]]:

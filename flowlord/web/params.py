@@ -44,3 +44,19 @@ def offset(query: Query) -> int:
     rows = integer(query, "offset", 0)
     assert rows is not None
     return rows
+
+
+def severity(query: Query) -> str | None:
+    value = one(query, "severity")
+    if value not in (None, "ok", "warning", "error"):
+        raise BadRequest(HTTPStatus.BAD_REQUEST, "severity must be ok, warning or error")
+    return value
+
+
+def result(query: Query) -> str | None:
+    """A task result to filter by; 'none' means unfinished."""
+    value = one(query, "result")
+    if value not in (None, "complete", "error", "alert", "warn", "none"):
+        raise BadRequest(HTTPStatus.BAD_REQUEST,
+                         "result must be complete, error, alert, warn or none")
+    return value
