@@ -3,7 +3,8 @@
 `connection` opens the database (pragmas, migrations, `write_txn`); `workflows`
 holds the SQL of workflow files and phases, `fires` the fire ledger's, and
 `taskrows` that of tasks, alerts and arrived files. `Store` is one connection
-with all three.
+with all three. `reads` is the read model over a Store: what the API, the
+dashboard and the commands show.
 """
 
 from __future__ import annotations
