@@ -16,6 +16,8 @@ import apsw
 import pytest
 
 from flowlord.bus.inprocess import InProcessBus
+from flowlord.bus.local import LocalBus
+from flowlord.cli import main
 from flowlord.clock import FakeClock
 from flowlord.commands import DaemonBusy
 from flowlord.config import Config
@@ -82,6 +84,28 @@ def test_each_slot_fires_once_its_tasks_run_and_the_plan_is_written(
     assert len(rows) == 6  # each fire and its child, once
     assert query(db, "SELECT next_fire FROM workflow_phases WHERE task = 'tick'") == [
         ("2026-12-01T12:00:40Z",)]
+
+
+def test_without_a_worker_tasks_wait_in_the_database_and_are_listed(
+        tmp_path: Path, wf: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (wf / "a.toml").write_text(EVERY_10S.format(extra="") +
+                               '[[phase]]\ntask = "child"\ndependsOn = "tick"\n')
+    db, clock = tmp_path / "f.db", FakeClock(START)
+    with stepped(tmp_path, wf, clock, bus=LocalBus({})) as d:
+        for _ in range(3):
+            turn(d, clock, 10.0)
+    rows = query(db, "SELECT type, info, meta, started, attempt, scheduled_for FROM tasks")
+    assert [r[5] for r in rows] == every_10s("2026-12-01T12:00:10Z", 3)
+    for type_, info, meta, started, attempt, slot in rows:
+        stamp = str(slot).replace("-", "").replace(":", "").rstrip("Z")
+        assert (type_, info, started, attempt) == ("tick", f"t={stamp}", None, 0)
+        assert str(meta).startswith("workflow=a.toml&cron=")
+    capsys.readouterr()  # the daemon's log lines
+    assert main(["tasks", "--db", str(db), "--result", "none"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert len(listed) == 3 and all("\ttick\twaiting\tt=" in line for line in listed)
+    assert query(db, "SELECT task, next_fire FROM phase_schedule ORDER BY task") == [
+        ("child", None), ("tick", "2026-12-01T12:00:40Z")]
 
 
 def test_a_restart_catches_up_the_slots_missed_while_down(tmp_path: Path, wf: Path) -> None:

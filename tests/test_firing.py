@@ -1,5 +1,7 @@
-"""The real daemon firing cron phases: exactly once per slot through kills, a locked
-database, edits by several writers, and broken files."""
+"""The real daemon firing cron phases: exactly once per slot through SIGKILLs, a locked
+database (with systemd's watchdog pings going on), a database locked at start, and
+edits by several writers. Firing, catch-up, clock steps, other writers and broken
+edits are also driven in-process, turn by turn, in tests/test_daemon_step.py."""
 
 from __future__ import annotations
 
@@ -43,31 +45,6 @@ def assert_exactly_once_without_gaps(db: Path) -> None:
                          "GROUP BY scheduled_for")
     assert len(per_slot) == len(slots) and {n for _, n in per_slot} == {1}
     assert query(db, "PRAGMA foreign_key_check") == []
-
-
-def test_phases_fire_and_their_tasks_wait_in_the_database(
-        tmp_path: Path, wf: Path, notify_socket: socket.socket) -> None:
-    (wf / "a.toml").write_text(EVERY_SECOND.format(extra="") + (
-        '[[phase]]\ntask = "child"\ndependsOn = "tick"\n'))
-    db = tmp_path / "f.db"
-    with daemon(tmp_path, wf, db) as proc:
-        messages_until(notify_socket, "READY=1")
-        wait_for(lambda: len(fired(db)) >= 3)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=20) == 0
-    rows = query(db, "SELECT type, info, meta, started, attempt, scheduled_for FROM tasks")
-    assert len(rows) == len(fired(db))
-    for type_, info, meta, started, attempt, slot in rows:
-        stamp = str(slot).replace("-", "").replace(":", "").rstrip("Z")
-        assert (type_, info, started, attempt) == ("tick", f"t={stamp}", None, 0)
-        assert str(meta).startswith("workflow=a.toml&cron=")
-    assert_exactly_once_without_gaps(db)
-    listed = run_cli("tasks", "--db", str(db), "--result", "none")
-    assert listed.returncode == 0
-    assert len(listed.stdout.splitlines()) == len(rows)
-    assert all("\ttick\twaiting\tt=" in line for line in listed.stdout.splitlines())
-    plan = query(db, "SELECT task, next_fire, last_fired FROM phase_schedule ORDER BY task")
-    assert plan[0][:2] == ("child", None) and plan[1][1] is not None
 
 
 def test_sigkill_and_restart_never_fire_a_slot_twice_and_catch_up_all(
@@ -188,52 +165,6 @@ def test_many_writers_end_with_the_database_equal_to_the_directory(
         wait_for(in_step, seconds=30)
         phases = query(db, "SELECT count(*) FROM workflow_phases")[0][0]
         assert phases == sum(p.read_text().count("[[phase]]") for p in wf.rglob("*.toml"))
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=20) == 0
-
-
-def test_a_broken_edit_keeps_the_last_good_phases_firing(
-        tmp_path: Path, wf: Path, notify_socket: socket.socket) -> None:
-    good = EVERY_SECOND.format(extra="")
-    (wf / "a.toml").write_text(good)
-    db = tmp_path / "f.db"
-    with daemon(tmp_path, wf, db) as proc:
-        wait_for(lambda: len(fired(db)) >= 2)
-        (wf / "a.toml").write_text(good + "[[phase]\ntask = \n")
-        wait_for(lambda: str(query(db, "SELECT status FROM workflow_files")[0][0])
-                 .startswith("parse error"))
-        count = len(fired(db))
-        wait_for(lambda: len(fired(db)) >= count + 3)
-        (wf / "a.toml").write_text(good.replace("t={TS}", "fixed={TS}"))
-        wait_for(lambda: query(db, "SELECT f.status, p.template FROM workflow_files AS f "
-                                   "JOIN workflow_phases AS p USING (file_path)")
-                 == [("", "fixed={TS}")])
-        wait_for(lambda: query(db, "SELECT count(*) FROM tasks WHERE info LIKE 'fixed=%'")
-                 [0][0] >= 1)  # type: ignore[operator]
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=20) == 0
-    assert_exactly_once_without_gaps(db)
-
-
-def test_changes_made_by_another_flowlord_process_are_scheduled(
-        tmp_path: Path, wf: Path, notify_socket: socket.socket) -> None:
-    (wf / "a.toml").write_text(EVERY_SECOND.format(extra=""))
-    db = tmp_path / "f.db"
-    with daemon(tmp_path, wf, db) as proc:
-        wait_for(lambda: len(fired(db)) >= 2)
-        proc.send_signal(signal.SIGSTOP)  # while it sleeps, `flowlord refresh` does the work
-        try:
-            (wf / "a.toml").unlink()
-            (wf / "b.toml").write_text(EVERY_SECOND.format(extra="").replace("tick", "tock"))
-            done = run_cli("refresh", "-w", str(wf), "--db", str(db))
-            assert done.stdout.split() == ["+b.toml", "-a.toml"]
-        finally:
-            proc.send_signal(signal.SIGCONT)
-        wait_for(lambda: len(fired(db, "tock")) >= 2)
-        ticks = len(fired(db))
-        last_tock = fired(db, "tock")[-1]
-        wait_for(lambda: fired(db, "tock")[-1] >= last_tock + 2)
-        assert len(fired(db)) == ticks  # the removed phase stopped
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
 
