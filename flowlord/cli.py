@@ -15,7 +15,7 @@ from typing import NoReturn
 
 import apsw
 
-from flowlord import __version__, cli_tasks, cron, daemon, logs, report
+from flowlord import __version__, cli_tasks, cron, daemon, logs, operations, report
 from flowlord.clock import parse_iso, rfc3339
 from flowlord.config import Config, ConfigError, find_config_file, load_config, with_flags
 from flowlord.durations import parse_duration
@@ -359,7 +359,10 @@ def _find_phase_in_files(root: str, task: str, workflow: str | None) -> Phase:
         if workflow is None or key == workflow:
             loaded = load_file(key, path)
             phases += [] if isinstance(loaded, str) else loaded
-    return cli_tasks.pick_phase(phases, task, workflow, root)
+    chosen = operations.pick_phase(phases, task, workflow, root)
+    for warning in chosen.warnings:
+        print(f"flowlord: warning: {warning}", file=sys.stderr)
+    return chosen.phase
 
 
 def cmd_doctor(args: argparse.Namespace, config: Config) -> int:
@@ -408,7 +411,8 @@ def cmd_export(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_worker(args: argparse.Namespace, config: Config) -> int:
-    """A remote worker: the tasks of one topic from the redis bus (CONTRACT §6)."""
+    """A remote worker: the tasks of one topic from the redis bus (README.md, Beyond one
+    machine: the redis bus)."""
     from flowlord.bus import BusUnavailable
     from flowlord.bus.worker import RemoteWorker
 

@@ -40,6 +40,7 @@ from flowlord.dispatch import Dispatcher
 from flowlord.file_triggers import FileTriggers
 from flowlord.ledger import Ledger
 from flowlord.loader import Loader
+from flowlord.model import Fire
 from flowlord.retention import Retention
 from flowlord.scheduler import Scheduler
 from flowlord.sdnotify import notify, watchdog_interval
@@ -47,7 +48,8 @@ from flowlord.standby import DEFAULT_LEASE, Leadership, NodeInUse
 from flowlord.store import Store
 from flowlord.tasks import Context, meta_dir
 from flowlord.wakeup import Wakeup
-from flowlord.web.api import Api, HttpServer, parse_listen
+from flowlord.web.api import Api
+from flowlord.web.server import HttpServer, parse_listen
 from flowlord.webhook import Webhook
 from flowlord.workflow_sync import WorkflowSync
 
@@ -55,6 +57,8 @@ TICK = 1.0  # longest wait: bounds how late a clock step is seen
 BUSY_TIMEOUT_MS = 1000  # a locked database is retried on the next turn, with pings between
 STOP_WRITE_SECONDS = 10.0  # at stop, how long to retry recording fires in a locked database
 STUCK_AFTER = 30.0  # seconds without a turn of the main loop: /healthz answers 503
+LOCK_TRIES = 5  # looks at the database's lock before another daemon is taken to hold it
+COMMAND_TIMEOUT = 10.0  # seconds an HTTP request waits for the loop to apply its command
 RETRY_SOON = 0.2  # seconds before the next turn while work waits (a locked database)
 
 
@@ -178,12 +182,19 @@ class Daemon:
         path = self.config.db + ".lock"
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ConfigError(f"another flowlord run is using {self.config.db}") from None
         except OSError as e:
             raise ConfigError(f"cannot lock {path}: {e.strerror}") from None
-        return fd
+        for attempt in range(LOCK_TRIES):  # `flowlord phases` may hold it shared a moment
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                time.sleep(0.01 * (attempt + 1))
+            except OSError as e:
+                os.close(fd)
+                raise ConfigError(f"cannot lock {path}: {e.strerror}") from None
+        os.close(fd)
+        raise ConfigError(f"another flowlord run is using {self.config.db}")
 
     def _bus(self) -> Bus:
         """The bus the config names: `local`, or a redis URL (which must answer now)."""
@@ -230,11 +241,21 @@ class Daemon:
         api = Api(self.config,
                   lambda: time.monotonic() - self.last_turn < STUCK_AFTER,
                   lambda: self.leadership.role if self.leadership is not None else "leader",
-                  token, last_rescan=lambda: self.sync.last_rescan)
+                  token, last_rescan=lambda: self.sync.last_rescan, loop=self)
         try:
             return HttpServer(host, port, api, self.log)
         except OSError as e:
             raise ConfigError(f"http.listen {self.config.http_listen}: {e.strerror}") from None
+
+    # --- what other threads ask of the loop (flowlord/web/actions.py's Loop) ----------
+
+    def record(self, kind: str, actor: str, fires: list[Fire]) -> list[Fire]:
+        return self.commands.ask(kind, actor, lambda: self.ledger.record_now(
+            self.store, fires, self.clock.now()), COMMAND_TIMEOUT)
+
+    def rescan(self, actor: str) -> list[str]:
+        return self.commands.ask("refresh", actor, lambda: self.sync.rescan(self.clock.now()),
+                                 COMMAND_TIMEOUT)
 
     # --- one turn -------------------------------------------------------------------
 
@@ -265,10 +286,12 @@ class Daemon:
         if self.ping_every and monotonic >= self.next_ping:
             notify("WATCHDOG=1")
             self.next_ping = monotonic + self.ping_every
-        return self._wait(now, monotonic)
+        return self._wait()
 
-    def _wait(self, now: datetime, monotonic: float) -> float:
-        """Until the next slot, retry, rescan or settled file event; at most TICK."""
+    def _wait(self) -> float:
+        """Until the next slot, retry, rescan or settled file event; at most TICK. From
+        the clock's time now, not the turn's: a long turn must not make a fire late."""
+        now, monotonic = self.clock.now(), self.clock.monotonic()
         waits = [TICK, self.sync.next_rescan - monotonic]
         deadline = self.ledger.scheduler.next_deadline()
         if deadline is not None:

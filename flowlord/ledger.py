@@ -130,6 +130,14 @@ class Ledger:
         self._log_fires(new, len(self.pending) - len(new), now)
         self.pending, self.unplanned = [], set()
 
+    def record_now(self, store: Store, fires: Sequence[Fire], now: datetime) -> list[Fire]:
+        """Fires an operator asked for (trigger, backload), recorded in one transaction
+        now; those that were new. Raises what the write raised (a locked database)."""
+        with write_txn(store.conn):
+            new = store.record_fires(fires, rfc3339_ms(now))
+        self._log_fires(new, len(fires) - len(new), now)
+        return new
+
     def _plan(self) -> Plan:
         texts: dict[datetime, str] = {}  # phases share slots: format each once
         plan = []

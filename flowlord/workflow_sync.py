@@ -81,7 +81,11 @@ class WorkflowSync:
         """A full rescan of the workflow path; the changes (`+key`, `~key`, `-key`)."""
         metrics.RESCANS.inc()
         self._watch()  # first: what changes during the rescan is seen
-        changes = self._refresh(None, now)
+        try:
+            changes = self._refresh(None, now)
+        except LoaderError:
+            self.resync = True  # it may have committed some files: compare all next time
+            raise
         self.last_rescan = rfc3339_ms(now)
         self.file_triggers.follow(self.store)  # a directory may exist now
         return changes

@@ -1,5 +1,5 @@
 """Arrived files: pattern matching, watch roots, the tasks a file starts, and how an
-arrival is recorded (flowlord-reference §3.4, §5.9)."""
+arrival is recorded (docs/compatibility.md, File triggers)."""
 
 from __future__ import annotations
 

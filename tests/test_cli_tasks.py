@@ -1,5 +1,6 @@
-"""`flowlord trigger`, `backload` and `tasks` end to end (CONTRACT §3, §6, §7): the real
-command in its own process, its effects checked in the database itself."""
+"""`flowlord trigger`, `backload` and `tasks` end to end (README.md: A tour, Running
+tasks, Debugging with sqlite3): the real command in its own process, its effects
+checked in the database itself."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""flowlord.cron: robfig/cron v3 grammar (seconds optional) and the DST policy of CONTRACT §4.
+"""flowlord.cron: robfig/cron v3 grammar (seconds optional) and the DST policy of
+docs/compatibility.md, Daylight saving.
 
 Expectations are whole sequences of fire times written as ISO strings with
 offsets, so a wrong offset, a double fire or a missing fire all show up.
@@ -518,7 +519,8 @@ HORIZON = timedelta(hours=8)
 
 
 def brute_force(oracle: Oracle, after: datetime, zone: ZoneInfo) -> list[datetime]:
-    """Every fire in (after, after + HORIZON], minute by minute, straight from CONTRACT §4."""
+    """Every fire in (after, after + HORIZON], minute by minute, straight from the
+    policy (docs/compatibility.md, Daylight saving)."""
     fires: list[datetime] = []
     moment = after.astimezone(UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)
     while moment <= after.astimezone(UTC) + HORIZON:

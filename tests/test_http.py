@@ -1,5 +1,6 @@
-"""The HTTP API of the real daemon (CONTRACT §8): its answers, the token on POST, its 4xx
-for bad parameters and bodies, and no 500 for a thousand random requests."""
+"""The HTTP API of the real daemon (README.md, HTTP API and dashboard): its answers, the
+token on POST, its 4xx for bad parameters and bodies, and no 500 for a thousand random
+requests."""
 
 from __future__ import annotations
 

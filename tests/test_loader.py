@@ -268,7 +268,7 @@ def test_targeted_refresh_looks_only_at_the_given_paths(wf: Path, loader: Loader
     assert rows(store) == {"a.toml": ["a2"]}
 
 
-# --- lookups, as flowlord-reference §2 describes them, with its fixes -------------------
+# --- lookups, as docs/compatibility.md, Task and phase identity, describes them -------------------
 
 
 @pytest.fixture

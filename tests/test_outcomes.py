@@ -1,4 +1,4 @@
-"""What a task's result leads to (flowlord-reference §3.5–3.7, §5.4–5.7).
+"""What a task's result leads to (docs/compatibility.md, Results, retries and alerts).
 
 warn → nothing; alert → an alert; error → a retry, or a failure alert once the
 phase's retries are spent; complete → the children. Expectations follow the

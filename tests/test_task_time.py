@@ -1,4 +1,4 @@
-"""The time of a task (flowlord-reference §4.4): TaskTime, InfoTime and PathTime.
+"""The time of a task (docs/compatibility.md, Task time): TaskTime, InfoTime and PathTime.
 
 None stands for Go's zero time ("no time known"). Every time found is UTC.
 Expectations follow the reference: TaskTime prefers meta `cron=`; InfoTime refuses

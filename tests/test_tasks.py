@@ -1,5 +1,5 @@
-"""Building the tasks of a cron fire, a batch and a backload (flowlord-reference §3.8,
-§4.3, §5.1, §5.3; CONTRACT §5).
+"""Building the tasks of a cron fire, a batch and a backload (docs/compatibility.md,
+Tasks of a fire; Backload and trigger; Task time; Meta).
 
 Expectations are worked out from the reference's rules, with the deliberate
 divergences documented in `flowlord/tasks.py`: the template time is the slot plus
@@ -82,7 +82,7 @@ def presidents(tmp_path: Path) -> Path:
     return d
 
 
-# --- encoding meta (CONTRACT §5) --------------------------------------------------------
+# --- encoding meta (docs/compatibility.md, Meta) --------------------------------------
 
 
 def test_meta_pairs_join_as_a_query_string_in_the_given_order() -> None:

@@ -1,4 +1,4 @@
-"""Template tokens (flowlord-reference §4.1, §4.2): the time pass and the meta pass.
+"""Template tokens (docs/compatibility.md, Templates): the time pass and the meta pass.
 
 Expected values are written out from the reference's rules, using the time of
 its own example (`{TS}` of 2018-01-02 03:17:34 is `20180102T031734`).

@@ -1,4 +1,5 @@
-"""Every CONTRACT §2 status message, with its severity, on a real parse of TOML text."""
+"""Every status message of README.md (Status messages), with its severity, on a real
+parse of TOML text."""
 
 from __future__ import annotations
 

@@ -3,7 +3,8 @@ place. Functions of a Store (a read-only one will do) returning plain rows and d
 
 A phase and a task become a dict through one builder each (`phase_json`, `task_json`),
 so a field has one name wherever it is shown: `flowlord phases --json`, `flowlord tasks
---json`, `/api/phases` and `/api/tasks` all call the workflow file `file` (CONTRACT §8).
+--json`, `/api/phases` and `/api/tasks` all call the workflow file `file` (README.md,
+HTTP API and dashboard).
 Each table is read with its one column list (`PHASE_COLUMNS`, `TASK_COLUMNS`).
 
 The planner has no statistics, so the listings are steered to their indexes (the

@@ -1,5 +1,5 @@
-"""The dashboard: server-rendered HTML pages over the read model (`flowlord.store.reads`,
-as the API reads it) (CONTRACT §8, `GET /`).
+"""The dashboard (README.md, HTTP API and dashboard): server-rendered HTML pages over
+the read model (`flowlord.store.reads`, as the API reads it).
 
 Jinja2 with autoescape renders every page, so workflow content (task names, rules,
 templates, messages) is always text, never markup. No JavaScript and no asset from

@@ -1,0 +1,142 @@
+"""POST /api/refresh, /api/trigger and /api/backload: operator actions over HTTP.
+
+Behind a bearer token (401 without it, 403 when none is configured). The request
+is checked here and its fires are built by reading (flowlord/operations.py, the
+code `flowlord trigger` and `backload` run); recording them, or rescanning, is
+asked of the daemon's loop, the only writer in its process, and the answer waits
+for the outcome (flowlord/commands.py): 503 when the loop did not get to it in
+time, in which case nothing was changed.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from datetime import UTC, datetime
+from http import HTTPStatus
+from typing import Any, Protocol
+
+from flowlord import operations
+from flowlord.clock import parse_iso
+from flowlord.commands import DaemonBusy
+from flowlord.config import Config
+from flowlord.errors import BadRequest, UsageError
+from flowlord.loader import LoaderError
+from flowlord.model import Fire
+from flowlord.rules import BY_STEPS
+from flowlord.store import Store, StoreError
+from flowlord.tasks import BuildError, Context, meta_dir
+
+ACTOR = "token"  # who acts: the one configured token's name
+
+
+class Loop(Protocol):
+    """What the daemon's loop does for a request (flowlord.daemon.Daemon)."""
+
+    def record(self, kind: str, actor: str, fires: list[Fire]) -> list[Fire]:
+        """The fires recorded through the ledger; those that were new."""
+
+    def rescan(self, actor: str) -> list[str]:
+        """A full rescan; the changes (`+key`, `~key`, `-key`)."""
+
+
+class Actions:
+    def __init__(self, config: Config, token: str, loop: Loop | None) -> None:
+        self.config = config
+        self.token = token
+        self.loop = loop
+
+    def post(self, path: str, authorization: str, body: bytes) -> tuple[HTTPStatus, Any]:
+        if not self.token:
+            raise BadRequest(HTTPStatus.FORBIDDEN, "POST is disabled: no http.token is set")
+        given = authorization.removeprefix("Bearer ").strip()
+        if not authorization.startswith("Bearer ") or not hmac.compare_digest(
+                given.encode(), self.token.encode()):
+            raise BadRequest(HTTPStatus.UNAUTHORIZED, "Authorization: Bearer <token> needed")
+        routes = {"/api/refresh": self.refresh, "/api/trigger": self.trigger,
+                  "/api/backload": self.backload}
+        if path not in routes:
+            raise BadRequest(HTTPStatus.NOT_FOUND, f"no such path: {path}")
+        try:
+            fields = json.loads(body or b"{}")
+        except ValueError as e:
+            raise BadRequest(HTTPStatus.BAD_REQUEST, f"the body is not JSON: {e}") from None
+        if not isinstance(fields, dict):
+            raise BadRequest(HTTPStatus.BAD_REQUEST, "the body must be a JSON object")
+        try:
+            return routes[path](fields)
+        except UsageError as e:  # no such phase, a phase that cannot run
+            raise BadRequest(HTTPStatus.BAD_REQUEST, str(e)) from None
+        except (DaemonBusy, LoaderError, StoreError) as e:
+            raise BadRequest(HTTPStatus.SERVICE_UNAVAILABLE, str(e)) from None
+
+    def refresh(self, fields: dict[str, Any]) -> tuple[HTTPStatus, Any]:
+        return HTTPStatus.OK, {"changes": self._loop().rescan(ACTOR)}
+
+    def trigger(self, fields: dict[str, Any]) -> tuple[HTTPStatus, Any]:
+        chosen = self._phase(fields)
+        fire = operations.trigger_fire(chosen.phase, _time(fields, "time", None),
+                                       self._context())
+        if fire.error:
+            raise BadRequest(HTTPStatus.UNPROCESSABLE_ENTITY, fire.error)
+        return _created(self._loop().record("trigger", ACTOR, [fire]), chosen.warnings)
+
+    def backload(self, fields: dict[str, Any]) -> tuple[HTTPStatus, Any]:
+        by = _text(fields, "by", None)
+        if by is not None and by not in BY_STEPS:
+            raise BadRequest(HTTPStatus.BAD_REQUEST, "by must be hour, day, week or month")
+        start, end = _time(fields, "from"), _time(fields, "to")
+        assert start is not None and end is not None
+        chosen = self._phase(fields)
+        try:
+            fires = operations.backload_fires(chosen.phase, start, end, by, self._context())
+        except BuildError as e:
+            raise BadRequest(HTTPStatus.UNPROCESSABLE_ENTITY, str(e)) from None
+        return _created(self._loop().record("backload", ACTOR, fires), chosen.warnings)
+
+    def _phase(self, fields: dict[str, Any]) -> operations.Chosen:
+        task, workflow = _text(fields, "task"), _text(fields, "workflow", None)
+        store = Store(self.config.db, readonly=True)
+        try:
+            return operations.runnable_phase(store, task, workflow)
+        finally:
+            store.close()
+
+    def _context(self) -> Context:
+        return Context(self.config.zone(), meta_dir(self.config.workflows), datetime.now(UTC))
+
+    def _loop(self) -> Loop:
+        if self.loop is None:
+            raise BadRequest(HTTPStatus.SERVICE_UNAVAILABLE, "no daemon to act")
+        return self.loop
+
+
+def _created(new: list[Fire], warnings: list[str]) -> tuple[HTTPStatus, Any]:
+    """201 with the created tasks; 200 with none when every slot was fired before."""
+    tasks = [json.loads(t.to_json()) for fire in new for t in fire.tasks]
+    answer: dict[str, Any] = {"fires": len(new), "tasks": tasks}
+    if warnings:  # several phases matched: which one was used
+        answer["warnings"] = warnings
+    return (HTTPStatus.CREATED if new else HTTPStatus.OK), answer
+
+
+_REQUIRED = object()
+
+
+def _text(fields: dict[str, Any], key: str, default: Any = _REQUIRED) -> Any:
+    value = fields.get(key, default)
+    if value is _REQUIRED:
+        raise BadRequest(HTTPStatus.BAD_REQUEST, f"{key} is required")
+    if value is not default and not isinstance(value, str):
+        raise BadRequest(HTTPStatus.BAD_REQUEST, f"{key} must be a string")
+    return value
+
+
+def _time(fields: dict[str, Any], key: str, default: Any = _REQUIRED) -> datetime | None:
+    text = _text(fields, key, default)
+    if text is None:
+        return None
+    try:
+        return parse_iso(text)
+    except ValueError:
+        raise BadRequest(HTTPStatus.BAD_REQUEST, f"{key} is not an ISO 8601 time") from None
