@@ -14,6 +14,7 @@ pause) takes into a running daemon.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -23,6 +24,7 @@ import apsw
 T = TypeVar("T")
 
 QUEUED, RUNNING, DONE, WITHDRAWN = "queued", "running", "done", "withdrawn"
+POLL = 0.1  # seconds between a waiting request's looks at its deadline
 
 
 class DaemonBusy(Exception):
@@ -48,22 +50,39 @@ class Commands:
 
     def ask(self, kind: str, actor: str, apply: Callable[[], T], timeout: float) -> T:
         """Have the loop run `apply` and return its result (or raise its error);
-        DaemonBusy when it did not begin within `timeout` seconds."""
+        DaemonBusy when it was not done within `timeout` seconds (a command the loop
+        began and put back, the database being locked, is withdrawn too)."""
         command = Command(kind, actor, apply)
         with self._lock:
             self._queue.append(command)
         self._wake()
-        if not command.finished.wait(timeout):
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if command.finished.wait(min(POLL, left) if left > 0 else POLL):
+                break
+            if time.monotonic() < deadline:
+                continue
             with self._lock:
                 if command.state == QUEUED:
                     command.state = WITHDRAWN
                     self._queue.remove(command)
                     raise DaemonBusy(f"the daemon did not get to the {kind} within "
                                      f"{timeout:g} s; nothing was changed: try again")
-            command.finished.wait()  # begun: it ends soon, and its outcome is the answer
+            # running now: it ends within one write's busy timeout, and is the answer
         if command.error is not None:
             raise command.error
         return command.result  # type: ignore[return-value]
+
+    def fail_queued(self) -> None:
+        """At the daemon's stop: every queued command is answered, none applied."""
+        with self._lock:
+            queued, self._queue = self._queue, []
+            for command in queued:
+                command.state = WITHDRAWN
+                command.error = DaemonBusy(f"the daemon stopped before the {command.kind}; "
+                                           "nothing was changed")
+                command.finished.set()
 
     def apply_queued(self, log: Any) -> None:
         """On the loop: run every queued command, in order. One the database is locked

@@ -30,6 +30,8 @@ import time
 from datetime import datetime
 from types import FrameType
 
+import apsw
+
 from flowlord import logs
 from flowlord.bus import Bus, BusUnavailable
 from flowlord.bus.local import LocalBus
@@ -39,7 +41,7 @@ from flowlord.config import Config, ConfigError
 from flowlord.dispatch import Dispatcher
 from flowlord.file_triggers import FileTriggers
 from flowlord.ledger import Ledger
-from flowlord.loader import Loader
+from flowlord.loader import Loader, LoaderError
 from flowlord.model import Fire
 from flowlord.retention import Retention
 from flowlord.scheduler import Scheduler
@@ -106,7 +108,8 @@ class Daemon:
 
     def start(self) -> None:
         """The first load, the schedule with its catch-up fires, the tasks left by the
-        last run; all committed before the daemon says it is ready."""
+        last run; committed before the daemon says it is ready (with a redis bus, the
+        catch-up fires wait for the first turn's lease and claims)."""
         self.sync.first_load(self.clock.now, lambda: bool(self.stop_signals), self.wakeup.wait)
         now = self.clock.now()
         self.ledger.start(self.store, now, self._context(now))
@@ -164,6 +167,7 @@ class Daemon:
                     or time.monotonic() >= deadline or self.hurry()):
                 break
             time.sleep(RETRY_SOON)
+        self.commands.fail_queued()
         self.dispatcher.close(self.config.shutdown_grace.total_seconds(), STOP_WRITE_SECONDS,
                               self.hurry)
         if self.leadership is not None:
@@ -254,8 +258,19 @@ class Daemon:
             self.store, fires, self.clock.now()), COMMAND_TIMEOUT)
 
     def rescan(self, actor: str) -> list[str]:
-        return self.commands.ask("refresh", actor, lambda: self.sync.rescan(self.clock.now()),
-                                 COMMAND_TIMEOUT)
+        return self.commands.ask("refresh", actor, self._rescan_now, COMMAND_TIMEOUT)
+
+    def _rescan_now(self) -> list[str]:
+        """A rescan asked for over HTTP, on the loop: the slots due by now fire first from
+        the phases as they were (as in a turn); a locked database keeps it queued."""
+        now = self.clock.now()
+        self.ledger.fire_due(now, self.clock.monotonic(), self._context(now))
+        try:
+            return self.sync.rescan(now)
+        except LoaderError as e:
+            if isinstance(e.__cause__, apsw.BusyError):
+                raise e.__cause__ from None  # tried again on the next turn
+            raise
 
     # --- one turn -------------------------------------------------------------------
 
@@ -268,12 +283,12 @@ class Daemon:
         self.ledger.fire_due(now, monotonic, ctx)
         asked, self.rescan_asked = self.rescan_asked, False  # a SIGHUP from now on counts
         self.sync.turn(now, monotonic, asked)
-        if self._lead(monotonic):
+        if self._lead(self.clock.monotonic()):  # after a long rescan, the lease's time now
             self.file_triggers.record(self.store, ctx)
         else:  # a standby leaves arrived files to the leader
             self.file_triggers.drop()
         self.ledger.fire_due(now, monotonic, ctx)
-        self.ledger.write(self.store, now, self.clock.monotonic)
+        self.ledger.write(self.store, self.clock.now(), self.clock.monotonic)  # fired_at
         self.commands.apply_queued(self.log)
         # the tasks in this database are its own, whoever leads: a standby that led
         # before still runs their children and retries

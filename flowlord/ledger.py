@@ -120,10 +120,9 @@ class Ledger:
             return
         except Exception:  # e.g. a task the database refuses: it must not block the others
             self.log.exception("cannot record the fires together; recording them one by one")
-            each = self._write_each(store, plan, now)
-            if each is None:
-                return
-            new = each
+            if self._write_each(store, plan, now):
+                self.unplanned = set()
+            return
         waited = clock() - started
         if waited > 0.5:
             self.log.warning("waited for the database lock", seconds=round(waited, 3))
@@ -171,30 +170,36 @@ class Ledger:
         else:
             self.pending, self.held = settled
 
-    def _write_each(self, store: Store, plan: Plan, now: datetime) -> list[Fire] | None:
+    def _write_each(self, store: Store, plan: Plan, now: datetime) -> bool:
         """Each pending fire in its own transaction; a fire that cannot be stored is
-        recorded without its tasks, with the reason. None: the database got locked."""
+        recorded without its tasks, with the reason. The fires recorded are logged and
+        leave `pending`; False when the rest (or the plan) must wait for a later turn."""
         new: list[Fire] = []
         fired_at = rfc3339_ms(now)
-        try:
-            for i, fire in enumerate(self.pending):
+        for i, fire in enumerate(self.pending):
+            try:
                 try:
                     with write_txn(store.conn):
                         new += store.record_fires([fire], fired_at)
                 except apsw.BusyError:
-                    self.pending = self.pending[i:]
-                    return None
+                    raise
                 except Exception as e:
                     failed = Fire(fire.file_path, fire.phase, fire.scheduled_for, fire.source,
                                   (), f"cannot store its tasks: {type(e).__name__}: {e}")
                     with write_txn(store.conn):
                         new += store.record_fires([failed], fired_at)
+            except Exception:  # locked, or not even the fire alone can be stored: later
+                self.pending = self.pending[i:]
+                self._log_fires(new, 0, now)
+                return False
+        self.pending = []  # all recorded; the plan is written now or next time
+        self._log_fires(new, 0, now)
+        try:
             with write_txn(store.conn):
                 store.set_next_fires(plan)
         except apsw.BusyError:
-            self.pending = []  # all recorded; the plan is written next time
-            return None
-        return new
+            return False
+        return True
 
     def _log_fires(self, new: Sequence[Fire], repeated: int, now: datetime) -> None:
         for f in new:

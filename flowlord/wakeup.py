@@ -14,17 +14,23 @@ import contextlib
 import os
 import select
 import signal
+import threading
 
 
 class Wakeup:
     def __init__(self) -> None:
         self._read, self._write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._signals = False
+        self._closed = False
+        self._lock = threading.Lock()  # a late wake() never writes to a reused descriptor
 
     def wake(self) -> None:
-        """End the loop's wait now (from any thread). A full pipe is already a wake-up."""
-        with contextlib.suppress(BlockingIOError, OSError):
-            os.write(self._write, b"\0")
+        """End the loop's wait now (from any thread, not a signal handler). A full pipe
+        is already a wake-up; after close() it does nothing."""
+        with self._lock:
+            if not self._closed:
+                with contextlib.suppress(BlockingIOError):
+                    os.write(self._write, b"\0")
 
     def on_signals(self) -> None:
         """Signals wake the wait too (call from the main thread)."""
@@ -42,5 +48,7 @@ class Wakeup:
     def close(self) -> None:
         if self._signals:
             signal.set_wakeup_fd(-1)
-        os.close(self._read)
-        os.close(self._write)
+        with self._lock:
+            self._closed = True
+            os.close(self._read)
+            os.close(self._write)

@@ -85,6 +85,7 @@ class WorkflowSync:
             changes = self._refresh(None, now)
         except LoaderError:
             self.resync = True  # it may have committed some files: compare all next time
+            self.next_rescan = 0.0  # and rescan on the next turn
             raise
         self.last_rescan = rfc3339_ms(now)
         self.file_triggers.follow(self.store)  # a directory may exist now

@@ -251,3 +251,34 @@ def test_a_failing_task_is_retried_when_its_delay_has_passed(tmp_path: Path, wf:
         turn(d, clock)
     assert query(db, "SELECT attempt, result FROM tasks ORDER BY task_no") == [
         (0, "error"), (1, "complete")]
+
+
+def test_a_rescan_asked_while_the_database_is_locked_waits_for_it(
+        tmp_path: Path, wf: Path) -> None:
+    db, clock = tmp_path / "f.db", FakeClock(START)
+    with stepped(tmp_path, wf, clock) as d:
+        d.store.conn.set_busy_timeout(0)
+        d.sync.stop()  # only the asked-for rescan finds the new file
+        d.sync.watcher = None
+        (wf / "b.toml").write_text('[[phase]]\ntask = "new"\n')
+        holder = apsw.Connection(str(db))
+        holder.execute("BEGIN IMMEDIATE")
+        answers: list[Any] = []
+        asking = threading.Thread(target=lambda: answers.append(d.commands.ask(
+            "refresh", "tester", d._rescan_now, 60)))
+        asking.start()
+        while not d.commands.waiting:
+            asking.join(0.01)
+        for _ in range(3):
+            turn(d, clock)
+        assert asking.is_alive() and d.commands.waiting  # put back, not failed
+        holder.execute("COMMIT")
+        holder.close()
+        while asking.is_alive():
+            turn(d, clock)
+            asking.join(0.01)
+    # answered, not failed (the turn's own rescan, due after the failed one, may have
+    # found the file first)
+    assert answers in ([["+b.toml"]], [[]])
+    assert query(db, "SELECT task FROM workflow_phases WHERE file_path = 'b.toml'") == [
+        ("new",)]

@@ -104,7 +104,10 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._host_allowed():
             return
         try:
-            length = int(self.headers.get("Content-Length") or 0)
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:  # not a number
+                raise BadRequest(HTTPStatus.BAD_REQUEST, "bad Content-Length") from None
             if not 0 <= length <= MAX_BODY:
                 raise BadRequest(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                                  f"a body of at most {MAX_BODY} bytes")
@@ -113,8 +116,6 @@ class _Handler(BaseHTTPRequestHandler):
                                             self.headers.get("Authorization", ""), body)
         except BadRequest as e:
             status, answer = e.status, {"error": str(e)}
-        except ValueError:  # a Content-Length that is not a number
-            status, answer = HTTPStatus.BAD_REQUEST, {"error": "bad Content-Length"}
         except Exception:  # a bug costs this answer, never the daemon
             self.log.exception("http request failed", path=self.path[:200])
             status, answer = HTTPStatus.INTERNAL_SERVER_ERROR, {"error": INTERNAL_ERROR}
