@@ -15,7 +15,7 @@ from typing import NoReturn
 
 import apsw
 
-from flowlord import __version__, cli_tasks, cron, daemon, logs, operations, report
+from flowlord import __version__, cli_files, cli_tasks, cron, daemon, logs, report
 from flowlord.clock import parse_iso, rfc3339
 from flowlord.config import Config, ConfigError, find_config_file, load_config, with_flags
 from flowlord.durations import parse_duration
@@ -24,13 +24,8 @@ from flowlord.export import ExportError, export
 from flowlord.loader import (
     Loader,
     LoaderError,
-    Refusals,
-    list_workflows,
-    load_bytes,
-    read_workflow,
 )
 from flowlord.model import Phase
-from flowlord.parse import WorkflowParseError
 from flowlord.rules import parse_rule
 from flowlord.store import Store, StoreError, reads, write_txn
 
@@ -158,61 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
 
-def _out(text: str) -> None:
-    if text:
-        print(text)
-
 
 # --- commands ---------------------------------------------------------------------------
-
-
-def cmd_check(args: argparse.Namespace, config: Config) -> int:
-    findings: list[report.Finding] = []
-    files = 0
-    for path in args.paths or [config.workflows]:
-        if not os.path.exists(path):
-            raise UsageError(f"no such file or directory: {path}")
-        if os.path.isdir(path):
-            listing = list_workflows(path)
-            if listing.unlisted:
-                raise UsageError(f"cannot read directory: {path}/{listing.unlisted[0]}")
-            targets = listing.files
-        else:
-            targets = {os.path.basename(path): path}
-        # what the daemon would refuse, check reports (with this config's allowance)
-        refusals = Refusals(path, config.allow_world_writable)
-        for key, file in targets.items():
-            files += 1
-            findings.extend(check_file(key, file, refusals))
-    if args.json:
-        _out(report.findings_json(findings))
-    else:
-        _out("\n".join(report.findings_text(findings)))
-        _out(report.summary(files, findings))
-    return 1 if any(f[2] == "error" for f in findings) else 0
-
-
-def load_file(key: str, path: str) -> list[Phase] | str:
-    """What a refresh would store for one file: its phases, or its row's status."""
-    try:
-        return load_bytes(key, read_workflow(path)[1])
-    except OSError as e:
-        return f"parse error: cannot read file: {e.strerror}"
-    except WorkflowParseError as e:
-        return str(e)
-
-
-def check_file(key: str, path: str, refusals: Refusals | None = None) -> list[report.Finding]:
-    try:
-        refused = refusals.reason(path, os.stat(path)) if refusals else ""
-    except OSError:
-        refused = ""  # load_file says why it cannot be read
-    if refused:
-        return [(key, None, "error", f"parse error: refused: {refused}")]
-    outcome = load_file(key, path)
-    if isinstance(outcome, str):
-        return [(key, None, "error", outcome)]
-    return [(key, p.task, p.severity, p.status) for p in outcome]
 
 
 def _loader(config: Config) -> Loader:
@@ -232,11 +174,11 @@ def cmd_refresh(args: argparse.Namespace, config: Config) -> int:
     finally:
         loader.close()
     if args.json:
-        _out(json.dumps({kind: [c[1:] for c in changes if c[0] == sign]
+        report.show(json.dumps({kind: [c[1:] for c in changes if c[0] == sign]
                          for sign, kind in (("+", "added"), ("~", "changed"),
                                             ("-", "removed"))}))
     else:
-        _out("\n".join(changes))
+        report.show("\n".join(changes))
     return 0
 
 
@@ -300,14 +242,14 @@ def cmd_phases(args: argparse.Namespace, config: Config) -> int:
             next_fire = rfc3339(fire) if fire else None
         rows.append(reads.phase_json(phase, next_fire, last_fire))
     if args.json:
-        _out(json.dumps(rows, indent=1))
+        report.show(json.dumps(rows, indent=1))
         return 0
     for r in rows:
         if r["task"] is None:
-            _out(f"{r['file']}\t-\terror\t{r['status']}")
+            report.show(f"{r['file']}\t-\terror\t{r['status']}")
             continue
         line = f"{r['file']}\t{r['task']}\t{r['severity']}\tnext={r['next_fire'] or '-'}"
-        _out(line + (f"\t{r['status']}" if r["status"] else ""))
+        report.show(line + (f"\t{r['status']}" if r["status"] else ""))
     return 0
 
 
@@ -319,50 +261,8 @@ def cmd_graph(args: argparse.Namespace, config: Config) -> int:
         store.close()
     render = {"text": report.graph_text, "dot": report.graph_dot,
               "mermaid": report.graph_mermaid}[args.format]
-    _out(render(phases, edges))
+    report.show(render(phases, edges))
     return 0
-
-
-def cmd_next(args: argparse.Namespace, config: Config) -> int:
-    phase = _find_phase_in_files(config.workflows, args.task, args.workflow)
-    if phase.severity == "error":
-        print(f"flowlord: {phase.file_path}: {phase.task} cannot run: {phase.status}",
-              file=sys.stderr)
-        return 1
-    schedule = parse_rule(phase.rule).cron
-    if schedule is None:
-        print(f"flowlord: {phase.file_path}: {phase.task} has no cron rule", file=sys.stderr)
-        return 1
-    after = args.after or datetime.now(UTC)
-    zone = config.zone()
-    if after.tzinfo is None:
-        after = after.replace(tzinfo=cron.schedule_zone(schedule, zone))
-    try:
-        times = cron.fire_times(schedule, after, zone, args.n)
-    except cron.CronError as e:
-        print(f"flowlord: {phase.task}: {e}", file=sys.stderr)
-        return 1
-    _out("\n".join(t.isoformat() for t in times))
-    return 0
-
-
-def _find_phase_in_files(root: str, task: str, workflow: str | None) -> Phase:
-    """The phase named `task` (exactly, else by topic) in the workflow files."""
-    if not os.path.exists(root):
-        raise UsageError(f"no such file or directory: {root}")
-    files = list_workflows(root).files if os.path.isdir(root) else {
-        os.path.basename(root): root}
-    if workflow is not None and workflow not in files:
-        raise UsageError(f"no workflow file {workflow} in {root}")
-    phases: list[Phase] = []
-    for key, path in sorted(files.items()):
-        if workflow is None or key == workflow:
-            loaded = load_file(key, path)
-            phases += [] if isinstance(loaded, str) else loaded
-    chosen = operations.pick_phase(phases, task, workflow, root)
-    for warning in chosen.warnings:
-        print(f"flowlord: warning: {warning}", file=sys.stderr)
-    return chosen.phase
 
 
 def cmd_doctor(args: argparse.Namespace, config: Config) -> int:
@@ -385,7 +285,7 @@ def cmd_doctor(args: argparse.Namespace, config: Config) -> int:
                      if not p.startswith("workflow_phases ")]  # named above as orphans
     finally:
         store.close()
-    _out("\n".join(findings) if findings else f"{config.db}: ok")
+    report.show("\n".join(findings) if findings else f"{config.db}: ok")
     return 1 if findings else 0
 
 
@@ -406,7 +306,7 @@ def cmd_export(args: argparse.Namespace, config: Config) -> int:
             from None
     finally:
         store.close()
-    _out("\n".join(os.path.join(args.out, key) for key in keys))
+    report.show("\n".join(os.path.join(args.out, key) for key in keys))
     return 0
 
 
@@ -436,8 +336,8 @@ def cmd_worker(args: argparse.Namespace, config: Config) -> int:
 
 
 COMMANDS = {
-    "run": cmd_run, "check": cmd_check, "refresh": cmd_refresh, "phases": cmd_phases,
-    "graph": cmd_graph, "next": cmd_next, "doctor": cmd_doctor,
+    "run": cmd_run, "check": cli_files.cmd_check, "refresh": cmd_refresh,
+    "phases": cmd_phases, "graph": cmd_graph, "next": cli_files.cmd_next, "doctor": cmd_doctor,
     "trigger": cli_tasks.cmd_trigger, "backload": cli_tasks.cmd_backload,
     "tasks": cli_tasks.cmd_tasks, "notify": cli_tasks.cmd_notify, "worker": cmd_worker,
     "export": cmd_export,

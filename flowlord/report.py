@@ -117,3 +117,9 @@ def graph_mermaid(phases: Sequence[Phase], edges: Sequence[tuple[str, str, str]]
         lines.append(f"  {ident[(file, parent)]} --> {ident[(file, child)]}")
     lines += ["  classDef warning stroke:#e69500", "  classDef error stroke:#d00"]
     return "\n".join(lines)
+
+
+def show(text: str) -> None:
+    """Print text for a person; nothing at all (not even a newline) when it is empty."""
+    if text:
+        print(text)
