@@ -15,7 +15,7 @@ from typing import NoReturn
 
 import apsw
 
-from flowlord import __version__, cli_files, cli_tasks, cron, daemon, logs, report
+from flowlord import __version__, cli_files, cli_tasks, cron, daemon, logs, operations, report
 from flowlord.clock import parse_iso, rfc3339
 from flowlord.config import Config, ConfigError, find_config_file, load_config, with_flags
 from flowlord.durations import parse_duration
@@ -108,6 +108,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="none: tasks not finished")
     p.add_argument("--limit", type=_positive, default=100)
     p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("actions", parents=[common],
+                       help="the audit trail: who did what, newest first")
+    p.add_argument("--limit", type=_positive, default=100)
+    p.add_argument("--json", action="store_true")
     return parser
 
 
@@ -169,7 +174,8 @@ def _loader(config: Config) -> Loader:
 def cmd_refresh(args: argparse.Namespace, config: Config) -> int:
     loader = _loader(config)
     try:
-        changes = loader.refresh()
+        changes = operations.rescan(loader.store, operations.Action(
+            operations.unix_actor(), "refresh"), datetime.now(UTC), loader.refresh)
         _warn_problems(loader)
     finally:
         loader.close()
@@ -340,6 +346,7 @@ COMMANDS = {
     "phases": cmd_phases, "graph": cmd_graph, "next": cli_files.cmd_next, "doctor": cmd_doctor,
     "trigger": cli_tasks.cmd_trigger, "backload": cli_tasks.cmd_backload,
     "tasks": cli_tasks.cmd_tasks, "notify": cli_tasks.cmd_notify, "worker": cmd_worker,
+    "actions": cli_tasks.cmd_actions,
     "export": cmd_export,
 }
 

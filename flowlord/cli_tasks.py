@@ -1,4 +1,5 @@
-"""The commands that create and list tasks: `trigger`, `backload`, `notify`, `tasks`.
+"""The commands that create and list tasks, and list actions: `trigger`, `backload`,
+`notify`, `tasks`, `actions`.
 
 Arguments in, lines out: what they do is in flowlord/operations.py, which the
 daemon's HTTP API calls too. They write from their own process; a running daemon
@@ -41,12 +42,16 @@ def _runnable(config: Config, task: str, workflow: str | None) -> Phase:
     return chosen.phase
 
 
-def _recorded(config: Config, fires: list[Fire]) -> list[Fire]:
+def _recorded(config: Config, fires: list[Fire], action: operations.Action) -> list[Fire]:
     store = Store(config.db)
     try:
-        return operations.record_fires(store, fires, datetime.now(UTC))
+        return operations.record_fires(store, fires, datetime.now(UTC), action)
     finally:
         store.close()
+
+
+def _target(phase: Phase) -> str:
+    return f"{phase.file_path}: {phase.task}"
 
 
 def cmd_trigger(args: argparse.Namespace, config: Config) -> int:
@@ -60,7 +65,9 @@ def cmd_trigger(args: argparse.Namespace, config: Config) -> int:
         for t in fire.tasks:
             print(t.to_json())
         return 0
-    if not _recorded(config, [fire]):
+    action = operations.Action(operations.unix_actor(), "trigger", _target(phase),
+                               {"time": fire.scheduled_for})
+    if not _recorded(config, [fire], action):
         print(f"flowlord: {phase.file_path}: {phase.task} already fired for "
               f"{fire.scheduled_for}; nothing created", file=sys.stderr)
         return 0
@@ -83,7 +90,10 @@ def cmd_backload(args: argparse.Namespace, config: Config) -> int:
             for t in fire.tasks:
                 print(t.to_json())
         return 0
-    new = _recorded(config, fires)
+    action = operations.Action(operations.unix_actor(), "backload", _target(phase),
+                               {"from": args.start.isoformat(), "to": args.end.isoformat(),
+                                "by": args.by})
+    new = _recorded(config, fires, action)
     created = sum(len(f.tasks) for f in new)
     print(f"{phase.file_path}\t{phase.task}\t{count(len(fires), 'step')}: {len(new)} new, "
           f"{len(fires) - len(new)} done before; {count(created, 'task')} created")
@@ -109,6 +119,23 @@ def cmd_tasks(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def cmd_actions(args: argparse.Namespace, config: Config) -> int:
+    """The audit trail, newest first; --json prints what /api/actions answers."""
+    store = Store(config.db, readonly=True)
+    try:
+        rows = reads.actions(store, limit=args.limit)
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(rows, indent=1, ensure_ascii=False))
+        return 0
+    for r in rows:
+        outcome = r["outcome"] or "not applied"
+        print(f"{r['action_no']}\t{r['requested']}\t{r['actor']}\t{r['kind']}\t"
+              f"{r['target'] or '-'}\t{outcome}\t{r['message']}")
+    return 0
+
+
 def cmd_notify(args: argparse.Namespace, config: Config) -> int:
     """Report files that arrived elsewhere: each starts the `files=` phases it matches."""
     bad = [p for p in args.paths if not storable(p)]
@@ -116,9 +143,11 @@ def cmd_notify(args: argparse.Namespace, config: Config) -> int:
         print(f"flowlord: not a UTF-8 path, skipped: {ascii(path)}", file=sys.stderr)
     store = Store(config.db)
     try:
-        started = operations.notify(store, runnable_file_phases(store),
-                                    [p for p in args.paths if p not in bad], "notify",
-                                    _context(config))
+        paths = [p for p in args.paths if p not in bad]
+        action = operations.Action(operations.unix_actor(), "notify", " ".join(paths)[:1000],
+                                   {"paths": paths})
+        started = operations.notify(store, runnable_file_phases(store), paths, "notify",
+                                    _context(config), action)
     finally:
         store.close()
     for path, tasks in started:

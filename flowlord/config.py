@@ -50,8 +50,9 @@ class Config:
     webhook: str = ""
     webhook_interval: timedelta = timedelta(minutes=5)  # at most one post per interval
     http_listen: str = ""
-    http_token: str = ""
-    http_token_file: str = ""
+    http_token: str = ""  # the one token of old, named `token`
+    http_token_file: str = ""  # `name:token` lines (a bare line: the token named `token`)
+    http_tokens: dict[str, str] = field(default_factory=dict)  # name → token
     source: str = ""  # the config file read, or '' for the embedded defaults
 
     def zone(self) -> tzinfo:
@@ -88,7 +89,7 @@ _SECTIONS: dict[str, dict[str, tuple[str, type]]] = {
     "alerts": {"task_ttl": ("task_ttl", timedelta), "webhook": ("webhook", str),
                "webhook_interval": ("webhook_interval", timedelta)},
     "http": {"listen": ("http_listen", str), "token": ("http_token", str),
-             "token_file": ("http_token_file", str)},
+             "token_file": ("http_token_file", str), "tokens": ("http_tokens", dict)},
 }
 _WORKER_KEYS = {"command", "concurrency", "timeout"}
 
@@ -154,6 +155,13 @@ def _typed(path: str, key: str, value: object, kind: type) -> object:
                 if duration > timedelta(0):
                     return duration
         raise ConfigError(f"config {path}: {key} must be a positive duration such as \"5m\"")
+    if kind is dict:  # names → non-empty strings ([http.tokens])
+        if not isinstance(value, dict) or not all(
+                isinstance(k, str) and k and isinstance(v, str) and v
+                for k, v in value.items()):
+            raise ConfigError(f"config {path}: {key} must be a table of names to "
+                              "non-empty strings")
+        return dict(value)
     if kind is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"config {path}: {key} must be true or false")
@@ -183,6 +191,28 @@ def _worker(path: str, topic: str, table: object) -> WorkerConfig:
         raise ConfigError(f"config {path}: {where}.concurrency must be an integer >= 1")
     timeout = _typed(path, f"{where}.timeout", table.get("timeout", "1h"), timedelta)
     return WorkerConfig(tuple(command), concurrency, timeout)  # type: ignore[arg-type]
+
+
+def http_tokens(config: Config) -> dict[str, str]:
+    """The bearer tokens of the HTTP API by name: `http.token` (named `token`), the
+    `[http.tokens]` table and `http.token_file`'s lines (`name:token`; a line without a
+    name is the token named `token`). A name is who acts, in the audit trail."""
+    tokens = {"token": config.http_token} if config.http_token else {}
+    tokens.update(config.http_tokens)
+    if config.http_token_file:
+        try:
+            with open(config.http_token_file, encoding="utf-8") as f:
+                lines = [line.strip() for line in f]
+        except OSError as e:
+            raise ConfigError(f"http.token_file: {e.strerror}: "
+                              f"{config.http_token_file}") from None
+        for line in lines:
+            if line and not line.startswith("#"):
+                name, sep, token = line.partition(":")
+                if not sep:  # the file of old: one bare token
+                    name, token = "token", name
+                tokens[name.strip() or "token"] = token.strip()
+    return {name: token for name, token in tokens.items() if token}
 
 
 def with_flags(config: Config, *, workflows: str | None, db: str | None) -> Config:

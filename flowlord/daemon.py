@@ -32,17 +32,18 @@ from types import FrameType
 
 import apsw
 
-from flowlord import logs
+from flowlord import logs, operations
 from flowlord.bus import Bus, BusUnavailable
 from flowlord.bus.local import LocalBus
 from flowlord.clock import Clock, SystemClock
 from flowlord.commands import Commands
-from flowlord.config import Config, ConfigError
+from flowlord.config import Config, ConfigError, http_tokens
 from flowlord.dispatch import Dispatcher
 from flowlord.file_triggers import FileTriggers
 from flowlord.ledger import Ledger
 from flowlord.loader import Loader, LoaderError
 from flowlord.model import Fire
+from flowlord.operations import Action
 from flowlord.retention import Retention
 from flowlord.scheduler import Scheduler
 from flowlord.sdnotify import notify, watchdog_interval
@@ -233,19 +234,12 @@ class Daemon:
         and so is a port that cannot be bound."""
         if not self.config.http_listen:
             return None
-        token = self.config.http_token
-        if not token and self.config.http_token_file:
-            try:
-                with open(self.config.http_token_file, encoding="utf-8") as f:
-                    token = f.read().strip()
-            except OSError as e:
-                raise ConfigError(f"http.token_file: {e.strerror}: "
-                                  f"{self.config.http_token_file}") from None
-        host, port = parse_listen(self.config.http_listen, token)
+        tokens = http_tokens(self.config)
+        host, port = parse_listen(self.config.http_listen, bool(tokens))
         api = Api(self.config,
                   lambda: time.monotonic() - self.last_turn < STUCK_AFTER,
                   lambda: self.leadership.role if self.leadership is not None else "leader",
-                  token, last_rescan=lambda: self.sync.last_rescan, loop=self)
+                  tokens, last_rescan=lambda: self.sync.last_rescan, loop=self)
         try:
             return HttpServer(host, port, api, self.log)
         except OSError as e:
@@ -253,20 +247,21 @@ class Daemon:
 
     # --- what other threads ask of the loop (flowlord/web/actions.py's Loop) ----------
 
-    def record(self, kind: str, actor: str, fires: list[Fire]) -> list[Fire]:
-        return self.commands.ask(kind, actor, lambda: self.ledger.record_now(
-            self.store, fires, self.clock.now()), COMMAND_TIMEOUT)
+    def record(self, action: Action, fires: list[Fire]) -> list[Fire]:
+        return self.commands.ask(action.kind, action.actor, lambda: self.ledger.record_now(
+            self.store, fires, self.clock.now(), action), COMMAND_TIMEOUT)
 
-    def rescan(self, actor: str) -> list[str]:
-        return self.commands.ask("refresh", actor, self._rescan_now, COMMAND_TIMEOUT)
+    def rescan(self, action: Action) -> list[str]:
+        return self.commands.ask(action.kind, action.actor,
+                                 lambda: self._rescan_now(action), COMMAND_TIMEOUT)
 
-    def _rescan_now(self) -> list[str]:
+    def _rescan_now(self, action: Action) -> list[str]:
         """A rescan asked for over HTTP, on the loop: the slots due by now fire first from
         the phases as they were (as in a turn); a locked database keeps it queued."""
         now = self.clock.now()
         self.ledger.fire_due(now, self.clock.monotonic(), self._context(now))
         try:
-            return self.sync.rescan(now)
+            return operations.rescan(self.store, action, now, lambda: self.sync.rescan(now))
         except LoaderError as e:
             if isinstance(e.__cause__, apsw.BusyError):
                 raise e.__cause__ from None  # tried again on the next turn

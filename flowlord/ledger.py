@@ -28,6 +28,7 @@ import apsw
 from flowlord import metrics
 from flowlord.clock import rfc3339, rfc3339_ms
 from flowlord.model import Fire, Phase
+from flowlord.operations import Action, record_fires
 from flowlord.scheduler import Due, PhaseKey, Scheduler, parse_slot
 from flowlord.standby import Leadership
 from flowlord.store import Store, write_txn
@@ -129,11 +130,12 @@ class Ledger:
         self._log_fires(new, len(self.pending) - len(new), now)
         self.pending, self.unplanned = [], set()
 
-    def record_now(self, store: Store, fires: Sequence[Fire], now: datetime) -> list[Fire]:
-        """Fires an operator asked for (trigger, backload), recorded in one transaction
-        now; those that were new. Raises what the write raised (a locked database)."""
-        with write_txn(store.conn):
-            new = store.record_fires(fires, rfc3339_ms(now))
+    def record_now(self, store: Store, fires: Sequence[Fire], now: datetime,
+                   action: Action | None = None) -> list[Fire]:
+        """Fires an operator asked for (trigger, backload), recorded now in one
+        transaction with the action's outcome; those that were new. Raises what the
+        write raised (a locked database)."""
+        new = record_fires(store, fires, now, action)
         self._log_fires(new, len(fires) - len(new), now)
         return new
 

@@ -1,7 +1,11 @@
 """What an operator can ask of flowlord, the same from the command line and from HTTP:
-trigger a phase, backload a range, report arrived files. Each works on the stored
-phases (what the daemon schedules) and writes through the fire ledger, so a slot
-fired by the daemon, a trigger or a backload is never created twice.
+trigger a phase, backload a range, report arrived files, rescan. Each works on the
+stored phases (what the daemon schedules) and writes through the fire ledger, so a
+slot fired by the daemon, a trigger or a backload is never created twice.
+
+Every action is a row of the audit trail (`actions`) before it has any effect: who
+asked, what, on what, with which arguments; its outcome is written in the
+transaction that applies it, or after it failed.
 
 Building (which phase, which fires) only reads; recording writes in one
 transaction. The CLI records from its own process (the daemon follows what it
@@ -11,9 +15,15 @@ wrote); inside the daemon, the HTTP threads build and ask the loop to record
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import os
+import pwd
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
+from typing import Any
+
+import apsw
 
 from flowlord.arrivals import record_arrival
 from flowlord.clock import rfc3339, rfc3339_ms
@@ -22,6 +32,64 @@ from flowlord.model import Fire, NewTask, Phase
 from flowlord.rules import BY_STEPS, parse_rule
 from flowlord.store import Store, write_txn
 from flowlord.tasks import BuildError, Context, backload_steps, build_fire
+
+
+@dataclass
+class Action:
+    """An operator action as asked: who, what, on what, with which arguments; `number`
+    is its row in `actions` once written (written once, however often it is tried)."""
+
+    actor: str
+    kind: str  # trigger, backload, refresh, notify
+    target: str = ""  # `file: task`, a path, '' for everything
+    args: dict[str, Any] = field(default_factory=dict)
+    number: int | None = None
+    retried: bool = False  # the daemon tries it again while the database is locked
+
+
+def unix_actor() -> str:
+    """Who acts from a command line: the user behind sudo, else the process's user."""
+    if os.environ.get("SUDO_USER"):
+        return os.environ["SUDO_USER"]
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:  # a uid without a name (a container)
+        return f"uid {os.getuid()}"
+
+
+def begin(store: Store, action: Action, now: datetime) -> None:
+    """Write the action's row, before it has any effect (once)."""
+    if action.number is None:
+        with write_txn(store.conn):
+            action.number = store.add_action(rfc3339_ms(now), action.actor, action.kind,
+                                             action.target,
+                                             json.dumps(action.args, sort_keys=True))
+
+
+def done(store: Store, action: Action, now: datetime, message: str) -> None:
+    """Its outcome: applied; call inside the transaction that applied it."""
+    assert action.number is not None, "begin() first"
+    store.settle_action(action.number, rfc3339_ms(now), "done", message)
+
+
+def failed(store: Store, action: Action, now: datetime, error: BaseException) -> None:
+    """Its outcome: it failed, and why (in a transaction of its own, if it can be had:
+    a row without an outcome says as much). Not when it will be tried again."""
+    if action.number is None or (action.retried and _busy(error)):
+        return
+    try:
+        with write_txn(store.conn):
+            store.settle_action(action.number, rfc3339_ms(now), "failed",
+                                f"{type(error).__name__}: {error}"[:1000])
+    except apsw.Error:
+        pass
+
+
+def fires_message(fires: Sequence[Fire], new: Sequence[Fire]) -> str:
+    """What recording fires did, for the audit trail."""
+    tasks = sum(len(f.tasks) for f in new)
+    return (f"{len(new)} of {len(fires)} fire{'s' if len(fires) != 1 else ''} new, "
+            f"{tasks} task{'s' if tasks != 1 else ''} created")
 
 
 @dataclass(frozen=True)
@@ -88,15 +156,63 @@ def backload_fires(phase: Phase, start: datetime, end: datetime, by: str | None,
         raise BuildError("time out of range") from None
 
 
-def record_fires(store: Store, fires: Sequence[Fire], now: datetime) -> list[Fire]:
-    """Write fires through the ledger, in one transaction; the ones that were new."""
+def record_fires(store: Store, fires: Sequence[Fire], now: datetime,
+                 action: Action | None = None) -> list[Fire]:
+    """Write fires through the ledger, in one transaction with the action's outcome; the
+    ones that were new. A locked database raises BusyError and changes nothing but the
+    action's row (written once, however often it is tried)."""
+    if action is not None:
+        begin(store, action, now)
+    try:
+        with write_txn(store.conn):
+            new = store.record_fires(fires, rfc3339_ms(now))
+            if action is not None:
+                done(store, action, now, fires_message(fires, new))
+    except Exception as e:
+        if action is not None:
+            failed(store, action, now, e)
+        raise
+    return new
+
+
+def rescan(store: Store, action: Action, now: datetime,
+           run: Callable[[], list[str]]) -> list[str]:
+    """A rescan asked for by an operator: `run` does it (the loader commits its own
+    batches); the action's outcome lists the changes. A locked database leaves the
+    action without an outcome, to be tried again."""
+    begin(store, action, now)
+    try:
+        changes = run()
+    except Exception as e:
+        failed(store, action, now, e)
+        raise
     with write_txn(store.conn):
-        return store.record_fires(fires, rfc3339_ms(now))
+        done(store, action, now, " ".join(changes) or "no change")
+    return changes
+
+
+def _busy(e: BaseException) -> bool:
+    """A locked database, as such or as the cause of a loader's error."""
+    return isinstance(e, apsw.BusyError) or isinstance(e.__cause__, apsw.BusyError)
 
 
 def notify(store: Store, phases: Sequence[Phase], paths: Sequence[str], source: str,
-           ctx: Context) -> list[tuple[str, list[NewTask]]]:
+           ctx: Context, action: Action | None = None) -> list[tuple[str, list[NewTask]]]:
     """Files that arrived: each starts the `files=` phases (of `phases`) it matches, in
-    one transaction. Each path with the tasks it started."""
-    with write_txn(store.conn):
-        return [(path, record_arrival(store, phases, path, source, ctx)) for path in paths]
+    one transaction (with the action's outcome). Each path with the tasks it started."""
+    if action is not None:
+        begin(store, action, ctx.created)
+    try:
+        with write_txn(store.conn):
+            started = [(path, record_arrival(store, phases, path, source, ctx))
+                       for path in paths]
+            if action is not None:
+                tasks = sum(len(t) for _, t in started)
+                done(store, action, ctx.created, f"{len(paths)} path"
+                     f"{'s' if len(paths) != 1 else ''}, {tasks} task"
+                     f"{'s' if tasks != 1 else ''} created")
+    except Exception as e:
+        if action is not None:
+            failed(store, action, ctx.created, e)
+        raise
+    return started

@@ -20,6 +20,10 @@ from typing import IO, Any
 
 import apsw
 
+from flowlord.bus.inprocess import InProcessBus
+from flowlord.clock import FakeClock
+from flowlord.config import Config
+from flowlord.daemon import Daemon
 from flowlord.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -245,3 +249,26 @@ def answers(base: str) -> bool:
         return get(base, "/healthz")[0] == 200
     except OSError:
         return False
+
+
+# --- the daemon in-process ----------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def stepped(tmp_path: Path, wf: Path, clock: FakeClock, bus: Any = None,
+            **settings: Any) -> Iterator[Daemon]:
+    """A started daemon on `wf` and tmp_path/f.db, closed at the end."""
+    config = Config(workflows=str(wf), db=str(tmp_path / "f.db"), timezone="UTC", **settings)
+    d = Daemon(config, clock=clock, bus=bus if bus is not None else InProcessBus())
+    d.open()
+    try:
+        d.start()
+        yield d
+    finally:
+        d.close()
+
+
+def turn(d: Daemon, clock: FakeClock, seconds: float = 0.0) -> float:
+    """One turn of the loop, `seconds` after the last one."""
+    clock.advance(seconds)
+    return d.tick(clock.now(), clock.monotonic())

@@ -6,8 +6,6 @@ watchdog observer; only time and the workers are stand-ins."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -20,37 +18,16 @@ from flowlord.bus.local import LocalBus
 from flowlord.cli import main
 from flowlord.clock import FakeClock
 from flowlord.commands import DaemonBusy
-from flowlord.config import Config
-from flowlord.daemon import Daemon
 from flowlord.loader import Loader
 from flowlord.model import StoredTask
-from flowlord.operations import record_fires, trigger_fire
+from flowlord.operations import Action, record_fires, trigger_fire
 from flowlord.store import Store
 from flowlord.tasks import Context
-from tests.helpers import query, utc
+from tests.helpers import query, stepped, turn, utc
 
 EVERY_10S = ('[[phase]]\ntask = "tick"\nrule = "cron=*/10 * * * * *{extra}"\n'
              'template = "t={{TS}}"\n')
 START = utc(2026, 12, 1, 12, 0, 5)
-
-
-@contextmanager
-def stepped(tmp_path: Path, wf: Path, clock: FakeClock, bus: Any = None,
-            **settings: Any) -> Iterator[Daemon]:
-    """A started daemon on `wf` and tmp_path/f.db, closed at the end."""
-    config = Config(workflows=str(wf), db=str(tmp_path / "f.db"), timezone="UTC", **settings)
-    d = Daemon(config, clock=clock, bus=bus if bus is not None else InProcessBus())
-    d.open()
-    try:
-        d.start()
-        yield d
-    finally:
-        d.close()
-
-
-def turn(d: Daemon, clock: FakeClock, seconds: float = 0.0) -> float:
-    clock.advance(seconds)
-    return d.tick(clock.now(), clock.monotonic())
 
 
 def slots(db: Path, phase: str = "tick") -> list[str]:
@@ -264,8 +241,8 @@ def test_a_rescan_asked_while_the_database_is_locked_waits_for_it(
         holder = apsw.Connection(str(db))
         holder.execute("BEGIN IMMEDIATE")
         answers: list[Any] = []
-        asking = threading.Thread(target=lambda: answers.append(d.commands.ask(
-            "refresh", "tester", d._rescan_now, 60)))
+        action = Action("tester", "refresh", retried=True)
+        asking = threading.Thread(target=lambda: answers.append(d.rescan(action)))
         asking.start()
         while not d.commands.waiting:
             asking.join(0.01)
@@ -282,3 +259,6 @@ def test_a_rescan_asked_while_the_database_is_locked_waits_for_it(
     assert answers in ([["+b.toml"]], [[]])
     assert query(db, "SELECT task FROM workflow_phases WHERE file_path = 'b.toml'") == [
         ("new",)]
+    # one row in the audit trail, however often it was tried
+    assert query(db, "SELECT actor, kind, outcome FROM actions") == [
+        ("tester", "refresh", "done")]

@@ -124,6 +124,11 @@ def test_trigger_backload_and_refresh_write_as_the_commands_do(api: str, wf: Pat
     status, body = post(api, "/api/refresh", {})
     assert status == 200 and "+c.toml" in body["changes"]
     assert any(p["task"] == "new" for p in get(api, "/api/phases")[1])
+    # each is in the audit trail, done as the one token of old, named `token`
+    done = [a for a in get(api, "/api/actions")[1] if a["actor"] == "token"]
+    assert [(a["actor"], a["kind"], a["outcome"]) for a in done] == [
+        ("token", "refresh", "done"), ("token", "backload", "done"),
+        ("token", "trigger", "done"), ("token", "trigger", "done")]
 
 
 @pytest.mark.slow

@@ -2,13 +2,14 @@
 
 `connection` opens the database (pragmas, migrations, `write_txn`); `workflows`
 holds the SQL of workflow files and phases, `fires` the fire ledger's, and
-`taskrows` that of tasks, alerts and arrived files. `Store` is one connection
-with all three. `reads` is the read model over a Store: what the API, the
-dashboard and the commands show.
+`taskrows` that of tasks, alerts and arrived files, `actions` the audit trail's.
+`Store` is one connection with all four. `reads` is the read model over a Store:
+what the API, the dashboard and the commands show.
 """
 
 from __future__ import annotations
 
+from flowlord.store.actions import ActionRows
 from flowlord.store.connection import (
     BUSY_TIMEOUT_MS,
     StoreError,
@@ -21,7 +22,7 @@ from flowlord.store.taskrows import TaskRows
 from flowlord.store.workflows import FileOp, FileState, FileVersion, WorkflowRows
 
 
-class Store(WorkflowRows, FireRows, TaskRows):
+class Store(WorkflowRows, FireRows, TaskRows, ActionRows):
     """The writer's view of the database (the daemon and state-changing commands)."""
 
     def __init__(self, path: str, *, readonly: bool = False,

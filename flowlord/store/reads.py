@@ -14,11 +14,13 @@ partial index of broken phases, `task_filter`); `tests/test_store.py` pins the p
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 from typing import Any, NamedTuple
 
 from flowlord.model import Phase
 from flowlord.store import Store
+from flowlord.store.actions import ACTION_COLUMNS
 from flowlord.store.taskrows import TASK_COLUMNS, task_filter
 from flowlord.store.workflows import PHASE_COLUMNS
 
@@ -28,6 +30,7 @@ LAST_TASKS = 10  # a phase's newest tasks, shown with it
 
 # a task's keys, in TASK_COLUMNS order; the workflow file is `file`, as everywhere
 TASK_KEYS = tuple("file" if c == "file_path" else c for c in TASK_COLUMNS.split(", "))
+ACTION_KEYS = tuple(ACTION_COLUMNS.split(", "))
 ALERT_KEYS = ("alert_no", "task_no", "kind", "type", "job", "message", "created",
               "posted_at", "task_id")
 
@@ -278,3 +281,15 @@ def alerts(store: Store, *, before: int | None = None, limit: int = 100
         "a.posted_at, t.id FROM alerts AS a JOIN tasks AS t USING (task_no) "
         "WHERE a.alert_no < ? ORDER BY a.alert_no DESC LIMIT ?",
         (before if before is not None else 2**62, limit))]
+
+
+def actions(store: Store, *, before: int | None = None, limit: int = 100
+            ) -> list[dict[str, Any]]:
+    """The audit trail as JSON, newest first (`args` as an object); `before` an
+    action_no."""
+    rows = [dict(zip(ACTION_KEYS, r, strict=True)) for r in store.conn.execute(
+        f"SELECT {ACTION_COLUMNS} FROM actions WHERE action_no < ? "
+        "ORDER BY action_no DESC LIMIT ?", (before if before is not None else 2**62, limit))]
+    for row in rows:
+        row["args"] = json.loads(row["args"])
+    return rows

@@ -246,6 +246,25 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX tasks_by_type ON tasks (type, task_no);
     """,
+    # 9: the audit trail: one row per operator action, written before it takes effect,
+    # its outcome when it was applied (README.md, Who did what: the actions)
+    """
+    CREATE TABLE actions (
+        action_no INTEGER PRIMARY KEY,
+        requested TEXT NOT NULL,
+        -- a Unix user (the CLI; SUDO_USER when set) or a token's name (HTTP)
+        actor     TEXT NOT NULL CHECK (actor <> ''),
+        kind      TEXT NOT NULL CHECK (kind IN ('trigger', 'backload', 'refresh', 'notify')),
+        -- what it acts on: a phase `file: task`, a path, or '' for everything
+        target    TEXT NOT NULL DEFAULT '',
+        args      TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(args)),
+        applied   TEXT,
+        outcome   TEXT CHECK (outcome IN ('done', 'failed')),
+        -- what it did ('2 fires, 2 tasks created') or why it failed
+        message   TEXT NOT NULL DEFAULT '',
+        CHECK ((applied IS NULL) = (outcome IS NULL))
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

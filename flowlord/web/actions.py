@@ -1,11 +1,12 @@
 """POST /api/refresh, /api/trigger and /api/backload: operator actions over HTTP.
 
-Behind a bearer token (401 without it, 403 when none is configured). The request
-is checked here and its fires are built by reading (flowlord/operations.py, the
-code `flowlord trigger` and `backload` run); recording them, or rescanning, is
-asked of the daemon's loop, the only writer in its process, and the answer waits
-for the outcome (flowlord/commands.py): 503 when the loop did not get to it in
-time, in which case nothing was changed.
+Behind a bearer token (401 without it, 403 when none is configured); the token's
+name is who acts, in the audit trail. The request is checked here and its fires
+are built by reading (flowlord/operations.py, the code `flowlord trigger` and
+`backload` run); recording them, or rescanning, is asked of the daemon's loop,
+the only writer in its process, and the answer waits for the outcome
+(flowlord/commands.py): 503 when the loop did not get to it in time, in which
+case nothing was changed.
 """
 
 from __future__ import annotations
@@ -23,36 +24,42 @@ from flowlord.config import Config
 from flowlord.errors import BadRequest, UsageError
 from flowlord.loader import LoaderError
 from flowlord.model import Fire
+from flowlord.operations import Action
 from flowlord.rules import BY_STEPS
 from flowlord.store import Store, StoreError
 from flowlord.tasks import BuildError, Context, meta_dir
-
-ACTOR = "token"  # who acts: the one configured token's name
 
 
 class Loop(Protocol):
     """What the daemon's loop does for a request (flowlord.daemon.Daemon)."""
 
-    def record(self, kind: str, actor: str, fires: list[Fire]) -> list[Fire]:
-        """The fires recorded through the ledger; those that were new."""
+    def record(self, action: Action, fires: list[Fire]) -> list[Fire]:
+        """The fires recorded through the ledger, as the action; those that were new."""
 
-    def rescan(self, actor: str) -> list[str]:
-        """A full rescan; the changes (`+key`, `~key`, `-key`)."""
+    def rescan(self, action: Action) -> list[str]:
+        """A full rescan, as the action; the changes (`+key`, `~key`, `-key`)."""
 
 
 class Actions:
-    def __init__(self, config: Config, token: str, loop: Loop | None) -> None:
+    def __init__(self, config: Config, tokens: dict[str, str], loop: Loop | None) -> None:
         self.config = config
-        self.token = token
+        self.tokens = tokens  # name → token
         self.loop = loop
 
-    def post(self, path: str, authorization: str, body: bytes) -> tuple[HTTPStatus, Any]:
-        if not self.token:
+    def actor(self, authorization: str) -> str:
+        """The name of the token the request bears; 401 without a known one, 403 when
+        no token is configured. Every token is compared, in constant time."""
+        if not self.tokens:
             raise BadRequest(HTTPStatus.FORBIDDEN, "POST is disabled: no http.token is set")
-        given = authorization.removeprefix("Bearer ").strip()
-        if not authorization.startswith("Bearer ") or not hmac.compare_digest(
-                given.encode(), self.token.encode()):
+        given = authorization.removeprefix("Bearer ").strip().encode()
+        names = [name for name, token in self.tokens.items()
+                 if hmac.compare_digest(given, token.encode())]
+        if not authorization.startswith("Bearer ") or not names:
             raise BadRequest(HTTPStatus.UNAUTHORIZED, "Authorization: Bearer <token> needed")
+        return names[0]
+
+    def post(self, path: str, authorization: str, body: bytes) -> tuple[HTTPStatus, Any]:
+        actor = self.actor(authorization)
         routes = {"/api/refresh": self.refresh, "/api/trigger": self.trigger,
                   "/api/backload": self.backload}
         if path not in routes:
@@ -64,24 +71,27 @@ class Actions:
         if not isinstance(fields, dict):
             raise BadRequest(HTTPStatus.BAD_REQUEST, "the body must be a JSON object")
         try:
-            return routes[path](fields)
+            return routes[path](actor, fields)
         except UsageError as e:  # no such phase, a phase that cannot run
             raise BadRequest(HTTPStatus.BAD_REQUEST, str(e)) from None
         except (DaemonBusy, LoaderError, StoreError) as e:
             raise BadRequest(HTTPStatus.SERVICE_UNAVAILABLE, str(e)) from None
 
-    def refresh(self, fields: dict[str, Any]) -> tuple[HTTPStatus, Any]:
-        return HTTPStatus.OK, {"changes": self._loop().rescan(ACTOR)}
+    def refresh(self, actor: str, fields: dict[str, Any]) -> tuple[HTTPStatus, Any]:
+        changes = self._loop().rescan(Action(actor, "refresh", retried=True))
+        return HTTPStatus.OK, {"changes": changes}
 
-    def trigger(self, fields: dict[str, Any]) -> tuple[HTTPStatus, Any]:
+    def trigger(self, actor: str, fields: dict[str, Any]) -> tuple[HTTPStatus, Any]:
         chosen = self._phase(fields)
-        fire = operations.trigger_fire(chosen.phase, _time(fields, "time", None),
-                                       self._context())
+        time = _time(fields, "time", None)
+        fire = operations.trigger_fire(chosen.phase, time, self._context())
         if fire.error:
             raise BadRequest(HTTPStatus.UNPROCESSABLE_ENTITY, fire.error)
-        return _created(self._loop().record("trigger", ACTOR, [fire]), chosen.warnings)
+        action = Action(actor, "trigger", _target(chosen), {"time": fire.scheduled_for},
+                        retried=True)
+        return _created(self._loop().record(action, [fire]), chosen.warnings)
 
-    def backload(self, fields: dict[str, Any]) -> tuple[HTTPStatus, Any]:
+    def backload(self, actor: str, fields: dict[str, Any]) -> tuple[HTTPStatus, Any]:
         by = _text(fields, "by", None)
         if by is not None and by not in BY_STEPS:
             raise BadRequest(HTTPStatus.BAD_REQUEST, "by must be hour, day, week or month")
@@ -92,7 +102,9 @@ class Actions:
             fires = operations.backload_fires(chosen.phase, start, end, by, self._context())
         except BuildError as e:
             raise BadRequest(HTTPStatus.UNPROCESSABLE_ENTITY, str(e)) from None
-        return _created(self._loop().record("backload", ACTOR, fires), chosen.warnings)
+        action = Action(actor, "backload", _target(chosen),
+                        {"from": fields["from"], "to": fields["to"], "by": by}, retried=True)
+        return _created(self._loop().record(action, fires), chosen.warnings)
 
     def _phase(self, fields: dict[str, Any]) -> operations.Chosen:
         task, workflow = _text(fields, "task"), _text(fields, "workflow", None)
@@ -109,6 +121,10 @@ class Actions:
         if self.loop is None:
             raise BadRequest(HTTPStatus.SERVICE_UNAVAILABLE, "no daemon to act")
         return self.loop
+
+
+def _target(chosen: operations.Chosen) -> str:
+    return f"{chosen.phase.file_path}: {chosen.phase.task}"
 
 
 def _created(new: list[Fire], warnings: list[str]) -> tuple[HTTPStatus, Any]:

@@ -35,15 +35,14 @@ class Api:
     loop, to write."""
 
     def __init__(self, config: Config, healthy: Callable[[], bool],
-                 role: Callable[[], str], token: str = "",
+                 role: Callable[[], str], tokens: dict[str, str] | None = None,
                  last_rescan: Callable[[], str | None] = lambda: None,
                  loop: Loop | None = None) -> None:
         self.config = config
-        self.actions = Actions(config, token, loop)
+        self.actions = Actions(config, tokens or {}, loop)
         self.db = config.db
         self.healthy = healthy
         self.role = role
-        self.token = token
         self.last_rescan = last_rescan
 
     def post(self, path: str, authorization: str, body: bytes) -> tuple[HTTPStatus, Any]:
@@ -58,7 +57,8 @@ class Api:
                     {"status": "ok" if ok else "stuck", "role": self.role()})
         routes: dict[str, Callable[[Store, dict[str, list[str]]], Any]] = {
             "/api/status": self.status, "/api/files": self.files, "/api/phases": self.phases,
-            "/api/graph": self.graph, "/api/tasks": self.tasks, "/api/alerts": self.alerts}
+            "/api/graph": self.graph, "/api/tasks": self.tasks, "/api/alerts": self.alerts,
+            "/api/actions": self.actions_done}
         store = Store(self.db, readonly=True)
         try:
             if path in routes:
@@ -124,6 +124,11 @@ class Api:
         if not rows:
             raise BadRequest(HTTPStatus.NOT_FOUND, f"no task with id {task_id}")
         return rows
+
+    def actions_done(self, store: Store, query: dict[str, list[str]]) -> list[dict[str, Any]]:
+        """The audit trail, newest first."""
+        return reads.actions(store, before=params.integer(query, "before", None),
+                             limit=params.limit(query))
 
     def alerts(self, store: Store, query: dict[str, list[str]]) -> list[dict[str, Any]]:
         return reads.alerts(store, before=params.integer(query, "before", None),

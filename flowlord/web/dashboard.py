@@ -98,7 +98,8 @@ class Dashboard:
             return HTTPStatus.OK, Asset(STYLESHEET)
         pages: dict[str, Callable[[Store, dict[str, list[str]]], Page]] = {
             "/": self.overview, "/files": self.files, "/phases": self.phases,
-            "/graph": self.graph, "/tasks": self.tasks, "/alerts": self.alerts}
+            "/graph": self.graph, "/tasks": self.tasks, "/alerts": self.alerts,
+            "/actions": self.actions}
         store = Store(self.api.db, readonly=True)
         try:
             if path in pages:
@@ -205,6 +206,12 @@ class Dashboard:
         before, limit = params.integer(query, "before", None), params.limit(query)
         return self._render("alerts.html", "alerts", limit=limit,
                             alerts=reads.alerts(store, before=before, limit=limit))
+
+
+    def actions(self, store: Store, query: dict[str, list[str]]) -> Page:
+        before, limit = params.integer(query, "before", None), params.limit(query)
+        return self._render("actions.html", "actions", limit=limit,
+                            actions=reads.actions(store, before=before, limit=limit))
 
 
 def tree(tasks: list[dict[str, Any]]) -> list[tuple[int, dict[str, Any]]]:

@@ -34,7 +34,7 @@ class JsonApi(Daemon, Protocol):
     def post(self, path: str, authorization: str, body: bytes) -> tuple[HTTPStatus, Any]: ...
 
 
-def parse_listen(listen: str, token: str) -> tuple[str, int]:
+def parse_listen(listen: str, token: bool) -> tuple[str, int]:
     """`host:port` → (host, port); a non-loopback host needs a token (ConfigError)."""
     host, sep, port = listen.rpartition(":")
     host = host.strip("[]")
@@ -42,7 +42,7 @@ def parse_listen(listen: str, token: str) -> tuple[str, int]:
         raise ConfigError(f"http.listen must be host:port, such as 127.0.0.1:8080: {listen}")
     if not (host == "localhost" or _is_loopback(host)) and not token:
         raise ConfigError(f"http.listen {listen} is not a loopback address: set http.token "
-                          "(or http.token_file) first")
+                          "(or http.tokens, http.token_file) first")
     return host, int(port)
 
 
