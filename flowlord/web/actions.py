@@ -59,17 +59,23 @@ class Actions:
         return names[0]
 
     def post(self, path: str, authorization: str, body: bytes) -> tuple[HTTPStatus, Any]:
+        """A POST of the JSON API: the bearer token names the actor."""
         actor = self.actor(authorization)
-        routes = {"/api/refresh": self.refresh, "/api/trigger": self.trigger,
-                  "/api/backload": self.backload}
-        if path not in routes:
-            raise BadRequest(HTTPStatus.NOT_FOUND, f"no such path: {path}")
         try:
             fields = json.loads(body or b"{}")
         except ValueError as e:
             raise BadRequest(HTTPStatus.BAD_REQUEST, f"the body is not JSON: {e}") from None
         if not isinstance(fields, dict):
             raise BadRequest(HTTPStatus.BAD_REQUEST, "the body must be a JSON object")
+        return self.act(actor, path, fields)
+
+    def act(self, actor: str, path: str, fields: dict[str, Any]) -> tuple[HTTPStatus, Any]:
+        """The action at `path` (`/api/trigger`, …) with its fields, done as `actor`: the
+        one entry for every way in (the JSON API, the dashboard's forms)."""
+        routes = {"/api/refresh": self.refresh, "/api/trigger": self.trigger,
+                  "/api/backload": self.backload}
+        if path not in routes:
+            raise BadRequest(HTTPStatus.NOT_FOUND, f"no such path: {path}")
         try:
             return routes[path](actor, fields)
         except UsageError as e:  # no such phase, a phase that cannot run
