@@ -15,7 +15,17 @@ from typing import NoReturn
 
 import apsw
 
-from flowlord import __version__, cli_files, cli_tasks, cron, daemon, logs, operations, report
+from flowlord import (
+    __version__,
+    cli_files,
+    cli_operate,
+    cli_tasks,
+    cron,
+    daemon,
+    logs,
+    operations,
+    report,
+)
 from flowlord.clock import parse_iso, rfc3339
 from flowlord.config import Config, ConfigError, find_config_file, load_config, with_flags
 from flowlord.durations import parse_duration
@@ -113,6 +123,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="the audit trail: who did what, newest first")
     p.add_argument("--limit", type=_positive, default=100)
     p.add_argument("--json", action="store_true")
+    cli_operate.add_parsers(sub, common, _iso_time)
     return parser
 
 
@@ -346,7 +357,7 @@ COMMANDS = {
     "phases": cmd_phases, "graph": cmd_graph, "next": cli_files.cmd_next, "doctor": cmd_doctor,
     "trigger": cli_tasks.cmd_trigger, "backload": cli_tasks.cmd_backload,
     "tasks": cli_tasks.cmd_tasks, "notify": cli_tasks.cmd_notify, "worker": cmd_worker,
-    "actions": cli_tasks.cmd_actions,
+    "actions": cli_tasks.cmd_actions, **cli_operate.COMMANDS,
     "export": cmd_export,
 }
 

@@ -27,8 +27,10 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from datetime import datetime
 from types import FrameType
+from typing import TypeVar
 
 import apsw
 
@@ -43,7 +45,7 @@ from flowlord.file_triggers import FileTriggers
 from flowlord.ledger import Ledger
 from flowlord.loader import Loader, LoaderError
 from flowlord.model import Fire
-from flowlord.operations import Action
+from flowlord.operations import Action, Place
 from flowlord.retention import Retention
 from flowlord.scheduler import Scheduler
 from flowlord.sdnotify import notify, watchdog_interval
@@ -55,6 +57,8 @@ from flowlord.web.api import Api
 from flowlord.web.server import HttpServer, parse_listen
 from flowlord.webhook import Webhook
 from flowlord.workflow_sync import WorkflowSync
+
+T = TypeVar("T")
 
 TICK = 1.0  # longest wait: bounds how late a clock step is seen
 BUSY_TIMEOUT_MS = 1000  # a locked database is retried on the next turn, with pings between
@@ -251,6 +255,13 @@ class Daemon:
         return self.commands.ask(action.kind, action.actor, lambda: self.ledger.record_now(
             self.store, fires, self.clock.now(), action), COMMAND_TIMEOUT)
 
+    def act(self, action: Action, apply: Callable[[Place], T]) -> T:
+        """Any other action: `apply` runs on the loop with the daemon's database."""
+        def on_the_loop() -> T:
+            now = self.clock.now()
+            return apply(Place(self.store, self._context(now), self.loader.children))
+        return self.commands.ask(action.kind, action.actor, on_the_loop, COMMAND_TIMEOUT)
+
     def rescan(self, action: Action) -> list[str]:
         return self.commands.ask(action.kind, action.actor,
                                  lambda: self._rescan_now(action), COMMAND_TIMEOUT)
@@ -288,6 +299,7 @@ class Daemon:
         # the tasks in this database are its own, whoever leads: a standby that led
         # before still runs their children and retries
         self.dispatcher.turn()
+        self.dispatcher.stop_ended(monotonic)
         self.dispatcher.check_overdue(monotonic)
         self.retention.tick(self.store, now, monotonic)
         if self.webhook:

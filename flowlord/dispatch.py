@@ -28,6 +28,7 @@ from flowlord.tasks import Context
 RESTARTED = "error: the daemon restarted while the task ran"
 OVERDUE_EVERY = 60.0  # seconds between checks for tasks unfinished past task_ttl
 NEXT_DUE_MAX_AGE = 1.0  # seconds the next retry's due time is kept between turns that write
+STOP_CHECK_EVERY = 0.2  # seconds between looks for running tasks that ended elsewhere
 COMPLETED_LOG_EVERY = 10.0  # seconds between the log lines counting completed tasks
 
 
@@ -54,6 +55,8 @@ class Dispatcher:
         self.published: list[int] = []  # handed over, not yet marked in the database
         self._counted: list[tuple[str, str]] = []  # this turn's (topic, result), for metrics
         self._alerted: list[str] = []  # this turn's alert kinds, for metrics
+        self.stopping: set[int] = set()  # ended elsewhere; their workers were told to stop
+        self.next_stop_check = 0.0
 
     def recover(self) -> None:
         """Tasks the last run left running: on the local bus nobody can finish them, so
@@ -200,6 +203,21 @@ class Dispatcher:
         when = kept[1]
         return None if when is None else max(0.0, (when - now).total_seconds())
 
+    def stop_ended(self, monotonic: float) -> None:
+        """Tasks a worker runs whose rows have ended (`flowlord cancel` or `mark`, from
+        any process): their processes end now; what they report later changes nothing."""
+        if monotonic < self.next_stop_check:
+            return
+        self.next_stop_check = monotonic + STOP_CHECK_EVERY
+        running = self.bus.running()
+        self.stopping &= set(running)
+        asked = [n for n in running if n not in self.stopping]
+        for task_no in self.store.ended_among(asked):
+            if self.bus.stop(task_no, "stopped: the task was ended by an operator"):
+                self.stopping.add(task_no)
+                self.log.warning("running task ended by an operator; stopping it",
+                                 task_no=task_no)
+
     def check_overdue(self, monotonic: float) -> None:
         """One `incomplete` alert per task unfinished after task_ttl."""
         if monotonic < self.next_overdue_check:
@@ -234,7 +252,8 @@ class Dispatcher:
             return False
         try:
             phase = self._phase(stored)
-            children = self._children_of(stored) if done.result == "complete" else []
+            children = (self._children_of(stored) if done.result == "complete"
+                        and not stored.no_children else [])
             effects = after_result(stored, done.result, done.msg, phase=phase,
                                    children=children, ctx=ctx)
         except apsw.BusyError:

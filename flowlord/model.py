@@ -111,6 +111,7 @@ class StoredTask(NamedTuple):
     phase: str | None = None
     attempt: int = 0
     scheduled_for: str | None = None
+    no_children: bool = False  # a rerun with --only: its completion starts no children
 
 
 class NewTask(NamedTuple):
@@ -132,13 +133,15 @@ class NewTask(NamedTuple):
     due_at: str | None = None
     parent_no: int | None = None
     file_no: int | None = None
+    no_children: bool = False
 
     @classmethod
     def of(cls, task: Task, file_path: str | None, phase: str | None, attempt: int = 0,
            scheduled_for: str | None = None, due_at: str | None = None,
-           parent_no: int | None = None, file_no: int | None = None) -> NewTask:
+           parent_no: int | None = None, file_no: int | None = None,
+           no_children: bool = False) -> NewTask:
         return cls(task.id, task.type, task.job, task.info, task.meta, task.created, file_path,
-                   phase, attempt, scheduled_for, due_at, parent_no, file_no)
+                   phase, attempt, scheduled_for, due_at, parent_no, file_no, no_children)
 
     @property
     def task(self) -> Task:

@@ -172,7 +172,8 @@ def _retry_or_fail(stored: StoredTask, msg: str, phase: Phase | None, ctx: Conte
                  meta=encode_meta(sorted(meta.items())), id=task.id,
                  created=ctx.created_text)
     effects.tasks.append(NewTask.of(retry, stored.file_path, stored.phase, stored.attempt + 1,
-                                    stored.scheduled_for, rfc3339_ms(due), stored.task_no))
+                                    stored.scheduled_for, rfc3339_ms(due), stored.task_no,
+                                    no_children=stored.no_children))
 
 
 def _jitter(delay: timedelta, jitter: Callable[[], float]) -> timedelta:

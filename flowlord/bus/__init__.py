@@ -45,6 +45,14 @@ class Bus(Protocol):
     def ack(self, done: Done) -> None:
         """The result is stored: the bus may forget it."""
 
+    def running(self) -> list[int]:
+        """The tasks sent and not yet come back (task_no)."""
+
+    def stop(self, task_no: int, reason: str) -> bool:
+        """End a task sent to a worker (it was cancelled, or marked by hand): its process
+        group ends, and the result that comes back is of no account. False when the bus
+        could not be told (ask again later)."""
+
     def close(self, grace: float, hurry: Callable[[], bool] = ...) -> list[Done]:
         """Let running tasks finish within `grace` seconds (less once `hurry()` is true),
         end the rest; their results."""

@@ -34,6 +34,12 @@ class InProcessBus:
         found, self.done = self.done, []
         return found
 
+    def running(self) -> list[int]:
+        return []  # its work is done when sent
+
+    def stop(self, task_no: int, reason: str) -> bool:
+        return True
+
     def ack(self, done: Done) -> None:
         pass
 

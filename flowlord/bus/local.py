@@ -64,6 +64,15 @@ class LocalBus:
             self.runs.pop(done.task_no, None)
         return found
 
+    def running(self) -> list[int]:
+        return list(self.runs)
+
+    def stop(self, task_no: int, reason: str) -> bool:
+        run = self.runs.get(task_no)
+        if run is not None:
+            run.stop(reason)
+        return True
+
     def ack(self, done: Done) -> None:
         pass  # the database is the queue: a stored result is the acknowledgement
 

@@ -30,11 +30,19 @@ READ_BLOCK_MS = 1000  # a blocking read returns at least this often (to notice c
 COMMAND_TIMEOUT = 2.0  # seconds a command may take: a dead server costs the loop no more
 BACKOFF_MAX = 10.0  # seconds between reconnection attempts, at most
 MAX_TIMEOUT_SECONDS = 10 * 365 * 86400.0  # a task message's timeout must be below this
+CANCEL_KEPT = 7 * 86400  # seconds a cancel notice is kept (renewed by each new one)
 WORKERS_SEEN_FOR = 1.0  # seconds a topic without workers is not asked about again
 
 
 def task_stream(topic: str) -> str:
     return f"{PREFIX}:tasks:{topic}"
+
+
+def cancel_key(reply_to: str) -> str:
+    """The set of task numbers (of the daemon reading `reply_to`) whose processes must
+    end: a worker looks before it starts a task and while it runs one, so a worker that
+    is busy, or down and replaced, cannot miss it."""
+    return f"{PREFIX}:cancel:{reply_to}"
 
 
 def connect(url: str, timeout: float = COMMAND_TIMEOUT) -> Any:
@@ -208,6 +216,23 @@ class RedisBus:
             if topic is not None:
                 self.outstanding[topic].discard(done.task_no)
         return found
+
+    def running(self) -> list[int]:
+        return list(self._topic_of)
+
+    def stop(self, task_no: int, reason: str) -> bool:
+        """A notice for the worker that runs it (or will: a message not yet taken)."""
+        import redis
+
+        try:
+            with self.client.pipeline(transaction=False) as both:
+                both.sadd(cancel_key(self.done_stream), task_no)
+                both.expire(cancel_key(self.done_stream), CANCEL_KEPT)
+                both.execute()
+        except (redis.RedisError, OSError) as e:
+            self._lost(e)
+            return False
+        return True
 
     def ack(self, done: Done) -> None:
         """The result is stored: drop its message. When this fails the message stays

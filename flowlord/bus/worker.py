@@ -25,6 +25,7 @@ from flowlord.bus import BusUnavailable
 from flowlord.bus.redis import (
     BACKOFF_MAX,
     WORKERS_GROUP,
+    cancel_key,
     connect,
     decode_task,
     encode_done,
@@ -36,6 +37,7 @@ from flowlord.model import Done
 from flowlord.workers import Run, inherited_environment
 
 STOPPED = "stopped: the worker shut down while the task ran"
+CANCELLED = "stopped: its daemon ended the task"
 READ_BLOCK_MS = 500  # a read waits this long for a task, then the loop looks around
 STOP_POST_SECONDS = 10.0  # at stop, how long a result is retried while the server is away
 
@@ -56,6 +58,7 @@ class RemoteWorker:
         self.consumer = f"{socket.gethostname()}-{os.getpid()}"
         self.environment = inherited_environment()
         self.runs: dict[str, Run] = {}  # message id → its run
+        self.replies: dict[str, str] = {}  # message id → the daemon's stream (reply_to)
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.slot_freed = threading.Event()  # a task ended: the main loop may read again
@@ -83,6 +86,7 @@ class RemoteWorker:
                     if time.monotonic() >= next_renewal:
                         self._renew_claims()
                         next_renewal = time.monotonic() + self.claim_idle_ms / 3000
+                    self._stop_cancelled()
                     for receipt, fields in self._next_messages():
                         self._start(pool, receipt, fields)
                     backoff = 0.5
@@ -151,7 +155,34 @@ class RemoteWorker:
                   lambda done: self._report(receipt, reply_to, done), self.environment)
         with self.lock:
             self.runs[receipt] = run
+            self.replies[receipt] = reply_to
+        if self._cancelled(reply_to, [stored.task_no]):  # ended before it could start
+            run.stop(CANCELLED)
         pool.submit(run.run)
+
+    def _cancelled(self, reply_to: str, task_nos: list[int]) -> set[int]:
+        """Which of these tasks their daemon has ended (flowlord/bus/redis.py,
+        cancel_key)."""
+        import redis
+
+        try:
+            found = self.client.smismember(cancel_key(reply_to), task_nos)
+        except (redis.RedisError, OSError) as e:
+            raise BusUnavailable(str(e)) from e
+        return {n for n, there in zip(task_nos, found, strict=True) if there}
+
+    def _stop_cancelled(self) -> None:
+        """End the processes of running tasks their daemon has ended (a cancel, a mark);
+        the result reported then changes nothing there."""
+        with self.lock:
+            by_daemon: dict[str, dict[int, Run]] = {}
+            for receipt, run in self.runs.items():
+                if not run.stop_reason:
+                    by_daemon.setdefault(self.replies[receipt], {})[run.stored.task_no] = run
+        for reply_to, runs in by_daemon.items():
+            for task_no in self._cancelled(reply_to, list(runs)):
+                self.log.warning("task ended by its daemon; stopping it", task_no=task_no)
+                runs[task_no].stop(CANCELLED)
 
     def _report(self, receipt: str, reply_to: str, done: Done) -> None:
         """On the task's thread: the result onto the done stream, then the message
@@ -181,6 +212,7 @@ class RemoteWorker:
             backoff = min(backoff * 2, BACKOFF_MAX)
         with self.lock:
             self.runs.pop(receipt, None)
+            self.replies.pop(receipt, None)
         self.slot_freed.set()
         self.log.info("task ended", task_no=done.task_no, result=done.result,
                       msg=done.msg[:200])

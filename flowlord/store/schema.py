@@ -254,7 +254,9 @@ MIGRATIONS: tuple[str, ...] = (
         requested TEXT NOT NULL,
         -- a Unix user (the CLI; SUDO_USER when set) or a token's name (HTTP)
         actor     TEXT NOT NULL CHECK (actor <> ''),
-        kind      TEXT NOT NULL CHECK (kind IN ('trigger', 'backload', 'refresh', 'notify')),
+        kind      TEXT NOT NULL CHECK (kind IN ('trigger', 'backload', 'refresh', 'notify',
+                                                'rerun', 'cancel', 'drop', 'mark', 'pause',
+                                                'resume')),
         -- what it acts on: a phase `file: task`, a path, or '' for everything
         target    TEXT NOT NULL DEFAULT '',
         args      TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(args)),
@@ -264,6 +266,11 @@ MIGRATIONS: tuple[str, ...] = (
         message   TEXT NOT NULL DEFAULT '',
         CHECK ((applied IS NULL) = (outcome IS NULL))
     );
+    """,
+    # 10: a rerun with --only: its completion creates no children (README.md, Operating)
+    """
+    ALTER TABLE tasks ADD COLUMN no_children INTEGER NOT NULL DEFAULT 0
+        CHECK (no_children IN (0, 1));
     """,
 )
 

@@ -15,14 +15,17 @@ from flowlord.model import NewTask, StoredTask, Task
 # The columns a task row is read with, everywhere (the scheduler's StoredTask, the read
 # model's task JSON): one list for the table.
 TASK_COLUMNS = ("task_no, id, type, job, info, meta, created, started, ended, result, msg, "
-                "file_path, phase, attempt, scheduled_for, parent_no, due_at")
+                "file_path, phase, attempt, scheduled_for, parent_no, due_at, no_children")
 
 
-def _stored(r: Sequence[Any]) -> StoredTask:
+RESULT = 9  # where `result` is in a row of TASK_COLUMNS
+
+
+def stored_task(r: Sequence[Any]) -> StoredTask:
     """A row in TASK_COLUMNS order, as the task loop sees it (a claimed task has no result)."""
     task = Task(type=r[2], job=r[3], info=r[4], meta=r[5], id=r[1], created=r[6],
                 started=r[7] or "")
-    return StoredTask(r[0], task, r[11], r[12], r[13], r[14])
+    return StoredTask(r[0], task, r[11], r[12], r[13], r[14], bool(r[17]))
 
 
 def task_filter(*, type: str | None = None, job: str | None = None,
@@ -93,7 +96,7 @@ class TaskRows:
             "WHERE started IS NULL AND type = ? AND (due_at IS NULL OR due_at <= ?) "
             f"ORDER BY task_no LIMIT ?) RETURNING {TASK_COLUMNS}",
             (now[:19] + "Z", topic, now, limit))
-        return sorted((_stored(r) for r in rows), key=lambda t: t.task_no)
+        return sorted((stored_task(r) for r in rows), key=lambda t: t.task_no)
 
     def finish(self, task_no: int, ended: str, result: str, msg: str,
                started: str = "") -> StoredTask | None:
@@ -104,11 +107,11 @@ class TaskRows:
             "UPDATE tasks SET started = coalesce(nullif(?, ''), started), ended = ?, "
             "result = ?, msg = ? WHERE task_no = ? AND started IS NOT NULL AND ended IS NULL "
             f"RETURNING {TASK_COLUMNS}", (started, ended, result, msg, task_no)).fetchone()
-        return _stored(row) if row else None
+        return stored_task(row) if row else None
 
     def unpublished(self) -> list[StoredTask]:
         """Tasks claimed for the redis bus whose publication was not recorded."""
-        return [_stored(r) for r in self.conn.execute(
+        return [stored_task(r) for r in self.conn.execute(
             f"SELECT {TASK_COLUMNS} FROM tasks WHERE started IS NOT NULL AND ended IS NULL "
             "AND published_at IS NULL ORDER BY task_no")]
 
@@ -124,16 +127,75 @@ class TaskRows:
 
     def running(self) -> list[StoredTask]:
         """Tasks started and not ended: after a restart, those the last run left behind."""
-        return [_stored(r) for r in self.conn.execute(
+        return [stored_task(r) for r in self.conn.execute(
             f"SELECT {TASK_COLUMNS} FROM tasks WHERE started IS NOT NULL AND ended IS NULL "
             "ORDER BY task_no")]
+
+    # --- operator actions on tasks (flowlord/operations.py) --------------------------
+
+    def task_row(self, task_no: int) -> tuple[Any, ...] | None:
+        """One task row, in TASK_COLUMNS order."""
+        return self.conn.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE task_no = ?",
+                                 (task_no,)).fetchone()
+
+    def failed_last_attempts(self, type: str | None, since: str | None,
+                             limit: int) -> list[int]:
+        """Tasks that failed and were not tried again (no later attempt: a retry or a
+        rerun has the next attempt number; a child starts at 0), oldest first; not the
+        cancelled ones, which were meant to end."""
+        where, args = ["t.result = 'error'", "t.msg NOT LIKE 'cancelled by %'"], []
+        if type is not None:
+            where.append("t.type = ?")
+            args.append(type)
+        if since is not None:
+            where.append("t.ended >= ?")
+            args.append(since)
+        return [r[0] for r in self.conn.execute(
+            "SELECT t.task_no FROM tasks AS t WHERE " + " AND ".join(where) + " AND NOT "
+            "EXISTS (SELECT 1 FROM tasks AS r WHERE r.parent_no = t.task_no "
+            "AND r.attempt > t.attempt) ORDER BY t.task_no LIMIT ?", (*args, limit))]
+
+    def waiting_task_nos(self, type: str, job: str | None) -> list[int]:
+        """The tasks of a topic (and job) that wait for a worker."""
+        sql = ("SELECT task_no FROM tasks INDEXED BY tasks_queue WHERE started IS NULL "
+               "AND type = ?")
+        args: list[object] = [type]
+        if job is not None:
+            sql += " AND job = ?"
+            args.append(job)
+        return [r[0] for r in self.conn.execute(sql + " ORDER BY task_no", args)]
+
+    def end_now(self, task_no: int, ended: str, result: str, msg: str) -> bool:
+        """End an unfinished task with this result (a waiting one counts as started now);
+        False when it had ended. No retry, no alert: the caller decides what follows.
+        Call inside write_txn."""
+        self.conn.execute(
+            "UPDATE tasks SET started = coalesce(started, ?), ended = ?, result = ?, msg = ? "
+            "WHERE task_no = ? AND ended IS NULL", (ended, ended, result, msg, task_no))
+        return self.conn.changes() == 1
+
+    def set_result(self, task_no: int, result: str, msg: str) -> bool:
+        """Record another result for a finished task (`flowlord mark`); False when it
+        has not ended. Call inside write_txn."""
+        self.conn.execute("UPDATE tasks SET result = ?, msg = ? WHERE task_no = ? "
+                          "AND ended IS NOT NULL", (result, msg, task_no))
+        return self.conn.changes() == 1
+
+    def ended_among(self, task_nos: Sequence[int]) -> list[int]:
+        """Which of these tasks have ended (a cancel or a mark by another process)."""
+        if not task_nos:
+            return []
+        marks = ", ".join("?" * len(task_nos))
+        return [r[0] for r in self.conn.execute(
+            f"SELECT task_no FROM tasks WHERE task_no IN ({marks}) AND ended IS NOT NULL",
+            list(task_nos))]
 
     def add_tasks(self, tasks: Sequence[NewTask]) -> None:
         """Insert children, retries and file tasks; call inside write_txn."""
         self.conn.executemany(
             "INSERT INTO tasks (id, type, job, info, meta, created, file_path, phase, attempt, "
-            "scheduled_for, due_at, parent_no, file_no) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", tasks)
+            "scheduled_for, due_at, parent_no, file_no, no_children) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", tasks)
 
     def queue_depths(self) -> list[tuple[str, int, int]]:
         """(topic, waiting, running) of the unfinished tasks."""
@@ -170,7 +232,7 @@ class TaskRows:
 
     def overdue(self, cutoff: str) -> list[StoredTask]:
         """Unfinished tasks created before `cutoff` without an `incomplete` alert."""
-        return [_stored(r) for r in self.conn.execute(
+        return [stored_task(r) for r in self.conn.execute(
             f"SELECT {TASK_COLUMNS} FROM tasks AS t WHERE ended IS NULL AND created < ? "
             "AND NOT EXISTS (SELECT 1 FROM alerts AS a WHERE a.task_no = t.task_no "
             "AND a.kind = 'incomplete') ORDER BY created", (cutoff,))]

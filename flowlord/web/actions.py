@@ -1,4 +1,5 @@
-"""POST /api/refresh, /api/trigger and /api/backload: operator actions over HTTP.
+"""POST /api/refresh, /api/trigger, /api/backload and /api/tasks/<task_no>/rerun,
+/cancel and /mark: operator actions over HTTP.
 
 Behind a bearer token (401 without it, 403 when none is configured); the token's
 name is who acts, in the audit trail. The request is checked here and its fires
@@ -13,9 +14,11 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 from http import HTTPStatus
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from flowlord import operations
 from flowlord.clock import parse_iso
@@ -24,10 +27,13 @@ from flowlord.config import Config
 from flowlord.errors import BadRequest, UsageError
 from flowlord.loader import LoaderError
 from flowlord.model import Fire
-from flowlord.operations import Action
+from flowlord.operations import Action, Place
 from flowlord.rules import BY_STEPS
 from flowlord.store import Store, StoreError
 from flowlord.tasks import BuildError, Context, meta_dir
+
+T = TypeVar("T")
+_ON_TASK = re.compile(r"/api/tasks/([0-9]{1,18})/(rerun|cancel|mark)")
 
 
 class Loop(Protocol):
@@ -38,6 +44,9 @@ class Loop(Protocol):
 
     def rescan(self, action: Action) -> list[str]:
         """A full rescan, as the action; the changes (`+key`, `~key`, `-key`)."""
+
+    def act(self, action: Action, apply: Callable[[Place], T]) -> T:
+        """`apply` run on the loop, with its database; its result."""
 
 
 class Actions:
@@ -70,18 +79,55 @@ class Actions:
         return self.act(actor, path, fields)
 
     def act(self, actor: str, path: str, fields: dict[str, Any]) -> tuple[HTTPStatus, Any]:
-        """The action at `path` (`/api/trigger`, …) with its fields, done as `actor`: the
-        one entry for every way in (the JSON API, the dashboard's forms)."""
+        """The action at `path` (`/api/trigger`, `/api/tasks/12/rerun`, …) with its
+        fields, done as `actor`: the one entry for every way in (the JSON API, the
+        dashboard's forms)."""
         routes = {"/api/refresh": self.refresh, "/api/trigger": self.trigger,
                   "/api/backload": self.backload}
-        if path not in routes:
+        on_task = _ON_TASK.fullmatch(path)
+        if path not in routes and not on_task:
             raise BadRequest(HTTPStatus.NOT_FOUND, f"no such path: {path}")
         try:
+            if on_task:
+                task_no, verb = int(on_task[1]), on_task[2]
+                return {"rerun": self.rerun, "cancel": self.cancel, "mark": self.mark}[verb](
+                    actor, task_no, fields)
             return routes[path](actor, fields)
         except UsageError as e:  # no such phase, a phase that cannot run
             raise BadRequest(HTTPStatus.BAD_REQUEST, str(e)) from None
+        except operations.Refused as e:  # a task not there, or not in a state for it
+            raise BadRequest(HTTPStatus.CONFLICT, str(e)) from None
         except (DaemonBusy, LoaderError, StoreError) as e:
             raise BadRequest(HTTPStatus.SERVICE_UNAVAILABLE, str(e)) from None
+
+    def rerun(self, actor: str, task_no: int, fields: dict[str, Any]) -> tuple[HTTPStatus, Any]:
+        only = _flag(fields, "only")
+        action = Action(actor, "rerun", str(task_no), {"tasks": [task_no], "only": only},
+                        retried=True)
+        reruns = self._loop().act(action, lambda at: operations.rerun(
+            at.store, [task_no], only, at.ctx.created, action))
+        return HTTPStatus.CREATED, {"tasks": [
+            {"type": r.type, "job": r.job, "info": r.info, "attempt": r.attempt,
+             "parent_no": r.parent_no, "no_children": r.no_children} for r in reruns]}
+
+    def cancel(self, actor: str, task_no: int, fields: dict[str, Any]) -> tuple[HTTPStatus, Any]:
+        action = Action(actor, "cancel", str(task_no), {"tasks": [task_no]}, retried=True)
+        cancelled, _ = self._loop().act(action, lambda at: operations.cancel(
+            at.store, [task_no], at.ctx.created, action))
+        if not cancelled:
+            raise operations.Refused(f"task {task_no} had already ended")
+        return HTTPStatus.OK, {"cancelled": cancelled}
+
+    def mark(self, actor: str, task_no: int, fields: dict[str, Any]) -> tuple[HTTPStatus, Any]:
+        result, msg = _text(fields, "result"), _text(fields, "msg", "")
+        if result not in ("complete", "error"):
+            raise BadRequest(HTTPStatus.BAD_REQUEST, "result must be complete or error")
+        action = Action(actor, "mark", str(task_no), {"result": result, "msg": msg},
+                        retried=True)
+        children = self._loop().act(action, lambda at: operations.mark(
+            at.store, task_no, result, msg, at.ctx, action, at.children))
+        return HTTPStatus.OK, {"task_no": task_no, "result": result,
+                               "children": len(children)}
 
     def refresh(self, actor: str, fields: dict[str, Any]) -> tuple[HTTPStatus, Any]:
         changes = self._loop().rescan(Action(actor, "refresh", retried=True))
@@ -127,6 +173,13 @@ class Actions:
         if self.loop is None:
             raise BadRequest(HTTPStatus.SERVICE_UNAVAILABLE, "no daemon to act")
         return self.loop
+
+
+def _flag(fields: dict[str, Any], key: str) -> bool:
+    value = fields.get(key, False)
+    if not isinstance(value, bool):
+        raise BadRequest(HTTPStatus.BAD_REQUEST, f"{key} must be true or false")
+    return value
 
 
 def _target(chosen: operations.Chosen) -> str:
