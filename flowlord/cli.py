@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta, tzinfo
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import apsw
 
@@ -246,6 +246,7 @@ def cmd_phases(args: argparse.Namespace, config: Config) -> int:
     try:
         phases = reads.phase_rows(store, severity=args.severity)
         refused = reads.refused_files(store)
+        pauses = reads.pauses_now(store)
     finally:
         store.close()
     zone, now = config.zone(), datetime.now(UTC)
@@ -257,7 +258,7 @@ def cmd_phases(args: argparse.Namespace, config: Config) -> int:
         if not planned:
             fire = _next_fire(phase, zone, now)
             next_fire = rfc3339(fire) if fire else None
-        rows.append(reads.phase_json(phase, next_fire, last_fire))
+        rows.append(reads.phase_json(phase, next_fire, last_fire, pauses))
     if args.json:
         report.show(json.dumps(rows, indent=1))
         return 0
@@ -266,6 +267,11 @@ def cmd_phases(args: argparse.Namespace, config: Config) -> int:
             report.show(f"{r['file']}\t-\terror\t{r['status']}")
             continue
         line = f"{r['file']}\t{r['task']}\t{r['severity']}\tnext={r['next_fire'] or '-'}"
+        paused: Any = r.get("paused")
+        if paused:  # who, until when and why: one line says it all
+            line += f"\tpaused by {paused['actor']}" + (
+                f" until {paused['until']}" if paused["until"] else "") + (
+                f": {paused['reason']}" if paused["reason"] else "")
         report.show(line + (f"\t{r['status']}" if r["status"] else ""))
     return 0
 

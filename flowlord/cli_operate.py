@@ -1,4 +1,5 @@
-"""The commands that act on tasks that exist: `rerun`, `cancel`, `drop`, `mark`.
+"""The commands that act on what exists: `rerun`, `cancel`, `drop`, `mark` a task;
+`pause`, `resume` and list the `pauses`.
 
 Arguments in, lines out: what they do is in flowlord/operations.py (the HTTP API
 calls the same code). Each is a row of the audit trail. They change rows only, so
@@ -8,14 +9,16 @@ they need no daemon; a running daemon ends the process of a task ended here.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from flowlord import operations
-from flowlord.clock import rfc3339
+from flowlord import operate, operations
+from flowlord.clock import parse_iso, rfc3339
 from flowlord.config import Config
+from flowlord.durations import DurationError, parse_duration
 from flowlord.errors import UsageError
 from flowlord.loader import Loader
 from flowlord.store import Store
@@ -42,6 +45,36 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser,
     p.add_argument("task_no", type=_task_no, metavar="TASK_NO")
     p.add_argument("result", choices=["complete", "error"])
     p.add_argument("--msg", default="")
+    p = sub.add_parser("pause", parents=[common],
+                       help="stop new work of a phase, a file, a topic or everything")
+    _targets(p, many=False)
+    p.add_argument("--until", type=_until, help="an ISO 8601 time, or a duration from now")
+    p.add_argument("--reason", default="")
+    p = sub.add_parser("resume", parents=[common], help="end pauses")
+    _targets(p, many=True)
+    p = sub.add_parser("pauses", parents=[common], help="the pauses in force")
+    p.add_argument("--json", action="store_true")
+
+
+def _targets(p: argparse.ArgumentParser, many: bool) -> None:
+    p.add_argument("tasks", nargs="*" if many else "?", default=[] if many else None,
+                   metavar="TASK")
+    p.add_argument("--workflow", help="workflow file key, when several define TASK")
+    p.add_argument("--file", help="every phase of this workflow file (its key)")
+    p.add_argument("--topic", help="keep this topic's tasks waiting")
+    p.add_argument("--all", action="store_true", help="everything")
+
+
+def _until(text: str) -> datetime:
+    """An ISO 8601 time, or a duration from now (`2h`, `90m`)."""
+    try:
+        return datetime.now(UTC) + parse_duration(text)
+    except DurationError:
+        pass
+    try:
+        return parse_iso(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a time or a duration: {text}") from None
 
 
 def _task_no(text: str) -> int:
@@ -54,7 +87,7 @@ def _action(kind: str, target: str, args: dict[str, Any]) -> operations.Action:
     return operations.Action(operations.unix_actor(), kind, target, args)
 
 
-def _refused(e: operations.Refused) -> int:
+def _refused(e: operate.Refused) -> int:
     print(f"flowlord: {e}", file=sys.stderr)
     return 1
 
@@ -72,12 +105,12 @@ def cmd_rerun(args: argparse.Namespace, config: Config) -> int:
         task_nos = (store.failed_last_attempts(args.type, since, 10_000) if args.failed
                     else args.task_nos)
         if args.dry_run:
-            reruns = operations.plan_reruns(store, task_nos, args.only, now)
+            reruns = operate.plan_reruns(store, task_nos, args.only, now)
         else:
-            reruns = operations.rerun(store, task_nos, args.only, now, _action(
+            reruns = operate.rerun(store, task_nos, args.only, now, _action(
                 "rerun", " ".join(map(str, task_nos))[:1000],
                 {"tasks": task_nos, "only": args.only}))
-    except operations.Refused as e:
+    except operate.Refused as e:
         return _refused(e)
     finally:
         store.close()
@@ -95,9 +128,9 @@ def cmd_cancel(args: argparse.Namespace, config: Config) -> int:
     """End tasks now; exit 1 when one had already ended."""
     store = Store(config.db)
     try:
-        cancelled, over = operations.cancel(store, args.task_nos, datetime.now(UTC), _action(
+        cancelled, over = operate.cancel(store, args.task_nos, datetime.now(UTC), _action(
             "cancel", " ".join(map(str, args.task_nos))[:1000], {"tasks": args.task_nos}))
-    except operations.Refused as e:
+    except operate.Refused as e:
         return _refused(e)
     finally:
         store.close()
@@ -112,7 +145,7 @@ def cmd_drop(args: argparse.Namespace, config: Config) -> int:
     """Cancel every waiting task of a topic."""
     store = Store(config.db)
     try:
-        dropped = operations.drop(store, args.type, args.job, datetime.now(UTC), _action(
+        dropped = operate.drop(store, args.type, args.job, datetime.now(UTC), _action(
             "drop", f"{args.type}:{args.job}" if args.job else args.type,
             {"type": args.type, "job": args.job}))
     finally:
@@ -127,10 +160,10 @@ def cmd_mark(args: argparse.Namespace, config: Config) -> int:
     loader = Loader(config.workflows, store)
     ctx = Context(config.zone(), meta_dir(config.workflows), datetime.now(UTC))
     try:
-        children = operations.mark(store, args.task_no, args.result, args.msg, ctx, _action(
+        children = operate.mark(store, args.task_no, args.result, args.msg, ctx, _action(
             "mark", str(args.task_no), {"result": args.result, "msg": args.msg}),
             loader.children)
-    except operations.Refused as e:
+    except operate.Refused as e:
         return _refused(e)
     finally:
         loader.close()
@@ -140,4 +173,60 @@ def cmd_mark(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-COMMANDS = {"rerun": cmd_rerun, "cancel": cmd_cancel, "drop": cmd_drop, "mark": cmd_mark}
+def cmd_pause(args: argparse.Namespace, config: Config) -> int:
+    """Open a pause; exit 1 when one is in force for that already."""
+    now = datetime.now(UTC)
+    until = operations.in_zone(args.until, config.zone()) if args.until else None
+    store = Store(config.db)
+    try:
+        target, label = operate.pause_target(store, task=args.tasks, workflow=args.workflow,
+                                             file=args.file, topic=args.topic,
+                                             everything=args.all)
+        operate.pause(store, target, until, args.reason, now, _action(
+            "pause", label, {"until": rfc3339(until) if until else None,
+                             "reason": args.reason}))
+    except operate.Refused as e:
+        return _refused(e)
+    finally:
+        store.close()
+    print(f"paused {label}" + (f" until {rfc3339(until)}" if until else ""))
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace, config: Config) -> int:
+    """End the pauses named; exit 1 when none of them was in force."""
+    store = Store(config.db)
+    try:
+        named = [operate.pause_target(store, task=t, workflow=args.workflow) for t in args.tasks]
+        if args.file or args.topic or args.all or not named:
+            named.append(operate.pause_target(store, file=args.file, topic=args.topic,
+                                              everything=args.all))
+        ended = operate.resume(store, [target for target, _ in named], datetime.now(UTC),
+                               _action("resume", ", ".join(label for _, label in named)[:1000],
+                                       {}))
+    except operate.Refused as e:
+        return _refused(e)
+    finally:
+        store.close()
+    print(f"{ended} pause{'s' if ended != 1 else ''} ended")
+    return 0 if ended else 1
+
+
+def cmd_pauses(args: argparse.Namespace, config: Config) -> int:
+    """The pauses in force: target, actor, reason, since, until."""
+    store = Store(config.db, readonly=True)
+    try:
+        rows = operate.pauses_in_force(store, datetime.now(UTC))
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(rows, indent=1, ensure_ascii=False))
+        return 0
+    for r in rows:
+        print(f"{r['target']}\t{r['actor']}\tsince {r['since']}\t"
+              f"until {r['until'] or 'resumed'}\t{r['reason']}")
+    return 0
+
+
+COMMANDS = {"rerun": cmd_rerun, "cancel": cmd_cancel, "drop": cmd_drop, "mark": cmd_mark,
+            "pause": cmd_pause, "resume": cmd_resume, "pauses": cmd_pauses}

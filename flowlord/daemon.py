@@ -45,7 +45,9 @@ from flowlord.file_triggers import FileTriggers
 from flowlord.ledger import Ledger
 from flowlord.loader import Loader, LoaderError
 from flowlord.model import Fire
-from flowlord.operations import Action, Place
+from flowlord.operate import Place
+from flowlord.operations import Action
+from flowlord.pauses import Pauses
 from flowlord.retention import Retention
 from flowlord.scheduler import Scheduler
 from flowlord.sdnotify import notify, watchdog_interval
@@ -84,6 +86,9 @@ class Daemon:
         self.ledger = Ledger(Scheduler(config.zone(), catchup=config.catchup,
                                        limit=config.catchup_limit), self.log)
         self.file_triggers = FileTriggers(self.log, self.wakeup.wake)
+        self.pauses = Pauses()  # one view of them, shared by the ledger, tasks and files
+        self.ledger.pauses = self.file_triggers.pauses = self.pauses
+        self.pauses_seen = -1  # PRAGMA data_version when the pauses were last read
         self.retention = Retention(config.retention, self.log, self.clock.monotonic())
         self.webhook = (Webhook(config.webhook, config.webhook_interval.total_seconds(),
                                 self.log) if config.webhook else None)
@@ -105,6 +110,7 @@ class Daemon:
         self.store = store
         self.dispatcher = Dispatcher(self.loader, self.bus, self._context(self.clock.now()),
                                      self.config.task_ttl, self.log, self.clock)
+        self.dispatcher.pauses = self.pauses
         self.sync = WorkflowSync(self.loader, self.ledger, self.file_triggers,
                                  rescan_every=self.config.rescan.total_seconds(),
                                  monotonic=self.clock.monotonic(), log=self.log,
@@ -117,6 +123,7 @@ class Daemon:
         catch-up fires wait for the first turn's lease and claims)."""
         self.sync.first_load(self.clock.now, lambda: bool(self.stop_signals), self.wakeup.wait)
         now = self.clock.now()
+        self.pauses.load(self.store, now)  # catch-up is judged by the pauses of its slots
         self.ledger.start(self.store, now, self._context(now))
         self.sync.scheduled_now()
         self.dispatcher.recover()
@@ -259,7 +266,10 @@ class Daemon:
         """Any other action: `apply` runs on the loop with the daemon's database."""
         def on_the_loop() -> T:
             now = self.clock.now()
-            return apply(Place(self.store, self._context(now), self.loader.children))
+            try:
+                return apply(Place(self.store, self._context(now), self.loader.children))
+            finally:
+                self.pauses.load(self.store, now)  # a pause or a resume counts at once
         return self.commands.ask(action.kind, action.actor, on_the_loop, COMMAND_TIMEOUT)
 
     def rescan(self, action: Action) -> list[str]:
@@ -286,6 +296,7 @@ class Daemon:
         ctx = self._context(now)
         # slots due by now fire from the phases as they were, before a refresh can
         # reschedule them (a rename at 12:00:00.1 must not lose the 12:00 slot)
+        self._follow_pauses(now)
         self.ledger.fire_due(now, monotonic, ctx)
         asked, self.rescan_asked = self.rescan_asked, False  # a SIGHUP from now on counts
         self.sync.turn(now, monotonic, asked)
@@ -309,6 +320,14 @@ class Daemon:
             notify("WATCHDOG=1")
             self.next_ping = monotonic + self.ping_every
         return self._wait()
+
+    def _follow_pauses(self, now: datetime) -> None:
+        """Pauses another process wrote (`flowlord pause`): read again when the database
+        changed. Before the turn fires, so a slot due now sees a pause made before it."""
+        version = self.store.data_version()
+        if version != self.pauses_seen:
+            self.pauses_seen = version
+            self.pauses.load(self.store, now)
 
     def _wait(self) -> float:
         """Until the next slot, retry, rescan or settled file event; at most TICK. From

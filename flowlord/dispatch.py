@@ -21,6 +21,7 @@ from flowlord.durations import format_duration
 from flowlord.loader import Loader
 from flowlord.model import Done, NewTask, Phase, StoredTask
 from flowlord.outcomes import Effects, after_result
+from flowlord.pauses import Pauses
 from flowlord.rules import decode_meta, parse_rule
 from flowlord.store import Store, write_txn
 from flowlord.tasks import Context
@@ -56,6 +57,7 @@ class Dispatcher:
         self._counted: list[tuple[str, str]] = []  # this turn's (topic, result), for metrics
         self._alerted: list[str] = []  # this turn's alert kinds, for metrics
         self.stopping: set[int] = set()  # ended elsewhere; their workers were told to stop
+        self.pauses = Pauses()  # paused topics wait; paused phases start no children
         self.next_stop_check = 0.0
 
     def recover(self) -> None:
@@ -87,6 +89,7 @@ class Dispatcher:
             open_topics = self.bus.open_topics()
             topics = (self.store.ready_topics(now) if open_topics is None
                       else [t for t in open_topics if self.store.has_ready(t, now)])
+            topics = [t for t in topics if self.pauses.of_topic(t, self.clock.now()) is None]
         if not self.pending and not topics:
             return
         ctx = Context(self.ctx.zone, self.ctx.meta_dir, self.clock.now())
@@ -252,8 +255,8 @@ class Dispatcher:
             return False
         try:
             phase = self._phase(stored)
-            children = (self._children_of(stored) if done.result == "complete"
-                        and not stored.no_children else [])
+            children = (self._unpaused(self._children_of(stored), stored)
+                        if done.result == "complete" and not stored.no_children else [])
             effects = after_result(stored, done.result, done.msg, phase=phase,
                                    children=children, ctx=ctx)
         except apsw.BusyError:
@@ -272,6 +275,19 @@ class Dispatcher:
         for note in effects.notes:
             self.log.info("child not created", task_no=stored.task_no, note=note)
         return True
+
+    def _unpaused(self, children: list[Phase], parent: StoredTask) -> list[Phase]:
+        """The children whose phases are not paused; a paused one is logged with why."""
+        now = self.clock.now()
+        kept = []
+        for child in children:
+            paused = self.pauses.of_phase(child.file_path, child.task, now)
+            if paused is None:
+                kept.append(child)
+            else:
+                self.log.warning("child not created", task_no=parent.task_no,
+                                 child=child.task, why=paused.why())
+        return kept
 
     def _phase(self, stored: StoredTask) -> Phase | None:
         key = (stored.file_path, stored.phase, stored.task.type, stored.task.job)

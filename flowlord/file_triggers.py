@@ -13,6 +13,7 @@ import apsw
 
 from flowlord.arrivals import ArrivalWatcher, matches, record_arrival, storable
 from flowlord.model import Phase
+from flowlord.pauses import Pauses
 from flowlord.rules import parse_rule
 from flowlord.store import Store, write_txn
 from flowlord.tasks import Context
@@ -29,6 +30,7 @@ class FileTriggers:
         self.watch = ArrivalWatcher(log, wake)
         self.phases: list[Phase] = []
         self.arrived: list[str] = []  # not yet recorded (the database was locked)
+        self.pauses = Pauses()
 
     def follow(self, store: Store) -> None:
         """Read the `files=` phases again and watch the directories they need."""
@@ -54,9 +56,20 @@ class FileTriggers:
                 self.arrived.append(path)
         if not self.arrived:
             return
+        phases = []
+        for phase in self.phases:  # a paused phase starts nothing: logged with why
+            paused = self.pauses.of_phase(phase.file_path, phase.task, ctx.created)
+            if paused is None:
+                phases.append(phase)
+                continue
+            rule = parse_rule(phase.rule).files
+            for path in self.arrived:
+                if matches(rule, path):
+                    self.log.warning("file not started", path=path, file=phase.file_path,
+                                     phase=phase.task, why=paused.why())
         try:
             with write_txn(store.conn):
-                started = [(path, record_arrival(store, self.phases, path, "watch", ctx))
+                started = [(path, record_arrival(store, phases, path, "watch", ctx))
                            for path in self.arrived]
         except apsw.BusyError:
             return  # they wait for the next turn

@@ -29,6 +29,7 @@ from flowlord import metrics
 from flowlord.clock import rfc3339, rfc3339_ms
 from flowlord.model import Fire, Phase
 from flowlord.operations import Action, record_fires
+from flowlord.pauses import Pauses
 from flowlord.scheduler import Due, PhaseKey, Scheduler, parse_slot
 from flowlord.standby import Leadership
 from flowlord.store import Store, write_txn
@@ -45,6 +46,7 @@ class Ledger:
         self.scheduler = scheduler
         self.log = log
         self.leadership = leadership  # with a redis bus: slots are claimed there first
+        self.pauses = Pauses()  # a slot of a paused phase is recorded with no task
         self.pending: list[Fire] = []
         self.held: list[Fire] = []
         self.unplanned: set[PhaseKey] = set()
@@ -87,9 +89,15 @@ class Ledger:
 
     def build(self, due: Iterable[Due], ctx: Context) -> list[Fire]:
         """The fires of due slots. A fire whose tasks cannot be built is still a fire,
-        with `error` saying why; so is one a bug stopped."""
+        with `error` saying why; so is one a bug stopped, and one of a paused phase
+        (the pause in force at the slot's time)."""
         fires = []
         for d in due:
+            paused = self.pauses.of_phase(d.phase.file_path, d.phase.task, d.slot)
+            if paused is not None:  # recorded, so that catch-up never fires it later
+                fires.append(Fire(d.phase.file_path, d.phase.task, rfc3339(d.slot), d.source,
+                                  (), paused.why()))
+                continue
             try:
                 fires.append(build_fire(d.phase, d.slot, d.source, ctx))
             except Exception as e:  # a bug costs this fire, recorded with why; not the daemon

@@ -28,11 +28,10 @@ import apsw
 from flowlord.arrivals import record_arrival
 from flowlord.clock import rfc3339, rfc3339_ms
 from flowlord.errors import UsageError
-from flowlord.model import Fire, NewTask, Phase, StoredTask, Task
-from flowlord.outcomes import after_result
+from flowlord.model import Fire, NewTask, Phase
+from flowlord.pauses import Pauses
 from flowlord.rules import BY_STEPS, parse_rule
 from flowlord.store import Store, write_txn
-from flowlord.store.taskrows import RESULT, stored_task
 from flowlord.tasks import BuildError, Context, backload_steps, build_fire
 
 
@@ -127,6 +126,7 @@ def runnable_phase(store: Store, task: str, workflow: str | None) -> Chosen:
     if chosen.phase.severity == "error":
         raise UsageError(f"{chosen.phase.file_path}: {chosen.phase.task} cannot run: "
                          f"{chosen.phase.status}")
+    check_not_paused(store, chosen.phase, datetime.now(UTC))
     return chosen
 
 
@@ -220,129 +220,10 @@ def notify(store: Store, phases: Sequence[Phase], paths: Sequence[str], source: 
     return started
 
 
-# --- acting on tasks: rerun, cancel, drop, mark ------------------------------------------
-# None of these needs a process: they change rows, and the daemon follows. A task ended
-# here while a worker runs it has its process ended by the daemon that runs it
-# (flowlord/dispatch.py, stop_ended), and its late result changes nothing.
-
-
-class Refused(Exception):
-    """The action does not apply to what it names; str(e) is one line for people."""
-
-
-@dataclass(frozen=True)
-class Place:
-    """Where an action is applied: the database, the time and what building tasks
-    needs, and how to find a task's child phases (the daemon's loader, or one the
-    command opened)."""
-
-    store: Store
-    ctx: Context
-    children: Callable[[Task], list[Phase]]
-
-
-def _row(store: Store, task_no: int) -> tuple[StoredTask, str | None]:
-    """The task and its result (None: not ended); Refused when there is none."""
-    row = store.task_row(task_no)
-    if row is None:
-        raise Refused(f"no task {task_no}")
-    return stored_task(row), row[RESULT]
-
-
-def plan_reruns(store: Store, task_nos: Sequence[int], only: bool,
-                now: datetime) -> list[NewTask]:
-    """A new attempt of each task (attempt + 1, its parent the task), waiting now; with
-    `only`, its completion starts no children. Only reads; Refused when a task is not
-    there or has not ended."""
-    reruns = []
-    for task_no in dict.fromkeys(task_nos):
-        stored, result = _row(store, task_no)
-        if result is None:
-            state = "running" if stored.task.started else "waiting"
-            raise Refused(f"task {task_no} is still {state}: only an ended task can be rerun")
-        task = stored.task._replace(created=rfc3339(now))
-        reruns.append(NewTask.of(task, stored.file_path, stored.phase, stored.attempt + 1,
-                                 stored.scheduled_for, None, task_no, no_children=only))
-    return reruns
-
-
-def rerun(store: Store, task_nos: Sequence[int], only: bool, now: datetime,
-          action: Action) -> list[NewTask]:
-    """The reruns of `plan_reruns`, created in one transaction with the action's outcome."""
-    begin(store, action, now)
-    try:
-        with write_txn(store.conn):
-            reruns = plan_reruns(store, task_nos, only, now)
-            store.add_tasks(reruns)
-            done(store, action, now, f"{len(reruns)} task{'s' if len(reruns) != 1 else ''} "
-                 "to run again" + (", without children" if only else ""))
-    except Exception as e:
-        failed(store, action, now, e)
-        raise
-    return reruns
-
-
-def cancel(store: Store, task_nos: Sequence[int], now: datetime,
-           action: Action) -> tuple[list[int], list[int]]:
-    """End each unfinished task now as `error`, `cancelled by <actor>`: never retried,
-    no `failed` alert. (cancelled, those that had already ended)."""
-    begin(store, action, now)
-    msg, ended = f"cancelled by {action.actor}", rfc3339(now)
-    try:
-        with write_txn(store.conn):
-            for task_no in task_nos:
-                _row(store, task_no)
-            cancelled = [n for n in dict.fromkeys(task_nos)
-                         if store.end_now(n, ended, "error", msg)]
-            over = [n for n in dict.fromkeys(task_nos) if n not in cancelled]
-            done(store, action, now, f"{len(cancelled)} cancelled"
-                 + (f", {len(over)} had ended" if over else ""))
-    except Exception as e:
-        failed(store, action, now, e)
-        raise
-    return cancelled, over
-
-
-def drop(store: Store, type: str, job: str | None, now: datetime, action: Action) -> list[int]:
-    """Cancel every waiting task of a topic (and job); the tasks cancelled."""
-    begin(store, action, now)
-    msg, ended = f"cancelled by {action.actor}", rfc3339(now)
-    try:
-        with write_txn(store.conn):
-            dropped = [n for n in store.waiting_task_nos(type, job)
-                       if store.end_now(n, ended, "error", msg)]
-            done(store, action, now, f"{len(dropped)} waiting task"
-                 f"{'s' if len(dropped) != 1 else ''} cancelled")
-    except Exception as e:
-        failed(store, action, now, e)
-        raise
-    return dropped
-
-
-def mark(store: Store, task_no: int, result: str, msg: str, ctx: Context, action: Action,
-         children: Callable[[Task], list[Phase]]) -> list[NewTask]:
-    """Record `result` by hand (an unfinished task ends now; a running one's process is
-    ended by its daemon). `complete` starts its children as a worker's would; `error`
-    is final (no retry, no alert). The children created."""
-    now = ctx.created
-    begin(store, action, now)
-    msg = msg or f"marked {result} by {action.actor}"
-    try:
-        with write_txn(store.conn):
-            stored, before = _row(store, task_no)
-            if before == result:
-                raise Refused(f"task {task_no} is already {result}")
-            if not store.end_now(task_no, rfc3339(now), result, msg):
-                store.set_result(task_no, result, msg)
-            new: list[NewTask] = []
-            if result == "complete" and not stored.no_children:
-                new = list(after_result(stored, "complete", msg, phase=None,
-                                        children=children(stored.task), ctx=ctx).tasks)
-                store.add_tasks(new)
-            done(store, action, now, f"marked {result}"
-                 + (f", {len(new)} child task{'s' if len(new) != 1 else ''} created"
-                    if result == "complete" else ""))
-    except Exception as e:
-        failed(store, action, now, e)
-        raise
-    return new
+def check_not_paused(store: Store, phase: Phase, now: datetime) -> None:
+    """A trigger or a backload of a paused phase is refused: it would create tasks."""
+    pauses = Pauses()
+    pauses.load(store, now)
+    found = pauses.of_phase(phase.file_path, phase.task, now)
+    if found is not None:
+        raise UsageError(f"{phase.file_path}: {phase.task} is {found.why()}: resume it first")

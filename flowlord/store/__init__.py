@@ -2,9 +2,9 @@
 
 `connection` opens the database (pragmas, migrations, `write_txn`); `workflows`
 holds the SQL of workflow files and phases, `fires` the fire ledger's, and
-`taskrows` that of tasks, alerts and arrived files, `actions` the audit trail's.
-`Store` is one connection with all four. `reads` is the read model over a Store:
-what the API, the dashboard and the commands show.
+`taskrows` that of tasks, alerts and arrived files, `actions` the audit trail's,
+`pauses` the pauses'. `Store` is one connection with all of them. `reads` is the
+read model over a Store: what the API, the dashboard and the commands show.
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ from flowlord.store.connection import (
     write_txn,
 )
 from flowlord.store.fires import FireRows
+from flowlord.store.pauses import PauseRows
 from flowlord.store.taskrows import TaskRows
 from flowlord.store.workflows import FileOp, FileState, FileVersion, WorkflowRows
 
 
-class Store(WorkflowRows, FireRows, TaskRows, ActionRows):
+class Store(WorkflowRows, FireRows, TaskRows, ActionRows, PauseRows):
     """The writer's view of the database (the daemon and state-changing commands)."""
 
     def __init__(self, path: str, *, readonly: bool = False,

@@ -16,9 +16,11 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from flowlord.model import Phase
+from flowlord.pauses import Pauses
 from flowlord.store import Store
 from flowlord.store.actions import ACTION_COLUMNS
 from flowlord.store.taskrows import TASK_COLUMNS, task_filter
@@ -46,12 +48,22 @@ class PhaseRow(NamedTuple):
     last_fire: str | None  # the latest slot in the ledger, of any source
 
 
-def phase_json(phase: Phase, next_fire: str | None, last_fire: str | None) -> dict[str, Any]:
-    """A phase as the API and `flowlord phases --json` show it."""
+def phase_json(phase: Phase, next_fire: str | None, last_fire: str | None,
+               pauses: Pauses | None = None) -> dict[str, Any]:
+    """A phase as the API and `flowlord phases --json` show it; `paused`: the pause in
+    force now (who, why, until), or None."""
+    paused = pauses.of_phase(phase.file_path, phase.task, datetime.now(UTC)) if pauses else None
     return {"file": phase.file_path, "task": phase.task, "depends_on": phase.depends_on,
             "rule": phase.rule, "template": phase.template, "retry": phase.retry,
             "severity": phase.severity, "status": phase.status, "next_fire": next_fire,
-            "last_fire": last_fire}
+            "last_fire": last_fire, "paused": paused.as_json() if paused else None}
+
+
+def pauses_now(store: Store) -> Pauses:
+    """The pauses, read now, to mark the phases they stop."""
+    pauses = Pauses()
+    pauses.load(store, datetime.now(UTC))
+    return pauses
 
 
 def task_json(row: tuple[Any, ...]) -> dict[str, Any]:
@@ -144,8 +156,9 @@ def phase_rows(store: Store, *, severity: str | None = None, file: str | None = 
 def phases(store: Store, *, severity: str | None = None, file: str | None = None,
            limit: int = ALL, offset: int = 0) -> list[dict[str, Any]]:
     """A page of phases as JSON, each with its last result (see `_last_results`)."""
-    found = [phase_json(*r) for r in phase_rows(store, severity=severity, file=file,
-                                                limit=limit, offset=offset)]
+    pauses = pauses_now(store)
+    found = [phase_json(*r, pauses) for r in phase_rows(store, severity=severity, file=file,
+                                                        limit=limit, offset=offset)]
     results = _last_results(store, found)
     for p in found:
         p["last_result"] = results.get((p["file"], p["task"]))
@@ -159,7 +172,7 @@ def phase(store: Store, file: str, task: str) -> dict[str, Any] | None:
                               (file, task)).fetchall()
     if not rows:
         return None
-    found = phase_json(*_phase_row(rows[0]))
+    found = phase_json(*_phase_row(rows[0]), pauses_now(store))
     found["last_tasks"] = _newest_tasks(store, file, task, LAST_TASKS)
     found["parents"] = []
     for parent, severity, why in store.conn.execute(

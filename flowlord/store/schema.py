@@ -272,6 +272,33 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE tasks ADD COLUMN no_children INTEGER NOT NULL DEFAULT 0
         CHECK (no_children IN (0, 1));
     """,
+    # 11: pauses (README.md, Operating): what is paused, by whom, why, from when until
+    # when; a row stays after its end, so a slot's pause can be told after the fact
+    """
+    CREATE TABLE pauses (
+        pause_no   INTEGER PRIMARY KEY,
+        scope      TEXT NOT NULL CHECK (scope IN ('phase', 'file', 'topic', 'all')),
+        file_path  TEXT,
+        task       TEXT,
+        topic      TEXT,
+        actor      TEXT NOT NULL CHECK (actor <> ''),
+        reason     TEXT NOT NULL DEFAULT '',
+        since      TEXT NOT NULL,
+        -- it ends by itself then; NULL: when resumed
+        until      TEXT CHECK (until IS NULL OR until > since),
+        -- ended by `flowlord resume` (by whom), or closed once its `until` had passed
+        ended      TEXT,
+        ended_by   TEXT,
+        CHECK ((scope = 'phase') = (task IS NOT NULL)),
+        CHECK ((scope IN ('phase', 'file')) = (file_path IS NOT NULL)),
+        CHECK ((scope = 'topic') = (topic IS NOT NULL)),
+        CHECK ((ended IS NULL) = (ended_by IS NULL))
+    );
+    -- one open pause per target
+    CREATE UNIQUE INDEX pauses_open ON pauses
+        (scope, coalesce(file_path, ''), coalesce(task, ''), coalesce(topic, ''))
+        WHERE ended IS NULL;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

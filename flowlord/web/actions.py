@@ -1,5 +1,5 @@
-"""POST /api/refresh, /api/trigger, /api/backload and /api/tasks/<task_no>/rerun,
-/cancel and /mark: operator actions over HTTP.
+"""POST /api/refresh, /api/trigger, /api/backload, /api/pause, /api/resume and
+/api/tasks/<task_no>/rerun, /cancel and /mark: operator actions over HTTP.
 
 Behind a bearer token (401 without it, 403 when none is configured); the token's
 name is who acts, in the audit trail. The request is checked here and its fires
@@ -20,14 +20,15 @@ from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any, Protocol, TypeVar
 
-from flowlord import operations
-from flowlord.clock import parse_iso
+from flowlord import operate, operations
+from flowlord.clock import parse_iso, rfc3339
 from flowlord.commands import DaemonBusy
 from flowlord.config import Config
 from flowlord.errors import BadRequest, UsageError
 from flowlord.loader import LoaderError
 from flowlord.model import Fire
-from flowlord.operations import Action, Place
+from flowlord.operate import Place
+from flowlord.operations import Action
 from flowlord.rules import BY_STEPS
 from flowlord.store import Store, StoreError
 from flowlord.tasks import BuildError, Context, meta_dir
@@ -83,7 +84,8 @@ class Actions:
         fields, done as `actor`: the one entry for every way in (the JSON API, the
         dashboard's forms)."""
         routes = {"/api/refresh": self.refresh, "/api/trigger": self.trigger,
-                  "/api/backload": self.backload}
+                  "/api/backload": self.backload, "/api/pause": self.pause,
+                  "/api/resume": self.resume}
         on_task = _ON_TASK.fullmatch(path)
         if path not in routes and not on_task:
             raise BadRequest(HTTPStatus.NOT_FOUND, f"no such path: {path}")
@@ -95,16 +97,45 @@ class Actions:
             return routes[path](actor, fields)
         except UsageError as e:  # no such phase, a phase that cannot run
             raise BadRequest(HTTPStatus.BAD_REQUEST, str(e)) from None
-        except operations.Refused as e:  # a task not there, or not in a state for it
+        except operate.Refused as e:  # a task not there, or not in a state for it
             raise BadRequest(HTTPStatus.CONFLICT, str(e)) from None
         except (DaemonBusy, LoaderError, StoreError) as e:
             raise BadRequest(HTTPStatus.SERVICE_UNAVAILABLE, str(e)) from None
+
+    def pause(self, actor: str, fields: dict[str, Any]) -> tuple[HTTPStatus, Any]:
+        target, label = self._target(fields)
+        until, reason = _time(fields, "until", None), _text(fields, "reason", "")
+        if until is not None and until.tzinfo is None:
+            until = until.replace(tzinfo=self.config.zone())
+        action = Action(actor, "pause", label, {
+            "until": rfc3339(until) if until else None,
+            "reason": reason}, retried=True)
+        number = self._loop().act(action, lambda at: operate.pause(
+            at.store, target, until, reason, at.ctx.created, action))
+        return HTTPStatus.CREATED, {"pause_no": number, "target": label}
+
+    def resume(self, actor: str, fields: dict[str, Any]) -> tuple[HTTPStatus, Any]:
+        target, label = self._target(fields)
+        action = Action(actor, "resume", label, {}, retried=True)
+        ended = self._loop().act(action, lambda at: operate.resume(
+            at.store, [target], at.ctx.created, action))
+        return HTTPStatus.OK, {"ended": ended, "target": label}
+
+    def _target(self, fields: dict[str, Any]) -> tuple[operate.Target, str]:
+        store = Store(self.config.db, readonly=True)
+        try:
+            return operate.pause_target(
+                store, task=_text(fields, "task", None), workflow=_text(fields, "workflow", None),
+                file=_text(fields, "file", None), topic=_text(fields, "topic", None),
+                everything=_flag(fields, "all"))
+        finally:
+            store.close()
 
     def rerun(self, actor: str, task_no: int, fields: dict[str, Any]) -> tuple[HTTPStatus, Any]:
         only = _flag(fields, "only")
         action = Action(actor, "rerun", str(task_no), {"tasks": [task_no], "only": only},
                         retried=True)
-        reruns = self._loop().act(action, lambda at: operations.rerun(
+        reruns = self._loop().act(action, lambda at: operate.rerun(
             at.store, [task_no], only, at.ctx.created, action))
         return HTTPStatus.CREATED, {"tasks": [
             {"type": r.type, "job": r.job, "info": r.info, "attempt": r.attempt,
@@ -112,10 +143,10 @@ class Actions:
 
     def cancel(self, actor: str, task_no: int, fields: dict[str, Any]) -> tuple[HTTPStatus, Any]:
         action = Action(actor, "cancel", str(task_no), {"tasks": [task_no]}, retried=True)
-        cancelled, _ = self._loop().act(action, lambda at: operations.cancel(
+        cancelled, _ = self._loop().act(action, lambda at: operate.cancel(
             at.store, [task_no], at.ctx.created, action))
         if not cancelled:
-            raise operations.Refused(f"task {task_no} had already ended")
+            raise operate.Refused(f"task {task_no} had already ended")
         return HTTPStatus.OK, {"cancelled": cancelled}
 
     def mark(self, actor: str, task_no: int, fields: dict[str, Any]) -> tuple[HTTPStatus, Any]:
@@ -124,7 +155,7 @@ class Actions:
             raise BadRequest(HTTPStatus.BAD_REQUEST, "result must be complete or error")
         action = Action(actor, "mark", str(task_no), {"result": result, "msg": msg},
                         retried=True)
-        children = self._loop().act(action, lambda at: operations.mark(
+        children = self._loop().act(action, lambda at: operate.mark(
             at.store, task_no, result, msg, at.ctx, action, at.children))
         return HTTPStatus.OK, {"task_no": task_no, "result": result,
                                "children": len(children)}

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from flowlord import __version__, metrics
+from flowlord import __version__, metrics, operate
 from flowlord.config import Config
 from flowlord.errors import BadRequest
 from flowlord.metrics import DatabaseState
@@ -58,7 +59,7 @@ class Api:
         routes: dict[str, Callable[[Store, dict[str, list[str]]], Any]] = {
             "/api/status": self.status, "/api/files": self.files, "/api/phases": self.phases,
             "/api/graph": self.graph, "/api/tasks": self.tasks, "/api/alerts": self.alerts,
-            "/api/actions": self.actions_done}
+            "/api/actions": self.actions_done, "/api/pauses": self.pauses}
         store = Store(self.db, readonly=True)
         try:
             if path in routes:
@@ -124,6 +125,10 @@ class Api:
         if not rows:
             raise BadRequest(HTTPStatus.NOT_FOUND, f"no task with id {task_id}")
         return rows
+
+    def pauses(self, store: Store, query: dict[str, list[str]]) -> list[dict[str, Any]]:
+        """The pauses in force now."""
+        return operate.pauses_in_force(store, datetime.now(UTC))
 
     def actions_done(self, store: Store, query: dict[str, list[str]]) -> list[dict[str, Any]]:
         """The audit trail, newest first."""
