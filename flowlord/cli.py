@@ -98,6 +98,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--by", choices=["hour", "day", "week", "month"])
     p.add_argument("--workflow", help="workflow file key, when several define TASK")
     p.add_argument("--dry-run", action="store_true", help="print the tasks as JSON lines")
+    p.add_argument("--reprocess", choices=["failed", "all"],
+                   help="steps fired before: run their failed (or all) tasks again")
     p = sub.add_parser("notify", parents=[common], help="files that arrived: start their phases")
     p.add_argument("paths", nargs="+", metavar="PATH")
     p = sub.add_parser("worker", parents=[common],

@@ -13,7 +13,7 @@ import json
 import sys
 from datetime import UTC, datetime
 
-from flowlord import operations
+from flowlord import operate, operations
 from flowlord.arrivals import storable
 from flowlord.config import Config
 from flowlord.file_triggers import runnable_file_phases
@@ -97,6 +97,16 @@ def cmd_backload(args: argparse.Namespace, config: Config) -> int:
     created = sum(len(f.tasks) for f in new)
     print(f"{phase.file_path}\t{phase.task}\t{count(len(fires), 'step')}: {len(new)} new, "
           f"{len(fires) - len(new)} done before; {count(created, 'task')} created")
+    if args.reprocess and len(new) < len(fires):
+        store = Store(config.db)
+        try:
+            reruns = operate.reprocess(store, fires, new, args.reprocess, datetime.now(UTC),
+                                       operations.Action(operations.unix_actor(), "rerun",
+                                                         _target(phase),
+                                                         {"reprocess": args.reprocess}))
+        finally:
+            store.close()
+        print(f"{count(len(reruns), 'task')} of the steps done before to run again")
     return 0
 
 

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from flowlord.clock import rfc3339
-from flowlord.model import NewTask, Phase, StoredTask, Task
+from flowlord.model import Fire, NewTask, Phase, StoredTask, Task
 from flowlord.operations import Action, begin, done, failed, pick_phase
 from flowlord.outcomes import after_result
 from flowlord.pauses import Pauses
@@ -83,6 +83,18 @@ def rerun(store: Store, task_nos: Sequence[int], only: bool, now: datetime,
         failed(store, action, now, e)
         raise
     return reruns
+
+
+def reprocess(store: Store, fires: Sequence[Fire], new: Sequence[Fire], mode: str,
+              now: datetime, action: Action) -> list[NewTask]:
+    """`backload --reprocess failed|all`: the steps whose slot had fired before have
+    their failed (or all their) last attempts run again, as reruns."""
+    old = {f.scheduled_for for f in fires} - {f.scheduled_for for f in new}
+    if not fires or not old:
+        return []
+    task_nos = store.slot_last_attempts(fires[0].file_path, fires[0].phase, sorted(old),
+                                        failed_only=mode == "failed")
+    return rerun(store, task_nos, False, now, action)
 
 
 def cancel(store: Store, task_nos: Sequence[int], now: datetime,

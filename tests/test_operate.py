@@ -255,3 +255,34 @@ def test_a_task_cancelled_while_a_redis_worker_runs_it_is_ended_there(
         wait_for(lambda: gone(pid), 30)  # the worker was told, and ended it
         assert query(db, "SELECT result, msg FROM tasks") == [
             ("error", f"cancelled by {unix_actor()}")]
+
+
+def test_backload_reprocess_runs_the_steps_done_before_again(
+        tmp_path: Path, wf: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (wf / "a.toml").write_text(CHAIN)
+    db, clock, outcomes = tmp_path / "f.db", FakeClock(utc(2026, 12, 1, 12)), Outcomes()
+    common = ("-w", str(wf), "--db", str(db))
+    span = ("--from", "2026-12-01T00:00:00Z", "--to", "2026-12-01T01:00:00Z", "--by", "hour")
+    with stepped(tmp_path, wf, clock, bus=InProcessBus(outcomes)) as d:
+        cli(capsys, "backload", "extract", *span[:3], "2026-12-01T00:00:00Z", "--by", "hour",
+            *common)
+        settle(d, clock)  # the 00:00 step failed
+        outcomes.extract = "complete"
+        code, out, _ = cli(capsys, "backload", "extract", *span, "--reprocess", "failed",
+                           *common)
+        assert code == 0 and out.splitlines() == [
+            "a.toml\textract\t2 steps: 1 new, 1 done before; 1 task created",
+            "1 task of the steps done before to run again"]
+        settle(d, clock)
+        # nothing failed is left: `failed` reruns nothing; `all` reruns both steps
+        assert cli(capsys, "backload", "extract", *span, "--reprocess", "failed",
+                   *common)[1].splitlines()[1] == "0 tasks of the steps done before to run again"
+        assert cli(capsys, "backload", "extract", *span, "--reprocess", "all",
+                   *common)[1].splitlines()[1] == "2 tasks of the steps done before to run again"
+        settle(d, clock)
+    # each slot is still one fire; the reruns are attempts, and each completion its load
+    assert query(db, "SELECT count(*) FROM fires") == [(2,)]
+    assert query(db, "SELECT type, attempt, result FROM tasks ORDER BY task_no") == [
+        ("extract", 0, "error"), ("extract", 0, "complete"), ("extract", 1, "complete"),
+        ("load", 0, "complete"), ("load", 0, "complete"), ("extract", 1, "complete"),
+        ("extract", 2, "complete"), ("load", 0, "complete"), ("load", 0, "complete")]

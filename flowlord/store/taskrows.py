@@ -155,6 +155,19 @@ class TaskRows:
             "EXISTS (SELECT 1 FROM tasks AS r WHERE r.parent_no = t.task_no "
             "AND r.attempt > t.attempt) ORDER BY t.task_no LIMIT ?", (*args, limit))]
 
+    def slot_last_attempts(self, file_path: str, phase: str, slots: Sequence[str],
+                           failed_only: bool) -> list[int]:
+        """The ended last attempts of the tasks of these slots of a phase (all, or only
+        those that failed), oldest first: what `backload --reprocess` runs again."""
+        marks = ", ".join("?" * len(slots))
+        failed = "AND t.result = 'error' " if failed_only else ""
+        return [r[0] for r in self.conn.execute(
+            "SELECT t.task_no FROM tasks AS t WHERE t.file_path = ? AND t.phase = ? "
+            f"AND t.scheduled_for IS NOT NULL AND t.scheduled_for IN ({marks}) "
+            f"AND t.ended IS NOT NULL {failed}AND NOT EXISTS (SELECT 1 FROM tasks AS r "
+            "WHERE r.parent_no = t.task_no AND r.attempt > t.attempt) ORDER BY t.task_no",
+            (file_path, phase, *slots))] if slots else []
+
     def waiting_task_nos(self, type: str, job: str | None) -> list[int]:
         """The tasks of a topic (and job) that wait for a worker."""
         sql = ("SELECT task_no FROM tasks INDEXED BY tasks_queue WHERE started IS NULL "

@@ -185,9 +185,21 @@ class Actions:
             fires = operations.backload_fires(chosen.phase, start, end, by, self._context())
         except BuildError as e:
             raise BadRequest(HTTPStatus.UNPROCESSABLE_ENTITY, str(e)) from None
+        reprocess = _text(fields, "reprocess", None)
+        if reprocess not in (None, "failed", "all"):
+            raise BadRequest(HTTPStatus.BAD_REQUEST, "reprocess must be failed or all")
         action = Action(actor, "backload", _target(chosen),
                         {"from": fields["from"], "to": fields["to"], "by": by}, retried=True)
-        return _created(self._loop().record(action, fires), chosen.warnings)
+        new = self._loop().record(action, fires)
+        status, answer = _created(new, chosen.warnings)
+        if reprocess is not None and len(new) < len(fires):  # steps fired before: again
+            again = Action(actor, "rerun", _target(chosen), {"reprocess": reprocess},
+                           retried=True)
+            reruns = self._loop().act(again, lambda at: operate.reprocess(
+                at.store, fires, new, reprocess, at.ctx.created, again))
+            answer["reruns"] = len(reruns)
+            status = HTTPStatus.CREATED if reruns else status
+        return status, answer
 
     def _phase(self, fields: dict[str, Any]) -> operations.Chosen:
         task, workflow = _text(fields, "task"), _text(fields, "workflow", None)
