@@ -95,7 +95,9 @@ def test_sqlite3_queries_run_in_debian_sqlite3_and_apsw(tmp_path: Path) -> None:
     store = Store(str(db))  # what the daemon records: a fire without tasks, a failed task
     with write_txn(store.conn):
         store.record_fires([Fire("reports.toml", "report:daily", "2026-11-21T11:30:00Z", "cron",
-                                 (), "no files found for /data/rows.json")], utc_now_ms())
+                                 (), "no files found for /data/rows.json"),
+                            Fire("reports.toml", "report:daily", "2026-11-23T11:30:00Z", "cron",
+                                 (), "paused by alice: db maintenance")], utc_now_ms())
         [task] = store.claim("report", 1, utc_now_ms())
         store.finish(task.task_no, utc_now(), "error", "exit status 1: no data")
         store.add_alert(task.task_no, "failed", task.task, "failed after 1 attempt", utc_now())
