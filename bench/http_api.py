@@ -13,14 +13,18 @@ One run, in a temporary directory removed at the end:
    and /metrics, each beside the same answer computed in this process without HTTP
    (the floor); then, with no target, one child phase ("why didn't it run?") and a
    filter by a job that never ran, the slow cases;
-4. fire lateness of the 20 phases over a window with no client, then over a window
+4. latency of actions from request to outcome through the daemon's loop: a rerun of a
+   finished task, a cancel of a waiting task, a pause (and its resume);
+5. fire lateness of the 20 phases over a window with no client, then over a window
    with 20 clients polling the API (each one request a second, endpoints in turn),
-   then with the 20 clients polling back to back (a stress figure, not a target).
+   then with 20 clients posting actions (each one rerun a second), then with the 20
+   clients polling back to back (a stress figure, not a target).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import statistics
 import sys
@@ -52,6 +56,7 @@ CLIENTS = 20
 TOPICS = [f"topic{i}" for i in range(20)]
 TARGET_P99 = 0.100
 TARGET_LATENESS_GROWTH = 0.010
+TOKEN = "bench-token"
 
 
 def workflow(f: int) -> str:
@@ -149,6 +154,35 @@ SLOW = {
 }
 
 
+def post(url: str, body: dict[str, object]) -> float:
+    """A POST of an action, answered with its outcome: seconds from request to answer."""
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Authorization": f"Bearer {TOKEN}",
+                                              "Content-Type": "application/json"})
+    started = time.perf_counter()
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        answer.read()
+        assert answer.status in (200, 201), url
+    return time.perf_counter() - started
+
+
+def actions(base: str, db: Path, n: int) -> dict[str, list[float]]:
+    """Sequential rerun, cancel and pause requests, each applied by the daemon's loop."""
+    finished = [r[0] for r in query(db, "SELECT task_no FROM tasks WHERE ended IS NOT NULL "
+                                        "ORDER BY task_no LIMIT ?", (n,))]
+    waiting = [r[0] for r in query(db, "SELECT task_no FROM tasks WHERE ended IS NULL "
+                                       "ORDER BY task_no DESC LIMIT ?", (n,))]
+    figures: dict[str, list[float]] = {"rerun": [], "cancel": [], "pause": []}
+    for task_no in finished:
+        figures["rerun"].append(post(f"{base}/api/tasks/{task_no}/rerun", {}))
+    for task_no in waiting:
+        figures["cancel"].append(post(f"{base}/api/tasks/{task_no}/cancel", {}))
+    for i in range(n):
+        figures["pause"].append(post(f"{base}/api/pause", {"topic": f"bench-{i}"}))
+        post(f"{base}/api/resume", {"topic": f"bench-{i}"})
+    return figures
+
+
 def floor(db: Path) -> dict[str, float]:
     """The same reads done directly on the database, in this process (median of 20)."""
     api = Api(Config(db=str(db)), healthy=lambda: True, role=lambda: "leader")
@@ -193,6 +227,25 @@ def window(db: Path, seconds: int, clients: Callable[[threading.Event], list[thr
     return lateness(db, begin.strftime(fmt), end.strftime(fmt)), rate
 
 
+class ActionClient(threading.Thread):
+    """Posts one rerun a second, of finished tasks in turn."""
+
+    def __init__(self, base: str, stop: threading.Event, offset: int, task_nos: list[int]
+                 ) -> None:
+        super().__init__(daemon=True)
+        self.base, self.stop, self.offset, self.task_nos = base, stop, offset, task_nos
+        self.requests = 0
+
+    def run(self) -> None:
+        time.sleep(self.offset / CLIENTS)  # spread over the second
+        while not self.stop.is_set():
+            started = time.monotonic()
+            task_no = self.task_nos[(self.offset * 997 + self.requests) % len(self.task_nos)]
+            post(f"{self.base}/api/tasks/{task_no}/rerun", {})
+            self.requests += 1
+            self.stop.wait(max(0.0, 1.0 - (time.monotonic() - started)))
+
+
 class Client(threading.Thread):
     def __init__(self, base: str, stop: threading.Event, interval: float, offset: int) -> None:
         super().__init__(daemon=True)
@@ -227,7 +280,7 @@ def main() -> None:
         base = f"http://127.0.0.1:{port}"
         config = tmp / "flowlord.toml"
         config.write_text(f'workflows = "{wf}"\ndb = "{db}"\ntimezone = "UTC"\n'
-                          f'[http]\nlisten = "127.0.0.1:{port}"\n')
+                          f'[http]\nlisten = "127.0.0.1:{port}"\ntoken = "{TOKEN}"\n')
         daemon = Daemon(tmp, config)
         try:
             print(f"daemon ready in {daemon.ready():.1f} s")
@@ -247,22 +300,41 @@ def main() -> None:
                       f"{percentile(times, 99) * 1000:6.1f}ms {direct[name] * 1000:6.1f}ms  "
                       "no target")
 
+            acted = actions(base, db, max(args.requests // 2, 10))
+            print(f"\nactions, request to outcome through the daemon's loop "
+                  f"({len(acted['rerun'])} each, sequential):")
+            for name, times in acted.items():
+                times.sort()
+                p99 = percentile(times, 99)
+                print(f"{name:28} {statistics.median(times) * 1000:6.1f}ms "
+                      f"{p99 * 1000:6.1f}ms {'':8}  < {TARGET_P99 * 1000:.0f} ms: "
+                      f"{'met' if p99 < TARGET_P99 else 'NOT met'}")
+
             quiet, _ = window(db, args.window, lambda stop: [])
             polled, polls = window(db, args.window, lambda stop: [
                 Client(base, stop, 1.0, i) for i in range(CLIENTS)])
+            finished = [r[0] for r in query(db, "SELECT task_no FROM tasks WHERE ended IS "
+                                                "NOT NULL ORDER BY task_no LIMIT 10000")]
+            posting, posts = window(db, args.window, lambda stop: [
+                ActionClient(base, stop, i, finished) for i in range(CLIENTS)])
             hammered, hammers = window(db, args.window, lambda stop: [
                 Client(base, stop, 0.0, i) for i in range(CLIENTS)])
             print(f"\nfire lateness of {TICKERS} phases firing every second, "
                   f"{args.window} s windows:")
             print(f"{'':34} {'fires':>6} {'p50':>8} {'p99':>8} {'requests/s':>11}")
-            rows = [("no client", quiet, 0), (f"{CLIENTS} clients, 1 request/s each", polled,
-                                               polls), (f"{CLIENTS} clients back to back",
-                                                        hammered, hammers)]
+            rows = [("no client", quiet, 0),
+                    (f"{CLIENTS} clients, 1 request/s each", polled, polls),
+                    (f"{CLIENTS} clients, 1 rerun/s each", posting, posts),
+                    (f"{CLIENTS} clients back to back", hammered, hammers)]
             for name, late, requests in rows:
                 print(f"{name:34} {len(late):6} {statistics.median(late) * 1000:6.1f}ms "
                       f"{percentile(late, 99) * 1000:6.1f}ms {requests:11.0f}")
             growth = percentile(polled, 99) - percentile(quiet, 99)
             print(f"p99 growth with {CLIENTS} polling clients: {growth * 1000:.1f} ms "
+                  f"(target < {TARGET_LATENESS_GROWTH * 1000:.0f} ms: "
+                  f"{'met' if growth < TARGET_LATENESS_GROWTH else 'NOT met'})")
+            growth = percentile(posting, 99) - percentile(quiet, 99)
+            print(f"p99 growth with {CLIENTS} clients posting actions: {growth * 1000:.1f} ms "
                   f"(target < {TARGET_LATENESS_GROWTH * 1000:.0f} ms: "
                   f"{'met' if growth < TARGET_LATENESS_GROWTH else 'NOT met'})")
         finally:

@@ -25,7 +25,9 @@ LABELS = {
     "http_api.py": ["overview page", "phases API, first page", "tasks API, topic7 errors",
                     "/metrics", "a topic never run", "one phase, a child", "a job never run",
                     "no client", "20 clients, 1 request/s each",
-                    "20 clients back to back", "p99 growth with 20 polling clients", "target"],
+                    "20 clients back to back", "p99 growth with 20 polling clients", "target",
+                    "actions, request to outcome", "rerun", "cancel", "pause",
+                    "20 clients, 1 rerun/s each", "p99 growth with 20 clients posting actions"],
     "redis_bus.py": ["end to end, `true`, 4 workers: redis", "of the local bus",
                      "start latency at 100 tasks/s", "p50", "p99", "round trips/s", "target"],
 }
