@@ -248,7 +248,7 @@ def test_a_lineage_thousands_deep_is_walked_without_recursion() -> None:
               "phase": None, "created": "2026-01-01T00:00:00Z", "started": None,
               "ended": None, "due_at": None, "info": "", "msg": "", "id": "i"}
     deep = tree([{**fields, **t} for t in chain])
-    page = Dashboard(Api(Config(), healthy=lambda: True, role=lambda: "leader"))._render(
+    page = Dashboard(Api(Config(), healthy=lambda: True, role=lambda: "leader")).render(
         "lineage.html", "tasks", id="i", root=deep[0][1], fire=None, tree=deep,
         total=6000, shown=5000)
     assert page.count('<li class="depth-12">') == 5000 - 12 and "level 4999" in page

@@ -10,6 +10,7 @@ forbids scripts outright, as a second wall behind the escaping.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -28,6 +29,7 @@ from flowlord.web import params
 from flowlord.web.answers import CONTENT_SECURITY_POLICY as CONTENT_SECURITY_POLICY
 from flowlord.web.answers import Asset, Page
 from flowlord.web.drawing import lay_out
+from flowlord.web.sessions import Session
 
 GRAPH_NODES_AT_ONCE = 400  # more phases than this: the graph page asks for one file
 GRAPH_NODES_OF_A_FILE = 2000  # more than this in one file: not drawn (a page of megabytes)
@@ -90,12 +92,22 @@ class Dashboard:
     def __init__(self, api: Daemon) -> None:
         self.api = api
         self.env = _environment()
+        self._local = threading.local()  # the session of the page this thread renders
 
-    def answer(self, path: str, query: dict[str, list[str]]) -> tuple[HTTPStatus, Any]:
+    def answer(self, path: str, query: dict[str, list[str]], session: Session | None = None
+               ) -> tuple[HTTPStatus, Any]:
         """The page at `path`, or a 404 page; a bad parameter raises BadRequest (the
-        caller renders it with `error`)."""
+        caller renders it with `error`). With a signed-in `session` the pages carry
+        the forms of the actions (`flowlord.web.forms` answers them)."""
         if path == "/static/style.css":
             return HTTPStatus.OK, Asset(STYLESHEET)
+        self._local.session = session
+        try:
+            return self._page(path, query)
+        finally:
+            self._local.session = None
+
+    def _page(self, path: str, query: dict[str, list[str]]) -> tuple[HTTPStatus, Any]:
         pages: dict[str, Callable[[Store, dict[str, list[str]]], Page]] = {
             "/": self.overview, "/files": self.files, "/phases": self.phases,
             "/graph": self.graph, "/tasks": self.tasks, "/alerts": self.alerts,
@@ -113,19 +125,23 @@ class Dashboard:
             store.close()
         return HTTPStatus.NOT_FOUND, self.error(HTTPStatus.NOT_FOUND, f"no such page: {path}")
 
-    def error(self, status: HTTPStatus, message: str) -> Page:
-        return self._render("error.html", "error", status=int(status), reason=status.phrase,
-                            message=message)
+    def error(self, status: HTTPStatus, message: str, session: Session | None = None) -> Page:
+        return self.render("error.html", "error", session, status=int(status),
+                           reason=status.phrase, message=message)
 
-    def _render(self, template: str, section: str, **values: Any) -> Page:
+    def render(self, template: str, section: str, session: Session | None = None,
+               **values: Any) -> Page:
+        """A page of the dashboard: `template` with `values`, the section lit in the
+        navigation, and the session (given, or that of the page `answer` renders; None:
+        signed out, so no action forms)."""
         return Page(self.env.get_template(template).render(
             section=section, role=self.api.role(), webhook=bool(self.api.config.webhook),
-            **values))
+            session=session or getattr(self._local, "session", None), **values))
 
     # --- pages -------------------------------------------------------------------------
 
     def overview(self, store: Store, query: dict[str, list[str]]) -> Page:
-        return self._render(
+        return self.render(
             "overview.html", "overview",
             status={**self.api.about(), **reads.status(store)},
             refused=reads.refused_files(store, 10),
@@ -137,7 +153,7 @@ class Dashboard:
 
     def files(self, store: Store, query: dict[str, list[str]]) -> Page:
         limit, offset = params.limit(query), params.offset(query)
-        return self._render("files.html", "files", files=reads.files(store, limit, offset),
+        return self.render("files.html", "files", files=reads.files(store, limit, offset),
                             limit=limit, offset=offset)
 
     def phases(self, store: Store, query: dict[str, list[str]]) -> Page:
@@ -145,7 +161,7 @@ class Dashboard:
         limit, offset = params.limit(query), params.offset(query)
         rows = reads.phases(store, severity=severity, file=file, limit=limit, offset=offset)
         refused = self._file_status(store, file) if file is not None else ""
-        return self._render("phases.html", "phases", phases=rows, refused=refused,
+        return self.render("phases.html", "phases", phases=rows, refused=refused,
                             severity=severity, file=file, limit=limit, offset=offset)
 
     def _file_status(self, store: Store, file: str) -> str:
@@ -160,7 +176,7 @@ class Dashboard:
         found = reads.phase(store, file, task)
         if found is None:
             raise BadRequest(HTTPStatus.NOT_FOUND, f"no phase {task} in {file}")
-        return self._render("phase.html", "phases", phase=found)
+        return self.render("phase.html", "phases", phase=found)
 
     def graph(self, store: Store, query: dict[str, list[str]]) -> Page:
         file = params.one(query, "file")
@@ -172,12 +188,12 @@ class Dashboard:
         else:
             total, limit = reads.phase_count(store, file), GRAPH_NODES_OF_A_FILE
         if total > limit:
-            return self._render("graph.html", "graph", files=files, drawings=[], file=file,
+            return self.render("graph.html", "graph", files=files, drawings=[], file=file,
                                 too_many=total)
         drawings = [(path, lay_out([(p.task, p.depends_on, p.severity) for p in group]))
                     for path, group in groupby(store.phases(file_path=file),
                                                key=lambda p: p.file_path)]
-        return self._render("graph.html", "graph", files=files, drawings=drawings, file=file,
+        return self.render("graph.html", "graph", files=files, drawings=drawings, file=file,
                             too_many=0)
 
     def tasks(self, store: Store, query: dict[str, list[str]]) -> Page:
@@ -186,7 +202,7 @@ class Dashboard:
         before, limit = params.integer(query, "before", None), params.limit(query)
         rows = reads.tasks(store, type=type_, job=job, result=result, before=before,
                            limit=limit)
-        return self._render("tasks.html", "tasks", tasks=rows, limit=limit, filters={
+        return self.render("tasks.html", "tasks", tasks=rows, limit=limit, filters={
             "type": type_ or "", "job": job or "", "result": result or ""})
 
     def lineage(self, store: Store, task_id: str) -> Page:
@@ -198,19 +214,18 @@ class Dashboard:
         fire = None
         if first["file"] is not None and first["scheduled_for"] is not None:
             fire = reads.fire(store, first["file"], first["phase"], first["scheduled_for"])
-        return self._render("lineage.html", "tasks", id=first["id"], root=first, fire=fire,
+        return self.render("lineage.html", "tasks", id=first["id"], root=first, fire=fire,
                             tree=tree(rows), total=reads.lineage_size(store, first["id"]),
                             shown=len(rows))
 
     def alerts(self, store: Store, query: dict[str, list[str]]) -> Page:
         before, limit = params.integer(query, "before", None), params.limit(query)
-        return self._render("alerts.html", "alerts", limit=limit,
+        return self.render("alerts.html", "alerts", limit=limit,
                             alerts=reads.alerts(store, before=before, limit=limit))
-
 
     def actions(self, store: Store, query: dict[str, list[str]]) -> Page:
         before, limit = params.integer(query, "before", None), params.limit(query)
-        return self._render("actions.html", "actions", limit=limit,
+        return self.render("actions.html", "actions", limit=limit,
                             actions=reads.actions(store, before=before, limit=limit))
 
 
