@@ -125,6 +125,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="the audit trail: who did what, newest first")
     p.add_argument("--limit", type=_positive, default=100)
     p.add_argument("--json", action="store_true")
+    p = sub.add_parser("stats", parents=[common],
+                       help="per phase: runs, results, run and wait times, from history")
+    p.add_argument("--type")
+    p.add_argument("--since", type=_iso_time, help="ISO 8601 time (default: 7 days ago)")
+    p.add_argument("--json", action="store_true")
     cli_operate.add_parsers(sub, common, _iso_time)
     return parser
 
@@ -365,7 +370,7 @@ COMMANDS = {
     "phases": cmd_phases, "graph": cmd_graph, "next": cli_files.cmd_next, "doctor": cmd_doctor,
     "trigger": cli_tasks.cmd_trigger, "backload": cli_tasks.cmd_backload,
     "tasks": cli_tasks.cmd_tasks, "notify": cli_tasks.cmd_notify, "worker": cmd_worker,
-    "actions": cli_tasks.cmd_actions, **cli_operate.COMMANDS,
+    "actions": cli_tasks.cmd_actions, "stats": cli_tasks.cmd_stats, **cli_operate.COMMANDS,
     "export": cmd_export,
 }
 

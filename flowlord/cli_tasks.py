@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from flowlord import operate, operations
 from flowlord.arrivals import storable
+from flowlord.clock import rfc3339
 from flowlord.config import Config
 from flowlord.file_triggers import runnable_file_phases
 from flowlord.model import Fire, Phase
@@ -143,6 +144,30 @@ def cmd_actions(args: argparse.Namespace, config: Config) -> int:
         outcome = r["outcome"] or "not applied"
         print(f"{r['action_no']}\t{r['requested']}\t{r['actor']}\t{r['kind']}\t"
               f"{r['target'] or '-'}\t{outcome}\t{r['message']}")
+    return 0
+
+
+def stats_since(since: datetime | None, config: Config) -> str:
+    """The start of the history `stats` reads: --since, else the last STATS_DAYS days."""
+    when = operations.in_zone(since, config.zone()) if since else (
+        datetime.now(UTC) - timedelta(days=reads.STATS_DAYS))
+    return rfc3339(when)
+
+
+def cmd_stats(args: argparse.Namespace, config: Config) -> int:
+    """Per phase: runs, results, run and wait times (p50, p95, max), from history."""
+    store = Store(config.db, readonly=True)
+    try:
+        rows = reads.stats(store, type=args.type, since=stats_since(args.since, config))
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(rows, indent=1, ensure_ascii=False))
+        return 0
+    for r in rows:
+        print(f"{r['file']}\t{r['task']}\t{r['runs']} runs\t{r['complete']} complete\t"
+              f"{r['error']} error\trun p50 {r['run_p50']}s p95 {r['run_p95']}s "
+              f"max {r['run_max']}s\twait p50 {r['wait_p50']}s p95 {r['wait_p95']}s")
     return 0
 
 

@@ -74,7 +74,7 @@ class Dispatcher:
         left = self.store.running()
         if left:
             self.log.warning("tasks left running by the last run", count=len(left))
-            ended = rfc3339(self.clock.now())
+            ended = rfc3339_ms(self.clock.now())
             self.pending += [Done(s.task_no, "error", RESTARTED, ended) for s in left]
 
     def turn(self, *, claim: bool = True) -> None:

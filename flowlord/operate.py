@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from flowlord.clock import rfc3339
+from flowlord.clock import rfc3339, rfc3339_ms
 from flowlord.model import Fire, NewTask, Phase, StoredTask, Task
 from flowlord.operations import Action, begin, done, failed, pick_phase
 from flowlord.outcomes import after_result
@@ -63,7 +63,7 @@ def plan_reruns(store: Store, task_nos: Sequence[int], only: bool,
         if result is None:
             state = "running" if stored.task.started else "waiting"
             raise Refused(f"task {task_no} is still {state}: only an ended task can be rerun")
-        task = stored.task._replace(created=rfc3339(now))
+        task = stored.task._replace(created=rfc3339_ms(now))
         reruns.append(NewTask.of(task, stored.file_path, stored.phase, stored.attempt + 1,
                                  stored.scheduled_for, None, task_no, no_children=only))
     return reruns
@@ -102,7 +102,7 @@ def cancel(store: Store, task_nos: Sequence[int], now: datetime,
     """End each unfinished task now as `error`, `cancelled by <actor>`: never retried,
     no `failed` alert. (cancelled, those that had already ended)."""
     begin(store, action, now)
-    msg, ended = f"cancelled by {action.actor}", rfc3339(now)
+    msg, ended = f"cancelled by {action.actor}", rfc3339_ms(now)
     try:
         with write_txn(store.conn):
             for task_no in task_nos:
@@ -121,7 +121,7 @@ def cancel(store: Store, task_nos: Sequence[int], now: datetime,
 def drop(store: Store, type: str, job: str | None, now: datetime, action: Action) -> list[int]:
     """Cancel every waiting task of a topic (and job); the tasks cancelled."""
     begin(store, action, now)
-    msg, ended = f"cancelled by {action.actor}", rfc3339(now)
+    msg, ended = f"cancelled by {action.actor}", rfc3339_ms(now)
     try:
         with write_txn(store.conn):
             dropped = [n for n in store.waiting_task_nos(type, job)
@@ -147,7 +147,7 @@ def mark(store: Store, task_no: int, result: str, msg: str, ctx: Context, action
             stored, before = _row(store, task_no)
             if before == result:
                 raise Refused(f"task {task_no} is already {result}")
-            if not store.end_now(task_no, rfc3339(now), result, msg):
+            if not store.end_now(task_no, rfc3339_ms(now), result, msg):
                 store.set_result(task_no, result, msg)
             new: list[NewTask] = []
             if result == "complete" and not stored.no_children:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from functools import cached_property, partial
 
-from flowlord.clock import rfc3339
+from flowlord.clock import rfc3339, rfc3339_ms
 from flowlord.model import Fire, FireSource, Phase, Task
 from flowlord.rules import Rule, parse_rule
 from flowlord.templates import cron_hour, meta_names, render_meta, render_time
@@ -58,8 +58,9 @@ class Context:
 
     @cached_property
     def created_text(self) -> str:
-        """`created` as task rows keep it: a burst of children all take the same one."""
-        return rfc3339(self.created)
+        """`created` as task rows keep it, to the millisecond (as `started` and `ended`):
+        a burst of children all take the same one."""
+        return rfc3339_ms(self.created)
 
 
 def meta_dir(workflows: str) -> str:

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 
-from flowlord.clock import utc_now
+from flowlord.clock import utc_now_ms
 from flowlord.durations import format_duration
 from flowlord.model import Done, StoredTask, Task
 
@@ -104,7 +104,7 @@ class Run:
             done = self._execute()
         except Exception as e:  # a result must come back, or the task stays running
             done = Done(self.stored.task_no, "error", f"internal error: {type(e).__name__}: {e}",
-                        utc_now())
+                        utc_now_ms())
         try:
             self.on_done(done)
         finally:
@@ -116,15 +116,15 @@ class Run:
             if self.cancelled:
                 return Done(no, "", "", "", ran=False)
             if self.stop_reason:  # stopped while it waited for a worker thread
-                return Done(no, "error", self.stop_reason, utc_now())
-            self.started = utc_now()
+                return Done(no, "error", self.stop_reason, utc_now_ms())
+            self.started = utc_now_ms()
         try:
             proc = subprocess.Popen(self.argv, stdin=_devnull(), stdout=_devnull(),
                                     stderr=subprocess.PIPE,
                                     env=environment(self.stored.task, self.inherited),
                                     start_new_session=True, close_fds=True)
         except (OSError, ValueError) as e:  # no such program, a NUL in a value, …
-            return Done(no, "error", f"cannot start {self.argv[0]!r}: {e}", utc_now(),
+            return Done(no, "error", f"cannot start {self.argv[0]!r}: {e}", utc_now_ms(),
                         self.started)
         with self._lock:
             self._proc = proc
@@ -132,7 +132,7 @@ class Run:
         if stopped:
             _signal_group(proc.pid, signal.SIGKILL)
         tail, timed_out = self._watch(proc)
-        return Done(no, *self._result(proc.returncode, timed_out, tail), utc_now(), self.started)
+        return Done(no, *self._result(proc.returncode, timed_out, tail), utc_now_ms(), self.started)
 
     def _watch(self, proc: subprocess.Popen[bytes]) -> tuple[bytes, bool]:
         """Mind the process until it has exited, reading its stderr (keeping the tail).

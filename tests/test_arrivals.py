@@ -350,7 +350,7 @@ def test_file_task_from_a_path(ctx: Context) -> None:
         "workflow": "ingest/csv.toml"}
     assert [pair.split("=", 1)[0] for pair in task.meta.split("&")] == [
         "file", "filename", "files", "owner", "workflow"]  # keys sorted
-    assert task.created == "2026-03-09T06:30:15Z"
+    assert task.created == "2026-03-09T06:30:15.000Z"
     assert task.id and task.id != file_tasks(csv_phase(), path, ctx)[0].task.id
     assert (new.file_path, new.phase) == ("ingest/csv.toml", "load:csv")
     assert new.file_no is None and new.parent_no is None and new.attempt == 0
@@ -458,7 +458,7 @@ def test_record_arrival_stores_the_file_and_its_task(db: Store, ctx: Context) ->
     [task] = store_rows(db, "SELECT id, type, job, info, meta, created, file_path, phase, attempt, "
                             "scheduled_for, started, file_no FROM tasks")
     assert task == (new.task.id, "load", "csv", new.task.info, new.task.meta,
-                    "2026-03-09T06:30:15Z", "ingest/csv.toml", "load:csv", 0, None, None,
+                    "2026-03-09T06:30:15.000Z", "ingest/csv.toml", "load:csv", 0, None, None,
                     file_no)
     assert store_rows(db, "SELECT path, source, tasks, started FROM file_arrivals") == [
         (path, "watch", 1, "load:csv")]

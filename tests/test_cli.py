@@ -85,7 +85,7 @@ def test_phases_text_json_and_severity_filter(tmp_path: Path, upstream: Path) ->
     run_cli("refresh", "-w", str(upstream / "workflow"), "--db", db)
     rows = json.loads(run_cli("phases", "--db", db, "--json").stdout)
     assert set(rows[0]) == {"file", "task", "depends_on", "rule", "template", "retry",
-                            "severity", "status", "next_fire", "last_fire"}
+                            "severity", "status", "next_fire", "last_fire", "paused"}
     task1 = next(r for r in rows if r["task"] == "task1:t2")
     assert task1["next_fire"].endswith(":00:00Z")  # hourly at minute 0
     assert next(r for r in rows if r["task"] == "task2")["next_fire"] is None

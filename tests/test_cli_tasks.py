@@ -30,8 +30,9 @@ LOAD = '[[phase]]\ntask = "load"\nrule = "cron=0 6 * * *"\ntemplate = "{yyyy}{mm
 TASK_KEYS = {"type", "job", "info", "meta", "id", "created", "started", "ended", "result", "msg"}
 # the keys of /api/tasks: the workflow file is `file` in both (flowlord.store.reads)
 COLUMNS = {"task_no", "id", "type", "job", "info", "meta", "created", "started", "ended",
-           "result", "msg", "file", "phase", "attempt", "scheduled_for", "parent_no", "due_at"}
-RFC3339_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
+           "result", "msg", "file", "phase", "attempt", "scheduled_for", "parent_no", "due_at",
+           "no_children"}
+RFC3339_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")  # task times: ms
 
 
 def setup(tmp_path: Path, wf: Path, files: dict[str, str], zone: str = "UTC") -> Path:

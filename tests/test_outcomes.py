@@ -27,7 +27,7 @@ from flowlord.tasks import Context, encode_meta
 from tests.helpers import at
 
 CREATED = datetime(2026, 11, 23, 14, 5, 6, 789000, tzinfo=UTC)
-CREATED_TEXT = "2026-11-23T14:05:06Z"
+CREATED_TEXT = "2026-11-23T14:05:06.789Z"  # task times have milliseconds
 CTX = Context(UTC, ".", CREATED)
 ROOT_ID = "3f2b8c1e-5d4a-4e6f-9a7b-0c1d2e3f4a5b"
 PARENT_META = "workflow=a.toml&cron=2026-11-23T14"

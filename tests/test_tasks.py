@@ -170,7 +170,7 @@ def test_a_plain_job_renders_the_time_only_and_keeps_meta_tokens() -> None:
     # slot + offset, not truncated: minutes kept
     assert task.info == "?date=2026-11-23T10:17&name={meta:name}"
     assert task.meta == "workflow=a.toml&cron=2026-11-23T10&job=job"
-    assert (task.type, task.job, task.created) == ("topic", "job", "2026-11-23T14:05:06Z")
+    assert (task.type, task.job, task.created) == ("topic", "job", "2026-11-23T14:05:06.789Z")
     assert uuid.UUID(task.id).version == 4
     assert (task.result, task.msg, task.started, task.ended) == ("", "", "", "")
 
@@ -221,7 +221,7 @@ def test_task_json_has_flowlords_key_order_and_leaves_empty_keys_out() -> None:
     assert not text.endswith("\n")
     [bare] = fire_tasks(phase("cron=17 * * * *", ""), SLOT, context())
     assert json.loads(bare.to_json()) == {
-        "type": "topic", "info": "", "created": "2026-11-23T14:05:06Z", "id": bare.id,
+        "type": "topic", "info": "", "created": "2026-11-23T14:05:06.789Z", "id": bare.id,
         "meta": "workflow=a.toml&cron=2026-11-23T14"}
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from flowlord.clock import utc_now
+from flowlord.clock import utc_now_ms
 from flowlord.model import Done, StoredTask
 
 
@@ -28,7 +28,7 @@ class InProcessBus:
         return 1_000_000
 
     def send(self, stored: StoredTask, timeout_seconds: float | None) -> None:
-        self.done.append(Done(stored.task_no, *self.work(stored), utc_now()))
+        self.done.append(Done(stored.task_no, *self.work(stored), utc_now_ms()))
 
     def receive(self, wait: float) -> list[Done]:
         found, self.done = self.done, []

@@ -306,3 +306,44 @@ def actions(store: Store, *, before: int | None = None, limit: int = 100
     for row in rows:
         row["args"] = json.loads(row["args"])
     return rows
+
+
+STATS_DAYS = 7  # the history statistics read by default
+STATS_KEYS = ("file", "task", "runs", "complete", "error", "run_p50", "run_p95", "run_max",
+              "wait_p50", "wait_p95")
+
+
+def stats(store: Store, *, type: str | None = None, since: str | None = None
+          ) -> list[dict[str, Any]]:
+    """Per phase, from the history of its ended tasks (since `since`): runs, how many
+    completed and failed, run time p50/p95/max and wait (created → started) p50/p95, in
+    seconds. Cancelled tasks did not run: they are left out."""
+    where = ["ended IS NOT NULL", "file_path IS NOT NULL", "msg NOT LIKE 'cancelled by %'"]
+    args: list[object] = []
+    if type is not None:
+        where.append("type = ?")
+        args.append(type)
+    if since is not None:
+        where.append("ended >= ?")
+        args.append(since)
+    by_phase: dict[tuple[str, str], list[tuple[str, float, float]]] = {}
+    for file, phase, result, run, wait in store.conn.execute(
+            "SELECT file_path, phase, result, (julianday(ended) - julianday(started)) * 86400, "
+            "(julianday(started) - julianday(created)) * 86400 FROM tasks WHERE "
+            + " AND ".join(where), args):
+        by_phase.setdefault((file, phase), []).append((result, run or 0.0, wait or 0.0))
+    rows = []
+    for (file, phase), runs in sorted(by_phase.items()):
+        run_times = sorted(max(0.0, r) for _, r, _ in runs)
+        waits = sorted(max(0.0, w) for _, _, w in runs)
+        rows.append(dict(zip(STATS_KEYS, (
+            file, phase, len(runs), sum(1 for r, _, _ in runs if r == "complete"),
+            sum(1 for r, _, _ in runs if r == "error"), _rank(run_times, 50),
+            _rank(run_times, 95), round(run_times[-1], 3), _rank(waits, 50),
+            _rank(waits, 95)), strict=True)))
+    return rows
+
+
+def _rank(ordered: list[float], percent: int) -> float:
+    """The nearest-rank percentile of sorted values, in seconds to the millisecond."""
+    return round(ordered[max(0, -(-len(ordered) * percent // 100) - 1)], 3)

@@ -89,13 +89,13 @@ class TaskRows:
     def claim(self, topic: str, limit: int, now: str) -> list[StoredTask]:
         """Mark up to `limit` due tasks of a topic started, oldest first; call inside
         write_txn. Only a task still waiting can be claimed, so none runs twice.
-        `now` has milliseconds, like due times; `started` keeps whole seconds."""
+        `now` has milliseconds, as every task time has."""
         rows = self.conn.execute(
             f"UPDATE tasks SET started = ? WHERE task_no IN (SELECT task_no FROM tasks "
             "INDEXED BY tasks_queue "
             "WHERE started IS NULL AND type = ? AND (due_at IS NULL OR due_at <= ?) "
             f"ORDER BY task_no LIMIT ?) RETURNING {TASK_COLUMNS}",
-            (now[:19] + "Z", topic, now, limit))
+            (now, topic, now, limit))
         return sorted((stored_task(r) for r in rows), key=lambda t: t.task_no)
 
     def finish(self, task_no: int, ended: str, result: str, msg: str,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote
@@ -18,10 +18,12 @@ from urllib.parse import unquote
 from prometheus_client import CollectorRegistry, generate_latest
 
 from flowlord import __version__, metrics, operate
+from flowlord.clock import parse_iso, rfc3339
 from flowlord.config import Config
 from flowlord.errors import BadRequest
 from flowlord.metrics import DatabaseState
 from flowlord.store import Store, reads
+from flowlord.store.reads import STATS_DAYS
 from flowlord.web import params
 from flowlord.web.actions import Actions, Loop
 from flowlord.web.answers import Metrics
@@ -59,7 +61,8 @@ class Api:
         routes: dict[str, Callable[[Store, dict[str, list[str]]], Any]] = {
             "/api/status": self.status, "/api/files": self.files, "/api/phases": self.phases,
             "/api/graph": self.graph, "/api/tasks": self.tasks, "/api/alerts": self.alerts,
-            "/api/actions": self.actions_done, "/api/pauses": self.pauses}
+            "/api/actions": self.actions_done, "/api/pauses": self.pauses,
+            "/api/stats": self.stats}
         store = Store(self.db, readonly=True)
         try:
             if path in routes:
@@ -125,6 +128,19 @@ class Api:
         if not rows:
             raise BadRequest(HTTPStatus.NOT_FOUND, f"no task with id {task_id}")
         return rows
+
+    def stats(self, store: Store, query: dict[str, list[str]]) -> list[dict[str, Any]]:
+        """Per phase, from history: ?type= and ?since= (default: the last 7 days)."""
+        since = params.one(query, "since")
+        if since is not None:
+            try:
+                parse_iso(since)
+            except ValueError:
+                raise BadRequest(HTTPStatus.BAD_REQUEST, "since is not an ISO 8601 time") \
+                    from None
+        else:
+            since = rfc3339(datetime.now(UTC) - timedelta(days=STATS_DAYS))
+        return reads.stats(store, type=params.one(query, "type"), since=since)
 
     def pauses(self, store: Store, query: dict[str, list[str]]) -> list[dict[str, Any]]:
         """The pauses in force now."""

@@ -1,0 +1,54 @@
+"""Run statistics from history (`flowlord stats`, `/api/stats`): per phase, runs and
+results, run time (started → ended) and wait (created → started) percentiles, in
+seconds; task times are kept to the millisecond, so short tasks have real durations."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from flowlord.cli import main
+from flowlord.config import Config
+from flowlord.store import Store, reads, write_txn
+from flowlord.web.api import Api
+
+
+def history(store: Store, runs: list[tuple[str, str, str, str, str]]) -> None:
+    """Ended tasks of phase `tick` in a.toml: (created, started, ended, result, msg)."""
+    with write_txn(store.conn):
+        store.conn.execute("INSERT INTO workflow_files (file_path, file_hash, loaded_at) "
+                           "VALUES ('a.toml', '', '')")
+        store.conn.execute("INSERT INTO fires (file_path, phase, scheduled_for, fired_at, "
+                           "source) VALUES ('a.toml', 'tick', '2026-12-01T00:00:00Z', '', "
+                           "'cron')")
+        store.conn.executemany(
+            "INSERT INTO tasks (id, type, created, started, ended, result, msg, file_path, "
+            "phase) VALUES ('x', 'tick', ?, ?, ?, ?, ?, 'a.toml', 'tick')", runs)
+
+
+def test_stats_per_phase_from_history(tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "f.db"
+    store = Store(str(db))
+    # twenty runs of 0.1 s to 2.0 s, each having waited 0.05 s; two failed; one cancelled
+    runs = [(f"2099-01-01T00:00:{i:02d}.000Z", f"2099-01-01T00:00:{i:02d}.050Z",
+             f"2099-01-01T00:00:{i + (i * 100 + 50) // 1000:02d}."
+             f"{(i * 100 + 50) % 1000:03d}Z", "error" if i in (3, 7) else "complete", "")
+            for i in range(1, 21)]
+    runs.append(("2099-01-01T00:01:00.000Z", "2099-01-01T00:09:00.000Z",
+                 "2099-01-01T00:09:00.000Z", "error", "cancelled by bob"))
+    history(store, runs)
+    [row] = reads.stats(store)
+    store.close()
+    assert row == {"file": "a.toml", "task": "tick", "runs": 20, "complete": 18, "error": 2,
+                   "run_p50": 1.0, "run_p95": 1.9, "run_max": 2.0, "wait_p50": 0.05,
+                   "wait_p95": 0.05}
+    assert main(["stats", "--db", str(db), "--since", "2098-01-01T00:00:00Z", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == [row]
+    assert main(["stats", "--db", str(db), "--type", "other"]) == 0
+    assert capsys.readouterr().out == ""
+    api = Api(Config(db=str(db)), lambda: True, lambda: "leader")
+    assert api.answer("/api/stats", {"type": ["tick"]}) == (200, [row])
+    assert api.answer("/api/stats", {"since": ["2100-01-01T00:00:00Z"]}) == (200, [])
