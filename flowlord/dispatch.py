@@ -54,7 +54,8 @@ class Dispatcher:
         self.remote = bool(getattr(bus, "remote", False))
         self.unsent: list[StoredTask] = []  # claimed, not handed over yet: the bus was away
         self.published: list[int] = []  # handed over, not yet marked in the database
-        self._counted: list[tuple[str, str]] = []  # this turn's (topic, result), for metrics
+        # this turn's (topic, result, run seconds or None), for metrics
+        self._counted: list[tuple[str, str, float | None]] = []
         self._alerted: list[str] = []  # this turn's alert kinds, for metrics
         self.stopping: set[int] = set()  # ended elsewhere; their workers were told to stop
         self.pauses = Pauses()  # paused topics wait; paused phases start no children
@@ -151,8 +152,10 @@ class Dispatcher:
 
     def _count(self, new_tasks: list[NewTask]) -> None:
         """The metrics of a committed turn."""
-        for topic, result in self._counted:
+        for topic, result, seconds in self._counted:
             metrics.TASKS.labels(topic, result).inc()
+            if seconds is not None:
+                metrics.TASK_DURATION.labels(topic).observe(seconds)
         for kind in self._alerted:
             metrics.ALERTS.labels(kind).inc()
         metrics.RETRIES.inc(sum(1 for t in new_tasks if t.attempt > 0))
@@ -265,7 +268,8 @@ class Dispatcher:
             self.log.exception("cannot work out a result's effects", task_no=done.task_no)
             effects = Effects(alerts=[("alert", f"internal error after the result: {e}")])
         new_tasks += effects.tasks
-        self._counted.append((stored.task.type, done.result))
+        self._counted.append((stored.task.type, done.result,
+                              _seconds(done.started or stored.task.started, done.ended)))
         self._alerted += [kind for kind, _ in effects.alerts]
         for kind, message in effects.alerts:
             self.store.add_alert(stored.task_no, kind, stored.task, message,
@@ -310,3 +314,11 @@ class Dispatcher:
         phase = self._phase(stored)
         timeout = parse_rule(phase.rule).timeout if phase else None
         return timeout.total_seconds() if timeout else None
+
+
+def _seconds(started: str, ended: str) -> float | None:
+    """A run time from task time text; None when either is missing or unreadable."""
+    try:
+        return max(0.0, (parse_iso(ended) - parse_iso(started)).total_seconds())
+    except ValueError:
+        return None

@@ -24,6 +24,10 @@ FIRE_LATENESS = Histogram(
     registry=REGISTRY)
 TASKS = Counter("flowlord_tasks_ended", "Task results recorded, by topic and result",
                 ["topic", "result"], registry=REGISTRY)
+TASK_DURATION = Histogram(
+    "flowlord_task_duration_seconds", "Run time of ended tasks (started to ended), by topic",
+    ["topic"], buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600),
+    registry=REGISTRY)
 RETRIES = Counter("flowlord_retries", "Retries created", registry=REGISTRY)
 ALERTS = Counter("flowlord_alerts", "Alerts raised, by kind", ["kind"], registry=REGISTRY)
 REFRESH = Histogram("flowlord_refresh_seconds", "Duration of a workflow refresh",

@@ -13,6 +13,7 @@ from typing import Any
 import apsw
 import pytest
 
+from flowlord import metrics
 from flowlord.bus.inprocess import InProcessBus
 from flowlord.bus.local import LocalBus
 from flowlord.cli import main
@@ -59,6 +60,9 @@ def test_each_slot_fires_once_its_tasks_run_and_the_plan_is_written(
     rows = query(db, "SELECT type, info, result FROM tasks ORDER BY task_no")
     assert rows[:2] == [("tick", "t=20261201T120010", "complete"), ("child", "", "complete")]
     assert len(rows) == 6  # each fire and its child, once
+    ran = metrics.REGISTRY.get_sample_value("flowlord_task_duration_seconds_count",
+                                            {"topic": "child"})
+    assert ran is not None and ran >= 3  # each run's time, by topic
     assert query(db, "SELECT next_fire FROM workflow_phases WHERE task = 'tick'") == [
         ("2026-12-01T12:00:40Z",)]
 
