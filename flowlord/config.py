@@ -47,6 +47,7 @@ class Config:
     bus_node: str = ""  # this daemon's name among them ('' : the host name)
     workers: dict[str, WorkerConfig] = field(default_factory=dict)
     task_ttl: timedelta = timedelta(hours=4)
+    slow_factor: float = 3.0  # a `slow` alert past this many times a phase's usual run
     webhook: str = ""
     webhook_interval: timedelta = timedelta(minutes=5)  # at most one post per interval
     http_listen: str = ""
@@ -87,6 +88,7 @@ _SECTIONS: dict[str, dict[str, tuple[str, type]]] = {
     "bus": {"url": ("bus_url", str), "lease": ("bus_lease", timedelta),
             "node": ("bus_node", str)},
     "alerts": {"task_ttl": ("task_ttl", timedelta), "webhook": ("webhook", str),
+               "slow_factor": ("slow_factor", float),
                "webhook_interval": ("webhook_interval", timedelta)},
     "http": {"listen": ("http_listen", str), "token": ("http_token", str),
              "token_file": ("http_token_file", str), "tokens": ("http_tokens", dict)},
@@ -155,6 +157,10 @@ def _typed(path: str, key: str, value: object, kind: type) -> object:
                 if duration > timedelta(0):
                     return duration
         raise ConfigError(f"config {path}: {key} must be a positive duration such as \"5m\"")
+    if kind is float:  # a factor: a positive number
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise ConfigError(f"config {path}: {key} must be a positive number")
+        return float(value)
     if kind is dict:  # names → non-empty strings ([http.tokens])
         if not isinstance(value, dict) or not all(
                 isinstance(k, str) and k and isinstance(v, str) and v

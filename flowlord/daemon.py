@@ -51,6 +51,7 @@ from flowlord.pauses import Pauses
 from flowlord.retention import Retention
 from flowlord.scheduler import Scheduler
 from flowlord.sdnotify import notify, watchdog_interval
+from flowlord.slow import SlowWatch
 from flowlord.standby import DEFAULT_LEASE, Leadership, NodeInUse
 from flowlord.store import Store
 from flowlord.tasks import Context, meta_dir
@@ -111,6 +112,7 @@ class Daemon:
         self.dispatcher = Dispatcher(self.loader, self.bus, self._context(self.clock.now()),
                                      self.config.task_ttl, self.log, self.clock)
         self.dispatcher.pauses = self.pauses
+        self.slow = SlowWatch(store, self.config.slow_factor, self.clock, self.log)
         self.sync = WorkflowSync(self.loader, self.ledger, self.file_triggers,
                                  rescan_every=self.config.rescan.total_seconds(),
                                  monotonic=self.clock.monotonic(), log=self.log,
@@ -312,6 +314,7 @@ class Daemon:
         self.dispatcher.turn()
         self.dispatcher.stop_ended(monotonic)
         self.dispatcher.check_overdue(monotonic)
+        self.slow.check(monotonic)
         self.retention.tick(self.store, now, monotonic)
         if self.webhook:
             self.webhook.tick(self.store, monotonic)

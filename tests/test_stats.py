@@ -9,17 +9,20 @@ from pathlib import Path
 
 import pytest
 
+from flowlord.bus.local import LocalBus
 from flowlord.cli import main
+from flowlord.clock import FakeClock
 from flowlord.config import Config
 from flowlord.store import Store, reads, write_txn
 from flowlord.web.api import Api
+from tests.helpers import query, stepped, turn, utc
 
 
 def history(store: Store, runs: list[tuple[str, str, str, str, str]]) -> None:
-    """Ended tasks of phase `tick` in a.toml: (created, started, ended, result, msg)."""
+    """Tasks of phase `tick` in a.toml: (created, started, ended, result, msg)."""
     with write_txn(store.conn):
-        store.conn.execute("INSERT INTO workflow_files (file_path, file_hash, loaded_at) "
-                           "VALUES ('a.toml', '', '')")
+        store.conn.execute("INSERT OR IGNORE INTO workflow_files (file_path, file_hash, "
+                           "loaded_at) VALUES ('a.toml', '', '')")
         store.conn.execute("INSERT INTO fires (file_path, phase, scheduled_for, fired_at, "
                            "source) VALUES ('a.toml', 'tick', '2026-12-01T00:00:00Z', '', "
                            "'cron')")
@@ -52,3 +55,34 @@ def test_stats_per_phase_from_history(tmp_path: Path,
     api = Api(Config(db=str(db)), lambda: True, lambda: "leader")
     assert api.answer("/api/stats", {"type": ["tick"]}) == (200, [row])
     assert api.answer("/api/stats", {"since": ["2100-01-01T00:00:00Z"]}) == (200, [])
+
+
+def test_a_task_running_far_past_its_phases_usual_time_gets_one_slow_alert(
+        tmp_path: Path, wf: Path) -> None:
+    (wf / "a.toml").write_text('[[phase]]\ntask = "tick"\n')
+    clock = FakeClock(utc(2099, 1, 1, 1))
+    with stepped(tmp_path, wf, clock, bus=LocalBus({})) as d:
+        # ten runs of 1 to 2 s, then one that started now and goes on
+        usual = [(f"2099-01-01T00:00:{i:02d}.000Z", f"2099-01-01T00:00:{i:02d}.000Z",
+                  f"2099-01-01T00:00:{i + 1 + i % 2:02d}.000Z", "complete", "")
+                 for i in range(10)]
+        history(d.store, [*usual, ("2099-01-01T01:00:00.000Z", "2099-01-01T01:00:00.000Z",
+                                   None, None, "")])  # type: ignore[list-item]
+        turn(d, clock, 5.0)  # 5 s: not three times its usual 2 s yet (p95)
+        turn(d, clock, 61.0)
+        turn(d, clock, 61.0)  # looked at again: still one alert
+        alerts = query(tmp_path / "f.db", "SELECT task_no, kind, message FROM alerts")
+    assert alerts == [(11, "slow", "running for 66 s, 33.0 times its phase's usual 2.0 s "
+                                   "(p95)")]
+
+
+def test_a_phase_without_ten_runs_is_never_slow(tmp_path: Path, wf: Path) -> None:
+    (wf / "a.toml").write_text('[[phase]]\ntask = "tick"\n')
+    clock = FakeClock(utc(2099, 1, 1, 1))
+    with stepped(tmp_path, wf, clock, bus=LocalBus({})) as d:
+        history(d.store, [("2099-01-01T00:00:00.000Z", "2099-01-01T00:00:00.000Z",
+                           "2099-01-01T00:00:01.000Z", "complete", ""),
+                          ("2099-01-01T01:00:00.000Z", "2099-01-01T01:00:00.000Z",
+                           None, None, "")])  # type: ignore[list-item]
+        turn(d, clock, 3600.0)
+    assert query(tmp_path / "f.db", "SELECT count(*) FROM alerts") == [(0,)]

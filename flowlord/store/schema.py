@@ -299,6 +299,29 @@ MIGRATIONS: tuple[str, ...] = (
         (scope, coalesce(file_path, ''), coalesce(task, ''), coalesce(topic, ''))
         WHERE ended IS NULL;
     """,
+    # 12: more kinds of alert: `slow` (running past its phase's usual time), and those
+    # the scheduling policy raises (`late`, `recovered`, `success`). SQLite cannot change
+    # a CHECK: the table is made again, its rows copied (no view or trigger names it)
+    """
+    CREATE TABLE alerts_new (
+        alert_no INTEGER PRIMARY KEY,
+        task_no  INTEGER NOT NULL REFERENCES tasks (task_no) ON DELETE CASCADE,
+        kind     TEXT NOT NULL CHECK (kind IN ('failed', 'alert', 'incomplete', 'slow',
+                                               'late', 'recovered', 'success')),
+        type     TEXT NOT NULL,
+        job      TEXT NOT NULL DEFAULT '',
+        message  TEXT NOT NULL DEFAULT '',
+        created  TEXT NOT NULL,
+        -- when the webhook accepted it; NULL: not sent (yet, or no webhook configured)
+        posted_at TEXT,
+        UNIQUE (task_no, kind)
+    );
+    INSERT INTO alerts_new SELECT alert_no, task_no, kind, type, job, message, created,
+                                  posted_at FROM alerts;
+    DROP TABLE alerts;
+    ALTER TABLE alerts_new RENAME TO alerts;
+    CREATE INDEX alerts_unposted ON alerts (alert_no) WHERE posted_at IS NULL;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

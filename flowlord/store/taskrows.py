@@ -168,6 +168,16 @@ class TaskRows:
             "WHERE r.parent_no = t.task_no AND r.attempt > t.attempt) ORDER BY t.task_no",
             (file_path, phase, *slots))] if slots else []
 
+    def recent_run_times(self, type: str, file_path: str, phase: str, limit: int
+                         ) -> list[float]:
+        """Run times (seconds) of a phase's newest completed tasks, at most `limit`
+        (through the topic's index, newest first)."""
+        return [r[0] for r in self.conn.execute(
+            "SELECT (julianday(ended) - julianday(started)) * 86400 FROM tasks "
+            "INDEXED BY tasks_by_type WHERE type = ? AND file_path = ? AND phase = ? "
+            "AND result = 'complete' ORDER BY task_no DESC LIMIT ?",
+            (type, file_path, phase, limit))]
+
     def waiting_task_nos(self, type: str, job: str | None) -> list[int]:
         """The tasks of a topic (and job) that wait for a worker."""
         sql = ("SELECT task_no FROM tasks INDEXED BY tasks_queue WHERE started IS NULL "
