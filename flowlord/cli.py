@@ -38,6 +38,7 @@ from flowlord.loader import (
 from flowlord.model import Phase
 from flowlord.rules import parse_rule
 from flowlord.store import Store, StoreError, reads, write_txn
+from flowlord.tasklog import log_path, logged_task_nos, remove_logs
 
 
 class _Parser(argparse.ArgumentParser):
@@ -125,6 +126,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="the audit trail: who did what, newest first")
     p.add_argument("--limit", type=_positive, default=100)
     p.add_argument("--json", action="store_true")
+    p = sub.add_parser("logs", parents=[common], help="a task's output (stdout and stderr)")
+    p.add_argument("task_no", type=cli_operate.task_no_arg, metavar="TASK_NO")
+    p.add_argument("--follow", action="store_true",
+                   help="until the task ends; exit 0 when it completed, else 1")
+    p.add_argument("--tail", type=_positive, help="only the last N lines")
     p = sub.add_parser("stats", parents=[common],
                        help="per phase: runs, results, run and wait times, from history")
     p.add_argument("--type")
@@ -307,6 +313,9 @@ def cmd_doctor(args: argparse.Namespace, config: Config) -> int:
             store.close()
         print(f"flowlord: removed or cleared {report.count(fixed, 'orphan row')}",
               file=sys.stderr)
+        logs = remove_logs(config.task_logs(), _orphan_logs(config))
+        print(f"flowlord: removed {report.count(logs, 'log')} without a task",
+              file=sys.stderr)
     store = Store(config.db, readonly=True)
     try:
         findings = [f"integrity: {p}" for p in store.integrity_problems()]
@@ -315,8 +324,20 @@ def cmd_doctor(args: argparse.Namespace, config: Config) -> int:
                      if not p.startswith("workflow_phases ")]  # named above as orphans
     finally:
         store.close()
+    findings += [f"log without a task: {log_path(config.task_logs(), n)}"
+                 for n in _orphan_logs(config)]
     report.show("\n".join(findings) if findings else f"{config.db}: ok")
     return 1 if findings else 0
+
+
+def _orphan_logs(config: Config) -> list[int]:
+    """Task logs whose task is gone (deleted by hand, or a database started anew)."""
+    logged = logged_task_nos(config.task_logs())
+    store = Store(config.db, readonly=True)
+    try:
+        return store.missing_tasks(logged)
+    finally:
+        store.close()
 
 
 def cmd_export(args: argparse.Namespace, config: Config) -> int:
@@ -370,7 +391,8 @@ COMMANDS = {
     "phases": cmd_phases, "graph": cmd_graph, "next": cli_files.cmd_next, "doctor": cmd_doctor,
     "trigger": cli_tasks.cmd_trigger, "backload": cli_tasks.cmd_backload,
     "tasks": cli_tasks.cmd_tasks, "notify": cli_tasks.cmd_notify, "worker": cmd_worker,
-    "actions": cli_tasks.cmd_actions, "stats": cli_tasks.cmd_stats, **cli_operate.COMMANDS,
+    "actions": cli_tasks.cmd_actions, "stats": cli_tasks.cmd_stats,
+    "logs": cli_tasks.cmd_logs, **cli_operate.COMMANDS,
     "export": cmd_export,
 }
 

@@ -29,7 +29,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser,
                 iso_time: Callable[[str], datetime]) -> None:
     p = sub.add_parser("rerun", parents=[common],
                        help="run tasks again: a new attempt each, its children after it")
-    p.add_argument("task_nos", nargs="*", type=_task_no, metavar="TASK_NO")
+    p.add_argument("task_nos", nargs="*", type=task_no_arg, metavar="TASK_NO")
     p.add_argument("--only", action="store_true", help="without starting its children")
     p.add_argument("--failed", action="store_true",
                    help="every task whose last attempt failed (with --type, --since)")
@@ -37,12 +37,12 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser,
     p.add_argument("--since", type=iso_time, help="with --failed: ended since this time")
     p.add_argument("--dry-run", action="store_true", help="list what would run")
     p = sub.add_parser("cancel", parents=[common], help="end tasks now, as errors, not retried")
-    p.add_argument("task_nos", nargs="+", type=_task_no, metavar="TASK_NO")
+    p.add_argument("task_nos", nargs="+", type=task_no_arg, metavar="TASK_NO")
     p = sub.add_parser("drop", parents=[common], help="cancel every waiting task of a topic")
     p.add_argument("--type", required=True)
     p.add_argument("--job")
     p = sub.add_parser("mark", parents=[common], help="record a task's result by hand")
-    p.add_argument("task_no", type=_task_no, metavar="TASK_NO")
+    p.add_argument("task_no", type=task_no_arg, metavar="TASK_NO")
     p.add_argument("result", choices=["complete", "error"])
     p.add_argument("--msg", default="")
     p = sub.add_parser("pause", parents=[common],
@@ -77,7 +77,7 @@ def _until(text: str) -> datetime:
         raise argparse.ArgumentTypeError(f"not a time or a duration: {text}") from None
 
 
-def _task_no(text: str) -> int:
+def task_no_arg(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"not a task number: {text}")
     return int(text)

@@ -11,16 +11,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 
 from flowlord import operate, operations
 from flowlord.arrivals import storable
 from flowlord.clock import rfc3339
 from flowlord.config import Config
+from flowlord.errors import UsageError
 from flowlord.file_triggers import runnable_file_phases
 from flowlord.model import Fire, Phase
 from flowlord.report import count
 from flowlord.store import Store, reads
+from flowlord.store.taskrows import RESULT
+from flowlord.tasklog import log_path, read_log
 from flowlord.tasks import BuildError, Context, meta_dir
 
 
@@ -169,6 +173,50 @@ def cmd_stats(args: argparse.Namespace, config: Config) -> int:
               f"{r['error']} error\trun p50 {r['run_p50']}s p95 {r['run_p95']}s "
               f"max {r['run_max']}s\twait p50 {r['wait_p50']}s p95 {r['wait_p95']}s")
     return 0
+
+
+FOLLOW_EVERY = 0.2  # seconds between looks at a followed task's log and row
+
+
+def cmd_logs(args: argparse.Namespace, config: Config) -> int:
+    """A task's log; --follow: until the task ends, then exit 0 if it completed, else 1."""
+    directory = config.task_logs()
+    store = Store(config.db, readonly=True)
+    try:
+        row = store.task_row(args.task_no)
+        if row is None:
+            raise UsageError(f"no task {args.task_no}")
+        if not args.follow:
+            data = read_log(directory, args.task_no, args.tail)
+            if data is None:
+                print(f"flowlord: task {args.task_no} has no log (not started yet, or its "
+                      "output went nowhere)", file=sys.stderr)
+                return 1
+            sys.stdout.buffer.write(data)
+            return 0
+        offset = 0
+        while True:
+            result = store.task_row(args.task_no)[RESULT]  # type: ignore[index]
+            offset = _print_from(log_path(directory, args.task_no), offset)
+            if result is not None:
+                _print_from(log_path(directory, args.task_no), offset)
+                return 0 if result == "complete" else 1
+            time.sleep(FOLLOW_EVERY)
+    finally:
+        store.close()
+
+
+def _print_from(path: str, offset: int) -> int:
+    """What the log at `path` holds past `offset`, printed; the new offset."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+    except FileNotFoundError:
+        return offset
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+    return offset + len(data)
 
 
 def cmd_notify(args: argparse.Namespace, config: Config) -> int:

@@ -19,6 +19,10 @@ from flowlord.rules import CATCHUP
 DEFAULT_FILE = "flowlord.toml"
 
 
+class ByteCount(int):
+    """A size in bytes in the config: from 4 KiB to 1 TiB."""
+
+
 class ConfigError(Exception):
     """str(e) is one line naming the file and the key."""
 
@@ -47,6 +51,8 @@ class Config:
     bus_node: str = ""  # this daemon's name among them ('' : the host name)
     workers: dict[str, WorkerConfig] = field(default_factory=dict)
     task_ttl: timedelta = timedelta(hours=4)
+    logs_dir: str = ""  # task logs; '': `logs` beside the database
+    logs_max_bytes: int = 10 * 1024 * 1024  # a task log's cap: its head and tail are kept
     slow_factor: float = 3.0  # a `slow` alert past this many times a phase's usual run
     webhook: str = ""
     webhook_interval: timedelta = timedelta(minutes=5)  # at most one post per interval
@@ -58,6 +64,10 @@ class Config:
 
     def zone(self) -> tzinfo:
         return resolve_zone(self.timezone)
+
+    def task_logs(self) -> str:
+        """The directory of task logs: `[logs] dir`, else `logs` beside the database."""
+        return self.logs_dir or os.path.join(os.path.dirname(os.path.abspath(self.db)), "logs")
 
 
 def resolve_zone(name: str) -> tzinfo:
@@ -90,6 +100,7 @@ _SECTIONS: dict[str, dict[str, tuple[str, type]]] = {
     "alerts": {"task_ttl": ("task_ttl", timedelta), "webhook": ("webhook", str),
                "slow_factor": ("slow_factor", float),
                "webhook_interval": ("webhook_interval", timedelta)},
+    "logs": {"dir": ("logs_dir", str), "max_bytes": ("logs_max_bytes", ByteCount)},
     "http": {"listen": ("http_listen", str), "token": ("http_token", str),
              "token_file": ("http_token_file", str), "tokens": ("http_tokens", dict)},
 }
@@ -129,7 +140,7 @@ def load_config(path: str | None) -> Config:
         else:
             raise ConfigError(f"config {path}: unknown key: {key}")
     base = os.path.dirname(os.path.abspath(path))
-    for key in ("workflows", "db", "http_token_file"):
+    for key in ("workflows", "db", "http_token_file", "logs_dir"):
         if values.get(key):
             values[key] = os.path.join(base, values[key])
     config = Config(**values)
@@ -157,6 +168,12 @@ def _typed(path: str, key: str, value: object, kind: type) -> object:
                 if duration > timedelta(0):
                     return duration
         raise ConfigError(f"config {path}: {key} must be a positive duration such as \"5m\"")
+    if kind is ByteCount:
+        if not isinstance(value, int) or isinstance(value, bool) or not (
+                4096 <= value <= 2**40):
+            raise ConfigError(f"config {path}: {key} must be a number of bytes from 4096 "
+                              "to 1099511627776")
+        return value
     if kind is float:  # a factor: a positive number
         if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
             raise ConfigError(f"config {path}: {key} must be a positive number")

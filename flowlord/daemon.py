@@ -54,6 +54,7 @@ from flowlord.sdnotify import notify, watchdog_interval
 from flowlord.slow import SlowWatch
 from flowlord.standby import DEFAULT_LEASE, Leadership, NodeInUse
 from flowlord.store import Store
+from flowlord.tasklog import writable_dir
 from flowlord.tasks import Context, meta_dir
 from flowlord.wakeup import Wakeup
 from flowlord.web.api import Api
@@ -90,7 +91,8 @@ class Daemon:
         self.pauses = Pauses()  # one view of them, shared by the ledger, tasks and files
         self.ledger.pauses = self.file_triggers.pauses = self.pauses
         self.pauses_seen = -1  # PRAGMA data_version when the pauses were last read
-        self.retention = Retention(config.retention, self.log, self.clock.monotonic())
+        self.retention = Retention(config.retention, self.log, self.clock.monotonic(),
+                                   config.task_logs())
         self.webhook = (Webhook(config.webhook, config.webhook_interval.total_seconds(),
                                 self.log) if config.webhook else None)
         monotonic = self.clock.monotonic()
@@ -217,7 +219,9 @@ class Daemon:
     def _bus(self) -> Bus:
         """The bus the config names: `local`, or a redis URL (which must answer now)."""
         if self.config.bus_url == "local":
-            return LocalBus(self.config.workers, wake=self.wakeup.wake)
+            return LocalBus(self.config.workers, wake=self.wakeup.wake,
+                            log_dir=self._task_logs(),
+                            log_max_bytes=self.config.logs_max_bytes)
         from flowlord.bus.redis import DONE_STREAM, RedisBus
 
         try:
@@ -241,6 +245,14 @@ class Daemon:
             raise ConfigError(f"bus.url: {e}") from None
         except NodeInUse as e:
             raise ConfigError(str(e)) from None
+
+    def _task_logs(self) -> str:
+        """The task logs' directory, made now: one the daemon cannot write to is a config
+        error at start, not a task without a log later."""
+        try:
+            return writable_dir(self.config.task_logs())
+        except OSError as e:
+            raise ConfigError(f"logs.dir: {e.strerror}: {e.filename}") from None
 
     def _http(self) -> HttpServer | None:
         """The API when http.listen is set; a bad or unsafe address is a config error,

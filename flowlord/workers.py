@@ -24,6 +24,7 @@ from datetime import timedelta
 from flowlord.clock import utc_now_ms
 from flowlord.durations import format_duration
 from flowlord.model import Done, StoredTask, Task
+from flowlord.tasklog import DEFAULT_MAX_BYTES, TaskLog, log_path
 
 STDERR_TAIL_BYTES = 4096  # the end of stderr kept for `msg`; the rest is read and dropped
 KILL_AFTER = 5.0  # seconds between SIGTERM and SIGKILL
@@ -66,8 +67,12 @@ class Run:
 
     def __init__(self, stored: StoredTask, command: Sequence[str], timeout: timedelta,
                  on_done: Callable[[Done], None],
-                 inherited: dict[str, str] | None = None) -> None:
+                 inherited: dict[str, str] | None = None, log_dir: str | None = None,
+                 log_max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.stored = stored
+        self.log_dir = log_dir  # where its log goes (flowlord/tasklog.py); None: no log
+        self.log_max_bytes = log_max_bytes
+        self.log: TaskLog | None = None
         self.inherited = inherited  # the environment's base (None: read os.environ)
         self.argv = argv_for(command, stored.task)
         self.timeout = timeout
@@ -118,12 +123,21 @@ class Run:
             if self.stop_reason:  # stopped while it waited for a worker thread
                 return Done(no, "error", self.stop_reason, utc_now_ms())
             self.started = utc_now_ms()
+        if self.log_dir is not None:
+            # the daemon checked the directory at start: this fails on a full disk, and
+            # the task runs all the same (`msg` keeps the stderr's tail)
+            with contextlib.suppress(OSError):
+                self.log = TaskLog(log_path(self.log_dir, no), self.log_max_bytes)
         try:
-            proc = subprocess.Popen(self.argv, stdin=_devnull(), stdout=_devnull(),
+            proc = subprocess.Popen(self.argv, stdin=_devnull(),
+                                    stdout=subprocess.PIPE if self.log else _devnull(),
                                     stderr=subprocess.PIPE,
                                     env=environment(self.stored.task, self.inherited),
                                     start_new_session=True, close_fds=True)
         except (OSError, ValueError) as e:  # no such program, a NUL in a value, …
+            if self.log is not None:
+                self.log.write(f"cannot start {self.argv[0]!r}: {e}\n".encode())
+                self.log.close()
             return Done(no, "error", f"cannot start {self.argv[0]!r}: {e}", utc_now_ms(),
                         self.started)
         with self._lock:
@@ -135,50 +149,62 @@ class Run:
         return Done(no, *self._result(proc.returncode, timed_out, tail), utc_now_ms(), self.started)
 
     def _watch(self, proc: subprocess.Popen[bytes]) -> tuple[bytes, bool]:
-        """Mind the process until it has exited, reading its stderr (keeping the tail).
+        """Mind the process until it has exited, reading its stderr (keeping the tail)
+        and, with a log, its stdout too (both go to the log as they come).
 
         At the timeout its group gets SIGTERM, then SIGKILL. Once the command has exited,
-        what it left in its group is killed; stderr is read for LINGER seconds more, in
-        case something that escaped the group still holds it open. A command that closes
-        or redirects its own stderr is still watched until it exits. One thread, and no
-        polling of a short task: its exit closes stderr at once.
+        what it left in its group is killed; its pipes are read for LINGER seconds more,
+        in case something that escaped the group still holds them open. A command that
+        closes or redirects its own output is still watched until it exits. One thread,
+        and no polling of a short task: its exit closes its pipes at once.
         """
         assert proc.stderr is not None
-        fd = proc.stderr.fileno()
+        err = proc.stderr.fileno()
+        pipes = {f.fileno(): f for f in (proc.stdout, proc.stderr) if f is not None}
         tail: collections.deque[bytes] = collections.deque()
         size = 0
         deadline = time.monotonic() + self.timeout.total_seconds()
         kill_at: float | None = None  # after the timeout's SIGTERM
         exited_at: float | None = None
         poller = select.poll()  # not select(): descriptors above 1024 are fine
-        poller.register(fd, select.POLLIN | select.POLLHUP)
-        with proc.stderr:
-            reading = True
+        for fd in pipes:
+            poller.register(fd, select.POLLIN | select.POLLHUP)
+        try:
             while True:
-                if reading and poller.poll(WATCH_TICK_MS):
-                    chunk = os.read(fd, 65536)
-                    if chunk:
-                        tail.append(chunk)
-                        size += len(chunk)
-                        while size - len(tail[0]) >= STDERR_TAIL_BYTES:
-                            size -= len(tail.popleft())
-                    else:
-                        reading = False
-                elif not reading:
+                if pipes:
+                    for fd, _ in poller.poll(WATCH_TICK_MS):
+                        chunk = os.read(fd, 65536)
+                        if not chunk:  # closed: the command (and what it started) is done
+                            poller.unregister(fd)
+                            pipes.pop(fd).close()
+                            continue
+                        if self.log is not None:
+                            self.log.write(chunk)
+                        if fd == err:
+                            tail.append(chunk)
+                            size += len(chunk)
+                            while size - len(tail[0]) >= STDERR_TAIL_BYTES:
+                                size -= len(tail.popleft())
+                else:
                     with contextlib.suppress(subprocess.TimeoutExpired):
                         proc.wait(timeout=WATCH_TICK_MS / 1000)
                 now = time.monotonic()
                 if proc.poll() is not None:
                     if exited_at is None:
                         exited_at = now
-                        _signal_group(proc.pid, signal.SIGKILL)  # leftovers hold stderr
-                    if not reading or now - exited_at > LINGER:
+                        _signal_group(proc.pid, signal.SIGKILL)  # leftovers hold the pipes
+                    if not pipes or now - exited_at > LINGER:
                         break
                 elif kill_at is None and now >= deadline:
                     _signal_group(proc.pid, signal.SIGTERM)
                     kill_at = now + KILL_AFTER
                 elif kill_at is not None and now >= kill_at:
                     _signal_group(proc.pid, signal.SIGKILL)
+        finally:
+            for f in pipes.values():
+                f.close()
+            if self.log is not None:
+                self.log.close()
         return b"".join(tail)[-STDERR_TAIL_BYTES:], kill_at is not None
 
     def _result(self, code: int, timed_out: bool, stderr: bytes) -> tuple[str, str]:

@@ -11,6 +11,7 @@ from datetime import timedelta
 from flowlord.bus import drain
 from flowlord.config import WorkerConfig
 from flowlord.model import Done, StoredTask
+from flowlord.tasklog import DEFAULT_MAX_BYTES
 from flowlord.workers import Run, inherited_environment
 
 STOPPED = "stopped: the daemon shut down while the task ran"
@@ -24,8 +25,11 @@ STOP_WAIT = 10.0  # seconds for a stopped task's result; a task still without on
 
 class LocalBus:
     def __init__(self, workers: Mapping[str, WorkerConfig],
-                 wake: Callable[[], None] | None = None) -> None:
+                 wake: Callable[[], None] | None = None, log_dir: str | None = None,
+                 log_max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.workers = workers
+        self.log_dir = log_dir  # each task's output goes to its log there (tasklog.py)
+        self.log_max_bytes = log_max_bytes
         self.runs: dict[int, Run] = {}
         # a pool per topic, as large as its concurrency: threads are reused, not started
         # for each task (starting one costs more than running `true`)
@@ -49,7 +53,8 @@ class LocalBus:
         worker = self.workers[stored.task.type]
         timeout = (timedelta(seconds=timeout_seconds) if timeout_seconds is not None
                    else worker.timeout)
-        run = Run(stored, worker.command, timeout, self._finished, self.environment)
+        run = Run(stored, worker.command, timeout, self._finished, self.environment,
+                  self.log_dir, self.log_max_bytes)
         self.runs[stored.task_no] = run
         self.pools[stored.task.type].submit(run.run)
 

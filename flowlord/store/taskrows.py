@@ -204,6 +204,16 @@ class TaskRows:
                           "AND ended IS NOT NULL", (result, msg, task_no))
         return self.conn.changes() == 1
 
+    def missing_tasks(self, task_nos: Sequence[int]) -> list[int]:
+        """Which of these task numbers have no row."""
+        found: set[int] = set()
+        for i in range(0, len(task_nos), 500):
+            chunk = task_nos[i:i + 500]
+            found.update(r[0] for r in self.conn.execute(
+                f"SELECT task_no FROM tasks WHERE task_no IN ({', '.join('?' * len(chunk))})",
+                list(chunk)))
+        return [n for n in task_nos if n not in found]
+
     def ended_among(self, task_nos: Sequence[int]) -> list[int]:
         """Which of these tasks have ended (a cancel or a mark by another process)."""
         if not task_nos:
@@ -260,16 +270,20 @@ class TaskRows:
             "AND NOT EXISTS (SELECT 1 FROM alerts AS a WHERE a.task_no = t.task_no "
             "AND a.kind = 'incomplete') ORDER BY created", (cutoff,))]
 
-    def delete_history(self, cutoff: str, batch: int) -> int:
+    def delete_history(self, cutoff: str, batch: int,
+                       deleted_tasks: list[int] | None = None) -> int:
         """Delete up to `batch` finished tasks that ended before `cutoff` (their alerts go
-        with them), else up to `batch` fires, else file messages, before it that no task
-        needs; call inside
-        write_txn. Returns how many rows went: 0 when nothing is left to delete."""
-        self.conn.execute(
+        with them; their numbers are added to `deleted_tasks`), else up to `batch` fires,
+        else file messages, before it that no task needs; call inside write_txn.
+        Returns how many rows went: 0 when nothing is left to delete."""
+        gone = [r[0] for r in self.conn.execute(
             "DELETE FROM tasks WHERE task_no IN (SELECT task_no FROM tasks "
-            "WHERE ended IS NOT NULL AND ended < ? ORDER BY task_no LIMIT ?)", (cutoff, batch))
-        if deleted := self.conn.changes():
-            return deleted
+            "WHERE ended IS NOT NULL AND ended < ? ORDER BY task_no LIMIT ?) "
+            "RETURNING task_no", (cutoff, batch))]
+        if gone:
+            if deleted_tasks is not None:
+                deleted_tasks += gone
+            return len(gone)
         self.conn.execute(
             "DELETE FROM fires WHERE (file_path, phase, scheduled_for) IN ("
             "SELECT f.file_path, f.phase, f.scheduled_for FROM fires AS f "

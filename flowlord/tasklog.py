@@ -1,0 +1,108 @@
+"""Task logs: each attempt's stdout and stderr, in the order they came, in a file of its
+own under `[logs] dir` (`<task_no>.log`), capped at `[logs] max_bytes`.
+
+A log is written on the task's own thread as its output comes, never by the daemon's
+loop, and its memory is bounded: the first half of the cap goes to the file at once,
+the last half is kept in memory as it goes by, and when the task ends the file gets a
+line saying how much was cut, then that tail. Retention deletes a log with its task;
+`flowlord doctor` reports logs without a task (and `--fix` removes them).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import re
+from typing import BinaryIO
+
+DEFAULT_MAX_BYTES = 10 * 1024 * 1024
+_NAME = re.compile(r"([0-9]+)\.log")
+
+
+def log_path(directory: str, task_no: int) -> str:
+    return os.path.join(directory, f"{task_no}.log")
+
+
+class TaskLog:
+    """The log of one attempt, written as its output comes (one thread writes it)."""
+
+    def __init__(self, path: str, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self.path = path
+        self.head_left = max_bytes // 2  # bytes that still go straight to the file
+        self.tail_max = max_bytes - max_bytes // 2
+        self.tail: collections.deque[bytes] = collections.deque()
+        self.tail_size = 0
+        self.cut = 0  # bytes dropped between the head and the tail
+        self.file = _create(path)
+
+    def write(self, chunk: bytes) -> None:
+        if self.head_left > 0:
+            head, chunk = chunk[:self.head_left], chunk[self.head_left:]
+            self.file.write(head)
+            self.head_left -= len(head)
+        if not chunk:
+            return
+        self.tail.append(chunk)
+        self.tail_size += len(chunk)
+        while self.tail_size - len(self.tail[0]) >= self.tail_max:  # whole chunks out
+            self.cut += len(self.tail[0])
+            self.tail_size -= len(self.tail.popleft())
+        if self.tail_size > self.tail_max:  # then the front of the oldest one
+            extra = self.tail_size - self.tail_max
+            self.tail[0] = self.tail[0][extra:]
+            self.tail_size -= extra
+            self.cut += extra
+
+    def close(self) -> None:
+        if self.cut:
+            self.file.write(f"\n[flowlord: {self.cut} bytes of output cut here, to keep "
+                            f"the log under its cap]\n".encode())
+        self.file.writelines(self.tail)
+        self.file.close()
+
+
+def _create(path: str) -> BinaryIO:
+    """The log file, new (a task number is never reused), readable by the group."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+    return os.fdopen(fd, "wb", buffering=0)  # unbuffered: `flowlord logs --follow` sees it
+
+
+def writable_dir(path: str) -> str:
+    """`path`, made if missing; OSError when it cannot be made or written to."""
+    os.makedirs(path, mode=0o750, exist_ok=True)
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise PermissionError(13, "cannot write to the directory", path)
+    return path
+
+
+def read_log(directory: str, task_no: int, tail_lines: int | None = None) -> bytes | None:
+    """A task's log (its last `tail_lines` lines); None when it has none."""
+    try:
+        with open(log_path(directory, task_no), "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return None
+    if tail_lines is not None:
+        lines = data.splitlines(keepends=True)
+        data = b"".join(lines[-tail_lines:]) if tail_lines > 0 else b""
+    return data
+
+
+def logged_task_nos(directory: str) -> list[int]:
+    """The task numbers that have a log in `directory`."""
+    with contextlib.suppress(FileNotFoundError):
+        return sorted(int(m[1]) for name in os.listdir(directory)
+                      if (m := _NAME.fullmatch(name)))
+    return []
+
+
+def remove_logs(directory: str, task_nos: list[int]) -> int:
+    """Delete these tasks' logs; how many there were."""
+    removed = 0
+    for task_no in task_nos:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(log_path(directory, task_no))
+            removed += 1
+    return removed

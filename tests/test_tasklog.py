@@ -1,0 +1,111 @@
+"""Task logs (flowlord/tasklog.py): each attempt's stdout and stderr in the order they
+came, capped with the head and the tail kept and a line saying how much was cut;
+`flowlord logs`, and `doctor` on logs without a task."""
+
+from __future__ import annotations
+
+import socket
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from flowlord.cli import main
+from flowlord.model import Done, StoredTask, Task
+from flowlord.store import Store, write_txn
+from flowlord.tasklog import TaskLog, log_path, read_log
+from flowlord.workers import Run
+from tests.helpers import daemon, messages_until, run_cli, worker_table
+
+
+def test_a_log_over_its_cap_keeps_the_head_and_the_tail_and_says_what_was_cut(
+        tmp_path: Path) -> None:
+    path = str(tmp_path / "logs" / "7.log")
+    log = TaskLog(path, max_bytes=100)
+    lines = [f"line {i:03d}\n".encode() for i in range(100)]  # 900 bytes, 9 a chunk
+    for line in lines:
+        log.write(line)
+    log.close()
+    data = b"".join(lines)
+    assert Path(path).read_bytes() == (
+        data[:50] + b"\n[flowlord: 800 bytes of output cut here, to keep the log under its "
+        b"cap]\n" + data[-50:])
+    small = TaskLog(str(tmp_path / "logs" / "8.log"), max_bytes=100)
+    small.write(b"short\n")
+    small.close()
+    assert read_log(str(tmp_path / "logs"), 8) == b"short\n"  # under the cap: as it came
+    assert read_log(str(tmp_path / "logs"), 9) is None
+
+
+def run(tmp_path: Path, script: str, max_bytes: int = 10 * 1024 * 1024) -> Done:
+    results: list[Done] = []
+    Run(StoredTask(1, Task(type="t", id="x")), [sys.executable, "-c", script],
+        timedelta(seconds=60), results.append, log_dir=str(tmp_path / "logs"),
+        log_max_bytes=max_bytes).run()
+    return results[0]
+
+
+def test_stdout_and_stderr_go_to_the_log_in_the_order_written_and_msg_keeps_stderr(
+        tmp_path: Path) -> None:
+    # a moment between writes: both pipes are read as output comes, and what two pipes
+    # hold at the same instant has no order to keep
+    done = run(tmp_path, "import sys, time\nfor i in range(3):\n"
+                         "    print(f'out {i}', flush=True)\n    time.sleep(0.1)\n"
+                         "    print(f'err {i}', file=sys.stderr, flush=True)\n"
+                         "    time.sleep(0.1)\nsys.exit(3)")
+    assert read_log(str(tmp_path / "logs"), 1) == (
+        b"out 0\nerr 0\nout 1\nerr 1\nout 2\nerr 2\n")
+    assert (done.result, done.msg) == ("error", "exit status 3: err 0\nerr 1\nerr 2")
+
+
+def test_a_flood_of_output_is_capped_and_the_task_still_ends(tmp_path: Path) -> None:
+    # 50 MB as fast as the process can write it
+    done = run(tmp_path, "import sys\nblock = b'x' * 1048575 + b'\\n'\n"
+                         "for _ in range(50):\n    sys.stdout.buffer.write(block)\n",
+               max_bytes=1024 * 1024)
+    size = Path(log_path(str(tmp_path / "logs"), 1)).stat().st_size
+    assert done.result == "complete" and 1024 * 1024 <= size < 1024 * 1024 + 200
+    assert b"bytes of output cut here" in (read_log(str(tmp_path / "logs"), 1) or b"")
+
+
+def test_logs_command_and_doctor_on_logs_without_a_task(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "f.db"
+    store = Store(str(db))
+    with write_txn(store.conn):
+        store.conn.execute("INSERT INTO tasks (id, type, created, started, ended, result) "
+                           "VALUES ('x', 't', '', '', '', 'complete')")
+    store.close()
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "1.log").write_bytes(b"one\ntwo\nthree\n")
+    (logs / "5.log").write_bytes(b"nobody's\n")  # task 5 does not exist
+    capsys.readouterr()
+    assert main(["logs", "1", "--db", str(db)]) == 0
+    assert main(["logs", "1", "--tail", "2", "--db", str(db)]) == 0
+    assert capsys.readouterr().out == "one\ntwo\nthree\ntwo\nthree\n"
+    assert main(["logs", "9", "--db", str(db)]) == 2  # no such task
+    assert main(["doctor", "--db", str(db)]) == 1
+    assert f"log without a task: {logs / '5.log'}" in capsys.readouterr().out
+    assert main(["doctor", "--fix", "--db", str(db)]) == 0
+    assert sorted(p.name for p in logs.iterdir()) == ["1.log"]
+
+
+@pytest.mark.slow
+def test_logs_follow_a_running_task_to_its_end(tmp_path: Path, wf: Path,
+                                               notify_socket: socket.socket) -> None:
+    (wf / "a.toml").write_text('[[phase]]\ntask = "talk"\n')
+    db = tmp_path / "f.db"
+    script = "import time\nfor i in range(5):\n    print(f'said {i}', flush=True)\n" \
+             "    time.sleep(0.3)"
+    config = tmp_path / "flowlord.toml"
+    config.write_text('timezone = "UTC"\n' + worker_table("talk", sys.executable, "-c", script))
+    common = ["-c", str(config), "-w", str(wf), "--db", str(db)]
+    with daemon(tmp_path, wf, db, args=["-c", str(config)]):
+        messages_until(notify_socket, "READY=1")
+        assert run_cli(*common, "trigger", "talk").returncode == 0
+        followed = run_cli(*common, "logs", "1", "--follow")
+    assert followed.returncode == 0, followed.stderr  # it completed
+    assert followed.stdout == "".join(f"said {i}\n" for i in range(5))
+    assert (tmp_path / "logs" / "1.log").exists()  # beside the database by default
