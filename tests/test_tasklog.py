@@ -12,9 +12,13 @@ from pathlib import Path
 import pytest
 
 from flowlord.cli import main
+from flowlord.config import Config
+from flowlord.errors import BadRequest
 from flowlord.model import Done, StoredTask, Task
 from flowlord.store import Store, write_txn
 from flowlord.tasklog import TaskLog, log_path, read_log
+from flowlord.web.answers import PlainText, response
+from flowlord.web.api import Api
 from flowlord.workers import Run
 from tests.helpers import daemon, messages_until, run_cli, worker_table
 
@@ -90,6 +94,15 @@ def test_logs_command_and_doctor_on_logs_without_a_task(
     assert f"log without a task: {logs / '5.log'}" in capsys.readouterr().out
     assert main(["doctor", "--fix", "--db", str(db)]) == 0
     assert sorted(p.name for p in logs.iterdir()) == ["1.log"]
+    api = Api(Config(db=str(db)), lambda: True, lambda: "leader")
+    status, text = api.answer("/api/tasks/1/log", {"tail": ["2"]})
+    assert (status, text) == (200, b"two\nthree\n") and isinstance(text, PlainText)
+    sent = response(status, text)
+    assert sent.content_type == "text/plain; charset=utf-8" and sent.data == b"two\nthree\n"
+    for path in ("/api/tasks/9/log", "/api/tasks/x/log"):
+        with pytest.raises(BadRequest) as missing:
+            api.answer(path, {})
+        assert missing.value.status == 404
 
 
 @pytest.mark.slow

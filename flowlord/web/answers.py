@@ -34,12 +34,18 @@ class Metrics(bytes):
     content_type = CONTENT_TYPE_LATEST
 
 
+class PlainText(bytes):
+    """Text as it is (a task's log), not JSON."""
+
+    content_type = "text/plain; charset=utf-8"
+
+
 def response(status: HTTPStatus, body: Any, headers: dict[str, str] | None = None
              ) -> Response:
     """The answer as sent: a Page as HTML (with the CSP, never cached: it may carry a
     form's CSRF token), an Asset or Metrics as their type, anything else as JSON."""
     headers = dict(headers or {})
-    if isinstance(body, Metrics):
+    if isinstance(body, Metrics | PlainText):
         data, kind = bytes(body), body.content_type
     elif isinstance(body, Asset):
         data, kind = bytes(body), body.content_type

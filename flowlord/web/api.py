@@ -24,9 +24,10 @@ from flowlord.errors import BadRequest
 from flowlord.metrics import DatabaseState
 from flowlord.store import Store, reads
 from flowlord.store.reads import STATS_DAYS
+from flowlord.tasklog import read_log
 from flowlord.web import params
 from flowlord.web.actions import Actions, Loop
-from flowlord.web.answers import Metrics
+from flowlord.web.answers import Metrics, PlainText
 
 MAX_GRAPH = 10_000  # phases in an answer of /api/graph for every file
 STARTED = time.time()
@@ -70,6 +71,9 @@ class Api:
             if path.startswith("/api/phases/") and path.count("/") >= 4:
                 file, _, task = path[len("/api/phases/"):].rpartition("/")
                 return HTTPStatus.OK, self.phase(store, unquote(file), unquote(task))
+            if path.startswith("/api/tasks/") and path.endswith("/log"):
+                return HTTPStatus.OK, self.log(store, path[len("/api/tasks/"):-len("/log")],
+                                               query)
             if path.startswith("/api/tasks/") and len(path) > len("/api/tasks/"):
                 return HTTPStatus.OK, self.lineage(store, unquote(path[len("/api/tasks/"):]))
         finally:
@@ -128,6 +132,16 @@ class Api:
         if not rows:
             raise BadRequest(HTTPStatus.NOT_FOUND, f"no task with id {task_id}")
         return rows
+
+    def log(self, store: Store, task_no: str, query: dict[str, list[str]]) -> PlainText:
+        """A task's log as text (?tail=N: its last N lines)."""
+        if not task_no.isdigit() or store.task_row(int(task_no)) is None:
+            raise BadRequest(HTTPStatus.NOT_FOUND, f"no task {task_no}")
+        tail = params.integer(query, "tail", None)
+        data = read_log(self.config.task_logs(), int(task_no), tail)
+        if data is None:
+            raise BadRequest(HTTPStatus.NOT_FOUND, f"task {task_no} has no log")
+        return PlainText(data)
 
     def stats(self, store: Store, query: dict[str, list[str]]) -> list[dict[str, Any]]:
         """Per phase, from history: ?type= and ?since= (default: the last 7 days)."""
