@@ -115,13 +115,13 @@ class App:
         return self._get(request, path, page)
 
     def _get(self, request: Request, path: str, page: bool) -> Response:
+        session = self.sessions.find(request.cookies.get(COOKIE)) if page else None
         try:
             query = parse_qs(request.environ.get("QUERY_STRING", ""), keep_blank_values=True,
                              max_num_fields=MAX_FIELDS)
             if page and path == "/signin":
                 return self.forms.signin_page(request)
             if page:
-                session = self.sessions.find(request.cookies.get(COOKIE))
                 status, body = self.dashboard.answer(path, query, session)
             else:
                 status, body = self.api.answer(path, query)
@@ -133,7 +133,7 @@ class App:
             self.log.exception("http request failed", path=request.full_path[:200])
             status, body = HTTPStatus.INTERNAL_SERVER_ERROR, INTERNAL_ERROR
         if isinstance(body, str) and not isinstance(body, Page):  # an error message
-            body = self.dashboard.error(status, body) if page else {"error": body}
+            body = self.dashboard.error(status, body, session) if page else {"error": body}
         return response(status, body)
 
     def _post(self, request: Request, path: str) -> Response:
