@@ -22,15 +22,20 @@ from tests.helpers import query, stepped, turn
 
 TICK = ('[[phase]]\ntask = "tick"\nrule = "cron=*/10 * * * * *&catchup=all"\n'
         'template = "t={TS}"\n\n[[phase]]\ntask = "after"\ndependsOn = "tick"\n')
-# The commands stamp pauses with the real time: the fake clock starts a little after
-# it, 5 s past a multiple of 10 s, so that each turn of 10 s meets one slot.
-_BASE = datetime.fromtimestamp((int(time.time()) // 10 + 2) * 10, UTC)
-START = _BASE + timedelta(seconds=5)
 
 
-def slot(n: int) -> str:
-    """The n-th slot after the base: `*/10` fires at the base plus 10 n seconds."""
-    return rfc3339(_BASE + timedelta(seconds=10 * n))
+class Times:
+    """The commands stamp pauses with the real time: each test's fake clock starts a
+    little after it (read when the test starts), 5 s past a multiple of 10 s, so that
+    each turn of 10 s meets one slot."""
+
+    def __init__(self) -> None:
+        self.base = datetime.fromtimestamp((int(time.time()) // 10 + 2) * 10, UTC)
+        self.start = self.base + timedelta(seconds=5)
+
+    def slot(self, n: int) -> str:
+        """The n-th slot after the base: `*/10` fires at the base plus 10 n seconds."""
+        return rfc3339(self.base + timedelta(seconds=10 * n))
 
 
 def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -51,7 +56,9 @@ def fires(db: Path) -> list[tuple[object, ...]]:
 def test_paused_slots_are_rows_with_their_reason_across_a_restart_and_never_get_tasks(
         tmp_path: Path, wf: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (wf / "a.toml").write_text(TICK)
-    db, clock = tmp_path / "f.db", FakeClock(START)
+    times = Times()
+    slot = times.slot
+    db, clock = tmp_path / "f.db", FakeClock(times.start)
     common = ("-w", str(wf), "--db", str(db))
     me = unix_actor()
     with stepped(tmp_path, wf, clock) as d:
@@ -79,10 +86,12 @@ def test_paused_slots_are_rows_with_their_reason_across_a_restart_and_never_get_
 def test_a_pause_with_until_ends_by_itself_even_across_a_restart(
         tmp_path: Path, wf: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (wf / "a.toml").write_text(TICK)
-    db, clock = tmp_path / "f.db", FakeClock(START)
+    times = Times()
+    slot = times.slot
+    db, clock = tmp_path / "f.db", FakeClock(times.start)
     common = ("-w", str(wf), "--db", str(db))
     with stepped(tmp_path, wf, clock) as d:
-        until = (START + timedelta(seconds=25)).isoformat()  # slot 3
+        until = (times.start + timedelta(seconds=25)).isoformat()  # slot 3
         assert cli(capsys, "pause", "--all", "--until", until, *common)[0] == 0
         turn(d, clock, 10.0)  # slot 1, paused
     clock.advance(10.0)
@@ -99,7 +108,8 @@ def test_a_pause_with_until_ends_by_itself_even_across_a_restart(
 def test_a_paused_topic_keeps_its_tasks_waiting_and_a_paused_phase_refuses_triggers(
         tmp_path: Path, wf: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (wf / "a.toml").write_text('[[phase]]\ntask = "work"\ntemplate = "h={hh}"\n')
-    db, clock = tmp_path / "f.db", FakeClock(START)
+    times = Times()
+    db, clock = tmp_path / "f.db", FakeClock(times.start)
     common = ("-w", str(wf), "--db", str(db))
     with stepped(tmp_path, wf, clock, bus=InProcessBus()) as d:
         cli(capsys, "pause", "--topic", "work", "--reason", "worker host down", *common)
