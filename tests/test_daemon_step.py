@@ -19,6 +19,8 @@ from flowlord.bus.local import LocalBus
 from flowlord.cli import main
 from flowlord.clock import FakeClock
 from flowlord.commands import DaemonBusy
+from flowlord.config import Config
+from flowlord.daemon import Daemon
 from flowlord.loader import Loader
 from flowlord.model import StoredTask
 from flowlord.operations import Action, record_fires, trigger_fire
@@ -266,3 +268,23 @@ def test_a_rescan_asked_while_the_database_is_locked_waits_for_it(
     # one row in the audit trail, however often it was tried
     assert query(db, "SELECT actor, kind, outcome FROM actions") == [
         ("tester", "refresh", "done")]
+
+
+def test_ready_comes_after_the_plan_and_the_catch_up_are_committed(
+        tmp_path: Path, wf: Path) -> None:
+    """start() is what runs before READY=1: when it returns, every cron phase has its
+    next fire in the database and the missed slots are recorded."""
+    (wf / "a.toml").write_text(EVERY_10S.format(extra="&catchup=all"))
+    db, clock = tmp_path / "f.db", FakeClock(START)
+    with stepped(tmp_path, wf, clock) as d:
+        turn(d, clock, 10.0)
+    clock.advance(30.0)
+    d = Daemon(Config(workflows=str(wf), db=str(db), timezone="UTC"), clock=clock,
+               bus=InProcessBus())
+    d.open()
+    try:
+        d.start()  # no turn yet
+        assert query(db, "SELECT next_fire FROM workflow_phases") == [("2026-12-01T12:00:50Z",)]
+        assert slots(db) == every_10s("2026-12-01T12:00:10Z", 4)
+    finally:
+        d.close()
