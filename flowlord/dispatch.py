@@ -56,6 +56,8 @@ class Dispatcher:
         self.published: list[int] = []  # handed over, not yet marked in the database
         # this turn's (topic, result, run seconds or None), for metrics
         self._counted: list[tuple[str, str, float | None]] = []
+        self._ended_counters: dict[tuple[str, str], Any] = {}  # metrics' labelled series
+        self._durations: dict[str, Any] = {}
         self._alerted: list[str] = []  # this turn's alert kinds, for metrics
         self.stopping: set[int] = set()  # ended elsewhere; their workers were told to stop
         self.pauses = Pauses()  # paused topics wait; paused phases start no children
@@ -90,7 +92,9 @@ class Dispatcher:
             open_topics = self.bus.open_topics()
             topics = (self.store.ready_topics(now) if open_topics is None
                       else [t for t in open_topics if self.store.has_ready(t, now)])
-            topics = [t for t in topics if self.pauses.of_topic(t, self.clock.now()) is None]
+            if self.pauses.rows:  # (most of the time there is no pause at all)
+                topics = [t for t in topics
+                          if self.pauses.of_topic(t, self.clock.now()) is None]
         if not self.pending and not topics:
             return
         ctx = Context(self.ctx.zone, self.ctx.meta_dir, self.clock.now())
@@ -152,10 +156,15 @@ class Dispatcher:
 
     def _count(self, new_tasks: list[NewTask]) -> None:
         """The metrics of a committed turn."""
+        ended, durations = self._ended_counters, self._durations
         for topic, result, seconds in self._counted:
-            metrics.TASKS.labels(topic, result).inc()
+            if (topic, result) not in ended:  # a label lookup costs more than the count
+                ended[topic, result] = metrics.TASKS.labels(topic, result)
+            ended[topic, result].inc()
             if seconds is not None:
-                metrics.TASK_DURATION.labels(topic).observe(seconds)
+                if topic not in durations:
+                    durations[topic] = metrics.TASK_DURATION.labels(topic)
+                durations[topic].observe(seconds)
         for kind in self._alerted:
             metrics.ALERTS.labels(kind).inc()
         metrics.RETRIES.inc(sum(1 for t in new_tasks if t.attempt > 0))
@@ -282,6 +291,8 @@ class Dispatcher:
 
     def _unpaused(self, children: list[Phase], parent: StoredTask) -> list[Phase]:
         """The children whose phases are not paused; a paused one is logged with why."""
+        if not self.pauses.rows or not children:
+            return children
         now = self.clock.now()
         kept = []
         for child in children:
@@ -318,7 +329,8 @@ class Dispatcher:
 
 def _seconds(started: str, ended: str) -> float | None:
     """A run time from task time text; None when either is missing or unreadable."""
-    try:
-        return max(0.0, (parse_iso(ended) - parse_iso(started)).total_seconds())
-    except ValueError:
+    try:  # task times end in Z, which fromisoformat reads since Python 3.11
+        return max(0.0, (datetime.fromisoformat(ended)
+                         - datetime.fromisoformat(started)).total_seconds())
+    except (ValueError, TypeError):  # missing, or a row written by hand without a zone
         return None

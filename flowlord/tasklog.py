@@ -4,7 +4,8 @@ own under `[logs] dir` (`<task_no>.log`), capped at `[logs] max_bytes`.
 A log is written on the task's own thread as its output comes, never by the daemon's
 loop, and its memory is bounded: the first half of the cap goes to the file at once,
 the last half is kept in memory as it goes by, and when the task ends the file gets a
-line saying how much was cut, then that tail. Retention deletes a log with its task;
+line saying how much was cut, then that tail. A task that printed nothing has no log
+(the file is made at its first output). Retention deletes a log with its task;
 `flowlord doctor` reports logs without a task (and `--fix` removes them).
 """
 
@@ -34,9 +35,11 @@ class TaskLog:
         self.tail: collections.deque[bytes] = collections.deque()
         self.tail_size = 0
         self.cut = 0  # bytes dropped between the head and the tail
-        self.file = _create(path)
+        self.file: BinaryIO | None = None  # made at the first output: a silent task has none
 
     def write(self, chunk: bytes) -> None:
+        if self.file is None:
+            self.file = _create(self.path)
         if self.head_left > 0:
             head, chunk = chunk[:self.head_left], chunk[self.head_left:]
             self.file.write(head)
@@ -55,6 +58,8 @@ class TaskLog:
             self.cut += extra
 
     def close(self) -> None:
+        if self.file is None:
+            return
         if self.cut:
             self.file.write(f"\n[flowlord: {self.cut} bytes of output cut here, to keep "
                             f"the log under its cap]\n".encode())
