@@ -9,13 +9,13 @@ they need no daemon; a running daemon ends the process of a task ended here.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from flowlord import operate, operations
+from flowlord.cli_tasks import print_rows
 from flowlord.clock import parse_iso, rfc3339
 from flowlord.config import Config
 from flowlord.durations import DurationError, parse_duration
@@ -214,18 +214,9 @@ def cmd_resume(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_pauses(args: argparse.Namespace, config: Config) -> int:
     """The pauses in force: target, actor, reason, since, until."""
-    store = Store(config.db, readonly=True)
-    try:
-        rows = operate.pauses_in_force(store, datetime.now(UTC))
-    finally:
-        store.close()
-    if args.json:
-        print(json.dumps(rows, indent=1, ensure_ascii=False))
-        return 0
-    for r in rows:
-        print(f"{r['target']}\t{r['actor']}\tsince {r['since']}\t"
-              f"until {r['until'] or 'resumed'}\t{r['reason']}")
-    return 0
+    return print_rows(config, lambda store: operate.pauses_in_force(store, datetime.now(UTC)),
+                      args.json, lambda r: f"{r['target']}\t{r['actor']}\tsince {r['since']}"
+                                           f"\tuntil {r['until'] or 'resumed'}\t{r['reason']}")
 
 
 COMMANDS = {"rerun": cmd_rerun, "cancel": cmd_cancel, "drop": cmd_drop, "mark": cmd_mark,

@@ -12,7 +12,9 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from flowlord import operate, operations
 from flowlord.arrivals import storable
@@ -115,40 +117,39 @@ def cmd_backload(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def cmd_tasks(args: argparse.Namespace, config: Config) -> int:
-    """Task history, newest first; --json prints what /api/tasks answers."""
+def print_rows(config: Config, read: Callable[[Store], list[dict[str, Any]]], as_json: bool,
+               line: Callable[[dict[str, Any]], str]) -> int:
+    """Rows of the read model: the JSON the API answers (--json), else a line each."""
     store = Store(config.db, readonly=True)
     try:
-        records = reads.tasks(store, type=args.type, result=args.result, limit=args.limit)
+        rows = read(store)
     finally:
         store.close()
-    if args.json:
-        print(json.dumps(records, indent=1, ensure_ascii=False))
-        return 0
-    for r in records:
+    if as_json:
+        print(json.dumps(rows, indent=1, ensure_ascii=False))
+    for row in [] if as_json else rows:
+        print(line(row))
+    return 0
+
+
+def cmd_tasks(args: argparse.Namespace, config: Config) -> int:
+    """Task history, newest first; --json prints what /api/tasks answers."""
+    def line(r: dict[str, Any]) -> str:
         state = str(r["result"] or ("running" if r["started"] else "waiting"))
         if r["attempt"]:  # a retry: which one
             state += f" (attempt {r['attempt']})"
         kind = f"{r['type']}:{r['job']}" if r["job"] else r["type"]
-        print(f"{r['task_no']}\t{r['created']}\t{kind}\t{state}\t{r['info']}\t{r['id']}")
-    return 0
+        return f"{r['task_no']}\t{r['created']}\t{kind}\t{state}\t{r['info']}\t{r['id']}"
+    return print_rows(config, lambda store: reads.tasks(
+        store, type=args.type, result=args.result, limit=args.limit), args.json, line)
 
 
 def cmd_actions(args: argparse.Namespace, config: Config) -> int:
     """The audit trail, newest first; --json prints what /api/actions answers."""
-    store = Store(config.db, readonly=True)
-    try:
-        rows = reads.actions(store, limit=args.limit)
-    finally:
-        store.close()
-    if args.json:
-        print(json.dumps(rows, indent=1, ensure_ascii=False))
-        return 0
-    for r in rows:
-        outcome = r["outcome"] or "not applied"
-        print(f"{r['action_no']}\t{r['requested']}\t{r['actor']}\t{r['kind']}\t"
-              f"{r['target'] or '-'}\t{outcome}\t{r['message']}")
-    return 0
+    return print_rows(config, lambda store: reads.actions(store, limit=args.limit), args.json,
+                      lambda r: f"{r['action_no']}\t{r['requested']}\t{r['actor']}\t"
+                                f"{r['kind']}\t{r['target'] or '-'}\t"
+                                f"{r['outcome'] or 'not applied'}\t{r['message']}")
 
 
 def stats_since(since: datetime | None, config: Config) -> str:
@@ -160,19 +161,14 @@ def stats_since(since: datetime | None, config: Config) -> str:
 
 def cmd_stats(args: argparse.Namespace, config: Config) -> int:
     """Per phase: runs, results, run and wait times (p50, p95, max), from history."""
-    store = Store(config.db, readonly=True)
-    try:
-        rows = reads.stats(store, type=args.type, since=stats_since(args.since, config))
-    finally:
-        store.close()
-    if args.json:
-        print(json.dumps(rows, indent=1, ensure_ascii=False))
-        return 0
-    for r in rows:
-        print(f"{r['file']}\t{r['task']}\t{r['runs']} runs\t{r['complete']} complete\t"
-              f"{r['error']} error\trun p50 {r['run_p50']}s p95 {r['run_p95']}s "
-              f"max {r['run_max']}s\twait p50 {r['wait_p50']}s p95 {r['wait_p95']}s")
-    return 0
+    since = stats_since(args.since, config)
+    return print_rows(config, lambda store: reads.stats(store, type=args.type, since=since),
+                      args.json,
+                      lambda r: f"{r['file']}\t{r['task']}\t{r['runs']} runs\t"
+                                f"{r['complete']} complete\t{r['error']} error\t"
+                                f"run p50 {r['run_p50']}s p95 {r['run_p95']}s "
+                                f"max {r['run_max']}s\twait p50 {r['wait_p50']}s "
+                                f"p95 {r['wait_p95']}s")
 
 
 FOLLOW_EVERY = 0.2  # seconds between looks at a followed task's log and row
