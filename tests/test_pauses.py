@@ -16,8 +16,13 @@ import pytest
 from flowlord.bus.inprocess import InProcessBus
 from flowlord.cli import main
 from flowlord.clock import FakeClock, rfc3339
-from flowlord.operations import unix_actor
+from flowlord.config import Config
+from flowlord.loader import Loader
+from flowlord.operate import pause
+from flowlord.operations import Action, unix_actor
+from flowlord.store import Store
 from flowlord.web.api import Api
+from flowlord.web.dashboard import Dashboard
 from tests.helpers import query, stepped, turn
 
 TICK = ('[[phase]]\ntask = "tick"\nrule = "cron=*/10 * * * * *&catchup=all"\n'
@@ -163,3 +168,19 @@ def test_pause_and_resume_over_http_go_through_the_loop(tmp_path: Path, wf: Path
         turn(d, clock, 10.0)
     assert fires(db) == [("2026-01-01T12:00:10Z", "paused by ops: deploy", 0),
                          ("2026-01-01T12:00:20Z", "", 1)]
+
+
+def test_the_dashboard_shows_a_pause_on_the_phases_it_stops(tmp_path: Path, wf: Path) -> None:
+    (wf / "a.toml").write_text('[[phase]]\ntask = "<b>tick</b>"\n')
+    store = Store(str(tmp_path / "f.db"))
+    Loader(str(wf), store).refresh()
+    past = datetime(2026, 1, 1, tzinfo=UTC)
+    pause(store, ("file", "a.toml", "", ""), None, "<i>db</i> maintenance", past,
+          Action("alice", "pause", "a.toml"))
+    store.close()
+    pages = Dashboard(Api(Config(db=str(tmp_path / "f.db")), lambda: True, lambda: "leader"))
+    listing = str(pages.answer("/phases", {})[1])
+    one = str(pages.answer("/phases/a.toml/%3Cb%3Etick%3C%2Fb%3E", {})[1])
+    for page in (listing, one):
+        assert "<strong>paused</strong> by alice" in page
+        assert "&lt;i&gt;db&lt;/i&gt; maintenance" in page and "<i>db</i>" not in page
