@@ -70,7 +70,7 @@ def check_file(key: str, path: str, refusals: Refusals | None = None) -> list[re
 
 
 def cmd_next(args: argparse.Namespace, config: Config) -> int:
-    phase = _find_phase_in_files(config.workflows, args.task, args.workflow)
+    phase = find_phase_in_files(config.workflows, args.task, args.workflow)
     if phase.severity == "error":
         print(f"flowlord: {phase.file_path}: {phase.task} cannot run: {phase.status}",
               file=sys.stderr)
@@ -92,7 +92,7 @@ def cmd_next(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def _find_phase_in_files(root: str, task: str, workflow: str | None) -> Phase:
+def find_phase_in_files(root: str, task: str, workflow: str | None) -> Phase:
     """The phase named `task` (exactly, else by topic) in the workflow files."""
     if not os.path.exists(root):
         raise UsageError(f"no such file or directory: {root}")

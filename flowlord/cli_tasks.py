@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from typing import Any
 
 from flowlord import operate, operations
 from flowlord.arrivals import storable
+from flowlord.cli_files import find_phase_in_files
 from flowlord.clock import rfc3339
 from flowlord.config import Config
 from flowlord.errors import UsageError
@@ -39,7 +41,15 @@ def _warn(warnings: list[str]) -> None:
         print(f"flowlord: warning: {warning}", file=sys.stderr)
 
 
-def _runnable(config: Config, task: str, workflow: str | None) -> Phase:
+def _runnable(config: Config, task: str, workflow: str | None,
+              dry_run: bool = False) -> Phase:
+    """The stored phase `task` names; for a dry run without a database, the phase as
+    the workflow files define it (as `flowlord next` reads them)."""
+    if dry_run and not os.path.exists(config.db):
+        phase = find_phase_in_files(config.workflows, task, workflow)
+        if phase.severity == "error":
+            raise UsageError(f"{phase.file_path}: {phase.task} cannot run: {phase.status}")
+        return phase
     store = Store(config.db, readonly=True)
     try:
         chosen = operations.runnable_phase(store, task, workflow)
@@ -63,7 +73,7 @@ def _target(phase: Phase) -> str:
 
 def cmd_trigger(args: argparse.Namespace, config: Config) -> int:
     """Fire a phase as if its cron fired at --time (default now)."""
-    phase = _runnable(config, args.task, args.workflow)
+    phase = _runnable(config, args.task, args.workflow, args.dry_run)
     fire = operations.trigger_fire(phase, args.time, _context(config))
     if fire.error:
         print(f"flowlord: {phase.file_path}: {phase.task}: {fire.error}", file=sys.stderr)
@@ -85,7 +95,7 @@ def cmd_trigger(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_backload(args: argparse.Namespace, config: Config) -> int:
     """The phase's tasks for every step of [--from, --to]; a step done before is skipped."""
-    phase = _runnable(config, args.task, args.workflow)
+    phase = _runnable(config, args.task, args.workflow, args.dry_run)
     try:
         fires = operations.backload_fires(phase, args.start, args.end, args.by,
                                           _context(config))

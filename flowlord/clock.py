@@ -9,10 +9,27 @@ times that measure lateness (fires, due times) to the millisecond.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Protocol
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+
+def local_zone() -> tzinfo:
+    """The machine's zone with its DST rules: $TZ, else /etc/localtime, else UTC."""
+    tz = os.environ.get("TZ", "").lstrip(":")
+    if tz:
+        try:
+            return ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            pass
+    try:
+        with open("/etc/localtime", "rb") as f:
+            return ZoneInfo.from_file(f, key="localtime")
+    except (OSError, ValueError):
+        return ZoneInfo("UTC")
 
 
 def rfc3339(t: datetime) -> str:

@@ -13,6 +13,7 @@ from datetime import timedelta, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from flowlord.clock import local_zone
 from flowlord.durations import DurationError, parse_duration
 from flowlord.rules import CATCHUP
 
@@ -71,23 +72,16 @@ class Config:
 
 
 def resolve_zone(name: str) -> tzinfo:
-    """An IANA zone, "UTC", or "local": the machine's zone with its DST rules."""
+    """An IANA zone, "UTC", or "local" (also "Local", robfig/cron's name for it): the
+    machine's zone with its DST rules."""
+    if name == "Local":
+        name = "local"
     if name != "local":
         try:
             return ZoneInfo(name)
         except (ZoneInfoNotFoundError, ValueError, OSError) as e:  # "America" is a directory
             raise ConfigError(f"unknown time zone: {name}") from e
-    tz = os.environ.get("TZ", "").lstrip(":")
-    if tz:
-        try:
-            return ZoneInfo(tz)
-        except (ZoneInfoNotFoundError, ValueError, OSError):
-            pass
-    try:
-        with open("/etc/localtime", "rb") as f:
-            return ZoneInfo.from_file(f, key="localtime")
-    except (OSError, ValueError):
-        return ZoneInfo("UTC")
+    return local_zone()
 
 
 # section → key → (attribute, type)

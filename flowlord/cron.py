@@ -29,6 +29,7 @@ from zoneinfo import ZoneInfo
 
 from croniter import croniter
 
+from flowlord.clock import local_zone
 from flowlord.durations import DurationError, parse_duration
 
 __all__ = ["CronError", "CronSchedule", "fire_times", "next_fire", "parse_cron", "schedule_zone"]
@@ -155,6 +156,8 @@ def _parse_every(text: str) -> timedelta:
 
 @functools.lru_cache(maxsize=512)
 def _zone(name: str) -> tzinfo:
+    if name == "Local":  # robfig/cron's name for the machine's zone
+        return local_zone()
     try:
         return ZoneInfo(name)
     except (KeyError, ValueError, OSError) as exc:

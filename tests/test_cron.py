@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from flowlord.config import resolve_zone
 from flowlord.cron import (
     CronError,
     CronSchedule,
@@ -588,3 +589,12 @@ def test_arbitrary_text_raises_only_cron_error(text: str) -> None:
         return
     with contextlib.suppress(CronError):
         next_fire(sched, SAT, UTC)
+
+
+def test_tz_local_is_the_machines_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """robfig/cron's `Local` (as `TZ=Local` or `CRON_TZ=Local`) names the machine's zone;
+    so does `timezone = "Local"` in the config."""
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    for rule in ("TZ=Local 0 9 * * *", "CRON_TZ=Local 0 9 * * *"):
+        assert schedule_zone(rule, ZoneInfo("UTC")) == ZoneInfo("Asia/Tokyo")
+    assert resolve_zone("Local") == ZoneInfo("Asia/Tokyo")

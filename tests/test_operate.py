@@ -5,6 +5,7 @@ running task ended this way has its process group ended by the daemon."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -286,3 +287,21 @@ def test_backload_reprocess_runs_the_steps_done_before_again(
         ("extract", 0, "error"), ("extract", 0, "complete"), ("extract", 1, "complete"),
         ("load", 0, "complete"), ("load", 0, "complete"), ("extract", 1, "complete"),
         ("extract", 2, "complete"), ("load", 0, "complete"), ("load", 0, "complete")]
+
+
+def test_dry_runs_read_the_workflow_files_when_there_is_no_database(
+        tmp_path: Path, wf: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (wf / "a.toml").write_text(CHAIN + '\n[[phase]]\ntask = "bad"\nrule = "cron=nope"\n')
+    db = tmp_path / "none.db"
+    common = ("-w", str(wf), "--db", str(db))
+    code, out, _ = cli(capsys, "trigger", "extract", "--time", "2026-12-01T05:00:00Z",
+                       "--dry-run", *common)
+    assert code == 0 and [t["info"] for t in map(json.loads, out.splitlines())] == ["?h=05"]
+    code, out, _ = cli(capsys, "backload", "extract", "--from", "2026-12-01T00:00:00Z",
+                       "--to", "2026-12-01T02:00:00Z", "--by", "hour", "--dry-run", *common)
+    assert code == 0 and len(out.splitlines()) == 3
+    code, _, err = cli(capsys, "trigger", "bad", "--dry-run", *common)
+    assert code == 2 and "cannot run: no valid rule found: cron=nope" in err
+    code, _, err = cli(capsys, "trigger", "extract", *common)  # not a dry run: needs one
+    assert code == 2 and f"no database at {db}" in err
+    assert not db.exists()  # never made by a command that only reads
