@@ -305,3 +305,34 @@ def test_dry_runs_read_the_workflow_files_when_there_is_no_database(
     code, _, err = cli(capsys, "trigger", "extract", *common)  # not a dry run: needs one
     assert code == 2 and f"no database at {db}" in err
     assert not db.exists()  # never made by a command that only reads
+
+
+@pytest.mark.slow
+def test_a_task_cancelled_while_its_redis_worker_is_dead_never_runs_again(
+        tmp_path: Path, wf: Path, redis_server: Any) -> None:
+    """The worker running it is SIGKILLed, then the task is cancelled: the worker that
+    takes over the dead one's message sees the cancel before it starts the task."""
+    (wf / "a.toml").write_text(CHAIN.replace('task = "extract"', 'task = "extract"\nretry = 2'))
+    db, runs = tmp_path / "f.db", tmp_path / "runs"
+    script = ("import os, sys, time\nopen(sys.argv[1], 'a').write(f'{os.getpid()}\\n')\n"
+              "time.sleep(600)")
+    config = redis_config(tmp_path, redis_server.url)
+    common = [*config, "-w", str(wf), "--db", str(db)]
+    with daemon(tmp_path, wf, db, args=config):
+        wait_for(lambda: query(db, "SELECT 1 FROM workflow_phases") != [], 30)
+        with workers(redis_server.url, "extract", sys.executable, "-c", script, str(runs),
+                     claim_idle="1s") as [first]:
+            assert run_cli(*common, "trigger", "extract").returncode == 0
+            wait_for(lambda: runs.exists() and runs.read_text().count("\n") == 1, 30)
+            first.kill()  # SIGKILL: its message stays pending, its process is orphaned
+            first.wait(10)
+            os.kill(int(runs.read_text()), signal.SIGKILL)
+        assert run_cli(*common, "cancel", "1").returncode == 0
+        with workers(redis_server.url, "extract", sys.executable, "-c", script, str(runs),
+                     claim_idle="1s"):
+            client = redis_server.client()  # the second worker reclaims, sees, acknowledges
+            wait_for(lambda: client.xlen("flowlord:tasks:extract") == 0, 60)
+    assert runs.read_text().count("\n") == 1  # it never ran again
+    assert query(db, "SELECT result, msg FROM tasks") == [
+        ("error", f"cancelled by {unix_actor()}")]  # once, no retry
+    assert query(db, "SELECT count(*) FROM alerts") == [(0,)]
