@@ -172,6 +172,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, ConfigError, StoreError, LoaderError) as e:
         print(f"flowlord: {e}", file=sys.stderr)
         return 2
+    except OverflowError as e:  # a time near year 1 or 9999, moved by a zone or an offset
+        print(f"flowlord: out of range: {e}", file=sys.stderr)
+        return 2
     except apsw.Error as e:  # e.g. the database is locked by a shell left inside BEGIN
         print(f"flowlord: database error: {e}", file=sys.stderr)
         return 2

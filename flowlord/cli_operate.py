@@ -16,7 +16,7 @@ from typing import Any
 
 from flowlord import operate, operations
 from flowlord.cli_tasks import print_rows
-from flowlord.clock import parse_iso, rfc3339
+from flowlord.clock import parse_iso, rfc3339, rfc3339_ms
 from flowlord.config import Config
 from flowlord.durations import DurationError, parse_duration
 from flowlord.errors import UsageError
@@ -78,7 +78,7 @@ def _until(text: str) -> datetime:
 
 
 def task_no_arg(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) < 2**62:
         raise argparse.ArgumentTypeError(f"not a task number: {text}")
     return int(text)
 
@@ -101,7 +101,8 @@ def cmd_rerun(args: argparse.Namespace, config: Config) -> int:
     now = datetime.now(UTC)
     store = Store(config.db, readonly=args.dry_run)
     try:
-        since = rfc3339(operations.in_zone(args.since, config.zone())) if args.since else None
+        since = (rfc3339_ms(operations.in_zone(args.since, config.zone())) if args.since
+                 else None)  # to the millisecond, as task times are kept
         task_nos = (store.failed_last_attempts(args.type, since, 10_000) if args.failed
                     else args.task_nos)
         if args.dry_run:

@@ -20,7 +20,7 @@ from typing import Any
 from flowlord import operate, operations
 from flowlord.arrivals import storable
 from flowlord.cli_files import find_phase_in_files
-from flowlord.clock import rfc3339
+from flowlord.clock import rfc3339_ms
 from flowlord.config import Config
 from flowlord.errors import UsageError
 from flowlord.file_triggers import runnable_file_phases
@@ -166,7 +166,7 @@ def stats_since(since: datetime | None, config: Config) -> str:
     """The start of the history `stats` reads: --since, else the last STATS_DAYS days."""
     when = operations.in_zone(since, config.zone()) if since else (
         datetime.now(UTC) - timedelta(days=reads.STATS_DAYS))
-    return rfc3339(when)
+    return rfc3339_ms(when)  # as task times are kept
 
 
 def cmd_stats(args: argparse.Namespace, config: Config) -> int:
@@ -200,13 +200,21 @@ def cmd_logs(args: argparse.Namespace, config: Config) -> int:
                 return 1
             sys.stdout.buffer.write(data)
             return 0
-        offset = 0
+        offset, path = 0, log_path(directory, args.task_no)
         while True:
-            result = store.task_row(args.task_no)[RESULT]  # type: ignore[index]
-            offset = _print_from(log_path(directory, args.task_no), offset)
-            if result is not None:
-                _print_from(log_path(directory, args.task_no), offset)
-                return 0 if result == "complete" else 1
+            row = store.task_row(args.task_no)
+            offset = _print_from(path, offset)
+            if row is None:  # deleted meanwhile (retention)
+                return 1
+            if row[RESULT] is not None:
+                # a cancel or a mark ends the row before the worker closes the log: what
+                # it writes last comes within a few looks
+                for _ in range(10):
+                    time.sleep(FOLLOW_EVERY)
+                    if (grown := _print_from(path, offset)) == offset:
+                        break
+                    offset = grown
+                return 0 if row[RESULT] == "complete" else 1
             time.sleep(FOLLOW_EVERY)
     finally:
         store.close()

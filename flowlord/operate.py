@@ -147,12 +147,19 @@ def mark(store: Store, task_no: int, result: str, msg: str, ctx: Context, action
             stored, before = _row(store, task_no)
             if before == result:
                 raise Refused(f"task {task_no} is already {result}")
+            if store.has_followers(task_no):  # its children, or its next attempt, exist
+                raise Refused(f"task {task_no} was run again or has children: mark its "
+                              "newest attempt instead")
             if not store.end_now(task_no, rfc3339_ms(now), result, msg):
                 store.set_result(task_no, result, msg)
             new: list[NewTask] = []
             if result == "complete" and not stored.no_children:
-                new = list(after_result(stored, "complete", msg, phase=None,
-                                        children=children(stored.task), ctx=ctx).tasks)
+                pauses = Pauses()
+                pauses.load(store, now)
+                kept = [c for c in children(stored.task)  # a paused phase creates nothing
+                        if pauses.of_phase(c.file_path, c.task, now) is None]
+                new = list(after_result(stored, "complete", msg, phase=None, children=kept,
+                                        ctx=ctx).tasks)
                 store.add_tasks(new)
             done(store, action, now, f"marked {result}"
                  + (f", {len(new)} child task{'s' if len(new) != 1 else ''} created"
@@ -171,7 +178,7 @@ def pause(store: Store, target: Target, until: datetime | None,
     """Open a pause of `target` (scope, file, task, topic) from now; its number. Refused
     when one is already in force for it."""
     begin(store, action, now)
-    if until is not None and until <= now:
+    if until is not None and rfc3339(until) <= rfc3339(now):  # pauses keep whole seconds
         e = Refused(f"--until {rfc3339(until)} has passed")
         failed(store, action, now, e)
         raise e
@@ -218,7 +225,11 @@ def pause_target(store: Store, *, task: str | None = None, workflow: str | None 
     if sum(x is not None for x in (task, file, topic)) + everything != 1:
         raise Refused("name one thing to pause: a TASK, --file KEY, --topic T or --all")
     if task is not None:
-        phase = pick_phase(store.phases(), task, workflow, store.path).phase
+        chosen = pick_phase(store.phases(), task, workflow, store.path)
+        if chosen.warnings:  # a pause stops what it names: name one phase
+            raise Refused(f"{chosen.warnings[0].split(';')[0]}: name one (topic:job, or "
+                          "--workflow KEY)")
+        phase = chosen.phase
         return ("phase", phase.file_path, phase.task, ""), f"{phase.file_path}: {phase.task}"
     if file is not None:
         if file not in store.file_states((file,)):

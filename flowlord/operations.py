@@ -201,7 +201,11 @@ def _busy(e: BaseException) -> bool:
 def notify(store: Store, phases: Sequence[Phase], paths: Sequence[str], source: str,
            ctx: Context, action: Action | None = None) -> list[tuple[str, list[NewTask]]]:
     """Files that arrived: each starts the `files=` phases (of `phases`) it matches, in
-    one transaction (with the action's outcome). Each path with the tasks it started."""
+    one transaction (with the action's outcome); a paused phase starts nothing. Each
+    path with the tasks it started."""
+    pauses = Pauses()
+    pauses.load(store, ctx.created)
+    phases = [p for p in phases if pauses.of_phase(p.file_path, p.task, ctx.created) is None]
     if action is not None:
         begin(store, action, ctx.created)
     try:

@@ -123,11 +123,8 @@ class Run:
             if self.stop_reason:  # stopped while it waited for a worker thread
                 return Done(no, "error", self.stop_reason, utc_now_ms())
             self.started = utc_now_ms()
-        if self.log_dir is not None:
-            # the daemon checked the directory at start: this fails on a full disk, and
-            # the task runs all the same (`msg` keeps the stderr's tail)
-            with contextlib.suppress(OSError):
-                self.log = TaskLog(log_path(self.log_dir, no), self.log_max_bytes)
+        if self.log_dir is not None:  # made at its first output; on a full disk, given up
+            self.log = TaskLog(log_path(self.log_dir, no), self.log_max_bytes)
         try:
             proc = subprocess.Popen(self.argv, stdin=_devnull(),
                                     stdout=subprocess.PIPE if self.log else _devnull(),
@@ -136,8 +133,9 @@ class Run:
                                     start_new_session=True, close_fds=True)
         except (OSError, ValueError) as e:  # no such program, a NUL in a value, …
             if self.log is not None:
-                self.log.write(f"cannot start {self.argv[0]!r}: {e}\n".encode())
-                self.log.close()
+                self._log(f"cannot start {self.argv[0]!r}: {e}\n".encode())
+                with contextlib.suppress(OSError, AttributeError):
+                    self.log.close()
             return Done(no, "error", f"cannot start {self.argv[0]!r}: {e}", utc_now_ms(),
                         self.started)
         with self._lock:
@@ -179,7 +177,7 @@ class Run:
                             pipes.pop(fd).close()
                             continue
                         if self.log is not None:
-                            self.log.write(chunk)
+                            self._log(chunk)
                         if fd == err:
                             tail.append(chunk)
                             size += len(chunk)
@@ -204,8 +202,20 @@ class Run:
             for f in pipes.values():
                 f.close()
             if self.log is not None:
-                self.log.close()
+                with contextlib.suppress(OSError):
+                    self.log.close()
         return b"".join(tail)[-STDERR_TAIL_BYTES:], kill_at is not None
+
+    def _log(self, chunk: bytes) -> None:
+        """Output to the task's log; a log that cannot be written (a full disk) is given
+        up, never the watch over the process (its timeout, its exit, its stderr)."""
+        assert self.log is not None
+        try:
+            self.log.write(chunk)
+        except OSError:
+            with contextlib.suppress(OSError):
+                self.log.close()
+            self.log = None
 
     def _result(self, code: int, timed_out: bool, stderr: bytes) -> tuple[str, str]:
         text = stderr.decode("utf-8", "replace").strip()

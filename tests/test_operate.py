@@ -336,3 +336,37 @@ def test_a_task_cancelled_while_its_redis_worker_is_dead_never_runs_again(
     assert query(db, "SELECT result, msg FROM tasks") == [
         ("error", f"cancelled by {unix_actor()}")]  # once, no retry
     assert query(db, "SELECT count(*) FROM alerts") == [(0,)]
+
+
+def test_mark_refuses_a_task_run_again_and_notify_and_mark_skip_paused_phases(
+        tmp_path: Path, wf: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (wf / "a.toml").write_text(CHAIN + '\n[[phase]]\ntask = "drop"\n'
+                                       'rule = "files=/tmp/in/*.csv"\n')
+    db = tmp_path / "f.db"
+    common = ("-w", str(wf), "--db", str(db))
+    cli(capsys, "refresh", *common)
+    cli(capsys, "trigger", "extract", "--time", "2026-12-01T05:00:00Z", *common)
+    cli(capsys, "cancel", "1", *common)
+    cli(capsys, "rerun", "1", *common)  # task 2
+    code, _, err = cli(capsys, "mark", "1", "complete", *common)
+    assert code == 1 and "run again or has children" in err
+    cli(capsys, "pause", "load", *common)
+    cli(capsys, "pause", "drop", *common)
+    assert cli(capsys, "mark", "2", "complete", *common)[1] == (
+        "2\tcomplete\t0 child tasks created\n")  # `load` is paused
+    assert cli(capsys, "notify", "/tmp/in/x.csv", *common)[1] == "/tmp/in/x.csv\t0 tasks\n"
+    code, _, err = cli(capsys, "pause", "extract", "--until", "0s", *common)
+    assert code == 1 and "has passed" in err
+
+
+def test_pausing_a_name_that_several_phases_match_is_refused(
+        tmp_path: Path, wf: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (wf / "a.toml").write_text('[[phase]]\ntask = "report:daily"\n\n'
+                               '[[phase]]\ntask = "report:weekly"\n')
+    common = ("-w", str(wf), "--db", str(tmp_path / "f.db"))
+    cli(capsys, "refresh", *common)
+    code, _, err = cli(capsys, "pause", "report", *common)
+    assert code == 1 and "2 phases match report" in err and "name one" in err
+    assert cli(capsys, "pause", "report:weekly", *common)[0] == 0
+    code, _, err = cli(capsys, "cancel", "99999999999999999999", *common)
+    assert code == 2 and "not a task number" in err and "Traceback" not in err

@@ -122,3 +122,10 @@ def test_logs_follow_a_running_task_to_its_end(tmp_path: Path, wf: Path,
     assert followed.returncode == 0, followed.stderr  # it completed
     assert followed.stdout == "".join(f"said {i}\n" for i in range(5))
     assert (tmp_path / "logs" / "1.log").exists()  # beside the database by default
+
+
+def test_a_log_that_cannot_be_written_is_given_up_not_the_task(tmp_path: Path) -> None:
+    (tmp_path / "logs" / "1.log").mkdir(parents=True)  # where the file would go
+    done = run(tmp_path, "import sys\nprint('out')\nprint('err', file=sys.stderr)\n"
+                         "sys.exit(4)")
+    assert (done.result, done.msg) == ("error", "exit status 4: err")

@@ -153,10 +153,11 @@ class RemoteWorker:
         reply_to = reply_stream(fields or {})
         run = Run(stored, self.command, timeout,
                   lambda done: self._report(receipt, reply_to, done), self.environment)
-        with self.lock:
+        cancelled = self._cancelled(reply_to, [stored.task_no])  # ended before it started?
+        with self.lock:  # (a redis error above leaves the message for a later read)
             self.runs[receipt] = run
             self.replies[receipt] = reply_to
-        if self._cancelled(reply_to, [stored.task_no]):  # ended before it could start
+        if cancelled:
             run.stop(CANCELLED)
         pool.submit(run.run)
 

@@ -216,12 +216,18 @@ class TaskRows:
 
     def ended_among(self, task_nos: Sequence[int]) -> list[int]:
         """Which of these tasks have ended (a cancel or a mark by another process)."""
-        if not task_nos:
-            return []
-        marks = ", ".join("?" * len(task_nos))
-        return [r[0] for r in self.conn.execute(
-            f"SELECT task_no FROM tasks WHERE task_no IN ({marks}) AND ended IS NOT NULL",
-            list(task_nos))]
+        ended: list[int] = []
+        for i in range(0, len(task_nos), 500):  # within SQLite's limit of parameters
+            chunk = task_nos[i:i + 500]
+            ended += [r[0] for r in self.conn.execute(
+                f"SELECT task_no FROM tasks WHERE task_no IN ({', '.join('?' * len(chunk))}) "
+                "AND ended IS NOT NULL", list(chunk))]
+        return ended
+
+    def has_followers(self, task_no: int) -> bool:
+        """Whether a task points at this one: its children, or its next attempt."""
+        return self.conn.execute("SELECT 1 FROM tasks WHERE parent_no = ? LIMIT 1",
+                                 (task_no,)).fetchone() is not None
 
     def add_tasks(self, tasks: Sequence[NewTask]) -> None:
         """Insert children, retries and file tasks; call inside write_txn."""

@@ -18,10 +18,11 @@ from urllib.parse import unquote
 from prometheus_client import CollectorRegistry, generate_latest
 
 from flowlord import __version__, metrics, operate
-from flowlord.clock import parse_iso, rfc3339
+from flowlord.clock import parse_iso, rfc3339_ms
 from flowlord.config import Config
 from flowlord.errors import BadRequest
 from flowlord.metrics import DatabaseState
+from flowlord.operations import in_zone
 from flowlord.store import Store, reads
 from flowlord.store.reads import STATS_DAYS
 from flowlord.tasklog import read_log
@@ -145,16 +146,14 @@ class Api:
 
     def stats(self, store: Store, query: dict[str, list[str]]) -> list[dict[str, Any]]:
         """Per phase, from history: ?type= and ?since= (default: the last 7 days)."""
-        since = params.one(query, "since")
-        if since is not None:
-            try:
-                parse_iso(since)
-            except ValueError:
-                raise BadRequest(HTTPStatus.BAD_REQUEST, "since is not an ISO 8601 time") \
-                    from None
-        else:
-            since = rfc3339(datetime.now(UTC) - timedelta(days=STATS_DAYS))
-        return reads.stats(store, type=params.one(query, "type"), since=since)
+        text = params.one(query, "since")
+        try:
+            since = (in_zone(parse_iso(text), self.config.zone()) if text is not None
+                     else datetime.now(UTC) - timedelta(days=STATS_DAYS))
+            since_text = rfc3339_ms(since)
+        except (ValueError, OverflowError):
+            raise BadRequest(HTTPStatus.BAD_REQUEST, "since is not an ISO 8601 time") from None
+        return reads.stats(store, type=params.one(query, "type"), since=since_text)
 
     def pauses(self, store: Store, query: dict[str, list[str]]) -> list[dict[str, Any]]:
         """The pauses in force now."""
