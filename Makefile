@@ -36,4 +36,4 @@ bench: $(BIN)/flowlord
 	$(BIN)/python bench/http_api.py
 
 clean:
-	rm -rf $(VENV) flowlord.db flowlord.db-wal flowlord.db-shm flowlord.db.lock
+	rm -rf $(VENV) flowlord.db flowlord.db-wal flowlord.db-shm flowlord.db.lock logs
