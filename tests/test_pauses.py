@@ -171,7 +171,8 @@ def test_pause_and_resume_over_http_go_through_the_loop(tmp_path: Path, wf: Path
 
 
 def test_the_dashboard_shows_a_pause_on_the_phases_it_stops(tmp_path: Path, wf: Path) -> None:
-    (wf / "a.toml").write_text('[[phase]]\ntask = "<b>tick</b>"\n')
+    (wf / "a.toml").write_text('[[phase]]\ntask = "<b>tick</b>"\n\n'
+                               '[[phase]]\ntask = "broken"\nrule = "cron=nope"\n')
     store = Store(str(tmp_path / "f.db"))
     Loader(str(wf), store).refresh()
     past = datetime(2026, 1, 1, tzinfo=UTC)
@@ -184,3 +185,5 @@ def test_the_dashboard_shows_a_pause_on_the_phases_it_stops(tmp_path: Path, wf: 
     for page in (listing, one):
         assert "<strong>paused</strong> by alice" in page
         assert "&lt;i&gt;db&lt;/i&gt; maintenance" in page and "<i>db</i>" not in page
+    overview = str(pages.answer("/", {})[1])  # the broken phase, listed there, is paused
+    assert "<strong>paused by alice: &lt;i&gt;db&lt;/i&gt; maintenance</strong>" in overview

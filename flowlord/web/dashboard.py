@@ -147,6 +147,8 @@ class Dashboard:
             refused=reads.refused_files(store, 10),
             broken=reads.broken_phases(store, 10),
             next_fires=reads.next_fires(store, 10),
+            paused=_paused_among(store, reads.next_fires(store, 10)
+                                 + [(f, t, "") for f, t, *_ in reads.broken_phases(store, 10)]),
             queue=store.queue_depths(),
             failures=reads.recent_failures(store, 10),
             alerts=reads.alerts(store, limit=10))
@@ -227,6 +229,15 @@ class Dashboard:
         before, limit = params.integer(query, "before", None), params.limit(query)
         return self.render("actions.html", "actions", limit=limit,
                             actions=reads.actions(store, before=before, limit=limit))
+
+
+def _paused_among(store: Store, phases: list[tuple[str, str, str]]
+                  ) -> dict[tuple[str, str], str]:
+    """(file, task) → why, for the phases of this list that a pause stops now."""
+    pauses = reads.pauses_now(store)
+    now = datetime.now(UTC)
+    return {(file, task): found.why() for file, task, _ in phases
+            if (found := pauses.of_phase(file, task, now)) is not None}
 
 
 def tree(tasks: list[dict[str, Any]]) -> list[tuple[int, dict[str, Any]]]:
