@@ -154,8 +154,7 @@ def mark(store: Store, task_no: int, result: str, msg: str, ctx: Context, action
                 store.set_result(task_no, result, msg)
             new: list[NewTask] = []
             if result == "complete" and not stored.no_children:
-                pauses = Pauses()
-                pauses.load(store, now)
+                pauses = Pauses.read(store, now)
                 kept = [c for c in children(stored.task)  # a paused phase creates nothing
                         if pauses.of_phase(c.file_path, c.task, now) is None]
                 new = list(after_result(stored, "complete", msg, phase=None, children=kept,
@@ -242,6 +241,4 @@ def pause_target(store: Store, *, task: str | None = None, workflow: str | None 
 
 def pauses_in_force(store: Store, now: datetime) -> list[dict[str, Any]]:
     """The pauses in force now, as `flowlord pauses --json` and /api/pauses show them."""
-    pauses = Pauses()
-    pauses.load(store, now)
-    return [p.as_json() for p in pauses.in_force(now)]
+    return [p.as_json() for p in Pauses.read(store, now).in_force(now)]

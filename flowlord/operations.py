@@ -203,8 +203,7 @@ def notify(store: Store, phases: Sequence[Phase], paths: Sequence[str], source: 
     """Files that arrived: each starts the `files=` phases (of `phases`) it matches, in
     one transaction (with the action's outcome); a paused phase starts nothing. Each
     path with the tasks it started."""
-    pauses = Pauses()
-    pauses.load(store, ctx.created)
+    pauses = Pauses.read(store, ctx.created)
     phases = [p for p in phases if pauses.of_phase(p.file_path, p.task, ctx.created) is None]
     if action is not None:
         begin(store, action, ctx.created)
@@ -226,8 +225,6 @@ def notify(store: Store, phases: Sequence[Phase], paths: Sequence[str], source: 
 
 def check_not_paused(store: Store, phase: Phase, now: datetime) -> None:
     """A trigger or a backload of a paused phase is refused: it would create tasks."""
-    pauses = Pauses()
-    pauses.load(store, now)
-    found = pauses.of_phase(phase.file_path, phase.task, now)
+    found = Pauses.read(store, now).of_phase(phase.file_path, phase.task, now)
     if found is not None:
         raise UsageError(f"{phase.file_path}: {phase.task} is {found.why()}: resume it first")

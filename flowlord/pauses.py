@@ -71,6 +71,13 @@ class Pauses:
     def __init__(self) -> None:
         self.rows: list[Pause] = []
 
+    @classmethod
+    def read(cls, store: Store, now: datetime) -> Pauses:
+        """The pauses as the database holds them at `now`."""
+        pauses = cls()
+        pauses.load(store, now)
+        return pauses
+
     def load(self, store: Store, now: datetime) -> None:
         self.rows = [Pause(*r) for r in store.pauses_since(rfc3339(now - REMEMBERED))]
 

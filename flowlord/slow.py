@@ -12,6 +12,7 @@ import apsw
 from flowlord import metrics
 from flowlord.clock import Clock, parse_iso, rfc3339
 from flowlord.store import Store, write_txn
+from flowlord.store.reads import nearest_rank
 
 CHECK_EVERY = 60.0  # seconds between looks
 MIN_RUNS = 10  # completed runs a phase needs before it can be slow
@@ -63,5 +64,4 @@ def _p95(times: list[float]) -> float | None:
     """The nearest-rank p95 of at least MIN_RUNS run times; None with fewer."""
     if len(times) < MIN_RUNS:
         return None
-    ordered = sorted(times)
-    return ordered[-(-len(ordered) * 95 // 100) - 1]
+    return nearest_rank(sorted(times), 95)

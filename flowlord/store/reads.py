@@ -61,9 +61,7 @@ def phase_json(phase: Phase, next_fire: str | None, last_fire: str | None,
 
 def pauses_now(store: Store) -> Pauses:
     """The pauses, read now, to mark the phases they stop."""
-    pauses = Pauses()
-    pauses.load(store, datetime.now(UTC))
-    return pauses
+    return Pauses.read(store, datetime.now(UTC))
 
 
 def task_json(row: tuple[Any, ...]) -> dict[str, Any]:
@@ -344,6 +342,11 @@ def stats(store: Store, *, type: str | None = None, since: str | None = None
     return rows
 
 
+def nearest_rank(ordered: list[float], percent: int) -> float:
+    """The nearest-rank percentile of sorted values."""
+    return ordered[max(0, -(-len(ordered) * percent // 100) - 1)]
+
+
 def _rank(ordered: list[float], percent: int) -> float:
-    """The nearest-rank percentile of sorted values, in seconds to the millisecond."""
-    return round(ordered[max(0, -(-len(ordered) * percent // 100) - 1)], 3)
+    """The nearest-rank percentile, in seconds to the millisecond."""
+    return round(nearest_rank(ordered, percent), 3)
