@@ -170,15 +170,17 @@ def stats_since(since: datetime | None, config: Config) -> str:
 
 
 def cmd_stats(args: argparse.Namespace, config: Config) -> int:
-    """Per phase: runs, results, run and wait times (p50, p95, max), from history."""
+    """Per phase (or per topic with --by topic): runs, results, run and wait times
+    (p50, p95, max), from history."""
     since = stats_since(args.since, config)
-    return print_rows(config, lambda store: reads.stats(store, type=args.type, since=since),
-                      args.json,
-                      lambda r: f"{r['file']}\t{r['task']}\t{r['runs']} runs\t"
-                                f"{r['complete']} complete\t{r['error']} error\t"
-                                f"run p50 {r['run_p50']}s p95 {r['run_p95']}s "
-                                f"max {r['run_max']}s\twait p50 {r['wait_p50']}s "
-                                f"p95 {r['wait_p95']}s")
+
+    def line(r: dict[str, Any]) -> str:
+        what = f"{r['file']}\t{r['task']}" if args.by == "phase" else r["topic"]
+        return (f"{what}\t{r['runs']} runs\t{r['complete']} complete\t{r['error']} error"
+                f"\trun p50 {r['run_p50']}s p95 {r['run_p95']}s max {r['run_max']}s"
+                f"\twait p50 {r['wait_p50']}s p95 {r['wait_p95']}s")
+    return print_rows(config, lambda store: reads.stats(
+        store, type=args.type, since=since, by=args.by), args.json, line)
 
 
 FOLLOW_EVERY = 0.2  # seconds between looks at a followed task's log and row

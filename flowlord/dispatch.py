@@ -55,9 +55,11 @@ class Dispatcher:
         self.unsent: list[StoredTask] = []  # claimed, not handed over yet: the bus was away
         self.published: list[int] = []  # handed over, not yet marked in the database
         # this turn's (topic, result, run seconds or None), for metrics
-        self._counted: list[tuple[str, str, float | None]] = []
+        # (topic, result, run seconds, wait seconds) of the results this turn recorded
+        self._counted: list[tuple[str, str, float | None, float | None]] = []
         self._ended_counters: dict[tuple[str, str], Any] = {}  # metrics' labelled series
         self._durations: dict[str, Any] = {}
+        self._waits: dict[str, Any] = {}
         self._alerted: list[str] = []  # this turn's alert kinds, for metrics
         self.stopping: set[int] = set()  # ended elsewhere; their workers were told to stop
         self.pauses = Pauses()  # paused topics wait; paused phases start no children
@@ -156,8 +158,8 @@ class Dispatcher:
 
     def _count(self, new_tasks: list[NewTask]) -> None:
         """The metrics of a committed turn."""
-        ended, durations = self._ended_counters, self._durations
-        for topic, result, seconds in self._counted:
+        ended, durations, waits = self._ended_counters, self._durations, self._waits
+        for topic, result, seconds, waited in self._counted:
             if (topic, result) not in ended:  # a label lookup costs more than the count
                 ended[topic, result] = metrics.TASKS.labels(topic, result)
             ended[topic, result].inc()
@@ -165,6 +167,10 @@ class Dispatcher:
                 if topic not in durations:
                     durations[topic] = metrics.TASK_DURATION.labels(topic)
                 durations[topic].observe(seconds)
+            if waited is not None:
+                if topic not in waits:
+                    waits[topic] = metrics.TASK_WAIT.labels(topic)
+                waits[topic].observe(waited)
         for kind in self._alerted:
             metrics.ALERTS.labels(kind).inc()
         metrics.RETRIES.inc(sum(1 for t in new_tasks if t.attempt > 0))
@@ -277,8 +283,9 @@ class Dispatcher:
             self.log.exception("cannot work out a result's effects", task_no=done.task_no)
             effects = Effects(alerts=[("alert", f"internal error after the result: {e}")])
         new_tasks += effects.tasks
-        self._counted.append((stored.task.type, done.result,
-                              _seconds(done.started or stored.task.started, done.ended)))
+        started = done.started or stored.task.started
+        self._counted.append((stored.task.type, done.result, _seconds(started, done.ended),
+                              _seconds(stored.task.created, started)))
         self._alerted += [kind for kind, _ in effects.alerts]
         for kind, message in effects.alerts:
             self.store.add_alert(stored.task_no, kind, stored.task, message,
@@ -328,7 +335,7 @@ class Dispatcher:
 
 
 def _seconds(started: str, ended: str) -> float | None:
-    """A run time from task time text; None when either is missing or unreadable."""
+    """The seconds between two task times (text); None when either is missing or unreadable."""
     try:  # task times end in Z, which fromisoformat reads since Python 3.11
         return max(0.0, (datetime.fromisoformat(ended)
                          - datetime.fromisoformat(started)).total_seconds())

@@ -28,6 +28,10 @@ TASK_DURATION = Histogram(
     "flowlord_task_duration_seconds", "Run time of ended tasks (started to ended), by topic",
     ["topic"], buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600),
     registry=REGISTRY)
+TASK_WAIT = Histogram(
+    "flowlord_task_wait_seconds",
+    "Time ended tasks waited for a worker (created to started), by topic", ["topic"],
+    buckets=(0.01, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 4 * 3600), registry=REGISTRY)
 RETRIES = Counter("flowlord_retries", "Retries created", registry=REGISTRY)
 ALERTS = Counter("flowlord_alerts", "Alerts raised, by kind", ["kind"], registry=REGISTRY)
 REFRESH = Histogram("flowlord_refresh_seconds", "Duration of a workflow refresh",

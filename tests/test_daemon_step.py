@@ -65,6 +65,9 @@ def test_each_slot_fires_once_its_tasks_run_and_the_plan_is_written(
     ran = metrics.REGISTRY.get_sample_value("flowlord_task_duration_seconds_count",
                                             {"topic": "child"})
     assert ran is not None and ran >= 3  # each run's time, by topic
+    waited = metrics.REGISTRY.get_sample_value("flowlord_task_wait_seconds_count",
+                                               {"topic": "child"})
+    assert waited is not None and waited >= 3  # and how long each waited for a worker
     assert query(db, "SELECT next_fire FROM workflow_phases WHERE task = 'tick'") == [
         ("2026-12-01T12:00:40Z",)]
 

@@ -5,14 +5,17 @@ seconds; task times are kept to the millisecond, so short tasks have real durati
 from __future__ import annotations
 
 import json
+import subprocess
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from flowlord.bus.local import LocalBus
 from flowlord.cli import main
-from flowlord.clock import FakeClock
+from flowlord.clock import FakeClock, rfc3339_ms
 from flowlord.config import Config
+from flowlord.errors import BadRequest
 from flowlord.store import Store, reads, write_txn
 from flowlord.web.api import Api
 from tests.helpers import query, stepped, turn, utc
@@ -55,6 +58,46 @@ def test_stats_per_phase_from_history(tmp_path: Path,
     api = Api(Config(db=str(db)), lambda: True, lambda: "leader")
     assert api.answer("/api/stats", {"type": ["tick"]}) == (200, [row])
     assert api.answer("/api/stats", {"since": ["2100-01-01T00:00:00Z"]}) == (200, [])
+
+
+def test_the_stats_views_agree_with_flowlord_stats_and_debians_sqlite3_reads_them(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "f.db"
+    store = Store(str(db))
+    now = datetime.now(UTC)
+    # seven runs of 0.5 s to 3.5 s in the last hour, one failed; one of 40 days ago
+    runs = [(rfc3339_ms(now - timedelta(minutes=50 - i)),
+             rfc3339_ms(now - timedelta(minutes=50 - i) + timedelta(seconds=i / 4)),
+             rfc3339_ms(now - timedelta(minutes=50 - i) + timedelta(seconds=i / 4 + i / 2)),
+             "error" if i == 2 else "complete", "") for i in range(1, 8)]
+    runs.append((rfc3339_ms(now - timedelta(days=40)), rfc3339_ms(now - timedelta(days=40)),
+                 rfc3339_ms(now - timedelta(days=40)), "complete", ""))
+    history(store, runs)
+    with write_txn(store.conn):  # a task of no phase counts for its topic only
+        store.conn.execute("INSERT INTO tasks (id, type, created, started, ended, result) "
+                           "VALUES ('y', 'tick', ?, ?, ?, 'complete')",
+                           (rfc3339_ms(now),) * 3)
+    since = rfc3339_ms(now - timedelta(days=30))
+    [phase] = reads.stats(store, since=since)
+    [topic] = reads.stats(store, since=since, by="topic")
+    store.close()
+    assert (phase["runs"], phase["error"], phase["run_p50"], phase["run_max"]) == (
+        7, 1, 2.0, 3.5)
+    assert (topic["topic"], topic["runs"], topic["complete"]) == ("tick", 8, 7)
+    figures = ", ".join(reads.STATS_FIGURES)
+    assert query(db, f"SELECT file_path, phase, {figures} FROM phase_stats") == [
+        tuple(phase.values())]
+    assert query(db, f"SELECT topic, {figures} FROM topic_stats") == [tuple(topic.values())]
+    shell = subprocess.run(["sqlite3", "-readonly", str(db),
+                            "SELECT runs, run_p95, wait_p50 FROM phase_stats"],
+                           capture_output=True, text=True, check=True)
+    assert shell.stdout.strip() == f"7|{phase['run_p95']}|{phase['wait_p50']}"
+    assert main(["stats", "--db", str(db), "--by", "topic", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == [topic]
+    api = Api(Config(db=str(db)), lambda: True, lambda: "leader")
+    assert api.answer("/api/stats", {"by": ["topic"]}) == (200, [topic])
+    with pytest.raises(BadRequest, match="by is phase or topic"):
+        api.answer("/api/stats", {"by": ["host"]})
 
 
 def test_a_task_running_far_past_its_phases_usual_time_gets_one_slow_alert(

@@ -306,17 +306,22 @@ def actions(store: Store, *, before: int | None = None, limit: int = 100
     return rows
 
 
-STATS_DAYS = 7  # the history statistics read by default
-STATS_KEYS = ("file", "task", "runs", "complete", "error", "run_p50", "run_p95", "run_max",
-              "wait_p50", "wait_p95")
+STATS_DAYS = 30  # the history statistics read by default
+STATS_FIGURES = ("runs", "complete", "error", "run_p50", "run_p95", "run_max", "wait_p50",
+                 "wait_p95")
+STATS_KEYS = ("file", "task", *STATS_FIGURES)  # per phase; per topic: ("topic", ...)
 
 
-def stats(store: Store, *, type: str | None = None, since: str | None = None
-          ) -> list[dict[str, Any]]:
-    """Per phase, from the history of its ended tasks (since `since`): runs, how many
-    completed and failed, run time p50/p95/max and wait (created → started) p50/p95, in
-    seconds. Cancelled tasks did not run: they are left out."""
-    where = ["ended IS NOT NULL", "file_path IS NOT NULL", "msg NOT LIKE 'cancelled by %'"]
+def stats(store: Store, *, type: str | None = None, since: str | None = None,
+          by: str = "phase") -> list[dict[str, Any]]:
+    """Per phase (`by="phase"`: tasks a phase made) or per topic (`by="topic"`: every
+    task), from the history of ended tasks (since `since`): runs, how many completed and
+    failed, run time p50/p95/max and wait (created → started) p50/p95, in seconds. The
+    same figures as the `phase_stats` and `topic_stats` views (flowlord/store/schema.py).
+    Cancelled tasks did not run: they are left out."""
+    where = ["ended IS NOT NULL", "msg NOT LIKE 'cancelled by %'"]
+    if by == "phase":
+        where.append("file_path IS NOT NULL")
     args: list[object] = []
     if type is not None:
         where.append("type = ?")
@@ -324,18 +329,21 @@ def stats(store: Store, *, type: str | None = None, since: str | None = None
     if since is not None:
         where.append("ended >= ?")
         args.append(since)
-    by_phase: dict[tuple[str, str], list[tuple[str, float, float]]] = {}
-    for file, phase, result, run, wait in store.conn.execute(
-            "SELECT file_path, phase, result, (julianday(ended) - julianday(started)) * 86400, "
+    group = "file_path, phase" if by == "phase" else "type, NULL"
+    grouped: dict[tuple[str, ...], list[tuple[str, float, float]]] = {}
+    for first, second, result, run, wait in store.conn.execute(
+            f"SELECT {group}, result, (julianday(ended) - julianday(started)) * 86400, "
             "(julianday(started) - julianday(created)) * 86400 FROM tasks WHERE "
             + " AND ".join(where), args):
-        by_phase.setdefault((file, phase), []).append((result, run or 0.0, wait or 0.0))
+        key = (first, second) if by == "phase" else (first,)
+        grouped.setdefault(key, []).append((result, run or 0.0, wait or 0.0))
+    keys = STATS_KEYS if by == "phase" else ("topic", *STATS_FIGURES)
     rows = []
-    for (file, phase), runs in sorted(by_phase.items()):
+    for key, runs in sorted(grouped.items()):
         run_times = sorted(max(0.0, r) for _, r, _ in runs)
         waits = sorted(max(0.0, w) for _, _, w in runs)
-        rows.append(dict(zip(STATS_KEYS, (
-            file, phase, len(runs), sum(1 for r, _, _ in runs if r == "complete"),
+        rows.append(dict(zip(keys, (
+            *key, len(runs), sum(1 for r, _, _ in runs if r == "complete"),
             sum(1 for r, _, _ in runs if r == "error"), _rank(run_times, 50),
             _rank(run_times, 95), round(run_times[-1], 3), _rank(waits, 50),
             _rank(waits, 95)), strict=True)))

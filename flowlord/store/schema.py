@@ -322,6 +322,55 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE alerts_new RENAME TO alerts;
     CREATE INDEX alerts_unposted ON alerts (alert_no) WHERE posted_at IS NULL;
     """,
+    # 13: run statistics a person can query with sqlite3 (README.md, The database with
+    # sqlite3): each ended task's run and wait time, and per phase and per topic over the
+    # last 30 days the figures `flowlord stats` prints (nearest-rank percentiles, computed
+    # with window functions; cancelled tasks did not run and are left out)
+    """
+    CREATE VIEW task_times AS
+    SELECT task_no, id, type, job, file_path, phase, attempt, result, created, started,
+           ended,
+           round(max(0, (julianday(ended) - julianday(started)) * 86400), 3) AS run_seconds,
+           round(max(0, (julianday(started) - julianday(created)) * 86400), 3)
+             AS wait_seconds
+      FROM tasks WHERE ended IS NOT NULL AND msg NOT LIKE 'cancelled by %';
+
+    CREATE VIEW phase_stats AS
+    WITH recent AS (
+        SELECT file_path, phase, result, run_seconds, wait_seconds,
+               count(*) OVER w AS n,
+               row_number() OVER (w ORDER BY run_seconds) AS run_rank,
+               row_number() OVER (w ORDER BY wait_seconds) AS wait_rank
+          FROM task_times
+         WHERE file_path IS NOT NULL AND ended >= strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-30 days')
+        WINDOW w AS (PARTITION BY file_path, phase))
+    SELECT file_path, phase, count(*) AS runs,
+           sum(result = 'complete') AS complete, sum(result = 'error') AS error,
+           max(CASE WHEN run_rank = (n * 50 + 99) / 100 THEN run_seconds END) AS run_p50,
+           max(CASE WHEN run_rank = (n * 95 + 99) / 100 THEN run_seconds END) AS run_p95,
+           max(run_seconds) AS run_max,
+           max(CASE WHEN wait_rank = (n * 50 + 99) / 100 THEN wait_seconds END) AS wait_p50,
+           max(CASE WHEN wait_rank = (n * 95 + 99) / 100 THEN wait_seconds END) AS wait_p95
+      FROM recent GROUP BY file_path, phase ORDER BY file_path, phase;
+
+    CREATE VIEW topic_stats AS
+    WITH recent AS (
+        SELECT type, result, run_seconds, wait_seconds,
+               count(*) OVER w AS n,
+               row_number() OVER (w ORDER BY run_seconds) AS run_rank,
+               row_number() OVER (w ORDER BY wait_seconds) AS wait_rank
+          FROM task_times
+         WHERE ended >= strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-30 days')
+        WINDOW w AS (PARTITION BY type))
+    SELECT type AS topic, count(*) AS runs,
+           sum(result = 'complete') AS complete, sum(result = 'error') AS error,
+           max(CASE WHEN run_rank = (n * 50 + 99) / 100 THEN run_seconds END) AS run_p50,
+           max(CASE WHEN run_rank = (n * 95 + 99) / 100 THEN run_seconds END) AS run_p95,
+           max(run_seconds) AS run_max,
+           max(CASE WHEN wait_rank = (n * 50 + 99) / 100 THEN wait_seconds END) AS wait_p50,
+           max(CASE WHEN wait_rank = (n * 95 + 99) / 100 THEN wait_seconds END) AS wait_p95
+      FROM recent GROUP BY type ORDER BY type;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

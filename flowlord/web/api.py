@@ -145,7 +145,8 @@ class Api:
         return PlainText(data)
 
     def stats(self, store: Store, query: dict[str, list[str]]) -> list[dict[str, Any]]:
-        """Per phase, from history: ?type= and ?since= (default: the last 7 days)."""
+        """Per phase (or per topic with ?by=topic), from history: ?type= and ?since=
+        (default: the last 30 days)."""
         text = params.one(query, "since")
         try:
             since = (in_zone(parse_iso(text), self.config.zone()) if text is not None
@@ -153,7 +154,10 @@ class Api:
             since_text = rfc3339_ms(since)
         except (ValueError, OverflowError):
             raise BadRequest(HTTPStatus.BAD_REQUEST, "since is not an ISO 8601 time") from None
-        return reads.stats(store, type=params.one(query, "type"), since=since_text)
+        by = params.one(query, "by") or "phase"
+        if by not in ("phase", "topic"):
+            raise BadRequest(HTTPStatus.BAD_REQUEST, "by is phase or topic")
+        return reads.stats(store, type=params.one(query, "type"), since=since_text, by=by)
 
     def pauses(self, store: Store, query: dict[str, list[str]]) -> list[dict[str, Any]]:
         """The pauses in force now."""
