@@ -335,15 +335,15 @@ def stats(store: Store, *, type: str | None = None, since: str | None = None,
             f"SELECT {group}, result, (julianday(ended) - julianday(started)) * 86400, "
             "(julianday(started) - julianday(created)) * 86400 FROM tasks WHERE "
             + " AND ".join(where), args):
-        key = (first, second) if by == "phase" else (first,)
+        key: tuple[str, ...] = (first, second) if by == "phase" else (first,)
         grouped.setdefault(key, []).append((result, run or 0.0, wait or 0.0))
     keys = STATS_KEYS if by == "phase" else ("topic", *STATS_FIGURES)
     rows = []
-    for key, runs in sorted(grouped.items()):
+    for group_key, runs in sorted(grouped.items()):
         run_times = sorted(max(0.0, r) for _, r, _ in runs)
         waits = sorted(max(0.0, w) for _, _, w in runs)
         rows.append(dict(zip(keys, (
-            *key, len(runs), sum(1 for r, _, _ in runs if r == "complete"),
+            *group_key, len(runs), sum(1 for r, _, _ in runs if r == "complete"),
             sum(1 for r, _, _ in runs if r == "error"), _rank(run_times, 50),
             _rank(run_times, 95), round(run_times[-1], 3), _rank(waits, 50),
             _rank(waits, 95)), strict=True)))
