@@ -119,6 +119,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--type")
     p.add_argument("--result", choices=["complete", "error", "alert", "warn", "none"],
                    help="none: tasks not finished")
+    p.add_argument("--job")
+    p.add_argument("--phase", help="the tasks of phases of this name")
+    p.add_argument("--since", type=_iso_time, help="created at or after this ISO 8601 time")
+    p.add_argument("--id", help="every attempt and child of one id")
     p.add_argument("--limit", type=_positive, default=100)
     p.add_argument("--json", action="store_true")
 

@@ -20,8 +20,9 @@ from typing import Any
 from flowlord import operate, operations
 from flowlord.arrivals import storable
 from flowlord.cli_files import find_phase_in_files
-from flowlord.clock import rfc3339_ms
+from flowlord.clock import rfc3339_ms, seconds_between, utc_now_ms
 from flowlord.config import Config
+from flowlord.durations import format_seconds
 from flowlord.errors import UsageError
 from flowlord.file_triggers import runnable_file_phases
 from flowlord.model import Fire, Phase
@@ -128,8 +129,9 @@ def cmd_backload(args: argparse.Namespace, config: Config) -> int:
 
 
 def print_rows(config: Config, read: Callable[[Store], list[dict[str, Any]]], as_json: bool,
-               line: Callable[[dict[str, Any]], str]) -> int:
-    """Rows of the read model: the JSON the API answers (--json), else a line each."""
+               line: Callable[[dict[str, Any]], str], header: str = "") -> int:
+    """Rows of the read model: the JSON the API answers (--json), else a line each
+    (under `header`, if given)."""
     store = Store(config.db, readonly=True)
     try:
         rows = read(store)
@@ -137,21 +139,40 @@ def print_rows(config: Config, read: Callable[[Store], list[dict[str, Any]]], as
         store.close()
     if as_json:
         print(json.dumps(rows, indent=1, ensure_ascii=False))
+    elif header:
+        print(header)
     for row in [] if as_json else rows:
         print(line(row))
     return 0
 
 
+MSG_WIDTH = 120  # characters of a task's message on its line of `flowlord tasks`
+TASK_HEADER = "task_no\tcreated\ttask\tstate\twait\trun\tinfo\tid\tmsg"
+
+
 def cmd_tasks(args: argparse.Namespace, config: Config) -> int:
-    """Task history, newest first; --json prints what /api/tasks answers."""
+    """Task history, newest first, under a header line; --json prints what /api/tasks
+    answers. Wait (created → started) and run (started → ended) times; an unfinished
+    task's so far, marked with `…`."""
+    now = utc_now_ms()
+
     def line(r: dict[str, Any]) -> str:
         state = str(r["result"] or ("running" if r["started"] else "waiting"))
         if r["attempt"]:  # a retry: which one
             state += f" (attempt {r['attempt']})"
         kind = f"{r['type']}:{r['job']}" if r["job"] else r["type"]
-        return f"{r['task_no']}\t{r['created']}\t{kind}\t{state}\t{r['info']}\t{r['id']}"
+        wait = format_seconds(r["wait_seconds"]) or format_seconds(
+            seconds_between(r["created"], now)) + "…"
+        run = format_seconds(r["run_seconds"]) or (
+            format_seconds(seconds_between(r["started"], now)) + "…" if r["started"] else "-")
+        msg = " ".join(r["msg"].split())  # one line
+        msg = msg if len(msg) <= MSG_WIDTH else msg[:MSG_WIDTH - 1] + "…"
+        return (f"{r['task_no']}\t{r['created']}\t{kind}\t{state}\t{wait}\t{run}\t"
+                f"{r['info'] or '-'}\t{r['id']}\t{msg or '-'}")
+    since = rfc3339_ms(operations.in_zone(args.since, config.zone())) if args.since else None
     return print_rows(config, lambda store: reads.tasks(
-        store, type=args.type, result=args.result, limit=args.limit), args.json, line)
+        store, type=args.type, job=args.job, result=args.result, phase=args.phase,
+        since=since, id=args.id, limit=args.limit), args.json, line, header=TASK_HEADER)
 
 
 def cmd_actions(args: argparse.Namespace, config: Config) -> int:

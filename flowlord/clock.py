@@ -49,6 +49,17 @@ def parse_iso(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
+def seconds_between(start: str | None, end: str | None) -> float | None:
+    """The seconds from one stored time to another (never negative, to the
+    millisecond); None when either is missing or unreadable (a row written by hand)."""
+    if not start or not end:
+        return None
+    try:  # a naive time beside an aware one is a TypeError
+        return round(max(0.0, (parse_iso(end) - parse_iso(start)).total_seconds()), 3)
+    except (ValueError, TypeError):
+        return None
+
+
 def utc_now() -> str:
     return rfc3339(datetime.now(UTC))
 

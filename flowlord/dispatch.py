@@ -16,7 +16,7 @@ import apsw
 
 from flowlord import metrics
 from flowlord.bus import Bus, BusUnavailable
-from flowlord.clock import Clock, SystemClock, parse_iso, rfc3339, rfc3339_ms
+from flowlord.clock import Clock, SystemClock, parse_iso, rfc3339, rfc3339_ms, seconds_between
 from flowlord.durations import format_duration
 from flowlord.loader import Loader
 from flowlord.model import Done, NewTask, Phase, StoredTask
@@ -284,8 +284,9 @@ class Dispatcher:
             effects = Effects(alerts=[("alert", f"internal error after the result: {e}")])
         new_tasks += effects.tasks
         started = done.started or stored.task.started
-        self._counted.append((stored.task.type, done.result, _seconds(started, done.ended),
-                              _seconds(stored.task.created, started)))
+        self._counted.append((stored.task.type, done.result,
+                              seconds_between(started, done.ended),
+                              seconds_between(stored.task.created, started)))
         self._alerted += [kind for kind, _ in effects.alerts]
         for kind, message in effects.alerts:
             self.store.add_alert(stored.task_no, kind, stored.task, message,
@@ -332,12 +333,3 @@ class Dispatcher:
         phase = self._phase(stored)
         timeout = parse_rule(phase.rule).timeout if phase else None
         return timeout.total_seconds() if timeout else None
-
-
-def _seconds(started: str, ended: str) -> float | None:
-    """The seconds between two task times (text); None when either is missing or unreadable."""
-    try:  # task times end in Z, which fromisoformat reads since Python 3.11
-        return max(0.0, (datetime.fromisoformat(ended)
-                         - datetime.fromisoformat(started)).total_seconds())
-    except (ValueError, TypeError):  # missing, or a row written by hand without a zone
-        return None

@@ -82,3 +82,20 @@ def _decimal(n: int, unit: int) -> str:
     if not frac:
         return str(whole)
     return f"{whole}.{frac:0{len(str(unit)) - 1}d}".rstrip("0")
+
+
+def format_seconds(seconds: float | None) -> str:
+    """A task's wait or run time for people, as precise as is useful: `0.042 s`,
+    `3.5 s`, `4 min 05 s`, `2 h 10 min`, `3 d 4 h`; '' for none."""
+    if seconds is None:
+        return ""
+    if seconds < 1:
+        return f"{seconds:.3f} s"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    whole = int(seconds)
+    if whole >= 86400:
+        return f"{whole // 86400} d {whole % 86400 // 3600} h"
+    if whole >= 3600:
+        return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
+    return f"{whole // 60} min {whole % 60:02d} s"

@@ -31,7 +31,7 @@ TASK_KEYS = {"type", "job", "info", "meta", "id", "created", "started", "ended",
 # the keys of /api/tasks: the workflow file is `file` in both (flowlord.store.reads)
 COLUMNS = {"task_no", "id", "type", "job", "info", "meta", "created", "started", "ended",
            "result", "msg", "file", "phase", "attempt", "scheduled_for", "parent_no", "due_at",
-           "no_children"}
+           "no_children", "wait_seconds", "run_seconds"}
 RFC3339_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")  # task times: ms
 
 
@@ -287,8 +287,9 @@ def test_tasks_lists_newest_first_with_type_result_and_limit(tmp_path: Path, wf:
            "2026-03-10T02:00Z", "--by", "hour"))
     ok(cli(cfg, "trigger", "load", "--time", "2026-03-10T06:00:00Z"))
     db = apsw.Connection(str(tmp_path / "flowlord.db"))  # a worker finishes the oldest
-    db.execute("UPDATE tasks SET started = '2026-03-10T06:01:00Z', ended = "
-               "'2026-03-10T06:02:00Z', result = 'complete' WHERE task_no = 1")
+    db.execute("UPDATE tasks SET created = '2026-03-10T06:00:00.000Z', started = "
+               "'2026-03-10T06:01:00.250Z', ended = '2026-03-10T06:02:00.250Z', result = "
+               "'complete', msg = 'wrote 3 rows' || char(10) || 'done' WHERE task_no = 1")
     db.close()
 
     def listed(*args: str) -> list[dict[str, object]]:
@@ -308,5 +309,17 @@ def test_tasks_lists_newest_first_with_type_result_and_limit(tmp_path: Path, wf:
     assert listed("--result", "error") == []
     assert listed("--limit", "2") == every[:2]
     assert listed("--type", "report", "--result", "none", "--limit", "1") == [every[1]]
-    text = ok(cli(cfg, "tasks", "--limit", "3")).stdout.splitlines()
-    assert len(text) == 3 and all(str(every[i]["id"]) in text[i] for i in range(3))
+    assert (every[-1]["wait_seconds"], every[-1]["run_seconds"]) == (60.25, 60.0)
+    assert (every[0]["wait_seconds"], every[0]["run_seconds"]) == (None, None)
+    assert [r["task_no"] for r in listed("--phase", "load")] == [4]
+    assert [r["task_no"] for r in listed("--id", str(every[1]["id"]))] == [3]
+    assert [r["task_no"] for r in listed("--since", "2026-03-10T06:30:00Z")] == [4, 3, 2]
+    assert listed("--job", "nothing") == []
+    header, *text = ok(cli(cfg, "tasks", "--limit", "4")).stdout.splitlines()
+    assert header.split("\t") == ["task_no", "created", "task", "state", "wait", "run",
+                                   "info", "id", "msg"]
+    assert len(text) == 4 and all(str(every[i]["id"]) in text[i] for i in range(4))
+    assert text[0].split("\t")[3:6] == ["waiting", text[0].split("\t")[4], "-"]
+    assert text[0].split("\t")[4].endswith("…")  # waiting so far
+    assert text[3].split("\t")[3:6] == ["complete", "1 min 00 s", "1 min 00 s"]
+    assert text[3].split("\t")[8] == "wrote 3 rows done"  # the message, on its line

@@ -88,8 +88,10 @@ def test_without_a_worker_tasks_wait_in_the_database_and_are_listed(
         assert str(meta).startswith("workflow=a.toml&cron=")
     capsys.readouterr()  # the daemon's log lines
     assert main(["tasks", "--db", str(db), "--result", "none"]) == 0
-    listed = capsys.readouterr().out.splitlines()
-    assert len(listed) == 3 and all("\ttick\twaiting\tt=" in line for line in listed)
+    header, *listed = capsys.readouterr().out.splitlines()
+    assert header.startswith("task_no\tcreated\ttask\tstate\twait\trun\tinfo")
+    assert len(listed) == 3 and all(line.split("\t")[2:4] == ["tick", "waiting"]
+                                    and "\tt=" in line for line in listed)
     assert query(db, "SELECT task, next_fire FROM phase_schedule ORDER BY task") == [
         ("child", None), ("tick", "2026-12-01T12:00:40Z")]
 

@@ -126,6 +126,14 @@ def test_the_filter_forms_work_with_their_fields_left_blank(site: Site) -> None:
     errors = b.load(base + "/tasks?type=&job=&result=error")
     assert [label for href, label in errors.links if href.startswith("/phases/")] == \
         ["load", "load"]
+    loads = b.load(base + "/tasks?type=&job=&result=&phase=load&id=&since=")
+    assert [label for href, label in loads.links if href.startswith("/phases/")] == \
+        ["load", "load"]
+    assert "wait" in loads.text and " s" in loads.text  # queue and run time on each row
+    later = b.load(base + "/tasks?phase=&since=2999-01-01T00:00")
+    assert "no tasks" in later.text
+    bad = b.load(base + "/tasks?since=yesterday")
+    assert "since is not an ISO 8601 time" in bad.text
     phases = b.load(base + "/phases?severity=")
     assert "error" in phases.text and HOSTILE_TASK in phases.text and "boom" in phases.text
     assert b.load(base + "/graph?file=").tags.get("svg") == 2

@@ -19,6 +19,7 @@ import os
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
+from flowlord.clock import seconds_between
 from flowlord.model import Phase
 from flowlord.pauses import Pauses
 from flowlord.store import Store
@@ -31,7 +32,8 @@ RECENT_TASKS = 10_000  # the newest tasks looked through for phases' last result
 LAST_TASKS = 10  # a phase's newest tasks, shown with it
 
 # a task's keys, in TASK_COLUMNS order; the workflow file is `file`, as everywhere
-TASK_KEYS = tuple("file" if c == "file_path" else c for c in TASK_COLUMNS.split(", "))
+_ROW_KEYS = tuple("file" if c == "file_path" else c for c in TASK_COLUMNS.split(", "))
+TASK_KEYS = (*_ROW_KEYS, "wait_seconds", "run_seconds")  # a task's JSON
 ACTION_KEYS = tuple(ACTION_COLUMNS.split(", "))
 ALERT_KEYS = ("alert_no", "task_no", "kind", "type", "job", "message", "created",
               "posted_at", "task_id")
@@ -65,8 +67,13 @@ def pauses_now(store: Store) -> Pauses:
 
 
 def task_json(row: tuple[Any, ...]) -> dict[str, Any]:
-    """A task row (TASK_COLUMNS order) as the API and `flowlord tasks --json` show it."""
-    return dict(zip(TASK_KEYS, row, strict=True))
+    """A task row (TASK_COLUMNS order) as the API and `flowlord tasks --json` show it,
+    with how long it waited for a worker (created → started) and ran (started → ended),
+    in seconds: null until it started, and until it ended."""
+    task = dict(zip(_ROW_KEYS, row, strict=True))
+    task["wait_seconds"] = seconds_between(task["created"], task["started"])
+    task["run_seconds"] = seconds_between(task["started"], task["ended"])
+    return task
 
 
 def daemon_running(db: str) -> bool:
@@ -249,10 +256,13 @@ def _last_results(store: Store, phases: list[dict[str, Any]]) -> dict[tuple[str,
 
 
 def tasks(store: Store, *, type: str | None = None, job: str | None = None,
-          result: str | None = None, before: int | None = None,
+          result: str | None = None, phase: str | None = None, since: str | None = None,
+          id: str | None = None, before: int | None = None,
           limit: int = 100) -> list[dict[str, Any]]:
-    """Tasks as JSON, newest first; `result` 'none' means unfinished; `before` a task_no."""
-    source, args = task_filter(type=type, job=job, result=result, before=before)
+    """Tasks as JSON, newest first; `result` 'none' means unfinished; `phase` a phase's
+    name; `since` the earliest creation time; `before` a task_no."""
+    source, args = task_filter(type=type, job=job, result=result, phase=phase, since=since,
+                               id=id, before=before)
     return [task_json(r) for r in store.conn.execute(
         f"SELECT {TASK_COLUMNS} {source} ORDER BY task_no DESC LIMIT ?", (*args, limit))]
 

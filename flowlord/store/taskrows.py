@@ -29,8 +29,9 @@ def stored_task(r: Sequence[Any]) -> StoredTask:
 
 
 def task_filter(*, type: str | None = None, job: str | None = None,
-                result: str | None = None, before: int | None = None
-                ) -> tuple[str, list[object]]:
+                result: str | None = None, phase: str | None = None,
+                since: str | None = None, id: str | None = None,
+                before: int | None = None) -> tuple[str, list[object]]:
     """`FROM tasks … WHERE …` of a task listing (newest first), and its arguments; a
     `result` of 'none' means unfinished. The planner has no statistics, so filters are
     steered: unfinished tasks (few) go through tasks_unfinished, and a topic's tasks
@@ -52,6 +53,15 @@ def task_filter(*, type: str | None = None, job: str | None = None,
     if job is not None:
         where.append("job = ?")
         args.append(job)
+    if phase is not None:
+        where.append("phase = ?")
+        args.append(phase)
+    if id is not None:
+        where.append("id = ?")  # tasks_by_id
+        args.append(id)
+    if since is not None:  # task numbers grow with creation: the newest come first
+        where.append("created >= ?")
+        args.append(since)
     if before is not None:
         where.append("task_no < ?")
         args.append(before)

@@ -18,11 +18,10 @@ from urllib.parse import unquote
 from prometheus_client import CollectorRegistry, generate_latest
 
 from flowlord import __version__, metrics, operate
-from flowlord.clock import parse_iso, rfc3339_ms
+from flowlord.clock import rfc3339_ms
 from flowlord.config import Config
 from flowlord.errors import BadRequest
 from flowlord.metrics import DatabaseState
-from flowlord.operations import in_zone
 from flowlord.store import Store, reads
 from flowlord.store.reads import STATS_DAYS
 from flowlord.tasklog import read_log
@@ -123,8 +122,7 @@ class Api:
         return reads.graph(store, file)
 
     def tasks(self, store: Store, query: dict[str, list[str]]) -> list[dict[str, Any]]:
-        return reads.tasks(store, result=params.result(query), type=params.one(query, "type"),
-                           job=params.one(query, "job"),
+        return reads.tasks(store, **params.task_filters(query, self.config.zone()),
                            before=params.integer(query, "before", None),
                            limit=params.limit(query))
 
@@ -147,13 +145,8 @@ class Api:
     def stats(self, store: Store, query: dict[str, list[str]]) -> list[dict[str, Any]]:
         """Per phase (or per topic with ?by=topic), from history: ?type= and ?since=
         (default: the last 30 days)."""
-        text = params.one(query, "since")
-        try:
-            since = (in_zone(parse_iso(text), self.config.zone()) if text is not None
-                     else datetime.now(UTC) - timedelta(days=STATS_DAYS))
-            since_text = rfc3339_ms(since)
-        except (ValueError, OverflowError):
-            raise BadRequest(HTTPStatus.BAD_REQUEST, "since is not an ISO 8601 time") from None
+        since_text = params.time(query, "since", self.config.zone()) or rfc3339_ms(
+            datetime.now(UTC) - timedelta(days=STATS_DAYS))
         by = params.one(query, "by") or "phase"
         if by not in ("phase", "topic"):
             raise BadRequest(HTTPStatus.BAD_REQUEST, "by is phase or topic")

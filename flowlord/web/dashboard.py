@@ -23,6 +23,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from flowlord.clock import parse_iso
 from flowlord.config import Config
+from flowlord.durations import format_seconds
 from flowlord.errors import BadRequest
 from flowlord.store import Store, reads
 from flowlord.web import params
@@ -77,6 +78,7 @@ def _environment() -> Environment:
     env = Environment(loader=PackageLoader("flowlord.web", "pages"), autoescape=True,
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["since"] = since
+    env.filters["seconds"] = format_seconds
     env.filters["file_url"] = lambda file: quote(file, safe="/")
     env.filters["part_url"] = lambda part: quote(str(part), safe="")
     env.globals["plural"] = lambda n, word: word if n == 1 else word + "s"
@@ -199,13 +201,11 @@ class Dashboard:
                             too_many=0)
 
     def tasks(self, store: Store, query: dict[str, list[str]]) -> Page:
-        result, type_, job = params.result(query), params.one(query, "type"), params.one(
-            query, "job")
+        filters = params.task_filters(query, self.api.config.zone())
         before, limit = params.integer(query, "before", None), params.limit(query)
-        rows = reads.tasks(store, type=type_, job=job, result=result, before=before,
-                           limit=limit)
-        return self.render("tasks.html", "tasks", tasks=rows, limit=limit, filters={
-            "type": type_ or "", "job": job or "", "result": result or ""})
+        rows = reads.tasks(store, **filters, before=before, limit=limit)
+        shown = {key: params.one(query, key) or "" for key in filters}  # as typed
+        return self.render("tasks.html", "tasks", tasks=rows, limit=limit, filters=shown)
 
     def lineage(self, store: Store, task_id: str) -> Page:
         task_id = unquote(task_id)

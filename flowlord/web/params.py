@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import tzinfo
 from http import HTTPStatus
+from typing import Any
 
+from flowlord.clock import parse_iso, rfc3339_ms
 from flowlord.errors import BadRequest
+from flowlord.operations import in_zone
 
 MAX_LIMIT = 1000  # rows per page, at most
 DEFAULT_LIMIT = 100
@@ -60,3 +64,23 @@ def result(query: Query) -> str | None:
         raise BadRequest(HTTPStatus.BAD_REQUEST,
                          "result must be complete, error, alert, warn or none")
     return value
+
+
+def time(query: Query, key: str, zone: tzinfo) -> str | None:
+    """An ISO 8601 time (in `zone` without an offset) as task times are stored, to the
+    millisecond; None when absent."""
+    text = one(query, key)
+    if text is None:
+        return None
+    try:
+        return rfc3339_ms(in_zone(parse_iso(text), zone))
+    except (ValueError, OverflowError):
+        raise BadRequest(HTTPStatus.BAD_REQUEST, f"{key} is not an ISO 8601 time") from None
+
+
+def task_filters(query: Query, zone: tzinfo) -> dict[str, Any]:
+    """The filters of a task listing (`reads.tasks`): type, job, result, phase, since
+    and id."""
+    return {"type": one(query, "type"), "job": one(query, "job"), "result": result(query),
+            "phase": one(query, "phase"), "since": time(query, "since", zone),
+            "id": one(query, "id")}
