@@ -217,6 +217,24 @@ def test_tasks_lineage_fires_and_alerts(read: Store) -> None:
     assert reads.alerts(read, before=alert["alert_no"]) == []
 
 
+def test_recent_failures_are_the_final_ones(db: Path) -> None:
+    """A failure a later attempt fixed is not one; the last failed attempt is, and so is
+    a failure whose retry is still waiting only once that retry failed too."""
+    store = Store(str(db))
+    with write_txn(store.conn):
+        for parent, attempt, result in ((3, 1, "complete"), (None, 0, "error"),
+                                        (5, 1, "error"), (None, 0, "alert"), (7, 1, None)):
+            ended = None if result is None else "2026-03-10T12:00:01Z"
+            store.conn.execute(
+                "INSERT INTO tasks (id, type, created, started, ended, result, parent_no, "
+                "attempt) VALUES ('id-9', 'load', '2026-03-10T12:00:00Z', "
+                "'2026-03-10T12:00:00Z', ?, ?, ?, ?)", (ended, result, parent, attempt))
+        # 4 fixed 3; 5 failed, then its retry 6 failed: 6 is final; 7's retry 8 runs
+    final = [t["task_no"] for t in reads.recent_failures(store, 10)]
+    store.close()
+    assert final == [6]
+
+
 def test_a_listing_of_broken_phases_reads_their_partial_index(read: Store) -> None:
     """As the task listings' plans in test_store.py: the planner has no statistics, so
     the phase listing by severity says `<> 'ok'` for the partial index to serve."""

@@ -268,10 +268,15 @@ def tasks(store: Store, *, type: str | None = None, job: str | None = None,
 
 
 def recent_failures(store: Store, limit: int) -> list[dict[str, Any]]:
-    """The newest tasks that ended in error or alert: one indexed query per result
-    (tasks_by_result), merged, so a million old failures cost nothing."""
-    found = [t for result in ("error", "alert") for t in tasks(store, result=result,
-                                                                 limit=limit)]
+    """The newest final failures: tasks that ended in error or alert and were not
+    tried again (no retry or rerun came from them, waiting or done), so a failure a
+    later attempt fixed is not one. One indexed query per result (tasks_by_result, and
+    tasks_by_parent for the later attempt), merged, so a million old failures cost
+    nothing."""
+    found = [task_json(r) for result in ("error", "alert") for r in store.conn.execute(
+        f"SELECT {TASK_COLUMNS} FROM tasks INDEXED BY tasks_by_result WHERE result = ? "
+        "AND NOT EXISTS (SELECT 1 FROM tasks AS later WHERE later.parent_no = tasks.task_no "
+        "AND later.attempt > tasks.attempt) ORDER BY task_no DESC LIMIT ?", (result, limit))]
     return sorted(found, key=lambda t: t["task_no"], reverse=True)[:limit]
 
 
