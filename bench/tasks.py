@@ -7,7 +7,10 @@ result handling in-process, each beside its target, measured in one run.
 2. the whole loop: N tasks backloaded, then `flowlord run` with a `true` worker at
    concurrency 4 and 16, from the first start to the last result committed (polled
    every 5 ms);
-3. results handled in-process: the dispatcher records N results from a bus that
+3. task logs: the whole loop at concurrency 4 with a worker that prints 1 KiB per task,
+   its output kept as the task's log (logs on) and the same worker writing it to
+   /dev/null itself (logs off: nothing to capture), beside the bare spawn time;
+4. results handled in-process: the dispatcher records N results from a bus that
    completes every task at once (no process), without children and with 10 each.
 
 The machine is shared, so each figure is the median of three rounds; all three are printed.
@@ -16,6 +19,7 @@ The machine is shared, so each figure is the median of three rounds; all three a
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import queue
 import signal
@@ -43,8 +47,12 @@ from flowlord.store import Store, write_txn  # noqa: E402
 from flowlord.tasks import Context  # noqa: E402
 
 TARGET_LOOP_RATIO = 2.0  # whole loop within 2x the bare spawn time
+TARGET_CAPTURE_COST = 0.15  # keeping 1 KiB of output per task costs at most 15 %
 TARGET_RESULTS = 5000.0  # results handled per second in-process
 CHILDREN = 10
+PRINT_1K = 'printf "%1024s" x'  # a shell builtin: one process, as `true` is
+LOGS_ON = ["sh", "-c", PRINT_1K]
+LOGS_OFF = ["sh", "-c", PRINT_1K + " >/dev/null"]
 ROUNDS = 3  # each figure is the median of this many rounds (the machine is shared)
 
 
@@ -79,17 +87,20 @@ def query(db: Path, sql: str) -> list[tuple[object, ...]]:
         conn.close()
 
 
-def whole_loop(tmp: Path, n: int, concurrency: int, bus_url: str | None = None) -> float:
-    """Seconds from the first task started to the last result committed. With a redis
-    `bus_url`, the tasks run on `concurrency` `flowlord worker` processes instead."""
-    run = tmp / f"loop{concurrency}{'-redis' if bus_url else ''}"
+def whole_loop(tmp: Path, n: int, concurrency: int, bus_url: str | None = None,
+               command: tuple[str, ...] = ("true",)) -> float:
+    """Seconds from the first task started to the last result committed, the tasks
+    running `command`. With a redis `bus_url`, the tasks run on `concurrency`
+    `flowlord worker` processes instead."""
+    run = tmp / f"loop{concurrency}{'-redis' if bus_url else ''}-{len(command)}"
     wf = run / "wf"
     wf.mkdir(parents=True)
     (wf / "a.toml").write_text('[[phase]]\ntask = "work"\ntemplate = "?t={TS}"\n')
     db = run / "f.db"
     config = run / "flowlord.toml"
     bus = (f'[bus]\nurl = "{bus_url}"\n' if bus_url else
-           f'[workers.work]\ncommand = ["true"]\nconcurrency = {concurrency}\n')
+           f'[workers.work]\ncommand = {json.dumps(list(command))}\n'
+           f'concurrency = {concurrency}\n')
     config.write_text(f'workflows = "{wf}"\ndb = "{db}"\ntimezone = "UTC"\n{bus}')
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     flowlord = [sys.executable, "-m", "flowlord", "-c", str(config)]
@@ -187,6 +198,19 @@ def main() -> None:
                   f"{limit:.2f} s ({args.tasks / limit:.0f}/s); ratio {loop / limit:.2f}, the "
                   f"median of {' '.join(f'{a / b:.2f}' for a, b in rounds)} "
                   f"(target <= {TARGET_LOOP_RATIO:.0f})")
+        rounds_logs = []  # each round: the limit, then logs off and on, back to back
+        for n in range(ROUNDS):
+            limit = spawn_limit(args.tasks, 4)
+            off = whole_loop(tmp / f"logs-off{n}", args.tasks, 4, command=tuple(LOGS_OFF))
+            on = whole_loop(tmp / f"logs-on{n}", args.tasks, 4, command=tuple(LOGS_ON))
+            rounds_logs.append((on, off, limit))
+        on, off, limit = sorted(rounds_logs, key=lambda r: r[0] / r[1])[ROUNDS // 2]
+        print(f"task logs, a worker printing 1 KiB per task, concurrency 4: {args.tasks} "
+              f"tasks with logs on {args.tasks / on:.0f}/s, off {args.tasks / off:.0f}/s; "
+              f"limit: spawning `true` alone {args.tasks / limit:.0f}/s; capture costs "
+              f"{(1 - off / on) * 100:.0f} % of throughput, the median of "
+              f"{' '.join(f'{(1 - b / a) * 100:.0f}' for a, b, _ in rounds_logs)} % "
+              f"(target <= {TARGET_CAPTURE_COST * 100:.0f} %)")
         for fan_out in (0, CHILDREN):
             rounds_in = sorted(in_process(tmp / f"inproc{fan_out}-{n}", args.results, fan_out)
                                for n in range(ROUNDS))
