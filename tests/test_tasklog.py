@@ -4,14 +4,17 @@ came, capped with the head and the tail kept and a line saying how much was cut;
 
 from __future__ import annotations
 
+import re
 import socket
 import sys
+import threading
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from flowlord.cli import main
+from flowlord.clock import utc_now
 from flowlord.config import Config
 from flowlord.errors import BadRequest
 from flowlord.model import Done, StoredTask, Task
@@ -20,7 +23,7 @@ from flowlord.tasklog import TaskLog, log_path, read_log
 from flowlord.web.answers import PlainText, response
 from flowlord.web.api import Api
 from flowlord.workers import Run
-from tests.helpers import daemon, messages_until, run_cli, worker_table
+from tests.helpers import daemon, messages_until, query, run_cli, wait_for, worker_table
 
 
 def test_a_log_over_its_cap_keeps_the_head_and_the_tail_and_says_what_was_cut(
@@ -129,3 +132,113 @@ def test_a_log_that_cannot_be_written_is_given_up_not_the_task(tmp_path: Path) -
     done = run(tmp_path, "import sys\nprint('out')\nprint('err', file=sys.stderr)\n"
                          "sys.exit(4)")
     assert (done.result, done.msg) == ("error", "exit status 4: err")
+
+
+def test_binary_and_invalid_utf8_output_and_very_long_lines_are_kept_byte_for_byte(
+        tmp_path: Path) -> None:
+    script = ("import sys\nout = sys.stdout.buffer\nout.write(bytes(range(256)))\n"
+              "out.write(b'\\xff\\xfe broken \\xc3\\x28 utf-8\\n')\n"
+              "out.write(b'y' * 5_000_000)\nout.flush()\n"
+              "sys.stderr.buffer.write(b'bad \\xff tail')\n")
+    done = run(tmp_path, script)
+    data = read_log(str(tmp_path / "logs"), 1) or b""
+    broken = b"\xff\xfe broken \xc3\x28 utf-8\n"
+    assert data[:256] == bytes(range(256))
+    assert data[256:256 + len(broken)] == broken
+    start = 256 + len(broken)
+    assert data[start:start + 5_000_000] == b"y" * 5_000_000  # one line of 5 MB, not cut
+    assert data.endswith(b"bad \xff tail")
+    assert done.result == "complete" and done.msg == ""  # msg is for failures only
+    failed = run(tmp_path / "again", "import sys\nsys.stderr.buffer.write(b'\\xff no')\n"
+                                     "sys.exit(1)")
+    assert failed.msg == "exit status 1: \ufffd no"  # text, with a stand-in for the bad byte
+
+
+def run_in_thread(tmp_path: Path, argv: list[str]) -> tuple[list[Done], threading.Thread]:
+    results: list[Done] = []
+    task = Run(StoredTask(1, Task(type="t", id="x")), argv, timedelta(seconds=60),
+               results.append, log_dir=str(tmp_path / "logs"))
+    thread = threading.Thread(target=task.run, daemon=True)
+    thread.start()
+    return results, thread
+
+
+def test_a_task_that_closes_its_output_early_ends_when_its_process_exits(
+        tmp_path: Path) -> None:
+    marker = tmp_path / "still-running"
+    results, thread = run_in_thread(tmp_path, ["sh", "-c", (
+        f"echo before; echo err-before >&2; exec >&- 2>&-; touch {marker}; sleep 1; "
+        "exit 5")])
+    wait_for(marker.exists, 20)
+    assert not results  # its pipes are closed, its process still runs: not ended
+    thread.join(30)
+    assert [(d.result, d.msg) for d in results] == [("error", "exit status 5: err-before")]
+    assert read_log(str(tmp_path / "logs"), 1) == b"before\nerr-before\n"
+
+
+def test_a_grandchild_holding_the_pipes_open_does_not_hold_the_task(tmp_path: Path) -> None:
+    # one grandchild in the task's group, one escaped from it with setsid: both keep
+    # the pipes open after the task's own process exited
+    results, thread = run_in_thread(tmp_path, ["sh", "-c", (
+        "(sleep 120; echo never) & setsid sh -c 'sleep 120; echo never' & echo done-here")])
+    thread.join(60)
+    assert not thread.is_alive()
+    assert [d.result for d in results] == ["complete"]
+    assert read_log(str(tmp_path / "logs"), 1) == b"done-here\n"
+
+
+def _peak_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+def _lateness(db: Path, after: str, before: str) -> list[float]:
+    """Seconds from each `tick` slot in (after, before] to the commit of its fire."""
+    return [float(str(late)) for late, in query(
+        db, "SELECT (julianday(fired_at) - julianday(scheduled_for)) * 86400 FROM fires "
+            "WHERE phase = 'tick' AND scheduled_for > ? AND scheduled_for <= ?",
+        (after, before))]
+
+
+@pytest.mark.slow
+def test_four_tasks_printing_50_mb_each_as_fast_as_they_can_change_nothing_else(
+        tmp_path: Path, wf: Path, notify_socket: socket.socket) -> None:
+    """Their logs are capped with head and tail, the daemon's memory stays bounded, and
+    a phase firing every second fires as punctually as it did before they ran."""
+    (wf / "a.toml").write_text('[[phase]]\ntask = "tick"\nrule = "cron=* * * * * *"\n\n'
+                               '[[phase]]\ntask = "noisy"\n')
+    db, cap = tmp_path / "f.db", 1024 * 1024
+    flood = "head -c 50000000 /dev/zero | tr '\\\\0' x; echo; echo last-line"
+    config = tmp_path / "flowlord.toml"
+    config.write_text(f'timezone = "UTC"\n[logs]\nmax_bytes = {cap}\n\n'
+                      + worker_table("tick", "true")
+                      + worker_table("noisy", "sh", "-c", flood, concurrency=4))
+    common = ["-c", str(config), "-w", str(wf), "--db", str(db)]
+    with daemon(tmp_path, wf, db, args=["-c", str(config)]) as proc:
+        messages_until(notify_socket, "READY=1")
+        quiet_from = utc_now()
+        wait_for(lambda: len(_lateness(db, quiet_from, "9999")) >= 8, 60)
+        quiet_to, quiet_rss = utc_now(), _peak_rss_kib(proc.pid)
+        for hour in range(4):
+            assert run_cli(*common, "trigger", "noisy", "--time",
+                           f"2026-12-01T{hour:02d}:00:00Z").returncode == 0
+        wait_for(lambda: query(db, "SELECT count(*) FROM tasks WHERE type = 'noisy' AND "
+                                   "result = 'complete'") == [(4,)], 120)
+        noisy_to = utc_now()
+        wait_for(lambda: len(_lateness(db, noisy_to, "9999")) >= 2, 60)  # fires go on
+        noisy_rss = _peak_rss_kib(proc.pid)
+    quiet, noisy = _lateness(db, quiet_from, quiet_to), _lateness(db, quiet_to, noisy_to)
+    assert quiet and noisy
+    assert max(noisy) < max(quiet) + 1.0, (quiet, noisy)  # within its usual range
+    assert noisy_rss - quiet_rss < 64 * 1024, (quiet_rss, noisy_rss)  # 200 MB went by
+    numbers = [n for n, in query(db, "SELECT task_no FROM tasks WHERE type = 'noisy'")]
+    for n in numbers:
+        log = read_log(str(tmp_path / "logs"), int(str(n))) or b""
+        assert cap <= len(log) < cap + 200
+        assert log.startswith(b"x" * (cap // 2))
+        assert log.endswith(b"x\nlast-line\n")
+        said = re.search(rb"\n\[flowlord: ([0-9]+) bytes of output cut here[^\n]*\n", log)
+        assert said is not None  # the cut, and the head and tail around it, add up
+        assert int(said[1]) + len(log) - len(said[0]) == 50_000_000 + len("\nlast-line\n")
