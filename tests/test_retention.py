@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from flowlord import logs
 from flowlord.model import Fire, Task
@@ -41,3 +42,18 @@ def test_old_history_goes_in_batches_a_few_per_turn_then_daily(store: Store) -> 
     fill(store, 2, "2026-01-02T00:00:00Z")
     retention.tick(store, NOW, retention.next_run - 1)  # daily, not before
     assert table_count(store, "tasks") == 5
+
+
+def test_a_task_log_goes_with_its_task(store: Store, tmp_path: Path) -> None:
+    fill(store, 3, "2026-01-01T00:00:00Z")  # old: they go
+    fill(store, 2, "2026-11-20T00:00:00Z")  # recent: they stay
+    logs_dir = tmp_path / "logs"
+    logs_dir.mkdir()
+    numbers = [n for n, in store.conn.execute("SELECT task_no FROM tasks")]
+    for n in numbers:
+        (logs_dir / f"{n}.log").write_bytes(b"said something\n")
+    retention = Retention(timedelta(days=90), logs.get("test"), 0.0, str(logs_dir))
+    retention.tick(store, NOW, FIRST_AFTER)
+    kept = {n for n, in store.conn.execute("SELECT task_no FROM tasks")}
+    assert len(kept) == 2
+    assert {int(p.stem) for p in logs_dir.iterdir()} == kept  # no orphan, none missing
