@@ -10,7 +10,9 @@ One run, in a temporary directory removed at the end:
 2. the daemon starts with `[http] listen` and 20 phases firing every second;
 3. latency, p50 and p99 over sequential requests, of the overview page, the phases API
    (first page), two filtered task queries (a topic's errors, a topic that never ran),
-   and /metrics, each beside the same answer computed in this process without HTTP
+   /api/stats (30 days of history), a phase's page with its charts (its recent runs
+   and tasks per hour), the timeline of the last 6 hours (holding 20,000 runs of
+   their own), and /metrics, each beside the same answer computed in this process without HTTP
    (the floor); then, with no target, one child phase ("why didn't it run?") and a
    filter by a job that never ran, the slow cases;
 4. latency of actions from request to outcome through the daemon's loop: a rerun of a
@@ -83,8 +85,29 @@ def build(tmp: Path, phases: int, tasks: int) -> tuple[Path, Path]:
     print(f"loaded {phases:,} phases in {time.monotonic() - started:.1f} s")
     started = time.monotonic()
     write_history(db, tasks, phases // PHASES_PER_FILE)
-    print(f"wrote {tasks:,} task rows in {time.monotonic() - started:.1f} s")
+    write_busy_window(db, BUSY_RUNS)
+    print(f"wrote {tasks:,} task rows and {BUSY_RUNS:,} runs in the 6 hours before now "
+          f"in {time.monotonic() - started:.1f} s")
     return wf, db
+
+
+def write_busy_window(db: Path, runs: int) -> None:
+    """`runs` runs of 1 s to 10 min over the 6 hours before now, of every topic (the
+    timeline's busy window): the history's own runs there are a few thousand."""
+    rng = random.Random(2)
+    store = Store(str(db))
+    end = datetime.now(UTC)
+    fmt = "%Y-%m-%dT%H:%M:%SZ"
+    with write_txn(store.conn):
+        store.conn.executemany(
+            "INSERT INTO tasks (id, type, job, info, created, started, ended, result, msg) "
+            "VALUES (?, ?, 'busy', '', ?, ?, ?, ?, '')",
+            [(str(uuid.uuid4()), TOPICS[n % 20], at.strftime(fmt), at.strftime(fmt),
+              min(at + timedelta(seconds=rng.uniform(1, 600)), end).strftime(fmt),
+              "error" if rng.random() < 0.05 else "complete")
+             for n in range(runs)
+             for at in [end - timedelta(hours=6) + timedelta(hours=6) * n / runs]])
+    store.close()
 
 
 def write_history(db: Path, tasks: int, files: int) -> None:
@@ -136,8 +159,12 @@ def get(url: str) -> float:
     return time.perf_counter() - started
 
 
+BUSY_RUNS = 20_000  # runs in the 6 hours before now: the timeline's window
 ENDPOINTS = {
     "overview page": "/",
+    "/api/stats": "/api/stats",
+    "phase page with its charts": "/phases/d0/w7.toml/topic7:w7",
+    "timeline, 6 h, 20,000 runs": "/timeline?hours=6",
     "phases API, first page": "/api/phases",
     "tasks API, topic7 errors": "/api/tasks?type=topic7&result=error",
     "tasks API, a topic never run": "/api/tasks?type=ghost",
@@ -190,7 +217,8 @@ def floor(db: Path) -> dict[str, float]:
     figures = {}
     for name, url in {**ENDPOINTS, **SLOW}.items():
         path, _, text = url.partition("?")
-        answer = dashboard.answer if path == "/" else api.answer
+        answer = api.answer if path.startswith("/api/") or path == "/metrics" else \
+            dashboard.answer
         times = []
         for _ in range(20):
             started = time.perf_counter()

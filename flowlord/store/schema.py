@@ -371,6 +371,12 @@ MIGRATIONS: tuple[str, ...] = (
            max(CASE WHEN wait_rank = (n * 95 + 99) / 100 THEN wait_seconds END) AS wait_p95
       FROM recent GROUP BY type ORDER BY type;
     """,
+    # 14: the dashboard's timeline reads the runs of a window (flowlord/store/history.py)
+    # by when they started. Partial: a task is written into it once, when it is claimed,
+    # never when it is inserted (it has not started then), as with tasks_running.
+    """
+    CREATE INDEX tasks_by_start ON tasks (started) WHERE started IS NOT NULL;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -22,7 +22,7 @@ from flowlord.clock import rfc3339_ms
 from flowlord.config import Config
 from flowlord.errors import BadRequest
 from flowlord.metrics import DatabaseState
-from flowlord.store import Store, reads
+from flowlord.store import Store, history, reads
 from flowlord.store.reads import STATS_DAYS
 from flowlord.tasklog import read_log
 from flowlord.web import params
@@ -63,7 +63,7 @@ class Api:
             "/api/status": self.status, "/api/files": self.files, "/api/phases": self.phases,
             "/api/graph": self.graph, "/api/tasks": self.tasks, "/api/alerts": self.alerts,
             "/api/actions": self.actions_done, "/api/pauses": self.pauses,
-            "/api/stats": self.stats}
+            "/api/stats": self.stats, "/api/arrivals": self.arrivals}
         store = Store(self.db, readonly=True)
         try:
             if path in routes:
@@ -160,6 +160,11 @@ class Api:
         """The audit trail, newest first."""
         return reads.actions(store, before=params.integer(query, "before", None),
                              limit=params.limit(query))
+
+    def arrivals(self, store: Store, query: dict[str, list[str]]) -> list[dict[str, Any]]:
+        """Files that arrived for `files=` phases, newest first, each with its tasks."""
+        return history.arrivals(store, before=params.integer(query, "before", None),
+                                limit=params.limit(query))
 
     def alerts(self, store: Store, query: dict[str, list[str]]) -> list[dict[str, Any]]:
         return reads.alerts(store, before=params.integer(query, "before", None),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 from importlib import resources
 from itertools import groupby
@@ -21,17 +21,23 @@ from urllib.parse import quote, unquote, urlencode
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
-from flowlord.clock import parse_iso
+from flowlord.clock import parse_iso, rfc3339
 from flowlord.config import Config
 from flowlord.durations import format_seconds
 from flowlord.errors import BadRequest
-from flowlord.store import Store, reads
-from flowlord.web import params
+from flowlord.operations import in_zone
+from flowlord.store import Store, history, reads
+from flowlord.web import charts, params
 from flowlord.web.answers import CONTENT_SECURITY_POLICY as CONTENT_SECURITY_POLICY
 from flowlord.web.answers import Asset, Page
 from flowlord.web.drawing import lay_out
 from flowlord.web.sessions import Session
 
+RECENT_RUNS = 100  # a phase's newest runs drawn on its page,
+RUNS_OVER = timedelta(days=30)  # among those created in this time
+HOURLY_HOURS = 7 * 24  # its tasks per hour over the last days
+TIMELINE_HOURS = 6  # the timeline's window unless ?hours=
+TIMELINE_MAX_HOURS = 7 * 24
 GRAPH_NODES_AT_ONCE = 400  # more phases than this: the graph page asks for one file
 GRAPH_NODES_OF_A_FILE = 2000  # more than this in one file: not drawn (a page of megabytes)
 STYLESHEET = resources.files("flowlord.web").joinpath("pages", "style.css").read_bytes()
@@ -113,7 +119,8 @@ class Dashboard:
         pages: dict[str, Callable[[Store, dict[str, list[str]]], Page]] = {
             "/": self.overview, "/files": self.files, "/phases": self.phases,
             "/graph": self.graph, "/tasks": self.tasks, "/alerts": self.alerts,
-            "/actions": self.actions}
+            "/actions": self.actions, "/timeline": self.timeline,
+            "/arrivals": self.arrivals}
         store = Store(self.api.db, readonly=True)
         try:
             if path in pages:
@@ -180,7 +187,17 @@ class Dashboard:
         found = reads.phase(store, file, task)
         if found is None:
             raise BadRequest(HTTPStatus.NOT_FOUND, f"no phase {task} in {file}")
-        return self.render("phase.html", "phases", phase=found)
+        now = datetime.now(UTC).replace(microsecond=0)
+        runs = history.recent_runs(store, file, task, rfc3339(now - RUNS_OVER), rfc3339(now),
+                                   RECENT_RUNS)
+        first_hour = now.replace(minute=0, second=0) - timedelta(hours=HOURLY_HOURS - 1)
+        hourly = history.hourly_counts(store, file, task, rfc3339(first_hour))
+        return self.render("phase.html", "phases", phase=found,
+                           refused=reads.file_status(store, file) or "",
+                           runs=charts.runs_chart(runs, task),
+                           hourly=charts.hourly_chart(hourly, first_hour, HOURLY_HOURS, file),
+                           runs_days=RUNS_OVER.days, hourly_days=HOURLY_HOURS // 24,
+                           timeline=charts.timeline_href(now, TIMELINE_HOURS, file))
 
     def graph(self, store: Store, query: dict[str, list[str]]) -> Page:
         file = params.one(query, "file")
@@ -229,6 +246,58 @@ class Dashboard:
         before, limit = params.integer(query, "before", None), params.limit(query)
         return self.render("actions.html", "actions", limit=limit,
                             actions=reads.actions(store, before=before, limit=limit))
+
+    def timeline(self, store: Store, query: dict[str, list[str]]) -> Page:
+        """What ran when: ?hours= (1 to 168, default 6) up to ?end= (an ISO time, default
+        now), every topic or, with ?file=, that file's phases."""
+        hours = params.integer(query, "hours", TIMELINE_HOURS)
+        assert hours is not None
+        if not 1 <= hours <= TIMELINE_MAX_HOURS:
+            raise BadRequest(HTTPStatus.BAD_REQUEST,
+                             f"hours must be from 1 to {TIMELINE_MAX_HOURS}")
+        file, text = params.one(query, "file"), params.one(query, "end")
+        if file is not None:
+            self._file_status(store, file)  # 404 for no such file
+        now = datetime.now(UTC).replace(microsecond=0)
+        try:
+            end = (in_zone(parse_iso(text), self.api.config.zone()) if text is not None
+                   else now)
+            start = end - timedelta(hours=hours)
+        except (ValueError, OverflowError):
+            raise BadRequest(HTTPStatus.BAD_REQUEST, "end is not an ISO 8601 time") from None
+        drawn = _timeline(store, start, end, now, file)
+        return self.render("timeline.html", "timeline", chart=drawn, hours=hours, file=file,
+                           start=rfc3339(start), end=rfc3339(end), end_text=text or "",
+                           longest=history.LONGEST_RUN_HOURS, files=reads.file_paths(store),
+                           earlier=charts.timeline_href(start, hours, file),
+                           later=(charts.timeline_href(min(end + timedelta(hours=hours), now),
+                                                       hours, file) if end < now else ""))
+
+    def arrivals(self, store: Store, query: dict[str, list[str]]) -> Page:
+        before, limit = params.integer(query, "before", None), params.limit(query)
+        return self.render("arrivals.html", "arrivals", limit=limit,
+                           arrivals=history.arrivals(store, before=before, limit=limit))
+
+
+def _timeline(store: Store, start: datetime, end: datetime, now: datetime, file: str | None
+              ) -> charts.Timeline:
+    """The timeline of [start, end): how much to merge chosen from the window's shape,
+    then its bars and fire marks read at that grain (flowlord/web/charts.py)."""
+    first, last, at = rfc3339(start), rfc3339(end), rfc3339(now)
+    earliest = rfc3339(start - timedelta(hours=history.LONGEST_RUN_HOURS))
+    seconds = (end - start).total_seconds()
+    per_px = seconds / charts.timeline_width()
+    runs, lanes, wide = history.window_shape(
+        store, first, last, at, earliest, file,
+        [per_px * 2 ** k for k in range(charts.MERGE_STEPS)])
+    merged_px = charts.merge_width(runs, lanes, wide)
+    rows = history.window_runs(store, first, last, at, earliest, file, merged_px * per_px)
+    return charts.timeline(
+        rows, history.window_fires(store, first, last, file, per_px),
+        start=start, seconds=seconds, now=now,
+        details=lambda task_nos: history.run_details(store, task_nos),
+        lanes=history.lanes_of_file(store, file) if file is not None else None,
+        file=file, merged_px=merged_px)
 
 
 def _paused_among(store: Store, phases: list[tuple[str, str, str]]

@@ -1,0 +1,211 @@
+"""The SQL of the dashboard's pictures of time: a phase's recent runs and hourly counts,
+the runs of a window (the timeline), and the files that arrived (README.md, HTTP API
+and dashboard). Functions of a Store (a read-only one will do) returning plain rows;
+`flowlord.web.charts` draws them.
+
+Every query is steered to an index, as `flowlord.store.reads` steers its listings:
+
+- a phase's tasks through its topic's (`tasks_by_type`, type then task_no), from the
+  first task created since the chart's start: `first_task_since` finds it by bisecting
+  the task numbers, which grow with `created` (a task's number is given when its row is
+  written, at the time it records in `created`);
+- the runs of a window through `tasks_by_start` (migration 13, `started`), from
+  `LONGEST_RUN` before the window's start, and the runs still going through
+  `tasks_running`;
+- arrived files by their number, their tasks through `tasks_by_file`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+from flowlord.store import Store
+
+# A run that began this long before a window and ended inside it is drawn in it; one
+# that ran longer and has ended is not (a worker's timeout is 1 h unless configured).
+LONGEST_RUN_HOURS = 6
+_CHUNK = 500  # task numbers per IN (...): well under SQLite's limit of variables
+
+
+class Run(NamedTuple):
+    """A task of a phase, for its chart: times as stored, `seconds` its run time (to
+    `now` while it runs; None when it has not started)."""
+
+    task_no: int
+    id: str
+    job: str
+    created: str
+    started: str | None
+    ended: str | None
+    result: str | None
+    seconds: float | None
+
+
+# A bar of the timeline: (task_no, row, start, end, result, runs, complete, warn, alert,
+# error, running). Its row is a topic, or a phase of a file; start and end are seconds
+# from the window's start (a run still going ends `now`). One run (runs = 1: its
+# task_no and result), or the runs of a row shorter than the grain that start in one
+# slot of it (task_no the largest, result None), counted by state.
+WindowRun = tuple[int, str, float, float, str | None, int, int, int, int, int, int]
+STATE_COLUMNS = ("complete", "warn", "alert", "error", "running")
+
+
+def first_task_since(store: Store, since: str) -> int:
+    """The smallest task number created at `since` or later (one past the largest when
+    none was): a bisection over the task numbers, one primary-key lookup per step."""
+    (least, most), = store.conn.execute("SELECT min(task_no), max(task_no) FROM tasks")
+    if least is None:
+        return 0
+    low, high = int(least), int(most) + 1
+    while low < high:
+        middle = (low + high) // 2
+        (number, created), = store.conn.execute(
+            "SELECT task_no, created FROM tasks WHERE task_no >= ? ORDER BY task_no LIMIT 1",
+            (middle,))
+        if created >= since:
+            high = middle
+        else:
+            low = int(number) + 1
+    return low
+
+
+def recent_runs(store: Store, file: str, task: str, since: str, now: str, limit: int
+                ) -> list[Run]:
+    """The phase's newest `limit` tasks created since `since` that started, newest
+    first."""
+    first = first_task_since(store, since)
+    return [Run(*r) for r in store.conn.execute(
+        "SELECT task_no, id, job, created, started, ended, result, "
+        "(julianday(coalesce(ended, ?)) - julianday(started)) * 86400 FROM tasks "
+        "WHERE type = ? AND task_no >= ? AND file_path = ? AND phase = ? "
+        "AND started IS NOT NULL ORDER BY task_no DESC LIMIT ?",
+        (now, task.partition(":")[0], first, file, task, limit))]
+
+
+def hourly_counts(store: Store, file: str, task: str, since: str
+                  ) -> list[tuple[str, str, int]]:
+    """(hour 'YYYY-MM-DDTHH', state, tasks) of the phase's tasks created since `since`,
+    by the hour they were created; the state is the result, or 'running', 'waiting'."""
+    first = first_task_since(store, since)
+    return [(hour, state, int(n)) for hour, state, n in store.conn.execute(
+        "SELECT substr(created, 1, 13), coalesce(result, CASE WHEN started IS NULL "
+        "THEN 'waiting' ELSE 'running' END), count(*) FROM tasks "
+        "WHERE type = ? AND task_no >= ? AND file_path = ? AND phase = ? AND created >= ? "
+        "GROUP BY 1, 2 ORDER BY 1", (task.partition(":")[0], first, file, task, since))]
+
+
+def _window(lane: str, file: str | None) -> str:
+    """The runs that overlap [start, end) as a CTE `w` (lane, b, e: seconds from the
+    start, clipped to the window; task_no, result): begun before :end, at :earliest or
+    later (`LONGEST_RUN_HOURS` before the start) and ended at :start or later, through
+    tasks_by_start; or still running, through tasks_running."""
+    of_file = "" if file is None else "AND file_path = :file "
+    columns = (f"SELECT task_no, {lane} AS lane, result, "
+               "max((julianday(started) - :day) * 86400, 0) AS b, "
+               "min((julianday(coalesce(ended, :now)) - :day) * 86400, :span) AS e FROM tasks ")
+    return ("WITH w AS MATERIALIZED (" + columns + "INDEXED BY tasks_by_start "
+            "WHERE started IS NOT NULL AND started >= :earliest AND started < :end "
+            "AND ended >= :start " + of_file
+            + "UNION ALL " + columns + "INDEXED BY tasks_running WHERE started IS NOT NULL "
+            "AND ended IS NULL AND started < :end " + of_file + ") ")
+
+
+def _names(store: Store, start: str, end: str, now: str, earliest: str, file: str | None,
+           **more: object) -> dict[str, object]:
+    (day, span), = store.conn.execute(
+        "SELECT julianday(?), (julianday(?) - julianday(?)) * 86400", (start, end, start))
+    return {"start": start, "end": end, "now": now, "earliest": earliest, "file": file,
+            "day": day, "span": span, **more}
+
+
+def window_shape(store: Store, start: str, end: str, now: str, earliest: str,
+                 file: str | None, widths: list[float]) -> tuple[int, int, list[int]]:
+    """(runs, rows, [runs at least w seconds long within the window, for each w]) of
+    the window: what choosing how much to merge needs."""
+    lane = "type" if file is None else "phase"
+    wide = "".join(f", coalesce(sum(e - b >= :w{i}), 0)" for i in range(len(widths)))
+    row, = store.conn.execute(
+        _window(lane, file) + f"SELECT count(*), count(DISTINCT lane){wide} FROM w",
+        _names(store, start, end, now, earliest, file,
+               **{f"w{i}": w for i, w in enumerate(widths)}))
+    return int(row[0]), int(row[1]), [int(n) for n in row[2:]]
+
+
+def window_runs(store: Store, start: str, end: str, now: str, earliest: str,
+                file: str | None = None, grain: float = 0.0
+                ) -> list[WindowRun]:
+    """The bars of the window's runs (see `_window`): each run alone when it
+    is at least `grain` seconds long within it; the shorter ones grouped by row and
+    slot of `grain` seconds (of their starts). One pass: a run alone is a group of its
+    own. Without `file`, a run's row is its topic; with it, only that file's runs, by
+    phase."""
+    lane = "type" if file is None else "phase"
+    sums = ", ".join(f"sum(result = '{s}')" if s != "running" else "sum(result IS NULL)"
+                     for s in STATE_COLUMNS)
+    return list(store.conn.execute(
+        _window(lane, file) + f"SELECT max(task_no), lane, min(b), max(e), max(result), "
+        f"count(*), {sums} FROM w GROUP BY lane, CASE WHEN e - b >= :grain THEN -task_no "
+        "ELSE CAST(b / :grain AS INTEGER) END",
+        _names(store, start, end, now, earliest, file, grain=grain)))
+
+
+def window_fires(store: Store, start: str, end: str, file: str | None, per_mark: float
+                 ) -> list[tuple[str, int]]:
+    """(row, slot) of the fires in [start, end): when their tasks were created, in slots
+    of `per_mark` seconds from `start` (one mark for each slot of a row)."""
+    lane = "type" if file is None else "phase"
+    of_file = "" if file is None else "AND file_path = :file "
+    fired = "AND scheduled_for IS NOT NULL AND parent_no IS NULL AND created >= :start "
+    return [(row, int(at)) for row, at in store.conn.execute(
+        f"SELECT DISTINCT {lane}, CAST((julianday(created) - julianday(:start)) * 86400 "
+        "/ :per AS INTEGER) FROM tasks INDEXED BY tasks_by_start WHERE started IS NOT NULL "
+        "AND started >= :start AND started < :end " + fired + of_file + "UNION "
+        f"SELECT {lane}, CAST((julianday(created) - julianday(:start)) * 86400 / :per AS "
+        "INTEGER) FROM tasks INDEXED BY tasks_unfinished WHERE ended IS NULL "
+        "AND created < :end " + fired + of_file,
+        {"start": start, "end": end, "file": file, "per": per_mark})]
+
+
+def run_details(store: Store, task_nos: Sequence[int]) -> dict[int, dict[str, Any]]:
+    """task_no → what a bar's tooltip and link say of it."""
+    found: dict[int, dict[str, Any]] = {}
+    for i in range(0, len(task_nos), _CHUNK):
+        chunk = list(task_nos[i:i + _CHUNK])
+        for row in store.conn.execute(
+                "SELECT task_no, id, type, job, started, ended, result, file_path, phase "
+                f"FROM tasks WHERE task_no IN ({','.join('?' * len(chunk))})", chunk):
+            found[row[0]] = dict(zip(("task_no", "id", "type", "job", "started", "ended",
+                                      "result", "file", "phase"), row, strict=True))
+    return found
+
+
+def lanes_of_file(store: Store, file: str) -> list[str]:
+    """The phases of a file, in file order: the rows of its timeline."""
+    return [task for task, in store.conn.execute(
+        "SELECT task FROM workflow_phases WHERE file_path = ? ORDER BY position", (file,))]
+
+
+ARRIVAL_KEYS = ("file_no", "path", "received", "source")
+ARRIVAL_TASK_KEYS = ("task_no", "id", "type", "job", "file", "phase", "created", "result")
+
+
+def arrivals(store: Store, *, before: int | None = None, limit: int = 100
+             ) -> list[dict[str, Any]]:
+    """Files that arrived, newest first (`before` a file_no), each with the tasks it
+    started (`tasks`, oldest first; none when no phase matched it)."""
+    found = [dict(zip(ARRIVAL_KEYS, r, strict=True)) for r in store.conn.execute(
+        "SELECT file_no, path, received, source FROM file_messages WHERE file_no < ? "
+        "ORDER BY file_no DESC LIMIT ?", (before if before is not None else 2**62, limit))]
+    by_no: dict[int, list[dict[str, Any]]] = {a["file_no"]: [] for a in found}
+    numbers = list(by_no)
+    for i in range(0, len(numbers), _CHUNK):
+        chunk = numbers[i:i + _CHUNK]
+        for row in store.conn.execute(
+                "SELECT file_no, task_no, id, type, job, file_path, phase, created, result "
+                f"FROM tasks WHERE file_no IN ({','.join('?' * len(chunk))}) "
+                "ORDER BY task_no", chunk):
+            by_no[row[0]].append(dict(zip(ARRIVAL_TASK_KEYS, row[1:], strict=True)))
+    for a in found:
+        a["tasks"] = by_no[a["file_no"]]
+    return found

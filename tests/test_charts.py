@@ -1,0 +1,337 @@
+"""The dashboard's pictures of time (flowlord/web/charts.py, flowlord/store/history.py):
+the layout as numbers (scales, the p50 and p95 lines, merged bars, the window's edges),
+the pages in-process (escaping, counts), and in a real browser with 0, 1 and 10,000
+runs. Screenshots go to build/screenshots."""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flowlord.clock import rfc3339
+from flowlord.config import Config
+from flowlord.loader import Loader
+from flowlord.store import Store, history, write_txn
+from flowlord.web import charts
+from flowlord.web.api import Api
+from flowlord.web.dashboard import Dashboard, _timeline
+from tests.browser import Browser
+from tests.helpers import answers, daemon, free_port, wait_for
+
+HOSTILE = "<script>alert(1)</script>"
+START = datetime(2026, 1, 1, 0, 0, tzinfo=UTC)
+
+
+def run(task_no: int, seconds: float | None, result: str | None = "complete"
+        ) -> history.Run:
+    started = START + timedelta(minutes=task_no)
+    ended = None if result is None else rfc3339(started + timedelta(seconds=seconds or 0))
+    return history.Run(task_no, f"id{task_no}", "", rfc3339(started), rfc3339(started),
+                       ended, result, seconds)
+
+
+def bar_rows(rows: list[tuple[int, str, float, float, str | None]]) -> list[Any]:
+    """Window rows of single runs: (task_no, lane, start s, end s, result)."""
+    return [(n, lane, b, e, r, 1, *(int(r == s or (s == "running" and r is None))
+                                    for s in history.STATE_COLUMNS))
+            for n, lane, b, e, r in rows]
+
+
+def details(task_nos: list[int]) -> dict[int, dict[str, Any]]:
+    return {n: {"id": f"id<{n}>", "type": HOSTILE, "job": "j", "started": "s",
+                "ended": "e", "result": "complete"} for n in task_nos}
+
+
+# --- layout ---------------------------------------------------------------------------
+
+
+def test_value_axis_ends_on_a_whole_step_at_or_above_the_top() -> None:
+    end, ticks = charts.value_axis(95, 100, ticks=4)
+    assert end == 100 and [t.label for t in ticks] == ["0", "50", "100"]
+    assert ticks[0].at == 100 and ticks[-1].at == 0  # 0 at the bottom
+    end, ticks = charts.value_axis(130, 100, steps=charts.DURATION_STEPS,
+                                   label=charts.duration)
+    assert end == 180 and ticks[-1].label == "3 min"
+    assert charts.nice_step(7, 4) == 2 and charts.nice_step(0.03, 3) == 0.01
+
+
+def test_durations_read_as_a_person_says_them() -> None:
+    assert [charts.duration(s) for s in (0.42, 42, 185, 7800)] == [
+        "0.4 s", "42 s", "3 min 5 s", "2 h 10 min"]
+
+
+def test_runs_chart_heights_follow_run_times_with_p50_and_p95_lines() -> None:
+    runs = [run(n, float(n), "error" if n == 20 else "complete") for n in range(20, 0, -1)]
+    chart = charts.runs_chart(runs, "extract")
+    assert len(chart.bars) == 20
+    assert [b.title.split()[2] for b in chart.bars[:3]] == ["1", "2", "3"]  # oldest left
+    heights = [b.height for b in chart.bars]
+    assert heights == sorted(heights) and heights[-1] / heights[9] == pytest.approx(2, 0.01)
+    assert all(b.y + b.height == pytest.approx(chart.plot_height) for b in chart.bars)
+    p50, p95 = chart.rules
+    assert (p50.label, p95.label) == ("p50 10 s", "p95 19 s")
+    assert p50.y == pytest.approx(chart.plot_height - chart.plot_height * 10 / 20)
+    assert chart.bars[-1].state == "error" and chart.counts == {"complete": 19, "error": 1}
+    assert chart.bars[0].href == "/tasks/id1"
+
+
+def test_a_running_run_is_drawn_but_not_counted_in_the_percentiles() -> None:
+    chart = charts.runs_chart([run(2, 300.0, None), run(1, 10.0)], "extract")
+    assert [b.state for b in chart.bars] == ["complete", "running"]
+    assert [r.label for r in chart.rules] == ["p50 10 s", "p95 10 s"]
+    assert "running" in chart.bars[1].title
+
+
+def test_no_runs_no_bars_and_no_lines() -> None:
+    chart = charts.runs_chart([], "extract")
+    assert chart.bars == [] and chart.rules == [] and chart.y_ticks
+
+
+def test_hourly_chart_stacks_states_and_links_each_hour_to_its_timeline() -> None:
+    counts = [("2026-01-01T02", "complete", 6), ("2026-01-01T02", "error", 2),
+              ("2026-01-01T05", "running", 1)]
+    chart = charts.hourly_chart(counts, START, 24, "a <b>.toml")
+    assert [(b.state, b.x) for b in chart.bars] == [
+        ("complete", chart.bars[0].x), ("error", chart.bars[0].x), ("running", chart.bars[2].x)]
+    complete, error, _ = chart.bars
+    assert complete.y == pytest.approx(error.y + error.height)  # error on top
+    assert complete.height == pytest.approx(3 * error.height)
+    assert error.href == "/timeline?hours=1&end=2026-01-01T03%3A00%3A00Z&file=a+%3Cb%3E.toml"
+    assert chart.counts == {"complete": 6, "error": 2, "running": 1}
+
+
+def test_time_ticks_fall_on_whole_steps_with_the_date_at_midnight() -> None:
+    ticks = charts.time_ticks(START - timedelta(hours=3, minutes=7), 6 * 3600, 600)
+    assert [t.label for t in ticks] == ["Dec 31 21:00", "22:00", "23:00", "Jan 01 00:00",
+                                        "01:00", "02:00"]
+    assert ticks[1].at - ticks[0].at == pytest.approx(100)
+
+
+def test_timeline_bars_go_from_start_to_end_cut_at_the_window_edges() -> None:
+    rows = bar_rows([(1, "load", -600.0, 1800.0, "complete"),  # began before the window
+                     (2, "extract", 3600.0, 3600.0 * 7, None),  # runs past its end
+                     (3, "extract", 7200.0, 10800.0, "error")])
+    t = charts.timeline(rows, [("extract", 10)], start=START, seconds=6 * 3600,
+                        now=START + timedelta(hours=7), details=details)
+    assert [lane.name for lane in t.lanes] == ["extract", "load"]
+    by_no = {b.href: b for b in t.bars}
+    first = by_no["/tasks/id%3C1%3E"]
+    assert first.x == 0 and first.width == pytest.approx(t.plot_width / 12, abs=0.01)
+    running = by_no["/tasks/id%3C2%3E"]
+    assert running.state == "running" and running.x + running.width == pytest.approx(
+        t.plot_width)
+    assert by_no["/tasks/id%3C3%3E"].state == "error"
+    assert t.now_x is None  # now is after the window
+    assert t.lanes[0].fire_count == 1 and t.lanes[0].fires.startswith("M10,")
+    assert t.runs == 3 and t.merged_below == 0
+    assert HOSTILE in by_no["/tasks/id%3C1%3E"].title  # text: the template escapes it
+
+
+def test_timeline_rows_follow_a_files_phases_and_link_to_them() -> None:
+    t = charts.timeline(bar_rows([(1, "gone", 0.0, 60.0, "complete")]), [], start=START,
+                        seconds=3600, now=START, details=details, lanes=["b", "a"],
+                        file="x/f.toml")
+    assert [lane.name for lane in t.lanes] == ["b", "a", "gone"]
+    assert t.lanes[0].href == "/phases/x/f.toml/b" and t.now_x == 0
+
+
+def test_merge_width_is_the_first_at_which_the_bars_surely_fit() -> None:
+    assert charts.merge_width(3000, 10, [3000] * 11) == 0  # all fit: nothing merged
+    w = charts.merge_width(20000, 20, [15000, 9000, 500, 100] + [0] * 7)
+    slots = [20 * (-(-charts.timeline_width() // k) + 1) for k in (4, 8)]
+    assert w == 8 and 100 + slots[1] <= charts.MAX_BARS < 500 + slots[0]
+    assert charts.merge_width(10**6, 100, [10**6] * 11) == 1024  # the widest there is
+
+
+def test_merged_bars_count_their_runs_and_take_the_worst_colour() -> None:
+    group = (9, "extract", 100.0, 130.0, None, 5, 3, 0, 0, 1, 1)  # 3 complete, 1 err, 1 run
+    t = charts.timeline([group, *bar_rows([(4, "extract", 0.0, 1.0, "complete")])], [],
+                        start=START, seconds=3600, now=START, details=details, merged_px=4)
+    merged = next(b for b in t.bars if b.merged > 1)
+    assert merged.merged == 5 and merged.state == "complete failed"  # most, some failed
+    assert "5 runs merged" in merged.title and "1 error, 1 running, 3 complete" in merged.title
+    assert merged.href.startswith("/timeline?hours=1&end=")
+    assert t.runs == 6 and t.counts == {"complete": 4, "error": 1, "running": 1}
+    assert t.merged_seconds == pytest.approx(4 * 3600 / t.plot_width)
+
+
+def test_rows_beyond_the_cap_are_counted_not_drawn() -> None:
+    rows = bar_rows([(n, f"topic{n:04d}", 0.0, 10.0, "complete")
+                     for n in range(charts.MAX_LANES + 5)])
+    t = charts.timeline(rows, [], start=START, seconds=3600, now=START, details=details)
+    assert len(t.lanes) == charts.MAX_LANES and t.hidden_lanes == 5 and t.hidden_runs == 5
+    assert len(t.bars) == charts.MAX_LANES
+
+
+# --- the store and the pages, in-process ------------------------------------------------
+
+
+def seed(tmp_path: Path, runs: int, now: datetime) -> Path:
+    """A file of three phases (one named like a script) and `runs` runs of them over the
+    6 hours before `now`, a fire's task every third; one arrived file."""
+    wf = tmp_path / "workflows"
+    wf.mkdir(exist_ok=True)
+    (wf / "a.toml").write_text(
+        '[[phase]]\ntask = "extract:day"\nrule = "cron=0 * * * *"\n\n'
+        '[[phase]]\ntask = "load"\ndependsOn = "extract"\n\n'
+        f'[[phase]]\ntask = "{HOSTILE}"\nrule = "cron=5 * * * *"\n')
+    db = tmp_path / "f.db"
+    store = Store(str(db))
+    Loader(str(wf), store).refresh()
+    rng = random.Random(7)
+    with write_txn(store.conn):
+        for i in range(runs):
+            at = now - timedelta(hours=6) + timedelta(seconds=(i + 0.5) * 21600 / runs)
+            phase = ["extract:day", "load", HOSTILE][i % 3]
+            slot = rfc3339(at) if i % 3 != 1 else None
+            if slot:
+                store.conn.execute("INSERT OR IGNORE INTO fires VALUES ('a.toml', ?, ?, ?, "
+                                   "'cron', '')", (phase, slot, rfc3339(at)))
+            result = rng.choice(["complete"] * 8 + ["error", "warn"])
+            store.conn.execute(
+                "INSERT INTO tasks (id, type, job, created, started, ended, result, msg, "
+                "file_path, phase, scheduled_for) VALUES (?, ?, ?, ?, ?, ?, ?, '', 'a.toml', "
+                "?, ?)", (f"id{i}{HOSTILE}", phase.partition(":")[0], phase.partition(":")[2],
+                          rfc3339(at), rfc3339(at),
+                          rfc3339(at + timedelta(seconds=rng.uniform(1, 120))), result, phase,
+                          slot))
+        file_no = store.add_file_message(f"/in/{HOSTILE}.csv", rfc3339(now), "watch")
+        store.conn.execute("UPDATE tasks SET file_no = ? WHERE task_no = (SELECT min(task_no) "
+                           "FROM tasks)", (file_no,))
+    store.close()
+    return db
+
+
+def page(db: Path, path: str, **query: str) -> str:
+    dashboard = Dashboard(Api(Config(db=str(db)), healthy=lambda: True, role=lambda: "leader"))
+    status, body = dashboard.answer(path, {k: [v] for k, v in query.items()})
+    assert int(status) == 200, body
+    return str(body)
+
+
+def svg_bars(html: str) -> list[str]:
+    return re.findall(r'<rect class="bar ([a-z ]+)"', html)
+
+
+def test_first_task_since_bisects_the_task_numbers(tmp_path: Path) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    db = seed(tmp_path, 60, now)
+    store = Store(str(db), readonly=True)
+    try:
+        middle = rfc3339(now - timedelta(hours=3))
+        (expected,), = store.conn.execute(
+            "SELECT min(task_no) FROM tasks WHERE created >= ?", (middle,))
+        assert history.first_task_since(store, middle) == expected
+        assert history.first_task_since(store, "2000-01-01T00:00:00Z") == 1
+        assert history.first_task_since(store, "2100-01-01T00:00:00Z") == 61
+    finally:
+        store.close()
+
+
+def test_window_queries_read_through_their_indexes(tmp_path: Path) -> None:
+    db = seed(tmp_path, 3, datetime.now(UTC))
+    store = Store(str(db), readonly=True)
+    try:
+        plan = " ".join(str(r) for r in store.conn.execute(
+            "EXPLAIN QUERY PLAN " + history._window("type", None) + "SELECT count(*) FROM w",
+            history._names(store, "a", "b", "c", "d", None)))
+        assert "INDEX tasks_by_start (started>? AND started<?)" in plan
+        assert "SCAN tasks USING INDEX tasks_running" in plan  # the running ones: few
+        assert "SCAN tasks'" not in plan  # never every task
+    finally:
+        store.close()
+
+
+def test_timeline_merges_a_busy_window_and_counts_every_run(tmp_path: Path) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    db = seed(tmp_path, 10_000, now)
+    store = Store(str(db), readonly=True)
+    try:
+        t = _timeline(store, now - timedelta(hours=6), now, now, None)
+    finally:
+        store.close()
+    assert t.runs == 10_000 and sum(t.counts.values()) == 10_000
+    assert t.merged_below >= 1 and len(t.bars) <= charts.MAX_BARS
+    assert sum(b.merged for b in t.bars) == 10_000
+    html = page(db, "/timeline")
+    assert len(svg_bars(html)) == len(t.bars) and "Drawn as" in html
+
+
+def test_pages_escape_hostile_names_and_show_the_arrivals(tmp_path: Path) -> None:
+    db = seed(tmp_path, 30, datetime.now(UTC).replace(microsecond=0))
+    for html in (page(db, "/timeline", file="a.toml"), page(db, "/timeline"),
+                 page(db, "/phases/a.toml/" + HOSTILE.replace("/", "%2F")),
+                 page(db, "/arrivals")):
+        assert HOSTILE not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    timeline = page(db, "/timeline", file="a.toml")
+    assert len(svg_bars(timeline)) == 30 and timeline.count('class="fire"') == 2
+    arrivals = page(db, "/arrivals")
+    assert "/in/&lt;script&gt;" in arrivals and 'href="/tasks/id0%3Cscript%3E' in arrivals
+    found = Api(Config(db=str(db)), healthy=lambda: True, role=lambda: "leader").answer(
+        "/api/arrivals", {})[1]
+    assert found[0]["path"] == f"/in/{HOSTILE}.csv" and found[0]["tasks"][0]["task_no"] == 1
+
+
+def test_timeline_parameters_are_checked(tmp_path: Path) -> None:
+    db = seed(tmp_path, 0, datetime.now(UTC))
+    dashboard = Dashboard(Api(Config(db=str(db)), healthy=lambda: True, role=lambda: "leader"))
+    from flowlord.errors import BadRequest
+    for query in ({"hours": ["0"]}, {"hours": ["169"]}, {"end": ["yesterday"]},
+                  {"file": ["nope.toml"]}):
+        with pytest.raises(BadRequest):
+            dashboard.answer("/timeline", query)
+
+
+# --- in a real browser ------------------------------------------------------------------
+
+
+@pytest.fixture(params=[0, 1, 10_000], ids=["0-runs", "1-run", "10000-runs"])
+def site(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, Path, int]]:
+    runs = int(request.param)
+    db = seed(tmp_path, runs, datetime.now(UTC).replace(microsecond=0))
+    port = free_port()
+    config = tmp_path / "flowlord.toml"
+    config.write_text(f'timezone = "UTC"\n[http]\nlisten = "127.0.0.1:{port}"\n')
+    base = f"http://127.0.0.1:{port}"
+    with daemon(tmp_path, tmp_path / "workflows", db, args=["-c", str(config)]):
+        wait_for(lambda: answers(base), 30)
+        yield base, tmp_path, runs
+
+
+@pytest.mark.slow
+def test_charts_timeline_and_arrivals_render_in_a_browser(site: tuple[str, Path, int]
+                                                          ) -> None:
+    base, tmp_path, runs = site
+    b = Browser(tmp_path / "chromium")
+    phase = b.load(base + "/phases/a.toml/extract:day")
+    bars = svg_bars(phase.html)
+    ran = (runs + 2) // 3
+    assert len([s for s in bars]) >= min(ran, 100) and phase.tags.get("svg") == 2
+    if ran:
+        assert "p50" in phase.text and "p95" in phase.text
+    else:
+        assert "no run in the last 30 days" in phase.text
+    timeline = b.load(base + "/timeline")
+    drawn = svg_bars(timeline.html)
+    assert f"{runs} {'run' if runs == 1 else 'runs'} in the window" in timeline.text
+    if runs <= charts.MAX_BARS:
+        assert len(drawn) == runs
+    else:
+        assert 0 < len(drawn) <= charts.MAX_BARS and "Drawn as" in timeline.text
+    if runs == 0:
+        assert "nothing ran in this window" in timeline.text
+    arrivals = b.load(base + "/arrivals")
+    assert f"/in/{HOSTILE}.csv" in arrivals.text and "extract:day (task 1)" in arrivals.text \
+        if runs else "none: no phase matched it" in arrivals.text
+    for dom in (phase, timeline, arrivals):
+        assert "script" not in dom.tags
+    for name, path in (("phase-charts", "/phases/a.toml/extract:day"),
+                       ("timeline", "/timeline"), ("timeline-file", "/timeline?file=a.toml"),
+                       ("arrivals", "/arrivals")):
+        b.screenshot(base + path, f"{name}-{runs}")
