@@ -4,7 +4,8 @@
 skipped on their stat alone (size, inode, mtime, ctime), changed bytes are
 hashed (MD5) and only different bytes are parsed, and a file's row and phases
 change in one transaction. Bytes that do not parse never replace a file's last
-good phases.
+good phases. A file whose statuses other code wrote (its row's `validator`: an
+upgrade) is read and validated again, whatever its stat.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from flowlord.model import Phase, Task, split_task
 from flowlord.parse import WorkflowParseError, parse_workflow
 from flowlord.rules import decode_meta
 from flowlord.store import FileOp, FileState, FileVersion, Store, write_txn
-from flowlord.validate import validate_file
+from flowlord.validate import VALIDATOR, validate_file
 
 MAX_FILE_BYTES = 4 * 1024 * 1024
 _FILES_PER_TRANSACTION = 500  # keeps the write lock short during a cold load
@@ -268,8 +269,11 @@ class Loader:
             st = st or os.stat(path)
             # ctime too: `rsync -t` or `touch -r` can restore an mtime, never a ctime
             token = f"{st.st_size}:{st.st_ino}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+            # statuses written by other code (an upgrade) are written again from the bytes
+            current = state is not None and state.validator == VALIDATOR
             # o+w is checked even on unchanged files: the config may have stopped allowing it
-            if (state and state.stat_token == token and not self.refusals.world_writable(st)
+            if (current and state and state.stat_token == token
+                    and not self.refusals.world_writable(st)
                     and not self.refusals.open_directory(path)):
                 return ""
             last_modified = mtime_text(st.st_mtime_ns)
@@ -295,7 +299,7 @@ class Loader:
         racy = self.now_ns() - max(st.st_mtime_ns, st.st_ctime_ns) < _RACY_NS
         version = FileVersion(key, hashlib.md5(data).hexdigest(), None if racy else token,
                               last_modified)
-        if state and state.file_hash == version.file_hash:
+        if state and state.file_hash == version.file_hash and current:
             if (state.stat_token, state.last_modified) != (version.stat_token, last_modified):
                 ops.append(FileOp("touch", version))
             return ""
@@ -333,7 +337,7 @@ class Loader:
         try:
             for start in range(0, len(ops), _FILES_PER_TRANSACTION):
                 with write_txn(self.store.conn):
-                    self.store.apply(ops[start:start + _FILES_PER_TRANSACTION])
+                    self.store.apply(ops[start:start + _FILES_PER_TRANSACTION], VALIDATOR)
         except apsw.Error as e:
             raise LoaderError(f"cannot write database {self.store.path}: {e}") from e
 

@@ -3,14 +3,31 @@ Status messages)."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
+from pathlib import Path
 
-from flowlord import graph
+from flowlord import __version__, graph
 from flowlord.model import Issue, Phase, Severity, normalize_task
 from flowlord.parse import RawPhase
 from flowlord.rules import Rule, parse_rule
 
 RETRY_LIMIT = 10
+
+
+def _validator() -> str:
+    """Which code writes the statuses: the release and a digest of the modules beside
+    this one (parsing, rules, cron, templates and validation among them), so that any
+    change to them, released or not, counts as an upgrade. Each file's row records it
+    (workflow_files.validator); at start, a file validated by other code is validated
+    again (flowlord/loader.py)."""
+    digest = hashlib.md5(__version__.encode())
+    for source in sorted(Path(__file__).resolve().parent.glob("*.py")):
+        digest.update(source.name.encode() + b"\0" + source.read_bytes())
+    return f"{__version__}+{digest.hexdigest()[:12]}"
+
+
+VALIDATOR = _validator()
 
 
 def _own_issues(raw: RawPhase, task: str, rule: Rule) -> list[Issue]:

@@ -53,6 +53,34 @@ def test_daemon_follows_the_directory_and_stops_on_sigterm(
 
 
 @pytest.mark.slow
+def test_after_an_upgrade_the_daemon_validates_every_file_again_at_start(
+        tmp_path: Path, notify_socket: socket.socket) -> None:
+    """Statuses an older release wrote (its validator recorded on the file's row) are
+    written again by this one before READY, though no byte of the file changed."""
+    wf = tmp_path / "wf"
+    wf.mkdir()
+    (wf / "a.toml").write_text('[[phase]]\ntask = "a"\nrule = "cron=0 * * * *"\n')
+    db = tmp_path / "f.db"
+    refreshed = subprocess.run([sys.executable, "-m", "flowlord", "refresh", "-w", str(wf),
+                                "--db", str(db)], capture_output=True, text=True,
+                               env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert refreshed.returncode == 0, refreshed.stderr
+    conn = apsw.Connection(str(db))
+    conn.execute("UPDATE workflow_files SET validator = '0.0.9'")  # as an old release left it
+    conn.execute("UPDATE workflow_phases SET status = 'warning: what 0.0.9 said', "
+                 "severity = 'warning'")
+    conn.close()
+    with daemon(tmp_path, wf, db):
+        messages_until(notify_socket, "READY=1")
+        conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
+        rows = list(conn.execute("SELECT p.status, p.severity, f.validator <> '0.0.9' "
+                                 "FROM workflow_phases AS p JOIN workflow_files AS f "
+                                 "USING (file_path)"))
+        conn.close()
+    assert rows == [("", "ok", 1)]
+
+
+@pytest.mark.slow
 def test_daemon_refuses_a_missing_directory_in_one_line(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "flowlord", "run", "-w", str(tmp_path / "no"),
                            "--db", str(tmp_path / "f.db")], capture_output=True, text=True,

@@ -11,8 +11,11 @@ from pathlib import Path
 import pytest
 
 from flowlord.loader import Loader, LoaderError
+from flowlord.loader import read_workflow as real_read
 from flowlord.model import Task
-from flowlord.store import Store
+from flowlord.store import Store, write_txn
+from flowlord.validate import VALIDATOR
+from tests.helpers import store_rows as query_rows
 
 
 def rows(store: Store) -> dict[str, list[str]]:
@@ -76,6 +79,31 @@ def test_unchanged_files_are_not_read_again(
 
     monkeypatch.setattr("flowlord.loader.read_workflow", no_read)
     assert settled.refresh() == []
+
+
+def test_statuses_written_by_other_code_are_written_again_and_only_those(
+        wf: Path, loader: Loader, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    (wf / "a.toml").write_text('[[phase]]\ntask = "a"\nrule = "cron=0 * * * *"\n')
+    (wf / "b.toml").write_text('[[phase]]\ntask = "b"\nrule = "cron=0 * * * *"\n')
+    settled = later(loader)
+    assert settled.refresh() == ["+a.toml", "+b.toml"]
+    assert {s.validator for s in store.file_states().values()} == {VALIDATOR}
+    # a.toml as an older release left it: its own validator, a status it no longer writes
+    with write_txn(store.conn):
+        store.conn.execute("UPDATE workflow_files SET validator = '0.0.9' "
+                           "WHERE file_path = 'a.toml'")
+        store.conn.execute("UPDATE workflow_phases SET status = 'stale', severity = "
+                           "'warning' WHERE file_path IN ('a.toml', 'b.toml')")
+    read: list[str] = []
+    monkeypatch.setattr("flowlord.loader.read_workflow",
+                        lambda path, st=None: read.append(path) or real_read(path, st))
+    assert settled.refresh() == ["~a.toml"]  # validated again, though its bytes are the same
+    assert [Path(p).name for p in read] == ["a.toml"]  # b.toml's bytes were not read
+    assert store.file_states()["a.toml"].validator == VALIDATOR
+    assert query_rows(store, "SELECT file_path, status, severity FROM workflow_phases "
+                             "ORDER BY file_path") == [("a.toml", "", "ok"),
+                                                       ("b.toml", "stale", "warning")]
+    assert settled.refresh() == []  # and then it is skipped again
 
 
 def test_a_just_written_file_is_hashed_again_on_the_next_rescan(

@@ -377,6 +377,12 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX tasks_by_start ON tasks (started) WHERE started IS NOT NULL;
     """,
+    # 15: which code wrote a file's statuses (flowlord/validate.py, VALIDATOR): after an
+    # upgrade, a file validated by other code is validated again though its bytes are
+    # the same; '' (the rows of before): validated by an older release
+    """
+    ALTER TABLE workflow_files ADD COLUMN validator TEXT NOT NULL DEFAULT '';
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

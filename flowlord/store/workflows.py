@@ -26,6 +26,7 @@ class FileState:
     stat_token: str | None
     last_modified: str | None
     status: str
+    validator: str  # the code that wrote its statuses (flowlord/validate.py, VALIDATOR)
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,8 @@ class WorkflowRows:
     def file_states(self, scope: Sequence[str] = ("",)) -> dict[str, FileState]:
         """Stored files by key, for the keys in `scope`: `` is every file, `dir/` the
         files below dir, anything else one key."""
-        sql = "SELECT file_path, file_hash, stat_token, last_modified, status FROM workflow_files"
+        sql = ("SELECT file_path, file_hash, stat_token, last_modified, status, validator "
+               "FROM workflow_files")
         states: dict[str, FileState] = {}
         for prefix in dict.fromkeys(scope):
             if prefix in ("", "./"):
@@ -78,8 +80,9 @@ class WorkflowRows:
             states.update((r[0], FileState(*r[1:])) for r in rows)
         return states
 
-    def apply(self, ops: Sequence[FileOp]) -> None:
-        """Write what a refresh found, file by file; call inside write_txn.
+    def apply(self, ops: Sequence[FileOp], validator: str) -> None:
+        """Write what a refresh found, file by file, the statuses written by `validator`
+        (flowlord/validate.py, VALIDATOR); call inside write_txn.
 
         Each file's row and phases change together, in the caller's transaction.
         Statements are batched per kind: a cold load inserts 100,000 phases.
@@ -88,16 +91,17 @@ class WorkflowRows:
         now = utc_now()
         self.conn.executemany(
             """INSERT INTO workflow_files
-                   (file_path, file_hash, loaded_at, last_modified, status, stat_token)
-               VALUES (?, ?, ?, ?, ?, ?)
+                   (file_path, file_hash, loaded_at, last_modified, status, stat_token,
+                    validator)
+               VALUES (?, ?, ?, ?, ?, ?, ?)
                ON CONFLICT (file_path) DO UPDATE SET
                    file_hash = excluded.file_hash,
                    -- loaded_at: when the stored phases were loaded; refused bytes keep it
                    loaded_at = CASE WHEN excluded.status = '' THEN excluded.loaded_at
                                     ELSE workflow_files.loaded_at END,
                    last_modified = excluded.last_modified, status = excluded.status,
-                   stat_token = excluded.stat_token""",
-            [(v.file_path, v.file_hash, now, v.last_modified, status, v.stat_token)
+                   stat_token = excluded.stat_token, validator = excluded.validator""",
+            [(v.file_path, v.file_hash, now, v.last_modified, status, v.stat_token, validator)
              for v, status in upserts])
         # Same bytes, new mtime (`touch`): remember it, so the next rescan skips the file.
         self.conn.executemany(
