@@ -50,6 +50,8 @@ class Config:
     # several daemons on one redis: the leader's lease; None: this daemon always leads
     bus_lease: timedelta | None = None
     bus_node: str = ""  # this daemon's name among them ('' : the host name)
+    # entries kept in its stream of `flowlord worker`s' task output (flowlord/bus/logstream.py)
+    bus_log_stream_max: int = 512
     workers: dict[str, WorkerConfig] = field(default_factory=dict)
     task_ttl: timedelta = timedelta(hours=4)
     logs_dir: str = ""  # task logs; '': `logs` beside the database
@@ -90,7 +92,7 @@ _TOP = {"workflows": str, "db": str, "timezone": str, "catchup": str, "rescan": 
         "retention": timedelta}
 _SECTIONS: dict[str, dict[str, tuple[str, type]]] = {
     "bus": {"url": ("bus_url", str), "lease": ("bus_lease", timedelta),
-            "node": ("bus_node", str)},
+            "node": ("bus_node", str), "log_stream_max": ("bus_log_stream_max", int)},
     "alerts": {"task_ttl": ("task_ttl", timedelta), "webhook": ("webhook", str),
                "slow_factor": ("slow_factor", float),
                "webhook_interval": ("webhook_interval", timedelta)},

@@ -229,7 +229,10 @@ class Daemon:
             # redis by mistake must not both fire, nor read each other's results
             node = self.config.bus_node or socket.gethostname()
             bus = RedisBus(self.config.bus_url, self.log, wake=self.wakeup.wake,
-                           done_stream=f"{DONE_STREAM}:{node}")
+                           done_stream=f"{DONE_STREAM}:{node}",
+                           # the workers' task output comes back to the logs here
+                           log_dir=self._task_logs(), log_max_bytes=self.config.logs_max_bytes,
+                           log_stream_max=self.config.bus_log_stream_max)
             self.leadership = Leadership(bus.client, node,
                                          self.config.bus_lease or DEFAULT_LEASE, self.log)
             try:
@@ -237,6 +240,7 @@ class Daemon:
             except (NodeInUse, BusUnavailable):
                 bus.close(0)
                 raise
+            bus.read_logs()  # only once the node is ours: its log stream is ours too
             return bus
         except ImportError:
             raise ConfigError("bus.url: the redis bus needs redis-py: "

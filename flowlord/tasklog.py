@@ -7,6 +7,10 @@ the last half is kept in memory as it goes by, and when the task ends the file g
 line saying how much was cut, then that tail. A task that printed nothing has no log
 (the file is made at its first output). Retention deletes a log with its task;
 `flowlord doctor` reports logs without a task (and `--fix` removes them).
+
+The cap is `CappedLog`, apart from the file: a `flowlord worker` caps its tasks'
+output with it too, and sends it to the daemon, which appends it to the same files
+(flowlord/bus/logstream.py).
 """
 
 from __future__ import annotations
@@ -25,24 +29,34 @@ def log_path(directory: str, task_no: int) -> str:
     return os.path.join(directory, f"{task_no}.log")
 
 
-class TaskLog:
-    """The log of one attempt, written as its output comes (one thread writes it)."""
+def cut_line(cut: int) -> bytes:
+    """The line that stands where a capped log's middle was cut."""
+    return (f"\n[flowlord: {cut} bytes of output cut here, to keep the log under its "
+            f"cap]\n").encode()
 
-    def __init__(self, path: str, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
-        self.path = path
-        self.head_left = max_bytes // 2  # bytes that still go straight to the file
+
+class CappedLog:
+    """Output capped at `max_bytes` as it comes: the first half is passed on at once
+    (`_out`), the last half kept in memory; `close()` passes on the line saying how much
+    was cut, then the tail. One thread writes it. The subclasses say where it goes: a
+    file here (TaskLog), the redis bus for `flowlord worker` (flowlord/bus/logstream.py)."""
+
+    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self.head_left = max_bytes // 2  # bytes that still go straight out
         self.tail_max = max_bytes - max_bytes // 2
         self.tail: collections.deque[bytes] = collections.deque()
         self.tail_size = 0
         self.cut = 0  # bytes dropped between the head and the tail
-        self.file: BinaryIO | None = None  # made at the first output: a silent task has none
+        self.written = False  # any output at all: a silent task has no log
+
+    def _out(self, data: bytes) -> None:
+        raise NotImplementedError
 
     def write(self, chunk: bytes) -> None:
-        if self.file is None:
-            self.file = _create(self.path)
+        self.written = True
         if self.head_left > 0:
             head, chunk = chunk[:self.head_left], chunk[self.head_left:]
-            self.file.write(head)
+            self._out(head)
             self.head_left -= len(head)
         if not chunk:
             return
@@ -58,13 +72,33 @@ class TaskLog:
             self.cut += extra
 
     def close(self) -> None:
-        if self.file is None:
-            return
+        """The cut line (when something was cut) and the tail, passed on."""
         if self.cut:
-            self.file.write(f"\n[flowlord: {self.cut} bytes of output cut here, to keep "
-                            f"the log under its cap]\n".encode())
-        self.file.writelines(self.tail)
-        self.file.close()
+            self._out(cut_line(self.cut))
+        while self.tail:
+            self._out(self.tail.popleft())
+        self.tail_size = 0
+
+
+class TaskLog(CappedLog):
+    """The log of one attempt, written to its file as its output comes."""
+
+    def __init__(self, path: str, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        super().__init__(max_bytes)
+        self.path = path
+        self.file: BinaryIO | None = None  # made at the first output: a silent task has none
+
+    def _out(self, data: bytes) -> None:
+        if self.file is None:
+            self.file = _create(self.path)
+        self.file.write(data)
+
+    def close(self) -> None:
+        if not self.written:
+            return
+        super().close()
+        if self.file is not None:
+            self.file.close()
 
 
 def _create(path: str) -> BinaryIO:
@@ -111,3 +145,22 @@ def remove_logs(directory: str, task_nos: list[int]) -> int:
             os.unlink(log_path(directory, task_no))
             removed += 1
     return removed
+
+
+def read_log_end(directory: str, task_no: int, max_bytes: int) -> tuple[bytes, int] | None:
+    """The last `max_bytes` of a task's log, from the start of a line when the cut falls
+    inside one, and the log's whole size; None when it has none. Reads no more than
+    that, however long the log (the dashboard shows a running task's log every few
+    seconds)."""
+    try:
+        with open(log_path(directory, task_no), "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size <= max_bytes:
+                return f.read(), size
+            f.seek(size - max_bytes)
+            end = f.read(max_bytes)
+    except FileNotFoundError:
+        return None
+    newline = end.find(b"\n")
+    return (end[newline + 1:] if 0 <= newline < len(end) - 1 else end), size
+

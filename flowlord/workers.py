@@ -24,7 +24,7 @@ from datetime import timedelta
 from flowlord.clock import utc_now_ms
 from flowlord.durations import format_duration
 from flowlord.model import Done, StoredTask, Task
-from flowlord.tasklog import DEFAULT_MAX_BYTES, TaskLog, log_path
+from flowlord.tasklog import DEFAULT_MAX_BYTES, CappedLog, TaskLog, log_path
 
 STDERR_TAIL_BYTES = 4096  # the end of stderr kept for `msg`; the rest is read and dropped
 KILL_AFTER = 5.0  # seconds between SIGTERM and SIGKILL
@@ -68,11 +68,15 @@ class Run:
     def __init__(self, stored: StoredTask, command: Sequence[str], timeout: timedelta,
                  on_done: Callable[[Done], None],
                  inherited: dict[str, str] | None = None, log_dir: str | None = None,
-                 log_max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+                 log_max_bytes: int = DEFAULT_MAX_BYTES,
+                 open_log: Callable[[int], CappedLog] | None = None) -> None:
         self.stored = stored
         self.log_dir = log_dir  # where its log goes (flowlord/tasklog.py); None: no log
         self.log_max_bytes = log_max_bytes
-        self.log: TaskLog | None = None
+        # or, when given, what makes its log instead of a file here (`flowlord worker`:
+        # the redis bus, flowlord/bus/logstream.py)
+        self.open_log = open_log
+        self.log: CappedLog | None = None
         self.inherited = inherited  # the environment's base (None: read os.environ)
         self.argv = argv_for(command, stored.task)
         self.timeout = timeout
@@ -123,7 +127,9 @@ class Run:
             if self.stop_reason:  # stopped while it waited for a worker thread
                 return Done(no, "error", self.stop_reason, utc_now_ms())
             self.started = utc_now_ms()
-        if self.log_dir is not None:  # made at its first output; on a full disk, given up
+        if self.open_log is not None:
+            self.log = self.open_log(no)
+        elif self.log_dir is not None:  # made at its first output; on a full disk, given up
             self.log = TaskLog(log_path(self.log_dir, no), self.log_max_bytes)
         try:
             proc = subprocess.Popen(self.argv, stdin=_devnull(),

@@ -5,6 +5,10 @@ environment, exit codes, timeouts, process groups). A message is acknowledged
 only after its result is on the done stream. A worker that dies leaves its
 messages pending; live workers reclaim those idle longer than `claim_idle`,
 while a worker running a long task renews its claim, so it is not taken away.
+
+A task's stdout and stderr go back to its daemon's logs when its message asks for
+it (flowlord/bus/logstream.py): capped as a local log is, sent by a thread of their
+own, never holding up the task.
 """
 
 from __future__ import annotations
@@ -15,13 +19,14 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from types import FrameType
 from typing import Any
 
 from flowlord.bus import BusUnavailable
+from flowlord.bus.logstream import LogSender, StreamedLog, Target
 from flowlord.bus.redis import (
     BACKOFF_MAX,
     WORKERS_GROUP,
@@ -30,10 +35,12 @@ from flowlord.bus.redis import (
     decode_task,
     encode_done,
     ensure_group,
+    log_target,
     reply_stream,
     task_stream,
 )
 from flowlord.model import Done
+from flowlord.tasklog import CappedLog
 from flowlord.workers import Run, inherited_environment
 
 STOPPED = "stopped: the worker shut down while the task ran"
@@ -65,6 +72,7 @@ class RemoteWorker:
         self.next_reclaim = 0.0  # monotonic time of the next look for abandoned messages
         self.reclaim_from = "0-0"  # where that look goes on in the pending entries
         self.client: Any = None
+        self.sender: LogSender | None = None  # the tasks' output to their daemons' logs
 
     def run(self) -> int:
         """Until SIGTERM or SIGINT; BusUnavailable when the server cannot be used at start."""
@@ -73,6 +81,7 @@ class RemoteWorker:
         # joined at once, not at the first read that finds a task: the daemon publishes a
         # topic's tasks only once a worker has joined it
         self.client.xgroup_createconsumer(self.stream, WORKERS_GROUP, self.consumer)
+        self.sender = LogSender(connect(self.url), self.log)
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
         self.log.info("worker started", topic=self.topic, consumer=self.consumer,
@@ -152,7 +161,8 @@ class RemoteWorker:
                    else self.timeout)
         reply_to = reply_stream(fields or {})
         run = Run(stored, self.command, timeout,
-                  lambda done: self._report(receipt, reply_to, done), self.environment)
+                  lambda done: self._report(receipt, reply_to, done), self.environment,
+                  open_log=self._log_opener(log_target(fields or {}), receipt))
         cancelled = self._cancelled(reply_to, [stored.task_no])  # ended before it started?
         with self.lock:  # (a redis error above leaves the message for a later read)
             self.runs[receipt] = run
@@ -160,6 +170,17 @@ class RemoteWorker:
         if cancelled:
             run.stop(CANCELLED)
         pool.submit(run.run)
+
+    def _log_opener(self, target: Target | None, receipt: str
+                    ) -> Callable[[int], CappedLog] | None:
+        """What makes a run's log: sent to its daemon when the message asks for it. The
+        run is named by this worker and the message: a task taken over from a worker
+        that died is another run of the same log."""
+        sender = self.sender
+        if target is None or sender is None:
+            return None
+        return lambda task_no: StreamedLog(sender, target, task_no,
+                                           f"{self.consumer}:{receipt}")
 
     def _cancelled(self, reply_to: str, task_nos: list[int]) -> set[int]:
         """Which of these tasks their daemon has ended (flowlord/bus/redis.py,
@@ -261,5 +282,8 @@ class RemoteWorker:
             if not run.join(0):
                 run.stop(STOPPED)
         pool.shutdown(wait=True)
+        if self.sender is not None:
+            self.sender.close()
+            self.sender.client.close()
         self.log.info("worker stopped", topic=self.topic, consumer=self.consumer)
         self.client.close()
