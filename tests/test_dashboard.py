@@ -166,9 +166,10 @@ def test_a_file_broken_while_the_daemon_runs_shows_why_on_the_overview(site: Sit
 
 @pytest.mark.slow
 def test_hostile_content_is_escaped_on_every_page(site: Site) -> None:
-    task_id = query(site.db, "SELECT id FROM tasks WHERE type = 'load' LIMIT 1")[0][0]
+    task_id, task_no = query(site.db, "SELECT id, task_no FROM tasks WHERE type = 'load' "
+                                      "LIMIT 1")[0]
     pages = ["/", "/files", "/phases", "/phases?severity=error", "/graph", "/tasks",
-             "/tasks?type=load", f"/tasks/{task_id}", "/alerts",
+             "/tasks?type=load", f"/tasks/{task_id}", f"/tasks/{task_id}/{task_no}", "/alerts",
              "/phases/a.toml/%3Cscript%3Ealert%281%29%3C%2Fscript%3E",
              "/phases/%3Cimg%20src%3Dx%20onerror%3Dalert%283%29%3E.toml/boom"]
     for page in pages:
@@ -178,6 +179,11 @@ def test_hostile_content_is_escaped_on_every_page(site: Site) -> None:
             assert raw not in html, (page, raw)
     status, html = get(site.base, "/phases/a.toml/%3Cscript%3Ealert%281%29%3C%2Fscript%3E")
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    # the failed load's page: its output (what it wrote to stderr) is text in the browser
+    shown = site.browser.load(f"{site.base}/tasks/{task_id}/{task_no}")
+    assert FAILURE in shown.text and shown.tags.get("b", 0) == 0
+    assert ("/api/tasks/%s/log" % task_no, "the whole text") in shown.links
+    site.browser.screenshot(f"{site.base}/tasks/{task_id}/{task_no}", "task-log")
 
 
 @pytest.mark.slow

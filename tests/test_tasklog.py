@@ -22,6 +22,7 @@ from flowlord.store import Store, write_txn
 from flowlord.tasklog import TaskLog, log_path, read_log
 from flowlord.web.answers import PlainText, response
 from flowlord.web.api import Api
+from flowlord.web.dashboard import Dashboard
 from flowlord.workers import Run
 from tests.helpers import daemon, messages_until, query, run_cli, wait_for, worker_table
 
@@ -242,3 +243,34 @@ def test_four_tasks_printing_50_mb_each_as_fast_as_they_can_change_nothing_else(
         said = re.search(rb"\n\[flowlord: ([0-9]+) bytes of output cut here[^\n]*\n", log)
         assert said is not None  # the cut, and the head and tail around it, add up
         assert int(said[1]) + len(log) - len(said[0]) == 50_000_000 + len("\nlast-line\n")
+
+
+def test_a_tasks_page_shows_the_end_of_its_log_as_text(tmp_path: Path) -> None:
+    db = tmp_path / "f.db"
+    store = Store(str(db))
+    with write_txn(store.conn):
+        for result in ("error", None):  # an ended task and a running one
+            store.conn.execute(
+                "INSERT INTO tasks (id, type, created, started, ended, result, msg) VALUES "
+                "('x/1', 't', '2026-12-01T00:00:00.000Z', '2026-12-01T00:00:01.500Z', ?, ?, "
+                "?)", (result and "2026-12-01T00:00:04.000Z", result, "boom" if result else ""))
+    store.close()
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    hostile = b"<script>alert(1)</script>\n\x1b[31mred\x1b[0m \xff\n"
+    (logs / "1.log").write_bytes(b"old line\n" * 20_000 + hostile)  # past what a page shows
+    pages = Dashboard(Api(Config(db=str(db)), lambda: True, lambda: "leader"))
+    status, page = pages.answer("/tasks/x%2F1/1", {})
+    html = str(page)
+    assert status == 200 and "<script>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;\n\u241b[31mred\u241b[0m \ufffd\n</pre>" in html
+    assert html.count("old line") < 20_000 and "the whole text" in html  # the end, linked
+    assert 'href="/api/tasks/1/log"' in html and "1.5 s" in html and "2.5 s" in html
+    assert 'http-equiv="refresh"' not in html  # it ended: nothing to follow
+    status, running = pages.answer("/tasks/x%2F1/2", {})
+    assert status == 200 and 'http-equiv="refresh" content="5"' in str(running)
+    assert "nothing printed yet" in str(running)
+    for wrong in ("/tasks/x%2F1/3", "/tasks/other/1"):
+        with pytest.raises(BadRequest) as missing:
+            pages.answer(wrong, {})
+        assert missing.value.status == 404

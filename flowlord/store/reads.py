@@ -267,6 +267,12 @@ def tasks(store: Store, *, type: str | None = None, job: str | None = None,
         f"SELECT {TASK_COLUMNS} {source} ORDER BY task_no DESC LIMIT ?", (*args, limit))]
 
 
+def task(store: Store, task_no: int) -> dict[str, Any] | None:
+    """One task as JSON; None when there is none."""
+    row = store.task_row(task_no)
+    return task_json(row) if row is not None else None
+
+
 def recent_failures(store: Store, limit: int) -> list[dict[str, Any]]:
     """The newest final failures: tasks that ended in error or alert and were not
     tried again (no retry or rerun came from them, waiting or done), so a failure a

@@ -27,6 +27,7 @@ from flowlord.durations import format_seconds
 from flowlord.errors import BadRequest
 from flowlord.operations import in_zone
 from flowlord.store import Store, history, reads
+from flowlord.tasklog import read_log_end
 from flowlord.web import charts, params
 from flowlord.web.answers import CONTENT_SECURITY_POLICY as CONTENT_SECURITY_POLICY
 from flowlord.web.answers import Asset, Page
@@ -38,6 +39,8 @@ RUNS_OVER = timedelta(days=30)  # among those created in this time
 HOURLY_HOURS = 7 * 24  # its tasks per hour over the last days
 TIMELINE_HOURS = 6  # the timeline's window unless ?hours=
 TIMELINE_MAX_HOURS = 7 * 24
+LOG_SHOWN_BYTES = 64 * 1024  # the end of a task's log on its page; the rest by a link
+LOG_REFRESH_SECONDS = 5  # a running task's page reloads itself this often
 GRAPH_NODES_AT_ONCE = 400  # more phases than this: the graph page asks for one file
 GRAPH_NODES_OF_A_FILE = 2000  # more than this in one file: not drawn (a page of megabytes)
 STYLESHEET = resources.files("flowlord.web").joinpath("pages", "style.css").read_bytes()
@@ -129,6 +132,9 @@ class Dashboard:
                 file, _, task = path[len("/phases/"):].rpartition("/")
                 return HTTPStatus.OK, self.phase(store, file, task)
             if path.startswith("/tasks/") and len(path) > len("/tasks/"):
+                task_id, _, task_no = path[len("/tasks/"):].rpartition("/")
+                if task_id and task_no.isascii() and task_no.isdigit():  # /tasks/<id>/<no>
+                    return HTTPStatus.OK, self.attempt(store, task_id, int(task_no))
                 return HTTPStatus.OK, self.lineage(store, path[len("/tasks/"):])
         finally:
             store.close()
@@ -237,6 +243,18 @@ class Dashboard:
                             tree=tree(rows), total=reads.lineage_size(store, first["id"]),
                             shown=len(rows))
 
+    def attempt(self, store: Store, task_id: str, task_no: int) -> Page:
+        """One task (one attempt): what it is, its times, the actions on it, and the end
+        of its log; a page of a running task reloads itself (no JavaScript)."""
+        found = reads.task(store, task_no)
+        if found is None or found["id"] != unquote(task_id):
+            raise BadRequest(HTTPStatus.NOT_FOUND, f"no task {task_no} with id {task_id}")
+        end = read_log_end(self.api.config.task_logs(), task_no, LOG_SHOWN_BYTES)
+        log, size = end if end is not None else (None, 0)
+        return self.render("attempt.html", "tasks", t=found, refresh=LOG_REFRESH_SECONDS,
+                           log=None if log is None else as_text(log), shown=len(log or b""),
+                           size=size)
+
     def alerts(self, store: Store, query: dict[str, list[str]]) -> Page:
         before, limit = params.integer(query, "before", None), params.limit(query)
         return self.render("alerts.html", "alerts", limit=limit,
@@ -307,6 +325,16 @@ def _paused_among(store: Store, phases: list[tuple[str, str, str]]
     now = datetime.now(UTC)
     return {(file, task): found.why() for file, task, _ in phases
             if (found := pauses.of_phase(file, task, now)) is not None}
+
+
+# control characters but tab and newline, shown as their pictures (U+2400…): an ANSI
+# escape sequence reads as text, and cannot move the cursor of whoever copies it out
+_CONTROLS = {c: 0x2400 + c for c in range(32) if c not in (9, 10)} | {127: 0x2421}
+
+
+def as_text(log: bytes) -> str:
+    """A log's bytes as text for a page: undecodable bytes replaced, controls shown."""
+    return log.decode("utf-8", errors="replace").translate(_CONTROLS)
 
 
 def tree(tasks: list[dict[str, Any]]) -> list[tuple[int, dict[str, Any]]]:
