@@ -49,6 +49,7 @@ from flowlord.operate import Place
 from flowlord.operations import Action
 from flowlord.pauses import Pauses
 from flowlord.retention import Retention
+from flowlord.runs import DaemonRun
 from flowlord.scheduler import Scheduler
 from flowlord.sdnotify import notify, watchdog_interval
 from flowlord.slow import SlowWatch
@@ -91,6 +92,8 @@ class Daemon:
         self.pauses = Pauses()  # one view of them, shared by the ledger, tasks and files
         self.ledger.pauses = self.file_triggers.pauses = self.pauses
         self.pauses_seen = -1  # PRAGMA data_version when the pauses were last read
+        self.run_row = DaemonRun(config.bus_node, self.clock, self.log)
+        self.failed = False  # ended by an error, not a signal: how its run row ends
         self.retention = Retention(config.retention, self.log, self.clock.monotonic(),
                                    config.task_logs())
         self.webhook = (Webhook(config.webhook, config.webhook_interval.total_seconds(),
@@ -125,6 +128,7 @@ class Daemon:
         """The first load, the schedule with its catch-up fires, the tasks left by the
         last run; committed before the daemon says it is ready (with a redis bus, the
         catch-up fires wait for the first turn's lease and claims)."""
+        self.run_row.begin(self.store)
         self.sync.first_load(self.clock.now, lambda: bool(self.stop_signals), self.wakeup.wait)
         now = self.clock.now()
         self.pauses.load(self.store, now)  # catch-up is judged by the pauses of its slots
@@ -149,6 +153,9 @@ class Daemon:
             notify("READY=1", self._status())
             while not self.stop_signals:
                 self.wakeup.wait(self.tick(self.clock.now(), self.clock.monotonic()))
+        except BaseException:
+            self.failed = True
+            raise
         finally:
             notify("STOPPING=1")
             if http is not None:
@@ -188,6 +195,7 @@ class Daemon:
                               self.hurry)
         if self.leadership is not None:
             self.leadership.release()  # a standby takes over now, not at the expiry
+        self.run_row.end(self.store, "failed" if self.failed else "stopped")
         self.loader.close()
         if self.ledger.pending:  # the database stayed locked; their slots count as missed
             self.log.error("fires not recorded", count=len(self.ledger.pending))
@@ -332,6 +340,7 @@ class Daemon:
         self.dispatcher.check_overdue(monotonic)
         self.slow.check(monotonic)
         self.retention.tick(self.store, now, monotonic)
+        self.run_row.seen(self.store, monotonic)
         if self.webhook:
             self.webhook.tick(self.store, monotonic)
         # pinged from this loop only, so a stuck loop gets restarted by systemd

@@ -191,8 +191,9 @@ def seed(tmp_path: Path, runs: int, now: datetime) -> Path:
             phase = ["extract:day", "load", HOSTILE][i % 3]
             slot = rfc3339(at) if i % 3 != 1 else None
             if slot:
-                store.conn.execute("INSERT OR IGNORE INTO fires VALUES ('a.toml', ?, ?, ?, "
-                                   "'cron', '')", (phase, slot, rfc3339(at)))
+                store.conn.execute("INSERT OR IGNORE INTO fires (file_path, phase, "
+                                   "scheduled_for, fired_at, source) VALUES ('a.toml', ?, "
+                                   "?, ?, 'cron')", (phase, slot, rfc3339(at)))
             result = rng.choice(["complete"] * 8 + ["error", "warn"])
             store.conn.execute(
                 "INSERT INTO tasks (id, type, job, created, started, ended, result, msg, "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import socket
@@ -13,6 +14,7 @@ import apsw
 import pytest
 import structlog
 
+import flowlord
 from flowlord import logs
 from flowlord.sdnotify import notify, watchdog_interval
 from tests.helpers import ROOT, daemon, messages_until, wait_for
@@ -201,3 +203,47 @@ def test_a_second_daemon_on_the_same_database_is_refused(
         assert second.stderr == f"flowlord: another flowlord run is using {db}\n"
         first.send_signal(signal.SIGTERM)
         assert first.wait(timeout=20) == 0
+
+
+@pytest.mark.slow
+def test_each_run_is_a_row_and_each_fire_names_the_bytes_that_built_it(
+        tmp_path: Path, notify_socket: socket.socket) -> None:
+    """Was it even running, and with which version of the file? A run killed without a
+    word is closed by the next one as `vanished` at its last sign of life."""
+    wf = tmp_path / "wf"
+    wf.mkdir()
+    first = b'[[phase]]\ntask = "beat"\nrule = "cron=* * * * * *"\n'
+    (wf / "a.toml").write_bytes(first)
+    db = tmp_path / "f.db"
+
+    def fired_with(digest: str) -> bool:
+        return bool(read(db, "SELECT count(*) FROM fires WHERE file_hash = ?", digest)[0][0])
+
+    with daemon(tmp_path, wf, db) as proc:
+        messages_until(notify_socket, "READY=1")
+        wait_for(lambda: fired_with(hashlib.md5(first).hexdigest()))
+        proc.kill()  # SIGKILL: no word of its end
+        proc.wait()
+    second = first + b'template = "v2"\n'
+    (wf / "a.toml").write_bytes(second)
+    with daemon(tmp_path, wf, db) as proc:
+        messages_until(notify_socket, "READY=1")
+        wait_for(lambda: fired_with(hashlib.md5(second).hexdigest()))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    runs = read(db, "SELECT pid, version, started <= last_seen, stopped = last_seen, ended "
+                    "FROM daemon_runs ORDER BY run_no")
+    assert [r[2:] for r in runs] == [(1, 1, "vanished"), (1, 1, "stopped")]
+    assert runs[0][1] == flowlord.__version__ and runs[0][0] != runs[1][0]
+    # every fire names the bytes its phase came from: the first file, then the second
+    hashes = [h for h, in read(db, "SELECT DISTINCT file_hash FROM fires "
+                                   "ORDER BY scheduled_for")]
+    assert hashes == [hashlib.md5(first).hexdigest(), hashlib.md5(second).hexdigest()]
+
+
+def read(db: Path, sql: str, *args: object) -> list[tuple[object, ...]]:
+    conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        return list(conn.execute(sql, args))
+    finally:
+        conn.close()

@@ -182,7 +182,7 @@ def test_hostile_content_is_escaped_on_every_page(site: Site) -> None:
     # the failed load's page: its output (what it wrote to stderr) is text in the browser
     shown = site.browser.load(f"{site.base}/tasks/{task_id}/{task_no}")
     assert FAILURE in shown.text and shown.tags.get("b", 0) == 0
-    assert ("/api/tasks/%s/log" % task_no, "the whole text") in shown.links
+    assert (f"/api/tasks/{task_no}/log", "the whole text") in shown.links
     site.browser.screenshot(f"{site.base}/tasks/{task_id}/{task_no}", "task-log")
 
 

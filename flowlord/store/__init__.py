@@ -3,8 +3,9 @@
 `connection` opens the database (pragmas, migrations, `write_txn`); `workflows`
 holds the SQL of workflow files and phases, `fires` the fire ledger's, and
 `taskrows` that of tasks, alerts and arrived files, `actions` the audit trail's,
-`pauses` the pauses'. `Store` is one connection with all of them. `reads` is the
-read model over a Store: what the API, the dashboard and the commands show.
+`pauses` the pauses', `runs` the daemon's own runs. `Store` is one connection with
+all of them. `reads` is the read model over a Store: what the API, the dashboard and
+the commands show.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from flowlord.store.connection import (
 )
 from flowlord.store.fires import FireRows
 from flowlord.store.pauses import PauseRows
+from flowlord.store.runs import RunRows
 from flowlord.store.taskrows import TaskRows
 from flowlord.store.workflows import FileOp, FileState, FileVersion, WorkflowRows
 
 
-class Store(WorkflowRows, FireRows, TaskRows, ActionRows, PauseRows):
+class Store(WorkflowRows, FireRows, TaskRows, ActionRows, PauseRows, RunRows):
     """The writer's view of the database (the daemon and state-changing commands)."""
 
     def __init__(self, path: str, *, readonly: bool = False,

@@ -22,11 +22,12 @@ class FireRows:
         inside write_txn. Returns the fires that were new."""
         new: list[Fire] = []
         for fire in fires:
-            self.conn.execute(
-                "INSERT INTO fires (file_path, phase, scheduled_for, fired_at, source, error) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            self.conn.execute(  # with the hash of the file bytes its phase came from
+                "INSERT INTO fires (file_path, phase, scheduled_for, fired_at, source, error, "
+                "file_hash) VALUES (?, ?, ?, ?, ?, ?, (SELECT loaded_hash FROM workflow_files "
+                "WHERE file_path = ?)) ON CONFLICT DO NOTHING",
                 (fire.file_path, fire.phase, fire.scheduled_for, fired_at, fire.source,
-                 fire.error))
+                 fire.error, fire.file_path))
             if self.conn.changes() == 0:  # fired before: by another run, or a restart
                 continue
             new.append(fire)

@@ -383,6 +383,31 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE workflow_files ADD COLUMN validator TEXT NOT NULL DEFAULT '';
     """,
+    # 16: the history of the daemon itself (README.md, Was it even running?): a row per
+    # run, and on each fire the hash of the file bytes its phase was loaded from
+    """
+    CREATE TABLE daemon_runs (
+        run_no    INTEGER PRIMARY KEY,
+        node      TEXT NOT NULL,  -- [bus] node, else the host name
+        pid       INTEGER NOT NULL,
+        version   TEXT NOT NULL,  -- of flowlord
+        started   TEXT NOT NULL,
+        -- while it runs, brought forward every few seconds: when it was last known alive
+        last_seen TEXT NOT NULL CHECK (last_seen >= started),
+        stopped   TEXT CHECK (stopped >= started),
+        -- stopped: by a signal, cleanly; failed: by an error it reported; vanished: it
+        -- never said (SIGKILL, a crash, power lost), found by the next run, which counts
+        -- it stopped when it was last seen
+        ended     TEXT CHECK (ended IN ('stopped', 'failed', 'vanished')),
+        CHECK ((stopped IS NULL) = (ended IS NULL))
+    );
+    -- the hash of the bytes the stored phases were loaded from (file_hash is that of
+    -- the bytes last read, which may have been refused)
+    ALTER TABLE workflow_files ADD COLUMN loaded_hash TEXT;
+    UPDATE workflow_files SET loaded_hash = file_hash WHERE status = '';
+    -- which version of its file built the fire (NULL: recorded before this was kept)
+    ALTER TABLE fires ADD COLUMN file_hash TEXT;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -92,13 +92,15 @@ class WorkflowRows:
         self.conn.executemany(
             """INSERT INTO workflow_files
                    (file_path, file_hash, loaded_at, last_modified, status, stat_token,
-                    validator)
-               VALUES (?, ?, ?, ?, ?, ?, ?)
+                    validator, loaded_hash)
+               VALUES (?, ?, ?, ?, ?, ?, ?, CASE WHEN ?5 = '' THEN ?2 END)
                ON CONFLICT (file_path) DO UPDATE SET
                    file_hash = excluded.file_hash,
                    -- loaded_at: when the stored phases were loaded; refused bytes keep it
                    loaded_at = CASE WHEN excluded.status = '' THEN excluded.loaded_at
                                     ELSE workflow_files.loaded_at END,
+                   loaded_hash = CASE WHEN excluded.status = '' THEN excluded.file_hash
+                                      ELSE workflow_files.loaded_hash END,
                    last_modified = excluded.last_modified, status = excluded.status,
                    stat_token = excluded.stat_token, validator = excluded.validator""",
             [(v.file_path, v.file_hash, now, v.last_modified, status, v.stat_token, validator)
