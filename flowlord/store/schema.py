@@ -408,6 +408,13 @@ MIGRATIONS: tuple[str, ...] = (
     -- which version of its file built the fire (NULL: recorded before this was kept)
     ALTER TABLE fires ADD COLUMN file_hash TEXT;
     """,
+    # 17: the scheduling policy (flowlord/overlap.py) asks, at each fire of a phase with
+    # `overlap` and at each claim of a phase with `max_active`, for the phase's
+    # unfinished tasks: an index of those only (a task leaves it when it ends)
+    """
+    CREATE INDEX tasks_unfinished_by_phase ON tasks (file_path, phase, task_no)
+        WHERE ended IS NULL;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
