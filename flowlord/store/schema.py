@@ -415,6 +415,17 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX tasks_unfinished_by_phase ON tasks (file_path, phase, task_no)
         WHERE ended IS NULL;
     """,
+    # 18: no lost files (flowlord/catch_up.py): per watched `files=` directory, until when
+    # this database recorded what arrived there (the leader's watch, or its first watch:
+    # files there before are not started); arrived paths by path, so that the catch-up
+    # at start and at a takeover skips the files already recorded
+    """
+    CREATE TABLE watched_dirs (
+        directory     TEXT PRIMARY KEY CHECK (directory <> ''),
+        watched_until TEXT NOT NULL  -- UTC, to the millisecond
+    );
+    CREATE INDEX file_messages_by_path ON file_messages (path, received);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
