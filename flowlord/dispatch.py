@@ -46,6 +46,9 @@ class Dispatcher:
         self.pending: list[Done] = []  # received, not yet recorded
         self._phases: dict[tuple[str | None, str | None, str, str], Phase | None] = {}
         self._children: dict[tuple[str, str, str], list[Phase]] = {}
+        # per topic, its phases that limit their own tasks: (file, phase) → (max_active,
+        # queued); looked up again when the workflow rows change
+        self._limits: dict[str, dict[tuple[str, str], tuple[int | None, bool]]] = {}
         self.next_overdue_check = 0.0
         self._next_due: tuple[float, datetime | None] | None = None  # (kept until, due time)
         self._completed = 0  # tasks completed since the last line that counted them
@@ -105,8 +108,7 @@ class Dispatcher:
                 children: list[NewTask] = []  # of the whole turn: one insert
                 recorded = [d for d in self.pending if self._record(d, ctx, children)]
                 self.store.add_tasks(children)
-                claimed = [stored for topic in topics
-                           for stored in self.store.claim(topic, self.bus.capacity(topic), now)]
+                claimed = [stored for topic in topics for stored in self._claim(topic, now)]
         except apsw.BusyError:
             self.log.warning("database locked by another process; results and tasks wait",
                              results_waiting=len(self.pending))
@@ -195,6 +197,21 @@ class Dispatcher:
         """Workflow rows changed (a refresh): look phases and children up again."""
         self._phases.clear()
         self._children.clear()
+        self._limits.clear()
+
+    def _claim(self, topic: str, now: str) -> list[StoredTask]:
+        """What the workers of a topic can take now: oldest first, but never more of
+        a phase than its `max_active`, and a queued phase's tasks one at a time in
+        slot order (README.md, Scheduling policy)."""
+        if topic not in self._limits:
+            self._limits[topic] = {
+                (p.file_path, p.task): (rule.max_active, rule.overlap == "queue")
+                for p in self.store.phases(topic=topic)
+                if (rule := parse_rule(p.rule)).max_active or rule.overlap == "queue"}
+        limits = self._limits[topic]
+        if not limits:  # the common case: one indexed UPDATE
+            return self.store.claim(topic, self.bus.capacity(topic), now)
+        return self.store.claim_limited(topic, self.bus.capacity(topic), now, limits)
 
     def close(self, grace: float, write_for: float,
               hurry: Callable[[], bool] = lambda: False) -> None:

@@ -29,6 +29,7 @@ from flowlord import metrics
 from flowlord.clock import rfc3339, rfc3339_ms
 from flowlord.model import Fire, Phase
 from flowlord.operations import Action, record_fires
+from flowlord.overlap import Overlap
 from flowlord.pauses import Pauses
 from flowlord.scheduler import Due, PhaseKey, Scheduler, parse_slot
 from flowlord.standby import Leadership
@@ -120,7 +121,8 @@ class Ledger:
         started = clock()
         try:
             with write_txn(store.conn):
-                new = store.record_fires(self.pending, rfc3339_ms(now))
+                fired_at = rfc3339_ms(now)
+                new = store.record_fires(self.pending, fired_at, Overlap(store, fired_at))
                 store.set_next_fires(plan)
         except apsw.BusyError:
             self.log.warning("database locked by another process; will retry",
@@ -190,7 +192,7 @@ class Ledger:
             try:
                 try:
                     with write_txn(store.conn):
-                        new += store.record_fires([fire], fired_at)
+                        new += store.record_fires([fire], fired_at, Overlap(store, fired_at))
                 except apsw.BusyError:
                     raise
                 except Exception as e:
@@ -220,7 +222,7 @@ class Ledger:
         if repeated:
             self.log.info("slots already fired, skipped", count=repeated)
         for f in new:
-            if f.error.startswith("paused by "):  # as asked: said, not an error
+            if f.error.startswith(("paused by ", "skipped by overlap")):  # as asked
                 self.log.info("slot skipped", file=f.file_path, phase=f.phase,
                               slot=f.scheduled_for, why=f.error)
             elif f.error:

@@ -100,6 +100,7 @@ class Fire:
     source: FireSource
     tasks: Sequence[Task] = ()
     error: str = ""
+    overlap: str = "allow"  # its phase's rule: what it does beside unfinished earlier tasks
 
 
 class StoredTask(NamedTuple):

@@ -22,6 +22,8 @@ KNOWN_KEYS = frozenset(
     {
         "cron", "offset", "job", "files", "require", "retry_delay", "no_alert",
         "for", "by", "meta", "meta-file", "catchup", "timeout",
+        # the scheduling policy (README.md, Scheduling policy)
+        "overlap", "max_active", "deadline", "jitter",
     }
 )
 # keys whose repeated values are all used; for the others the first value wins
@@ -31,6 +33,8 @@ BY_STEPS = {
     "week": "week", "weekly": "week", "month": "month", "monthly": "month",
 }
 CATCHUP = frozenset({"none", "last", "all"})
+OVERLAP = frozenset({"allow", "skip", "queue", "replace"})
+MAX_ACTIVE = 1_000_000
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
@@ -93,6 +97,12 @@ class Rule:
     meta_file: str = ""
     catchup: str | None = None
     timeout: timedelta | None = None
+    # while an earlier task of the phase is unfinished, a new slot: allow, skip, queue,
+    # replace (flowlord/overlap.py)
+    overlap: str = "allow"
+    max_active: int | None = None  # tasks of the phase running at once, at most
+    deadline: timedelta | None = None  # a slot not complete by slot + deadline is late
+    jitter: timedelta | None = None  # the phase starts this much after its slot, at most
     has_cron: bool = False  # a cron= was written, valid or not
     issues: tuple[Issue, ...] = ()
 
@@ -183,6 +193,21 @@ def parse_rule(text: str) -> Rule:
             fields["catchup"] = first["catchup"]
         else:
             issues.append(Issue("error", f"invalid catchup: {first['catchup']}"))
+    if "overlap" in first:
+        if first["overlap"] in OVERLAP:
+            fields["overlap"] = first["overlap"]
+        else:
+            issues.append(Issue("error", f"invalid overlap: {first['overlap']}"))
+    if "max_active" in first:
+        value = first["max_active"]
+        if value.isascii() and value.isdigit() and 1 <= int(value) <= MAX_ACTIVE:
+            fields["max_active"] = int(value)
+        else:
+            issues.append(Issue("error", f"invalid max_active: {value}"))
+    if "deadline" in first:
+        fields["deadline"] = _duration("deadline", first["deadline"], issues, positive=True)
+    if "jitter" in first:
+        fields["jitter"] = _duration("jitter", first["jitter"], issues, positive=True)
     if "files" in first:
         fields["files"] = first["files"]
         if not _files_pattern_ok(first["files"]):

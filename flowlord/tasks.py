@@ -278,4 +278,5 @@ def build_fire(phase: Phase, slot: datetime, source: FireSource, ctx: Context) -
         tasks, error = [], str(e)
     except OverflowError:  # e.g. a `for` that reaches past year 9999
         tasks, error = [], "time out of range"
-    return Fire(phase.file_path, phase.task, rfc3339(slot), source, tasks, error)
+    return Fire(phase.file_path, phase.task, rfc3339(slot), source, tasks, error,
+                parse_rule(phase.rule).overlap)

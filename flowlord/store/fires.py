@@ -7,7 +7,7 @@ Mixed into `flowlord.store.Store`; every write method runs inside `write_txn`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import apsw
 
@@ -17,11 +17,18 @@ from flowlord.model import Fire
 class FireRows:
     conn: apsw.Connection
 
-    def record_fires(self, fires: Sequence[Fire], fired_at: str) -> list[Fire]:
+    def record_fires(self, fires: Sequence[Fire], fired_at: str,
+                     settle: Callable[[Fire], Fire] | None = None) -> list[Fire]:
         """Write each fire with its tasks, skipping slots already in the ledger; call
-        inside write_txn. Returns the fires that were new."""
+        inside write_txn. `settle` may change a new fire first, in the transaction (the
+        overlap policy, flowlord/overlap.py). Returns the fires that were new, as
+        recorded."""
         new: list[Fire] = []
         for fire in fires:
+            if settle is not None and not self.conn.execute(
+                    "SELECT 1 FROM fires WHERE file_path = ? AND phase = ? AND scheduled_for "
+                    "= ?", (fire.file_path, fire.phase, fire.scheduled_for)).fetchone():
+                fire = settle(fire)
             self.conn.execute(  # with the hash of the file bytes its phase came from
                 "INSERT INTO fires (file_path, phase, scheduled_for, fired_at, source, error, "
                 "file_hash) VALUES (?, ?, ?, ?, ?, ?, (SELECT loaded_hash FROM workflow_files "
@@ -49,3 +56,10 @@ class FireRows:
         """(next fire UTC text or None, file, task) for each phase; call inside write_txn."""
         self.conn.executemany(
             "UPDATE workflow_phases SET next_fire = ? WHERE file_path = ? AND task = ?", plan)
+
+    def unfinished_of_phase(self, file_path: str, phase: str, limit: int) -> list[int]:
+        """The oldest unfinished tasks of a phase (any attempt, a waiting retry too)."""
+        return [n for n, in self.conn.execute(
+            "SELECT task_no FROM tasks INDEXED BY tasks_unfinished_by_phase WHERE "
+            "file_path = ? AND phase = ? AND ended IS NULL ORDER BY task_no LIMIT ?",
+            (file_path, phase, limit))]

@@ -19,6 +19,7 @@ TASK_COLUMNS = ("task_no, id, type, job, info, meta, created, started, ended, re
 
 
 RESULT = 9  # where `result` is in a row of TASK_COLUMNS
+CLAIM_SCAN = 10_000  # waiting tasks of a topic looked at per claim where phases limit theirs
 
 
 def stored_task(r: Sequence[Any]) -> StoredTask:
@@ -106,6 +107,45 @@ class TaskRows:
             "WHERE started IS NULL AND type = ? AND (due_at IS NULL OR due_at <= ?) "
             f"ORDER BY task_no LIMIT ?) RETURNING {TASK_COLUMNS}",
             (now, topic, now, limit))
+        return sorted((stored_task(r) for r in rows), key=lambda t: t.task_no)
+
+    def claim_limited(self, topic: str, limit: int, now: str,
+                      limits: dict[tuple[str, str], tuple[int | None, bool]]
+                      ) -> list[StoredTask]:
+        """`claim`, for a topic where some phases limit their own tasks: `limits` maps
+        (file, phase) to (max_active, queue). A phase with max_active N never has more
+        than N running; a queued phase runs its unfinished tasks one at a time in slot
+        order (a waiting retry of an earlier slot holds the later ones). The other
+        tasks of the topic are claimed as ever, oldest first. Call inside write_txn."""
+        running: dict[tuple[str, str], int] = {}
+        head: dict[tuple[str, str], int | None] = {}  # a queued phase's next task in order
+        for key, (_, queue) in limits.items():
+            unfinished = list(self.conn.execute(
+                "SELECT task_no, started IS NOT NULL, coalesce(scheduled_for, '') FROM tasks "
+                "INDEXED BY tasks_unfinished_by_phase WHERE file_path = ? AND phase = ? "
+                "AND ended IS NULL", key))
+            running[key] = sum(1 for _, started, _ in unfinished if started)
+            if queue and unfinished:
+                head[key] = min(unfinished, key=lambda u: (u[2], u[0]))[0]
+        chosen: list[int] = []
+        for task_no, file_path, phase in self.conn.execute(
+                "SELECT task_no, file_path, phase FROM tasks INDEXED BY tasks_queue "
+                "WHERE started IS NULL AND type = ? AND (due_at IS NULL OR due_at <= ?) "
+                "ORDER BY task_no LIMIT ?", (topic, now, CLAIM_SCAN)):
+            key = (file_path, phase)
+            if key in limits:
+                most, queue = limits[key]
+                if queue and (running[key] or head.get(key) != task_no):
+                    continue
+                if most is not None and running[key] >= most:
+                    continue
+                running[key] += 1
+            chosen.append(task_no)
+            if len(chosen) == limit:
+                break
+        rows = self.conn.executemany(
+            "UPDATE tasks SET started = ? WHERE task_no = ? AND started IS NULL "
+            f"RETURNING {TASK_COLUMNS}", [(now, n) for n in chosen])
         return sorted((stored_task(r) for r in rows), key=lambda t: t.task_no)
 
     def finish(self, task_no: int, ended: str, result: str, msg: str,

@@ -1,0 +1,65 @@
+"""The overlap policy of a phase (README.md, Scheduling policy): what a new slot does
+while an earlier task of the same phase (any attempt, a waiting retry too) has not
+ended.
+
+- `allow` (the default): both run.
+- `skip`: the slot is recorded in `fires` with no task and an `error` naming the
+  unfinished task, so catch-up never fires it later and "why didn't it run?" is a row.
+- `replace`: the unfinished tasks are cancelled as `flowlord cancel` would (`error`,
+  `cancelled by overlap`, no retry, no alert; a running process is ended by its
+  daemon), an action row of the actor `overlap` says so, and the new slot runs.
+- `queue`: the tasks are created, and wait until the earlier ones end, in slot order:
+  that is a rule of claiming (flowlord/store/taskrows.py, claim_limited).
+
+Applied in the transaction that records the fire (`settle`), so what it looked at is
+what it wrote against; only scheduled slots (cron, catch-up) follow it: a trigger or
+a backload is an operator's explicit wish.
+"""
+
+from __future__ import annotations
+
+import json
+
+from flowlord.model import Fire
+from flowlord.store import Store
+
+ACTOR = "overlap"
+SCHEDULED = ("cron", "catchup")
+NAMED = 5  # unfinished tasks named in a skipped slot's error, at most
+
+
+class Overlap:
+    """`settle` for Store.record_fires, writing with `store` at the time `fired_at`."""
+
+    def __init__(self, store: Store, fired_at: str) -> None:
+        self.store = store
+        self.fired_at = fired_at
+
+    def __call__(self, fire: Fire) -> Fire:
+        if fire.overlap not in ("skip", "replace") or fire.source not in SCHEDULED:
+            return fire
+        if not fire.tasks:  # an error fire (paused, a bad template): nothing would run
+            return fire
+        limit = NAMED if fire.overlap == "skip" else 1_000_000
+        earlier = self.store.unfinished_of_phase(fire.file_path, fire.phase, limit)
+        if not earlier:
+            return fire
+        if fire.overlap == "skip":
+            named = ", ".join(str(n) for n in earlier)
+            return Fire(fire.file_path, fire.phase, fire.scheduled_for, fire.source, (),
+                        f"skipped by overlap=skip: task{'s' if len(earlier) > 1 else ''} "
+                        f"{named} of this phase not finished", fire.overlap)
+        self._replace(fire, earlier)
+        return fire
+
+    def _replace(self, fire: Fire, earlier: list[int]) -> None:
+        """Cancel the earlier tasks, recorded as an action of the actor `overlap`."""
+        msg = f"cancelled by {ACTOR}"
+        cancelled = [n for n in earlier
+                     if self.store.end_now(n, self.fired_at, "error", msg)]
+        action = self.store.add_action(
+            self.fired_at, ACTOR, "cancel", f"{fire.file_path}: {fire.phase}",
+            json.dumps({"task_nos": cancelled, "slot": fire.scheduled_for}))
+        self.store.settle_action(action, self.fired_at, "done",
+                                 f"{len(cancelled)} cancelled for the slot "
+                                 f"{fire.scheduled_for}")

@@ -1,0 +1,252 @@
+"""The scheduling policy of a phase (flowlord/overlap.py, README.md Scheduling policy):
+`overlap=skip|replace|queue` and `max_active`. First turn by turn with a fake clock and
+a bus that holds its tasks until the test lets them end; then the real daemon with
+real worker processes."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from flowlord.clock import FakeClock, utc_now_ms
+from flowlord.model import Done, StoredTask
+from tests.helpers import (
+    daemon,
+    daemon_config,
+    messages_until,
+    query,
+    stepped,
+    turn,
+    utc,
+    wait_for,
+    worker_table,
+)
+
+START = utc(2026, 12, 1, 12, 0, 0) + timedelta(milliseconds=500)
+
+
+def phase(name: str, rule: str) -> str:
+    return f'[[phase]]\ntask = "{name}"\nrule = "cron=* * * * * *&{rule}"\n\n'
+
+
+class HoldingBus:
+    """Takes every task and holds it, running, until the test ends it."""
+
+    def __init__(self) -> None:
+        self.held: list[StoredTask] = []
+        self.ended: list[Done] = []
+
+    def open_topics(self) -> list[str] | None:
+        return None
+
+    def capacity(self, topic: str) -> int:
+        return 100
+
+    def send(self, stored: StoredTask, timeout_seconds: float | None) -> None:
+        self.held.append(stored)
+
+    def end(self, which: Callable[[StoredTask], bool] = lambda s: True) -> None:
+        for stored in [s for s in self.held if which(s)]:
+            self.held.remove(stored)
+            self.ended.append(Done(stored.task_no, "complete", "", utc_now_ms()))
+
+    def receive(self, wait: float) -> list[Done]:
+        found, self.ended = self.ended, []
+        return found
+
+    def running(self) -> list[int]:
+        return [s.task_no for s in self.held]
+
+    def stop(self, task_no: int, reason: str) -> bool:
+        self.held = [s for s in self.held if s.task_no != task_no]
+        return True
+
+    def ack(self, done: Done) -> None:
+        pass
+
+    def close(self, grace: float, hurry: Callable[[], bool] = lambda: False) -> list[Done]:
+        return []
+
+
+def fires(db: Path, name: str) -> list[tuple[object, ...]]:
+    return query(db, "SELECT scheduled_for, error, (SELECT count(*) FROM tasks AS t WHERE "
+                     "t.phase = f.phase AND t.scheduled_for = f.scheduled_for) FROM fires AS f "
+                     "WHERE phase = ? ORDER BY scheduled_for", (name,))
+
+
+def test_skip_records_each_slot_that_came_while_a_task_ran_and_runs_the_next(
+        tmp_path: Path, wf: Path) -> None:
+    (wf / "a.toml").write_text(phase("tick", "overlap=skip"))
+    bus, clock, db = HoldingBus(), FakeClock(START), tmp_path / "f.db"
+    with stepped(tmp_path, wf, clock, bus=bus) as d:
+        for _ in range(4):
+            turn(d, clock, 1.0)
+        bus.end()
+        turn(d, clock)  # the result
+        turn(d, clock, 1.0)  # the next slot runs again
+    found = fires(db, "tick")
+    assert [(error, n) for _, error, n in found] == [
+        ("", 1), *[("skipped by overlap=skip: task 1 of this phase not finished", 0)] * 3,
+        ("", 1)]
+    assert query(db, "SELECT count(*) FROM tasks") == [(2,)]
+
+
+def test_replace_cancels_the_earlier_task_as_an_action_of_overlap(
+        tmp_path: Path, wf: Path) -> None:
+    (wf / "a.toml").write_text(phase("tick", "overlap=replace"))
+    bus, clock, db = HoldingBus(), FakeClock(START), tmp_path / "f.db"
+    with stepped(tmp_path, wf, clock, bus=bus) as d:
+        for _ in range(3):
+            turn(d, clock, 1.0)
+        turn(d, clock)  # the daemon ends what was cancelled
+        assert [s.task_no for s in bus.held] == [3]  # never two running
+    assert query(db, "SELECT task_no, result, msg FROM tasks ORDER BY task_no") == [
+        (1, "error", "cancelled by overlap"), (2, "error", "cancelled by overlap"),
+        (3, None, "")]
+    assert query(db, "SELECT actor, kind, target, json_extract(args, '$.task_nos'), outcome "
+                     "FROM actions ORDER BY action_no") == [
+        ("overlap", "cancel", "a.toml: tick", "[1]", "done"),
+        ("overlap", "cancel", "a.toml: tick", "[2]", "done")]
+    assert query(db, "SELECT count(*) FROM alerts") == [(0,)]  # no `failed` alert, no retry
+
+
+def test_queue_creates_every_slots_task_and_runs_them_one_at_a_time_in_order(
+        tmp_path: Path, wf: Path) -> None:
+    (wf / "a.toml").write_text(phase("tick", "overlap=queue"))
+    bus, clock, db = HoldingBus(), FakeClock(START), tmp_path / "f.db"
+    ran: list[int] = []
+    with stepped(tmp_path, wf, clock, bus=bus) as d:
+        for _ in range(4):
+            turn(d, clock, 1.0)
+            ran += [s.task_no for s in bus.held if s.task_no not in ran]
+        assert ran == [1] and len(bus.held) == 1  # four slots, four tasks, one running
+        for _ in range(3):
+            bus.end()
+            turn(d, clock)
+            ran += [s.task_no for s in bus.held if s.task_no not in ran]
+    assert ran == [1, 2, 3, 4]
+    assert [n for _, _, n in fires(db, "tick")] == [1, 1, 1, 1]
+
+
+def test_max_active_caps_a_phase_while_the_topic_runs_its_other_phases(
+        tmp_path: Path, wf: Path) -> None:
+    (wf / "a.toml").write_text(phase("work:capped", "max_active=2")
+                               + phase("work:free", "job=free"))
+    bus, clock = HoldingBus(), FakeClock(START)
+    with stepped(tmp_path, wf, clock, bus=bus) as d:
+        for _ in range(5):
+            turn(d, clock, 1.0)
+        running = [s.task.job for s in bus.held]
+        assert running.count("capped") == 2 and running.count("free") == 5
+        bus.end(lambda s: s.task.job == "capped" and s.task_no == min(
+            h.task_no for h in bus.held if h.task.job == "capped"))
+        turn(d, clock)
+        assert [s.task.job for s in bus.held].count("capped") == 2  # the next one, oldest
+    waiting = query(tmp_path / "f.db", "SELECT count(*) FROM tasks WHERE started IS NULL")
+    assert waiting == [(2,)]
+
+
+def test_bad_policy_values_are_errors_on_the_phase(tmp_path: Path, wf: Path) -> None:
+    (wf / "a.toml").write_text(phase("a", "overlap=sometimes") + phase("b", "max_active=0")
+                               + phase("c", "deadline=-1s") + phase("d", "jitter=soon"))
+    clock = FakeClock(START)
+    with stepped(tmp_path, wf, clock, bus=HoldingBus()):
+        pass
+    assert query(tmp_path / "f.db", "SELECT task, severity, status FROM workflow_phases "
+                                    "ORDER BY task") == [
+        ("a", "error", "invalid overlap: sometimes"), ("b", "error", "invalid max_active: 0"),
+        ("c", "error", "invalid deadline: -1s"), ("d", "error", "invalid jitter: soon")]
+
+
+# --- the real daemon, real worker processes ------------------------------------------
+
+
+def intervals(db: Path, where: str) -> list[tuple[str, str]]:
+    """(started, ended) of the tasks that started, in start order; a running one ends
+    now."""
+    now = utc_now_ms()
+    return [(str(s), str(e or now)) for s, e in query(
+        db, f"SELECT started, ended FROM tasks WHERE started IS NOT NULL AND {where} "
+            "ORDER BY started, task_no")]
+
+
+def overlapping(spans: list[tuple[str, str]]) -> list[tuple[tuple[str, str], tuple[str, str]]]:
+    """Pairs of consecutive spans where the later started before the earlier ended."""
+    return [(a, b) for a, b in zip(spans, spans[1:], strict=False) if b[0] < a[1]]
+
+
+def run_daemon(tmp_path: Path, wf: Path, notify_socket: socket.socket, tables: str,
+               until: Callable[[], bool]) -> None:
+    config = daemon_config(tmp_path, tables)
+    with daemon(tmp_path, wf, tmp_path / "f.db", args=["-c", str(config)],
+                stderr=subprocess.DEVNULL) as proc:
+        messages_until(notify_socket, "READY=1")
+        wait_for(until, 60)
+        proc.kill()  # SIGKILL: what a crash leaves
+        proc.wait()
+
+
+@pytest.mark.slow
+def test_skip_never_lets_two_tasks_of_a_phase_overlap_even_across_a_sigkill(
+        tmp_path: Path, wf: Path, notify_socket: socket.socket) -> None:
+    (wf / "a.toml").write_text(phase("tick", "overlap=skip"))
+    db = tmp_path / "f.db"
+    tables = worker_table("tick", "sleep", "2.5", concurrency=4)
+
+    def skipped(n: int) -> Callable[[], bool]:
+        return lambda: query(db, "SELECT count(*) FROM fires WHERE error LIKE "
+                                 "'skipped by overlap=skip: task %'") >= [(n,)]
+    run_daemon(tmp_path, wf, notify_socket, tables, skipped(4))
+    first_life = query(db, "SELECT count(*) FROM fires")[0][0]
+    run_daemon(tmp_path, wf, notify_socket, tables, skipped(8))
+    assert overlapping(intervals(db, "phase = 'tick'")) == []
+    assert query(db, "SELECT count(*) FROM fires")[0][0] > first_life  # it fired again
+    ran = query(db, "SELECT count(*) FROM fires WHERE error = ''")[0][0]
+    assert ran >= 2 and query(db, "SELECT count(*) FROM tasks")[0][0] >= ran
+
+
+@pytest.mark.slow
+def test_queue_runs_every_slot_one_at_a_time_in_order(
+        tmp_path: Path, wf: Path, notify_socket: socket.socket) -> None:
+    (wf / "a.toml").write_text(phase("tick", "overlap=queue"))
+    db = tmp_path / "f.db"
+    run_daemon(tmp_path, wf, notify_socket, worker_table("tick", "sleep", "1.2", concurrency=4),
+               lambda: query(db, "SELECT count(*) FROM tasks WHERE result = 'complete'")
+               >= [(4,)])
+    spans = intervals(db, "phase = 'tick'")
+    assert overlapping(spans) == []
+    started = [str(s) for s, in query(db, "SELECT scheduled_for FROM tasks WHERE started IS "
+                                          "NOT NULL ORDER BY started")]
+    assert started == sorted(started)  # in slot order
+    assert query(db, "SELECT count(*) FROM fires WHERE error <> ''") == [(0,)]  # none skipped
+    assert query(db, "SELECT count(*) FROM fires") == query(db, "SELECT count(*) FROM tasks")
+
+
+@pytest.mark.slow
+def test_replace_never_leaves_two_running(
+        tmp_path: Path, wf: Path, notify_socket: socket.socket) -> None:
+    (wf / "a.toml").write_text(phase("tick", "overlap=replace"))
+    db = tmp_path / "f.db"
+    run_daemon(tmp_path, wf, notify_socket, worker_table("tick", "sleep", "2.5", concurrency=4),
+               lambda: query(db, "SELECT count(*) FROM tasks WHERE msg = "
+                                 "'cancelled by overlap'") >= [(4,)])
+    assert overlapping(intervals(db, "phase = 'tick'")) == []
+    assert query(db, "SELECT count(*) FROM actions WHERE actor = 'overlap'")[0][0] >= 4
+
+
+@pytest.mark.slow
+def test_max_active_1_on_a_topic_of_concurrency_8(
+        tmp_path: Path, wf: Path, notify_socket: socket.socket) -> None:
+    (wf / "a.toml").write_text(phase("work:capped", "max_active=1")
+                               + phase("work:free", "job=free"))
+    db = tmp_path / "f.db"
+    run_daemon(tmp_path, wf, notify_socket, worker_table("work", "sleep", "2.5", concurrency=8),
+               lambda: query(db, "SELECT count(*) FROM tasks WHERE job = 'capped' AND "
+                                 "result = 'complete'") >= [(2,)])
+    assert overlapping(intervals(db, "job = 'capped'")) == []  # never two of that phase
+    assert overlapping(intervals(db, "job = 'free'")) != []  # the rest of the topic is used
