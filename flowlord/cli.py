@@ -27,7 +27,14 @@ from flowlord import (
     report,
 )
 from flowlord.clock import parse_iso, rfc3339
-from flowlord.config import Config, ConfigError, find_config_file, load_config, with_flags
+from flowlord.config import (
+    Config,
+    ConfigError,
+    db_origin,
+    find_config_file,
+    load_config,
+    with_flags,
+)
 from flowlord.durations import parse_duration
 from flowlord.errors import UsageError
 from flowlord.export import ExportError, export
@@ -37,7 +44,7 @@ from flowlord.loader import (
 )
 from flowlord.model import Phase
 from flowlord.rules import parse_rule
-from flowlord.store import Store, StoreError, reads, write_txn
+from flowlord.store import NoDatabase, Store, StoreError, reads, write_txn
 from flowlord.tasklog import log_path, logged_task_nos, remove_logs
 
 
@@ -170,11 +177,15 @@ def _positive(text: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    config = Config()
     try:
         args = _parser().parse_args(argv)
         config = with_flags(load_config(find_config_file(args.config)),
                             workflows=args.workflows, db=args.db)
         return int(COMMANDS[args.command](args, config))
+    except NoDatabase as e:  # which path, from where, and the command that makes it
+        print(f"flowlord: {_no_database(e, config)}", file=sys.stderr)
+        return 2
     except (UsageError, ConfigError, StoreError, LoaderError) as e:
         print(f"flowlord: {e}", file=sys.stderr)
         return 2
@@ -190,6 +201,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
 
+
+
+def _no_database(e: NoDatabase, config: Config) -> str:
+    """A missing database, said so that following the advice makes that same database,
+    not an empty one wherever the command happens to run."""
+    if config.db_from == "flag":
+        again = f"flowlord --db {e.path} refresh"
+    elif config.source:
+        again = f"flowlord -c {os.path.abspath(config.source)} refresh"
+    else:
+        again = f"flowlord --db {e.path} refresh"
+    return f"no database at {e.path} ({db_origin(config)}): `{again}` creates it"
 
 
 # --- commands ---------------------------------------------------------------------------
@@ -314,7 +337,7 @@ def cmd_doctor(args: argparse.Namespace, config: Config) -> int:
     """Integrity, foreign keys and orphans; with --fix, orphans removed, then checked
     again. Exit 1 while anything is found."""
     if args.fix:
-        store = Store(config.db)
+        store = Store(config.db, create=False)
         try:
             with write_txn(store.conn):
                 fixed = store.remove_orphans()

@@ -99,7 +99,7 @@ def cmd_rerun(args: argparse.Namespace, config: Config) -> int:
     if (args.type or args.since) and not args.failed:
         raise UsageError("rerun: --type and --since go with --failed")
     now = datetime.now(UTC)
-    store = Store(config.db, readonly=args.dry_run)
+    store = Store(config.db, readonly=args.dry_run, create=False)
     try:
         since = (rfc3339_ms(operations.in_zone(args.since, config.zone())) if args.since
                  else None)  # to the millisecond, as task times are kept
@@ -127,7 +127,7 @@ def cmd_rerun(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_cancel(args: argparse.Namespace, config: Config) -> int:
     """End tasks now; exit 1 when one had already ended."""
-    store = Store(config.db)
+    store = Store(config.db, create=False)
     try:
         cancelled, over = operate.cancel(store, args.task_nos, datetime.now(UTC), _action(
             "cancel", " ".join(map(str, args.task_nos))[:1000], {"tasks": args.task_nos}))
@@ -144,7 +144,7 @@ def cmd_cancel(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_drop(args: argparse.Namespace, config: Config) -> int:
     """Cancel every waiting task of a topic."""
-    store = Store(config.db)
+    store = Store(config.db, create=False)
     try:
         dropped = operate.drop(store, args.type, args.job, datetime.now(UTC), _action(
             "drop", f"{args.type}:{args.job}" if args.job else args.type,
@@ -157,7 +157,7 @@ def cmd_drop(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_mark(args: argparse.Namespace, config: Config) -> int:
     """Record a result by hand; `complete` starts the task's children."""
-    store = Store(config.db)
+    store = Store(config.db, create=False)
     loader = Loader(config.workflows, store)
     ctx = Context(config.zone(), meta_dir(config.workflows), datetime.now(UTC))
     try:
@@ -178,7 +178,7 @@ def cmd_pause(args: argparse.Namespace, config: Config) -> int:
     """Open a pause; exit 1 when one is in force for that already."""
     now = datetime.now(UTC)
     until = operations.in_zone(args.until, config.zone()) if args.until else None
-    store = Store(config.db)
+    store = Store(config.db, create=False)
     try:
         target, label = operate.pause_target(store, task=args.tasks, workflow=args.workflow,
                                              file=args.file, topic=args.topic,
@@ -196,7 +196,7 @@ def cmd_pause(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_resume(args: argparse.Namespace, config: Config) -> int:
     """End the pauses named; exit 1 when none of them was in force."""
-    store = Store(config.db)
+    store = Store(config.db, create=False)
     try:
         named = [operate.pause_target(store, task=t, workflow=args.workflow) for t in args.tasks]
         if args.file or args.topic or args.all or not named:

@@ -261,7 +261,7 @@ def cmd_notify(args: argparse.Namespace, config: Config) -> int:
     bad = [p for p in args.paths if not storable(p)]
     for path in bad:
         print(f"flowlord: not a UTF-8 path, skipped: {ascii(path)}", file=sys.stderr)
-    store = Store(config.db)
+    store = Store(config.db, create=False)
     try:
         paths = [p for p in args.paths if p not in bad]
         action = operations.Action(operations.unix_actor(), "notify", " ".join(paths)[:1000],

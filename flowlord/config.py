@@ -33,6 +33,10 @@ class WorkerConfig:
     command: tuple[str, ...]
     concurrency: int = 1
     timeout: timedelta = timedelta(hours=1)
+    # the topic's own variables, over the daemon's environment (or, with inherit_env =
+    # false, instead of it): flowlord/workers.py, topic_environment
+    env: dict[str, str] = field(default_factory=dict)
+    inherit_env: bool = True
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,7 @@ class Config:
     http_token_file: str = ""  # `name:token` lines (a bare line: the token named `token`)
     http_tokens: dict[str, str] = field(default_factory=dict)  # name → token
     source: str = ""  # the config file read, or '' for the embedded defaults
+    db_from: str = ""  # where `db` was set: "config" (the file), "flag" (--db), '' default
 
     def zone(self) -> tzinfo:
         return resolve_zone(self.timezone)
@@ -100,7 +105,7 @@ _SECTIONS: dict[str, dict[str, tuple[str, type]]] = {
     "http": {"listen": ("http_listen", str), "token": ("http_token", str),
              "token_file": ("http_token_file", str), "tokens": ("http_tokens", dict)},
 }
-_WORKER_KEYS = {"command", "concurrency", "timeout"}
+_WORKER_KEYS = {"command", "concurrency", "timeout", "env", "inherit_env"}
 
 
 def find_config_file(explicit: str | None) -> str | None:
@@ -121,7 +126,7 @@ def load_config(path: str | None) -> Config:
         raise ConfigError(f"cannot read config {path}: {e.strerror}") from e
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"config {path}: {e}") from e
-    values: dict[str, Any] = {"source": path}
+    values: dict[str, Any] = {"source": path, "db_from": "config" if "db" in doc else ""}
     for key, value in doc.items():
         if key in _TOP:
             values[key] = _typed(path, key, value, _TOP[key])
@@ -209,7 +214,17 @@ def _worker(path: str, topic: str, table: object) -> WorkerConfig:
     if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
         raise ConfigError(f"config {path}: {where}.concurrency must be an integer >= 1")
     timeout = _typed(path, f"{where}.timeout", table.get("timeout", "1h"), timedelta)
-    return WorkerConfig(tuple(command), concurrency, timeout)  # type: ignore[arg-type]
+    env = table.get("env", {})
+    if not isinstance(env, dict) or not all(
+            isinstance(k, str) and k and "=" not in k and "\0" not in k
+            and isinstance(v, str) and "\0" not in v for k, v in env.items()):
+        raise ConfigError(f"config {path}: {where}.env must be a table of names to strings "
+                          "(a name without '=')")
+    inherit = table.get("inherit_env", True)
+    if not isinstance(inherit, bool):
+        raise ConfigError(f"config {path}: {where}.inherit_env must be true or false")
+    return WorkerConfig(tuple(command), concurrency, timeout,  # type: ignore[arg-type]
+                        dict(env), inherit)
 
 
 def http_tokens(config: Config) -> dict[str, str]:
@@ -239,5 +254,17 @@ def with_flags(config: Config, *, workflows: str | None, db: str | None) -> Conf
     if workflows:
         config = replace(config, workflows=workflows)
     if db:
-        config = replace(config, db=db)
+        config = replace(config, db=db, db_from="flag")
     return config
+
+
+def db_origin(config: Config) -> str:
+    """Where the database's path came from, for a message that names it."""
+    source = os.path.abspath(config.source) if config.source else ""
+    if config.db_from == "flag":
+        return "from --db"
+    if config.db_from == "config":
+        return f"db in {source}"
+    if source:
+        return f"the default, as {source} sets no db; relative to the current directory"
+    return "the default, as no config file was read; relative to the current directory"

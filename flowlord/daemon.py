@@ -37,7 +37,7 @@ import apsw
 from flowlord import logs, operations
 from flowlord.bus import Bus, BusUnavailable
 from flowlord.bus.local import LocalBus
-from flowlord.clock import Clock, SystemClock
+from flowlord.clock import Clock, SystemClock, rfc3339_ms
 from flowlord.commands import Commands
 from flowlord.config import Config, ConfigError, http_tokens
 from flowlord.dispatch import Dispatcher
@@ -45,6 +45,7 @@ from flowlord.file_triggers import FileTriggers
 from flowlord.ledger import Ledger
 from flowlord.loader import Loader, LoaderError
 from flowlord.model import Fire
+from flowlord.notices import Notices
 from flowlord.operate import Place
 from flowlord.operations import Action
 from flowlord.pauses import Pauses
@@ -118,10 +119,13 @@ class Daemon:
                                      self.config.task_ttl, self.log, self.clock)
         self.dispatcher.pauses = self.pauses
         self.slow = SlowWatch(store, self.config.slow_factor, self.clock, self.log)
+        # warnings told once, and every operator action (flowlord/notices.py)
+        self.notices = Notices(self.log, self.bus.workers if isinstance(self.bus, LocalBus)
+                               else None, self.clock.monotonic())
         self.sync = WorkflowSync(self.loader, self.ledger, self.file_triggers,
                                  rescan_every=self.config.rescan.total_seconds(),
                                  monotonic=self.clock.monotonic(), log=self.log,
-                                 wake=self.wakeup.wake, changed=self._notify_status,
+                                 wake=self.wakeup.wake, changed=self._workflows_changed,
                                  rescheduled=self.dispatcher.forget_phases)
 
     def start(self) -> None:
@@ -129,6 +133,7 @@ class Daemon:
         last run; committed before the daemon says it is ready (with a redis bus, the
         catch-up fires wait for the first turn's lease and claims)."""
         self.run_row.begin(self.store)
+        self.notices.start(self.store)
         self.sync.first_load(self.clock.now, lambda: bool(self.stop_signals), self.wakeup.wait)
         now = self.clock.now()
         self.pauses.load(self.store, now)  # catch-up is judged by the pauses of its slots
@@ -332,9 +337,6 @@ class Daemon:
             self.file_triggers.drop()
         self.ledger.fire_due(now, monotonic, ctx)
         self.ledger.write(self.store, self.clock.now(), self.clock.monotonic)  # fired_at
-        if self.ledger.delayed:  # jittered tasks: the loop must wake when they are due
-            self.ledger.delayed = False
-            self.dispatcher.forget_due()
         self.commands.apply_queued(self.log)
         # the tasks in this database are its own, whoever leads: a standby that led
         # before still runs their children and retries
@@ -342,6 +344,7 @@ class Daemon:
         self.dispatcher.stop_ended(monotonic)
         self.dispatcher.check_overdue(monotonic)
         self.slow.check(monotonic)
+        self.notices.tick(self.store, rfc3339_ms(now), monotonic)
         self.retention.tick(self.store, now, monotonic)
         self.run_row.seen(self.store, monotonic)
         if self.webhook:
@@ -394,6 +397,10 @@ class Daemon:
         if leading != was:
             self._notify_status()
         return leading
+
+    def _workflows_changed(self) -> None:
+        self.notices.changed()
+        self._notify_status()
 
     def _notify_status(self) -> None:
         if os.environ.get("NOTIFY_SOCKET"):  # counting 100,000 phases is not free

@@ -18,7 +18,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 
 from flowlord.clock import utc_now_ms
@@ -52,7 +52,20 @@ def inherited_environment() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in _DAEMON_ONLY}
 
 
+def topic_environment(env: Mapping[str, str], inherit: bool = True,
+                      inherited: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A topic's environment, before the task's own variables: the daemon's (without
+    systemd's variables, `inherited` when given) unless `[workers.<topic>] inherit_env =
+    false`, then the topic's `env` table over it. Without PATH, a command is looked up in
+    /bin and /usr/bin (os.defpath)."""
+    base = (dict(inherited) if inherited is not None else inherited_environment()) \
+        if inherit else {}
+    return {**base, **env}
+
+
 def environment(task: Task, inherited: dict[str, str] | None = None) -> dict[str, str]:
+    """A task's environment: its topic's (`inherited`; None: the daemon's), then the
+    task's own variables, which win."""
     if inherited is None:
         inherited = inherited_environment()
     return {**inherited, "FLOWLORD_TASK": task.to_json(), "FLOWLORD_TASK_ID": task.id,

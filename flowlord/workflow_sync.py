@@ -123,9 +123,7 @@ class WorkflowSync:
             self.log.info("workflows changed", changes=" ".join(changes))
             self.changed()
         files = {change[1:] for change in changes}
-        for file, state in self.store.file_states(sorted(files)).items():
-            if state.status:  # bytes refused: the last good phases stay (or none, if refused)
-                self.log.warning("workflow file not loaded", file=file, status=state.status)
+        # a file whose bytes were refused is logged once by flowlord/notices.py
         if self.resync:  # an earlier refresh failed after committing some files
             files |= {f[0] for f in self.store.files()}
             files |= {file for file, _ in self.ledger.scheduler.phase_keys()}

@@ -12,7 +12,7 @@ from flowlord.bus import drain
 from flowlord.config import WorkerConfig
 from flowlord.model import Done, StoredTask
 from flowlord.tasklog import DEFAULT_MAX_BYTES
-from flowlord.workers import Run, inherited_environment
+from flowlord.workers import Run, inherited_environment, topic_environment
 
 STOPPED = "stopped: the daemon shut down while the task ran"
 # tasks sent per worker thread beyond the one it runs: a thread that finishes starts the
@@ -36,7 +36,10 @@ class LocalBus:
         self.pools = {topic: ThreadPoolExecutor(w.concurrency, f"worker-{topic}")
                       for topic, w in workers.items()}
         self.results: queue.SimpleQueue[Done] = queue.SimpleQueue()
-        self.environment = inherited_environment()
+        inherited = inherited_environment()
+        # each topic's own: the daemon's, and its `env` table (`inherit_env`, config.py)
+        self.environments = {topic: topic_environment(w.env, w.inherit_env, inherited)
+                             for topic, w in workers.items()}
         self.wake = wake  # called (no arguments) when a result arrives, to end a wait early
 
     def open_topics(self) -> list[str] | None:
@@ -53,7 +56,8 @@ class LocalBus:
         worker = self.workers[stored.task.type]
         timeout = (timedelta(seconds=timeout_seconds) if timeout_seconds is not None
                    else worker.timeout)
-        run = Run(stored, worker.command, timeout, self._finished, self.environment,
+        run = Run(stored, worker.command, timeout, self._finished,
+                  self.environments[stored.task.type],
                   self.log_dir, self.log_max_bytes)
         self.runs[stored.task_no] = run
         self.pools[stored.task.type].submit(run.run)

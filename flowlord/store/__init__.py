@@ -13,6 +13,7 @@ from __future__ import annotations
 from flowlord.store.actions import ActionRows
 from flowlord.store.connection import (
     BUSY_TIMEOUT_MS,
+    NoDatabase,
     StoreError,
     connect,
     migrate,
@@ -28,10 +29,11 @@ from flowlord.store.workflows import FileOp, FileState, FileVersion, WorkflowRow
 class Store(WorkflowRows, FireRows, TaskRows, ActionRows, PauseRows, RunRows):
     """The writer's view of the database (the daemon and state-changing commands)."""
 
-    def __init__(self, path: str, *, readonly: bool = False,
+    def __init__(self, path: str, *, readonly: bool = False, create: bool = True,
                  busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
         self.path = path
-        self.conn = connect(path, readonly=readonly, busy_timeout_ms=busy_timeout_ms)
+        self.conn = connect(path, readonly=readonly, create=create,
+                            busy_timeout_ms=busy_timeout_ms)
 
     def close(self) -> None:
         self.conn.close()
@@ -42,5 +44,5 @@ class Store(WorkflowRows, FireRows, TaskRows, ActionRows, PauseRows, RunRows):
         return int(self.conn.pragma("data_version"))
 
 
-__all__ = ["FileOp", "FileState", "FileVersion", "Store", "StoreError", "connect", "migrate",
-           "write_txn"]
+__all__ = ["FileOp", "FileState", "FileVersion", "NoDatabase", "Store", "StoreError", "connect",
+           "migrate", "write_txn"]

@@ -26,3 +26,17 @@ class ActionRows:
         self.conn.execute("UPDATE actions SET applied = ?, outcome = ?, message = ? "
                           "WHERE action_no = ? AND applied IS NULL",
                           (applied, outcome, message, action_no))
+
+    def last_action_no(self) -> int:
+        """The newest action's number (0 without any)."""
+        return int(self.conn.execute("SELECT coalesce(max(action_no), 0) FROM actions").get)
+
+    def actions_to_tell(self, after: int, unsettled: list[int], limit: int = 1000,
+                        ) -> list[tuple[int, str, str, str, str, str | None, str | None]]:
+        """Actions numbered after `after`, and those numbered in `unsettled` (seen before
+        their outcome): (action_no, actor, kind, target, args, outcome, message)."""
+        marks = ", ".join("?" * len(unsettled))
+        return list(self.conn.execute(
+            "SELECT action_no, actor, kind, target, args, outcome, message FROM actions "
+            f"WHERE action_no > ? OR action_no IN ({marks}) ORDER BY action_no LIMIT ?",
+            (after, *unsettled, limit)))

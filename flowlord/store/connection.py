@@ -8,6 +8,7 @@ Writes run in transactions begun with `BEGIN IMMEDIATE` (docs/decisions.md: a
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,17 +24,27 @@ class StoreError(Exception):
     """The database cannot be used; str(e) is one line for the person at the terminal."""
 
 
+class NoDatabase(StoreError):
+    """There is no database at `path`, and this command does not make one: the command
+    line says where the path came from (flowlord/cli.py)."""
 
-def connect(path: str, *, readonly: bool = False,
+    def __init__(self, path: str) -> None:
+        self.path = os.path.abspath(path)
+        super().__init__(f"no database at {self.path}: run `flowlord refresh` first")
+
+
+def connect(path: str, *, readonly: bool = False, create: bool = True,
             busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> apsw.Connection:
-    """Open the database with flowlord's pragmas; a writer also migrates it."""
-    if readonly and not os.path.exists(path):
-        raise StoreError(f"no database at {path}: run `flowlord refresh` first")
+    """Open the database with flowlord's pragmas; a writer also migrates it. Only a
+    writer with `create` makes a missing database (`flowlord refresh`, `run`): any other
+    command would leave an empty one behind wherever its path led (NoDatabase)."""
+    if (readonly or not create) and not os.path.exists(path):
+        raise NoDatabase(path)
     flags = apsw.SQLITE_OPEN_READONLY if readonly else (
         apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE)
     try:
         if not readonly:
-            _create_private(path)
+            _create_group_readable(path)
         conn = apsw.Connection(path, flags=flags, statementcachesize=200)
         conn.set_busy_timeout(busy_timeout_ms)
         conn.config(apsw.SQLITE_DBCONFIG_DQS_DML, 0)
@@ -41,6 +52,7 @@ def connect(path: str, *, readonly: bool = False,
         conn.pragma("foreign_keys", "ON")
         conn.pragma("synchronous", "NORMAL")
         if not readonly:
+            _persist_wal(conn)
             conn.pragma("journal_mode", "wal")
             conn.pragma("journal_size_limit", 64 * 1024 * 1024)
         version = conn.pragma("user_version")
@@ -60,11 +72,28 @@ def connect(path: str, *, readonly: bool = False,
     return conn
 
 
-def _create_private(path: str) -> None:
-    """A new database file is readable by its owner and group only; SQLite gives its
-    -wal and -shm files the same permissions."""
-    with contextlib.suppress(OSError):  # it exists; or SQLite will say why it cannot open it
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640))
+def _create_group_readable(path: str) -> None:
+    """A new database file is readable by its owner and group only, whatever the umask;
+    SQLite gives its -wal and -shm files the same permissions (docs/install.md: operators
+    in the service's group read it with `sqlite3 -readonly`)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    except OSError:  # it exists; or SQLite will say why it cannot open it
+        return
+    try:
+        os.fchmod(fd, 0o640)
+    finally:
+        os.close(fd)
+
+
+def _persist_wal(conn: apsw.Connection) -> None:
+    """Keep the -wal and -shm files when the last connection closes. A reader who may not
+    create files in the database's directory (a member of the service's group) can open a
+    WAL database read-only only while both exist: without this, a daemon that stopped
+    cleanly took them away, and `sqlite3 -readonly` failed with "attempt to write a
+    readonly database". Set on every writer, as any of them may close last."""
+    persist = ctypes.c_int(1)
+    conn.file_control("main", apsw.SQLITE_FCNTL_PERSIST_WAL, ctypes.addressof(persist))
 
 
 @contextmanager

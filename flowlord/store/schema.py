@@ -426,6 +426,27 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX file_messages_by_path ON file_messages (path, received);
     """,
+    # 19: windows of time for a person at sqlite3 (README.md, Debugging with sqlite3).
+    # Task times are text to the millisecond with a T and a Z (2026-11-23T14:05:00.123Z):
+    # the bound is written the same way, as datetime('now', '-1 hour') gives
+    # '2026-11-23 13:05:00', which sorts after every time of that day
+    """
+    CREATE VIEW tasks_last_hour AS
+    SELECT task_no, id, type, job, info, file_path, phase, attempt, created, started,
+           ended, result, msg
+      FROM tasks WHERE created >= strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-1 hour');
+
+    CREATE VIEW tasks_last_day AS
+    SELECT task_no, id, type, job, info, file_path, phase, attempt, created, started,
+           ended, result, msg
+      FROM tasks WHERE created >= strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-1 day');
+
+    -- since midnight UTC
+    CREATE VIEW tasks_today AS
+    SELECT task_no, id, type, job, info, file_path, phase, attempt, created, started,
+           ended, result, msg
+      FROM tasks WHERE created >= strftime('%Y-%m-%dT00:00:00.000Z', 'now');
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
