@@ -337,6 +337,9 @@ class Daemon:
             self.file_triggers.drop()
         self.ledger.fire_due(now, monotonic, ctx)
         self.ledger.write(self.store, self.clock.now(), self.clock.monotonic)  # fired_at
+        if self.ledger.delayed:  # jittered tasks: the loop must wake when they are due
+            self.ledger.delayed = False
+            self.dispatcher.forget_due()
         self.commands.apply_queued(self.log)
         # the tasks in this database are its own, whoever leads: a standby that led
         # before still runs their children and retries

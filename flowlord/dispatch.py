@@ -226,6 +226,11 @@ class Dispatcher:
         if self.pending:  # recorded as errors at the next start, and retried by the rules
             self.log.error("results not recorded", task_nos=[d.task_no for d in self.pending])
 
+    def forget_due(self) -> None:
+        """Tasks that wait for a due time were written elsewhere (a jittered fire): the
+        next due time is looked up again."""
+        self._next_due = None
+
     def next_due(self) -> float | None:
         """Seconds until the next waiting retry is due, if any. Retries come from this
         dispatcher's turns, so the answer is kept until a turn writes (or for a second:

@@ -48,6 +48,7 @@ class Ledger:
         self.log = log
         self.leadership = leadership  # with a redis bus: slots are claimed there first
         self.pauses = Pauses()  # a slot of a paused phase is recorded with no task
+        self.delayed = False  # fires were recorded whose tasks wait (jitter): wake for them
         self.pending: list[Fire] = []
         self.held: list[Fire] = []
         self.unplanned: set[PhaseKey] = set()
@@ -214,6 +215,8 @@ class Ledger:
         return True
 
     def _log_fires(self, new: Sequence[Fire], repeated: int, now: datetime) -> None:
+        if any(f.due_at for f in new):
+            self.delayed = True
         for f in new:
             metrics.FIRES.labels(f.source).inc()
             if f.source == "cron":

@@ -101,6 +101,7 @@ class Fire:
     tasks: Sequence[Task] = ()
     error: str = ""
     overlap: str = "allow"  # its phase's rule: what it does beside unfinished earlier tasks
+    due_at: str | None = None  # its tasks wait until then (a phase's jitter); None: at once
 
 
 class StoredTask(NamedTuple):

@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from functools import cached_property, partial
 
 from flowlord.clock import rfc3339, rfc3339_ms
+from flowlord.jitter import start
 from flowlord.model import Fire, FireSource, Phase, Task
 from flowlord.rules import Rule, parse_rule
 from flowlord.templates import cron_hour, meta_names, render_meta, render_time
@@ -278,5 +279,8 @@ def build_fire(phase: Phase, slot: datetime, source: FireSource, ctx: Context) -
         tasks, error = [], str(e)
     except OverflowError:  # e.g. a `for` that reaches past year 9999
         tasks, error = [], "time out of range"
+    rule = parse_rule(phase.rule)
+    due = rfc3339_ms(start(phase.file_path, phase.task, rule.jitter, slot)) if rule.jitter \
+        and source in ("cron", "catchup") else None
     return Fire(phase.file_path, phase.task, rfc3339(slot), source, tasks, error,
-                parse_rule(phase.rule).overlap)
+                rule.overlap, due)

@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import socket
 import subprocess
+from collections import Counter
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
+from flowlord import jitter
 from flowlord.clock import FakeClock, utc_now_ms
 from flowlord.model import Done, StoredTask
 from tests.helpers import (
+    at,
     daemon,
     daemon_config,
     messages_until,
@@ -250,3 +253,42 @@ def test_max_active_1_on_a_topic_of_concurrency_8(
                                  "result = 'complete'") >= [(2,)])
     assert overlapping(intervals(db, "job = 'capped'")) == []  # never two of that phase
     assert overlapping(intervals(db, "job = 'free'")) != []  # the rest of the topic is used
+
+
+# --- jitter ------------------------------------------------------------------------------
+
+
+def test_jitter_spreads_a_thousand_phases_over_the_window_the_same_every_time() -> None:
+    window = timedelta(seconds=30)
+    delays = [jitter.delay("etl/hourly.toml", f"load:part{i}", window) for i in range(1000)]
+    assert all(timedelta(0) <= d < window for d in delays)
+    per_second = Counter(int(d.total_seconds()) for d in delays)
+    assert len(per_second) == 30 and max(per_second.values()) <= 60  # ≤ 6 % in any second
+    assert delays == [jitter.delay("etl/hourly.toml", f"load:part{i}", window)
+                      for i in range(1000)]  # a pure function of the phase: every host
+    assert jitter.delay("other.toml", "load:part0", window) != delays[0]
+
+
+def test_a_jittered_slot_is_recorded_at_its_time_and_its_task_starts_after_its_delay(
+        tmp_path: Path, wf: Path) -> None:
+    every_minute = '[[phase]]\ntask = "{}"\nrule = "cron=0 * * * * *&jitter=10s"\n\n'
+    (wf / "a.toml").write_text(every_minute.format("tick") + every_minute.format("other"))
+    db = tmp_path / "f.db"
+    offsets = []
+    for minute in (1, 2):  # a restart between the two slots: the same delays
+        bus = HoldingBus()
+        clock = FakeClock(utc(2026, 12, 1, 12, minute - 1, 59) + timedelta(milliseconds=500))
+        with stepped(tmp_path, wf, clock, bus=bus) as d:
+            turn(d, clock, 1.0)  # the slot: fired, its tasks wait
+            fired = query(db, "SELECT phase, scheduled_for, due_at FROM tasks WHERE "
+                              "started IS NULL ORDER BY phase")
+            assert not bus.held and len(fired) == 2
+            assert {slot for _, slot, _ in fired} == {f"2026-12-01T12:0{minute}:00Z"}
+            offsets.append([(p, (at(str(due)) - at(str(slot))).total_seconds())
+                            for p, slot, due in fired])
+            for _ in range(10):
+                turn(d, clock, 1.0)
+            assert len(bus.held) == 2  # both started, each once its delay had passed
+        assert query(db, "SELECT count(*) FROM tasks WHERE started < due_at") == [(0,)]
+    assert offsets[0] == offsets[1] and offsets[0][0][1] != offsets[0][1][1]
+    assert all(0 <= s < 10 for _, s in offsets[0])

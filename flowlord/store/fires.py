@@ -40,9 +40,9 @@ class FireRows:
             new.append(fire)
             self.conn.executemany(
                 "INSERT INTO tasks (id, type, job, info, meta, created, file_path, phase, "
-                "scheduled_for) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "scheduled_for, due_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(t.id, t.type, t.job, t.info, t.meta, t.created, fire.file_path, fire.phase,
-                  fire.scheduled_for) for t in fire.tasks])
+                  fire.scheduled_for, fire.due_at) for t in fire.tasks])
         return new
 
     def last_fires(self) -> dict[tuple[str, str], str]:
