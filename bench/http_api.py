@@ -160,11 +160,15 @@ def get(url: str) -> float:
 
 
 BUSY_RUNS = 20_000  # runs in the 6 hours before now: the timeline's window
-ENDPOINTS = {
-    "overview page": "/",
+# measured with a target, but not polled by the clients of the lateness windows (the
+# figures of those windows stay comparable with those of before)
+CHARTED = {
     "/api/stats": "/api/stats",
     "phase page with its charts": "/phases/d0/w7.toml/topic7:w7",
     "timeline, 6 h, 20,000 runs": "/timeline?hours=6",
+}
+ENDPOINTS = {
+    "overview page": "/",
     "phases API, first page": "/api/phases",
     "tasks API, topic7 errors": "/api/tasks?type=topic7&result=error",
     "tasks API, a topic never run": "/api/tasks?type=ghost",
@@ -215,7 +219,7 @@ def floor(db: Path) -> dict[str, float]:
     api = Api(Config(db=str(db)), healthy=lambda: True, role=lambda: "leader")
     dashboard = Dashboard(api)
     figures = {}
-    for name, url in {**ENDPOINTS, **SLOW}.items():
+    for name, url in {**ENDPOINTS, **CHARTED, **SLOW}.items():
         path, _, text = url.partition("?")
         answer = api.answer if path.startswith("/api/") or path == "/metrics" else \
             dashboard.answer
@@ -316,7 +320,7 @@ def main() -> None:
             print(f"\nlatency over {args.requests} sequential requests each, "
                   "while 20 phases fire every second:")
             print(f"{'':28} {'p50':>8} {'p99':>8} {'direct':>8}  target p99")
-            for name, path in ENDPOINTS.items():
+            for name, path in {**ENDPOINTS, **CHARTED}.items():
                 times = sorted(get(base + path) for _ in range(args.requests))
                 p99 = percentile(times, 99)
                 print(f"{name:28} {statistics.median(times) * 1000:6.1f}ms "
