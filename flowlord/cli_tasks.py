@@ -17,7 +17,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from flowlord import operate, operations
+from flowlord import operate, operations, waiting
 from flowlord.arrivals import storable
 from flowlord.cli_files import find_phase_in_files
 from flowlord.clock import rfc3339_ms, seconds_between, utc_now_ms
@@ -157,7 +157,7 @@ def cmd_tasks(args: argparse.Namespace, config: Config) -> int:
     now = utc_now_ms()
 
     def line(r: dict[str, Any]) -> str:
-        state = str(r["result"] or ("running" if r["started"] else "waiting"))
+        state = str(r["result"] or ("running" if r["started"] else f"waiting: {r['waiting']}"))
         if r["attempt"]:  # a retry: which one
             state += f" (attempt {r['attempt']})"
         kind = f"{r['type']}:{r['job']}" if r["job"] else r["type"]
@@ -170,9 +170,12 @@ def cmd_tasks(args: argparse.Namespace, config: Config) -> int:
         return (f"{r['task_no']}\t{r['created']}\t{kind}\t{state}\t{wait}\t{run}\t"
                 f"{r['info'] or '-'}\t{r['id']}\t{msg or '-'}")
     since = rfc3339_ms(operations.in_zone(args.since, config.zone())) if args.since else None
-    return print_rows(config, lambda store: reads.tasks(
-        store, type=args.type, job=args.job, result=args.result, phase=args.phase,
-        since=since, id=args.id, limit=args.limit), args.json, line, header=TASK_HEADER)
+    def read(store: Store) -> list[dict[str, Any]]:
+        rows = reads.tasks(store, type=args.type, job=args.job, result=args.result,
+                           phase=args.phase, since=since, id=args.id, limit=args.limit)
+        waiting.explain(store, rows, datetime.now(UTC), waiting.local_concurrency(config))
+        return rows
+    return print_rows(config, read, args.json, line, header=TASK_HEADER)
 
 
 def cmd_actions(args: argparse.Namespace, config: Config) -> int:

@@ -31,7 +31,7 @@ TASK_KEYS = {"type", "job", "info", "meta", "id", "created", "started", "ended",
 # the keys of /api/tasks: the workflow file is `file` in both (flowlord.store.reads)
 COLUMNS = {"task_no", "id", "type", "job", "info", "meta", "created", "started", "ended",
            "result", "msg", "file", "phase", "attempt", "scheduled_for", "parent_no", "due_at",
-           "no_children", "wait_seconds", "run_seconds"}
+           "no_children", "wait_seconds", "run_seconds", "waiting"}
 RFC3339_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")  # task times: ms
 
 
@@ -319,7 +319,8 @@ def test_tasks_lists_newest_first_with_type_result_and_limit(tmp_path: Path, wf:
     assert header.split("\t") == ["task_no", "created", "task", "state", "wait", "run",
                                    "info", "id", "msg"]
     assert len(text) == 4 and all(str(every[i]["id"]) in text[i] for i in range(4))
-    assert text[0].split("\t")[3:6] == ["waiting", text[0].split("\t")[4], "-"]
+    assert text[0].split("\t")[3:6] == ["waiting: no worker for the topic",
+                                         text[0].split("\t")[4], "-"]
     assert text[0].split("\t")[4].endswith("…")  # waiting so far
     assert text[3].split("\t")[3:6] == ["complete", "1 min 00 s", "1 min 00 s"]
     assert text[3].split("\t")[8] == "wrote 3 rows done"  # the message, on its line

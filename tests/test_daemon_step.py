@@ -90,8 +90,9 @@ def test_without_a_worker_tasks_wait_in_the_database_and_are_listed(
     assert main(["tasks", "--db", str(db), "--result", "none"]) == 0
     header, *listed = capsys.readouterr().out.splitlines()
     assert header.startswith("task_no\tcreated\ttask\tstate\twait\trun\tinfo")
-    assert len(listed) == 3 and all(line.split("\t")[2:4] == ["tick", "waiting"]
-                                    and "\tt=" in line for line in listed)
+    assert len(listed) == 3 and all(
+        line.split("\t")[2:4] == ["tick", "waiting: no worker for the topic"]
+        and "\tt=" in line for line in listed)
     assert query(db, "SELECT task, next_fire FROM phase_schedule ORDER BY task") == [
         ("child", None), ("tick", "2026-12-01T12:00:40Z")]
 

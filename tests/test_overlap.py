@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from flowlord import jitter
+from flowlord import jitter, waiting
 from flowlord.clock import FakeClock, utc_now_ms
 from flowlord.model import Done, StoredTask
+from flowlord.store import reads, write_txn
 from tests.helpers import (
     at,
     daemon,
@@ -40,15 +41,16 @@ def phase(name: str, rule: str) -> str:
 class HoldingBus:
     """Takes every task and holds it, running, until the test ends it."""
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: dict[str, int] | None = None) -> None:
         self.held: list[StoredTask] = []
         self.ended: list[Done] = []
+        self.room = capacity or {}  # topic → tasks it takes at most; others: 100
 
     def open_topics(self) -> list[str] | None:
         return None
 
     def capacity(self, topic: str) -> int:
-        return 100
+        return self.room.get(topic, 100) - sum(1 for s in self.held if s.task.type == topic)
 
     def send(self, stored: StoredTask, timeout_seconds: float | None) -> None:
         self.held.append(stored)
@@ -292,3 +294,31 @@ def test_a_jittered_slot_is_recorded_at_its_time_and_its_task_starts_after_its_d
         assert query(db, "SELECT count(*) FROM tasks WHERE started < due_at") == [(0,)]
     assert offsets[0] == offsets[1] and offsets[0][0][1] != offsets[0][1][1]
     assert all(0 <= s < 10 for _, s in offsets[0])
+
+
+def test_a_waiting_task_says_why(tmp_path: Path, wf: Path) -> None:
+    (wf / "a.toml").write_text(phase("work:queued", "overlap=queue")
+                               + phase("work:capped", "max_active=1&job=capped")
+                               + phase("other", "jitter=1h") + phase("idle", "job=x"))
+    bus, clock = HoldingBus(capacity={"idle": 1}), FakeClock(START)
+    with stepped(tmp_path, wf, clock, bus=bus) as d:
+        turn(d, clock, 1.0)
+        turn(d, clock, 1.0)  # two slots of each phase
+
+        def why(concurrency: dict[str, int] | None) -> dict[str, str]:
+            rows = reads.tasks(d.store, result="none", limit=100)
+            waiting.explain(d.store, rows, clock.now(), concurrency)
+            return {t["phase"]: t["waiting"] for t in rows if not t["started"]}
+
+        held = {s.task.type: s.task_no for s in bus.held if s.task.job == "queued"}
+        reasons = why({"work": 8, "idle": 1})
+        assert reasons["work:queued"] == f"queued behind task {held['work']}"
+        assert reasons["work:capped"] == "phase max_active 1"
+        assert reasons["other"].startswith("due at 2026-12-01T")  # its jitter's start
+        assert reasons["idle:x"] == "topic full"
+        assert why({"work": 8})["idle:x"] == "no worker for the topic"
+        assert why(None)["idle:x"] == "a free worker takes it next"  # a remote bus: unknown
+        with write_txn(d.store.conn):
+            d.store.conn.execute("INSERT INTO pauses (scope, topic, actor, since) VALUES "
+                                 "('topic', 'idle', 'alice', '2026-01-01T00:00:00Z')")
+        assert why({"idle": 1})["idle:x"] == "topic paused"

@@ -80,7 +80,7 @@ def test_tour_commands_run_as_shown(tmp_path: Path) -> None:
     assert "10 steps: 3 new, 7 done before; 3 tasks created" in backloads[2]
     header, *listed = outputs["flowlord tasks --limit 5"].splitlines()
     assert header.startswith("task_no\tcreated\ttask\tstate\twait\trun")
-    assert len(listed) == 5 and all("\treport:backfill\twaiting\t" in ln for ln in listed)
+    assert len(listed) == 5 and all("\treport:backfill\twaiting: " in ln for ln in listed)
 
 
 def test_sqlite3_queries_run_in_debian_sqlite3_and_apsw(tmp_path: Path) -> None:

@@ -120,13 +120,10 @@ class TaskRows:
         running: dict[tuple[str, str], int] = {}
         head: dict[tuple[str, str], int | None] = {}  # a queued phase's next task in order
         for key, (_, queue) in limits.items():
-            unfinished = list(self.conn.execute(
-                "SELECT task_no, started IS NOT NULL, coalesce(scheduled_for, '') FROM tasks "
-                "INDEXED BY tasks_unfinished_by_phase WHERE file_path = ? AND phase = ? "
-                "AND ended IS NULL", key))
-            running[key] = sum(1 for _, started, _ in unfinished if started)
+            unfinished = self.phase_unfinished(*key)
+            running[key] = sum(1 for _, started in unfinished if started)
             if queue and unfinished:
-                head[key] = min(unfinished, key=lambda u: (u[2], u[0]))[0]
+                head[key] = unfinished[0][0]
         chosen: list[int] = []
         for task_no, file_path, phase in self.conn.execute(
                 "SELECT task_no, file_path, phase FROM tasks INDEXED BY tasks_queue "
@@ -147,6 +144,14 @@ class TaskRows:
             "UPDATE tasks SET started = ? WHERE task_no = ? AND started IS NULL "
             f"RETURNING {TASK_COLUMNS}", [(now, n) for n in chosen])
         return sorted((stored_task(r) for r in rows), key=lambda t: t.task_no)
+
+    def phase_unfinished(self, file_path: str, phase: str) -> list[tuple[int, bool]]:
+        """(task_no, started) of a phase's unfinished tasks, in slot order (a task of
+        no slot by its number)."""
+        return [(n, bool(started)) for n, started in self.conn.execute(
+            "SELECT task_no, started IS NOT NULL FROM tasks INDEXED BY "
+            "tasks_unfinished_by_phase WHERE file_path = ? AND phase = ? AND ended IS NULL "
+            "ORDER BY coalesce(scheduled_for, ''), task_no", (file_path, phase))]
 
     def finish(self, task_no: int, ended: str, result: str, msg: str,
                started: str = "") -> StoredTask | None:

@@ -17,7 +17,7 @@ from urllib.parse import unquote
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from flowlord import __version__, metrics, operate
+from flowlord import __version__, metrics, operate, waiting
 from flowlord.clock import rfc3339_ms
 from flowlord.config import Config
 from flowlord.errors import BadRequest
@@ -122,9 +122,11 @@ class Api:
         return reads.graph(store, file)
 
     def tasks(self, store: Store, query: dict[str, list[str]]) -> list[dict[str, Any]]:
-        return reads.tasks(store, **params.task_filters(query, self.config.zone()),
+        rows = reads.tasks(store, **params.task_filters(query, self.config.zone()),
                            before=params.integer(query, "before", None),
                            limit=params.limit(query))
+        waiting.explain(store, rows, datetime.now(UTC), waiting.local_concurrency(self.config))
+        return rows
 
     def lineage(self, store: Store, task_id: str) -> list[dict[str, Any]]:
         rows = reads.lineage(store, task_id, params.MAX_LIMIT)

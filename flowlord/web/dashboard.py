@@ -21,6 +21,7 @@ from urllib.parse import quote, unquote, urlencode
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
+from flowlord import waiting
 from flowlord.clock import parse_iso, rfc3339
 from flowlord.config import Config
 from flowlord.durations import format_seconds
@@ -227,6 +228,8 @@ class Dashboard:
         filters = params.task_filters(query, self.api.config.zone())
         before, limit = params.integer(query, "before", None), params.limit(query)
         rows = reads.tasks(store, **filters, before=before, limit=limit)
+        waiting.explain(store, rows, datetime.now(UTC),
+                        waiting.local_concurrency(self.api.config))
         shown = {key: params.one(query, key) or "" for key in filters}  # as typed
         return self.render("tasks.html", "tasks", tasks=rows, limit=limit, filters=shown)
 
@@ -249,6 +252,8 @@ class Dashboard:
         found = reads.task(store, task_no)
         if found is None or found["id"] != unquote(task_id):
             raise BadRequest(HTTPStatus.NOT_FOUND, f"no task {task_no} with id {task_id}")
+        waiting.explain(store, [found], datetime.now(UTC),
+                        waiting.local_concurrency(self.api.config))
         end = read_log_end(self.api.config.task_logs(), task_no, LOG_SHOWN_BYTES)
         log, size = end if end is not None else (None, 0)
         return self.render("attempt.html", "tasks", t=found, refresh=LOG_REFRESH_SECONDS,
