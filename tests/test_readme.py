@@ -20,7 +20,7 @@ import redis
 
 from flowlord.clock import utc_now, utc_now_ms
 from flowlord.model import Fire
-from flowlord.store import Store, write_txn
+from flowlord.store import Store, alerts, write_txn
 from tests.helpers import ROOT, count, free_port, wait_for
 
 pytestmark = pytest.mark.slow
@@ -102,6 +102,9 @@ def test_sqlite3_queries_run_in_debian_sqlite3_and_apsw(tmp_path: Path) -> None:
         [task] = store.claim("report", 1, utc_now_ms())
         store.finish(task.task_no, utc_now(), "error", "exit status 1: no data")
         store.add_alert(task.task_no, "failed", task.task, "failed after 1 attempt", utc_now())
+        alerts.add_slot_alert(store.conn, "late", "reports.toml", "report:daily",  # paused
+                              "2026-11-23T11:30:00Z", "report", "daily",
+                              "not complete 1h0m0s after its slot: paused by alice", utc_now())
         run = store.begin_run("scheduler-1", 4242, "0.1.0", "2026-12-02T02:00:00.000Z")
         store.seen_run(run, "2026-12-02T02:30:00.000Z")  # a daemon running at 02:18
     store.close()

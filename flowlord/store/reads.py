@@ -36,7 +36,7 @@ _ROW_KEYS = tuple("file" if c == "file_path" else c for c in TASK_COLUMNS.split(
 TASK_KEYS = (*_ROW_KEYS, "wait_seconds", "run_seconds")  # a task's JSON
 ACTION_KEYS = tuple(ACTION_COLUMNS.split(", "))
 ALERT_KEYS = ("alert_no", "task_no", "kind", "type", "job", "message", "created",
-              "posted_at", "task_id")
+              "posted_at", "task_id", "file", "phase", "slot")
 
 # a phase as stored, then the daemon's plan for it and the slot it last fired
 _PHASE_SELECT = (f"SELECT {PHASE_COLUMNS}, next_fire, (SELECT max(f.scheduled_for) FROM "
@@ -307,10 +307,12 @@ def fire(store: Store, file: str, phase: str, slot: str) -> tuple[str, str, str]
 
 def alerts(store: Store, *, before: int | None = None, limit: int = 100
            ) -> list[dict[str, Any]]:
-    """Alerts as JSON, newest first; `before` an alert_no."""
+    """Alerts as JSON, newest first; `before` an alert_no. A `late` slot that never
+    had a task has no task_no (null) and names its file, phase and slot."""
     return [dict(zip(ALERT_KEYS, r, strict=True)) for r in store.conn.execute(
         "SELECT a.alert_no, a.task_no, a.kind, a.type, a.job, a.message, a.created, "
-        "a.posted_at, t.id FROM alerts AS a JOIN tasks AS t USING (task_no) "
+        "a.posted_at, t.id, a.file_path, a.phase, a.scheduled_for "
+        "FROM alerts AS a LEFT JOIN tasks AS t USING (task_no) "
         "WHERE a.alert_no < ? ORDER BY a.alert_no DESC LIMIT ?",
         (before if before is not None else 2**62, limit))]
 

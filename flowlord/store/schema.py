@@ -447,6 +447,64 @@ MIGRATIONS: tuple[str, ...] = (
            ended, result, msg
       FROM tasks WHERE created >= strftime('%Y-%m-%dT00:00:00.000Z', 'now');
     """,
+    # 20: alerts that name a slot (README.md, Deadlines and notifications): a `late` slot
+    # may have no task at all (never fired, paused, skipped), so task_no may be NULL and
+    # an alert names its phase and slot; one `late` (and one `recovered`) per slot ever.
+    # Every alert names its phase when it has one, for the routes' `files` and for "the
+    # first complete after a failure". AUTOINCREMENT: an alert number is never used
+    # twice, so each route's cursor (route_cursors, flowlord/routes.py) stays true after
+    # retention empties the table. `success` is never a row (a notification only).
+    """
+    CREATE TABLE alerts_new (
+        alert_no INTEGER PRIMARY KEY AUTOINCREMENT,
+        task_no  INTEGER REFERENCES tasks (task_no) ON DELETE CASCADE,
+        kind     TEXT NOT NULL CHECK (kind IN ('failed', 'alert', 'incomplete', 'slow',
+                                               'late', 'recovered')),
+        type     TEXT NOT NULL,
+        job      TEXT NOT NULL DEFAULT '',
+        message  TEXT NOT NULL DEFAULT '',
+        created  TEXT NOT NULL,
+        -- when a webhook first accepted it; NULL: not sent (yet, or no route took it)
+        posted_at TEXT,
+        file_path     TEXT,
+        phase         TEXT,
+        scheduled_for TEXT,  -- the slot (UTC), for an alert about a slot
+        CHECK ((file_path IS NULL) = (phase IS NULL)),
+        -- an alert names a task, or a slot of a phase
+        CHECK (task_no IS NOT NULL OR (phase IS NOT NULL AND scheduled_for IS NOT NULL)),
+        CHECK (scheduled_for IS NULL OR phase IS NOT NULL),
+        CHECK (kind <> 'late' OR scheduled_for IS NOT NULL),
+        UNIQUE (task_no, kind)
+    );
+    INSERT INTO alerts_new (alert_no, task_no, kind, type, job, message, created, posted_at,
+                            file_path, phase, scheduled_for)
+    SELECT a.alert_no, a.task_no, a.kind, a.type, a.job, a.message, a.created, a.posted_at,
+           t.file_path, t.phase, t.scheduled_for
+      FROM alerts AS a LEFT JOIN tasks AS t USING (task_no) WHERE a.kind <> 'success';
+    DROP TABLE alerts;
+    ALTER TABLE alerts_new RENAME TO alerts;
+    CREATE INDEX alerts_unposted ON alerts (alert_no) WHERE posted_at IS NULL;
+    CREATE INDEX alerts_by_phase ON alerts (file_path, phase, alert_no)
+        WHERE file_path IS NOT NULL;
+    CREATE UNIQUE INDEX alerts_late ON alerts (file_path, phase, scheduled_for)
+        WHERE kind = 'late';
+    CREATE UNIQUE INDEX alerts_recovered ON alerts (file_path, phase, scheduled_for)
+        WHERE kind = 'recovered';
+
+    -- per [[alerts.route]] (its name, or a hash of its webhook URL): the highest
+    -- alert_no its webhook has been shown; alerts after it are still to be posted
+    CREATE TABLE route_cursors (
+        route   TEXT PRIMARY KEY CHECK (route <> ''),
+        through INTEGER NOT NULL CHECK (through >= 0)
+    );
+    """,
+    # 21: a phase's history (flowlord stats per phase, its page's charts) through an
+    # index of its own: each task enters it once, when it ends; measured by
+    # bench/tasks.py (README.md, Performance)
+    """
+    CREATE INDEX tasks_ended_by_phase ON tasks (file_path, phase, ended)
+        WHERE ended IS NOT NULL;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

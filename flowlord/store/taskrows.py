@@ -306,11 +306,13 @@ class TaskRows:
 
 
     def add_alert(self, task_no: int, kind: str, task: Task, message: str, created: str) -> bool:
-        """One alert per task and kind; False when it was raised before."""
+        """One alert per task and kind, naming the task's phase and slot (a `recovered`
+        one per slot too); False when it was raised before."""
         self.conn.execute(
-            "INSERT INTO alerts (task_no, kind, type, job, message, created) "
-            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            (task_no, kind, task.type, task.job, message, created))
+            "INSERT INTO alerts (task_no, kind, type, job, message, created, file_path, "
+            "phase, scheduled_for) SELECT ?, ?, ?, ?, ?, ?, file_path, phase, scheduled_for "
+            "FROM tasks WHERE task_no = ? ON CONFLICT DO NOTHING",
+            (task_no, kind, task.type, task.job, message, created, task_no))
         return self.conn.changes() == 1
 
     def unposted_alerts(self, limit: int) -> list[tuple[int, str, str, str, str, str]]:
