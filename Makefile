@@ -5,30 +5,41 @@ BIN    := $(VENV)/bin
 
 .PHONY: run test test-fast lint bench clean
 
-$(BIN)/flowlord: pyproject.toml
+# Two installs share the .venv, each with a stamp of its own: `make run` installs what
+# running needs (no dev tools); `make test` (and lint, bench) the dev tools too.
+RUN_STAMP := $(VENV)/.installed-run
+DEV_STAMP := $(VENV)/.installed-dev
+
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+
+$(RUN_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(DEV_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-run: $(BIN)/flowlord
+run: $(RUN_STAMP)
 	mkdir -p /tmp/flowlord-drop  # the directory workflows/drop.toml watches
 	$(BIN)/flowlord -c examples/flowlord.toml run
 
-test: $(BIN)/flowlord
+test: $(DEV_STAMP)
 	$(BIN)/ruff check flowlord tests bench
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 # the in-process tests only: no process, server or browser started (the `slow` marker)
-test-fast: $(BIN)/flowlord
+test-fast: $(DEV_STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
-lint: $(BIN)/flowlord
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check flowlord tests bench
 	$(BIN)/mypy
 
-bench: $(BIN)/flowlord
+bench: $(DEV_STAMP)
 	$(BIN)/python bench/refresh.py
 	$(BIN)/python bench/daemon.py
 	$(BIN)/python bench/tasks.py
