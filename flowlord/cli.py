@@ -147,6 +147,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--type")
     p.add_argument("--by", choices=("phase", "topic"), default="phase",
                    help="one line per phase (default) or per topic")
+    p.add_argument("--file", help="the phases of this workflow file only")
     p.add_argument("--since", type=_iso_time, help="ISO 8601 time (default: 30 days ago)")
     p.add_argument("--json", action="store_true")
     cli_operate.add_parsers(sub, common, _iso_time)

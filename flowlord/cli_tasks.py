@@ -204,7 +204,7 @@ def cmd_stats(args: argparse.Namespace, config: Config) -> int:
                 f"\trun p50 {r['run_p50']}s p95 {r['run_p95']}s max {r['run_max']}s"
                 f"\twait p50 {r['wait_p50']}s p95 {r['wait_p95']}s")
     return print_rows(config, lambda store: reads.stats(
-        store, type=args.type, since=since, by=args.by), args.json, line)
+        store, type=args.type, since=since, by=args.by, file=args.file), args.json, line)
 
 
 FOLLOW_EVERY = 0.2  # seconds between looks at a followed task's log and row

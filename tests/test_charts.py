@@ -220,17 +220,27 @@ def svg_bars(html: str) -> list[str]:
     return re.findall(r'<rect class="bar ([a-z ]+)"', html)
 
 
-def test_first_task_since_bisects_the_task_numbers(tmp_path: Path) -> None:
+def test_a_phases_runs_are_read_through_its_own_indexes(tmp_path: Path) -> None:
     now = datetime.now(UTC).replace(microsecond=0)
     db = seed(tmp_path, 60, now)
     store = Store(str(db), readonly=True)
     try:
-        middle = rfc3339(now - timedelta(hours=3))
+        plans = []
+        for sql, args in (
+                ("SELECT * FROM tasks INDEXED BY tasks_ended_by_phase WHERE file_path = ? "
+                 "AND phase = ? AND ended IS NOT NULL AND ended >= ?", ("a.toml", "load", "x")),
+                ("SELECT * FROM tasks INDEXED BY tasks_unfinished_by_phase WHERE file_path = ? "
+                 "AND phase = ? AND ended IS NULL", ("a.toml", "load"))):
+            plans.append(" ".join(str(r) for r in store.conn.execute(
+                "EXPLAIN QUERY PLAN " + sql, args)))
+        assert "tasks_ended_by_phase (file_path=? AND phase=? AND ended>?)" in plans[0]
+        assert "tasks_unfinished_by_phase (file_path=? AND phase=?)" in plans[1]
+        since = rfc3339(now - timedelta(hours=3))
+        runs = history.recent_runs(store, "a.toml", "load", since, rfc3339(now), 1000)
         (expected,), = store.conn.execute(
-            "SELECT min(task_no) FROM tasks WHERE created >= ?", (middle,))
-        assert history.first_task_since(store, middle) == expected
-        assert history.first_task_since(store, "2000-01-01T00:00:00Z") == 1
-        assert history.first_task_since(store, "2100-01-01T00:00:00Z") == 61
+            "SELECT count(*) FROM tasks WHERE file_path = 'a.toml' AND phase = 'load' AND "
+            "started IS NOT NULL AND (ended IS NULL OR ended >= ?)", (since,))
+        assert len(runs) == expected and runs == sorted(runs, key=lambda r: -r.task_no)
     finally:
         store.close()
 

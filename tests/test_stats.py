@@ -26,6 +26,8 @@ def history(store: Store, runs: list[tuple[str, str, str, str, str]]) -> None:
     with write_txn(store.conn):
         store.conn.execute("INSERT OR IGNORE INTO workflow_files (file_path, file_hash, "
                            "loaded_at) VALUES ('a.toml', '', '')")
+        store.conn.execute("INSERT OR IGNORE INTO workflow_phases (file_path, task, "
+                           "position) VALUES ('a.toml', 'tick', 0)")
         store.conn.execute("INSERT INTO fires (file_path, phase, scheduled_for, fired_at, "
                            "source) VALUES ('a.toml', 'tick', '2026-12-01T00:00:00Z', '', "
                            "'cron')")
@@ -58,6 +60,23 @@ def test_stats_per_phase_from_history(tmp_path: Path,
     api = Api(Config(db=str(db)), lambda: True, lambda: "leader")
     assert api.answer("/api/stats", {"type": ["tick"]}) == (200, [row])
     assert api.answer("/api/stats", {"since": ["2100-01-01T00:00:00Z"]}) == (200, [])
+    # a page of the stored phases: a phase with no run gives no row, a later one does
+    store = Store(str(db))
+    with write_txn(store.conn):
+        store.conn.execute("INSERT INTO workflow_files (file_path, file_hash, loaded_at) "
+                           "VALUES ('b.toml', '', '')")
+        store.conn.executemany("INSERT INTO workflow_phases (file_path, task, position) "
+                               "VALUES ('b.toml', ?, ?)", [("idle", 0), ("tick", 1)])
+        store.conn.execute("INSERT INTO tasks (id, type, created, started, ended, result, "
+                           "file_path, phase) VALUES ('y', 'tick', '2099-01-01T00:00:00Z', "
+                           "'2099-01-01T00:00:00Z', '2099-01-01T00:00:01Z', 'complete', "
+                           "'b.toml', 'tick')")
+    store.close()
+    assert [r["file"] for r in api.answer("/api/stats", {})[1]] == ["a.toml", "b.toml"]
+    assert api.answer("/api/stats", {"limit": ["1"]}) == (200, [row])
+    assert [(r["file"], r["runs"]) for r in api.answer(
+        "/api/stats", {"offset": ["1"], "limit": ["2"]})[1]] == [("b.toml", 1)]
+    assert [r["task"] for r in api.answer("/api/stats", {"file": ["b.toml"]})[1]] == ["tick"]
 
 
 def test_the_stats_views_agree_with_flowlord_stats_and_debians_sqlite3_reads_them(

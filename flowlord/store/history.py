@@ -5,10 +5,8 @@ and dashboard). Functions of a Store (a read-only one will do) returning plain r
 
 Every query is steered to an index, as `flowlord.store.reads` steers its listings:
 
-- a phase's tasks through its topic's (`tasks_by_type`, type then task_no), from the
-  first task created since the chart's start: `first_task_since` finds it by bisecting
-  the task numbers, which grow with `created` (a task's number is given when its row is
-  written, at the time it records in `created`);
+- a phase's tasks through its own indexes: those ended by when they ended
+  (`tasks_ended_by_phase`), the unfinished ones (`tasks_unfinished_by_phase`);
 - the runs of a window through `tasks_by_start` (migration 13, `started`), from
   `LONGEST_RUN` before the window's start, and the runs still going through
   `tasks_running`;
@@ -51,48 +49,40 @@ WindowRun = tuple[int, str, float, float, str | None, int, int, int, int, int, i
 STATE_COLUMNS = ("complete", "warn", "alert", "error", "running")
 
 
-def first_task_since(store: Store, since: str) -> int:
-    """The smallest task number created at `since` or later (one past the largest when
-    none was): a bisection over the task numbers, one primary-key lookup per step."""
-    (least, most), = store.conn.execute("SELECT min(task_no), max(task_no) FROM tasks")
-    if least is None:
-        return 0
-    low, high = int(least), int(most) + 1
-    while low < high:
-        middle = (low + high) // 2
-        (number, created), = store.conn.execute(
-            "SELECT task_no, created FROM tasks WHERE task_no >= ? ORDER BY task_no LIMIT 1",
-            (middle,))
-        if created >= since:
-            high = middle
-        else:
-            low = int(number) + 1
-    return low
-
-
 def recent_runs(store: Store, file: str, task: str, since: str, now: str, limit: int
                 ) -> list[Run]:
-    """The phase's newest `limit` tasks created since `since` that started, newest
-    first."""
-    first = first_task_since(store, since)
-    return [Run(*r) for r in store.conn.execute(
-        "SELECT task_no, id, job, created, started, ended, result, "
-        "(julianday(coalesce(ended, ?)) - julianday(started)) * 86400 FROM tasks "
-        "WHERE type = ? AND task_no >= ? AND file_path = ? AND phase = ? "
-        "AND started IS NOT NULL ORDER BY task_no DESC LIMIT ?",
-        (now, task.partition(":")[0], first, file, task, limit))]
+    """The phase's newest `limit` runs that ended since `since`, and those running,
+    newest first: through the phase's own indexes (tasks_ended_by_phase,
+    tasks_unfinished_by_phase), whatever the size of the history."""
+    columns = ("SELECT task_no, id, job, created, started, ended, result, "
+               "(julianday(coalesce(ended, ?)) - julianday(started)) * 86400 FROM tasks ")
+    rows: list[Any] = store.conn.execute(
+        columns + "INDEXED BY tasks_unfinished_by_phase WHERE file_path = ? AND phase = ? "
+        "AND ended IS NULL AND started IS NOT NULL", (now, file, task)).fetchall()
+    rows += store.conn.execute(
+        columns + "INDEXED BY tasks_ended_by_phase WHERE file_path = ? AND phase = ? "
+        "AND ended IS NOT NULL AND ended >= ? ORDER BY ended DESC LIMIT ?",
+        (now, file, task, since, limit)).fetchall()
+    return [Run(*r) for r in sorted(rows, key=lambda r: r[0], reverse=True)[:limit]]
 
 
 def hourly_counts(store: Store, file: str, task: str, since: str
                   ) -> list[tuple[str, str, int]]:
     """(hour 'YYYY-MM-DDTHH', state, tasks) of the phase's tasks created since `since`,
-    by the hour they were created; the state is the result, or 'running', 'waiting'."""
-    first = first_task_since(store, since)
-    return [(hour, state, int(n)) for hour, state, n in store.conn.execute(
-        "SELECT substr(created, 1, 13), coalesce(result, CASE WHEN started IS NULL "
-        "THEN 'waiting' ELSE 'running' END), count(*) FROM tasks "
-        "WHERE type = ? AND task_no >= ? AND file_path = ? AND phase = ? AND created >= ? "
-        "GROUP BY 1, 2 ORDER BY 1", (task.partition(":")[0], first, file, task, since))]
+    by the hour they were created; the state is the result, or 'running', 'waiting'.
+    Through the phase's own indexes: an ended task ended after it was created."""
+    counts: dict[tuple[str, str], int] = {}
+    for hour, state, n in [*store.conn.execute(
+            "SELECT substr(created, 1, 13), result, count(*) FROM tasks INDEXED BY "
+            "tasks_ended_by_phase WHERE file_path = ? AND phase = ? AND ended IS NOT NULL "
+            "AND ended >= ? AND created >= ? GROUP BY 1, 2", (file, task, since, since)),
+            *store.conn.execute(
+            "SELECT substr(created, 1, 13), CASE WHEN started IS NULL THEN 'waiting' ELSE "
+            "'running' END, count(*) FROM tasks INDEXED BY tasks_unfinished_by_phase "
+            "WHERE file_path = ? AND phase = ? AND ended IS NULL AND created >= ? "
+            "GROUP BY 1, 2", (file, task, since))]:
+        counts[hour, state] = counts.get((hour, state), 0) + int(n)
+    return [(hour, state, n) for (hour, state), n in sorted(counts.items())]
 
 
 def _window(lane: str, file: str | None) -> str:

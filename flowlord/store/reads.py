@@ -16,6 +16,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -336,15 +337,46 @@ STATS_KEYS = ("file", "task", *STATS_FIGURES)  # per phase; per topic: ("topic",
 
 
 def stats(store: Store, *, type: str | None = None, since: str | None = None,
-          by: str = "phase") -> list[dict[str, Any]]:
-    """Per phase (`by="phase"`: tasks a phase made) or per topic (`by="topic"`: every
-    task), from the history of ended tasks (since `since`): runs, how many completed and
-    failed, run time p50/p95/max and wait (created → started) p50/p95, in seconds. The
-    same figures as the `phase_stats` and `topic_stats` views (flowlord/store/schema.py).
-    Cancelled tasks did not run: they are left out."""
+          by: str = "phase", file: str | None = None, limit: int | None = None,
+          offset: int = 0) -> list[dict[str, Any]]:
+    """Per phase (`by="phase"`: the stored phases, in file order, `limit` of them from
+    `offset`, those with runs) or per topic (`by="topic"`: every task), from the
+    history of ended tasks (since `since`): runs, how many completed and failed, run
+    time p50/p95/max and wait (created → started) p50/p95, in seconds. The same
+    figures as the `phase_stats` and `topic_stats` views (flowlord/store/schema.py).
+    Cancelled tasks did not run: they are left out. A phase's history is read through
+    its own index (tasks_ended_by_phase), so a page of phases costs what their runs
+    cost, not what the whole history does."""
+    if by == "topic":
+        return _topic_stats(store, type, since)
+    where, args = [], []
+    if type is not None:  # a phase's topic is its task's name before ':'
+        where.append("(task = ? OR task >= ? AND task < ?)")
+        args += [type, type + ":", type + ";"]
+    if file is not None:
+        where.append("file_path = ?")
+        args.append(file)
+    phases: list[Any] = store.conn.execute(
+        "SELECT file_path, task FROM workflow_phases "
+        + ("WHERE " + " AND ".join(where) if where else "")
+        + " ORDER BY file_path, position LIMIT ? OFFSET ?",
+        (*args, -1 if limit is None else limit, offset)).fetchall()
+    rows = []
+    for file_path, task in phases:
+        runs: list[Any] = store.conn.execute(
+            "SELECT result, (julianday(ended) - julianday(started)) * 86400, "
+            "(julianday(started) - julianday(created)) * 86400 FROM tasks "
+            "INDEXED BY tasks_ended_by_phase WHERE file_path = ? AND phase = ? "
+            "AND ended IS NOT NULL AND ended >= ? AND msg NOT LIKE 'cancelled by %'",
+            (file_path, task, since or "")).fetchall()
+        if runs:
+            rows.append(_figures(STATS_KEYS, (file_path, task), runs))
+    return rows
+
+
+def _topic_stats(store: Store, type: str | None, since: str | None
+                 ) -> list[dict[str, Any]]:
     where = ["ended IS NOT NULL", "msg NOT LIKE 'cancelled by %'"]
-    if by == "phase":
-        where.append("file_path IS NOT NULL")
     args: list[object] = []
     if type is not None:
         where.append("type = ?")
@@ -352,25 +384,26 @@ def stats(store: Store, *, type: str | None = None, since: str | None = None,
     if since is not None:
         where.append("ended >= ?")
         args.append(since)
-    group = "file_path, phase" if by == "phase" else "type, NULL"
-    grouped: dict[tuple[str, ...], list[tuple[str, float, float]]] = {}
-    for first, second, result, run, wait in store.conn.execute(
-            f"SELECT {group}, result, (julianday(ended) - julianday(started)) * 86400, "
+    grouped: dict[str, list[tuple[str, float, float]]] = {}
+    for topic, result, run, wait in store.conn.execute(
+            "SELECT type, result, (julianday(ended) - julianday(started)) * 86400, "
             "(julianday(started) - julianday(created)) * 86400 FROM tasks WHERE "
             + " AND ".join(where), args):
-        key: tuple[str, ...] = (first, second) if by == "phase" else (first,)
-        grouped.setdefault(key, []).append((result, run or 0.0, wait or 0.0))
-    keys = STATS_KEYS if by == "phase" else ("topic", *STATS_FIGURES)
-    rows = []
-    for group_key, runs in sorted(grouped.items()):
-        run_times = sorted(max(0.0, r) for _, r, _ in runs)
-        waits = sorted(max(0.0, w) for _, _, w in runs)
-        rows.append(dict(zip(keys, (
-            *group_key, len(runs), sum(1 for r, _, _ in runs if r == "complete"),
-            sum(1 for r, _, _ in runs if r == "error"), _rank(run_times, 50),
-            _rank(run_times, 95), round(run_times[-1], 3), _rank(waits, 50),
-            _rank(waits, 95)), strict=True)))
-    return rows
+        grouped.setdefault(topic, []).append((result, run, wait))
+    return [_figures(("topic", *STATS_FIGURES), (topic,), runs)
+            for topic, runs in sorted(grouped.items())]
+
+
+def _figures(keys: Sequence[str], names: tuple[str, ...],
+             runs: Sequence[tuple[str, float | None, float | None]]) -> dict[str, Any]:
+    """A row of statistics: `names`, then the figures of `runs` (result, run, wait)."""
+    run_times = sorted(max(0.0, r or 0.0) for _, r, _ in runs)
+    waits = sorted(max(0.0, w or 0.0) for _, _, w in runs)
+    return dict(zip(keys, (
+        *names, len(runs), sum(1 for r, _, _ in runs if r == "complete"),
+        sum(1 for r, _, _ in runs if r == "error"), _rank(run_times, 50),
+        _rank(run_times, 95), round(run_times[-1], 3), _rank(waits, 50),
+        _rank(waits, 95)), strict=True))
 
 
 def nearest_rank(ordered: list[float], percent: int) -> float:

@@ -145,14 +145,17 @@ class Api:
         return PlainText(data)
 
     def stats(self, store: Store, query: dict[str, list[str]]) -> list[dict[str, Any]]:
-        """Per phase (or per topic with ?by=topic), from history: ?type= and ?since=
-        (default: the last 30 days)."""
+        """Per phase (or per topic with ?by=topic), from history: ?type=, ?file= and
+        ?since= (default: the last 30 days); per phase, a page of `limit` stored phases
+        (100 unless asked) from `offset` (phases without runs give no row)."""
         since_text = params.time(query, "since", self.config.zone()) or rfc3339_ms(
             datetime.now(UTC) - timedelta(days=STATS_DAYS))
         by = params.one(query, "by") or "phase"
         if by not in ("phase", "topic"):
             raise BadRequest(HTTPStatus.BAD_REQUEST, "by is phase or topic")
-        return reads.stats(store, type=params.one(query, "type"), since=since_text, by=by)
+        return reads.stats(store, type=params.one(query, "type"), since=since_text, by=by,
+                           file=params.one(query, "file"), limit=params.limit(query),
+                           offset=params.offset(query))
 
     def pauses(self, store: Store, query: dict[str, list[str]]) -> list[dict[str, Any]]:
         """The pauses in force now."""
