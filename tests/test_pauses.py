@@ -20,9 +20,10 @@ from flowlord.config import Config
 from flowlord.loader import Loader
 from flowlord.operate import pause
 from flowlord.operations import Action, unix_actor
-from flowlord.store import Store
+from flowlord.store import Store, write_txn
 from flowlord.web.api import Api
 from flowlord.web.dashboard import Dashboard
+from flowlord.web.sessions import Session
 from tests.helpers import query, stepped, turn
 
 TICK = ('[[phase]]\ntask = "tick"\nrule = "cron=*/10 * * * * *&catchup=all"\n'
@@ -187,3 +188,25 @@ def test_the_dashboard_shows_a_pause_on_the_phases_it_stops(tmp_path: Path, wf: 
         assert "&lt;i&gt;db&lt;/i&gt; maintenance" in page and "<i>db</i>" not in page
     overview = str(pages.answer("/", {})[1])  # the broken phase, listed there, is paused
     assert "<strong>paused by alice: &lt;i&gt;db&lt;/i&gt; maintenance</strong>" in overview
+    graph = str(pages.answer("/graph", {})[1])  # the graph marks both, with why
+    assert graph.count('class="node warning paused"') == graph.count(
+        'class="node error paused"') == 1
+    assert "paused by alice: &lt;i&gt;db&lt;/i&gt; maintenance</title>" in graph
+
+
+def test_the_overview_shows_a_paused_topic_and_offers_its_forms(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "f.db"))
+    with write_txn(store.conn):
+        store.conn.execute("INSERT INTO tasks (id, type, created) VALUES ('x', 'load', "
+                           "'2026-01-01T00:00:00Z')")
+    pause(store, ("topic", "", "", "load"), None, "db moves", datetime(2026, 1, 1, tzinfo=UTC),
+          Action("alice", "pause", "topic load"))
+    store.close()
+    pages = Dashboard(Api(Config(db=str(tmp_path / "f.db")), lambda: True, lambda: "leader"))
+    overview = str(pages.answer("/", {})[1])
+    assert '<span class="paused">paused by alice: db moves</span>' in overview
+    assert 'action="/act/pause"' not in overview  # signed out: no forms
+    session = Session("bob", "csrf-token", 2**40)
+    signed_in = str(pages.answer("/", {}, session)[1])
+    assert '<input type="hidden" name="topic" value="load">' in signed_in
+    assert "resume topic" in signed_in and "pause another topic" in signed_in

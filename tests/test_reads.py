@@ -18,6 +18,7 @@ from flowlord.loader import Loader
 from flowlord.model import Fire, Task
 from flowlord.store import Store, reads, write_txn
 from flowlord.web.api import Api
+from flowlord.web.dashboard import Dashboard
 
 FILES = {
     "a.toml": '[[phase]]\ntask = "extract"\nrule = "cron=0 * * * *"\ntemplate = "{hh}"\n\n'
@@ -251,3 +252,11 @@ def test_a_listing_of_broken_phases_reads_their_partial_index(read: Store) -> No
     reads.phase_rows(read, severity="error")
     read.conn.exec_trace = None
     assert len(plans) == 1 and "INDEX workflow_phases_broken " in plans[0], plans
+
+
+def test_the_phases_page_says_which_files_latest_bytes_were_refused(db: Path) -> None:
+    pages = Dashboard(Api(Config(db=str(db)), healthy=lambda: True, role=lambda: "leader"))
+    listing = str(pages.answer("/phases", {})[1])
+    assert '<strong>refused:</strong> <a href="/phases?file=b.toml">b.toml</a>: parse error' \
+        in listing
+    assert "refused" not in str(pages.answer("/phases", {"file": ["a.toml"]})[1])

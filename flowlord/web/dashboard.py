@@ -165,7 +165,8 @@ class Dashboard:
             next_fires=reads.next_fires(store, 10),
             paused=_paused_among(store, reads.next_fires(store, 10)
                                  + [(f, t, "") for f, t, *_ in reads.broken_phases(store, 10)]),
-            queue=store.queue_depths(),
+            queue=(queue := store.queue_depths()),
+            paused_topics=_paused_topics(store, [topic for topic, _, _ in queue]),
             failures=reads.recent_failures(store, 10),
             alerts=reads.alerts(store, limit=10))
 
@@ -179,7 +180,9 @@ class Dashboard:
         limit, offset = params.limit(query), params.offset(query)
         rows = reads.phases(store, severity=severity, file=file, limit=limit, offset=offset)
         refused = self._file_status(store, file) if file is not None else ""
+        refused_files = reads.refused_files(store, 10) if file is None else []
         return self.render("phases.html", "phases", phases=rows, refused=refused,
+                            refused_files=refused_files,
                             severity=severity, file=file, limit=limit, offset=offset)
 
     def _file_status(self, store: Store, file: str) -> str:
@@ -217,12 +220,13 @@ class Dashboard:
             total, limit = reads.phase_count(store, file), GRAPH_NODES_OF_A_FILE
         if total > limit:
             return self.render("graph.html", "graph", files=files, drawings=[], file=file,
-                                too_many=total)
+                                too_many=total, paused={})
+        phases = store.phases(file_path=file)
         drawings = [(path, lay_out([(p.task, p.depends_on, p.severity) for p in group]))
-                    for path, group in groupby(store.phases(file_path=file),
-                                               key=lambda p: p.file_path)]
+                    for path, group in groupby(phases, key=lambda p: p.file_path)]
+        paused = _paused_among(store, [(p.file_path, p.task, "") for p in phases])
         return self.render("graph.html", "graph", files=files, drawings=drawings, file=file,
-                            too_many=0)
+                            too_many=0, paused=paused)
 
     def tasks(self, store: Store, query: dict[str, list[str]]) -> Page:
         filters = params.task_filters(query, self.api.config.zone())
@@ -321,6 +325,14 @@ def _timeline(store: Store, start: datetime, end: datetime, now: datetime, file:
         details=lambda task_nos: history.run_details(store, task_nos),
         lanes=history.lanes_of_file(store, file) if file is not None else None,
         file=file, merged_px=merged_px)
+
+
+def _paused_topics(store: Store, topics: list[str]) -> dict[str, str]:
+    """topic → why, for the topics of this list whose tasks a pause keeps waiting."""
+    pauses = reads.pauses_now(store)
+    now = datetime.now(UTC)
+    return {topic: found.why() for topic in topics
+            if (found := pauses.of_topic(topic, now)) is not None}
 
 
 def _paused_among(store: Store, phases: list[tuple[str, str, str]]
