@@ -108,6 +108,7 @@ def start_latencies(tmp: Path, url: str, n: int) -> list[float]:
     loader = Loader(str(wf), Store(str(tmp / "latency.db")))
     loader.refresh()
     bus = RedisBus(url, logs.get("bench"))
+    bus.start()
     dispatcher = Dispatcher(loader, bus, Context(ZoneInfo("UTC"), str(wf), datetime.now(UTC)),
                             timedelta(hours=4), logs.get("bench"))
     committed: dict[str, int] = {}

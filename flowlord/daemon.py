@@ -140,6 +140,11 @@ class Daemon:
         self.ledger.start(self.store, now, self._context(now))
         self.sync.scheduled_now()
         self.dispatcher.recover()
+        adopt = getattr(self.bus, "adopt", None)
+        if adopt is not None:  # the redis bus: what the last run published is in flight
+            unsent = {s.task_no for s in self.dispatcher.unsent}
+            adopt([(s, self.dispatcher._timeout(s)) for s in self.store.running()
+                   if s.task_no not in unsent])
         self.ledger.write(self.store, now, self.clock.monotonic)
 
     def run(self) -> int:
@@ -253,7 +258,7 @@ class Daemon:
             except (NodeInUse, BusUnavailable):
                 bus.close(0)
                 raise
-            bus.read_logs()  # only once the node is ours: its log stream is ours too
+            bus.start()  # only once the node is ours: its results and logs streams too
             return bus
         except ImportError:
             raise ConfigError("bus.url: the redis bus needs redis-py: "

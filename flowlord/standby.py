@@ -26,6 +26,7 @@ from datetime import timedelta
 from typing import Any
 
 from flowlord.bus import BusUnavailable
+from flowlord.bus.redis import HOLD, RELEASE
 from flowlord.model import Fire
 
 LEASE_KEY = "flowlord:leader"
@@ -37,23 +38,6 @@ CLAIM_DAYS = 40  # a claim outlives every catch-up a ledger row does not already
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
     return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-# holds the node name for this process: 1 when it was free or already ours, else 0
-_HOLD_NODE = """
-local holder = redis.call('GET', KEYS[1])
-if holder == false or holder == ARGV[1] then
-    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-    return 1
-end
-return 0
-"""
-
-# deletes a key only while it still holds our value
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-    return redis.call('DEL', KEYS[1])
 end
 return 0
 """
@@ -105,8 +89,8 @@ class Leadership:
         self.valid_until = 0.0  # monotonic: our lease surely holds until then
         self.next_try = 0.0
         self._renew = client.register_script(_RENEW)
-        self._hold_node = client.register_script(_HOLD_NODE)
-        self._release = client.register_script(_RELEASE)
+        self._hold_node = client.register_script(HOLD)  # the node name, for this process
+        self._release = client.register_script(RELEASE)
         self.node_key = NODE_PREFIX + node
         self.me = this_process()
 

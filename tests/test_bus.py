@@ -47,6 +47,7 @@ class RedisHarness:
 
     def __init__(self, server: RedisServer, workers: dict[str, WorkerConfig]) -> None:
         self.bus = RedisBus(server.url, logs.get("test"), in_flight=4)
+        self.bus.start()
         self.procs = [subprocess.Popen(
             [PY, "-m", "flowlord", "worker", "--bus", server.url, "--topic", topic,
              "--concurrency", str(w.concurrency), "--timeout", format_duration(w.timeout),

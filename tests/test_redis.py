@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from flowlord.clock import utc_now_ms
-from flowlord.store import Store, write_txn
 from tests.helpers import (
     FLAKY,
     backload,
@@ -223,26 +221,3 @@ def test_two_daemons_on_one_redis_without_a_lease_setting_never_both_fire(
     assert not set(a) & set(b), "a slot fired by both daemons"
     tasks = [str(r[0]) for n in "ab" for r in query(dbs[n], "SELECT scheduled_for FROM tasks")]
     assert sorted(tasks) == sorted(set(tasks))  # one task per slot across both databases
-
-
-def test_a_task_claimed_but_never_published_is_published_at_the_next_start(
-        tmp_path: Path, wf: Path, redis_server: RedisServer) -> None:
-    """What a daemon that died between committing a claim and publishing leaves behind;
-    a task published before (published_at set) is left to its worker."""
-    (wf / "a.toml").write_text('[[phase]]\ntask = "work"\ntemplate = "?h={hh}"\n')
-    db = tmp_path / "f.db"
-    backload(wf, db, "work", 2)
-    store = Store(str(db))
-    try:
-        with write_txn(store.conn):
-            first, second = store.claim("work", 2, utc_now_ms())
-            store.mark_published([second.task_no], "2026-01-01T00:00:00Z")
-    finally:
-        store.close()
-    with workers(redis_server.url, "work", "true"), \
-            daemon(tmp_path, wf, db, args=redis_config(tmp_path, redis_server.url)):
-        wait_for(lambda: query(db, "SELECT result FROM tasks WHERE task_no = ?",
-                               (first.task_no,)) == [("complete",)], 30)
-    # the published one is nobody's to run again here: it stays with its (lost) worker
-    assert query(db, "SELECT ended FROM tasks WHERE task_no = ?", (second.task_no,)) == [
-        (None,)]

@@ -10,10 +10,23 @@ result is idempotent, so a message delivered twice records nothing twice.
 With a logs directory, the tasks' output comes back too, on `flowlord:logs:<node>`
 (flowlord/bus/logstream.py): a second reader thread appends it to the task logs, so
 the daemon's loop never writes a log.
+
+Redis can lose a published message (a server without `appendfsync always` that
+crashes, a failover to a replica). A third thread looks, every few seconds and when
+the server is back, for tasks sent and unfinished whose message is nowhere: not in
+their topic's stream (waiting, or pending with a worker), no result on the done
+stream, and no worker's mark that it runs them (`run_key`: set by the worker before
+it starts a task, renewed every second, dropped with the result in one
+transaction). A task missing at every look for LOST_AFTER seconds is published
+again. The grace lets a worker that runs a task whose message an emptied server no
+longer has mark it again first; the mark is taken with a Lua script, so a second
+message of a task some worker runs is dropped, never run beside it (docs/decisions.md,
+Lost messages).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import threading
@@ -39,6 +52,48 @@ BACKOFF_MAX = 10.0  # seconds between reconnection attempts, at most
 MAX_TIMEOUT_SECONDS = 10 * 365 * 86400.0  # a task message's timeout must be below this
 CANCEL_KEPT = 7 * 86400  # seconds a cancel notice is kept (renewed by each new one)
 WORKERS_SEEN_FOR = 1.0  # seconds a topic without workers is not asked about again
+RUN_MARK_EVERY = 1.0  # seconds between a worker's renewals of its marks (run_key)
+RUN_MARK_TTL_MS = 10_000  # a mark not renewed for this long is gone (its worker died)
+LOOK_EVERY = 5.0  # seconds between looks for tasks whose message redis lost
+# seconds a task must be missing, at every look, before it is published again: well past
+# the time a worker running it needs to mark it again once an emptied server is back
+# (its backoff is 1 s while it runs tasks, a command gives up after 2 s)
+LOST_AFTER = 15.0
+LOOK_PAGE = 1000  # stream entries read at once by a look
+
+# a worker takes the mark of a task it is about to start (KEYS[1] the mark, ARGV[1] its
+# value "<message id> <worker>", ARGV[2] "<message id> ", ARGV[3] the time to live in ms):
+# 1 when the task was unmarked, or marked by this same message (taken over from a worker
+# gone quiet, as XAUTOCLAIM did), else 0: another message of the task is being run
+TAKE_RUN = """
+local held = redis.call('GET', KEYS[1])
+if held == false or held == ARGV[1]
+        or string.sub(held, 1, string.len(ARGV[2])) == ARGV[2] then
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+    return 1
+end
+return 0
+"""
+# holds a key for us (ARGV[1] our value, ARGV[2] the ttl in ms): 1 when it was free or
+# already ours, else 0. A worker renews a run's mark with it (set again when an emptied
+# server lost it; 0: another run of the task holds it now); the daemon, its node name
+# (flowlord/standby.py)
+HOLD = """
+local held = redis.call('GET', KEYS[1])
+if held == false or held == ARGV[1] then
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+    return 1
+end
+return 0
+"""
+# deletes a key only while it still holds our value (a run's mark with its result; the
+# lease and the node name at a daemon's stop)
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
 
 
 def task_stream(topic: str) -> str:
@@ -50,6 +105,12 @@ def cancel_key(reply_to: str) -> str:
     end: a worker looks before it starts a task and while it runs one, so a worker that
     is busy, or down and replaced, cannot miss it."""
     return f"{PREFIX}:cancel:{reply_to}"
+
+
+def run_key(reply_to: str, task_no: int) -> str:
+    """A worker's mark on a task it runs (of the daemon reading `reply_to`): the task's
+    message id and the worker, renewed while it runs (TAKE_RUN, HOLD, RELEASE)."""
+    return f"{PREFIX}:run:{reply_to}:{task_no}"
 
 
 def log_stream(done_stream: str) -> str:
@@ -188,7 +249,7 @@ class RedisBus:
     def __init__(self, url: str, log: Any, wake: Callable[[], None] | None = None,
                  in_flight: int = IN_FLIGHT, done_stream: str = DONE_STREAM,
                  log_dir: str | None = None, log_max_bytes: int = 10 * 1024 * 1024,
-                 log_stream_max: int = 512) -> None:
+                 log_stream_max: int = 512, lost_after: float = LOST_AFTER) -> None:
         self.url = url
         self.done_stream = done_stream  # several daemons on one redis: one each
         # with a logs directory, the workers send tasks' output to this stream
@@ -198,35 +259,53 @@ class RedisBus:
         self.log = log
         self.wake = wake
         self.in_flight = in_flight
+        self.lost_after = lost_after
         self.client = connect(url)
         # the reader blocks in its reads: a connection of its own, with a longer timeout
         self.reader_client = connect(url, READ_BLOCK_MS / 1000 + COMMAND_TIMEOUT)
+        self.watch_client = connect(url)  # the looks for lost messages (their own thread)
         self.available = True
-        self._state = threading.Lock()  # guards `available` across the two threads
+        self._state = threading.Lock()  # guards `available` across the threads
+        # what was sent and has no result yet, shared with the look's thread (`_books`)
+        self._books = threading.Lock()
         self.outstanding: dict[str, set[int]] = {}  # topic → task_nos sent, no result yet
-        self._topic_of: dict[int, str] = {}
+        self._sent: dict[int, tuple[StoredTask, float | None]] = {}  # task_no → its message
+        self._ended: set[int] = set()  # sent, then ended by an operator: never sent again
         self._workers_seen: dict[str, tuple[float, bool]] = {}  # topic → (ask again at, found)
         self.results: queue.SimpleQueue[Done] = queue.SimpleQueue()
         self._closed = threading.Event()
-        self._readers = [threading.Thread(
-            target=self._follow, args=(self.reader_client, self.done_stream, self._take),
-            name="redis-results", daemon=True)]
-        self._readers[0].start()
+        self._look_now = threading.Event()  # the server is back: look for lost messages
+        self._readers: list[threading.Thread] = []
         if self.log_target is not None:  # bytes, read by a connection of its own
             self.log_client = connect(url, READ_BLOCK_MS / 1000 + COMMAND_TIMEOUT, False)
             self.appender: LogAppender | None = None  # made by its thread, from the hash
 
-    def read_logs(self) -> None:
-        """Start writing the task output that comes back to the logs (its own thread);
-        called once the daemon holds its node, whose log stream this is."""
-        if self.log_target is None:
-            return
-        reader = threading.Thread(
-            target=self._follow, args=(self.log_client, self.log_target.stream,
-                                       self._write_logs, LOG_READ_COUNT),
-            name="redis-logs", daemon=True)
-        self._readers.append(reader)
-        reader.start()
+    def start(self) -> None:
+        """Start the threads: the results reader, the task logs' writer, the looks for
+        lost messages. Called once the daemon holds its node: the results and logs
+        streams are the node's, and a daemon refused its node must read nothing of
+        theirs (what it read, it could not acknowledge)."""
+        self._readers.append(threading.Thread(
+            target=self._follow, args=(self.reader_client, self.done_stream, self._take),
+            name="redis-results", daemon=True))
+        if self.log_target is not None:
+            self._readers.append(threading.Thread(
+                target=self._follow, args=(self.log_client, self.log_target.stream,
+                                           self._write_logs, LOG_READ_COUNT),
+                name="redis-logs", daemon=True))
+        self._readers.append(threading.Thread(target=self._watch, name="redis-lost",
+                                              daemon=True))
+        for thread in self._readers:
+            thread.start()
+
+    def adopt(self, sent: list[tuple[StoredTask, float | None]]) -> None:
+        """Tasks an earlier run of the daemon published and that have not ended (with
+        their timeouts): counted as in flight, ended like the ones sent by this run,
+        and published again should Redis have lost them."""
+        with self._books:
+            for stored, timeout_seconds in sent:
+                self.outstanding.setdefault(stored.task.type, set()).add(stored.task_no)
+                self._sent[stored.task_no] = (stored, timeout_seconds)
 
     def open_topics(self) -> list[str] | None:
         return None if self.available else []
@@ -267,19 +346,28 @@ class RedisBus:
         except (redis.RedisError, OSError) as e:
             self._lost(e)
             raise BusUnavailable(f"cannot publish to redis at {_where(self.url)}: {e}") from e
-        self.outstanding.setdefault(topic, set()).add(stored.task_no)
-        self._topic_of[stored.task_no] = topic
+        with self._books:
+            self.outstanding.setdefault(topic, set()).add(stored.task_no)
+            self._sent[stored.task_no] = (stored, timeout_seconds)
 
     def receive(self, wait: float) -> list[Done]:
         found = drain(self.results, wait)
-        for done in found:
-            topic = self._topic_of.pop(done.task_no, None)
-            if topic is not None:
-                self.outstanding[topic].discard(done.task_no)
+        with self._books:
+            for done in found:
+                self._forget(done.task_no)
         return found
 
+    def _forget(self, task_no: int) -> None:
+        """Under `_books`: a task no longer in flight (its result came, or it ended and
+        its message is gone)."""
+        sent = self._sent.pop(task_no, None)
+        if sent is not None:
+            self.outstanding[sent[0].task.type].discard(task_no)
+        self._ended.discard(task_no)
+
     def running(self) -> list[int]:
-        return list(self._topic_of)
+        with self._books:
+            return list(self._sent)
 
     def stop(self, task_no: int, reason: str) -> bool:
         """A notice for the worker that runs it (or will: a message not yet taken)."""
@@ -293,6 +381,9 @@ class RedisBus:
         except (redis.RedisError, OSError) as e:
             self._lost(e)
             return False
+        with self._books:
+            if task_no in self._sent:
+                self._ended.add(task_no)
         return True
 
     def ack(self, done: Done) -> None:
@@ -313,10 +404,12 @@ class RedisBus:
     def close(self, grace: float, hurry: Callable[[], bool] = lambda: False) -> list[Done]:
         """Remote tasks keep running; their results wait in the stream for the next start."""
         self._closed.set()
+        self._look_now.set()
         for reader in self._readers:
             reader.join(READ_BLOCK_MS / 1000 + COMMAND_TIMEOUT + 1)
         self.client.close()
         self.reader_client.close()
+        self.watch_client.close()
         if self.log_target is not None:
             self.log_client.close()
         return []
@@ -364,6 +457,7 @@ class RedisBus:
             was, self.available = self.available, True
         if not was:
             self.log.info("redis available again", url=_where(self.url))
+            self._look_now.set()
             self._wake()
 
     def _take(self, entries: list[tuple[str, Mapping[str, str] | None]]) -> None:
@@ -403,3 +497,97 @@ class RedisBus:
     def _wake(self) -> None:
         if self.wake is not None:
             self.wake()
+
+    # --- the looks for lost messages (their own thread) ----------------------------------
+
+    def _watch(self) -> None:
+        """Every LOOK_EVERY seconds, and at once when the server is back: which tasks in
+        flight are missing from Redis, and which have been missing long enough to be
+        published again. A look that fails, or a server that restarted, starts the
+        count again: only looks at the server as it is now can say a task is lost."""
+        import redis
+
+        missing_since: dict[int, float] = {}  # task_no → when a look first missed it
+        server = ""  # the run_id of the server the looks saw
+        while not self._closed.is_set():
+            self._look_now.wait(LOOK_EVERY)
+            self._look_now.clear()
+            if self._closed.is_set():
+                return
+            if not self.available:
+                missing_since.clear()
+                continue
+            try:
+                server = self._look(missing_since, server)
+            except (redis.RedisError, OSError) as e:
+                missing_since.clear()
+                self.log.warning("cannot look for lost task messages", error=str(e))
+
+    def _look(self, missing_since: dict[int, float], server: str) -> str:
+        """One look; the server's run_id. What holds a task, read in this order so that a
+        task moving along (message → a worker's mark → its result, the last two in one
+        transaction) is seen somewhere: the workers' marks, the topics' streams (entries
+        waiting or pending with a worker), the results not yet stored."""
+        client = self.watch_client
+        run_id = str(client.info("server").get("run_id", ""))
+        if run_id != server:  # another server (restarted empty?): count from now
+            missing_since.clear()
+        with self._books:
+            sent = {n: stored.task.type for n, (stored, _) in self._sent.items()}
+        missing: set[int] = set()
+        numbers = sorted(sent)
+        for i in range(0, len(numbers), 500):
+            chunk = numbers[i:i + 500]
+            marks = client.mget([run_key(self.done_stream, n) for n in chunk])
+            missing.update(n for n, mark in zip(chunk, marks, strict=True) if mark is None)
+        for topic in sorted(set(sent.values())):
+            if missing:
+                missing -= self._held(client, task_stream(topic), self.done_stream)
+        if missing:
+            missing -= self._held(client, self.done_stream, None)
+        for n in list(missing_since):
+            if n not in missing:
+                del missing_since[n]
+        now = time.monotonic()
+        lost = [n for n in sorted(missing)
+                if now - missing_since.setdefault(n, now) >= self.lost_after]
+        if lost:
+            self._send_again(client, lost)
+            for n in lost:
+                del missing_since[n]
+        return run_id
+
+    @staticmethod
+    def _held(client: Any, stream: str, reply_to: str | None) -> set[int]:
+        """The task numbers of a stream's entries (of a topic's stream, only those whose
+        results go to `reply_to`: other daemons share it)."""
+        found: set[int] = set()
+        start = "-"
+        while True:
+            page = client.xrange(stream, start, "+", count=LOOK_PAGE)
+            for _, fields in page:
+                if reply_to is None or reply_stream(fields or {}) == reply_to:
+                    with contextlib.suppress(KeyError, ValueError, TypeError):
+                        found.add(int(fields["task_no"]))
+            if len(page) < LOOK_PAGE:
+                return found
+            start = "(" + page[-1][0]
+
+    def _send_again(self, client: Any, lost: list[int]) -> None:
+        """Publish again the tasks still in flight; one an operator ended is forgotten."""
+        again: list[tuple[StoredTask, float | None]] = []
+        with self._books:
+            for n in lost:
+                if n in self._ended:
+                    self._forget(n)
+                elif n in self._sent:
+                    again.append(self._sent[n])
+        if not again:
+            return
+        with client.pipeline(transaction=False) as each:
+            for stored, timeout_seconds in again:
+                each.xadd(task_stream(stored.task.type), encode_task(
+                    stored, timeout_seconds, self.done_stream, self.log_target))
+            each.execute()
+        self.log.warning("tasks whose message redis lost; published again", count=len(again),
+                         task_nos=" ".join(str(s.task_no) for s, _ in again[:50]))

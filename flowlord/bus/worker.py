@@ -6,6 +6,13 @@ only after its result is on the done stream. A worker that dies leaves its
 messages pending; live workers reclaim those idle longer than `claim_idle`,
 while a worker running a long task renews its claim, so it is not taken away.
 
+Before it starts a task a worker marks it (flowlord/bus/redis.py, `run_key`), renews
+the mark every second and drops it with the result: its daemon publishes again a task
+whose message Redis lost only once it has seen no message, no result and no mark for
+a while. A message of a task that another message's run has marked is dropped, not
+run; a run whose mark another run holds now (this worker was cut off longer than its
+daemon waits) is ended, and its result not posted: one run of a task at a time.
+
 A task's stdout and stderr go back to its daemon's logs when its message asks for
 it (flowlord/bus/logstream.py): capped as a local log is, sent by a thread of their
 own, never holding up the task.
@@ -29,6 +36,11 @@ from flowlord.bus import BusUnavailable
 from flowlord.bus.logstream import LogSender, StreamedLog, Target
 from flowlord.bus.redis import (
     BACKOFF_MAX,
+    HOLD,
+    RELEASE,
+    RUN_MARK_EVERY,
+    RUN_MARK_TTL_MS,
+    TAKE_RUN,
     WORKERS_GROUP,
     cancel_key,
     connect,
@@ -37,6 +49,7 @@ from flowlord.bus.redis import (
     ensure_group,
     log_target,
     reply_stream,
+    run_key,
     task_stream,
 )
 from flowlord.model import Done
@@ -45,6 +58,7 @@ from flowlord.workers import Run, inherited_environment
 
 STOPPED = "stopped: the worker shut down while the task ran"
 CANCELLED = "stopped: its daemon ended the task"
+SUPERSEDED = "stopped: another run of the task holds it"
 READ_BLOCK_MS = 500  # a read waits this long for a task, then the loop looks around
 STOP_POST_SECONDS = 10.0  # at stop, how long a result is retried while the server is away
 
@@ -66,17 +80,24 @@ class RemoteWorker:
         self.environment = inherited_environment()
         self.runs: dict[str, Run] = {}  # message id → its run
         self.replies: dict[str, str] = {}  # message id → the daemon's stream (reply_to)
+        self.superseded: set[str] = set()  # message ids whose runs lost their mark
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.slot_freed = threading.Event()  # a task ended: the main loop may read again
         self.next_reclaim = 0.0  # monotonic time of the next look for abandoned messages
         self.reclaim_from = "0-0"  # where that look goes on in the pending entries
         self.client: Any = None
+        self._take_run: Any = None  # the scripts of a run's mark (flowlord/bus/redis.py)
+        self._keep_run: Any = None
+        self._drop_run: Any = None
         self.sender: LogSender | None = None  # the tasks' output to their daemons' logs
 
     def run(self) -> int:
         """Until SIGTERM or SIGINT; BusUnavailable when the server cannot be used at start."""
         self.client = connect(self.url)
+        self._take_run = self.client.register_script(TAKE_RUN)
+        self._keep_run = self.client.register_script(HOLD)
+        self._drop_run = self.client.register_script(RELEASE)
         ensure_group(self.client, self.stream, WORKERS_GROUP)
         # joined at once, not at the first read that finds a task: the daemon publishes a
         # topic's tasks only once a worker has joined it
@@ -87,11 +108,14 @@ class RemoteWorker:
         self.log.info("worker started", topic=self.topic, consumer=self.consumer,
                       concurrency=self.concurrency)
         pool = ThreadPoolExecutor(self.concurrency, "task")
-        next_renewal = 0.0
+        next_renewal = next_marks = 0.0
         backoff = 0.5
         try:
             while not self.stopping.is_set():
                 try:
+                    if time.monotonic() >= next_marks:
+                        self._renew_marks()
+                        next_marks = time.monotonic() + RUN_MARK_EVERY
                     if time.monotonic() >= next_renewal:
                         self._renew_claims()
                         next_renewal = time.monotonic() + self.claim_idle_ms / 3000
@@ -101,8 +125,11 @@ class RemoteWorker:
                     backoff = 0.5
                 except BusUnavailable as e:
                     self.log.error("redis unavailable; retrying", error=str(e))
-                    self.stopping.wait(backoff)
+                    # while tasks run, their marks must be back soon after the server
+                    self.stopping.wait(min(backoff, RUN_MARK_EVERY) if self._free()
+                                       < self.concurrency else backoff)
                     backoff = min(backoff * 2, BACKOFF_MAX)
+                    next_marks = 0.0
         finally:
             self._finish(pool)
         return 0
@@ -163,13 +190,39 @@ class RemoteWorker:
         run = Run(stored, self.command, timeout,
                   lambda done: self._report(receipt, reply_to, done), self.environment,
                   open_log=self._log_opener(log_target(fields or {}), receipt))
-        cancelled = self._cancelled(reply_to, [stored.task_no])  # ended before it started?
-        with self.lock:  # (a redis error above leaves the message for a later read)
+        # ended before it started? marked by another message's run? (one round trip; a
+        # redis error leaves the message for a later read)
+        cancelled, marked = self._may_start(reply_to, stored.task_no, receipt)
+        if not marked:
+            self.log.warning("task run from another message; this one dropped",
+                             task_no=stored.task_no, receipt=receipt)
+            self._acknowledge(receipt)
+            return
+        with self.lock:
             self.runs[receipt] = run
             self.replies[receipt] = reply_to
         if cancelled:
             run.stop(CANCELLED)
         pool.submit(run.run)
+
+    def _may_start(self, reply_to: str, task_no: int, receipt: str) -> tuple[bool, bool]:
+        """(whether its daemon ended the task, whether this message's run took its mark)."""
+        import redis
+
+        try:
+            with self.client.pipeline(transaction=False) as both:
+                both.smismember(cancel_key(reply_to), [task_no])
+                self._take_run(keys=[run_key(reply_to, task_no)],
+                               args=[self._mark(receipt), f"{receipt} ", RUN_MARK_TTL_MS],
+                               client=both)
+                cancelled, marked = both.execute()
+        except (redis.RedisError, OSError) as e:
+            raise BusUnavailable(str(e)) from e
+        return bool(cancelled[0]), bool(marked)
+
+    def _mark(self, receipt: str) -> str:
+        """The value of a run's mark: its message and this worker."""
+        return f"{receipt} {self.consumer}"
 
     def _log_opener(self, target: Target | None, receipt: str
                     ) -> Callable[[int], CappedLog] | None:
@@ -213,13 +266,21 @@ class RemoteWorker:
 
         backoff = 0.5
         give_up: float | None = None  # once stopping: the message is left for another worker
+        with self.lock:
+            superseded = receipt in self.superseded
+        if superseded:  # another run of the task holds its mark: that one reports
+            self.log.warning("task run elsewhere too; this run's result not posted",
+                             task_no=done.task_no)
         while True:
-            try:  # one round trip; the acknowledgement goes only with the result
-                with self.client.pipeline(transaction=True) as both:
-                    both.xadd(reply_to, encode_done(done))
-                    both.xack(self.stream, WORKERS_GROUP, receipt)
-                    both.xdel(self.stream, receipt)
-                    both.execute()
+            try:  # one round trip; the acknowledgement and the mark go only with the result
+                with self.client.pipeline(transaction=True) as all_:
+                    if not superseded:
+                        all_.xadd(reply_to, encode_done(done))
+                        self._drop_run(keys=[run_key(reply_to, done.task_no)],
+                                       args=[self._mark(receipt)], client=all_)
+                    all_.xack(self.stream, WORKERS_GROUP, receipt)
+                    all_.xdel(self.stream, receipt)
+                    all_.execute()
                 break
             except (redis.RedisError, OSError) as e:
                 self.log.error("cannot post a result; retrying", task_no=done.task_no,
@@ -235,6 +296,7 @@ class RemoteWorker:
         with self.lock:
             self.runs.pop(receipt, None)
             self.replies.pop(receipt, None)
+            self.superseded.discard(receipt)
         self.slot_freed.set()
         self.log.info("task ended", task_no=done.task_no, result=done.result,
                       msg=done.msg[:200])
@@ -262,8 +324,40 @@ class RemoteWorker:
         try:
             self.client.xclaim(self.stream, WORKERS_GROUP, self.consumer, 0, receipts,
                                justid=True)
+        except redis.ResponseError as e:
+            if "NOGROUP" not in str(e):
+                raise BusUnavailable(str(e)) from e
+            # an emptied server: these messages are gone (the marks say the tasks run)
+            ensure_group(self.client, self.stream, WORKERS_GROUP)
         except (redis.RedisError, OSError) as e:
             raise BusUnavailable(str(e)) from e
+
+    def _renew_marks(self) -> None:
+        """Renew the marks of the tasks this worker runs (set again when an emptied
+        server lost them); a run whose mark another run of its task holds now is ended,
+        and its result will not be posted."""
+        import redis
+
+        with self.lock:
+            runs = [(receipt, self.replies[receipt], run) for receipt, run in self.runs.items()
+                    if receipt not in self.superseded]
+        if not runs:
+            return
+        try:
+            with self.client.pipeline(transaction=False) as each:
+                for receipt, reply_to, run in runs:
+                    self._keep_run(keys=[run_key(reply_to, run.stored.task_no)],
+                                   args=[self._mark(receipt), RUN_MARK_TTL_MS], client=each)
+                kept = each.execute()
+        except (redis.RedisError, OSError) as e:
+            raise BusUnavailable(str(e)) from e
+        for (receipt, _, run), ours in zip(runs, kept, strict=True):
+            if not ours:
+                self.log.error("another run of this task holds it; ending this one",
+                               task_no=run.stored.task_no)
+                with self.lock:
+                    self.superseded.add(receipt)
+                run.stop(SUPERSEDED)
 
     def _finish(self, pool: ThreadPoolExecutor) -> None:
         """At stop: running tasks get the grace period, then are ended; their results
@@ -272,11 +366,12 @@ class RemoteWorker:
         with self.lock:
             runs = list(self.runs.values())
         for run in runs:  # claims renewed meanwhile: no other worker takes these over
-            while not run.join(min(self.claim_idle_ms / 3000,
+            while not run.join(min(self.claim_idle_ms / 3000, RUN_MARK_EVERY,
                                    max(0.0, deadline - time.monotonic()))):
                 if time.monotonic() >= deadline:
                     break
                 with contextlib.suppress(BusUnavailable):
+                    self._renew_marks()
                     self._renew_claims()
         for run in runs:
             if not run.join(0):
