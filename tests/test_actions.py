@@ -103,6 +103,35 @@ def test_http_actions_are_done_by_the_loop_as_the_token_named(
         ("bob", "trigger", "done")]
 
 
+def test_an_http_backload_with_reprocess_is_one_turn_of_the_loop(
+        tmp_path: Path, wf: Path) -> None:
+    (wf / "a.toml").write_text(PHASES)
+    clock = FakeClock(utc(2026, 12, 1, 12))
+    with stepped(tmp_path, wf, clock) as d:
+        api = Api(d.config, lambda: True, lambda: "leader", {"alice": "a-secret"}, loop=d)
+        body = (b'{"task": "extract", "from": "2026-03-01T00:00:00Z", '
+                b'"to": "2026-03-01T02:00:00Z", "by": "hour", "reprocess": "all"}')
+        answers: list[Any] = []
+
+        def post() -> None:
+            answers.append(api.post("/api/backload", "Bearer a-secret", body))
+
+        for _ in range(2):  # the second time, every step fired before: all run again
+            asking = threading.Thread(target=post)
+            asking.start()
+            while asking.is_alive():
+                turn(d, clock)
+                asking.join(0.01)
+            for _ in range(3):  # the tasks run and end
+                turn(d, clock)
+        (first, made), (second, again) = answers
+        assert (first, len(made["tasks"]), made["reruns"]) == (201, 3, 0)
+        assert (second, made["tasks"][:0], again["tasks"], again["reruns"]) == (201, [], [], 3)
+    assert query(tmp_path / "f.db", "SELECT kind, outcome FROM actions ORDER BY action_no") == [
+        ("backload", "done"), ("backload", "done"), ("rerun", "done")]
+    assert query(tmp_path / "f.db", "SELECT count(*), sum(attempt) FROM tasks") == [(6, 3)]
+
+
 def test_tokens_have_names_from_the_config_and_the_token_file(tmp_path: Path) -> None:
     token_file = tmp_path / "tokens"
     token_file.write_text("# who may act\ncarol:c-secret\n\ndave: d-secret\n")

@@ -43,6 +43,10 @@ class Loop(Protocol):
     def record(self, action: Action, fires: list[Fire]) -> list[Fire]:
         """The fires recorded through the ledger, as the action; those that were new."""
 
+    def record_then(self, action: Action, fires: list[Fire],
+                    then: Callable[[Place, list[Fire]], T]) -> tuple[list[Fire], T]:
+        """`record`, then `then` (given the new fires) in the same turn of the loop."""
+
     def rescan(self, action: Action) -> list[str]:
         """A full rescan, as the action; the changes (`+key`, `~key`, `-key`)."""
 
@@ -190,16 +194,21 @@ class Actions:
             raise BadRequest(HTTPStatus.BAD_REQUEST, "reprocess must be failed or all")
         action = Action(actor, "backload", _target(chosen),
                         {"from": fields["from"], "to": fields["to"], "by": by}, retried=True)
-        new = self._loop().record(action, fires)
+        if reprocess is None:
+            return _created(self._loop().record(action, fires), chosen.warnings)
+        again = Action(actor, "rerun", _target(chosen), {"reprocess": reprocess}, retried=True)
+
+        def rerun_fired_before(at: Place, new: list[Fire]) -> int:
+            """The steps fired before run again: one turn of the loop with the backload,
+            so the answer cannot be a 503 after the fires were recorded."""
+            if len(new) == len(fires):
+                return 0
+            return len(operate.reprocess(at.store, fires, new, reprocess, at.ctx.created,
+                                         again))
+        new, reruns = self._loop().record_then(action, fires, rerun_fired_before)
         status, answer = _created(new, chosen.warnings)
-        if reprocess is not None and len(new) < len(fires):  # steps fired before: again
-            again = Action(actor, "rerun", _target(chosen), {"reprocess": reprocess},
-                           retried=True)
-            reruns = self._loop().act(again, lambda at: operate.reprocess(
-                at.store, fires, new, reprocess, at.ctx.created, again))
-            answer["reruns"] = len(reruns)
-            status = HTTPStatus.CREATED if reruns else status
-        return status, answer
+        answer["reruns"] = reruns
+        return (HTTPStatus.CREATED if reruns else status), answer
 
     def _phase(self, fields: dict[str, Any]) -> operations.Chosen:
         task, workflow = _text(fields, "task"), _text(fields, "workflow", None)
