@@ -225,6 +225,7 @@ class ArrivalWatcher:
         self.handler = _Arrived(wake)
         self.observer: BaseObserver | None = None
         self.roots: set[tuple[str, bool]] = set()  # directory, recursive
+        self.since = 0.0  # monotonic: when the watch of these roots began
 
     def follow(self, phases: Sequence[Phase]) -> None:
         """Watch the directories the phases' patterns need (those that exist: the next
@@ -254,6 +255,7 @@ class ArrivalWatcher:
             return
         self.roots = roots
         self.observer = observer
+        self.since = time.monotonic()
         self.log.info("watching for files", paths=" ".join(sorted(r[0] for r in roots)))
 
     def arrived(self) -> list[str]:

@@ -110,7 +110,7 @@ class Daemon:
         """The database, the loader and the dispatcher (and the bus, unless given)."""
         if self.bus is None:
             self.bus = self._bus()
-        self.ledger.leadership = self.leadership
+        self.ledger.leadership = self.file_triggers.leadership = self.leadership
         store = Store(self.config.db, busy_timeout_ms=BUSY_TIMEOUT_MS)
         self.loader = Loader(self.config.workflows, store,
                              allow_world_writable=self.config.allow_world_writable)
@@ -348,8 +348,8 @@ class Daemon:
         self.sync.turn(now, monotonic, asked)
         if self._lead(self.clock.monotonic()):  # after a long rescan, the lease's time now
             self.file_triggers.record(self.store, ctx)
-        else:  # a standby leaves arrived files to the leader
-            self.file_triggers.drop()
+        else:  # a standby leaves arrived files to the leader, caught up at a takeover
+            self.file_triggers.drop(self.store, ctx)
         self.ledger.fire_due(now, monotonic, ctx)
         self.ledger.write(self.store, self.clock.now(), self.clock.monotonic)  # fired_at
         if self.ledger.delayed:  # jittered tasks: the loop must wake when they are due
