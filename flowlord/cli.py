@@ -45,6 +45,7 @@ from flowlord.loader import (
 from flowlord.model import Phase
 from flowlord.rules import parse_rule
 from flowlord.store import NoDatabase, Store, StoreError, reads, write_txn
+from flowlord.store.backup import backup
 from flowlord.tasklog import log_path, logged_task_nos, remove_logs
 
 
@@ -91,6 +92,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="write the stored workflows back to TOML files")
     p.add_argument("--out", default="flowlord-export",
                    help="directory to write them to (default ./flowlord-export)")
+    p = sub.add_parser("backup", parents=[common],
+                       help="a consistent copy of the database, made while the daemon runs")
+    p.add_argument("path", help="the new file to write (an existing one is refused)")
     p = sub.add_parser("doctor", parents=[common], help="integrity and foreign-key checks")
     p.add_argument("--fix", action="store_true",
                    help="remove orphans (rows whose parent is gone) in one transaction")
@@ -363,6 +367,13 @@ def cmd_doctor(args: argparse.Namespace, config: Config) -> int:
     return 1 if findings else 0
 
 
+def cmd_backup(args: argparse.Namespace, config: Config) -> int:
+    """SQLite's online backup of the database to a new file (flowlord/store/backup.py)."""
+    pages = backup(config.db, args.path)
+    print(f"{args.path}: {report.count(pages, 'page')} copied from {config.db}")
+    return 0
+
+
 def _orphan_logs(config: Config) -> list[int]:
     """Task logs whose task is gone (deleted by hand, or a database started anew)."""
     logged = logged_task_nos(config.task_logs())
@@ -422,6 +433,7 @@ def cmd_worker(args: argparse.Namespace, config: Config) -> int:
 COMMANDS = {
     "run": cmd_run, "check": cli_files.cmd_check, "refresh": cmd_refresh,
     "phases": cmd_phases, "graph": cmd_graph, "next": cli_files.cmd_next, "doctor": cmd_doctor,
+    "backup": cmd_backup,
     "trigger": cli_tasks.cmd_trigger, "backload": cli_tasks.cmd_backload,
     "tasks": cli_tasks.cmd_tasks, "notify": cli_tasks.cmd_notify, "worker": cmd_worker,
     "actions": cli_tasks.cmd_actions, "stats": cli_tasks.cmd_stats,
