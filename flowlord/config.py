@@ -6,6 +6,7 @@ error that names it; relative paths are relative to the file's directory.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tomllib
 from dataclasses import dataclass, field, replace
@@ -39,6 +40,28 @@ class WorkerConfig:
     inherit_env: bool = True
 
 
+# what an alert route may ask for: the alert rows' kinds, and `success` (every complete,
+# a notification only: flowlord/recoveries.py)
+ALERT_KINDS = ("failed", "alert", "incomplete", "slow", "late", "recovered", "success")
+FAILURE_KINDS = ("failed", "alert", "incomplete", "slow")  # what `[alerts] webhook` posts
+
+
+@dataclass(frozen=True)
+class Route:
+    """An `[[alerts.route]]`: the alerts and events of these kinds, topics (globs of
+    `topic` or `topic:job`) and workflow files (globs) go to this webhook
+    (flowlord/routes.py). Empty topics or files: any."""
+
+    webhook: str
+    kinds: tuple[str, ...] = tuple(k for k in ALERT_KINDS if k != "success")
+    topics: tuple[str, ...] = ()
+    files: tuple[str, ...] = ()
+    name: str = ""  # its key in route_cursors; '' : a hash of the URL
+
+    def key(self) -> str:
+        return self.name or "sha256:" + hashlib.sha256(self.webhook.encode()).hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class Config:
     workflows: str = "workflows"
@@ -63,6 +86,7 @@ class Config:
     slow_factor: float = 3.0  # a `slow` alert past this many times a phase's usual run
     webhook: str = ""
     webhook_interval: timedelta = timedelta(minutes=5)  # at most one post per interval
+    routes: tuple[Route, ...] = ()  # [[alerts.route]]
     http_listen: str = ""
     http_token: str = ""  # the one token of old, named `token`
     http_token_file: str = ""  # `name:token` lines (a bare line: the token named `token`)
@@ -72,6 +96,12 @@ class Config:
 
     def zone(self) -> tzinfo:
         return resolve_zone(self.timezone)
+
+    def alert_routes(self) -> tuple[Route, ...]:
+        """Every route: `[alerts] webhook` (today's kinds, all topics and files) first."""
+        legacy = (Route(self.webhook, FAILURE_KINDS, name="alerts.webhook"),) if self.webhook \
+            else ()
+        return legacy + self.routes
 
     def task_logs(self) -> str:
         """The directory of task logs: `[logs] dir`, else `logs` beside the database."""
@@ -132,6 +162,9 @@ def load_config(path: str | None) -> Config:
             values[key] = _typed(path, key, value, _TOP[key])
         elif key in _SECTIONS and isinstance(value, dict):
             for sub, sub_value in value.items():
+                if key == "alerts" and sub == "route":
+                    values["routes"] = _routes(path, sub_value)
+                    continue
                 if sub not in _SECTIONS[key]:
                     raise ConfigError(f"config {path}: unknown key: {key}.{sub}")
                 attr, kind = _SECTIONS[key][sub]
@@ -225,6 +258,47 @@ def _worker(path: str, topic: str, table: object) -> WorkerConfig:
         raise ConfigError(f"config {path}: {where}.inherit_env must be true or false")
     return WorkerConfig(tuple(command), concurrency, timeout,  # type: ignore[arg-type]
                         dict(env), inherit)
+
+
+def _routes(path: str, tables: object) -> tuple[Route, ...]:
+    """`[[alerts.route]]` tables: webhook (required), kinds, topics, files, name."""
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise ConfigError(f"config {path}: alerts.route must be an array of tables "
+                          "([[alerts.route]])")
+    routes: list[Route] = []
+    for n, table in enumerate(tables):
+        where = f"alerts.route[{n}]"
+        unknown = set(table) - {"webhook", "kinds", "topics", "files", "name"}
+        if unknown:
+            raise ConfigError(f"config {path}: unknown key: {where}.{sorted(unknown)[0]}")
+        url = table.get("webhook")
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise ConfigError(f"config {path}: {where}.webhook must be an http:// or https:// "
+                              "URL")
+        lists: dict[str, tuple[str, ...]] = {}
+        for name in ("kinds", "topics", "files"):
+            value = table.get(name)
+            if value is None:
+                continue
+            if not isinstance(value, list) or not value or not all(
+                    isinstance(v, str) and v for v in value):
+                raise ConfigError(f"config {path}: {where}.{name} must be a list of "
+                                  "non-empty strings")
+            lists[name] = tuple(value)
+        bad = [k for k in lists.get("kinds", ()) if k not in ALERT_KINDS]
+        if bad:
+            raise ConfigError(f"config {path}: {where}.kinds: unknown kind {bad[0]!r} "
+                              f"(one of {', '.join(ALERT_KINDS)})")
+        name = table.get("name", "")
+        if not isinstance(name, str):
+            raise ConfigError(f"config {path}: {where}.name must be a string")
+        routes.append(Route(url, name=name, **lists))
+    keys = [r.key() for r in routes]
+    for n, key in enumerate(keys):
+        if key in keys[:n] or key == "alerts.webhook":
+            raise ConfigError(f"config {path}: alerts.route[{n}]: another route has the same "
+                              "webhook or name; give each a distinct name")
+    return tuple(routes)
 
 
 def http_tokens(config: Config) -> dict[str, str]:

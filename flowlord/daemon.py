@@ -40,6 +40,7 @@ from flowlord.bus.local import LocalBus
 from flowlord.clock import Clock, SystemClock, rfc3339_ms
 from flowlord.commands import Commands
 from flowlord.config import Config, ConfigError, http_tokens
+from flowlord.deadlines import Deadlines
 from flowlord.dispatch import Dispatcher
 from flowlord.file_triggers import FileTriggers
 from flowlord.ledger import Ledger
@@ -49,7 +50,9 @@ from flowlord.notices import Notices
 from flowlord.operate import Place
 from flowlord.operations import Action
 from flowlord.pauses import Pauses
+from flowlord.recoveries import Recoveries
 from flowlord.retention import Retention
+from flowlord.routes import Routes
 from flowlord.runs import DaemonRun
 from flowlord.scheduler import Scheduler
 from flowlord.sdnotify import notify, watchdog_interval
@@ -61,7 +64,6 @@ from flowlord.tasks import Context, meta_dir
 from flowlord.wakeup import Wakeup
 from flowlord.web.api import Api
 from flowlord.web.server import HttpServer, parse_listen
-from flowlord.webhook import Webhook
 from flowlord.workflow_sync import WorkflowSync
 
 T = TypeVar("T")
@@ -97,8 +99,9 @@ class Daemon:
         self.failed = False  # ended by an error, not a signal: how its run row ends
         self.retention = Retention(config.retention, self.log, self.clock.monotonic(),
                                    config.task_logs())
-        self.webhook = (Webhook(config.webhook, config.webhook_interval.total_seconds(),
-                                self.log) if config.webhook else None)
+        # alerts and events to [alerts] webhook and each [[alerts.route]] (flowlord/routes.py)
+        self.routes = Routes(config.alert_routes(), config.webhook_interval.total_seconds(),
+                             self.clock, self.log)
         monotonic = self.clock.monotonic()
         self.ping_every = watchdog_interval()
         self.next_ping = monotonic
@@ -119,6 +122,9 @@ class Daemon:
                                      self.config.task_ttl, self.log, self.clock)
         self.dispatcher.pauses = self.pauses
         self.slow = SlowWatch(store, self.config.slow_factor, self.clock, self.log)
+        self.deadlines = Deadlines(store, self.ledger.scheduler, self.clock, self.log,
+                                   self.config.catchup_limit)
+        self.dispatcher.recoveries = Recoveries(store, self.routes, self.clock, self.log)
         # warnings told once, and every operator action (flowlord/notices.py)
         self.notices = Notices(self.log, self.bus.workers if isinstance(self.bus, LocalBus)
                                else None, self.clock.monotonic())
@@ -126,7 +132,7 @@ class Daemon:
                                  rescan_every=self.config.rescan.total_seconds(),
                                  monotonic=self.clock.monotonic(), log=self.log,
                                  wake=self.wakeup.wake, changed=self._workflows_changed,
-                                 rescheduled=self.dispatcher.forget_phases)
+                                 rescheduled=self._rescheduled)
 
     def start(self) -> None:
         """The first load, the schedule with its catch-up fires, the tasks left by the
@@ -362,11 +368,11 @@ class Daemon:
         self.dispatcher.stop_ended(monotonic)
         self.dispatcher.check_overdue(monotonic)
         self.slow.check(monotonic)
+        self.deadlines.check(now, self.leadership is None or self.leadership.leading)
         self.notices.tick(self.store, rfc3339_ms(now), monotonic)
         self.retention.tick(self.store, now, monotonic)
         self.run_row.seen(self.store, monotonic)
-        if self.webhook:
-            self.webhook.tick(self.store, monotonic)
+        self.routes.tick(self.store, monotonic)
         # pinged from this loop only, so a stuck loop gets restarted by systemd
         if self.ping_every and monotonic >= self.next_ping:
             notify("WATCHDOG=1")
@@ -419,6 +425,10 @@ class Daemon:
     def _workflows_changed(self) -> None:
         self.notices.changed()
         self._notify_status()
+
+    def _rescheduled(self) -> None:
+        self.dispatcher.forget_phases()
+        self.deadlines.forget()
 
     def _notify_status(self) -> None:
         if os.environ.get("NOTIFY_SOCKET"):  # counting 100,000 phases is not free

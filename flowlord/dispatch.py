@@ -22,6 +22,7 @@ from flowlord.loader import Loader
 from flowlord.model import Done, NewTask, Phase, StoredTask
 from flowlord.outcomes import Effects, after_result
 from flowlord.pauses import Pauses
+from flowlord.recoveries import Recoveries
 from flowlord.rules import decode_meta, parse_rule
 from flowlord.store import Store, write_txn
 from flowlord.tasks import Context
@@ -66,6 +67,7 @@ class Dispatcher:
         self._alerted: list[str] = []  # this turn's alert kinds, for metrics
         self.stopping: set[int] = set()  # ended elsewhere; their workers were told to stop
         self.pauses = Pauses()  # paused topics wait; paused phases start no children
+        self.recoveries: Recoveries | None = None  # `recovered` and `success` after results
         self.next_stop_check = 0.0
 
     def recover(self) -> None:
@@ -114,7 +116,11 @@ class Dispatcher:
                              results_waiting=len(self.pending))
             metrics.BUSY.inc()
             self._counted, self._alerted = [], []
+            if self.recoveries is not None:
+                self.recoveries.discarded()
             return
+        if self.recoveries is not None:
+            self.recoveries.committed()
         self._count(children)
         for done in self.pending:
             self.bus.ack(done)
@@ -293,6 +299,7 @@ class Dispatcher:
         stored = self.store.finish(done.task_no, done.ended, done.result, done.msg, done.started)
         if stored is None:
             return False
+        phase: Phase | None = None
         try:
             phase = self._phase(stored)
             children = (self._unpaused(self._children_of(stored), stored)
@@ -315,6 +322,8 @@ class Dispatcher:
                                  rfc3339(self.clock.now()))
             self.log.error("alert", kind=kind, task_no=stored.task_no, type=stored.task.type,
                            message=message[:200])
+        if self.recoveries is not None:
+            self.recoveries.recorded(stored, done.result, effects.alerts, phase)
         for note in effects.notes:
             self.log.info("child not created", task_no=stored.task_no, note=note)
         return True

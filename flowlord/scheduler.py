@@ -213,6 +213,12 @@ class Scheduler:
                 return slots[-n:]
             window *= 4
 
+    def slot_after(self, schedule: CronSchedule, after: datetime) -> datetime | None:
+        """The first slot of a schedule after `after` (UTC), as the schedule fires it;
+        None: never again. For those who follow slots without firing them
+        (flowlord/deadlines.py)."""
+        return self._next_after(schedule, after)
+
     def _next_after(self, schedule: CronSchedule, after: datetime) -> datetime | None:
         try:
             return next_fire(schedule, after, self.zone).astimezone(UTC)

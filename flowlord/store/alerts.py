@@ -42,6 +42,7 @@ class SlotState(NamedTuple):
     done_by: bool  # every attempt chain of the slot ended complete (or warn) by the bound
     open_task: int | None  # the first task not done (unfinished, or failed for good)
     open_state: str  # 'waiting', 'running', 'error', 'alert', or '' when none
+    last_task: int | None  # the slot's newest task
 
 
 def deadline_phases(conn: apsw.Connection) -> list[Phase]:
@@ -51,11 +52,16 @@ def deadline_phases(conn: apsw.Connection) -> list[Phase]:
         "AND severity <> 'error' ORDER BY file_path, position")]
 
 
-def loaded_at(conn: apsw.Connection, file_path: str) -> str | None:
-    """When the stored phases of a file were loaded (UTC)."""
-    row = conn.execute("SELECT loaded_at FROM workflow_files WHERE file_path = ?",
-                       (file_path,)).fetchone()
-    return None if row is None else str(row[0])
+def has_fired(conn: apsw.Connection, file_path: str, phase: str) -> bool:
+    """Whether the ledger has a slot of the phase (its primary key's prefix)."""
+    return conn.execute("SELECT 1 FROM fires WHERE file_path = ? AND phase = ? LIMIT 1",
+                        (file_path, phase)).fetchone() is not None
+
+
+def first_run(conn: apsw.Connection) -> str | None:
+    """When the first daemon run this database remembers started (flowlord/runs.py)."""
+    (started,), = conn.execute("SELECT min(started) FROM daemon_runs")
+    return None if started is None else str(started)
 
 
 def late_slots(conn: apsw.Connection, file_path: str, phase: str,
@@ -92,7 +98,7 @@ def slot_state(conn: apsw.Connection, file_path: str, phase: str, slot: str,
             open_task = task_no
             open_state = result or ("running" if started else "waiting")
     return SlotState(None if fire is None else str(fire[0]), len(rows), done, open_task,
-                     open_state)
+                     open_state, rows[-1][0] if rows else None)
 
 
 def add_slot_alert(conn: apsw.Connection, kind: str, file_path: str, phase: str,

@@ -11,6 +11,7 @@ from typing import Any
 import apsw
 
 from flowlord.model import NewTask, StoredTask, Task
+from flowlord.store.alerts import delete_slot_alerts
 
 # The columns a task row is read with, everywhere (the scheduler's StoredTask, the read
 # model's task JSON): one list for the table.
@@ -315,17 +316,6 @@ class TaskRows:
             (task_no, kind, task.type, task.job, message, created, task_no))
         return self.conn.changes() == 1
 
-    def unposted_alerts(self, limit: int) -> list[tuple[int, str, str, str, str, str]]:
-        """(alert_no, kind, type, job, message, created) not yet accepted by the webhook."""
-        return list(self.conn.execute(
-            "SELECT alert_no, kind, type, job, message, created FROM alerts "
-            "WHERE posted_at IS NULL ORDER BY alert_no LIMIT ?", (limit,)))
-
-    def mark_posted(self, alert_nos: Sequence[int], posted_at: str) -> None:
-        """Call inside write_txn."""
-        self.conn.executemany("UPDATE alerts SET posted_at = ? WHERE alert_no = ?",
-                              [(posted_at, n) for n in alert_nos])
-
     def overdue(self, cutoff: str) -> list[StoredTask]:
         """Unfinished tasks created before `cutoff` without an `incomplete` alert."""
         return [stored_task(r) for r in self.conn.execute(
@@ -337,7 +327,8 @@ class TaskRows:
                        deleted_tasks: list[int] | None = None) -> int:
         """Delete up to `batch` finished tasks that ended before `cutoff` (their alerts go
         with them; their numbers are added to `deleted_tasks`), else up to `batch` fires,
-        else file messages, before it that no task needs; call inside write_txn.
+        else file messages, before it that no task needs, else alerts of no task (a
+        `late` slot); call inside write_txn.
         Returns how many rows went: 0 when nothing is left to delete."""
         gone = [r[0] for r in self.conn.execute(
             "DELETE FROM tasks WHERE task_no IN (SELECT task_no FROM tasks "
@@ -359,5 +350,7 @@ class TaskRows:
             "DELETE FROM file_messages WHERE file_no IN (SELECT m.file_no FROM file_messages "
             "AS m WHERE m.received < ? AND NOT EXISTS (SELECT 1 FROM tasks AS t "
             "WHERE t.file_no = m.file_no) LIMIT ?)", (cutoff, batch))
-        return self.conn.changes()
+        if deleted := self.conn.changes():
+            return deleted
+        return delete_slot_alerts(self.conn, cutoff, batch)  # a `late` slot of no task
 
