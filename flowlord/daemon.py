@@ -41,6 +41,7 @@ from flowlord.clock import Clock, SystemClock, rfc3339_ms
 from flowlord.commands import Commands
 from flowlord.config import Config, ConfigError, http_tokens
 from flowlord.deadlines import Deadlines
+from flowlord.disk_full import DiskFull
 from flowlord.dispatch import Dispatcher
 from flowlord.file_triggers import FileTriggers
 from flowlord.ledger import Ledger
@@ -59,6 +60,7 @@ from flowlord.sdnotify import notify, watchdog_interval
 from flowlord.slow import SlowWatch
 from flowlord.standby import DEFAULT_LEASE, Leadership, NodeInUse
 from flowlord.store import Store
+from flowlord.store.connection import apply_page_limit
 from flowlord.tasklog import writable_dir
 from flowlord.tasks import Context, meta_dir
 from flowlord.wakeup import Wakeup
@@ -96,6 +98,7 @@ class Daemon:
         self.ledger.pauses = self.file_triggers.pauses = self.pauses
         self.pauses_seen = -1  # PRAGMA data_version when the pauses were last read
         self.run_row = DaemonRun(config.bus_node, self.clock, self.log)
+        self.disk = DiskFull(self.log, self.clock)  # while the database cannot be written
         self.failed = False  # ended by an error, not a signal: how its run row ends
         self.retention = Retention(config.retention, self.log, self.clock.monotonic(),
                                    config.task_logs())
@@ -168,7 +171,7 @@ class Daemon:
                 self.log.info("http api listening", listen=self.config.http_listen)
             notify("READY=1", self._status())
             while not self.stop_signals:
-                self.wakeup.wait(self.tick(self.clock.now(), self.clock.monotonic()))
+                self.wakeup.wait(self._turn())
         except BaseException:
             self.failed = True
             raise
@@ -180,6 +183,21 @@ class Daemon:
         self.log.info("stopped")
         os.close(lock)
         return 0
+
+    def _turn(self) -> float:
+        """A turn of `run`'s loop: `tick`, and a database that cannot take writes (a
+        full disk) waited out instead of ending the daemon (flowlord/disk_full.py)."""
+        apply_page_limit(self.store.conn)  # the tests' stand-in for a full disk, if set
+        try:
+            wait = self.tick(self.clock.now(), self.clock.monotonic())
+            if self.disk.writable():
+                self.ledger.missed_rows(self.store, self.clock.now())
+                self._notify_status()
+            return wait
+        except apsw.FullError as e:
+            if self.ping_every:  # the loop turns: systemd's watchdog must not end it
+                notify("WATCHDOG=1")
+            return self.disk.full(e, len(self.ledger.pending))
 
     def _on_signal(self, signum: int, _: FrameType | None) -> None:
         """Flags only: the interpreter has already woken the loop (the wakeup pipe)."""
@@ -200,8 +218,11 @@ class Daemon:
         deadline = time.monotonic() + STOP_WRITE_SECONDS  # real seconds: the last work
         while True:
             now = self.clock.now()
-            self.file_triggers.record(self.store, self._context(now))
-            self.ledger.write(self.store, now, self.clock.monotonic)
+            try:
+                self.file_triggers.record(self.store, self._context(now))
+                self.ledger.write(self.store, now, self.clock.monotonic)
+            except apsw.FullError:  # said below: what could not be recorded
+                break
             if (not (self.ledger.pending or self.file_triggers.arrived)
                     or time.monotonic() >= deadline or self.hurry()):
                 break

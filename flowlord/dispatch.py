@@ -119,6 +119,11 @@ class Dispatcher:
             if self.recoveries is not None:
                 self.recoveries.discarded()
             return
+        except apsw.FullError:  # nothing was recorded: results wait, counted when they are
+            self._counted, self._alerted = [], []
+            if self.recoveries is not None:
+                self.recoveries.discarded()
+            raise
         if self.recoveries is not None:
             self.recoveries.committed()
         self._count(children)

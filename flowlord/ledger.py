@@ -27,10 +27,12 @@ import apsw
 
 from flowlord import metrics
 from flowlord.clock import rfc3339, rfc3339_ms
+from flowlord.cron import next_fire
 from flowlord.model import Fire, Phase
 from flowlord.operations import Action, record_fires
 from flowlord.overlap import Overlap
 from flowlord.pauses import Pauses
+from flowlord.rules import parse_rule
 from flowlord.scheduler import Due, PhaseKey, Scheduler, parse_slot
 from flowlord.standby import Leadership
 from flowlord.store import Store, write_txn
@@ -41,6 +43,11 @@ LOGGED_FIRES = 50  # more fires than this in one write are logged as one summary
 Plan = list[tuple[str | None, str, str]]  # (next fire or None, file, task)
 
 
+MAX_PENDING = 20_000  # fires kept in memory while the database cannot take them
+MISSED_ROWS = 10_000  # slots of a phase recorded as missed after a full disk, at most
+MISSED_FULL = "missed: the database could not be written (disk full) when it was due"
+
+
 class Ledger:
     def __init__(self, scheduler: Scheduler, log: Any,
                  leadership: Leadership | None = None) -> None:
@@ -49,6 +56,8 @@ class Ledger:
         self.leadership = leadership  # with a redis bus: slots are claimed there first
         self.pauses = Pauses()  # a slot of a paused phase is recorded with no task
         self.delayed = False  # fires were recorded whose tasks wait (jitter): wake for them
+        # (file, phase) → (first, last) slot let go while the database was full
+        self.missed: dict[PhaseKey, tuple[str, str]] = {}
         self.pending: list[Fire] = []
         self.held: list[Fire] = []
         self.unplanned: set[PhaseKey] = set()
@@ -79,6 +88,46 @@ class Ledger:
         if due:
             self.pending += self.build(due, ctx)
             self.replan((d.phase.file_path, d.phase.task) for d in due)
+            self._bound_pending()
+
+    def _bound_pending(self) -> None:
+        """While the database cannot be written (a full disk), fires wait in memory. Past
+        MAX_PENDING of them the oldest are let go, each phase's remembered as the span
+        of its slots (first, last): memory stays bounded by the phases, and once the
+        database takes writes again every slot of the span is recorded as missed
+        (`missed_rows`), so none is lost from the ledger or fired twice."""
+        over = len(self.pending) - MAX_PENDING
+        if over <= 0:
+            return
+        for fire in self.pending[:over]:
+            key = (fire.file_path, fire.phase)
+            first, last = self.missed.get(key, (fire.scheduled_for, fire.scheduled_for))
+            self.missed[key] = (min(first, fire.scheduled_for), max(last, fire.scheduled_for))
+        del self.pending[:over]
+        self.log.error("fires let go while the database cannot be written; their slots "
+                       "are recorded as missed when it can", let_go=over,
+                       phases=len(self.missed))
+
+    def missed_rows(self, store: Store, now: datetime) -> None:
+        """The slots let go by `_bound_pending`, recorded as fires with no task and why
+        (each slot of the phase's cron between the first and the last let go)."""
+        if not self.missed:
+            return
+        fires = []
+        for (file_path, task), (first, last) in self.missed.items():
+            rule = next((parse_rule(p.rule) for p in store.phases(file_path=file_path,
+                                                                   task=task)), None)
+            slot, rows = parse_slot(first), 0
+            while (rule is not None and rule.cron is not None and slot <= parse_slot(last)
+                   and rows < MISSED_ROWS):
+                rows += 1
+                fires.append(Fire(file_path, task, rfc3339(slot), "cron", (), MISSED_FULL))
+                slot = next_fire(rule.cron, slot, self.scheduler.zone)
+        with write_txn(store.conn):
+            store.record_fires(fires, rfc3339_ms(now))
+        self.log.warning("slots let go while the database was full recorded as missed",
+                         slots=len(fires), phases=len(self.missed))
+        self.missed = {}
 
     def reschedule(self, by_file: dict[str, list[Phase]], now: datetime) -> None:
         """The phases of these files changed (file → its runnable phases now)."""
@@ -130,6 +179,8 @@ class Ledger:
                              fires_waiting=len(self.pending))
             metrics.BUSY.inc()
             return
+        except apsw.FullError:  # no fire is worse off for the wait: all stay pending
+            raise
         except Exception:  # e.g. a task the database refuses: it must not block the others
             self.log.exception("cannot record the fires together; recording them one by one")
             if self._write_each(store, plan, now):
@@ -194,16 +245,18 @@ class Ledger:
                 try:
                     with write_txn(store.conn):
                         new += store.record_fires([fire], fired_at, Overlap(store, fired_at))
-                except apsw.BusyError:
+                except (apsw.BusyError, apsw.FullError):
                     raise
                 except Exception as e:
                     failed = Fire(fire.file_path, fire.phase, fire.scheduled_for, fire.source,
                                   (), f"cannot store its tasks: {type(e).__name__}: {e}")
                     with write_txn(store.conn):
                         new += store.record_fires([failed], fired_at)
-            except Exception:  # locked, or not even the fire alone can be stored: later
+            except Exception as e:  # locked, or not even the fire alone can be stored: later
                 self.pending = self.pending[i:]
                 self._log_fires(new, 0, now)
+                if isinstance(e, apsw.FullError):
+                    raise
                 return False
         self.pending = []  # all recorded; the plan is written now or next time
         self._log_fires(new, 0, now)

@@ -33,6 +33,24 @@ class NoDatabase(StoreError):
         super().__init__(f"no database at {self.path}: run `flowlord refresh` first")
 
 
+PAGE_LIMIT_HOOK = "FLOWLORD_TEST_PAGE_LIMIT"
+
+
+def apply_page_limit(conn: apsw.Connection) -> None:
+    """A test hook (tests/test_disk_full.py): with FLOWLORD_TEST_PAGE_LIMIT naming a
+    file that holds a number, the database may grow to that many pages and no more
+    (SQLite's max_page_count), so a full disk can be had where mounting a small
+    filesystem is not allowed; read again at each try while the database is full."""
+    hook = os.environ.get(PAGE_LIMIT_HOOK)
+    if not hook:
+        return
+    try:
+        with open(hook) as f:
+            conn.pragma("max_page_count", int(f.read().strip()))
+    except (OSError, ValueError):
+        return
+
+
 def connect(path: str, *, readonly: bool = False, create: bool = True,
             busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> apsw.Connection:
     """Open the database with flowlord's pragmas; a writer also migrates it. Only a
@@ -55,6 +73,7 @@ def connect(path: str, *, readonly: bool = False, create: bool = True,
             _persist_wal(conn)
             conn.pragma("journal_mode", "wal")
             conn.pragma("journal_size_limit", 64 * 1024 * 1024)
+            apply_page_limit(conn)
         version = conn.pragma("user_version")
     except apsw.Error as e:
         raise StoreError(f"cannot open database {path}: {e}") from e
