@@ -11,7 +11,13 @@ One run, on files generated into a temporary directory that is removed at the en
 3. CPU use over 60 s in which nothing is due;
 4. 10,000 of those phases due at the same second: time until all their fires and
    tasks are committed, against a raw APSW insert of the same rows;
-5. lateness of fires (recorded time less slot) of 20 phases firing every second.
+5. lateness of fires (recorded time less slot) of 20 phases firing every second;
+6. the agenda (flowlord/agenda.py) of the next 24 hours over 100,000 phases: 10,000
+   files, each a daily root with jitter and a 6-hourly one, each with a chain of four
+   children, a run in history for each phase: computed in-process, by `flowlord agenda
+   --json`, and served by /api/agenda and /agenda of a running daemon.
+
+`--only agenda` runs the sixth alone.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -46,6 +53,9 @@ TARGET_IDLE_CPU = 0.01
 TARGET_LATENESS_P99 = 0.050
 TARGET_BURST = 2.0
 TARGET_RSS_MB = 250
+TARGET_AGENDA = 1.0  # seconds to compute 24 hours of agenda over 100,000 phases
+TARGET_AGENDA_P99 = 0.200  # /api/agenda, served
+AGENDA_REQUESTS = 200
 
 
 def wait(condition: Callable[[], bool], seconds: float, poll: float = 0.002) -> None:
@@ -227,6 +237,125 @@ def many_phases(tmp: Path, phases: int, burst: int, idle: float,
     return figures
 
 
+# --- 6. the agenda -------------------------------------------------------------------
+
+
+def agenda_file(f: int) -> str:
+    """Ten phases: a daily root (jitter 10m) and a 6-hourly one (jitter 5m), each with a
+    chain of four children."""
+    text = (f'[[phase]]\ntask = "extract:f{f}"\nrule = "cron={f % 60} {f % 24} * * *'
+            '&jitter=10m"\ntemplate = "s3://lake/{yyyy}/{mm}/{dd}"\n\n'
+            f'[[phase]]\ntask = "pull:f{f}"\nrule = "cron={f % 60} */6 * * *&jitter=5m"\n\n')
+    for parent, chain in (("extract", ("load", "report", "audit", "archive")),
+                          ("pull", ("transform", "publish", "notify", "clean"))):
+        for child in chain:
+            text += f'[[phase]]\ntask = "{child}"\ndependsOn = "{parent}"\n\n'
+            parent = child
+    return text
+
+
+def agenda_bench(tmp: Path, phases: int) -> dict[str, float]:
+    """The agenda over `phases` phases: in-process (best of three), the command, and the
+    daemon's API and page (the first request computes; the rest are served)."""
+    from flowlord import agenda
+    from flowlord.config import load_config
+    from flowlord.loader import Loader
+
+    wf, db = tmp / "agenda", tmp / "agenda.db"
+    files = phases // PHASES_PER_FILE
+    for f in range(files):
+        d = wf / f"d{f // 100}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"a{f}.toml").write_text(agenda_file(f))
+    port = socket.socket()
+    port.bind(("127.0.0.1", 0))
+    listen = f"127.0.0.1:{port.getsockname()[1]}"
+    port.close()
+    config_path = tmp / "agenda.toml"
+    workers = "".join(f'[workers.{t}]\ncommand = ["true"]\nconcurrency = 8\n'
+                      for t in ("extract", "pull", "load", "report", "audit", "archive",
+                                "transform", "publish", "notify", "clean"))
+    config_path.write_text(f'workflows = "{wf}"\ndb = "{db}"\ntimezone = "UTC"\n'
+                           f'[http]\nlisten = "{listen}"\n{workers}')
+    store = Store(str(db))
+    Loader(str(wf), store).refresh()
+    ended = datetime.now(UTC) - timedelta(hours=1)
+    with write_txn(store.conn):  # a run of every phase in history: each has a p50
+        store.conn.executemany(
+            "INSERT INTO tasks (id, type, job, created, started, ended, result, file_path, "
+            "phase) VALUES (?, ?, ?, ?, ?, ?, 'complete', ?, ?)",
+            [(str(uuid.uuid4()), p.topic, p.job, t, t,
+              (ended + timedelta(seconds=30 + i % 600)).strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+              p.file_path, p.task)
+             for i, p in enumerate(store.phases())
+             for t in [ended.strftime("%Y-%m-%dT%H:%M:%S.000Z")]])
+    store.close()
+    config = load_config(str(config_path))
+    figures: dict[str, float] = {}
+    times = []
+    for _ in range(3):
+        store = Store(str(db), readonly=True)
+        started = time.perf_counter()
+        found = agenda.read(store, config, datetime.now(UTC), 24)
+        times.append(time.perf_counter() - started)
+        nodes = sum(1 for _ in found.runs())
+        store.close()
+    figures["compute"], figures["compute_max"] = min(times), max(times)
+    figures["fires"], figures["runs"] = len(found.fires), nodes
+    figures["warnings"] = len(found.warnings)
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "flowlord", "-c", str(config_path), "agenda",
+                           "--json"], capture_output=True, env={**os.environ,
+                                                               "PYTHONPATH": str(ROOT)})
+    figures["cli"] = time.perf_counter() - started
+    assert done.returncode == 0, done.stderr
+    figures["cli_mb"] = len(done.stdout) / 1e6
+    daemon = Daemon(tmp, config_path)
+    try:
+        daemon.ready()
+        base = f"http://{listen}"
+        wait(lambda: _answers(base + "/healthz"), 30, poll=0.1)
+        figures["first"] = _get(base + "/api/agenda")
+        api = [_get(base + "/api/agenda") for _ in range(AGENDA_REQUESTS)]
+        page = [_get(base + "/agenda") for _ in range(AGENDA_REQUESTS // 4)]
+        figures["api_p50"], figures["api_p99"] = statistics.median(api), percentile(api, 99)
+        figures["page_p50"], figures["page_p99"] = (statistics.median(page),
+                                                    percentile(page, 99))
+    finally:
+        daemon.stop()
+        (tmp / "notify.sock").unlink()
+    return figures
+
+
+def _get(url: str) -> float:
+    started = time.perf_counter()
+    with urllib.request.urlopen(url, timeout=60) as answer:
+        answer.read()
+        assert answer.status == 200, url
+    return time.perf_counter() - started
+
+
+def _answers(url: str) -> bool:
+    try:
+        _get(url)
+    except OSError:
+        return False
+    return True
+
+
+def print_agenda(phases: int, f: dict[str, float]) -> None:
+    print(f"agenda of 24 h over {phases:,} phases ({f['fires']:,.0f} fires, "
+          f"{f['runs']:,.0f} expected runs with children, {f['warnings']:.0f} backlog "
+          f"warnings): computed in {f['compute']:.2f} s (worst of 3 {f['compute_max']:.2f} s; "
+          f"target < {TARGET_AGENDA:.0f} s, ratio {f['compute'] / TARGET_AGENDA:.2f}); "
+          f"`flowlord agenda --json` {f['cli']:.2f} s, {f['cli_mb']:.0f} MB")
+    print(f"/api/agenda over {AGENDA_REQUESTS} requests: p50 {f['api_p50'] * 1000:.1f} ms, "
+          f"p99 {f['api_p99'] * 1000:.1f} ms (target p99 < {TARGET_AGENDA_P99 * 1000:.0f} ms, "
+          f"ratio {f['api_p99'] / TARGET_AGENDA_P99:.2f}; the first, computing it: "
+          f"{f['first'] * 1000:.0f} ms); /agenda page p50 {f['page_p50'] * 1000:.1f} ms, "
+          f"p99 {f['page_p99'] * 1000:.1f} ms")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--phases", type=int, default=100_000)
@@ -235,15 +364,20 @@ def main() -> None:
     parser.add_argument("--edits", type=int, default=200)
     parser.add_argument("--ticks", type=int, default=20, help="seconds of lateness samples")
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
+    parser.add_argument("--only", choices=["agenda"], help="run only this part")
     args = parser.parse_args()
     if args.quick:
         args.phases, args.burst, args.idle, args.edits, args.ticks = 2_000, 500, 3.0, 20, 3
     debounce = Watcher(".").quiet
     with tempfile.TemporaryDirectory(prefix="flowlord-bench-") as name:
         tmp = Path(name)
+        if args.only == "agenda":
+            print_agenda(args.phases, agenda_bench(tmp, args.phases))
+            return
         latencies = edit_latency(tmp, args.edits)
         figures = many_phases(tmp, args.phases, args.burst, args.idle, args.ticks)
         limit = raw_insert_limit(tmp, args.burst)
+        planned = agenda_bench(tmp, args.phases)
     p50, p99 = statistics.median(latencies), percentile(latencies, 99)
     target_edit = debounce + TARGET_EDIT_MARGIN
     print(f"edit latency over {len(latencies)} edits: p50 {p50 * 1000:.0f} ms, "
@@ -263,6 +397,7 @@ def main() -> None:
           f"p99 {figures['late_p99'] * 1000:.0f} ms (target p99 < "
           f"{TARGET_LATENESS_P99 * 1000:.0f} ms, "
           f"ratio {figures['late_p99'] / TARGET_LATENESS_P99:.2f})")
+    print_agenda(args.phases, planned)
 
 
 if __name__ == "__main__":

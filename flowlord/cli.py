@@ -17,6 +17,7 @@ import apsw
 
 from flowlord import (
     __version__,
+    cli_agenda,
     cli_files,
     cli_operate,
     cli_tasks,
@@ -155,6 +156,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--since", type=_iso_time, help="ISO 8601 time (default: 30 days ago)")
     p.add_argument("--json", action="store_true")
     cli_operate.add_parsers(sub, common, _iso_time)
+    cli_agenda.add_parser(sub, common, _iso_time)
     return parser
 
 
@@ -438,7 +440,7 @@ COMMANDS = {
     "tasks": cli_tasks.cmd_tasks, "notify": cli_tasks.cmd_notify, "worker": cmd_worker,
     "actions": cli_tasks.cmd_actions, "stats": cli_tasks.cmd_stats,
     "logs": cli_tasks.cmd_logs, **cli_operate.COMMANDS,
-    "export": cmd_export,
+    "export": cmd_export, "agenda": cli_agenda.cmd_agenda,
 }
 
 if __name__ == "__main__":

@@ -18,14 +18,14 @@ from urllib.parse import unquote
 from prometheus_client import CollectorRegistry, generate_latest
 
 from flowlord import __version__, metrics, operate, waiting
-from flowlord.clock import rfc3339_ms
+from flowlord.clock import rfc3339, rfc3339_ms
 from flowlord.config import Config
 from flowlord.errors import BadRequest
 from flowlord.metrics import DatabaseState
 from flowlord.store import Store, history, reads
 from flowlord.store.reads import STATS_DAYS
 from flowlord.tasklog import read_log
-from flowlord.web import params
+from flowlord.web import agenda_chart, params
 from flowlord.web.actions import Actions, Loop
 from flowlord.web.answers import Metrics, PlainText
 
@@ -63,7 +63,8 @@ class Api:
             "/api/status": self.status, "/api/files": self.files, "/api/phases": self.phases,
             "/api/graph": self.graph, "/api/tasks": self.tasks, "/api/alerts": self.alerts,
             "/api/actions": self.actions_done, "/api/pauses": self.pauses,
-            "/api/stats": self.stats, "/api/arrivals": self.arrivals}
+            "/api/stats": self.stats, "/api/arrivals": self.arrivals,
+            "/api/agenda": self.agenda}
         store = Store(self.db, readonly=True)
         try:
             if path in routes:
@@ -170,6 +171,16 @@ class Api:
         """Files that arrived for `files=` phases, newest first, each with its tasks."""
         return history.arrivals(store, before=params.integer(query, "before", None),
                                 limit=params.limit(query))
+
+    def agenda(self, store: Store, query: dict[str, list[str]]) -> dict[str, Any]:
+        """What will run when (flowlord/agenda.py): a page of the window's fires, with
+        the backlog warnings and the counts per topic."""
+        got = agenda_chart.asked(store, self.config, query)
+        limit, offset = params.limit(query), params.offset(query)
+        return {**got.agenda.as_json(got.fires[offset:offset + limit]),
+                "start": rfc3339(got.start),
+                "end": rfc3339(got.start + timedelta(hours=got.hours)),
+                "total": len(got.fires), "limit": limit, "offset": offset}
 
     def alerts(self, store: Store, query: dict[str, list[str]]) -> list[dict[str, Any]]:
         return reads.alerts(store, before=params.integer(query, "before", None),

@@ -29,7 +29,7 @@ from flowlord.errors import BadRequest
 from flowlord.operations import in_zone
 from flowlord.store import Store, history, reads
 from flowlord.tasklog import read_log_end
-from flowlord.web import charts, params
+from flowlord.web import agenda_chart, charts, params
 from flowlord.web.answers import CONTENT_SECURITY_POLICY as CONTENT_SECURITY_POLICY
 from flowlord.web.answers import Asset, Page
 from flowlord.web.drawing import lay_out
@@ -124,7 +124,7 @@ class Dashboard:
             "/": self.overview, "/files": self.files, "/phases": self.phases,
             "/graph": self.graph, "/tasks": self.tasks, "/alerts": self.alerts,
             "/actions": self.actions, "/timeline": self.timeline,
-            "/arrivals": self.arrivals}
+            "/arrivals": self.arrivals, "/agenda": self.agenda}
         store = Store(self.api.db, readonly=True)
         try:
             if path in pages:
@@ -299,6 +299,26 @@ class Dashboard:
                            earlier=charts.timeline_href(start, hours, file),
                            later=(charts.timeline_href(min(end + timedelta(hours=hours), now),
                                                        hours, file) if end < now else ""))
+
+    def agenda(self, store: Store, query: dict[str, list[str]]) -> Page:
+        """What will run when (flowlord/agenda.py): ?hours= (1 to 168, default 24),
+        ?topic=, ?file=; drawn by flowlord/web/agenda_chart.py, its fires listed."""
+        got = agenda_chart.asked(store, self.api.config, query)
+        if got.file is not None:
+            self._file_status(store, got.file)  # 404 for no such file
+        limit, offset = params.limit(query), params.offset(query)
+        rows = [got.agenda.fire_json(f) for f in got.fires[offset:offset + limit]]
+        for row in rows:
+            row["descendants"] = agenda_chart.descendants(row["children"])
+        return self.render(
+            "agenda.html", "agenda", chart=agenda_chart.chart(got.agenda, got.fires,
+                                                              got.start, got.hours),
+            rows=rows, total=len(got.fires), hours=got.hours, file=got.file, topic=got.topic,
+            warnings=[w.as_json() for w in got.agenda.warnings
+                      if got.topic is None or w.topic == got.topic],
+            notes=got.agenda.notes, files=reads.file_paths(store), limit=limit,
+            offset=offset, start=rfc3339(got.start),
+            end=rfc3339(got.start + timedelta(hours=got.hours)), stats_days=reads.STATS_DAYS)
 
     def arrivals(self, store: Store, query: dict[str, list[str]]) -> Page:
         before, limit = params.integer(query, "before", None), params.limit(query)

@@ -1,0 +1,196 @@
+"""Where to draw the agenda (flowlord/agenda.py) on its page: a row per topic, a bar
+per expected run from its start to its expected end (a fire's own runs and its
+children's apart), a tick where the run time is unknown, a paused fire as a short
+amber bar, and each backlog as a red band over its row from its first task due to
+when its queue empties.
+
+Pure geometry, drawn by pages/agenda.html as SVG with every name escaped, on the
+timeline's scale and axis (flowlord/web/charts.py). Past `charts.MAX_BARS` the runs of
+a row are merged into one bar per few px, with their count in its tooltip.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from http import HTTPStatus
+from urllib.parse import urlencode
+
+from flowlord.agenda import (
+    DEFAULT_HOURS,
+    EPOCH,
+    MAX_HOURS,
+    Agenda,
+    Backlog,
+    Planned,
+    cache_for,
+    parse_concurrency,
+)
+from flowlord.config import Config
+from flowlord.errors import BadRequest
+from flowlord.store import Store
+from flowlord.web import charts, params
+from flowlord.web.charts import Bar, Lane, Tick
+
+BAND = 4  # px: a backlog's band at the top of its row
+
+
+@dataclass(frozen=True)
+class AgendaChart:
+    width: int
+    height: int
+    left: int
+    top: int
+    plot_width: int
+    lanes: list[Lane]
+    bars: list[Bar]
+    ticks: list[Tick]
+    runs: int  # expected runs in the window: fires and children
+    merged_below: float  # px: the bars of one row were merged per this width (0: none)
+    hidden_lanes: int
+    hidden_runs: int
+    unknown: int  # runs drawn as a tick: no run time known, or no known start
+    paused: int  # fires of paused phases
+
+
+def agenda_href(hours: int, topic: str | None = None, file: str | None = None) -> str:
+    query = {"hours": hours} | ({"topic": topic} if topic else {}) | (
+        {"file": file} if file else {})
+    return "/agenda?" + urlencode(query)
+
+
+def chart(agenda: Agenda, fires: Sequence[Planned], start: datetime, hours: int,
+          max_bars: int = charts.MAX_BARS) -> AgendaChart:
+    """The fires of (start, start + hours] with their children, and the backlogs."""
+    origin = (start - EPOCH).total_seconds()
+    seconds = hours * 3600.0
+    plot_width = charts.timeline_width()
+    scale = plot_width / seconds
+    items = [(phase, begin, run, tasks, own) for phase, begin, run, tasks, own
+             in agenda.runs(fires) if begin is not None and begin - origin <= seconds]
+    paused = [f for f in fires if f.paused]
+    names = sorted({p.topic for p, *_ in items} | {f.phase.topic for f in paused})
+    shown = names[:charts.MAX_LANES]
+    index = {name: i for i, name in enumerate(shown)}
+    merge = _merge_width(len(items), len(shown), plot_width, max_bars)
+    bars: list[Bar] = []
+    ticks: dict[int, list[float]] = {}
+    groups: dict[tuple[int, int], list[float]] = {}  # (lane, bucket) → x1, x2, runs, tasks
+    hidden = unknown = 0
+    for phase, begin, run, tasks, own in items:
+        lane = index.get(phase.topic)
+        if lane is None:
+            hidden += 1
+            continue
+        x1 = max(0.0, (begin - origin) * scale)
+        if run is None:
+            unknown += 1
+            ticks.setdefault(lane, []).append(round(x1, 1))
+            continue
+        x2 = min(plot_width, max(x1, (begin + run - origin) * scale))
+        if merge:
+            group = groups.setdefault((lane, int(x1 // merge)), [x1, x2, 0, 0])
+            group[0], group[1] = min(group[0], x1), max(group[1], x2)
+            group[2] += 1
+            group[3] += tasks
+            continue
+        when = EPOCH + timedelta(seconds=begin)
+        title = (f"{phase.file_path}: {phase.task}\n{'fire' if own else 'child'}, "
+                 f"{tasks} {'task' if tasks == 1 else 'tasks'}\nstarts {when:%H:%M:%S}, "
+                 f"p50 {charts.duration(run)}, ends "
+                 f"{when + timedelta(seconds=run):%H:%M:%S} (UTC)")
+        bars.append(Bar(round(x1, 2), _bar_y(lane), round(max(x2 - x1, 1.0), 2),
+                        charts.BAR_HEIGHT, "running" if own else "waiting", title,
+                        charts.phase_href(phase.file_path, phase.task)))
+    for (lane, _), (x1, x2, n, count) in sorted(groups.items()):
+        first = start + timedelta(seconds=x1 / scale)
+        bars.append(Bar(round(x1, 2), _bar_y(lane), round(max(x2 - x1, 1.0), 2),
+                        charts.BAR_HEIGHT, "waiting",
+                        f"{n:.0f} runs merged ({count:.0f} tasks) starting from "
+                        f"{first:%H:%M:%S} UTC\n(a shorter window draws them apart)",
+                        agenda_href(max(1, hours // 4), shown[lane]), merged=int(n)))
+    for fire in paused:
+        lane = index.get(fire.phase.topic)
+        if lane is not None:
+            x = max(0.0, fire.start - origin) * scale
+            bars.append(Bar(round(x, 2), _bar_y(lane), 3.0, charts.BAR_HEIGHT, "warn",
+                            f"{fire.phase.file_path}: {fire.phase.task}\nslot "
+                            f"{fire.slot:%H:%M:%S} UTC: {fire.paused}",
+                            charts.phase_href(fire.phase.file_path, fire.phase.task)))
+    for warning in agenda.warnings:
+        lane = index.get(warning.topic)
+        if lane is not None and isinstance(warning, Backlog):
+            x1 = min(plot_width, max(0.0, (warning.first_due - origin) * scale))
+            x2 = min(plot_width, max(x1, (warning.clears - origin) * scale))
+            if x1 < plot_width:
+                bars.append(Bar(round(x1, 2), charts.TOP + lane * charts.LANE_HEIGHT + 1,
+                                round(max(x2 - x1, 2.0), 2), BAND, "error", warning.text(),
+                                agenda_href(hours, warning.topic)))
+    lanes = []
+    for i, name in enumerate(shown):
+        y = charts.TOP + i * charts.LANE_HEIGHT
+        xs = sorted(ticks.get(i, ()))
+        lanes.append(Lane(name, y, agenda_href(hours, name),
+                          "".join(f"M{x},{y + 3}v16" for x in xs), len(xs)))
+    return AgendaChart(charts.WIDTH, charts.TOP + max(len(shown), 1) * charts.LANE_HEIGHT + 6,
+                       charts.LANE_LEFT, charts.TOP, plot_width, lanes, bars,
+                       charts.time_ticks(start, seconds, plot_width), len(items),
+                       merge, len(names) - len(shown), hidden, unknown, len(paused))
+
+
+def _bar_y(lane: int) -> float:
+    return charts.TOP + lane * charts.LANE_HEIGHT + (charts.LANE_HEIGHT - charts.BAR_HEIGHT) / 2 + 2
+
+
+def _merge_width(items: int, lanes: int, plot_width: int, max_bars: int) -> float:
+    """0 while every run fits as a bar of its own; else the first power of two (px) at
+    which one bar per slot of every row fits."""
+    if items <= max_bars:
+        return 0.0
+    for k in range(charts.MERGE_STEPS):
+        w = 2.0 ** k
+        if lanes * (math.ceil(plot_width / w) + 1) <= max_bars:
+            return w
+    return 2.0 ** (charts.MERGE_STEPS - 1)
+
+
+@dataclass(frozen=True)
+class Asked:
+    """An agenda request's window and filters, checked, and the fires they pick."""
+
+    agenda: Agenda
+    start: datetime
+    hours: int
+    file: str | None
+    topic: str | None
+    fires: list[Planned]
+
+
+def asked(store: Store, config: Config, query: dict[str, list[str]]) -> Asked:
+    """?hours= (1 to 168, default 24), ?file=, ?topic=, ?concurrency=TOPIC=N (repeated),
+    answered from the process's cached agenda (flowlord/agenda.py, AgendaCache)."""
+    hours = params.integer(query, "hours", DEFAULT_HOURS)
+    assert hours is not None
+    if not 1 <= hours <= MAX_HOURS:
+        raise BadRequest(HTTPStatus.BAD_REQUEST, f"hours must be from 1 to {MAX_HOURS}")
+    try:
+        given = parse_concurrency(v for v in query.get("concurrency", []) if v)
+    except ValueError as e:
+        raise BadRequest(HTTPStatus.BAD_REQUEST, str(e)) from None
+    file, topic = params.one(query, "file"), params.one(query, "topic")
+    now = datetime.now(UTC).replace(microsecond=0)
+    found = cache_for(config).get(store, now, hours, given)
+    return Asked(found, now, hours, file, topic,
+                 found.shown(now, hours, file=file, topic=topic))
+
+
+def descendants(children: list[dict[str, object]]) -> int:
+    """How many children, grandchildren … a fire's JSON holds."""
+    count, stack = 0, list(children)
+    while stack:
+        node = stack.pop()
+        count += 1
+        stack.extend(node["children"])  # type: ignore[arg-type]
+    return count

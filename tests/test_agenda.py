@@ -1,0 +1,453 @@
+"""The agenda (flowlord/agenda.py, `flowlord agenda`, /api/agenda, /agenda): a
+prediction of the ledger. In-process: it agrees with `flowlord next` over both DST days
+of America/New_York, children start at their parent's expected end, pauses are marked,
+batch fires counted, backlogs judged on the workers' concurrency (or said unknown on a
+redis bus). With a real daemon (slow): the fires it records over the next seconds are
+the agenda's, their tasks due at the agenda's starts; in headless chromium the page
+draws 0, 1 and many fires with hostile names escaped (screenshots in build/screenshots).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flowlord import agenda, cli, jitter
+from flowlord.clock import rfc3339, rfc3339_ms
+from flowlord.config import Config
+from flowlord.errors import BadRequest
+from flowlord.loader import Loader
+from flowlord.store import Store, reads, write_txn
+from flowlord.web import charts
+from flowlord.web.api import Api
+from flowlord.web.dashboard import Dashboard
+from tests.browser import Browser
+from tests.helpers import answers, daemon, free_port, get, query, wait_for
+
+HOSTILE = "<script>alert(1)</script>"
+HOSTILE_FILE = "<b>&.toml"  # a file key cannot hold a slash
+NY_RULES = [  # fixed hours, periodic hours, seconds, a zone of its own, @every, descriptors
+    "0 1 * * *", "30 1 * * *", "0 2 * * *", "30 2 * * *", "15 3 * * *", "0 * * * *",
+    "*/20 * * * *", "0 */2 * * *", "45 0-4 * * *", "0 1,2 * * *", "30 */1 * * *",
+    "0 30 1 * * *", "TZ=UTC 0 6 * * *", "CRON_TZ=Europe/London 30 1 * * *",
+    "@every 90m", "@hourly", "@daily", "0 0 1 * * sun",
+]
+
+
+def cli_json(capsys: pytest.CaptureFixture[str], *args: str) -> Any:
+    assert cli.main(list(args)) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def setup(tmp_path: Path, files: dict[str, str], config: str = 'timezone = "UTC"\n') -> Path:
+    wf = tmp_path / "workflows"
+    wf.mkdir(exist_ok=True)
+    for name, text in files.items():
+        (wf / name).write_text(text)
+    cfg = tmp_path / "flowlord.toml"
+    cfg.write_text(f'workflows = "{wf}"\ndb = "{tmp_path / "f.db"}"\n{config}')
+    store = Store(str(tmp_path / "f.db"))
+    Loader(str(wf), store).refresh()
+    store.close()
+    return cfg
+
+
+def phase_toml(task: str, rule: str = "", depends: str = "", template: str = "") -> str:
+    return (f'[[phase]]\ntask = "{task}"\n' + (f'rule = "{rule}"\n' if rule else "")
+            + (f'dependsOn = "{depends}"\n' if depends else "")
+            + (f'template = "{template}"\n' if template else "") + "\n")
+
+
+def history(db: Path, rows: list[tuple[str, str, float]], when: datetime) -> None:
+    """Ended tasks of phases: (file, task, run seconds) each."""
+    store = Store(str(db))
+    with write_txn(store.conn):
+        for i, (file, task, seconds) in enumerate(rows):
+            started = when - timedelta(hours=1, seconds=i)
+            store.conn.execute(
+                "INSERT INTO tasks (id, type, job, created, started, ended, result, file_path, "
+                "phase) VALUES (?, ?, ?, ?, ?, ?, 'complete', ?, ?)",
+                (f"h{i}", task.partition(":")[0], task.partition(":")[2], rfc3339_ms(started),
+                 rfc3339_ms(started), rfc3339_ms(started + timedelta(seconds=seconds)),
+                 file, task))
+    store.close()
+
+
+def read(cfg: Path, now: datetime, hours: int = 24, **given: int) -> agenda.Agenda:
+    from flowlord.config import load_config
+    config = load_config(str(cfg))
+    store = Store(config.db, readonly=True)
+    try:
+        return agenda.read(store, config, now, hours, given)
+    finally:
+        store.close()
+
+
+# --- the same slots as the code that fires ---------------------------------------------
+
+
+@pytest.mark.parametrize("day", ["2026-03-08", "2026-11-01"], ids=["spring", "fall"])
+def test_agenda_agrees_with_next_for_every_cron_phase_over_a_dst_day(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], day: str) -> None:
+    text = "".join(phase_toml(f"p{i}", f"cron={r}") for i, r in enumerate(NY_RULES))
+    cfg = setup(tmp_path, {"ny.toml": text}, 'timezone = "America/New_York"\n')
+    start = datetime.fromisoformat(f"{day}T00:00:00-05:00").astimezone(UTC)
+    found = cli_json(capsys, "-c", str(cfg), "agenda", "--json", "--hours", "26",
+                     "--from", rfc3339(start))
+    end = start + timedelta(hours=26)
+    by_phase: dict[str, list[str]] = {}
+    for fire in found["fires"]:
+        by_phase.setdefault(fire["task"], []).append(fire["slot"])
+    for i, rule in enumerate(NY_RULES):
+        assert cli.main(["-c", str(cfg), "next", f"p{i}", "--after", rfc3339(start),
+                         "-n", "200"]) == 0
+        times = [datetime.fromisoformat(line) for line in capsys.readouterr().out.split()]
+        expected = [rfc3339(t) for t in times if t <= end]
+        assert sorted(by_phase.get(f"p{i}", [])) == expected, rule
+    assert found["total"] == sum(len(v) for v in by_phase.values())
+    starts = [f["start"] for f in found["fires"]]
+    assert starts == sorted(starts)  # in time order
+    # the fall day's repeated hour: `*/20` follows elapsed time, through both 01:xx
+    if day == "2026-11-01":
+        assert [s for s in by_phase["p6"] if s.startswith(("2026-11-01T05", "2026-11-01T06"))
+                ] == [f"2026-11-01T0{h}:{m}:00Z" for h, m in (
+                    ("5", "20"), ("5", "40"), ("6", "00"), ("6", "20"), ("6", "40"))]
+        assert by_phase["p1"].count("2026-11-01T05:30:00Z") == 1  # 01:30 once
+    else:  # 02:30 does not exist: the fixed rule fires when the gap ends, 03:00 EDT
+        assert "2026-03-08T07:00:00Z" in by_phase["p3"]
+
+
+def test_jitter_moves_the_start_not_the_slot_and_the_window_is_half_open(tmp_path: Path
+                                                                         ) -> None:
+    cfg = setup(tmp_path, {"a.toml": phase_toml("extract:day", "cron=0 * * * *&jitter=10m")})
+    now = datetime(2026, 1, 1, 0, 0, tzinfo=UTC)
+    found = read(cfg, now, 3)
+    assert [rfc3339(f.slot) for f in found.fires] == [
+        "2026-01-01T01:00:00Z", "2026-01-01T02:00:00Z", "2026-01-01T03:00:00Z"]
+    delay = jitter.delay("a.toml", "extract:day", timedelta(minutes=10))
+    for f in found.fires:
+        assert found.fire_json(f)["start"] == rfc3339_ms(f.slot + delay)
+        assert 0 < delay.total_seconds() < 600
+
+
+# --- children, expected times, pauses, batches -------------------------------------------
+
+
+def chain(tmp_path: Path) -> Path:
+    return setup(tmp_path, {"a.toml": phase_toml("extract:day", "cron=0 0 * * *")
+                            + phase_toml("load", depends="extract")
+                            + phase_toml("report", depends="load")
+                            + phase_toml("other", depends="extract:night")
+                            + phase_toml("audit", depends="report")
+                            + phase_toml("broken", "cron=nope", depends="extract")})
+
+
+def test_children_start_when_their_parent_is_expected_to_end(tmp_path: Path) -> None:
+    cfg = chain(tmp_path)
+    now = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    history(tmp_path / "f.db", [("a.toml", "extract:day", 60.0)] * 3
+            + [("a.toml", "load", 600.0), ("a.toml", "load", 300.0), ("a.toml", "load", 900.0)]
+            + [("a.toml", "report", 30.0)], now)
+    found = read(cfg, now)
+    assert len(found.fires) == 1
+    fire = found.fire_json(found.fires[0])
+    assert fire["slot"] == "2026-01-02T00:00:00Z" and fire["expected_run"] == 60.0
+    assert fire["expected_end"] == "2026-01-02T00:01:00.000Z"
+    (load,) = fire["children"]  # not `other` (another job), not `broken` (an error)
+    assert (load["task"], load["start"], load["expected_run"], load["expected_end"]) == (
+        "load", "2026-01-02T00:01:00.000Z", 600.0, "2026-01-02T00:11:00.000Z")
+    (report,) = load["children"]
+    assert report["start"] == "2026-01-02T00:11:00.000Z" and report["expected_run"] == 30.0
+    (audit,) = report["children"]  # it never ran: its run and end are unknown
+    assert audit["start"] == "2026-01-02T00:11:30.000Z"
+    assert audit["expected_run"] is None and audit["expected_end"] is None
+    assert "slot" not in load and set(load) == set(fire) - {"slot"}
+    assert found.topics == {"audit": {"fires": 0, "tasks": 1}, "extract": {"fires": 1, "tasks": 1},
+                            "load": {"fires": 0, "tasks": 1}, "report": {"fires": 0, "tasks": 1}}
+
+
+def test_an_unknown_run_time_leaves_the_childrens_start_unknown(tmp_path: Path) -> None:
+    found = read(chain(tmp_path), datetime(2026, 1, 1, 12, 0, tzinfo=UTC))
+    fire = found.fire_json(found.fires[0])
+    assert fire["expected_run"] is None and fire["expected_end"] is None
+    assert fire["children"][0]["start"] is None
+    assert fire["children"][0]["children"][0]["start"] is None
+
+
+def pause(cfg: Path, *args: str) -> None:
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert cli.main(["-c", str(cfg), "pause", *args]) == 0
+
+
+def test_paused_phases_are_marked_and_start_no_children(tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]
+                                                        ) -> None:
+    cfg = chain(tmp_path)
+    now = datetime.now(UTC).replace(microsecond=0)
+    history(tmp_path / "f.db", [("a.toml", "extract:day", 60.0)], now)
+    pause(cfg, "load", "--reason", "db maintenance")
+    fire = cli_json(capsys, "-c", str(cfg), "agenda", "--json")["fires"][0]
+    assert fire["paused"] is False
+    (load,) = fire["children"]
+    assert load["paused"] is True and "db maintenance" in load["pause"]
+    assert load["tasks"] == 0 and load["children"] == [] and load["expected_end"] is None
+    pause(cfg, "extract:day", "--reason", HOSTILE)
+    fire = cli_json(capsys, "-c", str(cfg), "agenda", "--json")["fires"][0]
+    assert fire["paused"] is True and fire["pause"].endswith(HOSTILE)
+    assert fire["tasks"] == 0 and fire["children"] == [] and fire["expected_end"] is None
+    text = (cli.main(["-c", str(cfg), "agenda"]), capsys.readouterr().out)[1]
+    assert "extract:day" in text and "paused by" in text
+
+
+def test_a_pause_that_ends_inside_the_window_marks_only_the_slots_it_covers(tmp_path: Path
+                                                                            ) -> None:
+    cfg = setup(tmp_path, {"a.toml": phase_toml("tick", "cron=0 * * * *")})
+    now = datetime.now(UTC).replace(microsecond=0)
+    until = (now + timedelta(hours=2)).replace(minute=30, second=0)
+    pause(cfg, "tick", "--until", rfc3339(until))
+    found = read(cfg, now, 5)
+    assert [f.paused is not None for f in found.fires] == [f.slot < until for f in found.fires]
+    assert any(f.paused for f in found.fires) and not all(f.paused for f in found.fires)
+
+
+def test_a_batch_fire_counts_the_tasks_its_fire_builds(tmp_path: Path) -> None:
+    cfg = setup(tmp_path, {"a.toml": phase_toml("hours", "cron=0 5 * * *&for=-3h&by=hour")
+                           + phase_toml("per", "meta=k:a,b,c", depends="hours")
+                           + phase_toml("missing", "cron=0 6 * * *&meta-file=nope.json")})
+    found = read(cfg, datetime(2026, 1, 1, tzinfo=UTC))
+    first, second = (found.fire_json(f) for f in found.fires)
+    assert first["task"] == "hours" and first["tasks"] == 4
+    assert first["children"][0]["tasks"] == 12  # a child per meta row, per parent task
+    assert second["tasks"] == 0 and "no files found" in second["error"]
+
+
+# --- backlogs -----------------------------------------------------------------------------
+
+
+def crowd(tmp_path: Path, bus: str = "") -> Path:
+    """14 extract phases at midnight, spread over 5 minutes, 9 minutes each; 4 workers."""
+    files = {f"e{i:02d}.toml": phase_toml("extract", "cron=0 0 * * *&jitter=5m")
+             for i in range(14)}
+    config = ('timezone = "UTC"\n' + (f'[bus]\nurl = "{bus}"\n' if bus else
+                                      '[workers.extract]\ncommand = ["true"]\nconcurrency = 4\n'))
+    cfg = setup(tmp_path, files, config)
+    history(tmp_path / "f.db", [(f"e{i:02d}.toml", "extract", 540.0) for i in range(14)],
+            datetime(2026, 1, 1, 12, tzinfo=UTC))
+    return cfg
+
+
+def test_a_topic_whose_tasks_exceed_its_concurrency_gets_a_backlog(tmp_path: Path) -> None:
+    found = read(crowd(tmp_path), datetime(2026, 1, 1, 12, tzinfo=UTC))
+    (warning,) = found.warnings
+    assert isinstance(warning, agenda.Backlog)
+    starts = sorted(f.start for f in found.fires)
+    # first come, first served on 4 workers of 9 minutes: the 13th and 14th wait for
+    # the 9th and 10th to end, 27 minutes after the first four started
+    assert warning.tasks == 14 and warning.concurrency == 4 and warning.p50 == 540.0
+    assert warning.first_due == starts[0] and warning.last_due == starts[-1]
+    assert warning.clears == pytest.approx(starts[1] + 3 * 540)
+    assert re.fullmatch(r"extract: 14 tasks due 00:0\d–00:0\d, concurrency 4, p50 9 min: "
+                        r"backlog until 00:\d\d \(longest wait \d+ min\)", warning.text())
+    assert warning.as_json()["kind"] == "backlog"
+
+
+def test_backlogs_follow_the_queue_of_each_stretch() -> None:
+    one = [(0.0, 10.0, 2), (5.0, 10.0, 1)]  # two at 0, one at 5: on 2 workers it waits 5 s
+    (b,) = agenda.warnings({"t": one}, {"t": 2})
+    assert isinstance(b, agenda.Backlog)
+    assert (b.tasks, b.first_due, b.last_due, b.clears, b.max_wait) == (3, 0.0, 5.0, 10.0, 5.0)
+    assert agenda.warnings({"t": one}, {"t": 3}) == []  # enough workers: none
+    two = [*one, (100.0, 10.0, 3)]  # a second crowd, after the first cleared
+    assert [w.first_due for w in agenda.warnings({"t": two}, {"t": 2})] == [0.0, 100.0]
+    # unknown run times count as 0 s: they wait behind a known one, and are said so
+    (unknown,) = agenda.warnings({"t": [(0.0, 10.0, 1), (1.0, None, 2)]}, {"t": 1})
+    assert isinstance(unknown, agenda.Backlog) and unknown.unknown_runs == 2
+    assert unknown.clears == 10.0 and "2 without a known run time" in unknown.text()
+    (nobody,) = agenda.warnings({"t": one}, {})
+    assert isinstance(nobody, agenda.NoWorker) and "no [workers.t]" in nobody.text()
+
+
+def test_on_a_redis_bus_concurrency_is_unknown_unless_given(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = crowd(tmp_path, "redis://127.0.0.1:1/0")
+    now = "2026-01-01T12:00:00Z"
+    found = cli_json(capsys, "-c", str(cfg), "agenda", "--json", "--from", now)
+    assert found["warnings"] == [] and "not known here" in found["notes"][0]
+    given = cli_json(capsys, "-c", str(cfg), "agenda", "--json", "--from", now,
+                     "--concurrency", "extract=4")
+    assert [w["kind"] for w in given["warnings"]] == ["backlog"]
+    assert cli.main(["-c", str(cfg), "agenda", "--concurrency", "extract"]) == 2
+
+
+# --- the API and the page, in-process ---------------------------------------------------
+
+
+def hostile_site(tmp_path: Path, fires: int) -> Config:
+    """A file with a hostile phase name firing `fires` times in the next 24 hours (0: a
+    phase that fires next year) with a child; a worker of concurrency 1."""
+    rule = {0: "cron=0 0 1 1 *", 1: "cron=59 23 * * *"}.get(fires, "cron=*/2 * * * *")
+    cfg = setup(tmp_path, {HOSTILE_FILE: phase_toml(HOSTILE, rule + "&jitter=1m")
+                           + phase_toml("child", depends=HOSTILE)
+                           + phase_toml("slow:x", "cron=*/30 * * * *")},
+                f'timezone = "UTC"\n[workers."{HOSTILE}"]\ncommand = ["true"]\n'
+                'concurrency = 1\n')
+    history(tmp_path / "f.db", [(HOSTILE_FILE, HOSTILE, 400.0),
+                                (HOSTILE_FILE, "child", 30.0),
+                                (HOSTILE_FILE, "slow:x", 4000.0)],
+            datetime.now(UTC))
+    from flowlord.config import load_config
+    return load_config(str(cfg))
+
+
+def test_the_api_pages_the_fires_and_checks_its_parameters(tmp_path: Path) -> None:
+    config = hostile_site(tmp_path, 720)
+    api = Api(config, healthy=lambda: True, role=lambda: "leader")
+    status, body = api.answer("/api/agenda", {"limit": ["5"], "offset": ["2"]})
+    assert int(status) == 200 and body["total"] == 720 + 48 and len(body["fires"]) == 5
+    _, whole = api.answer("/api/agenda", {"limit": ["1000"]})
+    assert whole["fires"][2:7] == body["fires"]
+    assert [w["topic"] for w in body["warnings"] if w["kind"] == "backlog"] == [HOSTILE]
+    assert {w["kind"] for w in body["warnings"]} == {"backlog", "no_worker"}
+    _, one = api.answer("/api/agenda", {"topic": ["slow"], "hours": ["2"]})
+    assert one["total"] == 4 and {f["task"] for f in one["fires"]} == {"slow:x"}
+    for bad in ({"hours": ["0"]}, {"hours": ["169"]}, {"limit": ["0"]},
+                {"concurrency": ["x=0"]}):
+        with pytest.raises(BadRequest):
+            api.answer("/api/agenda", bad)
+
+
+@pytest.mark.parametrize("fires", [0, 1, 720])
+def test_the_page_escapes_hostile_names(tmp_path: Path, fires: int) -> None:
+    config = hostile_site(tmp_path, fires)
+    dashboard = Dashboard(Api(config, healthy=lambda: True, role=lambda: "leader"))
+    status, body = dashboard.answer("/agenda", {})
+    html = str(body)
+    assert int(status) == 200
+    assert HOSTILE not in html and "<b>&" not in html and "&lt;b&gt;&amp;.toml" in html
+    assert ("&lt;script&gt;alert(1)&lt;/script&gt;" in html) == (fires > 0)
+    assert f"{fires + 48} cron fires due in the window" in html
+    with pytest.raises(BadRequest):
+        dashboard.answer("/agenda", {"file": ["nope.toml"]})
+
+
+def test_the_cache_serves_a_sliding_window_and_sees_changes(tmp_path: Path) -> None:
+    cfg = chain(tmp_path)
+    from flowlord.config import load_config
+    config = load_config(str(cfg))
+    cache = agenda.AgendaCache(config, config.db)
+    store = Store(config.db, readonly=True)
+    try:
+        now = datetime(2026, 1, 1, 23, 58, tzinfo=UTC)
+        first = cache.get(store, now, 24)
+        assert cache.get(store, now + timedelta(minutes=1), 24) is first
+        assert first.shown(now + timedelta(minutes=1), 24)[0].slot == datetime(
+            2026, 1, 2, tzinfo=UTC)
+        assert cache.get(store, now + timedelta(minutes=6), 24) is not first  # too old
+        kept = cache.get(store, now + timedelta(minutes=6), 24)
+        pause(cfg, "extract:day")
+        assert cache.get(store, now + timedelta(minutes=6), 24) is not kept  # a pause
+    finally:
+        store.close()
+
+
+# --- with a real daemon, and in a browser (slow) ----------------------------------------
+
+
+@pytest.mark.slow
+def test_the_agenda_predicts_the_fires_the_daemon_records(tmp_path: Path) -> None:
+    wf = tmp_path / "workflows"
+    wf.mkdir()
+    (wf / "a.toml").write_text(
+        phase_toml("every3", "cron=*/3 * * * * *") + phase_toml("every4", "cron=@every 4s")
+        + phase_toml("jittered", "cron=*/5 * * * * *&jitter=3s")
+        + phase_toml("held", "cron=*/2 * * * * *") + phase_toml("child", depends="every3")
+        + phase_toml("later", "cron=0 0 1 1 *"))
+    port = free_port()
+    cfg = tmp_path / "flowlord.toml"
+    cfg.write_text(f'timezone = "UTC"\n[http]\nlisten = "127.0.0.1:{port}"\n')
+    db = tmp_path / "f.db"
+    base = f"http://127.0.0.1:{port}"
+    with daemon(tmp_path, wf, db, args=["-c", str(cfg)]):
+        wait_for(lambda: answers(base), 30)
+        pause_cli = cli.main(["-c", str(cfg), "--db", str(db), "-w", str(wf), "pause", "held"])
+        assert pause_cli == 0
+        time.sleep(1.5)  # the agenda is computed after the pause was seen
+        status, body = get(base, "/api/agenda?hours=1&limit=1000")
+        assert status == 200
+        start = datetime.fromisoformat(body["start"].replace("Z", "+00:00"))
+        end = start + timedelta(seconds=20)
+        predicted = {(f["task"], f["slot"]): f for f in body["fires"]
+                     if datetime.fromisoformat(f["slot"].replace("Z", "+00:00")) <= end}
+        assert {t for t, _ in predicted} == {"every3", "every4", "jittered", "held"}
+        wait_for(lambda: datetime.now(UTC) > end + timedelta(seconds=4), 40)
+        recorded = {(phase, slot): (error, due) for phase, slot, error, due in query(
+            db, "SELECT f.phase, f.scheduled_for, f.error, (SELECT max(due_at) FROM tasks AS t "
+                "WHERE t.file_path = f.file_path AND t.phase = f.phase AND t.scheduled_for = "
+                "f.scheduled_for) FROM fires AS f WHERE f.scheduled_for > ? AND "
+                "f.scheduled_for <= ?", (rfc3339(start), rfc3339(end)))}
+    assert set(recorded) == set(predicted)  # the same slots, none more, none fewer
+    for key, fire in predicted.items():
+        error, due = recorded[key]
+        assert fire["paused"] == str(error).startswith("paused by"), key
+        if key[0] == "jittered":
+            assert due == fire["start"]  # the tasks wait until the agenda's start
+    assert all(f["children"][0]["task"] == "child" for (t, _), f in predicted.items()
+               if t == "every3")
+
+
+@pytest.fixture(params=[0, 1, 720], ids=["0-fires", "1-fire", "720-fires"])
+def site(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, Path, int]]:
+    fires = int(request.param)
+    config = hostile_site(tmp_path, fires)
+    port = free_port()
+    cfg = tmp_path / "flowlord.toml"
+    cfg.write_text(cfg.read_text() + f'[http]\nlisten = "127.0.0.1:{port}"\n')
+    base = f"http://127.0.0.1:{port}"
+    with daemon(tmp_path, Path(config.workflows), Path(config.db), args=["-c", str(cfg)]):
+        wait_for(lambda: answers(base), 30)
+        yield base, tmp_path, fires
+
+
+@pytest.mark.slow
+def test_the_agenda_renders_in_a_browser(site: tuple[str, Path, int]) -> None:
+    base, tmp_path, fires = site
+    b = Browser(tmp_path / "chromium")
+    dom = b.load(base + "/agenda")
+    assert dom.tags.get("svg") == 1 and "script" not in dom.tags
+    assert f"{fires + 48} cron fires due in the window" in dom.text
+    bars = re.findall(r'<rect class="bar ([a-z ]+)"', dom.html)
+    assert 0 < len(bars) <= charts.MAX_BARS
+    assert HOSTILE_FILE in dom.text and (HOSTILE in dom.text) == (fires > 0)  # as text
+    if fires == 720:
+        assert "backlog until" in dom.text and "error" in bars
+    empty = b.load(base + "/agenda?topic=nothing")
+    assert "no cron fire due in this window" in empty.text
+    b.screenshot(base + "/agenda", f"agenda-{fires}")
+    b.screenshot(base + "/agenda?hours=1", f"agenda-1h-{fires}")
+    assert dom.link("Agenda") == "/agenda"
+
+
+def test_the_p50_is_the_one_flowlord_stats_shows(tmp_path: Path) -> None:
+    cfg = chain(tmp_path)
+    now = datetime.now(UTC)
+    history(tmp_path / "f.db", [("a.toml", "extract:day", s) for s in (5.0, 1.5, 7.25, 3.0)]
+            + [("a.toml", "load", s) for s in (2.0, 9.0, 4.0)] + [("a.toml", "report", 0.5)],
+            now)
+    store = Store(str(tmp_path / "f.db"), readonly=True)
+    try:
+        stats = {(r["file"], r["task"]): r["run_p50"] for r in reads.stats(
+            store, since=rfc3339_ms(now - timedelta(days=30)), by="phase")}
+        assert agenda.p50s(store, now) == stats == {
+            ("a.toml", "extract:day"): 3.0, ("a.toml", "load"): 4.0, ("a.toml", "report"): 0.5}
+    finally:
+        store.close()
+    assert str(cfg)
