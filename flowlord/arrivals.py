@@ -32,8 +32,9 @@ from watchdog.events import FileSystemEventHandler as _Handler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
-from flowlord.clock import rfc3339
+from flowlord.clock import rfc3339, rfc3339_ms
 from flowlord.model import NewTask, Phase, Task
+from flowlord.overlap import holds_back
 from flowlord.rules import decode_meta, parse_rule
 from flowlord.store import Store
 from flowlord.tasks import Context, encode_meta
@@ -159,8 +160,12 @@ def _getter(meta: dict[str, str]) -> Callable[[str], str]:
 
 def record_arrival(store: Store, phases: Sequence[Phase], path: str, source: str,
                    ctx: Context) -> list[NewTask]:
-    """The file message and the tasks of every matching phase; call inside write_txn."""
-    tasks = [t for phase in phases for t in file_tasks(phase, path, ctx)]
+    """The file message and the tasks of every matching phase whose `overlap` lets it
+    start (flowlord/overlap.py); call inside write_txn."""
+    tasks: list[NewTask] = []
+    for phase in phases:
+        if not holds_back(store, phase, tasks, rfc3339_ms(ctx.created)):
+            tasks += file_tasks(phase, path, ctx)
     file_no = store.add_file_message(path, rfc3339(ctx.created), source)
     store.add_tasks([t._replace(file_no=file_no) for t in tasks])
     return tasks

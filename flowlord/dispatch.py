@@ -21,6 +21,7 @@ from flowlord.durations import format_duration
 from flowlord.loader import Loader
 from flowlord.model import Done, NewTask, Phase, StoredTask
 from flowlord.outcomes import Effects, after_result
+from flowlord.overlap import holds_back
 from flowlord.pauses import Pauses
 from flowlord.recoveries import Recoveries
 from flowlord.rules import decode_meta, parse_rule
@@ -309,9 +310,10 @@ class Dispatcher:
             phase = self._phase(stored)
             children = (self._unpaused(self._children_of(stored), stored)
                         if done.result == "complete" and not stored.no_children else [])
+            children = self._not_overlapping(children, stored, new_tasks)
             effects = after_result(stored, done.result, done.msg, phase=phase,
                                    children=children, ctx=ctx)
-        except apsw.BusyError:
+        except (apsw.BusyError, apsw.FullError):  # the turn is tried again
             raise
         except Exception as e:
             self.log.exception("cannot work out a result's effects", task_no=done.task_no)
@@ -332,6 +334,23 @@ class Dispatcher:
         for note in effects.notes:
             self.log.info("child not created", task_no=stored.task_no, note=note)
         return True
+
+    def _not_overlapping(self, children: list[Phase], parent: StoredTask,
+                         made: list[NewTask]) -> list[Phase]:
+        """The children their phases' `overlap` lets start now (flowlord/overlap.py); one
+        held back is logged with why."""
+        if not children:
+            return children
+        now = rfc3339_ms(self.clock.now())
+        kept = []
+        for child in children:
+            why = holds_back(self.store, child, made, now)
+            if why:
+                self.log.info("child not created", task_no=parent.task_no, child=child.task,
+                              why=why)
+            else:
+                kept.append(child)
+        return kept
 
     def _unpaused(self, children: list[Phase], parent: StoredTask) -> list[Phase]:
         """The children whose phases are not paused; a paused one is logged with why."""

@@ -13,14 +13,17 @@ ended.
 
 Applied in the transaction that records the fire (`settle`), so what it looked at is
 what it wrote against; only scheduled slots (cron, catch-up) follow it: a trigger or
-a backload is an operator's explicit wish.
+a backload is an operator's explicit wish. The children a completion starts and the
+tasks an arrived file starts follow the same rule (`holds_back`), in the transaction
+that creates them.
 """
 
 from __future__ import annotations
 
 import json
 
-from flowlord.model import Fire
+from flowlord.model import Fire, NewTask, Phase
+from flowlord.rules import parse_rule
 from flowlord.store import Store
 
 ACTOR = "overlap"
@@ -63,3 +66,23 @@ class Overlap:
         self.store.settle_action(action, self.fired_at, "done",
                                  f"{len(cancelled)} cancelled for the slot "
                                  f"{fire.scheduled_for}")
+
+
+def holds_back(store: Store, phase: Phase, made: list[NewTask], now: str) -> str:
+    """Why the phase's new tasks (a completion's children, an arrived file's tasks) are
+    not created ('' when they are): `skip` while an earlier task of the phase is
+    unfinished, among the rows or among `made` (this transaction's tasks, not yet
+    written); `replace` cancels the earlier ones first. Call inside write_txn."""
+    overlap = parse_rule(phase.rule).overlap
+    if overlap not in ("skip", "replace"):
+        return ""
+    earlier = store.unfinished_of_phase(phase.file_path, phase.task, NAMED)
+    pending = any(t.file_path == phase.file_path and t.phase == phase.task for t in made)
+    if overlap == "skip" and (earlier or pending):
+        named = ", ".join(str(n) for n in earlier) or "created in the same turn"
+        return f"skipped by overlap=skip: task {named} of this phase not finished"
+    if overlap == "replace" and earlier:
+        Overlap(store, now)._replace(Fire(phase.file_path, phase.task, "", "cron"),
+                                     store.unfinished_of_phase(phase.file_path, phase.task,
+                                                               1_000_000))
+    return ""

@@ -515,3 +515,18 @@ def test_record_arrival_is_rolled_back_with_its_transaction(db: Store, ctx: Cont
         raise RuntimeError("later step failed")
     assert store_rows(db, "SELECT count(*) FROM file_messages") == [(0,)]
     assert store_rows(db, "SELECT count(*) FROM tasks") == [(0,)]
+
+
+def test_an_arrived_file_follows_its_phases_overlap(db: Store, ctx: Context) -> None:
+    skip = csv_phase(rule="files=/in/*/*/*/*.csv&overlap=skip")
+    with write_txn(db.conn):
+        first = record_arrival(db, [skip], "/in/2026/03/08/a.csv", "watch", ctx)
+        second = record_arrival(db, [skip], "/in/2026/03/08/b.csv", "watch", ctx)
+    assert (len(first), second) == (1, [])  # the first file's task has not ended
+    assert store_rows(db, "SELECT path, tasks FROM file_arrivals ORDER BY path") == [
+        ("/in/2026/03/08/a.csv", 1), ("/in/2026/03/08/b.csv", 0)]
+    replace = csv_phase(rule="files=/in/*/*/*/*.csv&overlap=replace")
+    with write_txn(db.conn):
+        [third] = record_arrival(db, [replace], "/in/2026/03/08/c.csv", "watch", ctx)
+    assert store_rows(db, "SELECT info LIKE '%a.csv%', result, msg FROM tasks ORDER BY 1") == [
+        (0, None, ""), (1, "error", "cancelled by overlap")]

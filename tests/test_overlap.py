@@ -41,10 +41,12 @@ def phase(name: str, rule: str) -> str:
 class HoldingBus:
     """Takes every task and holds it, running, until the test ends it."""
 
-    def __init__(self, capacity: dict[str, int] | None = None) -> None:
+    def __init__(self, capacity: dict[str, int] | None = None,
+                 completes: tuple[str, ...] = ()) -> None:
         self.held: list[StoredTask] = []
         self.ended: list[Done] = []
         self.room = capacity or {}  # topic → tasks it takes at most; others: 100
+        self.completes = completes  # topics whose tasks end at once
 
     def open_topics(self) -> list[str] | None:
         return None
@@ -53,7 +55,10 @@ class HoldingBus:
         return self.room.get(topic, 100) - sum(1 for s in self.held if s.task.type == topic)
 
     def send(self, stored: StoredTask, timeout_seconds: float | None) -> None:
-        self.held.append(stored)
+        if stored.task.type in self.completes:
+            self.ended.append(Done(stored.task_no, "complete", "", utc_now_ms()))
+        else:
+            self.held.append(stored)
 
     def end(self, which: Callable[[StoredTask], bool] = lambda s: True) -> None:
         for stored in [s for s in self.held if which(s)]:
@@ -322,3 +327,20 @@ def test_a_waiting_task_says_why(tmp_path: Path, wf: Path) -> None:
             d.store.conn.execute("INSERT INTO pauses (scope, topic, actor, since) VALUES "
                                  "('topic', 'idle', 'alice', '2026-01-01T00:00:00Z')")
         assert why({"idle": 1})["idle:x"] == "topic paused"
+
+
+def test_children_follow_their_phases_overlap_too(tmp_path: Path, wf: Path) -> None:
+    (wf / "a.toml").write_text(
+        phase("tick", "job=x") + '[[phase]]\ntask = "child:s"\ndependsOn = "tick"\n'
+        'rule = "overlap=skip"\n\n[[phase]]\ntask = "child:r"\ndependsOn = "tick"\n'
+        'rule = "overlap=replace"\n')
+    bus, clock, db = HoldingBus(completes=("tick",)), FakeClock(START), tmp_path / "f.db"
+    with stepped(tmp_path, wf, clock, bus=bus) as d:
+        for _ in range(4):  # each tick completes at once and would start both children
+            turn(d, clock, 1.0)
+            turn(d, clock)
+        assert sorted(s.task.job for s in bus.held) == ["r", "s"]  # never two of a phase
+    assert query(db, "SELECT job, count(*) FROM tasks WHERE type = 'child' GROUP BY job") == [
+        ("r", 4), ("s", 1)]  # skip made one; replace made each and cancelled the earlier
+    assert query(db, "SELECT count(*) FROM tasks WHERE job = 'r' AND msg = "
+                     "'cancelled by overlap'") == [(3,)]
