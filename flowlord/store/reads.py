@@ -227,10 +227,18 @@ def _phase_row(r: tuple[Any, ...]) -> PhaseRow:
 
 
 def _newest_tasks(store: Store, file: str, phase: str, limit: int) -> list[dict[str, Any]]:
-    """A phase's newest tasks, through the index of its topic's tasks (tasks_by_type)."""
-    return [task_json(r) for r in store.conn.execute(
-        f"SELECT {TASK_COLUMNS} FROM tasks WHERE type = ? AND file_path = ? AND phase = ? "
-        "ORDER BY task_no DESC LIMIT ?", (phase.partition(":")[0], file, phase, limit))]
+    """A phase's newest tasks: its unfinished ones and the last to end, through its own
+    indexes (tasks_unfinished_by_phase, tasks_ended_by_phase), whatever its topic's
+    history; newest first."""
+    rows: list[Any] = store.conn.execute(
+        f"SELECT {TASK_COLUMNS} FROM tasks INDEXED BY tasks_unfinished_by_phase "
+        "WHERE file_path = ? AND phase = ? AND ended IS NULL ORDER BY task_no DESC LIMIT ?",
+        (file, phase, limit)).fetchall()
+    rows += store.conn.execute(
+        f"SELECT {TASK_COLUMNS} FROM tasks INDEXED BY tasks_ended_by_phase "
+        "WHERE file_path = ? AND phase = ? AND ended IS NOT NULL ORDER BY ended DESC "
+        "LIMIT ?", (file, phase, limit)).fetchall()
+    return [task_json(r) for r in sorted(rows, key=lambda r: r[0], reverse=True)[:limit]]
 
 
 def _last_results(store: Store, phases: list[dict[str, Any]]) -> dict[tuple[str, str], Any]:

@@ -330,7 +330,8 @@ def timeline(rows: Iterable[WindowRun], fires: Iterable[tuple[str, int]], *,
             groups.append(Group(lane, x1, x2, states))
     found = details([p[3] for p in singles])
     bars = [_single(p, found.get(p[3])) for p in singles]
-    bars += [_merged(g, start, scale, file) for g in groups]
+    file_query = "&" + urlencode({"file": file}) if file else ""
+    bars += [_merged(g, start, scale, file_query) for g in groups]
     marks: dict[int, list[int]] = {}
     for name, at in fires:
         if name in index and 0 <= at <= plot_width:
@@ -380,7 +381,9 @@ def _single(p: tuple[int, float, float, int, str], task: dict[str, Any] | None) 
                task_href(task["id"]))
 
 
-def _merged(g: Group, start: datetime, scale: float, file: str | None) -> Bar:
+def _merged(g: Group, start: datetime, scale: float, file_query: str) -> Bar:
+    """One bar for a group; it leads to the hour's timeline (`file_query`: `&file=…`
+    or '', encoded once for every bar: an RFC 3339 time needs no escaping in a query)."""
     most = max(STACK, key=lambda s: g.tally.get(s, 0))  # the colour of most of them
     failed = g.tally.get("error", 0) + g.tally.get("alert", 0)
     first = start + timedelta(seconds=g.x1 / scale)
@@ -391,4 +394,5 @@ def _merged(g: Group, start: datetime, scale: float, file: str | None) -> Bar:
     hour_end = (first + (last - first) / 2 + timedelta(minutes=30)).replace(microsecond=0)
     return Bar(round(g.x1, 2), _bar_y(g.lane), round(max(g.x2 - g.x1, 1.0), 2), BAR_HEIGHT,
                most + (" failed" if failed and most not in ("error", "alert") else ""),
-               title, timeline_href(hour_end, 1, file), merged=g.runs)
+               title, f"/timeline?hours=1&end={rfc3339(hour_end)}{file_query}",
+               merged=g.runs)
