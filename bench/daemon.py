@@ -13,8 +13,8 @@ One run, on files generated into a temporary directory that is removed at the en
    tasks are committed, against a raw APSW insert of the same rows;
 5. lateness of fires (recorded time less slot) of 20 phases firing every second;
 6. the agenda (flowlord/agenda.py) of the next 24 hours over 100,000 phases: 10,000
-   files, each a daily root with jitter and a 6-hourly one, each with a chain of four
-   children, a run in history for each phase: computed in-process, by `flowlord agenda
+   files, each two daily roots with jitter, each with a chain of four children, a run
+   in history for each phase: computed in-process, by `flowlord agenda
    --json`, and served by /api/agenda and /agenda of a running daemon.
 
 `--only agenda` runs the sixth alone.
@@ -241,11 +241,12 @@ def many_phases(tmp: Path, phases: int, burst: int, idle: float,
 
 
 def agenda_file(f: int) -> str:
-    """Ten phases: a daily root (jitter 10m) and a 6-hourly one (jitter 5m), each with a
-    chain of four children."""
+    """Ten phases: two daily roots (jitter 10m and 5m), each with a chain of four
+    children."""
     text = (f'[[phase]]\ntask = "extract:f{f}"\nrule = "cron={f % 60} {f % 24} * * *'
             '&jitter=10m"\ntemplate = "s3://lake/{yyyy}/{mm}/{dd}"\n\n'
-            f'[[phase]]\ntask = "pull:f{f}"\nrule = "cron={f % 60} */6 * * *&jitter=5m"\n\n')
+            f'[[phase]]\ntask = "pull:f{f}"\nrule = "cron={f % 60} {(f + 12) % 24} * * *'
+            '&jitter=5m"\n\n')
     for parent, chain in (("extract", ("load", "report", "audit", "archive")),
                           ("pull", ("transform", "publish", "notify", "clean"))):
         for child in chain:

@@ -146,6 +146,7 @@ class Agenda:
     computed: float = field(default_factory=time.monotonic)
     _trees: dict[tuple[str, str], list[tuple[Phase, float | None, float | None, int]]] = field(
         default_factory=dict)
+    drawn: dict[tuple[Any, ...], Any] = field(default_factory=dict)  # pictures of it, kept
 
     # --- what is shown -----------------------------------------------------------------
 
@@ -456,14 +457,16 @@ def p50s(store: Store, now: datetime) -> dict[tuple[str, str], float]:
 
 
 def read(store: Store, config: Config, now: datetime, hours: float,
-         given: Mapping[str, int] | None = None) -> Agenda:
+         given: Mapping[str, int] | None = None,
+         runs: Mapping[tuple[str, str], float] | None = None) -> Agenda:
     """The agenda of (now, now + hours] from the database: its phases, pauses and
-    history, and the config's zone and workers."""
+    history (`runs`: the p50s when already read), and the config's zone and workers."""
     phases = store.phases()
     pauses = Pauses.read(store, now)
     width, notes = concurrency_of(config, given)
     ctx = Context(config.zone(), meta_dir(config.workflows), now)
-    agenda = plan(phases, now=now, hours=hours, ctx=ctx, pauses=pauses, p50=p50s(store, now),
+    agenda = plan(phases, now=now, hours=hours, ctx=ctx, pauses=pauses,
+                  p50=p50s(store, now) if runs is None else runs,
                   concurrency=width, notes=notes)
     if width is not None and config.bus_url != "local":  # only the topics given are judged
         agenda.warnings = [w for w in agenda.warnings if not isinstance(w, NoWorker)]
@@ -497,6 +500,7 @@ class AgendaCache:
 
     SLACK = timedelta(minutes=5)
     KEPT = 8
+    RUNS_KEPT = timedelta(minutes=10)  # the run p50s of history are read again after this
 
     def __init__(self, config: Config, db: str) -> None:
         self.config = config
@@ -504,6 +508,17 @@ class AgendaCache:
         self._lock = threading.Lock()
         self._kept: dict[tuple[Any, ...], tuple[tuple[Any, ...], Agenda]] = {}
         self._busy: set[tuple[Any, ...]] = set()
+        self._runs: tuple[datetime, dict[tuple[str, str], float]] | None = None
+
+    def runs(self, store: Store, now: datetime) -> dict[tuple[str, str], float]:
+        """The phases' run p50s, read at most every RUNS_KEPT: history moves slowly."""
+        with self._lock:
+            kept = self._runs
+        if kept is None or not kept[0] <= now < kept[0] + self.RUNS_KEPT:
+            kept = (now, p50s(store, now))
+            with self._lock:
+                self._runs = kept
+        return kept[1]
 
     def get(self, store: Store, now: datetime, hours: int,
             given: Mapping[str, int] | None = None) -> Agenda:
@@ -515,7 +530,8 @@ class AgendaCache:
             if now >= kept[1].start + self.SLACK / 2:
                 self._refresh_later(key, hours, given)
             return kept[1]
-        agenda = read(store, self.config, now, hours + self.SLACK / timedelta(hours=1), given)
+        agenda = read(store, self.config, now, hours + self.SLACK / timedelta(hours=1), given,
+                      self.runs(store, now))
         self._keep(key, seen, agenda)
         return agenda
 
@@ -538,7 +554,8 @@ class AgendaCache:
                 now = datetime.now(UTC)
                 seen = fingerprint(store)
                 self._keep(key, seen, read(store, self.config, now,
-                                           hours + self.SLACK / timedelta(hours=1), given))
+                                           hours + self.SLACK / timedelta(hours=1), given,
+                                           self.runs(store, now)))
             finally:
                 store.close()
                 with self._lock:

@@ -61,6 +61,21 @@ def agenda_href(hours: int, topic: str | None = None, file: str | None = None) -
     return "/agenda?" + urlencode(query)
 
 
+def drawn(agenda: Agenda, start: datetime, hours: int, file: str | None,
+          topic: str | None) -> AgendaChart:
+    """The chart of a request, drawn from the minute `start` falls in and kept with the
+    agenda (a page reloaded within the minute is not drawn again)."""
+    minute = start.replace(second=0, microsecond=0)
+    key = (minute, hours, file, topic)
+    found = agenda.drawn.get(key)
+    if found is None:
+        if len(agenda.drawn) > 16:
+            agenda.drawn.clear()
+        found = agenda.drawn[key] = chart(
+            agenda, agenda.shown(minute, hours, file=file, topic=topic), minute, hours)
+    return found
+
+
 def chart(agenda: Agenda, fires: Sequence[Planned], start: datetime, hours: int,
           max_bars: int = charts.MAX_BARS) -> AgendaChart:
     """The fires of (start, start + hours] with their children, and the backlogs."""

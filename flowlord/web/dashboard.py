@@ -311,8 +311,8 @@ class Dashboard:
         for row in rows:
             row["descendants"] = agenda_chart.descendants(row["children"])
         return self.render(
-            "agenda.html", "agenda", chart=agenda_chart.chart(got.agenda, got.fires,
-                                                              got.start, got.hours),
+            "agenda.html", "agenda", chart=agenda_chart.drawn(got.agenda, got.start, got.hours,
+                                                              got.file, got.topic),
             rows=rows, total=len(got.fires), hours=got.hours, file=got.file, topic=got.topic,
             warnings=[w.as_json() for w in got.agenda.warnings
                       if got.topic is None or w.topic == got.topic],
