@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from flowlord import agenda, cli, jitter
+from flowlord import agenda, agenda_cache, cli, jitter
 from flowlord.clock import rfc3339, rfc3339_ms
 from flowlord.config import Config
 from flowlord.errors import BadRequest
@@ -343,7 +343,7 @@ def test_the_cache_serves_a_sliding_window_and_sees_changes(tmp_path: Path) -> N
     cfg = chain(tmp_path)
     from flowlord.config import load_config
     config = load_config(str(cfg))
-    cache = agenda.AgendaCache(config, config.db)
+    cache = agenda_cache.AgendaCache(config, config.db)
     store = Store(config.db, readonly=True)
     try:
         now = datetime(2026, 1, 1, 23, 58, tzinfo=UTC)

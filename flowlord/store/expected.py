@@ -6,6 +6,8 @@ than a query each; tests/test_agenda.py holds the two to the same numbers."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from flowlord.store import Store
 
 _P50 = """
@@ -27,3 +29,14 @@ def run_p50s(store: Store, since: str) -> dict[tuple[str, str], float]:
     millisecond, of the tasks ended since `since`."""
     return {(file, phase): round(run, 3)
             for file, phase, run in store.conn.execute(_P50, (since,))}
+
+
+def agenda_inputs(store: Store) -> tuple[Any, ...]:
+    """What an agenda was computed from, cheaply (flowlord/agenda_cache.py): the
+    workflow files (how many, the latest load) and the pauses (how many, the latest,
+    how many ended)."""
+    files = store.conn.execute(
+        "SELECT count(*), max(loaded_at) FROM workflow_files").fetchone()
+    pauses = store.conn.execute(
+        "SELECT count(*), max(pause_no), count(ended) FROM pauses").fetchone()
+    return tuple(files or ()) + tuple(pauses or ())

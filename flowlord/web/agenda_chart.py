@@ -25,9 +25,9 @@ from flowlord.agenda import (
     Agenda,
     Backlog,
     Planned,
-    cache_for,
     parse_concurrency,
 )
+from flowlord.agenda_cache import cache_for
 from flowlord.config import Config
 from flowlord.errors import BadRequest
 from flowlord.store import Store
@@ -185,7 +185,7 @@ class Asked:
 
 def asked(store: Store, config: Config, query: dict[str, list[str]]) -> Asked:
     """?hours= (1 to 168, default 24), ?file=, ?topic=, ?concurrency=TOPIC=N (repeated),
-    answered from the process's cached agenda (flowlord/agenda.py, AgendaCache)."""
+    answered from the process's cached agenda (flowlord/agenda_cache.py)."""
     hours = params.integer(query, "hours", DEFAULT_HOURS)
     assert hours is not None
     if not 1 <= hours <= MAX_HOURS:
