@@ -267,7 +267,8 @@ class Daemon:
             return LocalBus(self.config.workers, wake=self.wakeup.wake,
                             log_dir=self._task_logs(),
                             log_max_bytes=self.config.logs_max_bytes)
-        from flowlord.bus.redis import DONE_STREAM, RedisBus
+        from flowlord.bus.redis import RedisBus
+        from flowlord.bus.wire import DONE_STREAM
 
         try:
             # always a lease and a node of its own, even alone: two daemons that share a

@@ -26,7 +26,7 @@ from datetime import timedelta
 from typing import Any
 
 from flowlord.bus import BusUnavailable
-from flowlord.bus.redis import HOLD, RELEASE
+from flowlord.bus.wire import HOLD, RELEASE
 from flowlord.model import Fire
 
 LEASE_KEY = "flowlord:leader"

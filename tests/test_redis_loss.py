@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from flowlord.bus.redis import DAEMON_GROUP, encode_done
+from flowlord.bus.wire import DAEMON_GROUP, encode_done
 from flowlord.clock import utc_now_ms
 from flowlord.config import Config, ConfigError
 from flowlord.daemon import Daemon

@@ -27,7 +27,7 @@ stopped: entries written while it was down are in its consumer group, and an end
 that came meanwhile still finishes its log.
 
 The worker learns where to send and the caps from the task message (`log_to`,
-`log_max`, `log_keep`, flowlord/bus/redis.py `encode_task`): the daemon's config is
+`log_max`, `log_keep`, flowlord/bus/wire.py `encode_task`): the daemon's config is
 the only one, and a message of a daemon that does not ask for logs gets none.
 """
 
@@ -187,7 +187,7 @@ class LogSender:
 
 @dataclass(frozen=True)
 class Target:
-    """Where a task message asks its output to go (flowlord/bus/redis.py, log_target)."""
+    """Where a task message asks its output to go (flowlord/bus/wire.py, log_target)."""
     stream: str
     max_bytes: int  # the daemon's `[logs] max_bytes`
     keep: int  # the daemon's `[bus] log_stream_max`

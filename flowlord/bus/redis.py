@@ -27,7 +27,6 @@ Lost messages).
 from __future__ import annotations
 
 import contextlib
-import json
 import queue
 import threading
 import time
@@ -36,207 +35,39 @@ from typing import Any
 
 from flowlord.bus import BusUnavailable, drain
 from flowlord.bus.logstream import LogAppender, Target, decode_runs, encode_runs
-from flowlord.model import Done, StoredTask, Task
+from flowlord.bus.wire import (
+    BACKOFF_MAX,
+    COMMAND_TIMEOUT,
+    DAEMON_GROUP,
+    DONE_STREAM,
+    WORKERS_GROUP,
+    cancel_key,
+    connect,
+    decode_done,
+    encode_task,
+    ensure_group,
+    log_runs_key,
+    log_stream,
+    ping,
+    reply_stream,
+    run_key,
+    task_stream,
+    where,
+)
+from flowlord.model import Done, StoredTask
 
-PREFIX = "flowlord"
-DONE_STREAM = f"{PREFIX}:done"
-LOG_STREAM = f"{PREFIX}:logs"  # + the node: a daemon's tasks' output (logstream.py)
 LOG_READ_COUNT = 64  # log entries read at once (64 KiB each at most)
-WORKERS_GROUP = "workers"
-DAEMON_GROUP = "daemon"
 DAEMON_CONSUMER = "daemon"  # one name across restarts: its unacknowledged results come back
 IN_FLIGHT = 1000  # tasks of a topic published and not yet finished, at most
 READ_BLOCK_MS = 1000  # a blocking read returns at least this often (to notice close)
-COMMAND_TIMEOUT = 2.0  # seconds a command may take: a dead server costs the loop no more
-BACKOFF_MAX = 10.0  # seconds between reconnection attempts, at most
-MAX_TIMEOUT_SECONDS = 10 * 365 * 86400.0  # a task message's timeout must be below this
 CANCEL_KEPT = 7 * 86400  # seconds a cancel notice is kept (renewed by each new one)
 WORKERS_SEEN_FOR = 1.0  # seconds a topic without workers is not asked about again
-RUN_MARK_EVERY = 1.0  # seconds between a worker's renewals of its marks (run_key)
-RUN_MARK_TTL_MS = 10_000  # a mark not renewed for this long is gone (its worker died)
 LOOK_EVERY = 5.0  # seconds between looks for tasks whose message redis lost
 # seconds a task must be missing, at every look, before it is published again: well past
 # the time a worker running it needs to mark it again once an emptied server is back
 # (its backoff is 1 s while it runs tasks, a command gives up after 2 s)
 LOST_AFTER = 15.0
 LOOK_PAGE = 1000  # stream entries read at once by a look
-
-# a worker takes the mark of a task it is about to start (KEYS[1] the mark, ARGV[1] its
-# value "<message id> <worker>", ARGV[2] "<message id> ", ARGV[3] the time to live in ms):
-# 1 when the task was unmarked, or marked by this same message (taken over from a worker
-# gone quiet, as XAUTOCLAIM did), else 0: another message of the task is being run
-TAKE_RUN = """
-local held = redis.call('GET', KEYS[1])
-if held == false or held == ARGV[1]
-        or string.sub(held, 1, string.len(ARGV[2])) == ARGV[2] then
-    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
-    return 1
-end
-return 0
-"""
-# holds a key for us (ARGV[1] our value, ARGV[2] the ttl in ms): 1 when it was free or
-# already ours, else 0. A worker renews a run's mark with it (set again when an emptied
-# server lost it; 0: another run of the task holds it now); the daemon, its node name
-# (flowlord/standby.py)
-HOLD = """
-local held = redis.call('GET', KEYS[1])
-if held == false or held == ARGV[1] then
-    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-    return 1
-end
-return 0
-"""
-# deletes a key only while it still holds our value (a run's mark with its result; the
-# lease and the node name at a daemon's stop)
-RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-    return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
-
-
-def task_stream(topic: str) -> str:
-    return f"{PREFIX}:tasks:{topic}"
-
-
-def cancel_key(reply_to: str) -> str:
-    """The set of task numbers (of the daemon reading `reply_to`) whose processes must
-    end: a worker looks before it starts a task and while it runs one, so a worker that
-    is busy, or down and replaced, cannot miss it."""
-    return f"{PREFIX}:cancel:{reply_to}"
-
-
-def run_key(reply_to: str, task_no: int) -> str:
-    """A worker's mark on a task it runs (of the daemon reading `reply_to`): the task's
-    message id and the worker, renewed while it runs (TAKE_RUN, HOLD, RELEASE)."""
-    return f"{PREFIX}:run:{reply_to}:{task_no}"
-
-
-def log_stream(done_stream: str) -> str:
-    """The stream of task output beside a daemon's results stream."""
-    return LOG_STREAM + done_stream[len(DONE_STREAM):]
-
-
-def log_runs_key(done_stream: str) -> str:
-    """The hash beside a log stream: task_no → the run and offset its log is written up
-    to (flowlord/bus/logstream.py)."""
-    return f"{PREFIX}:log-runs" + done_stream[len(DONE_STREAM):]
-
-
-def connect(url: str, timeout: float = COMMAND_TIMEOUT, decode: bool = True) -> Any:
-    """A client for `url` (any URL redis-py accepts: redis://, rediss://, unix://, with
-    a password), whose commands give up after `timeout` seconds; BusUnavailable when
-    the URL is bad, the server does not answer, or it is older than 7.0. Without
-    `decode`, replies are bytes (task output is any bytes)."""
-    import redis  # an optional dependency: only this bus needs it
-
-    try:
-        client = redis.Redis.from_url(url, decode_responses=decode,
-                                      socket_connect_timeout=COMMAND_TIMEOUT,
-                                      socket_timeout=timeout, health_check_interval=30)
-    except ValueError as e:
-        raise BusUnavailable(f"bad bus url {url!r}: {e}") from None
-    ping(client, url)
-    version = client.info("server").get("redis_version", "0")
-    version = version.decode() if isinstance(version, bytes) else str(version)
-    if tuple(int(n) for n in version.split(".")[:2] if n.isdigit()) < (7, 0):
-        raise BusUnavailable(f"redis at {_where(url)} is version {version}: flowlord needs "
-                             "7.0 or later (XAUTOCLAIM, SET … NX GET)")
-    return client
-
-
-def ping(client: Any, url: str) -> None:
-    import redis
-
-    try:
-        client.ping()
-    except redis.AuthenticationError as e:
-        raise BusUnavailable(f"redis at {_where(url)} refused the credentials: {e}") from None
-    except redis.ResponseError as e:  # NOAUTH, WRONGPASS on some versions
-        raise BusUnavailable(f"redis at {_where(url)} refused us: {e}") from None
-    except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
-        raise BusUnavailable(f"cannot reach redis at {_where(url)}: {e}") from None
-
-
-def _where(url: str) -> str:
-    """The URL without its password, for messages."""
-    scheme, sep, rest = url.partition("://")
-    if "@" in rest:
-        rest = rest.rsplit("@", 1)[1]
-    return f"{scheme}{sep}{rest}"
-
-
-def ensure_group(client: Any, stream: str, group: str) -> None:
-    """The consumer group, created with its stream when missing; it reads from the
-    stream's start, so tasks published before any worker existed are delivered."""
-    import redis
-
-    try:
-        client.xgroup_create(stream, group, id="0", mkstream=True)
-    except redis.ResponseError as e:
-        if "BUSYGROUP" not in str(e):
-            raise
-
-
-def encode_task(stored: StoredTask, timeout_seconds: float | None,
-                reply_to: str = DONE_STREAM, log: Target | None = None) -> dict[str, str]:
-    """A task message: the task JSON, its row number in the daemon's database, the
-    phase's timeout, the stream its result goes to (the daemon's), and with `log`
-    where its output goes and the caps that apply (the daemon's config)."""
-    fields = {"task_no": str(stored.task_no), "task": stored.task.to_json(),
-              "timeout": "" if timeout_seconds is None else repr(timeout_seconds),
-              "reply_to": reply_to}
-    if log is not None:
-        fields.update(log_to=log.stream, log_max=str(log.max_bytes), log_keep=str(log.keep))
-    return fields
-
-
-def log_target(fields: Mapping[str, str]) -> Target | None:
-    """Where a task's output goes: only to a flowlord log stream, with sane caps; None
-    when the message asks for none (a daemon without logs, or of an older version)."""
-    stream = fields.get("log_to", "")
-    try:
-        target = Target(stream, int(fields["log_max"]), int(fields["log_keep"]))
-    except (KeyError, ValueError):
-        return None
-    if (not (stream == LOG_STREAM or stream.startswith(f"{LOG_STREAM}:"))
-            or not 4096 <= target.max_bytes <= 2**40
-            or not 1 <= target.keep <= 1_000_000):
-        return None
-    return target
-
-
-def reply_stream(fields: Mapping[str, str]) -> str:
-    """Where a task's result goes: only to a flowlord done stream."""
-    stream = fields.get("reply_to", "")
-    return stream if stream.startswith(DONE_STREAM) else DONE_STREAM
-
-
-def decode_task(fields: Mapping[str, str]) -> tuple[StoredTask, float | None]:
-    """A task message; ValueError when it is not one."""
-    data = json.loads(fields["task"])
-    if not isinstance(data, dict) or not isinstance(data.get("type"), str):
-        raise ValueError("the task has no type")
-    task = Task(**{k: str(data.get(k, "")) for k in Task._fields if k in data})
-    timeout = float(fields["timeout"]) if fields.get("timeout") else None
-    if timeout is not None and not 0 < timeout < MAX_TIMEOUT_SECONDS:
-        raise ValueError(f"timeout out of range: {timeout}")
-    return StoredTask(int(fields["task_no"]), task), timeout
-
-
-def encode_done(done: Done) -> dict[str, str]:
-    return {"task_no": str(done.task_no), "result": done.result, "msg": done.msg,
-            "started": done.started, "ended": done.ended}
-
-
-def decode_done(fields: Mapping[str, str], receipt: str) -> Done:
-    """A result message; ValueError when it is not one."""
-    result = fields["result"]
-    if result not in ("complete", "error", "alert", "warn"):
-        raise ValueError(f"unknown result {result!r}")
-    return Done(int(fields["task_no"]), result, fields.get("msg", ""), fields["ended"],
-                fields.get("started", ""), receipt=receipt)
 
 
 class RedisBus:
@@ -345,7 +176,7 @@ class RedisBus:
                 stored, timeout_seconds, self.done_stream, self.log_target))
         except (redis.RedisError, OSError) as e:
             self._lost(e)
-            raise BusUnavailable(f"cannot publish to redis at {_where(self.url)}: {e}") from e
+            raise BusUnavailable(f"cannot publish to redis at {where(self.url)}: {e}") from e
         with self._books:
             self.outstanding.setdefault(topic, set()).add(stored.task_no)
             self._sent[stored.task_no] = (stored, timeout_seconds)
@@ -420,7 +251,7 @@ class RedisBus:
         with self._state:  # both threads notice an outage: it is logged once
             was, self.available = self.available, False
         if was:
-            self.log.error("redis unavailable; tasks wait in the database", url=_where(self.url),
+            self.log.error("redis unavailable; tasks wait in the database", url=where(self.url),
                            error=str(e))
 
     def _follow(self, client: Any, stream: str,
@@ -456,7 +287,7 @@ class RedisBus:
         with self._state:  # both readers notice the server is back: it is logged once
             was, self.available = self.available, True
         if not was:
-            self.log.info("redis available again", url=_where(self.url))
+            self.log.info("redis available again", url=where(self.url))
             self._look_now.set()
             self._wake()
 

@@ -6,7 +6,7 @@ only after its result is on the done stream. A worker that dies leaves its
 messages pending; live workers reclaim those idle longer than `claim_idle`,
 while a worker running a long task renews its claim, so it is not taken away.
 
-Before it starts a task a worker marks it (flowlord/bus/redis.py, `run_key`), renews
+Before it starts a task a worker marks it (flowlord/bus/wire.py, `run_key`), renews
 the mark every second and drops it with the result: its daemon publishes again a task
 whose message Redis lost only once it has seen no message, no result and no mark for
 a while. A message of a task that another message's run has marked is dropped, not
@@ -34,7 +34,7 @@ from typing import Any
 
 from flowlord.bus import BusUnavailable
 from flowlord.bus.logstream import LogSender, StreamedLog, Target
-from flowlord.bus.redis import (
+from flowlord.bus.wire import (
     BACKOFF_MAX,
     HOLD,
     RELEASE,
@@ -87,7 +87,7 @@ class RemoteWorker:
         self.next_reclaim = 0.0  # monotonic time of the next look for abandoned messages
         self.reclaim_from = "0-0"  # where that look goes on in the pending entries
         self.client: Any = None
-        self._take_run: Any = None  # the scripts of a run's mark (flowlord/bus/redis.py)
+        self._take_run: Any = None  # the scripts of a run's mark (flowlord/bus/wire.py)
         self._keep_run: Any = None
         self._drop_run: Any = None
         self.sender: LogSender | None = None  # the tasks' output to their daemons' logs
@@ -236,7 +236,7 @@ class RemoteWorker:
                                            f"{self.consumer}:{receipt}")
 
     def _cancelled(self, reply_to: str, task_nos: list[int]) -> set[int]:
-        """Which of these tasks their daemon has ended (flowlord/bus/redis.py,
+        """Which of these tasks their daemon has ended (flowlord/bus/wire.py,
         cancel_key)."""
         import redis
 
