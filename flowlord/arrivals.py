@@ -34,7 +34,7 @@ from watchdog.observers.api import BaseObserver
 
 from flowlord.clock import rfc3339, rfc3339_ms
 from flowlord.model import NewTask, Phase, Task
-from flowlord.overlap import holds_back
+from flowlord.overlap import replace_earlier, skipped
 from flowlord.rules import decode_meta, parse_rule
 from flowlord.store import Store
 from flowlord.tasks import Context, encode_meta
@@ -164,8 +164,12 @@ def record_arrival(store: Store, phases: Sequence[Phase], path: str, source: str
     start (flowlord/overlap.py); call inside write_txn."""
     tasks: list[NewTask] = []
     for phase in phases:
-        if not holds_back(store, phase, tasks, rfc3339_ms(ctx.created)):
-            tasks += file_tasks(phase, path, ctx)
+        if skipped(store, phase, tasks):
+            continue
+        built = file_tasks(phase, path, ctx)
+        if built:
+            replace_earlier(store, phase, tasks, rfc3339_ms(ctx.created))
+        tasks += built
     file_no = store.add_file_message(path, rfc3339(ctx.created), source)
     store.add_tasks([t._replace(file_no=file_no) for t in tasks])
     return tasks

@@ -197,6 +197,8 @@ def cmd_stats(args: argparse.Namespace, config: Config) -> int:
     """Per phase (or per topic with --by topic): runs, results, run and wait times
     (p50, p95, max), from history."""
     since = stats_since(args.since, config)
+    if args.by == "topic" and args.file is not None:
+        raise UsageError("--file is for --by phase: a topic's tasks come from any file")
 
     def line(r: dict[str, Any]) -> str:
         what = f"{r['file']}\t{r['task']}" if args.by == "phase" else r["topic"]

@@ -141,7 +141,10 @@ class Daemon:
         """The first load, the schedule with its catch-up fires, the tasks left by the
         last run; committed before the daemon says it is ready (with a redis bus, the
         catch-up fires wait for the first turn's lease and claims)."""
-        self.run_row.begin(self.store)
+        try:
+            self.run_row.begin(self.store)
+        except apsw.FullError:  # this run goes unrecorded; it waits the disk out below
+            self.log.error("this run not recorded: the database is full")
         self.notices.start(self.store)
         self.sync.first_load(self.clock.now, lambda: bool(self.stop_signals), self.wakeup.wait)
         now = self.clock.now()
@@ -228,8 +231,11 @@ class Daemon:
                 break
             time.sleep(RETRY_SOON)
         self.commands.fail_queued()
-        self.dispatcher.close(self.config.shutdown_grace.total_seconds(), STOP_WRITE_SECONDS,
-                              self.hurry)
+        try:
+            self.dispatcher.close(self.config.shutdown_grace.total_seconds(),
+                                  STOP_WRITE_SECONDS, self.hurry)
+        except apsw.FullError:  # the tasks were ended; their results could not be written
+            self.log.error("results not recorded: the database is full")
         if self.leadership is not None:
             self.leadership.release()  # a standby takes over now, not at the expiry
         self.run_row.end(self.store, "failed" if self.failed else "stopped")
@@ -329,11 +335,16 @@ class Daemon:
     def record_then(self, action: Action, fires: list[Fire],
                     then: Callable[[Place, list[Fire]], T]) -> tuple[list[Fire], T]:
         """`record`, then what follows from the new fires (a backload's reruns), in one
-        command of the loop: a busy loop answers before either, never between."""
+        command of the loop."""
+        recorded: list[list[Fire]] = []  # a command put back (a locked database) after
+        # the fires were committed records them no second time: it goes on from `then`
+
         def on_the_loop() -> tuple[list[Fire], T]:
             now = self.clock.now()
-            new = self.ledger.record_now(self.store, fires, now, action)
-            return new, then(Place(self.store, self._context(now), self.loader.children), new)
+            if not recorded:
+                recorded.append(self.ledger.record_now(self.store, fires, now, action))
+            place = Place(self.store, self._context(now), self.loader.children)
+            return recorded[0], then(place, recorded[0])
         return self.commands.ask(action.kind, action.actor, on_the_loop, COMMAND_TIMEOUT)
 
     def act(self, action: Action, apply: Callable[[Place], T]) -> T:

@@ -1,4 +1,4 @@
-"""Deadlines (README.md, Deadlines and notifications): a phase with `deadline=<duration>`
+"""Deadlines (README.md, Alerts and notifications): a phase with `deadline=<duration>`
 gets one `late` alert per slot that is not complete by slot + deadline, whether its
 task runs on, waits, failed, or the slot was never fired (the daemon was down), was
 paused, or skipped by overlap=skip.
@@ -107,9 +107,11 @@ class Deadlines:
                                 conn, "recovered", *key, slot, topic, job,
                                 f"task {done_by}: its slot {slot}, late, is complete",
                                 created, done_by)
-        except apsw.BusyError:
+        except (apsw.BusyError, apsw.FullError) as e:
             for watch in due:
                 self._push(watch, now)  # looked at again next turn
+            if isinstance(e, apsw.FullError):  # the turn ends (flowlord/disk_full.py)
+                raise
             return
         for watch, (slot, task_no, message, _) in added:
             metrics.ALERTS.labels("late").inc()

@@ -21,7 +21,7 @@ from flowlord.durations import format_duration
 from flowlord.loader import Loader
 from flowlord.model import Done, NewTask, Phase, StoredTask
 from flowlord.outcomes import Effects, after_result
-from flowlord.overlap import holds_back
+from flowlord.overlap import replace_earlier, skipped
 from flowlord.pauses import Pauses
 from flowlord.recoveries import Recoveries
 from flowlord.rules import decode_meta, parse_rule
@@ -310,9 +310,14 @@ class Dispatcher:
             phase = self._phase(stored)
             children = (self._unpaused(self._children_of(stored), stored)
                         if done.result == "complete" and not stored.no_children else [])
-            children = self._not_overlapping(children, stored, new_tasks)
+            children = self._not_skipped(children, stored, new_tasks)
             effects = after_result(stored, done.result, done.msg, phase=phase,
                                    children=children, ctx=ctx)
+            now = rfc3339_ms(self.clock.now())
+            for child in children:  # overlap=replace, for the children that were built
+                if any((t.file_path, t.phase) == (child.file_path, child.task)
+                       for t in effects.tasks):
+                    replace_earlier(self.store, child, new_tasks, now)
         except (apsw.BusyError, apsw.FullError):  # the turn is tried again
             raise
         except Exception as e:
@@ -335,16 +340,13 @@ class Dispatcher:
             self.log.info("child not created", task_no=stored.task_no, note=note)
         return True
 
-    def _not_overlapping(self, children: list[Phase], parent: StoredTask,
-                         made: list[NewTask]) -> list[Phase]:
-        """The children their phases' `overlap` lets start now (flowlord/overlap.py); one
-        held back is logged with why."""
-        if not children:
-            return children
-        now = rfc3339_ms(self.clock.now())
+    def _not_skipped(self, children: list[Phase], parent: StoredTask,
+                     made: list[NewTask]) -> list[Phase]:
+        """The children their phases' `overlap=skip` lets start now (flowlord/overlap.py);
+        one held back is logged with why."""
         kept = []
         for child in children:
-            why = holds_back(self.store, child, made, now)
+            why = skipped(self.store, child, made)
             if why:
                 self.log.info("child not created", task_no=parent.task_no, child=child.task,
                               why=why)

@@ -125,8 +125,9 @@ class Ledger:
                 slot = next_fire(rule.cron, slot, self.scheduler.zone)
         with write_txn(store.conn):
             store.record_fires(fires, rfc3339_ms(now))
-        self.log.warning("slots let go while the database was full recorded as missed",
-                         slots=len(fires), phases=len(self.missed))
+        if fires:
+            self.log.warning("slots let go while the database was full recorded as missed",
+                             slots=len(fires), phases=len(self.missed))
         self.missed = {}
 
     def reschedule(self, by_file: dict[str, list[Phase]], now: datetime) -> None:

@@ -14,8 +14,8 @@ ended.
 Applied in the transaction that records the fire (`settle`), so what it looked at is
 what it wrote against; only scheduled slots (cron, catch-up) follow it: a trigger or
 a backload is an operator's explicit wish. The children a completion starts and the
-tasks an arrived file starts follow the same rule (`holds_back`), in the transaction
-that creates them.
+tasks an arrived file starts follow the same rule (`skipped`, `replace_earlier`), in
+the transaction that creates them.
 """
 
 from __future__ import annotations
@@ -68,21 +68,30 @@ class Overlap:
                                  f"{fire.scheduled_for}")
 
 
-def holds_back(store: Store, phase: Phase, made: list[NewTask], now: str) -> str:
+def skipped(store: Store, phase: Phase, made: list[NewTask]) -> str:
     """Why the phase's new tasks (a completion's children, an arrived file's tasks) are
-    not created ('' when they are): `skip` while an earlier task of the phase is
-    unfinished, among the rows or among `made` (this transaction's tasks, not yet
-    written); `replace` cancels the earlier ones first. Call inside write_txn."""
-    overlap = parse_rule(phase.rule).overlap
-    if overlap not in ("skip", "replace"):
+    not created ('' when they are): `overlap=skip` while an earlier task of the phase
+    is unfinished, among the rows or among `made` (this transaction's tasks, not yet
+    written). Call inside write_txn."""
+    if parse_rule(phase.rule).overlap != "skip":
         return ""
     earlier = store.unfinished_of_phase(phase.file_path, phase.task, NAMED)
-    pending = any(t.file_path == phase.file_path and t.phase == phase.task for t in made)
-    if overlap == "skip" and (earlier or pending):
-        named = ", ".join(str(n) for n in earlier) or "created in the same turn"
+    if earlier:
+        named = ", ".join(str(n) for n in earlier)
         return f"skipped by overlap=skip: task {named} of this phase not finished"
-    if overlap == "replace" and earlier:
-        Overlap(store, now)._replace(Fire(phase.file_path, phase.task, "", "cron"),
-                                     store.unfinished_of_phase(phase.file_path, phase.task,
-                                                               1_000_000))
+    if any(t.file_path == phase.file_path and t.phase == phase.task for t in made):
+        return "skipped by overlap=skip: a task of this phase was created in the same turn"
     return ""
+
+
+def replace_earlier(store: Store, phase: Phase, made: list[NewTask], now: str) -> None:
+    """`overlap=replace`, once the phase's new tasks are built (so a child that builds
+    none cancels nothing): its unfinished tasks are cancelled, as an action of
+    `overlap`, and the ones made earlier in this transaction are dropped from `made`.
+    Call inside write_txn."""
+    if parse_rule(phase.rule).overlap != "replace":
+        return
+    made[:] = [t for t in made if (t.file_path, t.phase) != (phase.file_path, phase.task)]
+    earlier = store.unfinished_of_phase(phase.file_path, phase.task, 1_000_000)
+    if earlier:
+        Overlap(store, now)._replace(Fire(phase.file_path, phase.task, "", "cron"), earlier)

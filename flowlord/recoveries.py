@@ -1,4 +1,4 @@
-"""What a `complete` says beyond itself (README.md, Deadlines and notifications):
+"""What a `complete` says beyond itself (README.md, Alerts and notifications):
 
 * `recovered`, an alert row, once: a phase's first complete after a failure (its
   newest alert among failed, alert and recovered is a failure), or the completion

@@ -1,5 +1,5 @@
 """Routed notifications: every alert row, and every event that is no row (`success`),
-goes to each `[[alerts.route]]` that matches it (README.md, Deadlines and
+goes to each `[[alerts.route]]` that matches it (README.md, Alerts and
 notifications; docs/config.md). `[alerts] webhook` is a route too, for the kinds it
 always posted (failed, alert, incomplete, slow).
 

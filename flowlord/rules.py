@@ -200,7 +200,8 @@ def parse_rule(text: str) -> Rule:
             issues.append(Issue("error", f"invalid overlap: {first['overlap']}"))
     if "max_active" in first:
         value = first["max_active"]
-        if value.isascii() and value.isdigit() and 1 <= int(value) <= MAX_ACTIVE:
+        if (value.isascii() and value.isdigit() and len(value) <= 7  # int() of 5,000
+                and 1 <= int(value) <= MAX_ACTIVE):                  # digits raises
             fields["max_active"] = int(value)
         else:
             issues.append(Issue("error", f"invalid max_active: {value}"))

@@ -1,4 +1,4 @@
-"""The daemon's own history (README.md, Was it even running?): each run is a row of
+"""The daemon's own history (README.md, Debugging with sqlite3): each run is a row of
 `daemon_runs`, begun once the database is the run's own (its lock held), its
 `last_seen` brought forward every SEEN_EVERY seconds by the loop, and ended with how
 it ended. A run killed without a word (SIGKILL, a crash, power lost) is found open by

@@ -15,15 +15,21 @@ from flowlord.rules import Rule, parse_rule
 RETRY_LIMIT = 10
 
 
+# the modules whose code decides a phase's status: a change to one is an upgrade
+STATUS_MODULES = ("parse.py", "rules.py", "cron.py", "durations.py", "templates.py",
+                  "graph.py", "model.py", "validate.py")
+
+
 def _validator() -> str:
-    """Which code writes the statuses: the release and a digest of the modules beside
-    this one (parsing, rules, cron, templates and validation among them), so that any
-    change to them, released or not, counts as an upgrade. Each file's row records it
+    """Which code writes the statuses: the release and a digest of the modules that
+    decide them (STATUS_MODULES), so that any change to them, released or not, counts
+    as an upgrade. Each file's row records it
     (workflow_files.validator); at start, a file validated by other code is validated
     again (flowlord/loader.py)."""
     digest = hashlib.md5(__version__.encode())
-    for source in sorted(Path(__file__).resolve().parent.glob("*.py")):
-        digest.update(source.name.encode() + b"\0" + source.read_bytes())
+    here = Path(__file__).resolve().parent
+    for name in STATUS_MODULES:
+        digest.update(name.encode() + b"\0" + (here / name).read_bytes())
     return f"{__version__}+{digest.hexdigest()[:12]}"
 
 

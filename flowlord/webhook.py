@@ -148,6 +148,9 @@ class Webhook:
         except apsw.BusyError:  # posted: mark them next turn, and post nothing before
             self.outcomes.put("")
             return
+        except apsw.FullError:  # the same, once the disk has room (flowlord/disk_full.py)
+            self.outcomes.put("")
+            raise
         self.in_flight = None
         self.cursor = through
         self.log.info("alerts posted to the webhook", route=self.key, alerts=len(numbers),

@@ -13,7 +13,6 @@ import contextlib
 import io
 import json
 import re
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -380,8 +379,14 @@ def test_the_agenda_predicts_the_fires_the_daemon_records(tmp_path: Path) -> Non
         wait_for(lambda: answers(base), 30)
         pause_cli = cli.main(["-c", str(cfg), "--db", str(db), "-w", str(wf), "pause", "held"])
         assert pause_cli == 0
-        time.sleep(1.5)  # the agenda is computed after the pause was seen
-        status, body = get(base, "/api/agenda?hours=1&limit=1000")
+        answered: list[Any] = []
+
+        def paused_in_agenda() -> bool:  # the agenda, computed after the pause was seen
+            answered[:] = [get(base, "/api/agenda?hours=1&limit=1000")]
+            return any(f["task"] == "held" and f["paused"]
+                       for f in answered[0][1].get("fires", []))
+        wait_for(paused_in_agenda, 30)
+        status, body = answered[0]
         assert status == 200
         start = datetime.fromisoformat(body["start"].replace("Z", "+00:00"))
         end = start + timedelta(seconds=20)

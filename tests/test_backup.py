@@ -3,14 +3,19 @@ writes it, that restores as README.md says (stop, copy over, start)."""
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import sqlite3
+import stat
 import subprocess
 from pathlib import Path
 
+import apsw
 import pytest
 
+from flowlord.store import Store, StoreError
+from flowlord.store.backup import backup
 from tests.helpers import (
     daemon,
     daemon_config,
@@ -64,3 +69,25 @@ def test_a_backup_made_while_the_daemon_fires_is_whole_and_restores(
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
     assert run_cli(*common, "doctor").returncode == 0
+
+
+def test_a_backup_keeps_the_database_as_it_is_old_schema_and_mode_and_touches_no_other_file(
+        tmp_path: Path) -> None:
+    db = tmp_path / "f.db"
+    Store(str(db)).close()
+    conn = apsw.Connection(str(db))
+    conn.pragma("user_version", 12)  # as an older release left it, before an upgrade
+    conn.close()
+    os.chmod(db, 0o640)
+    copy = tmp_path / "copy.db"
+    assert backup(str(db), str(copy)) > 0
+    assert stat.S_IMODE(copy.stat().st_mode) == 0o640
+    with sqlite3.connect(f"file:{copy}?mode=ro", uri=True) as conn2:
+        assert conn2.execute("PRAGMA user_version").fetchone() == (12,)
+    (tmp_path / "other.db.part").write_text("someone's")
+    with pytest.raises(StoreError, match="other.db.part exists"):
+        backup(str(db), str(tmp_path / "other.db"))
+    assert (tmp_path / "other.db.part").read_text() == "someone's"  # left alone
+    assert not (tmp_path / "other.db").exists()
+    with pytest.raises(StoreError, match="no database at"):
+        backup(str(tmp_path / "none.db"), str(tmp_path / "x.db"))

@@ -17,7 +17,7 @@ import pytest
 from flowlord import jitter, waiting
 from flowlord.clock import FakeClock, utc_now_ms
 from flowlord.model import Done, StoredTask
-from flowlord.store import reads, write_txn
+from flowlord.store import reads, taskrows, write_txn
 from tests.helpers import (
     at,
     daemon,
@@ -238,7 +238,7 @@ def test_queue_runs_every_slot_one_at_a_time_in_order(
 
 
 @pytest.mark.slow
-def test_replace_never_leaves_two_running(
+def test_replace_never_leaves_two_tasks_of_the_phase_running_in_the_ledger(
         tmp_path: Path, wf: Path, notify_socket: socket.socket) -> None:
     (wf / "a.toml").write_text(phase("tick", "overlap=replace"))
     db = tmp_path / "f.db"
@@ -344,3 +344,44 @@ def test_children_follow_their_phases_overlap_too(tmp_path: Path, wf: Path) -> N
         ("r", 4), ("s", 1)]  # skip made one; replace made each and cancelled the earlier
     assert query(db, "SELECT count(*) FROM tasks WHERE job = 'r' AND msg = "
                      "'cancelled by overlap'") == [(3,)]
+
+
+def test_past_a_page_of_held_tasks_the_topics_other_phases_still_run(
+        tmp_path: Path, wf: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(taskrows, "CLAIM_SCAN", 3)  # a page of 3 waiting tasks
+    (wf / "a.toml").write_text(phase("work:capped", "max_active=1")
+                               + phase("work:free", "job=free"))
+    bus, clock = HoldingBus(), FakeClock(START)
+    with stepped(tmp_path, wf, clock, bus=bus) as d:
+        with write_txn(d.store.conn):  # a backload of the capped phase waits first
+            d.store.conn.executemany(
+                "INSERT INTO tasks (id, type, job, created, file_path, phase) VALUES "
+                "(?, 'work', 'capped', '2026-12-01T00:00:00Z', 'a.toml', 'work:capped')",
+                [(f"b{i}",) for i in range(10)])
+        turn(d, clock, 1.0)
+        jobs = sorted(s.task.job for s in bus.held)
+    assert jobs == ["capped", "free"]  # one of the capped, and the free one behind them
+
+
+def test_a_max_active_of_five_thousand_digits_is_an_error_not_a_crash(
+        tmp_path: Path, wf: Path) -> None:
+    (wf / "a.toml").write_text(phase("a", "max_active=" + "9" * 5000))
+    with stepped(tmp_path, wf, FakeClock(START), bus=HoldingBus()):
+        pass
+    [(severity, status)] = query(tmp_path / "f.db",
+                                 "SELECT severity, status FROM workflow_phases")
+    assert severity == "error" and str(status).startswith("invalid max_active: 999")
+
+
+def test_replace_among_children_of_one_turn_keeps_one(tmp_path: Path, wf: Path) -> None:
+    (wf / "a.toml").write_text(
+        phase("tick:a", "") + phase("tick:b", "")
+        + '[[phase]]\ntask = "child:r"\ndependsOn = "tick"\nrule = "overlap=replace"\n')
+    bus, clock, db = HoldingBus(completes=("tick",)), FakeClock(START), tmp_path / "f.db"
+    with stepped(tmp_path, wf, clock, bus=bus) as d:
+        turn(d, clock, 1.0)
+        turn(d, clock)  # both ticks complete in one turn: each would start child:r
+        turn(d, clock)
+        assert [s.task.job for s in bus.held] == ["r"]
+    # the one made second replaced the first before either was written
+    assert query(db, "SELECT count(*) FROM tasks WHERE type = 'child'") == [(1,)]

@@ -117,6 +117,10 @@ def test_the_stats_views_agree_with_flowlord_stats_and_debians_sqlite3_reads_the
     assert api.answer("/api/stats", {"by": ["topic"]}) == (200, [topic])
     with pytest.raises(BadRequest, match="by is phase or topic"):
         api.answer("/api/stats", {"by": ["host"]})
+    with pytest.raises(BadRequest, match="file is for by=phase"):
+        api.answer("/api/stats", {"by": ["topic"], "file": ["a.toml"]})
+    assert main(["stats", "--db", str(db), "--by", "topic", "--file", "a.toml"]) == 2
+    assert api.answer("/api/stats", {"by": ["topic"], "offset": ["1"]}) == (200, [])
 
 
 def test_a_task_running_far_past_its_phases_usual_time_gets_one_slow_alert(

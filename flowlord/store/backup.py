@@ -2,8 +2,11 @@
 SQLite's online backup through APSW, in one step, so the copy is one snapshot (a
 reader of a WAL database never blocks the writer: the daemon goes on firing while
 the copy is made). The copy is written beside its destination and renamed into
-place once it is whole and checked, so a destination path is either absent or a
-complete database; it is a single file (no -wal), readable by any sqlite3.
+place once it is whole and checked (a hard link: a file that appeared there meanwhile
+is never replaced), so a destination path is either absent or a complete database; it
+is a single file (no -wal), readable by any sqlite3, with the database's mode. The
+source is opened as it is, whatever its schema version: a copy made right before an
+upgrade is the one to keep.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import os
 
 import apsw
 
-from flowlord.store.connection import StoreError, connect
+from flowlord.store.connection import NoDatabase, StoreError
 
 
 def backup(source: str, dest: str) -> int:
@@ -22,10 +25,16 @@ def backup(source: str, dest: str) -> int:
     if os.path.lexists(dest):
         raise StoreError(f"{dest} exists: a backup goes to a new path")
     part = dest + ".part"
-    src = connect(source, readonly=True)
+    if not os.path.exists(source):
+        raise NoDatabase(source)
+    try:  # as it is, whatever its schema: a copy made before an upgrade is one to keep
+        src = apsw.Connection(source, flags=apsw.SQLITE_OPEN_READONLY)
+    except apsw.Error as e:
+        raise StoreError(f"cannot open database {source}: {e}") from e
+    if os.path.lexists(part):
+        src.close()
+        raise StoreError(f"{part} exists: an interrupted backup? remove it first")
     try:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(part)  # a copy an earlier backup left half made
         out = apsw.Connection(part)
         try:
             with out.backup("main", src, "main") as copy:
@@ -37,9 +46,10 @@ def backup(source: str, dest: str) -> int:
                 raise StoreError(f"the copy failed its check: {problems[0]}")
         finally:
             out.close()
+        os.chmod(part, os.stat(source).st_mode & 0o777)  # readable by whom it was
         with open(part, "rb") as f:
             os.fsync(f.fileno())
-        os.rename(part, dest)
+        os.link(part, dest)  # never over a file that appeared meanwhile
     except apsw.Error as e:
         raise StoreError(f"cannot back up {source} to {dest}: {e}") from e
     except OSError as e:

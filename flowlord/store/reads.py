@@ -348,7 +348,8 @@ def stats(store: Store, *, type: str | None = None, since: str | None = None,
           by: str = "phase", file: str | None = None, limit: int | None = None,
           offset: int = 0) -> list[dict[str, Any]]:
     """Per phase (`by="phase"`: the stored phases, in file order, `limit` of them from
-    `offset`, those with runs) or per topic (`by="topic"`: every task), from the
+    `offset`, those with runs) or per topic (`by="topic"`: every task; `limit` topics
+    from `offset`, `file` not used), from the
     history of ended tasks (since `since`): runs, how many completed and failed, run
     time p50/p95/max and wait (created → started) p50/p95, in seconds. The same
     figures as the `phase_stats` and `topic_stats` views (flowlord/store/schema.py).
@@ -356,7 +357,8 @@ def stats(store: Store, *, type: str | None = None, since: str | None = None,
     its own index (tasks_ended_by_phase), so a page of phases costs what their runs
     cost, not what the whole history does."""
     if by == "topic":
-        return _topic_stats(store, type, since)
+        topics = _topic_stats(store, type, since)
+        return topics[offset:] if limit is None else topics[offset:offset + limit]
     where, args = [], []
     if type is not None:  # a phase's topic is its task's name before ':'
         where.append("(task = ? OR task >= ? AND task < ?)")

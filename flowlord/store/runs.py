@@ -1,5 +1,5 @@
-"""The SQL of the daemon's own history: one row per run (README.md, Was it even
-running?), written by the run itself (flowlord/runs.py). Mixed into
+"""The SQL of the daemon's own history: one row per run (README.md, Debugging
+with sqlite3), written by the run itself (flowlord/runs.py). Mixed into
 `flowlord.store.Store`; every write method runs inside `write_txn`.
 """
 

@@ -247,7 +247,7 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX tasks_by_type ON tasks (type, task_no);
     """,
     # 9: the audit trail: one row per operator action, written before it takes effect,
-    # its outcome when it was applied (README.md, Who did what: the actions)
+    # its outcome when it was applied (README.md, Operating: rerun, cancel, mark, pause)
     """
     CREATE TABLE actions (
         action_no INTEGER PRIMARY KEY,
@@ -322,8 +322,8 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE alerts_new RENAME TO alerts;
     CREATE INDEX alerts_unposted ON alerts (alert_no) WHERE posted_at IS NULL;
     """,
-    # 13: run statistics a person can query with sqlite3 (README.md, The database with
-    # sqlite3): each ended task's run and wait time, and per phase and per topic over the
+    # 13: run statistics a person can query with sqlite3 (README.md, Debugging
+    # with sqlite3): each ended task's run and wait time, and per phase and per topic over the
     # last 30 days the figures `flowlord stats` prints (nearest-rank percentiles, computed
     # with window functions; cancelled tasks did not run and are left out)
     """
@@ -383,7 +383,7 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE workflow_files ADD COLUMN validator TEXT NOT NULL DEFAULT '';
     """,
-    # 16: the history of the daemon itself (README.md, Was it even running?): a row per
+    # 16: the history of the daemon itself (README.md, Debugging with sqlite3): a row per
     # run, and on each fire the hash of the file bytes its phase was loaded from
     """
     CREATE TABLE daemon_runs (
@@ -447,7 +447,7 @@ MIGRATIONS: tuple[str, ...] = (
            ended, result, msg
       FROM tasks WHERE created >= strftime('%Y-%m-%dT00:00:00.000Z', 'now');
     """,
-    # 20: alerts that name a slot (README.md, Deadlines and notifications): a `late` slot
+    # 20: alerts that name a slot (README.md, Alerts and notifications): a `late` slot
     # may have no task at all (never fired, paused, skipped), so task_no may be NULL and
     # an alert names its phase and slot; one `late` (and one `recovered`) per slot ever.
     # Every alert names its phase when it has one, for the routes' `files` and for "the

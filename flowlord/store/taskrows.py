@@ -20,7 +20,7 @@ TASK_COLUMNS = ("task_no, id, type, job, info, meta, created, started, ended, re
 
 
 RESULT = 9  # where `result` is in a row of TASK_COLUMNS
-CLAIM_SCAN = 10_000  # waiting tasks of a topic looked at per claim where phases limit theirs
+CLAIM_SCAN = 10_000  # waiting tasks of a topic read per page where phases limit theirs
 
 
 def stored_task(r: Sequence[Any]) -> StoredTask:
@@ -126,21 +126,28 @@ class TaskRows:
             if queue and unfinished:
                 head[key] = unfinished[0][0]
         chosen: list[int] = []
-        for task_no, file_path, phase in self.conn.execute(
+        after = -1  # the waiting tasks are read a page at a time, until enough are chosen
+        while len(chosen) < limit:
+            page: list[Any] = self.conn.execute(
                 "SELECT task_no, file_path, phase FROM tasks INDEXED BY tasks_queue "
                 "WHERE started IS NULL AND type = ? AND (due_at IS NULL OR due_at <= ?) "
-                "ORDER BY task_no LIMIT ?", (topic, now, CLAIM_SCAN)):
-            key = (file_path, phase)
-            if key in limits:
-                most, queue = limits[key]
-                if queue and (running[key] or head.get(key) != task_no):
-                    continue
-                if most is not None and running[key] >= most:
-                    continue
-                running[key] += 1
-            chosen.append(task_no)
-            if len(chosen) == limit:
+                "AND task_no > ? ORDER BY task_no LIMIT ?",
+                (topic, now, after, CLAIM_SCAN)).fetchall()
+            for task_no, file_path, phase in page:
+                key = (file_path, phase)
+                if key in limits:
+                    most, queue = limits[key]
+                    if queue and (running[key] or head.get(key) != task_no):
+                        continue
+                    if most is not None and running[key] >= most:
+                        continue
+                    running[key] += 1
+                chosen.append(task_no)
+                if len(chosen) == limit:
+                    break
+            if len(page) < CLAIM_SCAN:
                 break
+            after = page[-1][0]
         rows = self.conn.executemany(
             "UPDATE tasks SET started = ? WHERE task_no = ? AND started IS NULL "
             f"RETURNING {TASK_COLUMNS}", [(now, n) for n in chosen])

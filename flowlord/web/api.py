@@ -154,6 +154,9 @@ class Api:
         by = params.one(query, "by") or "phase"
         if by not in ("phase", "topic"):
             raise BadRequest(HTTPStatus.BAD_REQUEST, "by is phase or topic")
+        if by == "topic" and params.one(query, "file") is not None:
+            raise BadRequest(HTTPStatus.BAD_REQUEST, "file is for by=phase: a topic's "
+                                                     "tasks come from any file")
         return reads.stats(store, type=params.one(query, "type"), since=since_text, by=by,
                            file=params.one(query, "file"), limit=params.limit(query),
                            offset=params.offset(query))

@@ -134,7 +134,8 @@ class Dashboard:
                 return HTTPStatus.OK, self.phase(store, file, task)
             if path.startswith("/tasks/") and len(path) > len("/tasks/"):
                 task_id, _, task_no = path[len("/tasks/"):].rpartition("/")
-                if task_id and task_no.isascii() and task_no.isdigit():  # /tasks/<id>/<no>
+                if (task_id and task_no.isascii() and task_no.isdigit()  # /tasks/<id>/<no>
+                        and len(task_no) <= 18):
                     return HTTPStatus.OK, self.attempt(store, task_id, int(task_no))
                 return HTTPStatus.OK, self.lineage(store, path[len("/tasks/"):])
         finally:
