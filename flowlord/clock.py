@@ -54,10 +54,11 @@ def seconds_between(start: str | None, end: str | None) -> float | None:
     millisecond); None when either is missing or unreadable (a row written by hand)."""
     if not start or not end:
         return None
-    try:  # a naive time beside an aware one is a TypeError
-        return round(max(0.0, (parse_iso(end) - parse_iso(start)).total_seconds()), 3)
+    try:  # a naive time beside an aware one is a TypeError; Python 3.11 reads the Z
+        seconds = (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
     except (ValueError, TypeError):
         return None
+    return round(seconds, 3) if seconds > 0 else 0.0
 
 
 def utc_now() -> str:

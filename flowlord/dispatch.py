@@ -313,11 +313,12 @@ class Dispatcher:
             children = self._not_skipped(children, stored, new_tasks)
             effects = after_result(stored, done.result, done.msg, phase=phase,
                                    children=children, ctx=ctx)
-            now = rfc3339_ms(self.clock.now())
             for child in children:  # overlap=replace, for the children that were built
-                if any((t.file_path, t.phase) == (child.file_path, child.task)
-                       for t in effects.tasks):
-                    replace_earlier(self.store, child, new_tasks, now)
+                if parse_rule(child.rule).overlap == "replace" and any(
+                        (t.file_path, t.phase) == (child.file_path, child.task)
+                        for t in effects.tasks):
+                    replace_earlier(self.store, child, new_tasks,
+                                    rfc3339_ms(self.clock.now()))
         except (apsw.BusyError, apsw.FullError):  # the turn is tried again
             raise
         except Exception as e:
