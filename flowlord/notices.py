@@ -25,6 +25,8 @@ from flowlord.store import Store, reads
 CHECK_EVERY = 5.0  # seconds between looks at the broken phases, refused files and queue
 SHOWN = 20  # phases (or files) named one by one in a turn; the rest are counted
 GIVE_UP = 600.0  # seconds an action without an outcome is watched; then told as such
+ACTIONS_EVERY = 1.0  # seconds between looks at the audit trail: a query a turn costs the
+# task loop (bench/tasks.py), and an action told a second late is told
 
 
 class Notices:
@@ -39,6 +41,7 @@ class Notices:
         self.next_check = monotonic
         self.last_action = -1  # -1: not started (start() skips the actions of before)
         self.unsettled: dict[int, float] = {}  # action_no → when first seen (monotonic)
+        self.next_actions = monotonic
 
     def start(self, store: Store) -> None:
         """From now on: the actions of before this run were told by the runs before."""
@@ -101,8 +104,9 @@ class Notices:
     # --- the audit trail ----------------------------------------------------------------
 
     def _actions(self, store: Store, monotonic: float) -> None:
-        if self.last_action < 0:
+        if self.last_action < 0 or monotonic < self.next_actions:
             return
+        self.next_actions = monotonic + ACTIONS_EVERY
         rows = store.actions_to_tell(self.last_action, sorted(self.unsettled))
         for number, actor, kind, target, args, outcome, message in rows:
             self.last_action = max(self.last_action, number)
