@@ -7,6 +7,7 @@ test shows that the events alone bring the database in step with the directory.
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -119,3 +120,78 @@ def test_reads_do_not_wake_the_watcher(
     sh("printf '[[phase]]\\ntask = \"z\"\\n' > z.toml", wf)  # a marker that must arrive
     paths = watcher.changed_paths(timeout=10)
     assert paths == {str(wf / "z.toml")}
+
+
+# --- what settles a path: its last event, not a debounce -------------------------------
+# These watchers wait a minute for a path still being written (quiet=60): a path given
+# back within the test's few seconds was taken for its definitive event alone.
+
+
+@pytest.fixture
+def patient(wf: Path) -> Iterator[Watcher]:
+    (wf / "a.toml").write_text(phase("a"))
+    watcher = Watcher(str(wf), quiet=60)
+    watcher.start()
+    try:
+        yield watcher
+    finally:
+        watcher.stop()
+
+
+def taken(watcher: Watcher, seconds: float) -> set[str]:
+    """What `take_paths` gives within `seconds`, once something was given."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if paths := watcher.take_paths():
+            return paths
+        time.sleep(0.005)
+    return set()
+
+
+@pytest.mark.parametrize(
+    "command",
+    ["printf '[[phase]]\\ntask = \"b\"\\n' > b.toml",  # created, written, closed
+     "sed -i 's/\"a\"/\"a2\"/' a.toml",  # rename into place
+     "mv ../outside/c.toml c.toml",  # moved in from outside the tree
+     "rm a.toml",
+     "chmod o+w a.toml"],
+    ids=["closed", "renamed-into-place", "moved-in", "deleted", "chmod"])
+def test_a_definitive_event_needs_no_quiet_period(
+        tmp_path: Path, wf: Path, patient: Watcher, command: str) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "c.toml").write_text(phase("c"))
+    sh(command, wf)
+    assert taken(patient, 10) & {str(wf / n) for n in ("a.toml", "b.toml", "c.toml")}
+
+
+def test_a_file_still_open_for_writing_waits_for_its_close(
+        wf: Path, patient: Watcher) -> None:
+    with open(wf / "big.toml", "w") as f:
+        f.write('[[phase]]\ntask = "big"\n')
+        f.flush()  # half of it is on disk; the writer holds it open
+        assert taken(patient, 0.5) == set()
+        f.write('rule = "cron=0 * * * *"\n')
+    assert taken(patient, 10) == {str(wf / "big.toml")}
+
+
+def test_a_file_renamed_while_still_written_waits_for_its_close(
+        wf: Path, patient: Watcher) -> None:
+    with open(wf / "part.toml", "w") as f:
+        f.write('[[phase]]\ntask = "p"\n')
+        f.flush()
+        os.rename(wf / "part.toml", wf / "whole.toml")
+        assert str(wf / "whole.toml") not in taken(patient, 0.5)
+        f.write('rule = "cron=0 * * * *"\n')
+    assert str(wf / "whole.toml") in taken(patient, 10) | taken(patient, 0.1)
+
+
+def test_a_burst_is_taken_together(wf: Path, patient: Watcher) -> None:
+    """Files written back to back by one process come out in few takes, not one each."""
+    sh("for i in $(seq 200); do printf '[[phase]]\\ntask = \"t\"\\n' > f$i.toml; done", wf)
+    takes: list[set[str]] = []
+    while sum(map(len, takes)) < 200:
+        paths = taken(patient, 10)
+        assert paths, f"only {sum(map(len, takes))} of 200 files were taken"
+        takes.append(paths)
+    assert len(takes) < 100
