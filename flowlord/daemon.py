@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from types import FrameType
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import apsw
 
@@ -64,9 +64,10 @@ from flowlord.store.connection import apply_page_limit
 from flowlord.tasklog import writable_dir
 from flowlord.tasks import Context, meta_dir
 from flowlord.wakeup import Wakeup
-from flowlord.web.api import Api
-from flowlord.web.server import HttpServer, parse_listen
 from flowlord.workflow_sync import WorkflowSync
+
+if TYPE_CHECKING:
+    from flowlord.web.server import HttpServer
 
 T = TypeVar("T")
 
@@ -315,6 +316,11 @@ class Daemon:
         and so is a port that cannot be bound."""
         if not self.config.http_listen:
             return None
+        # imported only when serving: werkzeug, jinja2 and waitress are a third of the
+        # imports, paid before READY=1 (bench/daemon.py, the warm start)
+        from flowlord.web.api import Api
+        from flowlord.web.server import HttpServer, parse_listen
+
         tokens = http_tokens(self.config)
         host, port = parse_listen(self.config.http_listen, bool(tokens))
         api = Api(self.config,

@@ -138,11 +138,13 @@ class Refusals:
         self._is_dir = os.path.isdir(self.root)
         self._real_root = os.path.realpath(self.root)
         self._dir_open: dict[str, bool] = {}  # directory → any user may add files to it
+        self._open_above: dict[str, str] = {}  # a file's directory → open_directory's answer
 
     def forget(self) -> None:
         """Look at the directories again (a refresh): modes and symlinks may have changed."""
         self._real_root = os.path.realpath(self.root)  # a deployment may swap a symlink
         self._dir_open.clear()
+        self._open_above.clear()
 
     def reason(self, path: str, st: os.stat_result) -> str:
         """'' when the file may be loaded."""
@@ -164,7 +166,13 @@ class Refusals:
         may add files to (o+w, even with the sticky bit); '' when there is none."""
         if self.allow_world_writable or not self._is_dir:
             return ""
-        directory = os.path.dirname(os.path.abspath(path))
+        start = os.path.dirname(os.path.abspath(path))
+        found = self._open_above.get(start)
+        if found is None:  # a hundred files to a directory: asked once for them all
+            found = self._open_above[start] = self._first_open(start)
+        return found
+
+    def _first_open(self, directory: str) -> str:
         while True:
             if directory not in self._dir_open:
                 try:

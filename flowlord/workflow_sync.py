@@ -1,6 +1,6 @@
 """The workflow directory → rows → the schedule, kept in step while the daemon runs.
 
-File events (debounced by flowlord/watcher.py) name the paths to refresh; a full
+File events (settled by flowlord/watcher.py) name the paths to refresh; a full
 rescan runs at start, on SIGHUP, every `rescan` and when inotify dropped events,
 because events are hints and the directory is the truth. Other processes
 (`flowlord refresh`) may write workflow rows too: a change of `PRAGMA

@@ -52,6 +52,11 @@ class FireRows:
             "SELECT file_path, phase, max(scheduled_for) FROM fires "
             "WHERE source IN ('cron', 'catchup') GROUP BY file_path, phase")}
 
+    def next_fires(self) -> dict[tuple[str, str], str | None]:
+        """The plan as stored: (file, task) → next fire (UTC text, or None)."""
+        return {(f, t): n for f, t, n in self.conn.execute(
+            "SELECT file_path, task, next_fire FROM workflow_phases")}
+
     def set_next_fires(self, plan: Sequence[tuple[str | None, str, str]]) -> None:
         """(next fire UTC text or None, file, task) for each phase; call inside write_txn."""
         self.conn.executemany(
