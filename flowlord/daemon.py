@@ -37,6 +37,7 @@ import apsw
 from flowlord import logs, operations
 from flowlord.bus import Bus, BusUnavailable
 from flowlord.bus.local import LocalBus
+from flowlord.checkpoints import Checkpoints
 from flowlord.clock import Clock, SystemClock, rfc3339_ms
 from flowlord.commands import Commands
 from flowlord.config import Config, ConfigError, http_tokens
@@ -119,6 +120,8 @@ class Daemon:
             self.bus = self._bus()
         self.ledger.leadership = self.file_triggers.leadership = self.leadership
         store = Store(self.config.db, busy_timeout_ms=BUSY_TIMEOUT_MS)
+        store.conn.pragma("wal_autocheckpoint", 0)  # checkpoints run off the loop
+        self.checkpoints = Checkpoints(self.config.db, self.log)
         self.loader = Loader(self.config.workflows, store,
                              allow_world_writable=self.config.allow_world_writable)
         self.store = store
@@ -142,6 +145,7 @@ class Daemon:
         """The first load, the schedule with its catch-up fires, the tasks left by the
         last run; committed before the daemon says it is ready (with a redis bus, the
         catch-up fires wait for the first turn's lease and claims)."""
+        self.checkpoints.start()
         try:
             self.run_row.begin(self.store)
         except apsw.FullError:  # this run goes unrecorded; it waits the disk out below
@@ -240,6 +244,7 @@ class Daemon:
         if self.leadership is not None:
             self.leadership.release()  # a standby takes over now, not at the expiry
         self.run_row.end(self.store, "failed" if self.failed else "stopped")
+        self.checkpoints.stop()
         self.loader.close()
         if self.ledger.pending:  # the database stayed locked; their slots count as missed
             self.log.error("fires not recorded", count=len(self.ledger.pending))

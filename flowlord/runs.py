@@ -29,16 +29,29 @@ class DaemonRun:
         self.clock = clock
         self.log = log
         self.run_no: int | None = None
+        self.started = ""  # when this run began, its row written or not yet
         self.next_seen = 0.0
 
     def begin(self, store: Store) -> None:
-        with write_txn(store.conn):
-            self.run_no = store.begin_run(self.node, os.getpid(), __version__,
-                                          rfc3339_ms(self.clock.now()))
+        """The run's row, at start; a database locked by another process puts it off to
+        the loop's next turns (`seen`), with the time the run began."""
+        self.started = rfc3339_ms(self.clock.now())
+        self._write_begin(store)
+
+    def _write_begin(self, store: Store) -> None:
+        try:
+            with write_txn(store.conn):
+                self.run_no = store.begin_run(self.node, os.getpid(), __version__,
+                                              self.started)
+        except apsw.BusyError:
+            return
         self.next_seen = self.clock.monotonic() + SEEN_EVERY
 
     def seen(self, store: Store, monotonic: float) -> None:
         """From the loop: alive now, written every SEEN_EVERY seconds."""
+        if self.run_no is None and self.started:
+            self._write_begin(store)  # put off by a locked database at start
+            return
         if self.run_no is None or monotonic < self.next_seen:
             return
         try:

@@ -1,0 +1,57 @@
+"""The daemon's WAL checkpoints, off its loop (docs/decisions.md, Checkpoints).
+
+SQLite copies the write-ahead log back into the database (a checkpoint) from the
+connection whose commit makes the log pass 1,000 pages; that copy ends with an fsync
+of the database file, which on a big database takes tens of milliseconds or more, and
+it would land in the daemon's loop, in the middle of a turn that fires slots. So the
+loop's connection does not checkpoint (`wal_autocheckpoint = 0`) and this thread, with
+a connection of its own, runs a PASSIVE checkpoint every second: it never blocks the
+writer (it copies what no reader still needs and leaves the rest for the next one),
+and its fsync waits on this thread, not the loop. It writes no row: the loop stays
+the only writer of the data.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import apsw
+
+from flowlord.store.connection import StoreError, connect
+
+EVERY = 1.0  # seconds between two checkpoints
+
+
+class Checkpoints:
+    def __init__(self, db: str, log: Any) -> None:
+        self.db = db
+        self.log = log
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="checkpoints", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        """Stop, after one last checkpoint (the loop has written its last)."""
+        self.stopping.set()
+        if self.thread.ident is not None:  # started
+            self.thread.join(10)
+
+    def _run(self) -> None:
+        conn: apsw.Connection | None = None
+        try:
+            while True:
+                stop = self.stopping.wait(EVERY)
+                try:
+                    if conn is None:  # opened here: a database locked at start waits
+                        conn = connect(self.db, busy_timeout_ms=100)
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except (apsw.Error, StoreError) as e:  # busy, a full disk: tried again
+                    self.log.debug("checkpoint put off", error=str(e))
+                if stop:
+                    return
+        finally:
+            if conn is not None:
+                conn.close()

@@ -1,0 +1,28 @@
+"""WAL checkpoints run on a thread of their own, never in the daemon's loop
+(flowlord/checkpoints.py): the loop's connection does not checkpoint, and the log is
+still copied back into the database, so it does not grow without end."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from flowlord.clock import FakeClock
+from flowlord.store import write_txn
+from tests.helpers import stepped, utc, wait_for
+
+
+def test_the_wal_is_checkpointed_off_the_loop_and_stays_small(
+        tmp_path: Path, wf: Path) -> None:
+    (wf / "a.toml").write_text('[[phase]]\ntask = "a"\n')
+    db = tmp_path / "f.db"
+    wal = Path(f"{db}-wal")
+    with stepped(tmp_path, wf, FakeClock(utc(2026, 12, 1))) as d:
+        assert d.store.conn.pragma("wal_autocheckpoint") == 0  # never in a loop's commit
+        d.store.conn.execute("CREATE TABLE ballast (b BLOB)")
+        for _ in range(40):  # 40 MiB written, a MiB a transaction
+            size = os.path.getsize(db)
+            with write_txn(d.store.conn):
+                d.store.conn.execute("INSERT INTO ballast VALUES (zeroblob(1048576))")
+            wait_for(lambda size=size: os.path.getsize(db) > size)  # the thread copied it
+        assert wal.stat().st_size < 8 * 1024 * 1024  # the log was reused, not grown
