@@ -60,12 +60,13 @@ class Overlap:
         msg = f"cancelled by {ACTOR}"
         cancelled = [n for n in earlier
                      if self.store.end_now(n, self.fired_at, "error", msg)]
+        for_what = (f"the slot {fire.scheduled_for}" if fire.scheduled_for
+                    else "a new task of the phase")  # a child's or an arrived file's
         action = self.store.add_action(
             self.fired_at, ACTOR, "cancel", f"{fire.file_path}: {fire.phase}",
-            json.dumps({"task_nos": cancelled, "slot": fire.scheduled_for}))
+            json.dumps({"task_nos": cancelled, "slot": fire.scheduled_for or None}))
         self.store.settle_action(action, self.fired_at, "done",
-                                 f"{len(cancelled)} cancelled for the slot "
-                                 f"{fire.scheduled_for}")
+                                 f"{len(cancelled)} cancelled for {for_what}")
 
 
 def skipped(store: Store, phase: Phase, made: list[NewTask]) -> str:
