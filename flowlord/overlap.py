@@ -52,21 +52,21 @@ class Overlap:
             return Fire(fire.file_path, fire.phase, fire.scheduled_for, fire.source, (),
                         f"skipped by overlap=skip: task{'s' if len(earlier) > 1 else ''} "
                         f"{named} of this phase not finished", fire.overlap)
-        self._replace(fire, earlier)
+        cancel_earlier(self.store, fire.file_path, fire.phase, earlier, self.fired_at,
+                       fire.scheduled_for)
         return fire
 
-    def _replace(self, fire: Fire, earlier: list[int]) -> None:
-        """Cancel the earlier tasks, recorded as an action of the actor `overlap`."""
-        msg = f"cancelled by {ACTOR}"
-        cancelled = [n for n in earlier
-                     if self.store.end_now(n, self.fired_at, "error", msg)]
-        for_what = (f"the slot {fire.scheduled_for}" if fire.scheduled_for
-                    else "a new task of the phase")  # a child's or an arrived file's
-        action = self.store.add_action(
-            self.fired_at, ACTOR, "cancel", f"{fire.file_path}: {fire.phase}",
-            json.dumps({"task_nos": cancelled, "slot": fire.scheduled_for or None}))
-        self.store.settle_action(action, self.fired_at, "done",
-                                 f"{len(cancelled)} cancelled for {for_what}")
+
+def cancel_earlier(store: Store, file_path: str, phase: str, earlier: list[int], now: str,
+                   slot: str = "") -> None:
+    """Cancel the earlier tasks as `flowlord cancel` does, recorded as an action of the
+    actor `overlap`, for the slot `slot` (or, '', a child's or an arrived file's task)."""
+    msg = f"cancelled by {ACTOR}"
+    cancelled = [n for n in earlier if store.end_now(n, now, "error", msg)]
+    for_what = f"the slot {slot}" if slot else "a new task of the phase"
+    action = store.add_action(now, ACTOR, "cancel", f"{file_path}: {phase}",
+                              json.dumps({"task_nos": cancelled, "slot": slot or None}))
+    store.settle_action(action, now, "done", f"{len(cancelled)} cancelled for {for_what}")
 
 
 def skipped(store: Store, phase: Phase, made: list[NewTask]) -> str:
@@ -95,4 +95,4 @@ def replace_earlier(store: Store, phase: Phase, made: list[NewTask], now: str) -
     made[:] = [t for t in made if (t.file_path, t.phase) != (phase.file_path, phase.task)]
     earlier = store.unfinished_of_phase(phase.file_path, phase.task, 1_000_000)
     if earlier:
-        Overlap(store, now)._replace(Fire(phase.file_path, phase.task, "", "cron"), earlier)
+        cancel_earlier(store, phase.file_path, phase.task, earlier, now)
