@@ -61,7 +61,7 @@ from flowlord.sdnotify import notify, watchdog_interval
 from flowlord.slow import SlowWatch
 from flowlord.standby import DEFAULT_LEASE, Leadership, NodeInUse
 from flowlord.store import Store
-from flowlord.store.connection import apply_page_limit
+from flowlord.store.connection import apply_page_limit, wait_while_busy
 from flowlord.tasklog import writable_dir
 from flowlord.tasks import Context, meta_dir
 from flowlord.wakeup import Wakeup
@@ -120,6 +120,7 @@ class Daemon:
             self.bus = self._bus()
         self.ledger.leadership = self.file_triggers.leadership = self.leadership
         store = Store(self.config.db, busy_timeout_ms=BUSY_TIMEOUT_MS)
+        wait_while_busy(store.conn, BUSY_TIMEOUT_MS, lambda: self._ping(self.clock.monotonic()))
         store.conn.pragma("wal_autocheckpoint", 0)  # checkpoints run off the loop
         self.checkpoints = Checkpoints(self.config.db, self.log)
         self.loader = Loader(self.config.workflows, store,
@@ -203,8 +204,7 @@ class Daemon:
                 self._notify_status()
             return wait
         except apsw.FullError as e:
-            if self.ping_every:  # the loop turns: systemd's watchdog must not end it
-                notify("WATCHDOG=1")
+            self._ping(self.clock.monotonic(), now=True)  # the loop turns: keep the watchdog fed
             return self.disk.full(e, len(self.ledger.pending))
 
     def _on_signal(self, signum: int, _: FrameType | None) -> None:
@@ -417,11 +417,15 @@ class Daemon:
         self.retention.tick(self.store, now, monotonic)
         self.run_row.seen(self.store, monotonic)
         self.routes.tick(self.store, monotonic)
-        # pinged from this loop only, so a stuck loop gets restarted by systemd
-        if self.ping_every and monotonic >= self.next_ping:
+        self._ping(monotonic)
+        return self._wait()
+
+    def _ping(self, monotonic: float, *, now: bool = False) -> None:
+        """systemd's watchdog, pinged from this loop only (also while it waits out a lock
+        another process holds), so a stuck loop gets restarted."""
+        if self.ping_every and (now or monotonic >= self.next_ping):
             notify("WATCHDOG=1")
             self.next_ping = monotonic + self.ping_every
-        return self._wait()
 
     def _follow_pauses(self, now: datetime) -> None:
         """Pauses another process wrote (`flowlord pause`): read again when the database

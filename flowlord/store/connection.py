@@ -10,7 +10,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import apsw
@@ -49,6 +50,26 @@ def apply_page_limit(conn: apsw.Connection) -> None:
             conn.pragma("max_page_count", int(f.read().strip()))
     except (OSError, ValueError):
         return
+
+
+def wait_while_busy(conn: apsw.Connection, timeout_ms: int,
+                    on_wait: Callable[[], None]) -> None:
+    """Wait for a lock another process holds, as SQLite's busy timeout would, but call
+    `on_wait` between tries: a daemon whose every writer waits out a lock in one turn is
+    still alive and keeps telling systemd's watchdog so (flowlord/daemon.py)."""
+    started = [0.0]
+
+    def busy(tries: int) -> bool:
+        now = time.monotonic()
+        if tries == 0:
+            started[0] = now
+        elif now - started[0] >= timeout_ms / 1000:
+            return False
+        on_wait()
+        time.sleep(min(0.001 * 2 ** min(tries, 6), 0.05))  # 1 ms, doubling up to 50 ms
+        return True
+
+    conn.set_busy_handler(busy)
 
 
 def connect(path: str, *, readonly: bool = False, create: bool = True,
