@@ -352,7 +352,7 @@ def stats(store: Store, *, type: str | None = None, since: str | None = None,
     from `offset`, `file` not used), from the
     history of ended tasks (since `since`): runs, how many completed and failed, run
     time p50/p95/max and wait (created → started) p50/p95, in seconds. The same
-    figures as the `phase_stats` and `topic_stats` views (flowlord/store/schema.py).
+    figures as the `phase_stats` and `topic_stats` views (flowlord/store/views.py).
     Cancelled tasks did not run: they are left out. A phase's history is read through
     its own index (tasks_ended_by_phase), so a page of phases costs what their runs
     cost, not what the whole history does."""
