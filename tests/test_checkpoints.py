@@ -7,13 +7,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
+from flowlord import checkpoints
 from flowlord.clock import FakeClock
 from flowlord.store import write_txn
 from tests.helpers import stepped, utc, wait_for
 
 
 def test_the_wal_is_checkpointed_off_the_loop_and_stays_small(
-        tmp_path: Path, wf: Path) -> None:
+        tmp_path: Path, wf: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(checkpoints, "EVERY", 0.02)  # not a second per MiB written
     (wf / "a.toml").write_text('[[phase]]\ntask = "a"\n')
     db = tmp_path / "f.db"
     wal = Path(f"{db}-wal")
