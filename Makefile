@@ -31,9 +31,10 @@ test: $(DEV_STAMP)
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
-# the in-process tests only: no process, server or browser started (the `slow` marker)
+# the in-process tests only: no process, server or browser started (the `slow` marker);
+# four at a time (pytest-xdist): they wait on the disk and on threads more than they compute
 test-fast: $(DEV_STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" -n 4
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check flowlord tests bench
