@@ -1,8 +1,12 @@
 """Benchmark of the HTTP API and dashboard on a big database, while the daemon fires.
 
     python bench/http_api.py [--phases N] [--tasks N] [--requests N] [--window S] [--quick]
+                             [--keep DIR] [--only WORDS]
 
-One run, in a temporary directory removed at the end:
+One run, in a temporary directory removed at the end (with --keep, in DIR, kept: a
+second run with the same DIR reuses its database, only the busy window written again
+to end now; --only measures the latencies of the endpoints whose name holds WORDS, and
+skips the actions and the lateness windows):
 
 1. 100,000 phases (10 per file; one file in 100 has a broken phase, children hang
    under a daily cron phase) are loaded, and 1,000,000 finished task rows (with their
@@ -26,6 +30,7 @@ One run, in a temporary directory removed at the end:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import statistics
@@ -93,12 +98,14 @@ def build(tmp: Path, phases: int, tasks: int) -> tuple[Path, Path]:
 
 def write_busy_window(db: Path, runs: int) -> None:
     """`runs` runs of 1 s to 10 min over the 6 hours before now, of every topic (the
-    timeline's busy window): the history's own runs there are a few thousand."""
+    timeline's busy window): the history's own runs there are a few thousand. Those
+    of an earlier run (a kept database) are replaced, so the window ends now."""
     rng = random.Random(2)
     store = Store(str(db))
     end = datetime.now(UTC)
     fmt = "%Y-%m-%dT%H:%M:%SZ"
     with write_txn(store.conn):
+        store.conn.execute("DELETE FROM tasks WHERE job = 'busy' AND file_path IS NULL")
         store.conn.executemany(
             "INSERT INTO tasks (id, type, job, info, created, started, ended, result, msg) "
             "VALUES (?, ?, 'busy', '', ?, ?, ?, ?, '')",
@@ -214,12 +221,12 @@ def actions(base: str, db: Path, n: int) -> dict[str, list[float]]:
     return figures
 
 
-def floor(db: Path) -> dict[str, float]:
+def floor(db: Path, endpoints: dict[str, str]) -> dict[str, float]:
     """The same reads done directly on the database, in this process (median of 20)."""
     api = Api(Config(db=str(db)), healthy=lambda: True, role=lambda: "leader")
     dashboard = Dashboard(api)
     figures = {}
-    for name, url in {**ENDPOINTS, **CHARTED, **SLOW}.items():
+    for name, url in endpoints.items():
         path, _, text = url.partition("?")
         answer = api.answer if path.startswith("/api/") or path == "/metrics" else \
             dashboard.answer
@@ -301,12 +308,28 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200, help="per endpoint")
     parser.add_argument("--window", type=int, default=30, help="seconds of lateness samples")
     parser.add_argument("--quick", action="store_true", help="10,000 phases, 100,000 tasks")
+    parser.add_argument("--keep", type=Path, metavar="DIR",
+                        help="build in DIR and keep it; reuse the database found there")
+    parser.add_argument("--only", metavar="WORDS",
+                        help="only the latencies of the endpoints whose name holds WORDS")
     args = parser.parse_args()
     if args.quick:
         args.phases, args.tasks, args.requests, args.window = 10_000, 100_000, 50, 5
-    with tempfile.TemporaryDirectory(prefix="flowlord-bench-http-") as tmp_name:
+    with (contextlib.nullcontext(str(args.keep)) if args.keep else
+          tempfile.TemporaryDirectory(prefix="flowlord-bench-http-")) as tmp_name:
         tmp = Path(tmp_name)
-        wf, db = build(tmp, args.phases, args.tasks)
+        tmp.mkdir(parents=True, exist_ok=True)
+        if (tmp / "f.db").exists():
+            wf, db = tmp / "wf", tmp / "f.db"
+            store = Store(str(db))
+            with write_txn(store.conn):  # the last run's tickers' tasks (no worker takes them)
+                store.conn.execute("DELETE FROM tasks WHERE file_path = 'tickers.toml'")
+            store.close()
+            write_busy_window(db, BUSY_RUNS)
+            print(f"reusing {db}: {BUSY_RUNS:,} runs written again in the 6 hours before now")
+        else:
+            wf, db = build(tmp, args.phases, args.tasks)
+        (tmp / "notify.sock").unlink(missing_ok=True)  # a kept directory's last run
         (wf / "tickers.toml").write_text(phase_file("tick", "cron=* * * * * *", TICKERS))
         port = free_port()
         base = f"http://127.0.0.1:{port}"
@@ -316,21 +339,27 @@ def main() -> None:
         daemon = Daemon(tmp, config)
         try:
             print(f"daemon ready in {daemon.ready():.1f} s")
-            direct = floor(db)
+            chosen = {name: path for name, path in {**ENDPOINTS, **CHARTED}.items()
+                      if args.only is None or args.only.lower() in name.lower()}
+            slow = {name: path for name, path in SLOW.items()
+                    if args.only is None or args.only.lower() in name.lower()}
+            direct = floor(db, {**chosen, **slow})
             print(f"\nlatency over {args.requests} sequential requests each, "
                   "while 20 phases fire every second:")
             print(f"{'':28} {'p50':>8} {'p99':>8} {'direct':>8}  target p99")
-            for name, path in {**ENDPOINTS, **CHARTED}.items():
+            for name, path in chosen.items():
                 times = sorted(get(base + path) for _ in range(args.requests))
                 p99 = percentile(times, 99)
                 print(f"{name:28} {statistics.median(times) * 1000:6.1f}ms "
                       f"{p99 * 1000:6.1f}ms {direct[name] * 1000:6.1f}ms  "
                       f"< {TARGET_P99 * 1000:.0f} ms: {'met' if p99 < TARGET_P99 else 'NOT met'}")
-            for name, path in SLOW.items():
+            for name, path in slow.items():
                 times = sorted(get(base + path) for _ in range(max(args.requests // 10, 5)))
                 print(f"{name:28} {statistics.median(times) * 1000:6.1f}ms "
                       f"{percentile(times, 99) * 1000:6.1f}ms {direct[name] * 1000:6.1f}ms  "
                       "no target")
+            if args.only is not None:
+                return
 
             acted = actions(base, db, max(args.requests // 2, 10))
             print(f"\nactions, request to outcome through the daemon's loop "
