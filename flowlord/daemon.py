@@ -22,25 +22,24 @@ for the next turn: changes are found again by a rescan, fires wait in the ledger
 
 from __future__ import annotations
 
-import fcntl
 import os
 import signal
-import socket
 import time
 from collections.abc import Callable
 from datetime import datetime
 from types import FrameType
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 import apsw
 
 from flowlord import logs, operations
-from flowlord.bus import Bus, BusUnavailable
+from flowlord.bus import Bus
 from flowlord.bus.local import LocalBus
 from flowlord.checkpoints import Checkpoints
 from flowlord.clock import Clock, SystemClock, rfc3339_ms
 from flowlord.commands import Commands
-from flowlord.config import Config, ConfigError, http_tokens
+from flowlord.config import Config
+from flowlord.daemon_parts import http_server, lock_database, open_bus
 from flowlord.deadlines import Deadlines
 from flowlord.disk_full import DiskFull
 from flowlord.dispatch import Dispatcher
@@ -59,16 +58,12 @@ from flowlord.runs import DaemonRun
 from flowlord.scheduler import Scheduler
 from flowlord.sdnotify import notify, watchdog_interval
 from flowlord.slow import SlowWatch
-from flowlord.standby import DEFAULT_LEASE, Leadership, NodeInUse
+from flowlord.standby import Leadership
 from flowlord.store import Store
 from flowlord.store.connection import apply_page_limit, wait_while_busy
-from flowlord.tasklog import writable_dir
 from flowlord.tasks import Context, meta_dir
 from flowlord.wakeup import Wakeup
 from flowlord.workflow_sync import WorkflowSync
-
-if TYPE_CHECKING:
-    from flowlord.web.server import HttpServer
 
 T = TypeVar("T")
 
@@ -76,7 +71,6 @@ TICK = 1.0  # longest wait: bounds how late a clock step is seen
 BUSY_TIMEOUT_MS = 1000  # a locked database is retried on the next turn, with pings between
 STOP_WRITE_SECONDS = 10.0  # at stop, how long to retry recording fires in a locked database
 STUCK_AFTER = 30.0  # seconds without a turn of the main loop: /healthz answers 503
-LOCK_TRIES = 5  # looks at the database's lock before another daemon is taken to hold it
 COMMAND_TIMEOUT = 10.0  # seconds an HTTP request waits for the loop to apply its command
 RETRY_SOON = 0.2  # seconds before the next turn while work waits (a locked database)
 
@@ -117,7 +111,7 @@ class Daemon:
     def open(self) -> None:
         """The database, the loader and the dispatcher (and the bus, unless given)."""
         if self.bus is None:
-            self.bus = self._bus()
+            self.bus, self.leadership = open_bus(self.config, self.log, self.wakeup.wake)
         self.ledger.leadership = self.file_triggers.leadership = self.leadership
         store = Store(self.config.db, busy_timeout_ms=BUSY_TIMEOUT_MS)
         wait_while_busy(store.conn, BUSY_TIMEOUT_MS, lambda: self._ping(self.clock.monotonic()))
@@ -166,9 +160,12 @@ class Daemon:
         self.ledger.write(self.store, now, self.clock.monotonic)
 
     def run(self) -> int:
-        lock = self._lock_database()  # first: a second daemon must not touch the bus
-        self.bus = self._bus()
-        http = self._http()
+        lock = lock_database(self.config.db)  # first: a second daemon must not touch the bus
+        self.bus, self.leadership = open_bus(self.config, self.log, self.wakeup.wake)
+        http = http_server(
+            self.config, self.log, loop=self, last_rescan=lambda: self.sync.last_rescan,
+            healthy=lambda: time.monotonic() - self.last_turn < STUCK_AFTER,
+            role=lambda: self.leadership.role if self.leadership is not None else "leader")
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
         self.wakeup.on_signals()
@@ -252,90 +249,6 @@ class Daemon:
             self.log.error("arrived files not recorded",
                            paths=" ".join(self.file_triggers.arrived))
         self.wakeup.close()
-
-    def _lock_database(self) -> int:
-        """One daemon per database: a second one would take the first one's running tasks
-        for leftovers of a crash, and run them again."""
-        path = self.config.db + ".lock"
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
-        except OSError as e:
-            raise ConfigError(f"cannot lock {path}: {e.strerror}") from None
-        for attempt in range(LOCK_TRIES):  # `flowlord phases` may hold it shared a moment
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return fd
-            except BlockingIOError:
-                time.sleep(0.01 * (attempt + 1))
-            except OSError as e:
-                os.close(fd)
-                raise ConfigError(f"cannot lock {path}: {e.strerror}") from None
-        os.close(fd)
-        raise ConfigError(f"another flowlord run is using {self.config.db}")
-
-    def _bus(self) -> Bus:
-        """The bus the config names: `local`, or a redis URL (which must answer now)."""
-        if self.config.bus_url == "local":
-            return LocalBus(self.config.workers, wake=self.wakeup.wake,
-                            log_dir=self._task_logs(),
-                            log_max_bytes=self.config.logs_max_bytes)
-        from flowlord.bus.redis import RedisBus
-        from flowlord.bus.wire import DONE_STREAM
-
-        try:
-            # always a lease and a node of its own, even alone: two daemons that share a
-            # redis by mistake must not both fire, nor read each other's results
-            node = self.config.bus_node or socket.gethostname()
-            bus = RedisBus(self.config.bus_url, self.log, wake=self.wakeup.wake,
-                           done_stream=f"{DONE_STREAM}:{node}",
-                           # the workers' task output comes back to the logs here
-                           log_dir=self._task_logs(), log_max_bytes=self.config.logs_max_bytes,
-                           log_stream_max=self.config.bus_log_stream_max)
-            self.leadership = Leadership(bus.client, node,
-                                         self.config.bus_lease or DEFAULT_LEASE, self.log)
-            try:
-                self.leadership.hold_node()
-            except (NodeInUse, BusUnavailable):
-                bus.close(0)
-                raise
-            bus.start()  # only once the node is ours: its results and logs streams too
-            return bus
-        except ImportError:
-            raise ConfigError("bus.url: the redis bus needs redis-py: "
-                              "pip install 'flowlord[redis]'") from None
-        except BusUnavailable as e:
-            raise ConfigError(f"bus.url: {e}") from None
-        except NodeInUse as e:
-            raise ConfigError(str(e)) from None
-
-    def _task_logs(self) -> str:
-        """The task logs' directory, made now: one the daemon cannot write to is a config
-        error at start, not a task without a log later."""
-        try:
-            return writable_dir(self.config.task_logs())
-        except OSError as e:
-            raise ConfigError(f"logs.dir: {e.strerror}: {e.filename}") from None
-
-    def _http(self) -> HttpServer | None:
-        """The API when http.listen is set; a bad or unsafe address is a config error,
-        and so is a port that cannot be bound."""
-        if not self.config.http_listen:
-            return None
-        # imported only when serving: werkzeug, jinja2 and waitress are a third of the
-        # imports, paid before READY=1 (bench/daemon.py, the warm start)
-        from flowlord.web.api import Api
-        from flowlord.web.server import HttpServer, parse_listen
-
-        tokens = http_tokens(self.config)
-        host, port = parse_listen(self.config.http_listen, bool(tokens))
-        api = Api(self.config,
-                  lambda: time.monotonic() - self.last_turn < STUCK_AFTER,
-                  lambda: self.leadership.role if self.leadership is not None else "leader",
-                  tokens, last_rescan=lambda: self.sync.last_rescan, loop=self)
-        try:
-            return HttpServer(host, port, api, self.log)
-        except OSError as e:
-            raise ConfigError(f"http.listen {self.config.http_listen}: {e.strerror}") from None
 
     # --- what other threads ask of the loop (flowlord/web/actions.py's Loop) ----------
 

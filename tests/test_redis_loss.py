@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from flowlord import logs
 from flowlord.bus.wire import DAEMON_GROUP, encode_done
 from flowlord.clock import utc_now_ms
 from flowlord.config import Config, ConfigError
-from flowlord.daemon import Daemon
+from flowlord.daemon_parts import open_bus
 from flowlord.model import Done
 from flowlord.standby import Leadership
 from flowlord.store import Store, write_txn
@@ -160,6 +161,6 @@ def test_a_daemon_refused_its_node_reads_none_of_the_live_daemons_results(
     config = Config(workflows=str(wf), db=str(tmp_path / "f.db"), bus_url=redis_server.url,
                     bus_node="a")
     with pytest.raises(ConfigError, match="bus.node 'a' is in use"):
-        Daemon(config)._bus()
+        open_bus(config, logs.get("flowlord.daemon"), lambda: None)
     assert pending() == 0
     assert client.xlen("flowlord:done:a") == 1  # the live daemon's to read
