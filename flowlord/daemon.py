@@ -3,8 +3,9 @@ run their tasks.
 
 The daemon is a step: `tick(now, monotonic)` does one turn of the work with the
 time it is given, and returns how long the loop may wait before the next turn.
-`run()` wires the real parts (the lock, the bus, the HTTP server, signals), then
-only waits and ticks. Tests build a Daemon in-process with a fake clock and the
+`run()` wires the real parts (the lock, the bus, the HTTP server:
+`flowlord/daemon_parts.py`; signals; systemd: `flowlord/service_manager.py`),
+then only waits and ticks. Tests build a Daemon in-process with a fake clock and the
 in-process bus and drive it turn by turn.
 
 One turn: fire the slots due by now (the ledger, `flowlord/ledger.py`); bring the
@@ -56,7 +57,7 @@ from flowlord.retention import Retention
 from flowlord.routes import Routes
 from flowlord.runs import DaemonRun
 from flowlord.scheduler import Scheduler
-from flowlord.sdnotify import notify, watchdog_interval
+from flowlord.service_manager import ServiceManager
 from flowlord.slow import SlowWatch
 from flowlord.standby import Leadership
 from flowlord.store import Store
@@ -102,8 +103,7 @@ class Daemon:
         self.routes = Routes(config.alert_routes(), config.webhook_interval.total_seconds(),
                              self.clock, self.log)
         monotonic = self.clock.monotonic()
-        self.ping_every = watchdog_interval()
-        self.next_ping = monotonic
+        self.systemd = ServiceManager(monotonic)  # READY, STATUS, the watchdog, STOPPING
         self.last_turn = monotonic  # of the main loop: /healthz's signal
 
     # --- wiring ---------------------------------------------------------------------
@@ -114,7 +114,8 @@ class Daemon:
             self.bus, self.leadership = open_bus(self.config, self.log, self.wakeup.wake)
         self.ledger.leadership = self.file_triggers.leadership = self.leadership
         store = Store(self.config.db, busy_timeout_ms=BUSY_TIMEOUT_MS)
-        wait_while_busy(store.conn, BUSY_TIMEOUT_MS, lambda: self._ping(self.clock.monotonic()))
+        wait_while_busy(store.conn, BUSY_TIMEOUT_MS,
+                        lambda: self.systemd.ping(self.clock.monotonic()))
         store.conn.pragma("wal_autocheckpoint", 0)  # checkpoints run off the loop
         self.checkpoints = Checkpoints(self.config.db, self.log)
         self.loader = Loader(self.config.workflows, store,
@@ -175,14 +176,14 @@ class Daemon:
             if http is not None:
                 http.start()
                 self.log.info("http api listening", listen=self.config.http_listen)
-            notify("READY=1", self._status())
+            self.systemd.ready(self.store, self.leadership)
             while not self.stop_signals:
                 self.wakeup.wait(self._turn())
         except BaseException:
             self.failed = True
             raise
         finally:
-            notify("STOPPING=1")
+            self.systemd.stopping()
             if http is not None:
                 http.stop()
             self.close()
@@ -198,10 +199,10 @@ class Daemon:
             wait = self.tick(self.clock.now(), self.clock.monotonic())
             if self.disk.writable():
                 self.ledger.missed_rows(self.store, self.clock.now())
-                self._notify_status()
+                self.systemd.status(self.store, self.leadership)
             return wait
         except apsw.FullError as e:
-            self._ping(self.clock.monotonic(), now=True)  # the loop turns: keep the watchdog fed
+            self.systemd.ping(self.clock.monotonic(), now=True)  # the loop turns: keep it fed
             return self.disk.full(e, len(self.ledger.pending))
 
     def _on_signal(self, signum: int, _: FrameType | None) -> None:
@@ -330,15 +331,8 @@ class Daemon:
         self.retention.tick(self.store, now, monotonic)
         self.run_row.seen(self.store, monotonic)
         self.routes.tick(self.store, monotonic)
-        self._ping(monotonic)
+        self.systemd.ping(monotonic)
         return self._wait()
-
-    def _ping(self, monotonic: float, *, now: bool = False) -> None:
-        """systemd's watchdog, pinged from this loop only (also while it waits out a lock
-        another process holds), so a stuck loop gets restarted."""
-        if self.ping_every and (now or monotonic >= self.next_ping):
-            notify("WATCHDOG=1")
-            self.next_ping = monotonic + self.ping_every
 
     def _follow_pauses(self, now: datetime) -> None:
         """Pauses another process wrote (`flowlord pause`): read again when the database
@@ -380,26 +374,16 @@ class Daemon:
         was = self.leadership.leading
         leading = self.leadership.tick(monotonic)
         if leading != was:
-            self._notify_status()
+            self.systemd.status(self.store, self.leadership)
         return leading
 
     def _workflows_changed(self) -> None:
         self.notices.changed()
-        self._notify_status()
+        self.systemd.status(self.store, self.leadership)
 
     def _rescheduled(self) -> None:
         self.dispatcher.forget_phases()
         self.deadlines.forget()
-
-    def _notify_status(self) -> None:
-        if os.environ.get("NOTIFY_SOCKET"):  # counting 100,000 phases is not free
-            notify(self._status())
-
-    def _status(self) -> str:
-        counts = self.store.severity_counts()
-        role = f"; {self.leadership.role}" if self.leadership is not None else ""
-        return (f"STATUS={counts['ok'] + counts['warning']} valid phases, "
-                f"{counts['error']} invalid{role}")
 
 
 def run(config: Config) -> int:
