@@ -11,8 +11,10 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
+from markupsafe import escape
 
 from flowlord.clock import rfc3339
 from flowlord.config import Config
@@ -37,15 +39,12 @@ def run(task_no: int, seconds: float | None, result: str | None = "complete"
 
 
 def bar_rows(rows: list[tuple[int, str, float, float, str | None]]) -> list[Any]:
-    """Window rows of single runs: (task_no, lane, start s, end s, result)."""
+    """Window rows of single runs: (task_no, lane, start s, end s, result), each with
+    its task's columns (a hostile topic)."""
     return [(n, lane, b, e, r, 1, *(int(r == s or (s == "running" and r is None))
-                                    for s in history.STATE_COLUMNS))
+                                    for s in history.STATE_COLUMNS),
+             f"id<{n}>", HOSTILE, "j", "s", "e" if r else None)
             for n, lane, b, e, r in rows]
-
-
-def details(task_nos: list[int]) -> dict[int, dict[str, Any]]:
-    return {n: {"id": f"id<{n}>", "type": HOSTILE, "job": "j", "started": "s",
-                "ended": "e", "result": "complete"} for n in task_nos}
 
 
 # --- layout ---------------------------------------------------------------------------
@@ -118,7 +117,7 @@ def test_timeline_bars_go_from_start_to_end_cut_at_the_window_edges() -> None:
                      (2, "extract", 3600.0, 3600.0 * 7, None),  # runs past its end
                      (3, "extract", 7200.0, 10800.0, "error")])
     t = charts.timeline(rows, [("extract", 10)], start=START, seconds=6 * 3600,
-                        now=START + timedelta(hours=7), details=details)
+                        now=START + timedelta(hours=7))
     assert [lane.name for lane in t.lanes] == ["extract", "load"]
     by_no = {b.href: b for b in t.bars}
     first = by_no["/tasks/id%3C1%3E"]
@@ -135,8 +134,7 @@ def test_timeline_bars_go_from_start_to_end_cut_at_the_window_edges() -> None:
 
 def test_timeline_rows_follow_a_files_phases_and_link_to_them() -> None:
     t = charts.timeline(bar_rows([(1, "gone", 0.0, 60.0, "complete")]), [], start=START,
-                        seconds=3600, now=START, details=details, lanes=["b", "a"],
-                        file="x/f.toml")
+                        seconds=3600, now=START, lanes=["b", "a"], file="x/f.toml")
     assert [lane.name for lane in t.lanes] == ["b", "a", "gone"]
     assert t.lanes[0].href == "/phases/x/f.toml/b" and t.now_x == 0
 
@@ -150,9 +148,10 @@ def test_merge_width_is_the_first_at_which_the_bars_surely_fit() -> None:
 
 
 def test_merged_bars_count_their_runs_and_take_the_worst_colour() -> None:
-    group = (9, "extract", 100.0, 130.0, None, 5, 3, 0, 0, 1, 1)  # 3 complete, 1 err, 1 run
+    group = (9, "extract", 100.0, 130.0, None, 5, 3, 0, 0, 1, 1,  # 3 complete, 1 err, 1 run
+             None, None, None, None, None)
     t = charts.timeline([group, *bar_rows([(4, "extract", 0.0, 1.0, "complete")])], [],
-                        start=START, seconds=3600, now=START, details=details, merged_px=4)
+                        start=START, seconds=3600, now=START, merged_px=4)
     merged = next(b for b in t.bars if b.merged > 1)
     assert merged.merged == 5 and merged.state == "complete failed"  # most, some failed
     assert "5 runs merged" in merged.title and "1 error, 1 running, 3 complete" in merged.title
@@ -164,9 +163,51 @@ def test_merged_bars_count_their_runs_and_take_the_worst_colour() -> None:
 def test_rows_beyond_the_cap_are_counted_not_drawn() -> None:
     rows = bar_rows([(n, f"topic{n:04d}", 0.0, 10.0, "complete")
                      for n in range(charts.MAX_LANES + 5)])
-    t = charts.timeline(rows, [], start=START, seconds=3600, now=START, details=details)
+    t = charts.timeline(rows, [], start=START, seconds=3600, now=START)
     assert len(t.lanes) == charts.MAX_LANES and t.hidden_lanes == 5 and t.hidden_runs == 5
     assert len(t.bars) == charts.MAX_LANES
+
+
+def test_a_bar_draws_itself_with_its_title_link_and_class_escaped() -> None:
+    bar = charts.Bar(1.5, 2.0, 3.25, 14, 'error" onclick="x', f"{HOSTILE} & co",
+                     '/tasks/a"b?c=1&d=<2>')
+    html = str(escape(bar))  # what {{ bar }} writes in a template
+    assert html.startswith('<a href="/tasks/a&#34;b?c=1&amp;d=&lt;2&gt;"><title>')
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; co</title>" in html
+    assert 'class="bar error&#34; onclick=&#34;x" x="1.5" y="2.0" width="3.25" height="14"' \
+        in html and HOSTILE not in html and "merged" not in html
+    assert 'class="bar complete merged"' in str(escape(bar._replace(state="complete",
+                                                                      merged=3)))
+
+
+def test_merged_bars_tell_their_times_in_the_windows_zone_and_link_its_hour() -> None:
+    """The times of a merged bar's tooltip on the clock of the window's zone, as its
+    axis has them, across a change of offset too; its link, the hour around it."""
+    zone = ZoneInfo("America/New_York")  # 2026-03-08 07:00 UTC: from -05:00 to -04:00
+    for start in (START, datetime(2026, 3, 7, 22, 59, 59, 250000, tzinfo=zone)):
+        seconds = 6 * 3600.0
+        rows = [(n, "extract", b, b + 7.3, None, 2, 2, 0, 0, 0, 0, None, None, None, None,
+                 None) for n, b in enumerate((0.0, 0.75, 59.9, 3599.5, 13000.25, 21590.0))]
+        t = charts.timeline(rows, [], start=start, seconds=seconds, now=start, merged_px=4)
+        scale = t.plot_width / seconds
+        titles = []
+        for (_, _, b, e, *_), bar in zip(rows, t.bars, strict=True):
+            first = (start.astimezone(UTC) + timedelta(seconds=b * scale / scale))
+            last = (start.astimezone(UTC)
+                    + timedelta(seconds=min(e * scale, t.plot_width) / scale))
+            titles.append(f"{first.astimezone(zone if start.tzinfo is zone else UTC):%H:%M:%S}"
+                          f"–{last.astimezone(zone if start.tzinfo is zone else UTC):%H:%M:%S}")
+            assert f"2 runs merged, {titles[-1]}: 2 complete" in bar.title
+            hour_end = (first + (last - first) / 2 + timedelta(minutes=30)).replace(
+                microsecond=0)
+            assert bar.href == f"/timeline?hours=1&end={rfc3339(hour_end)}"
+        if start.tzinfo is zone:
+            assert titles[1] == "23:00:00–23:00:07"  # to the µs, then cut: not 22:59:59
+            assert titles[4] == "03:36:39–03:36:46"  # EDT: not 02:36:39, the clock before
+    # the axis' ticks read the same clock
+    ticks = charts.time_ticks(datetime(2026, 3, 7, 23, tzinfo=zone), 6 * 3600, 600)
+    assert [tick.label for tick in ticks][:5] == ["Mar 07 23:00", "Mar 08 00:00", "01:00",
+                                                  "03:00", "04:00"]
 
 
 # --- the store and the pages, in-process ------------------------------------------------
@@ -249,12 +290,18 @@ def test_window_queries_read_through_their_indexes(tmp_path: Path) -> None:
     db = seed(tmp_path, 3, datetime.now(UTC))
     store = Store(str(db), readonly=True)
     try:
-        plan = " ".join(str(r) for r in store.conn.execute(
-            "EXPLAIN QUERY PLAN " + history._window("type", None) + "SELECT count(*) FROM w",
-            history._names(store, "a", "b", "c", "d", None)))
-        assert "INDEX tasks_by_start (started>? AND started<?)" in plan
-        assert "SCAN tasks USING INDEX tasks_running" in plan  # the running ones: few
-        assert "SCAN tasks'" not in plan  # never every task
+        for file in (None, "a.toml"):
+            names = history._names(store, "a", "b", "c", "d", file, per=1.0, max=3000)
+            for k in range(charts.MERGE_STEPS):
+                names[f"w{k}"], names[f"s{k}"] = 2.0 ** k, 10
+            plan = " ".join(str(r) for r in store.conn.execute(
+                "EXPLAIN QUERY PLAN " + history._window_sql(file, charts.MERGE_STEPS), names))
+            assert "INDEX tasks_by_start (started>? AND started<?)" in plan
+            assert "SCAN tasks USING INDEX tasks_running" in plan  # the running ones: few
+            assert "INDEX tasks_unfinished (created>? AND created<?)" in plan  # waiting
+            assert "INTEGER PRIMARY KEY (rowid=?)" in plan  # a lone run's task's columns
+            assert "SCAN tasks'" not in plan and "SCAN t'" not in plan  # never every task
+            assert plan.count("MATERIALIZE w") == 1  # the runs are read once
     finally:
         store.close()
 
@@ -272,6 +319,120 @@ def test_timeline_merges_a_busy_window_and_counts_every_run(tmp_path: Path) -> N
     assert sum(b.merged for b in t.bars) == 10_000
     html = page(db, "/timeline")
     assert len(svg_bars(html)) == len(t.bars) and "Drawn as" in html
+
+
+def window_of(store: Store, now: datetime, max_bars: int, file: str | None = None
+              ) -> history.Window:
+    start = now - timedelta(hours=6)
+    per_px = 6 * 3600 / charts.timeline_width()
+    return history.window(store, rfc3339(start), rfc3339(now), rfc3339(now),
+                          rfc3339(start - timedelta(hours=history.LONGEST_RUN_HOURS)), file,
+                          per_px, [(per_px * w, n) for w, n in charts.merge_steps()],
+                          max_bars)
+
+
+@pytest.mark.parametrize("file", [None, "a.toml"])
+def test_the_window_merges_as_merge_width_chooses_and_keeps_every_run(
+        tmp_path: Path, file: str | None) -> None:
+    """The grain chosen in SQL is charts.merge_width's for the same runs, at every cap;
+    each run is in one bar: alone (with its task's columns) when at least the grain
+    long, else in the bar of its row and slot."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    db = seed(tmp_path, 4_000, now)
+    store = Store(str(db), readonly=True)
+    try:
+        start = now - timedelta(hours=6)
+        per_px = 6 * 3600 / charts.timeline_width()
+        runs = store.conn.execute(
+            history._window("type" if file is None else "phase", file)
+            + "SELECT task_no, lane, b, e, result FROM w",
+            history._names(store, rfc3339(start), rfc3339(now), rfc3339(now),
+                           rfc3339(start - timedelta(hours=6)), file, per=per_px)).fetchall()
+        assert len(runs) == 4_000
+        wide = [sum(e - b >= per_px * w for _, _, b, e, _ in runs)
+                for w, _ in charts.merge_steps()]
+        lanes = len({lane for _, lane, *_ in runs})
+        grains = set()
+        # caps on each side of the choice, and at exactly what each width would draw
+        exact = [n + lanes * slots for n, (_, slots) in zip(wide, charts.merge_steps(),
+                                                              strict=True)]
+        for cap in (10**6, 4_000, 3_999, 3_000, 1_500, 800, 100, 1, *exact):
+            found = window_of(store, now, cap, file)
+            expected = charts.merge_width(len(runs), lanes, wide, cap)
+            assert found.grain == pytest.approx(expected * per_px), cap
+            grains.add(expected)
+            grain = found.grain
+            groups: dict[tuple[str, int], list[int]] = {}
+            for task_no, lane, b, e, _ in runs:
+                key = -task_no if not grain or e - b >= grain else int(b // grain)
+                groups.setdefault((lane, key), []).append(task_no)
+            assert sorted((max(g), len(g)) for g in groups.values()) == sorted(
+                (bar[0], bar[5]) for bar in found.bars)
+            alone = {bar[0]: bar for bar in found.bars if bar[5] == 1}
+            assert all(bar[11] == f"id{bar[0] - 1}{HOSTILE}" for bar in alone.values())
+            assert all(bar[11] is None for bar in found.bars if bar[5] > 1)
+        assert len(grains) >= 4  # the caps chose several widths
+    finally:
+        store.close()
+
+
+def test_fire_marks_are_the_fires_tasks_of_the_window_running_ended_or_waiting(
+        tmp_path: Path) -> None:
+    """Marks at the slot a fire's task was created in: those that ran in the window and
+    those still waiting; never a child's, nor a task created before the window."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    db = seed(tmp_path, 300, now)
+    store = Store(str(db))
+    with write_txn(store.conn):
+        for minutes, started, parent in ((30, False, None), (90, True, None),
+                                         (100, True, 1), (7 * 60, True, None)):
+            at = rfc3339(now - timedelta(minutes=minutes))
+            store.conn.execute(
+                "INSERT OR IGNORE INTO fires (file_path, phase, scheduled_for, fired_at, "
+                "source) VALUES ('a.toml', 'extract:day', ?, ?, 'cron')", (at, at))
+            store.conn.execute(
+                "INSERT INTO tasks (id, type, job, created, started, file_path, phase, "
+                "scheduled_for, parent_no) VALUES ('x', 'extract', 'day', ?, ?, 'a.toml', "
+                "'extract:day', ?, ?)", (at, at if started else None, at, parent))
+    store.close()
+    store = Store(str(db), readonly=True)
+    try:
+        start = now - timedelta(hours=6)
+        per_px = 6 * 3600 / charts.timeline_width()
+        for file, lane in ((None, "type"), ("a.toml", "phase")):
+            expected = set(store.conn.execute(  # every task read: another way to the same
+                f"SELECT DISTINCT {lane}, CAST((julianday(created) - julianday(:start)) "
+                "* 86400 / :per AS INTEGER) FROM tasks NOT INDEXED WHERE scheduled_for IS "
+                "NOT NULL AND parent_no IS NULL AND created >= :start AND created < :end "
+                "AND (ended IS NULL OR started >= :start)",
+                {"start": rfc3339(start), "end": rfc3339(now), "per": per_px}))
+            found = window_of(store, now, charts.MAX_BARS, file).fires
+            assert len(found) == len(set(found)) and set(found) == expected
+            waiting = int(timedelta(hours=5, minutes=30).total_seconds() / per_px)
+            assert ("extract" if file is None else "extract:day", waiting) in found
+    finally:
+        store.close()
+
+
+def test_the_rows_choice_lists_every_file_escaped_the_chosen_one_selected(
+        tmp_path: Path) -> None:
+    db = seed(tmp_path, 3, datetime.now(UTC).replace(microsecond=0))
+    hostile = 'b&"<i>.toml'
+    (tmp_path / "workflows" / hostile).write_text('[[phase]]\ntask = "t"\n')
+    (tmp_path / "workflows" / "c.toml").write_text('[[phase]]\ntask = "t"\n')
+    store = Store(str(db))
+    Loader(str(tmp_path / "workflows"), store).refresh()
+    store.close()
+    options = re.compile(r"<option( selected)?>([^<]*)</option>")
+    for chosen in (None, "a.toml", hostile, "c.toml"):
+        html = page(db, "/timeline", **({"file": chosen} if chosen else {}))
+        assert '<option value="">every topic</option>' in html
+        found = options.findall(html[html.index('name="file"'):])
+        assert [name for _, name in found] == [
+            "a.toml", "b&amp;&#34;&lt;i&gt;.toml", "c.toml"]
+        assert [bool(selected) for selected, _ in found] == [
+            name == chosen for name in ("a.toml", hostile, "c.toml")]
+        assert "<i>" not in html
 
 
 def test_pages_escape_hostile_names_and_show_the_arrivals(tmp_path: Path) -> None:

@@ -8,8 +8,9 @@ Every query is steered to an index, as `flowlord.store.reads` steers its listing
 - a phase's tasks through its own indexes: those ended by when they ended
   (`tasks_ended_by_phase`), the unfinished ones (`tasks_unfinished_by_phase`);
 - the runs of a window through `tasks_by_start` (migration 13, `started`), from
-  `LONGEST_RUN` before the window's start, and the runs still going through
-  `tasks_running`;
+  `LONGEST_RUN_HOURS` before the window's start, and the runs still going through
+  `tasks_running`, read once for the bars and the fire marks; the fires' tasks still
+  waiting through `tasks_unfinished`;
 - arrived files by their number, their tasks through `tasks_by_file`.
 """
 
@@ -23,7 +24,7 @@ from flowlord.store import Store
 # A run that began this long before a window and ended inside it is drawn in it; one
 # that ran longer and has ended is not (a worker's timeout is 1 h unless configured).
 LONGEST_RUN_HOURS = 6
-_CHUNK = 500  # task numbers per IN (...): well under SQLite's limit of variables
+_CHUNK = 500  # numbers per IN (...): well under SQLite's limit of variables
 
 
 class Run(NamedTuple):
@@ -41,12 +42,23 @@ class Run(NamedTuple):
 
 
 # A bar of the timeline: (task_no, row, start, end, result, runs, complete, warn, alert,
-# error, running). Its row is a topic, or a phase of a file; start and end are seconds
-# from the window's start (a run still going ends `now`). One run (runs = 1: its
-# task_no and result), or the runs of a row shorter than the grain that start in one
-# slot of it (task_no the largest, result None), counted by state.
-WindowRun = tuple[int, str, float, float, str | None, int, int, int, int, int, int]
+# error, running, id, type, job, started, ended). Its row is a topic, or a phase of a
+# file; start and end are seconds from the window's start (a run still going ends
+# `now`). One run (runs = 1: its task_no, result, and its task's id, type, job and times
+# for the bar's tooltip and link), or the runs of a row shorter than the grain that
+# start in one slot of it (task_no the largest, result and the task's columns None),
+# counted by state.
+WindowRun = tuple[int, str, float, float, str | None, int, int, int, int, int, int,
+                  str | None, str | None, str | None, str | None, str | None]
 STATE_COLUMNS = ("complete", "warn", "alert", "error", "running")
+
+
+class Window(NamedTuple):
+    """What the timeline of a window draws, read in one statement (`window`)."""
+
+    bars: list[WindowRun]
+    fires: list[tuple[str, int]]  # (row, slot of `per_mark` seconds): a fire's mark
+    grain: float  # seconds: runs shorter than this were merged (0: none was)
 
 
 def recent_runs(store: Store, file: str, task: str, since: str, now: str, limit: int
@@ -87,18 +99,26 @@ def hourly_counts(store: Store, file: str, task: str, since: str
 
 def _window(lane: str, file: str | None) -> str:
     """The runs that overlap [start, end) as a CTE `w` (lane, b, e: seconds from the
-    start, clipped to the window; task_no, result): begun before :end, at :earliest or
-    later (`LONGEST_RUN_HOURS` before the start) and ended at :start or later, through
-    tasks_by_start; or still running, through tasks_running."""
+    start, clipped to the window; task_no, result; f: the slot of `per` seconds its task
+    was created in when a fire created it in the window, else NULL): begun before :end,
+    at :earliest or later (`LONGEST_RUN_HOURS` before the start) and ended at :start or
+    later, through tasks_by_start; or still running, through tasks_running."""
     of_file = "" if file is None else "AND file_path = :file "
     columns = (f"SELECT task_no, {lane} AS lane, result, "
                "max((julianday(started) - :day) * 86400, 0) AS b, "
-               "min((julianday(coalesce(ended, :now)) - :day) * 86400, :span) AS e FROM tasks ")
+               "min((julianday(coalesce(ended, :now)) - :day) * 86400, :span) AS e, "
+               f"CASE WHEN started >= :start {_FIRED}THEN {_SLOT} END AS f FROM tasks ")
     return ("WITH w AS MATERIALIZED (" + columns + "INDEXED BY tasks_by_start "
             "WHERE started IS NOT NULL AND started >= :earliest AND started < :end "
             "AND ended >= :start " + of_file
             + "UNION ALL " + columns + "INDEXED BY tasks_running WHERE started IS NOT NULL "
             "AND ended IS NULL AND started < :end " + of_file + ") ")
+
+
+# a task a fire created in the window (not a child, a retry's parent is the task it
+# retries): a fire's mark at the slot of `per` seconds it was created in
+_FIRED = "AND scheduled_for IS NOT NULL AND parent_no IS NULL AND created >= :start "
+_SLOT = "CAST((julianday(created) - :day) * 86400 / :per AS INTEGER)"
 
 
 def _names(store: Store, start: str, end: str, now: str, earliest: str, file: str | None,
@@ -109,65 +129,63 @@ def _names(store: Store, start: str, end: str, now: str, earliest: str, file: st
             "day": day, "span": span, **more}
 
 
-def window_shape(store: Store, start: str, end: str, now: str, earliest: str,
-                 file: str | None, widths: list[float]) -> tuple[int, int, list[int]]:
-    """(runs, rows, [runs at least w seconds long within the window, for each w]) of
-    the window: what choosing how much to merge needs."""
-    lane = "type" if file is None else "phase"
-    wide = "".join(f", coalesce(sum(e - b >= :w{i}), 0)" for i in range(len(widths)))
-    row, = store.conn.execute(
-        _window(lane, file) + f"SELECT count(*), count(DISTINCT lane){wide} FROM w",
-        _names(store, start, end, now, earliest, file,
-               **{f"w{i}": w for i, w in enumerate(widths)}))
-    return int(row[0]), int(row[1]), [int(n) for n in row[2:]]
+def window(store: Store, start: str, end: str, now: str, earliest: str, file: str | None,
+           per_mark: float, steps: Sequence[tuple[float, int]], max_bars: int) -> Window:
+    """The bars and fire marks of the window's runs (see `_window`), in one statement:
+    the runs are read once (through tasks_by_start and tasks_running), which was three
+    reads of them before (the window's shape, its bars, its fires) and most of the
+    timeline's time.
+
+    The grain is chosen from the runs as `flowlord.web.charts.merge_width` chooses it:
+    none while there are at most `max_bars` runs; else the first (seconds, slots) of
+    `steps` with which the runs at least that long, and `slots` bars for each row, make
+    at most `max_bars`; else the last. Each run at least the grain long is a bar of its
+    own (with its task's columns); the shorter ones are grouped by row and slot of the
+    grain (of their starts). Without `file`, a run's row is its topic; with it, only
+    that file's runs, by phase. The fire marks: the window's tasks that fires created
+    (`_FIRED`), by row and slot of `per_mark` seconds, those waiting through
+    tasks_unfinished."""
+    names = _names(store, start, end, now, earliest, file, per=per_mark, max=max_bars)
+    for k, (seconds, slots) in enumerate(steps):
+        names[f"w{k}"], names[f"s{k}"] = seconds, slots
+    bars: list[WindowRun] = []
+    fires: list[tuple[str, int]] = []
+    grain = 0.0
+    for row in store.conn.execute(_window_sql(file, len(steps)), names):
+        if row[5]:
+            bars.append(row[:16])
+            grain = row[16]
+        else:
+            fires.append((row[1], row[2]))
+    return Window(bars, fires, grain)
 
 
-def window_runs(store: Store, start: str, end: str, now: str, earliest: str,
-                file: str | None = None, grain: float = 0.0
-                ) -> list[WindowRun]:
-    """The bars of the window's runs (see `_window`): each run alone when it
-    is at least `grain` seconds long within it; the shorter ones grouped by row and
-    slot of `grain` seconds (of their starts). One pass: a run alone is a group of its
-    own. Without `file`, a run's row is its topic; with it, only that file's runs, by
-    phase."""
-    lane = "type" if file is None else "phase"
-    sums = ", ".join(f"sum(result = '{s}')" if s != "running" else "sum(result IS NULL)"
-                     for s in STATE_COLUMNS)
-    return list(store.conn.execute(
-        _window(lane, file) + f"SELECT max(task_no), lane, min(b), max(e), max(result), "
-        f"count(*), {sums} FROM w GROUP BY lane, CASE WHEN e - b >= :grain THEN -task_no "
-        "ELSE CAST(b / :grain AS INTEGER) END",
-        _names(store, start, end, now, earliest, file, grain=grain)))
-
-
-def window_fires(store: Store, start: str, end: str, file: str | None, per_mark: float
-                 ) -> list[tuple[str, int]]:
-    """(row, slot) of the fires in [start, end): when their tasks were created, in slots
-    of `per_mark` seconds from `start` (one mark for each slot of a row)."""
+def _window_sql(file: str | None, steps: int) -> str:
+    """`window`'s statement, with `steps` merge widths (:w0, :s0 …)."""
     lane = "type" if file is None else "phase"
     of_file = "" if file is None else "AND file_path = :file "
-    fired = "AND scheduled_for IS NOT NULL AND parent_no IS NULL AND created >= :start "
-    return [(row, int(at)) for row, at in store.conn.execute(
-        f"SELECT DISTINCT {lane}, CAST((julianday(created) - julianday(:start)) * 86400 "
-        "/ :per AS INTEGER) FROM tasks INDEXED BY tasks_by_start WHERE started IS NOT NULL "
-        "AND started >= :start AND started < :end " + fired + of_file + "UNION "
-        f"SELECT {lane}, CAST((julianday(created) - julianday(:start)) * 86400 / :per AS "
-        "INTEGER) FROM tasks INDEXED BY tasks_unfinished WHERE ended IS NULL "
-        "AND created < :end " + fired + of_file,
-        {"start": start, "end": end, "file": file, "per": per_mark})]
-
-
-def run_details(store: Store, task_nos: Sequence[int]) -> dict[int, dict[str, Any]]:
-    """task_no → what a bar's tooltip and link say of it."""
-    found: dict[int, dict[str, Any]] = {}
-    for i in range(0, len(task_nos), _CHUNK):
-        chunk = list(task_nos[i:i + _CHUNK])
-        for row in store.conn.execute(
-                "SELECT task_no, id, type, job, started, ended, result, file_path, phase "
-                f"FROM tasks WHERE task_no IN ({','.join('?' * len(chunk))})", chunk):
-            found[row[0]] = dict(zip(("task_no", "id", "type", "job", "started", "ended",
-                                      "result", "file", "phase"), row, strict=True))
-    return found
+    wide = "".join(f", sum(e - b >= :w{k}) AS n{k}" for k in range(steps))
+    choose = "".join(f"WHEN n{k} + lanes * :s{k} <= :max THEN :w{k} " for k in range(steps))
+    sums = ", ".join(f"sum(result = '{s}')" if s != "running" else "sum(result IS NULL)"
+                     for s in STATE_COLUMNS)
+    return (_window(lane, file)
+            + f", shape AS (SELECT count(*) AS runs, count(DISTINCT lane) AS lanes{wide} "
+            "FROM w), "
+            f"grain AS (SELECT CASE WHEN runs <= :max THEN 0.0 {choose}"
+            f"ELSE :w{steps - 1} END AS g FROM shape), "
+            f"bars AS (SELECT max(task_no) AS task_no, lane, min(b), max(e), max(result), "
+            f"count(*) AS runs, {sums} FROM w GROUP BY lane, CASE WHEN e - b >= "
+            "(SELECT g FROM grain) THEN -task_no ELSE CAST(b / (SELECT g FROM grain) AS "
+            "INTEGER) END), "
+            # the marks of the window's runs, and of its tasks waiting
+            "marks AS (SELECT lane, f FROM w WHERE f IS NOT NULL UNION "
+            f"SELECT {lane}, {_SLOT} FROM tasks INDEXED BY tasks_unfinished "
+            f"WHERE ended IS NULL AND created < :end {_FIRED}{of_file}) "
+            # a bar alone: its task's columns, looked up by task_no (a merged bar: none)
+            "SELECT bars.*, t.id, t.type, t.job, t.started, t.ended, (SELECT g FROM grain) "
+            "FROM bars LEFT JOIN tasks AS t ON bars.runs = 1 AND t.task_no = bars.task_no "
+            "UNION ALL SELECT NULL, lane, f, NULL, NULL, 0, 0, 0, 0, 0, 0, NULL, NULL, NULL, "
+            "NULL, NULL, NULL FROM marks")
 
 
 def lanes_of_file(store: Store, file: str) -> list[str]:

@@ -11,12 +11,13 @@ by graph.html. A bar's state names its colour, the class of the badges in style.
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import UTC, datetime, timedelta, timezone
+from typing import NamedTuple
 from urllib.parse import quote, urlencode
+
+from markupsafe import escape
 
 from flowlord.clock import rfc3339
 from flowlord.store.history import STATE_COLUMNS, Run, WindowRun
@@ -40,8 +41,12 @@ TIME_STEPS = (60, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 1
               604800)
 
 
-@dataclass(frozen=True)
-class Bar:
+class Bar(NamedTuple):
+    """A bar of a chart. It draws itself (`__html__`: what `{{ bar }}` writes in
+    pages/charts.html), its title and link escaped: a loop of the template's own
+    expressions cost 10 µs a bar, a third of the timeline's time at 3,000 bars. A
+    tuple: made thousands of times a page, a frozen dataclass costs four times as much."""
+
     x: float
     y: float
     width: float
@@ -50,6 +55,12 @@ class Bar:
     title: str
     href: str
     merged: int = 1  # how many runs it stands for
+
+    def __html__(self) -> str:
+        merged = " merged" if self.merged > 1 else ""
+        return (f'<a href="{escape(self.href)}"><title>{escape(self.title)}</title>'
+                f'<rect class="bar {escape(self.state)}{merged}" x="{self.x}" y="{self.y}" '
+                f'width="{self.width}" height="{self.height}"/></a>\n')
 
 
 @dataclass(frozen=True)
@@ -276,45 +287,55 @@ def timeline_width() -> int:
     return WIDTH - LANE_LEFT - 10
 
 
+def merge_steps(plot_width: int | None = None) -> list[tuple[int, int]]:
+    """(w, slots) for each merge width tried, w = 1, 2, 4 … px: at most `slots` merged
+    bars in a row when the runs narrower than w are merged per w px of it (one more: a
+    run's start and end need not fall on the grid)."""
+    width = timeline_width() if plot_width is None else plot_width
+    return [(2 ** k, math.ceil(width / 2 ** k) + 1) for k in range(MERGE_STEPS)]
+
+
 def merge_width(runs: int, lanes: int, wide: Sequence[int], max_bars: int = MAX_BARS
                 ) -> float:
     """How narrow a run must be, in px, to be merged with the others of its row and
     slot (0: none is). `wide[k]`: how many runs are at least 2**k px wide. Every run
     alone while they are at most `max_bars`; else the first width at which the bars
-    surely fit: the wider runs, and at most one bar per slot of each row."""
+    surely fit: the wider runs, and at most one bar per slot of each row. (The rule
+    `flowlord.store.history.window` applies in SQL, with `merge_steps`.)"""
     if runs <= max_bars:
         return 0.0
-    for k, n in enumerate(wide):
-        w = 2.0 ** k
-        if n + lanes * (math.ceil(timeline_width() / w) + 1) <= max_bars:
-            return w
-    return 2.0 ** (len(wide) - 1)
+    steps = merge_steps()
+    for (w, slots), n in zip(steps, wide, strict=True):
+        if n + lanes * slots <= max_bars:
+            return float(w)
+    return float(steps[-1][0])
 
 
 def timeline(rows: Iterable[WindowRun], fires: Iterable[tuple[str, int]], *,
              start: datetime, seconds: float, now: datetime,
-             details: Callable[[list[int]], dict[int, dict[str, Any]]],
              lanes: Sequence[str] | None = None, file: str | None = None,
              merged_px: float = 0.0) -> Timeline:
-    """Rows of bars over [start, start + seconds), from `window_runs` (a run, or the
-    runs narrower than `merged_px` in one slot of a row) and the fire marks of
-    `window_fires` (row, px): `lanes` in their order (a file's phases), then the rows
-    the runs name, sorted; at most MAX_LANES. A run's bar goes from its start to its
-    end; merged runs take the colour of most of them (outlined red when some failed)
-    and lead to the timeline of their hour. `details` gives, for the task numbers of the runs drawn
-    alone, the task's id, type, job, times and result (the tooltip and the link)."""
+    """Rows of bars over [start, start + seconds), from the bars of
+    `flowlord.store.history.window` (a run, or the runs narrower than `merged_px` in
+    one slot of a row) and its fire marks (row, px): `lanes` in their order (a file's
+    phases), then the rows the runs name, sorted; at most MAX_LANES. A run's bar goes
+    from its start to its end, its tooltip and link from its task's columns; merged
+    runs take the colour of most of them (outlined red when some failed) and lead to
+    the timeline of their hour."""
     rows = list(rows)
     names = list(lanes) if lanes is not None else []
     names += sorted({r[1] for r in rows}.difference(names))
     shown = names[:MAX_LANES]
     index = {name: i for i, name in enumerate(shown)}
+    ys = [_bar_y(i) for i in range(len(shown))]
     plot_width = timeline_width()
     scale = plot_width / seconds
-    singles: list[tuple[int, float, float, int, str]] = []
-    groups: list[Group] = []
-    counts: Counter[str] = Counter()
+    merged = _Merged(start, scale, "&" + urlencode({"file": file}) if file else "")
+    bars: list[Bar] = []
+    counts = dict.fromkeys(STATE_COLUMNS, 0)
     runs = hidden_runs = 0
-    for task_no, name, begin, end, result, n, *tally in rows:
+    for row in rows:
+        task_no, name, begin, end, result, n = row[:6]
         lane = index.get(name)
         if lane is None:
             hidden_runs += n
@@ -322,16 +343,16 @@ def timeline(rows: Iterable[WindowRun], fires: Iterable[tuple[str, int]], *,
         runs += n
         x1 = min(max(begin * scale, 0.0), plot_width)
         x2 = min(max(end * scale, x1), plot_width)
-        states = {s: k for s, k in zip(STATE_COLUMNS, tally, strict=True) if k}
-        counts.update(states)
         if n == 1:
-            singles.append((lane, x1, x2, task_no, result or "running"))
+            state = result or "running"
+            counts[state] += 1
+            bars.append(_single(row, round(x1, 2), ys[lane], round(max(x2 - x1, 1.0), 2),
+                                state))
         else:
-            groups.append(Group(lane, x1, x2, states))
-    found = details([p[3] for p in singles])
-    bars = [_single(p, found.get(p[3])) for p in singles]
-    file_query = "&" + urlencode({"file": file}) if file else ""
-    bars += [_merged(g, start, scale, file_query) for g in groups]
+            tally = {s: k for s, k in zip(STATE_COLUMNS, row[6:11], strict=True) if k}
+            for state, k in tally.items():
+                counts[state] += k
+            bars.append(merged.bar(tally, n, x1, x2, ys[lane]))
     marks: dict[int, list[int]] = {}
     for name, at in fires:
         if name in index and 0 <= at <= plot_width:
@@ -348,51 +369,73 @@ def timeline(rows: Iterable[WindowRun], fires: Iterable[tuple[str, int]], *,
                     plot_width, lane_rows, bars, time_ticks(start, seconds, plot_width),
                     round(now_at, 1) if 0 <= now_at <= plot_width else None,
                     runs, merged_px, merged_px / scale, len(names) - len(shown),
-                    hidden_runs, {s: counts[s] for s in STACK if counts[s]})
-
-
-@dataclass(frozen=True)
-class Group:
-    """Runs narrower than the merge width that start in one slot of one row: one bar."""
-    lane: int
-    x1: float
-    x2: float
-    tally: dict[str, int]  # runs by state
-
-    @property
-    def runs(self) -> int:
-        return sum(self.tally.values())
+                    hidden_runs, {s: counts[s] for s in STACK if counts.get(s)})
 
 
 def _bar_y(lane: int) -> float:
     return TOP + lane * LANE_HEIGHT + (LANE_HEIGHT - BAR_HEIGHT) / 2 + 2
 
 
-def _single(p: tuple[int, float, float, int, str], task: dict[str, Any] | None) -> Bar:
-    lane, x1, x2, task_no, state = p
-    x, width = round(x1, 2), round(max(x2 - x1, 1.0), 2)
-    if task is None:  # gone since the runs were read (retention): drawn, not linked
-        return Bar(x, _bar_y(lane), width, BAR_HEIGHT, state, f"task {task_no}: {state}",
+def _single(row: WindowRun, x: float, y: float, width: float, state: str) -> Bar:
+    task_no, task_id, kind, job, started, ended = row[0], *row[11:16]
+    if task_id is None:  # no task's columns: drawn, linked to the tasks list there
+        return Bar(x, y, width, BAR_HEIGHT, state, f"task {task_no}: {state}",
                    f"/tasks?before={task_no + 1}")
-    name = task["type"] + (":" + task["job"] if task["job"] else "")
-    ended = f"ended {task['ended']}: {state}" if task["ended"] else "running"
-    return Bar(x, _bar_y(lane), width, BAR_HEIGHT, state,
-               f"{name} task {task_no}\nstarted {task['started']}\n{ended}",
-               task_href(task["id"]))
+    name = f"{kind}:{job}" if job else str(kind)
+    return Bar(x, y, width, BAR_HEIGHT, state,
+               f"{name} task {task_no}\nstarted {started}\n"
+               + (f"ended {ended}: {state}" if ended else "running"),
+               task_href(task_id))
 
 
-def _merged(g: Group, start: datetime, scale: float, file_query: str) -> Bar:
-    """One bar for a group; it leads to the hour's timeline (`file_query`: `&file=…`
-    or '', encoded once for every bar: an RFC 3339 time needs no escaping in a query)."""
-    most = max(STACK, key=lambda s: g.tally.get(s, 0))  # the colour of most of them
-    failed = g.tally.get("error", 0) + g.tally.get("alert", 0)
-    first = start + timedelta(seconds=g.x1 / scale)
-    last = start + timedelta(seconds=g.x2 / scale)
-    title = (f"{g.runs} runs merged, {first:%H:%M:%S}–{last:%H:%M:%S}: "
-             + ", ".join(f"{g.tally[s]} {s}" for s in STATES if s in g.tally)
-             + "\n(the timeline of that hour draws them apart)")
-    hour_end = (first + (last - first) / 2 + timedelta(minutes=30)).replace(microsecond=0)
-    return Bar(round(g.x1, 2), _bar_y(g.lane), round(max(g.x2 - g.x1, 1.0), 2), BAR_HEIGHT,
-               most + (" failed" if failed and most not in ("error", "alert") else ""),
-               title, f"/timeline?hours=1&end={rfc3339(hour_end)}{file_query}",
-               merged=g.runs)
+class _Merged:
+    """Merged bars of one timeline: a bar for the runs of a row's slot, its tooltip
+    (how many, of which states, from when to when, on the clock of the window's zone as
+    its axis is) and its link (the timeline of the hour around them). Times are seconds
+    since the epoch, written out by hand: a datetime and strftime for each bar were
+    most of the time of 3,000 merged bars."""
+
+    def __init__(self, start: datetime, scale: float, file_query: str) -> None:
+        self.scale, self.file_query = scale, file_query
+        self.epoch = start.timestamp()
+        self.zone = start.tzinfo
+        offset = start.utcoffset()
+        # a zone of one offset (UTC: the default window's) needs no look-up by time
+        self.fixed = offset.total_seconds() if isinstance(self.zone, timezone) and \
+            offset is not None else None
+        self.offsets: dict[int, float] = {}  # the zone's offset by minute since the epoch
+        self.dates: dict[int, str] = {}  # 'YYYY-MM-DDT' by UTC day since the epoch
+
+    def bar(self, tally: dict[str, int], n: int, x1: float, x2: float, y: float) -> Bar:
+        # the colour of most of them: `tally` is in STATE_COLUMNS' order, STACK's, and
+        # max keeps the first of equals
+        most = max(tally, key=tally.__getitem__)
+        failed = "error" in tally or "alert" in tally
+        first = round(self.epoch + x1 / self.scale, 6)  # to the µs, as a datetime is
+        last = round(self.epoch + x2 / self.scale, 6)
+        title = (f"{n} runs merged, {self._clock(first)}–{self._clock(last)}: "
+                 + ", ".join([f"{tally[s]} {s}" for s in STATES if s in tally])
+                 + "\n(the timeline of that hour draws them apart)")
+        # the hour around them: it ends half an hour after their middle, whole seconds
+        day, t = divmod(math.floor((first + last) / 2 + 1800), 86400)
+        date = self.dates.get(day)
+        if date is None:
+            date = self.dates[day] = datetime.fromtimestamp(day * 86400, UTC).strftime(
+                "%Y-%m-%dT")
+        return Bar(round(x1, 2), y, round(max(x2 - x1, 1.0), 2), BAR_HEIGHT,
+                   most + (" failed" if failed and most not in ("error", "alert") else ""),
+                   title, f"/timeline?hours=1&end={date}{t // 3600:02d}:{t // 60 % 60:02d}:"
+                   f"{t % 60:02d}Z{self.file_query}", merged=n)
+
+    def _clock(self, at: float) -> str:
+        """HH:MM:SS of the epoch second `at` in the window's zone (cut, as strftime
+        cuts the microseconds)."""
+        offset = self.fixed
+        if offset is None:
+            minute = int(at // 60)
+            offset = self.offsets.get(minute)
+            if offset is None:
+                found = datetime.fromtimestamp(minute * 60, self.zone).utcoffset()
+                offset = self.offsets[minute] = found.total_seconds() if found else 0.0
+        t = math.floor(at + offset) % 86400
+        return f"{t // 3600:02d}:{t // 60 % 60:02d}:{t % 60:02d}"

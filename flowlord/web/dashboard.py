@@ -329,23 +329,19 @@ class Dashboard:
 
 def _timeline(store: Store, start: datetime, end: datetime, now: datetime, file: str | None
               ) -> charts.Timeline:
-    """The timeline of [start, end): how much to merge chosen from the window's shape,
-    then its bars and fire marks read at that grain (flowlord/web/charts.py)."""
-    first, last, at = rfc3339(start), rfc3339(end), rfc3339(now)
-    earliest = rfc3339(start - timedelta(hours=history.LONGEST_RUN_HOURS))
+    """The timeline of [start, end): its bars and fire marks read in one statement, how
+    much to merge chosen there from the window's shape (flowlord/store/history.py), then
+    laid out (flowlord/web/charts.py)."""
     seconds = (end - start).total_seconds()
     per_px = seconds / charts.timeline_width()
-    runs, lanes, wide = history.window_shape(
-        store, first, last, at, earliest, file,
-        [per_px * 2 ** k for k in range(charts.MERGE_STEPS)])
-    merged_px = charts.merge_width(runs, lanes, wide)
-    rows = history.window_runs(store, first, last, at, earliest, file, merged_px * per_px)
+    found = history.window(
+        store, rfc3339(start), rfc3339(end), rfc3339(now),
+        rfc3339(start - timedelta(hours=history.LONGEST_RUN_HOURS)), file, per_px,
+        [(per_px * w, slots) for w, slots in charts.merge_steps()], charts.MAX_BARS)
     return charts.timeline(
-        rows, history.window_fires(store, first, last, file, per_px),
-        start=start, seconds=seconds, now=now,
-        details=lambda task_nos: history.run_details(store, task_nos),
+        found.bars, found.fires, start=start, seconds=seconds, now=now,
         lanes=history.lanes_of_file(store, file) if file is not None else None,
-        file=file, merged_px=merged_px)
+        file=file, merged_px=found.grain / per_px)
 
 
 def _paused_topics(store: Store, topics: list[str]) -> dict[str, str]:
