@@ -120,11 +120,13 @@ class TaskRows:
         tasks of the topic are claimed as ever, oldest first. Call inside write_txn."""
         running: dict[tuple[str, str], int] = {}
         head: dict[tuple[str, str], int | None] = {}  # a queued phase's next task in order
-        for key, (_, queue) in limits.items():
+
+        def count(key: tuple[str, str], queue: bool) -> None:
+            # only for the phases whose tasks wait now: a topic may have thousands of
+            # limited phases, and a claim must not read each one's tasks every turn
             unfinished = self.phase_unfinished(*key)
             running[key] = sum(1 for _, started in unfinished if started)
-            if queue and unfinished:
-                head[key] = unfinished[0][0]
+            head[key] = unfinished[0][0] if queue and unfinished else None
         chosen: list[int] = []
         after = -1  # the waiting tasks are read a page at a time, until enough are chosen
         while len(chosen) < limit:
@@ -137,6 +139,8 @@ class TaskRows:
                 key = (file_path, phase)
                 if key in limits:
                     most, queue = limits[key]
+                    if key not in running:
+                        count(key, queue)
                     if queue and (running[key] or head.get(key) != task_no):
                         continue
                     if most is not None and running[key] >= most:
