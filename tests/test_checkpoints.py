@@ -32,3 +32,23 @@ def test_the_wal_is_checkpointed_off_the_loop_and_stays_small(
             # during a copy cannot reuse the log)
             wait_for(lambda size=size: os.path.getsize(db) >= size + 1024 * 1024)
         assert wal.stat().st_size < 8 * 1024 * 1024  # the log was reused, not grown
+
+
+def test_a_log_past_its_bound_is_emptied(
+        tmp_path: Path, wf: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A busy loop always adds frames while a passive checkpoint copies, so the log
+    never starts over by itself: past its bound the thread empties it."""
+    (wf / "a.toml").write_text('[[phase]]\ntask = "a"\n')
+    db = tmp_path / "f.db"
+    wal = Path(f"{db}-wal")
+    monkeypatch.setattr(checkpoints, "EVERY", 0.02)
+    monkeypatch.setattr(checkpoints, "WAL_TRUNCATE_BYTES", 2 * 1024 * 1024)
+    with stepped(tmp_path, wf, FakeClock(utc(2026, 12, 1))) as d:
+        d.store.conn.execute("CREATE TABLE ballast (b BLOB)")
+        with write_txn(d.store.conn):  # 5 MiB in the log at once
+            for _ in range(5):
+                d.store.conn.execute("INSERT INTO ballast VALUES (zeroblob(1048576))")
+        assert wal.stat().st_size > 5 * 1024 * 1024
+        wait_for(lambda: wal.stat().st_size == 0)  # a passive checkpoint keeps its size
+        rows = d.store.conn.execute("SELECT count(*) FROM ballast").fetchall()
+        assert rows == [(5,)]
