@@ -46,6 +46,7 @@ bench: $(DEV_STAMP)
 	$(BIN)/python bench/tasks.py
 	$(BIN)/python bench/redis_bus.py
 	$(BIN)/python bench/http_api.py
+	$(BIN)/python bench/policy.py
 
 clean:
 	rm -rf $(VENV) flowlord.db flowlord.db-wal flowlord.db-shm flowlord.db.lock logs

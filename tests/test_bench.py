@@ -32,6 +32,8 @@ LABELS = {
                     "actions, request to outcome", "rerun", "cancel", "pause",
                     "20 clients, 1 rerun/s each", "p99 growth with 20 clients posting actions",
                     "/api/stats", "phase page with its charts", "timeline, 6 h"],
+    "policy.py": ["fire lateness of 600 phases", "without the policy", "p99",
+                  "with overlap=skip and max_active=1", "ratio", "target"],
     "redis_bus.py": ["end to end, `true`, 4 workers: redis", "of the local bus",
                      "start latency at 100 tasks/s", "p50", "p99", "round trips/s", "target"],
 }
