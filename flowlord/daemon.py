@@ -4,7 +4,7 @@ run their tasks.
 The daemon is a step: `tick(now, monotonic)` does one turn of the work with the
 time it is given, and returns how long the loop may wait before the next turn.
 `run()` wires the real parts (the lock, the bus, the HTTP server:
-`flowlord/daemon_parts.py`; signals; systemd: `flowlord/service_manager.py`),
+`flowlord/startup.py`; signals; systemd: `flowlord/service_manager.py`),
 then only waits and ticks. Tests build a Daemon in-process with a fake clock and the
 in-process bus and drive it turn by turn.
 
@@ -40,7 +40,6 @@ from flowlord.checkpoints import Checkpoints
 from flowlord.clock import Clock, SystemClock, rfc3339_ms
 from flowlord.commands import Commands
 from flowlord.config import Config
-from flowlord.daemon_parts import http_server, lock_database, open_bus
 from flowlord.deadlines import Deadlines
 from flowlord.disk_full import DiskFull
 from flowlord.dispatch import Dispatcher
@@ -60,6 +59,7 @@ from flowlord.scheduler import Scheduler
 from flowlord.service_manager import ServiceManager
 from flowlord.slow import SlowWatch
 from flowlord.standby import Leadership
+from flowlord.startup import http_server, lock_database, open_bus
 from flowlord.store import Store
 from flowlord.store.connection import apply_page_limit, wait_while_busy
 from flowlord.tasks import Context, meta_dir

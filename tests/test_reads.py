@@ -81,7 +81,7 @@ def command(capsys: pytest.CaptureFixture[str], db: Path, *args: str) -> str:
 
 @pytest.fixture
 def daemon_lock(db: Path) -> Iterator[None]:
-    """What a running daemon holds (daemon_parts.lock_database): an exclusive flock."""
+    """What a running daemon holds (startup.lock_database): an exclusive flock."""
     fd = os.open(str(db) + ".lock", os.O_RDWR | os.O_CREAT, 0o640)
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     yield

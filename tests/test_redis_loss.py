@@ -15,9 +15,9 @@ from flowlord import logs
 from flowlord.bus.wire import DAEMON_GROUP, encode_done
 from flowlord.clock import utc_now_ms
 from flowlord.config import Config, ConfigError
-from flowlord.daemon_parts import open_bus
 from flowlord.model import Done
 from flowlord.standby import Leadership
+from flowlord.startup import open_bus
 from flowlord.store import Store, write_txn
 from tests.helpers import backload, count, daemon, query, redis_config, unfinished, wait_for
 from tests.helpers import workers as worker_procs

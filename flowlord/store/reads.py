@@ -79,7 +79,7 @@ def task_json(row: tuple[Any, ...]) -> dict[str, Any]:
 
 def daemon_running(db: str) -> bool:
     """Whether a daemon runs on the database `db`: it holds an flock on `<db>.lock` for
-    as long as it runs (daemon_parts.lock_database), and keeps the stored plan current.
+    as long as it runs (startup.lock_database), and keeps the stored plan current.
     Looked at without creating the file, with a shared lock released at once."""
     try:
         fd = os.open(db + ".lock", os.O_RDONLY | os.O_CLOEXEC)
