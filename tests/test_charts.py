@@ -414,25 +414,33 @@ def test_fire_marks_are_the_fires_tasks_of_the_window_running_ended_or_waiting(
         store.close()
 
 
-def test_the_rows_choice_lists_every_file_escaped_the_chosen_one_selected(
+def test_the_rows_choice_lists_the_files_escaped_or_past_1000_asks_for_a_path(
         tmp_path: Path) -> None:
     db = seed(tmp_path, 3, datetime.now(UTC).replace(microsecond=0))
     hostile = 'b&"<i>.toml'
     (tmp_path / "workflows" / hostile).write_text('[[phase]]\ntask = "t"\n')
-    (tmp_path / "workflows" / "c.toml").write_text('[[phase]]\ntask = "t"\n')
     store = Store(str(db))
     Loader(str(tmp_path / "workflows"), store).refresh()
     store.close()
-    options = re.compile(r"<option( selected)?>([^<]*)</option>")
-    for chosen in (None, "a.toml", hostile, "c.toml"):
+    escaped = "b&amp;&#34;&lt;i&gt;.toml"
+    options = re.compile(r'<option value="([^"]*)"( selected)?>the phases of ([^<]*)</option>')
+    for chosen in (None, "a.toml", hostile):
         html = page(db, "/timeline", **({"file": chosen} if chosen else {}))
-        assert '<option value="">every topic</option>' in html
-        found = options.findall(html[html.index('name="file"'):])
-        assert [name for _, name in found] == [
-            "a.toml", "b&amp;&#34;&lt;i&gt;.toml", "c.toml"]
-        assert [bool(selected) for selected, _ in found] == [
-            name == chosen for name in ("a.toml", hostile, "c.toml")]
-        assert "<i>" not in html
+        assert '<option value="">every topic</option>' in html and "<i>" not in html
+        assert options.findall(html) == [
+            ("a.toml", " selected" if chosen == "a.toml" else "", "a.toml"),
+            (escaped, " selected" if chosen == hostile else "", escaped)]
+    # past 1,000 files (timeline.html), a field for the path: no option of a file
+    store = Store(str(db))
+    with write_txn(store.conn):
+        store.conn.executemany(
+            "INSERT INTO workflow_files (file_path, file_hash, loaded_at) VALUES (?, '', '')",
+            [(f"many/{n}.toml",) for n in range(999)])
+    store.close()
+    for chosen, value in ((None, ""), (hostile, escaped)):
+        html = page(db, "/timeline", **({"file": chosen} if chosen else {}))
+        assert not options.findall(html) and "<i>" not in html
+        assert f'<input name="file" size="30" value="{value}"' in html
 
 
 def test_pages_escape_hostile_names_and_show_the_arrivals(tmp_path: Path) -> None:
