@@ -109,7 +109,7 @@ class Dispatcher:
         try:
             with write_txn(self.store.conn):
                 children: list[NewTask] = []  # of the whole turn: one insert
-                recorded = [d for d in self.pending if self._record(d, ctx, children)]
+                recorded = self._record_all(self.pending, ctx, children)
                 self.store.add_tasks(children)
                 claimed = [stored for topic in topics for stored in self._claim(topic, now)]
         except apsw.BusyError:
@@ -295,16 +295,39 @@ class Dispatcher:
 
     # --- helpers --------------------------------------------------------------------
 
-    def _record(self, done: Done, ctx: Context, new_tasks: list[NewTask]) -> bool:
-        """The result and its effects (new tasks go to `new_tasks`); False when the task
-        already had a result. Working out the effects only reads: when it fails, the
-        result is still recorded, with an alert saying why its effects are missing."""
-        if not done.ran:
-            self.store.unclaim(done.task_no)
-            return False
-        stored = self.store.finish(done.task_no, done.ended, done.result, done.msg, done.started)
-        if stored is None:
-            return False
+    def _record_all(self, pending: list[Done], ctx: Context,
+                    new_tasks: list[NewTask]) -> list[Done]:
+        """The results of a turn, then the effects of each in the order they came (new
+        tasks go to `new_tasks`); the results recorded, without those of tasks that
+        already had one (or a second result of one task). A task that never ran goes
+        back to the queue. The results are written together (store.finish_many), before
+        any effect: an effect (overlap=replace) cancels only tasks still running."""
+        first: dict[int, Done] = {}
+        for done in pending:  # the first word about a task counts, as it ever did
+            first.setdefault(done.task_no, done)
+        ran = []
+        for done in first.values():
+            if done.ran:
+                ran.append(done)
+            else:
+                self.store.unclaim(done.task_no)
+        if not ran:
+            return []
+        finished = self.store.finish_many(
+            [(d.task_no, d.ended, d.result, d.msg, d.started) for d in ran])
+        recorded = []
+        for done in ran:
+            stored = finished.get(done.task_no)
+            if stored is not None:
+                self._record(done, stored, ctx, new_tasks)
+                recorded.append(done)
+        return recorded
+
+    def _record(self, done: Done, stored: StoredTask, ctx: Context,
+                new_tasks: list[NewTask]) -> None:
+        """The effects of a result just recorded (new tasks go to `new_tasks`). Working
+        out the effects only reads: when it fails, the result is still recorded, with an
+        alert saying why its effects are missing."""
         phase: Phase | None = None
         try:
             phase = self._phase(stored)
@@ -339,7 +362,6 @@ class Dispatcher:
             self.recoveries.recorded(stored, done.result, effects.alerts, phase)
         for note in effects.notes:
             self.log.info("child not created", task_no=stored.task_no, note=note)
-        return True
 
     def _not_skipped(self, children: list[Phase], parent: StoredTask,
                      made: list[NewTask]) -> list[Phase]:

@@ -21,13 +21,19 @@ TASK_COLUMNS = ("task_no, id, type, job, info, meta, created, started, ended, re
 
 RESULT = 9  # where `result` is in a row of TASK_COLUMNS
 CLAIM_SCAN = 10_000  # waiting tasks of a topic read per page where phases limit theirs
+CHUNK = 500  # task numbers per statement, within SQLite's limit of parameters
 
 
-def stored_task(r: Sequence[Any]) -> StoredTask:
-    """A row in TASK_COLUMNS order, as the task loop sees it (a claimed task has no result)."""
+def stored_task(r: Sequence[Any], started: str | None = None) -> StoredTask:
+    """A row in TASK_COLUMNS order, as the task loop sees it (a claimed task has no result);
+    `started`, when given, instead of the row's (a row read before it was claimed)."""
     task = Task(type=r[2], job=r[3], info=r[4], meta=r[5], id=r[1], created=r[6],
-                started=r[7] or "")
+                started=(r[7] if started is None else started) or "")
     return StoredTask(r[0], task, r[11], r[12], r[13], r[14], bool(r[17]))
+
+
+def _marks(n: int) -> str:
+    return ", ".join("?" * n)
 
 
 def task_filter(*, type: str | None = None, job: str | None = None,
@@ -103,12 +109,25 @@ class TaskRows:
         write_txn. Only a task still waiting can be claimed, so none runs twice.
         `now` has milliseconds, as every task time has."""
         rows = self.conn.execute(
-            f"UPDATE tasks SET started = ? WHERE task_no IN (SELECT task_no FROM tasks "
-            "INDEXED BY tasks_queue "
+            f"SELECT {TASK_COLUMNS} FROM tasks INDEXED BY tasks_queue "
             "WHERE started IS NULL AND type = ? AND (due_at IS NULL OR due_at <= ?) "
-            f"ORDER BY task_no LIMIT ?) RETURNING {TASK_COLUMNS}",
-            (now, topic, now, limit))
-        return sorted((stored_task(r) for r in rows), key=lambda t: t.task_no)
+            "ORDER BY task_no LIMIT ?", (topic, now, limit)).fetchall()
+        return self._mark_started(rows, now)
+
+    def _mark_started(self, rows: Sequence[Sequence[Any]], now: str) -> list[StoredTask]:
+        """Mark these waiting tasks (rows in TASK_COLUMNS order, read in this write
+        transaction) started at `now`; they as claimed, by number.
+
+        A read, then an UPDATE without RETURNING: with the table's indexes (13 since
+        migration 21), an UPDATE … RETURNING of a task row cost about three times as
+        much as a read and an UPDATE (25 µs against 7 µs per row), the largest part of
+        recording results in bench/tasks.py. The transaction holds the write lock, so
+        the rows read are the rows updated; the UPDATE keeps `started IS NULL` anyway."""
+        for i in range(0, len(rows), CHUNK):
+            chunk = [r[0] for r in rows[i:i + CHUNK]]
+            self.conn.execute(f"UPDATE tasks SET started = ? WHERE task_no IN "
+                              f"({_marks(len(chunk))}) AND started IS NULL", (now, *chunk))
+        return sorted((stored_task(r, now) for r in rows), key=lambda t: t.task_no)
 
     def claim_limited(self, topic: str, limit: int, now: str,
                       limits: dict[tuple[str, str], tuple[int | None, bool]]
@@ -152,10 +171,13 @@ class TaskRows:
             if len(page) < CLAIM_SCAN:
                 break
             after = page[-1][0]
-        rows = self.conn.executemany(
-            "UPDATE tasks SET started = ? WHERE task_no = ? AND started IS NULL "
-            f"RETURNING {TASK_COLUMNS}", [(now, n) for n in chosen])
-        return sorted((stored_task(r) for r in rows), key=lambda t: t.task_no)
+        rows: list[Any] = []
+        for i in range(0, len(chosen), CHUNK):
+            chunk = chosen[i:i + CHUNK]
+            rows += self.conn.execute(
+                f"SELECT {TASK_COLUMNS} FROM tasks WHERE task_no IN ({_marks(len(chunk))}) "
+                "AND started IS NULL", chunk)
+        return self._mark_started(rows, now)
 
     def phase_unfinished(self, file_path: str, phase: str) -> list[tuple[int, bool]]:
         """(task_no, started) of a phase's unfinished tasks, in slot order (a task of
@@ -170,11 +192,46 @@ class TaskRows:
         """Record a running task's result (and when its process started, if known: the
         claim may have come a little earlier); the task, or None when it was not running
         (already recorded). Call inside write_txn."""
-        row = self.conn.execute(
-            "UPDATE tasks SET started = coalesce(nullif(?, ''), started), ended = ?, "
-            "result = ?, msg = ? WHERE task_no = ? AND started IS NOT NULL AND ended IS NULL "
-            f"RETURNING {TASK_COLUMNS}", (started, ended, result, msg, task_no)).fetchone()
-        return stored_task(row) if row else None
+        return self.finish_many([(task_no, ended, result, msg, started)]).get(task_no)
+
+    def finish_many(self, results: Sequence[tuple[int, str, str, str, str]]
+                    ) -> dict[int, StoredTask]:
+        """`finish` for many results, (task_no, ended, result, msg, started) each: the
+        tasks recorded, by number. Of two results of one task only the first counts; a
+        task not running (already recorded, never claimed) is left out. Call inside
+        write_txn.
+
+        The running rows are read, then updated by number without RETURNING (see
+        `_mark_started`: RETURNING cost more than the rest of the result's recording).
+        `started` is written only when it says something new, as each write of it
+        moves the task in tasks_by_start."""
+        first: dict[int, tuple[int, str, str, str, str]] = {}
+        for r in results:
+            first.setdefault(r[0], r)
+        numbers = list(first)
+        found: dict[int, StoredTask] = {}
+        moved, kept = [], []  # (started,) ended, result, msg, task_no
+        for i in range(0, len(numbers), CHUNK):
+            chunk = numbers[i:i + CHUNK]
+            for row in self.conn.execute(
+                    f"SELECT {TASK_COLUMNS} FROM tasks WHERE task_no IN ({_marks(len(chunk))}) "
+                    "AND started IS NOT NULL AND ended IS NULL", chunk):
+                task_no, ended, result, msg, started = first[row[0]]
+                if started and started != row[7]:
+                    moved.append((started, ended, result, msg, task_no))
+                else:
+                    kept.append((ended, result, msg, task_no))
+                    started = row[7]
+                found[task_no] = stored_task(row, started)
+        if moved:
+            self.conn.executemany(
+                "UPDATE tasks SET started = ?, ended = ?, result = ?, msg = ? "
+                "WHERE task_no = ? AND started IS NOT NULL AND ended IS NULL", moved)
+        if kept:
+            self.conn.executemany(
+                "UPDATE tasks SET ended = ?, result = ?, msg = ? "
+                "WHERE task_no = ? AND started IS NOT NULL AND ended IS NULL", kept)
+        return {n: found[n] for n in numbers if n in found}  # in the order given
 
     def unpublished(self) -> list[StoredTask]:
         """Tasks claimed for the redis bus whose publication was not recorded."""
