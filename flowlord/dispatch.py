@@ -47,7 +47,9 @@ class Dispatcher:
         self.log = log
         self.pending: list[Done] = []  # received, not yet recorded
         self._phases: dict[tuple[str | None, str | None, str, str], Phase | None] = {}
-        self._children: dict[tuple[str, str, str], list[Phase]] = {}
+        # per (workflow, topic, job) of a parent: the phases of its children, and whether
+        # one of them has overlap=skip or replace (most have neither: no check per child)
+        self._children: dict[tuple[str, str, str], tuple[list[Phase], bool]] = {}
         # per topic, its phases that limit their own tasks: (file, phase) → (max_active,
         # queued); looked up again when the workflow rows change
         self._limits: dict[str, dict[tuple[str, str], tuple[int | None, bool]]] = {}
@@ -62,9 +64,7 @@ class Dispatcher:
         # this turn's (topic, result, run seconds or None), for metrics
         # (topic, result, run seconds, wait seconds) of the results this turn recorded
         self._counted: list[tuple[str, str, float | None, float | None]] = []
-        self._ended_counters: dict[tuple[str, str], Any] = {}  # metrics' labelled series
-        self._durations: dict[str, Any] = {}
-        self._waits: dict[str, Any] = {}
+        self._series: dict[tuple[Any, str], Any] = {}  # metrics' labelled series
         self._alerted: list[str] = []  # this turn's alert kinds, for metrics
         self.stopping: set[int] = set()  # ended elsewhere; their workers were told to stop
         self.pauses = Pauses()  # paused topics wait; paused phases start no children
@@ -171,20 +171,27 @@ class Dispatcher:
         self.published = []
 
     def _count(self, new_tasks: list[NewTask]) -> None:
-        """The metrics of a committed turn."""
-        ended, durations, waits = self._ended_counters, self._durations, self._waits
+        """The metrics of a committed turn, added up per series first: a turn may
+        record thousands of results."""
+        ended: dict[tuple[str, str], int] = {}
+        runs: dict[str, list[float]] = {}
+        waits: dict[str, list[float]] = {}
         for topic, result, seconds, waited in self._counted:
-            if (topic, result) not in ended:  # a label lookup costs more than the count
-                ended[topic, result] = metrics.TASKS.labels(topic, result)
-            ended[topic, result].inc()
+            ended[topic, result] = ended.get((topic, result), 0) + 1
             if seconds is not None:
-                if topic not in durations:
-                    durations[topic] = metrics.TASK_DURATION.labels(topic)
-                durations[topic].observe(seconds)
+                runs.setdefault(topic, []).append(seconds)
             if waited is not None:
-                if topic not in waits:
-                    waits[topic] = metrics.TASK_WAIT.labels(topic)
-                waits[topic].observe(waited)
+                waits.setdefault(topic, []).append(waited)
+        series = self._series  # a label lookup costs more than the count
+        for (topic, result), n in ended.items():
+            if (topic, result) not in series:
+                series[topic, result] = metrics.TASKS.labels(topic, result)
+            series[topic, result].inc(n)
+        for histogram, amounts in ((metrics.TASK_DURATION, runs), (metrics.TASK_WAIT, waits)):
+            for topic, values in amounts.items():
+                if (histogram, topic) not in series:
+                    series[histogram, topic] = histogram.labels(topic)
+                metrics.observe_all(series[histogram, topic], values)
         for kind in self._alerted:
             metrics.ALERTS.labels(kind).inc()
         metrics.RETRIES.inc(sum(1 for t in new_tasks if t.attempt > 0))
@@ -331,12 +338,16 @@ class Dispatcher:
         phase: Phase | None = None
         try:
             phase = self._phase(stored)
-            children = (self._unpaused(self._children_of(stored), stored)
-                        if done.result == "complete" and not stored.no_children else [])
-            children = self._not_skipped(children, stored, new_tasks)
+            children: list[Phase] = []
+            policy = False  # a child phase with overlap=skip or replace
+            if done.result == "complete" and not stored.no_children:
+                children, policy = self._children_of(stored)
+                children = self._unpaused(children, stored)
+            if policy:
+                children = self._not_skipped(children, stored, new_tasks)
             effects = after_result(stored, done.result, done.msg, phase=phase,
                                    children=children, ctx=ctx)
-            for child in children:  # overlap=replace, for the children that were built
+            for child in children if policy else ():  # overlap=replace, once built
                 if parse_rule(child.rule).overlap == "replace" and any(
                         (t.file_path, t.phase) == (child.file_path, child.task)
                         for t in effects.tasks):
@@ -402,14 +413,37 @@ class Dispatcher:
                 self._phases[key] = self.loader.get(stored.task)
         return self._phases[key]
 
-    def _children_of(self, stored: StoredTask) -> list[Phase]:
+    def _children_of(self, stored: StoredTask) -> tuple[list[Phase], bool]:
+        """The phases of the task's children (Loader.children), and whether one of them
+        has overlap=skip or replace; kept per workflow, topic and job (the task's, or
+        its meta's, as Loader.children reads it)."""
         task = stored.task
-        key = (decode_meta(task.meta).get("workflow", ""), task.type, task.job)
+        workflow, job = _workflow_and_job(task.meta)
+        key = (workflow, task.type, task.job or job)
         if key not in self._children:
-            self._children[key] = self.loader.children(task)
+            phases = self.loader.children(task)
+            self._children[key] = (phases, any(
+                parse_rule(p.rule).overlap in ("skip", "replace") for p in phases))
         return self._children[key]
 
     def _timeout(self, stored: StoredTask) -> float | None:
         phase = self._phase(stored)
         timeout = parse_rule(phase.rule).timeout if phase else None
         return timeout.total_seconds() if timeout else None
+
+
+def _workflow_and_job(meta: str) -> tuple[str, str]:
+    """decode_meta(meta)'s `workflow` and `job` (first values, '' when missing), without
+    a dict per result: meta with no escape (`%`, `+`) or `;` is read as it is, any other
+    through decode_meta."""
+    if "%" in meta or "+" in meta or ";" in meta:
+        decoded = decode_meta(meta)
+        return decoded.get("workflow", ""), decoded.get("job", "")
+    workflow = job = None
+    for part in meta.split("&"):
+        key, _, value = part.partition("=")
+        if key == "workflow" and workflow is None:
+            workflow = value
+        elif key == "job" and job is None:
+            job = value
+    return workflow or "", job or ""

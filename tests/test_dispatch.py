@@ -7,12 +7,14 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from prometheus_client import CollectorRegistry, Histogram
 
-from flowlord import dispatch, logs
+from flowlord import dispatch, logs, metrics
 from flowlord.bus.inprocess import InProcessBus
 from flowlord.clock import utc_now_ms
 from flowlord.loader import Loader
-from flowlord.model import Done, Fire, StoredTask, Task
+from flowlord.model import Done, Fire, NewTask, StoredTask, Task
+from flowlord.rules import decode_meta
 from flowlord.store import Store, write_txn
 from flowlord.tasks import Context
 from tests.helpers import store_rows
@@ -84,3 +86,70 @@ def test_the_process_start_time_replaces_the_claim_time(wf: Path, store: Store) 
     d.turn(claim=False)
     assert store_rows(store, "SELECT started, ended, result FROM tasks WHERE type = 'p'") == [
         ("2099-01-01T00:00:05Z", "2099-01-01T00:00:09Z", "complete")]
+
+
+def test_two_results_of_one_task_in_a_turn_record_the_first_once(
+        wf: Path, store: Store) -> None:
+    class Twice(InProcessBus):  # a result delivered twice (the redis bus may)
+        def send(self, stored: StoredTask, timeout_seconds: float | None) -> None:
+            self.done += [Done(stored.task_no, "error", "first", "2099-01-01T00:00:09Z"),
+                          Done(stored.task_no, "complete", "", "2099-01-01T00:00:10Z")]
+    d = setup(wf, store, Twice())
+    d.turn()
+    d.turn(claim=False)
+    assert store_rows(store, "SELECT type, result, msg, ended FROM tasks") == [
+        ("p", "error", "first", "2099-01-01T00:00:09Z")]  # no child from the second
+    assert store_rows(store, "SELECT kind FROM alerts") == [("failed",)]
+    assert d.pending == []
+
+
+def test_a_result_of_a_task_not_running_changes_nothing(wf: Path, store: Store) -> None:
+    d = setup(wf, store, InProcessBus())
+    d.pending = [Done(1, "complete", "", "2099-01-01T00:00:09Z")]  # never claimed
+    d.turn(claim=False)
+    assert store_rows(store, "SELECT started, result FROM tasks") == [(None, None)]
+
+
+def test_children_are_looked_up_per_job_of_the_meta(wf: Path, store: Store) -> None:
+    """A parent whose job is in its meta only: each job's children, none of the other's
+    (the lookup is kept per workflow, topic and job)."""
+    (wf / "a.toml").write_text(
+        '[[phase]]\ntask = "p:x"\n\n[[phase]]\ntask = "p:y"\n\n'
+        '[[phase]]\ntask = "cx"\ndependsOn = "p:x"\n\n'
+        '[[phase]]\ntask = "cy"\ndependsOn = "p:y"\n')
+    loader = Loader(str(wf), store)
+    loader.refresh()
+    tasks = [Task(type="p", meta=f"workflow=a.toml&job={job}", id=f"id-{job}",
+                  created="2026-01-01T00:00:00Z") for job in ("x", "y")]
+    with write_txn(store.conn):
+        store.add_tasks([NewTask.of(t, None, None) for t in tasks])
+    d = dispatch.Dispatcher(loader, InProcessBus(), Context(ZoneInfo("UTC"), str(wf),
+                                                            datetime.now(UTC)),
+                            timedelta(hours=4), logs.get("test"))
+    d.turn()
+    d.turn(claim=False)
+    assert store_rows(store, "SELECT id, type FROM tasks WHERE parent_no IS NOT NULL "
+                             "ORDER BY task_no") == [("id-x", "cx"), ("id-y", "cy")]
+
+
+@pytest.mark.parametrize("meta", [
+    "", "workflow=a.toml", "job=j&workflow=a.toml&cron=x", "workflow=a.toml&workflow=b.toml",
+    "workflow&workflow=b", "&&workflow=a&", "workflow=a%20b&job=%2F", "workflow=a+b",
+    "x=1;y&workflow=a", "job=&job=k", "workflow=a=b", "job=%zz&job=k"])
+def test_workflow_and_job_read_as_decode_meta_reads_them(meta: str) -> None:
+    decoded = decode_meta(meta)
+    assert dispatch._workflow_and_job(meta) == (decoded.get("workflow", ""),
+                                                decoded.get("job", ""))
+
+
+def test_observe_all_counts_as_observe_one_by_one() -> None:
+    registry = CollectorRegistry()
+    one = Histogram("one", "", ["t"], buckets=(0.1, 1, 5), registry=registry)
+    many = Histogram("many", "", ["t"], buckets=(0.1, 1, 5), registry=registry)
+    amounts = [0.0, 0.1, 0.1000001, 0.5, 1, 1.5, 5, 5.5, 1e9]
+    for a in amounts:
+        one.labels("x").observe(a)
+    metrics.observe_all(many.labels("x"), amounts)
+    samples = {m.name: [(s.name.replace("many", "one"), s.labels, s.value) for s in m.samples]
+               for m in registry.collect()}
+    assert samples["many"] == samples["one"]
