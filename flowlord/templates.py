@@ -45,6 +45,9 @@ def render_time(template: str, t: datetime | None) -> str:
     if not kinds:
         return template
     values = _time_values(t)
+    fmt = _format(template)
+    if fmt is not None:  # only the tokens of _time_values: one str.format_map
+        return fmt.format_map(values)
     parts = [literals[0]]
     for kind, literal in zip(kinds, literals[1:], strict=True):
         parts.append(values[kind] if kind in values else _OTHER_VALUES[kind](t))
@@ -106,6 +109,28 @@ def _compile(template: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
         start = m.end()
     literals.append(template[start:] + comment)
     return tuple(literals), tuple(kinds)
+
+
+@lru_cache(maxsize=4096)
+def _format(template: str) -> str | None:
+    """The template as a str.format text over the names of _time_values, or None when
+    it has another token (ts, host, pod, uuid): a child is rendered in one C call, not a
+    loop over its tokens (bench/tasks.py, results with children)."""
+    literals, kinds = _compile(template)
+    if not set(kinds) <= _SIMPLE_KINDS:
+        return None
+    fmt = [_brace_escaped(literals[0])]
+    for kind, literal in zip(kinds, literals[1:], strict=True):
+        fmt.append("{" + kind + "}")
+        fmt.append(_brace_escaped(literal))
+    return "".join(fmt)
+
+
+_SIMPLE_KINDS = frozenset(("yyyy", "yy", "mm", "dd", "hh", "min"))  # _time_values' keys
+
+
+def _brace_escaped(literal: str) -> str:
+    return literal.replace("{", "{{").replace("}", "}}")
 
 
 def render_meta(text: str, get: Callable[[str], str]) -> tuple[str, list[str]]:

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from flowlord import templates
 from flowlord.templates import cron_hour, meta_names, pod_name, render_meta, render_time
 
 T = datetime(2018, 1, 2, 3, 17, 34, tzinfo=UTC)
@@ -284,3 +285,20 @@ PIECES = ["{yyyy}", "{YyYy}", "{yy}", "{mm}", "{MM}", "{dd}", "{Dd}", "{hh}", "{
 def test_one_pass_agrees_with_flowlords_kind_by_kind_replacement(template: str,
                                                                  t: datetime) -> None:
     assert render_time(template, t) == kind_by_kind(template, t)
+
+
+@pytest.mark.parametrize("template", [
+    "?t={yyyy}-{mm}-{dd}T{hh}&k={meta:k}", "{YYYY}{yy}{MM}{Dd}{HH}{min}", "a{b}c{{}}{yyyy}}",
+    "s3://b/{DAY_SLUG}/{HOUR_SLUG}/x", "{yyyy}#{mm} kept {", "}{hh}{", "{TS}{yyyy}",
+    "{host}-{yyyy}", "{meta:a}{yyyy}{meta:b}{", "x{yyyy}{uuid}"])
+def test_render_time_in_one_format_call_renders_as_the_token_loop(template: str) -> None:
+    t = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
+    literals, kinds = templates._compile(template)
+    values = templates._time_values(t)
+    loop = literals[0] + "".join(
+        (values[k] if k in values else templates._OTHER_VALUES[k](t)) + lit
+        for k, lit in zip(kinds, literals[1:], strict=True))
+    if "uuid" in kinds:  # new at each use: only its length and place are the same
+        assert len(templates.render_time(template, t)) == len(loop)
+    else:
+        assert templates.render_time(template, t) == loop
