@@ -43,9 +43,9 @@ TIME_STEPS = (60, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 1
 
 class Bar(NamedTuple):
     """A bar of a chart. It draws itself (`__html__`: what `{{ bar }}` writes in
-    pages/charts.html), its title and link escaped: a loop of the template's own
-    expressions cost 10 µs a bar, a third of the timeline's time at 3,000 bars. A
-    tuple: made thousands of times a page, a frozen dataclass costs four times as much."""
+    pages/charts.html), its title, link and class escaped: the template's ten
+    expressions a bar cost 10 µs each bar, 30 ms of a timeline of 3,000 bars. A tuple:
+    made thousands of times a page, a frozen dataclass costs four times as much."""
 
     x: float
     y: float
@@ -287,12 +287,11 @@ def timeline_width() -> int:
     return WIDTH - LANE_LEFT - 10
 
 
-def merge_steps(plot_width: int | None = None) -> list[tuple[int, int]]:
+def merge_steps() -> list[tuple[int, int]]:
     """(w, slots) for each merge width tried, w = 1, 2, 4 … px: at most `slots` merged
     bars in a row when the runs narrower than w are merged per w px of it (one more: a
     run's start and end need not fall on the grid)."""
-    width = timeline_width() if plot_width is None else plot_width
-    return [(2 ** k, math.ceil(width / 2 ** k) + 1) for k in range(MERGE_STEPS)]
+    return [(2 ** k, math.ceil(timeline_width() / 2 ** k) + 1) for k in range(MERGE_STEPS)]
 
 
 def merge_width(runs: int, lanes: int, wide: Sequence[int], max_bars: int = MAX_BARS
@@ -378,7 +377,8 @@ def _bar_y(lane: int) -> float:
 
 def _single(row: WindowRun, x: float, y: float, width: float, state: str) -> Bar:
     task_no, task_id, kind, job, started, ended = row[0], *row[11:16]
-    if task_id is None:  # no task's columns: drawn, linked to the tasks list there
+    if task_id is None:  # rows made without `window`'s task columns: drawn, not linked
+        # to a task, but to the tasks list from it
         return Bar(x, y, width, BAR_HEIGHT, state, f"task {task_no}: {state}",
                    f"/tasks?before={task_no + 1}")
     name = f"{kind}:{job}" if job else str(kind)
@@ -393,7 +393,8 @@ class _Merged:
     (how many, of which states, from when to when, on the clock of the window's zone as
     its axis is) and its link (the timeline of the hour around them). Times are seconds
     since the epoch, written out by hand: a datetime and strftime for each bar were
-    most of the time of 3,000 merged bars."""
+    most of the time of 3,000 merged bars. The link's query (`file_query`: `&file=…`
+    or '') is encoded once for every bar: an RFC 3339 time needs no escaping in it."""
 
     def __init__(self, start: datetime, scale: float, file_query: str) -> None:
         self.scale, self.file_query = scale, file_query
