@@ -89,15 +89,15 @@ class Agenda:
             "pause": fire.paused, "tasks": fire.tasks, "error": fire.error or None,
             "expected_run": fire.run, "expected_end": text(end), "children": []}
         if fire.tasks and not fire.paused:
-            found["children"] = self._children_json(fire.phase, end, fire.tasks, 1)
+            found["children"] = self._children_json(self.kids(fire.phase), end, fire.tasks, 1)
         return found
 
-    def _children_json(self, phase: Phase, start: float | None, parents: int,
+    def _children_json(self, kids: list[Kid], start: float | None, parents: int,
                        depth: int) -> list[dict[str, Any]]:
         if depth > MAX_DEPTH:
             return []
         shown = []
-        for kid in self.kids(phase):
+        for kid in kids:
             paused = (self.pauses.of_phase(kid.phase.file_path, kid.phase.task, at(start))
                       if self.pauses.rows and start is not None else None)
             tasks = 0 if paused else parents * kid.per_parent
@@ -107,7 +107,7 @@ class Agenda:
                           "pause": paused.why() if paused else None, "tasks": tasks,
                           "error": kid.error or None, "expected_run": kid.run,
                           "expected_end": text(end) if not paused else None,
-                          "children": (self._children_json(kid.phase, end, tasks, depth + 1)
+                          "children": (self._children_json(kid.kids, end, tasks, depth + 1)
                                        if tasks else [])})
         return shown
 
@@ -138,12 +138,12 @@ class Agenda:
                     yield (child, topic, end + offset if end is not None and offset is not None
                            else None, run, tasks * times, False)
                 continue
-            stack = [(phase, end, tasks, 1)]
+            stack = [(self.kids(phase), end, tasks, 1)]
             while stack:
-                parent, start, parents, depth = stack.pop()
+                kids, start, parents, depth = stack.pop()
                 if depth > MAX_DEPTH:
                     continue
-                for kid in self.kids(parent):
+                for kid in kids:
                     if start is not None and paused(
                             kid.phase.file_path, kid.phase.task, at(start)):
                         continue
@@ -151,24 +151,23 @@ class Agenda:
                     if not made:
                         continue
                     yield kid.phase, kid.topic, start, kid.run, made, False
-                    stack.append((kid.phase, start + kid.run if start is not None
+                    stack.append((kid.kids, start + kid.run if start is not None
                                   and kid.run is not None else None, made, depth + 1))
 
     def _tree(self, phase: Phase) -> Tree:
         """A phase's descendants with no pause in force, as `walk` goes through them."""
         tree: Tree = []
-        of = self.children.of
-        stack: list[tuple[Phase, float | None, int, int]] = [(phase, 0.0, 1, 1)]
+        stack: list[tuple[list[Kid], float | None, int, int]] = [(self.kids(phase), 0.0, 1, 1)]
         while stack:
-            parent, offset, times, depth = stack.pop()
+            kids, offset, times, depth = stack.pop()
             if depth > MAX_DEPTH:
                 continue
-            for kid in of(parent.file_path, parent.task):
+            for kid in kids:
                 if kid.per_parent:
-                    tree.append((kid.phase, kid.topic, offset, kid.run, times * kid.per_parent))
-                    stack.append((kid.phase, offset + kid.run if offset is not None
-                                  and kid.run is not None else None,
-                                  times * kid.per_parent, depth + 1))
+                    made = times * kid.per_parent
+                    tree.append((kid.phase, kid.topic, offset, kid.run, made))
+                    stack.append((kid.kids, offset + kid.run if offset is not None
+                                  and kid.run is not None else None, made, depth + 1))
         return tree
 
     def shown(self, now: datetime, hours: int, *, file: str | None = None,

@@ -46,6 +46,7 @@ class Kid(NamedTuple):
     run: float | None  # p50 seconds
     per_parent: int  # tasks made per completed parent task (its meta rows, else 1)
     error: str  # why it makes none (a meta-file that cannot be read)
+    kids: list[Kid]  # its own children: the walk follows these, with no lookup
 
 
 class Planned(NamedTuple):
@@ -131,16 +132,30 @@ class Children:
 
     def __init__(self, phases: Sequence[Phase], p50: Mapping[tuple[str, str], float],
                  ctx: Context) -> None:
-        rows: dict[str, tuple[int, str]] = {}  # rule → tasks per parent task, error
-        self._named: dict[tuple[str, str], list[tuple[Kid, str]]] = {}  # by parent topic
+        rows: dict[str, tuple[int, str]] = {"": (1, "")}  # rule → per parent task, error
+        named: dict[tuple[str, str], list[tuple[Kid, str]]] = {}  # by parent topic
+        made: list[tuple[Kid, str]] = []  # (kid, its job)
         for p in phases:
             if p.depends_on and p.severity != "error":
                 per = rows.get(p.rule)
                 if per is None:
                     per = rows[p.rule] = _per_parent(p.rule, ctx)
-                kid = Kid(p, split_task(p.task)[0], p50.get((p.file_path, p.task)), *per)
+                file_path, task = p.file_path, p.task
+                topic, job = split_task(task)
+                kid = Kid(p, topic, p50.get((file_path, task)), *per, [])
+                made.append((kid, job))
                 topic, job = split_task(p.depends_on)
-                self._named.setdefault((p.file_path, topic), []).append((kid, job))
+                found = named.get((file_path, topic))
+                if found is None:
+                    named[(file_path, topic)] = [(kid, job)]
+                else:
+                    found.append((kid, job))
+        for kid, job in made:  # linked once all are made: a cycle is only cut by depth
+            found = named.get((kid.phase.file_path, kid.topic))
+            if found is not None:
+                kid.kids.extend([k for k, parent_job in found
+                                 if not parent_job or parent_job == job])
+        self._named = named
         self._found: dict[tuple[str, str], list[Kid]] = {}
 
     def of(self, file_path: str, task: str) -> list[Kid]:

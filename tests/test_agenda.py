@@ -21,11 +21,15 @@ from typing import Any
 import pytest
 
 from flowlord import agenda, agenda_cache, cli, jitter
+from flowlord.agenda_fires import Children
 from flowlord.clock import rfc3339, rfc3339_ms
 from flowlord.config import Config
 from flowlord.errors import BadRequest
 from flowlord.loader import Loader
-from flowlord.store import Store, reads, write_txn
+from flowlord.model import Task
+from flowlord.rules import parse_rule
+from flowlord.store import Store, expected, reads, write_txn
+from flowlord.tasks import Context
 from flowlord.web import charts
 from flowlord.web.api import Api
 from flowlord.web.dashboard import Dashboard
@@ -456,3 +460,101 @@ def test_the_p50_is_the_one_flowlord_stats_shows(tmp_path: Path) -> None:
     finally:
         store.close()
     assert str(cfg)
+
+
+def test_the_p50_is_the_same_with_and_without_sqlites_percentile(tmp_path: Path) -> None:
+    """store/expected.py ranks with percentile_disc where SQLite has it and with window
+    functions where it does not: the two agree with `flowlord stats` for odd and even
+    counts, ties, and a negative run (counted as 0)."""
+    chain(tmp_path)
+    now = datetime.now(UTC)
+    runs = {"extract:day": (5.0, 1.5, 7.25, 3.0, 3.0, 9.5), "load": (2.0, 9.0, 4.0, -1.0, 0.25),
+            "report": (0.5,), "audit": (8.0, 2.0)}
+    history(tmp_path / "f.db", [("a.toml", t, s) for t, ss in runs.items() for s in ss], now)
+    store = Store(str(tmp_path / "f.db"), readonly=True)
+    try:
+        since = rfc3339_ms(now - timedelta(days=30))
+        stats = {(r["file"], r["task"]): r["run_p50"]
+                 for r in reads.stats(store, since=since, by="phase")}
+        assert expected.has_percentile()  # the apsw wheels' SQLite: else the test is half
+        assert expected.run_p50s(store, since, percentile=True) == stats
+        assert expected.run_p50s(store, since, percentile=False) == stats == {
+            ("a.toml", "extract:day"): 3.0, ("a.toml", "load"): 2.0,
+            ("a.toml", "report"): 0.5, ("a.toml", "audit"): 2.0}
+    finally:
+        store.close()
+
+
+def test_children_are_those_the_daemon_starts(tmp_path: Path) -> None:
+    """agenda_fires.Children finds children in one pass: the same as `Loader.children`
+    for a completed task of every phase (topic and topic:job dependsOn, a child of two
+    parents, error phases left out), and each child's own `kids` are its children."""
+    text = (phase_toml("extract:day", "cron=0 0 * * *")
+            + phase_toml("extract:night", "cron=0 1 * * *")
+            + phase_toml("load", depends="extract") + phase_toml("night", depends="extract:night")
+            + phase_toml("load:x", depends="extract:day")
+            + phase_toml("report", "meta=k:a,b", depends="load")  # of load and load:x
+            + phase_toml("broken", "cron=nope", depends="extract")
+            + phase_toml("audit", depends="report"))
+    cfg = setup(tmp_path, {"a.toml": text, "b.toml": phase_toml("load", depends="extract")})
+    store = Store(str(tmp_path / "f.db"), readonly=True)
+    try:
+        phases = store.phases()
+        loader = Loader(str(tmp_path / "workflows"), store)
+        children = Children(phases, {}, Context(UTC, str(tmp_path), datetime.now(UTC)))
+        for phase in phases:
+            kids = children.of(phase.file_path, phase.task)
+            done = Task(type=phase.topic, job=phase.job, meta=f"workflow={phase.file_path}")
+            assert [k.phase for k in kids] == loader.children(done), phase.task
+            for kid in kids:
+                assert kid.kids == children.of(kid.phase.file_path, kid.phase.task)
+        assert [k.phase.task for k in children.of("a.toml", "extract:night")] == [
+            "load", "night"]
+        assert [k.phase.task for k in children.of("a.toml", "extract:day")] == ["load", "load:x"]
+        report = children.of("a.toml", "load")
+        assert report == children.of("a.toml", "load:x")
+        assert [(k.phase.task, k.per_parent) for k in report] == [("report", 2)]
+        assert [k.phase.task for k in report[0].kids] == ["audit"]
+    finally:
+        store.close()
+    assert str(cfg)
+
+
+def test_phases_sharing_a_schedule_share_its_slots_and_keep_their_own_start(tmp_path: Path
+                                                                           ) -> None:
+    """agenda_fires.fires asks the Scheduler once per schedule: rules that differ but for
+    jitter and batch still get every slot, and each its own jitter, to the microsecond."""
+    rules = {"plain": "cron=*/30 * * * *", "late": "cron=*/30 * * * *&jitter=7m",
+             "hours": "cron=*/30 * * * *&for=-2h&by=hour", "other": "cron=15 * * * *&jitter=1s"}
+    cfg = setup(tmp_path, {f"{t}.toml": phase_toml(t, r) for t, r in rules.items()})
+    now = datetime(2026, 1, 1, 0, 10, 0, 123456, tzinfo=UTC)
+    found = read(cfg, now, 3)
+    slots: dict[str, list[datetime]] = {}
+    for f in found.fires:
+        slots.setdefault(f.phase.task, []).append(f.slot)
+        start = jitter.start(f.phase.file_path, f.phase.task,
+                             parse_rule(f.phase.rule).jitter, f.slot)
+        assert f.start == (start - agenda.EPOCH).total_seconds()
+        assert f.tasks == (3 if f.phase.task == "hours" else 1)
+    assert slots["plain"] == slots["late"] == slots["hours"] == [
+        now.replace(minute=0, second=0, microsecond=0) + timedelta(minutes=30 * i)
+        for i in range(1, 7)]
+    assert len(slots["other"]) == 3
+
+
+def test_the_cycle_collector_is_paused_while_computing_and_back_after_the_last() -> None:
+    import gc
+    assert gc.isenabled()
+    with agenda.collector_paused():
+        assert not gc.isenabled()
+        with agenda.collector_paused():  # another thread's computation, overlapping
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # the first is still computing
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with agenda.collector_paused():
+            pass
+        assert not gc.isenabled()  # it was off: it stays off
+    finally:
+        gc.enable()
