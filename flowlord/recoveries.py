@@ -50,12 +50,12 @@ class Recoveries:
             self._failing[key] = True
         if result != "complete":
             return
-        now = rfc3339(self.clock.now())
         task = stored.task
         if self.routes is not None and self.routes.wants("success"):
             self._events.append(AlertRow(None, "success", task.type, task.job,
-                                         f"task {stored.task_no} complete", now,
-                                         stored.file_path, stored.phase, stored.scheduled_for))
+                                         f"task {stored.task_no} complete",
+                                         rfc3339(self.clock.now()), stored.file_path,
+                                         stored.phase, stored.scheduled_for))
         if key is None:
             return
         why = []
@@ -67,7 +67,8 @@ class Recoveries:
             why.append(f"its slot {stored.scheduled_for}, late, is complete")
         if why:
             message = f"task {stored.task_no}: " + "; ".join(why)
-            if self.store.add_alert(stored.task_no, "recovered", task, message, now):
+            if self.store.add_alert(stored.task_no, "recovered", task, message,
+                                    rfc3339(self.clock.now())):
                 self._recovered.append((stored.task_no, message))
 
     def committed(self) -> None:

@@ -38,7 +38,8 @@ def argv_for(command: Sequence[str], task: Task) -> list[str]:
     that itself contains `{info}` is not replaced again)."""
     values = {"info": task.info, "type": task.type, "job": task.job, "id": task.id,
               "meta": task.meta}
-    return [_TOKEN.sub(lambda m: values[m.group(1)], arg) for arg in command]
+    return [_TOKEN.sub(lambda m: values[m.group(1)], arg) if "{" in arg else arg
+            for arg in command]
 
 
 # systemd's variables are for the daemon: a worker that used them would speak for it

@@ -31,6 +31,9 @@ class LocalBus:
         self.log_dir = log_dir  # each task's output goes to its log there (tasklog.py)
         self.log_max_bytes = log_max_bytes
         self.runs: dict[int, Run] = {}
+        # per topic, how many of `runs` are its: capacity() is asked for each topic at
+        # every turn of the loop, and counting the runs each time grew with concurrency
+        self.busy: dict[str, int] = dict.fromkeys(workers, 0)
         # a pool per topic, as large as its concurrency: threads are reused, not started
         # for each task (starting one costs more than running `true`)
         self.pools = {topic: ThreadPoolExecutor(w.concurrency, f"worker-{topic}")
@@ -49,8 +52,7 @@ class LocalBus:
         worker = self.workers.get(topic)
         if worker is None:
             return 0
-        busy = sum(1 for r in self.runs.values() if r.stored.task.type == topic)
-        return max(0, worker.concurrency * (1 + PREFETCH) - busy)
+        return max(0, worker.concurrency * (1 + PREFETCH) - self.busy[topic])
 
     def send(self, stored: StoredTask, timeout_seconds: float | None) -> None:
         worker = self.workers[stored.task.type]
@@ -59,6 +61,8 @@ class LocalBus:
         run = Run(stored, worker.command, timeout, self._finished,
                   self.environments[stored.task.type],
                   self.log_dir, self.log_max_bytes)
+        if stored.task_no not in self.runs:
+            self.busy[stored.task.type] += 1
         self.runs[stored.task_no] = run
         self.pools[stored.task.type].submit(run.run)
 
@@ -70,7 +74,9 @@ class LocalBus:
     def receive(self, wait: float) -> list[Done]:
         found = drain(self.results, wait)
         for done in found:
-            self.runs.pop(done.task_no, None)
+            run = self.runs.pop(done.task_no, None)
+            if run is not None:
+                self.busy[run.stored.task.type] -= 1
         return found
 
     def running(self) -> list[int]:
