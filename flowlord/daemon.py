@@ -46,7 +46,7 @@ from flowlord.disk_full import DiskFull
 from flowlord.dispatch import Dispatcher
 from flowlord.file_triggers import FileTriggers
 from flowlord.ledger import Ledger
-from flowlord.loader import Loader, LoaderError
+from flowlord.loader import Loader, LoaderError, gc_paused
 from flowlord.model import Fire
 from flowlord.notices import Notices
 from flowlord.operate import Place
@@ -173,8 +173,9 @@ class Daemon:
         self.wakeup.on_signals()
         self.open()
         try:
-            self.start()
-            gc.freeze()  # what the start made lives on: no collection need look at it again
+            with gc_paused():  # flowlord/loader.py; what the start made lives on, so no
+                self.start()  # collection need ever look at it (nor at once, on enabling)
+                gc.freeze()
             if http is not None:
                 http.start()
                 self.log.info("http api listening", listen=self.config.http_listen)

@@ -80,6 +80,22 @@ def validate_file(file_path: str, raw_phases: Sequence[RawPhase]) -> list[Phase]
             continue
         kept[task] = (raw, _own_issues(raw, task, rule))
 
+    if any(raw.depends_on for raw, _ in kept.values()):  # else no parent to look for
+        _check_parents(kept)
+
+    # a cold load builds 100,000 phases: the tuple's own constructor, not Phase's
+    # Python __new__, and no status worked out for a phase without issues
+    return [_new(Phase, (file_path, task, raw.depends_on, raw.rule, raw.template, raw.retry,
+                         *(status_of(issues) if issues else _OK), raw.position))
+            for task, (raw, issues) in kept.items()]
+
+
+_new = tuple.__new__
+_OK = ("", "ok")
+
+
+def _check_parents(kept: dict[str, tuple[RawPhase, list[Issue]]]) -> None:
+    """The issues of parents: one not found, a cycle, an invalid one."""
     index = graph.TaskIndex(kept)
     parents = {task: index.parents(raw.depends_on) for task, (raw, _) in kept.items()}
     for task, (raw, issues) in kept.items():
@@ -97,13 +113,6 @@ def validate_file(file_path: str, raw_phases: Sequence[RawPhase]) -> list[Phase]
             if task not in broken and any(p in broken for p in parents[task]):
                 issues.append(
                     Issue("warning", f"warning: parent task is invalid: {raw.depends_on}"))
-
-    phases = []
-    for task, (raw, issues) in kept.items():
-        status, severity = status_of(issues)
-        phases.append(Phase(file_path, task, raw.depends_on, raw.rule, raw.template, raw.retry,
-                            status, severity, raw.position))
-    return phases
 
 
 def _parents_come_first(parents: dict[str, list[str]]) -> bool:

@@ -112,7 +112,7 @@ class WorkflowSync:
         self.scheduled = True
         self.file_triggers.follow(self.store)
         self.data_version = self.store.data_version()
-        self.synced = {f[0]: (f[2], f[3]) for f in self.store.files()}
+        self.synced = self.store.file_versions()
 
     def _refresh(self, paths: set[str] | None, now: datetime) -> list[str]:
         with metrics.REFRESH.time():
@@ -125,7 +125,7 @@ class WorkflowSync:
         files = {change[1:] for change in changes}
         # a file whose bytes were refused is logged once by flowlord/notices.py
         if self.resync:  # an earlier refresh failed after committing some files
-            files |= {f[0] for f in self.store.files()}
+            files |= set(self.store.file_versions())
             files |= {file for file, _ in self.ledger.scheduler.phase_keys()}
             self.resync = False
         if files and self.scheduled:  # before the start, start() schedules everything
@@ -153,7 +153,7 @@ class WorkflowSync:
         if version == self.data_version:
             return
         self.data_version = version
-        seen = {f[0]: (f[2], f[3]) for f in self.store.files()}  # hash, loaded_at
+        seen = self.store.file_versions()
         changed = {f for f, state in seen.items() if self.synced.get(f) != state}
         changed |= set(self.synced) - set(seen)
         self.synced = seen

@@ -132,6 +132,13 @@ class WorkflowRows:
             "FROM workflow_files"))
         return int(files), int(refused), last
 
+    def file_versions(self) -> dict[str, tuple[str, str | None]]:
+        """Each stored file's hash and when its phases were loaded, by key: what tells
+        that another process changed its rows (flowlord/workflow_sync.py). Read from
+        the table alone: `files()` counts every file's phases too."""
+        return {f: (h, t) for f, h, t in self.conn.execute(
+            "SELECT file_path, file_hash, loaded_at FROM workflow_files")}
+
     def files(self) -> list[tuple[str, str, str, str | None, str, int, int, int]]:
         """file_summary rows: path, status, hash, loaded_at, last_modified, counts."""
         return list(self.conn.execute(
