@@ -1,7 +1,9 @@
 """Benchmark of running tasks: the whole loop against the bare cost of spawning, and
 result handling in-process, each beside its target, measured in one run.
 
-    python bench/tasks.py [--tasks N] [--results N] [--quick]
+    python bench/tasks.py [--tasks N] [--results N] [--quick] [--part PART]
+
+(--part loop, logs or inprocess runs that part alone: 2 and 1, 3, or 4 below.)
 
 1. the limit: `true` spawned N times by 4 and by 16 threads (subprocess, no daemon);
 2. the whole loop: N tasks backloaded, then `flowlord run` with a `true` worker at
@@ -165,8 +167,9 @@ def in_process(tmp: Path, n: int, fan_out: int) -> tuple[float, int]:
     started = time.perf_counter()
     dispatcher.turn(claim=False)
     seconds = time.perf_counter() - started
-    made = loader.store.conn.execute("SELECT count(*) FROM tasks WHERE type LIKE 'child%'")
-    count = made.fetchone()[0]
+    count = loader.store.conn.execute(
+        "SELECT count(*) FROM tasks WHERE type LIKE 'child%'").fetchall()[0][0]
+    assert isinstance(count, int)
     loader.close()
     return seconds, count
 
@@ -176,18 +179,31 @@ def hour(i: int) -> str:
     return (datetime(2026, 1, 1, tzinfo=UTC) + timedelta(hours=i)).strftime("%Y-%m-%dT%H")
 
 
+def print_logs(tasks: int, rounds_logs: list[tuple[float, float, float]]) -> None:
+    on, off, limit = sorted(rounds_logs, key=lambda r: r[0] / r[1])[ROUNDS // 2]
+    print(f"task logs, a worker printing 1 KiB per task, concurrency 4: {tasks} "
+          f"tasks with logs on {tasks / on:.0f}/s, off {tasks / off:.0f}/s; "
+          f"limit: spawning `true` alone {tasks / limit:.0f}/s; capture costs "
+          f"{(1 - off / on) * 100:.0f} % of throughput, the median of "
+          f"{' '.join(f'{(1 - b / a) * 100:.0f}' for a, b, _ in rounds_logs)} % "
+          f"(target <= {TARGET_CAPTURE_COST * 100:.0f} %)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tasks", type=int, default=2000)
     parser.add_argument("--results", type=int, default=5000)
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
+    parser.add_argument("--part", choices=("all", "loop", "logs", "inprocess"), default="all",
+                        help="one part alone (the whole loop with its limit, task logs, or "
+                             "results handled in-process)")
     args = parser.parse_args()
     if args.quick:
         args.tasks, args.results = 100, 500
     logs.configure()
     with tempfile.TemporaryDirectory(prefix="flowlord-bench-") as name:
         tmp = Path(name)
-        for concurrency in (4, 16):
+        for concurrency in (4, 16) if args.part in ("all", "loop") else ():
             rounds = []  # each round measures the limit and the loop back to back
             for n in range(ROUNDS):
                 limit = spawn_limit(args.tasks, concurrency)
@@ -199,19 +215,14 @@ def main() -> None:
                   f"median of {' '.join(f'{a / b:.2f}' for a, b in rounds)} "
                   f"(target <= {TARGET_LOOP_RATIO:.0f})")
         rounds_logs = []  # each round: the limit, then logs off and on, back to back
-        for n in range(ROUNDS):
+        for n in range(ROUNDS if args.part in ("all", "logs") else 0):
             limit = spawn_limit(args.tasks, 4)
             off = whole_loop(tmp / f"logs-off{n}", args.tasks, 4, command=tuple(LOGS_OFF))
             on = whole_loop(tmp / f"logs-on{n}", args.tasks, 4, command=tuple(LOGS_ON))
             rounds_logs.append((on, off, limit))
-        on, off, limit = sorted(rounds_logs, key=lambda r: r[0] / r[1])[ROUNDS // 2]
-        print(f"task logs, a worker printing 1 KiB per task, concurrency 4: {args.tasks} "
-              f"tasks with logs on {args.tasks / on:.0f}/s, off {args.tasks / off:.0f}/s; "
-              f"limit: spawning `true` alone {args.tasks / limit:.0f}/s; capture costs "
-              f"{(1 - off / on) * 100:.0f} % of throughput, the median of "
-              f"{' '.join(f'{(1 - b / a) * 100:.0f}' for a, b, _ in rounds_logs)} % "
-              f"(target <= {TARGET_CAPTURE_COST * 100:.0f} %)")
-        for fan_out in (0, CHILDREN):
+        if rounds_logs:
+            print_logs(args.tasks, rounds_logs)
+        for fan_out in (0, CHILDREN) if args.part in ("all", "inprocess") else ():
             rounds_in = sorted(in_process(tmp / f"inproc{fan_out}-{n}", args.results, fan_out)
                                for n in range(ROUNDS))
             seconds, made = rounds_in[len(rounds_in) // 2]
