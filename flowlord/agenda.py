@@ -3,8 +3,8 @@
 Three steps, a module each:
 
 - the fires due in the window and the children of each phase
-  (flowlord/agenda_fires.py: the daemon's `Scheduler`, jitter, pauses, batch counts,
-  the dependsOn table);
+  (flowlord/agenda_fires.py: the daemon's `Scheduler`, jitter, pauses, batch counts;
+  children as the daemon finds them when a task completes);
 - the walk from each fire through its children, here: a child starts when its parent is
   expected to end, and is marked paused when a pause covers it then
   (flowlord/dispatch.py starts no child of a paused phase); the expected run time is the
@@ -49,10 +49,10 @@ MAX_HOURS = 7 * 24
 MAX_DEPTH = 64  # children of children: a deeper chain is cut (a cycle is an error phase)
 
 # (phase, topic, start or None, run p50 or None, tasks, is a fire): one expected run
-Run = tuple[Phase, str, "float | None", "float | None", int, bool]
+Run = tuple[Phase, str, float | None, float | None, int, bool]
 # a phase's descendants with no pause in force: (phase, topic, start after the fire's
 # expected end or None, run, tasks per task of the fire)
-Tree = list[tuple[Phase, str, "float | None", "float | None", int]]
+Tree = list[tuple[Phase, str, float | None, float | None, int]]
 
 
 @dataclass
@@ -73,7 +73,7 @@ class Agenda:
 
     # --- what is shown -----------------------------------------------------------------
 
-    def kids(self, phase: Phase) -> list[Kid]:
+    def kids(self, phase: Phase) -> Sequence[Kid]:
         return self.children.of(phase.file_path, phase.task)
 
     def within(self, start: datetime, end: datetime) -> list[Planned]:
@@ -92,7 +92,7 @@ class Agenda:
             found["children"] = self._children_json(self.kids(fire.phase), end, fire.tasks, 1)
         return found
 
-    def _children_json(self, kids: list[Kid], start: float | None, parents: int,
+    def _children_json(self, kids: Sequence[Kid], start: float | None, parents: int,
                        depth: int) -> list[dict[str, Any]]:
         if depth > MAX_DEPTH:
             return []
@@ -157,7 +157,8 @@ class Agenda:
     def _tree(self, phase: Phase) -> Tree:
         """A phase's descendants with no pause in force, as `walk` goes through them."""
         tree: Tree = []
-        stack: list[tuple[list[Kid], float | None, int, int]] = [(self.kids(phase), 0.0, 1, 1)]
+        stack: list[tuple[Sequence[Kid], float | None, int, int]] = [
+            (self.kids(phase), 0.0, 1, 1)]
         while stack:
             kids, offset, times, depth = stack.pop()
             if depth > MAX_DEPTH:

@@ -23,6 +23,7 @@ gives, without a datetime per fire.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import NamedTuple
 
@@ -38,7 +39,8 @@ from flowlord.tasks import BuildError, Context, fire_tasks, is_batch, meta_rows
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICRO = timedelta(microseconds=1)
 
-class Kid(NamedTuple):
+@dataclass(eq=False, slots=True)
+class Kid:
     """A child phase of a fired phase, with what its walk needs, worked out once."""
 
     phase: Phase
@@ -46,7 +48,7 @@ class Kid(NamedTuple):
     run: float | None  # p50 seconds
     per_parent: int  # tasks made per completed parent task (its meta rows, else 1)
     error: str  # why it makes none (a meta-file that cannot be read)
-    kids: list[Kid]  # its own children: the walk follows these, with no lookup
+    kids: Sequence[Kid] = ()  # its own children: the walk follows them, no lookup
 
 
 class Planned(NamedTuple):
@@ -127,44 +129,45 @@ class Children:
     """(file, task) → its child phases, as `Loader.children` (flowlord/loader.py) finds
     them when a task completes: the phases of the same file whose dependsOn names the
     task's topic with no job or with its job, in file order; error phases never run.
-    Every `Kid` is made in one pass over the phases (a rule's meta rows read once); a
-    phase's list of them on first ask."""
+    Every `Kid` is made and linked to its own children in two passes over the phases (a
+    rule's meta rows read once). The children naming one topic of a file are one list,
+    shared by all its tasks unless some name a job (`_jobs`): few objects are kept, as
+    the HTTP side keeps the agenda and the cycle collector walks them."""
 
     def __init__(self, phases: Sequence[Phase], p50: Mapping[tuple[str, str], float],
                  ctx: Context) -> None:
         rows: dict[str, tuple[int, str]] = {"": (1, "")}  # rule → per parent task, error
-        named: dict[tuple[str, str], list[tuple[Kid, str]]] = {}  # by parent topic
-        made: list[tuple[Kid, str]] = []  # (kid, its job)
+        self._named: dict[tuple[str, str], list[Kid]] = {}  # (file, topic named) → kids
+        self._jobs: set[tuple[str, str]] = set()  # of those, where some name a job too
+        self._found: dict[tuple[str, str], Sequence[Kid]] = {}  # (file, task) there
+        made: list[Kid] = []
         for p in phases:
             if p.depends_on and p.severity != "error":
                 per = rows.get(p.rule)
                 if per is None:
                     per = rows[p.rule] = _per_parent(p.rule, ctx)
-                file_path, task = p.file_path, p.task
-                topic, job = split_task(task)
-                kid = Kid(p, topic, p50.get((file_path, task)), *per, [])
-                made.append((kid, job))
+                kid = Kid(p, split_task(p.task)[0], p50.get((p.file_path, p.task)), *per)
+                made.append(kid)
                 topic, job = split_task(p.depends_on)
-                found = named.get((file_path, topic))
-                if found is None:
-                    named[(file_path, topic)] = [(kid, job)]
+                named = self._named.get((p.file_path, topic))
+                if named is None:
+                    self._named[(p.file_path, topic)] = [kid]
                 else:
-                    found.append((kid, job))
-        for kid, job in made:  # linked once all are made: a cycle is only cut by depth
-            found = named.get((kid.phase.file_path, kid.topic))
-            if found is not None:
-                kid.kids.extend([k for k, parent_job in found
-                                 if not parent_job or parent_job == job])
-        self._named = named
-        self._found: dict[tuple[str, str], list[Kid]] = {}
+                    named.append(kid)
+                if job:
+                    self._jobs.add((p.file_path, topic))
+        for kid in made:  # linked once all are made: a cycle is only cut by depth
+            kid.kids = self.of(kid.phase.file_path, kid.phase.task)
 
-    def of(self, file_path: str, task: str) -> list[Kid]:
+    def of(self, file_path: str, task: str) -> Sequence[Kid]:
+        topic, job = split_task(task)
+        named = self._named.get((file_path, topic))
+        if named is None or (file_path, topic) not in self._jobs:
+            return named or ()
         found = self._found.get((file_path, task))
         if found is None:
-            topic, job = split_task(task)
             found = self._found[(file_path, task)] = [
-                kid for kid, named in self._named.get((file_path, topic), ())
-                if not named or named == job]
+                k for k in named if split_task(k.phase.depends_on)[1] in ("", job)]
         return found
 
 

@@ -18,16 +18,10 @@ from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 from urllib.parse import urlencode
 
-from flowlord.agenda import (
-    DEFAULT_HOURS,
-    EPOCH,
-    MAX_HOURS,
-    Agenda,
-    Backlog,
-    Planned,
-    parse_concurrency,
-)
+from flowlord.agenda import DEFAULT_HOURS, MAX_HOURS, Agenda, parse_concurrency
+from flowlord.agenda_backlog import Backlog
 from flowlord.agenda_cache import cache_for
+from flowlord.agenda_fires import EPOCH, Planned
 from flowlord.config import Config
 from flowlord.errors import BadRequest
 from flowlord.store import Store
