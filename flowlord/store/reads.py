@@ -136,9 +136,9 @@ def file_status(store: Store, file: str) -> str | None:
     return None if row is None else str(row[0])
 
 
-def file_paths(store: Store) -> list[str]:
+def file_paths(store: Store, limit: int = ALL) -> list[str]:
     return [path for path, in store.conn.execute(
-        "SELECT file_path FROM workflow_files ORDER BY file_path")]
+        "SELECT file_path FROM workflow_files ORDER BY file_path LIMIT ?", (limit,))]
 
 
 # --- phases -----------------------------------------------------------------------------
