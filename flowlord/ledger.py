@@ -75,21 +75,11 @@ class Ledger:
         the ledger become pending fires, as its catch-up policy says."""
         with gc_paused():  # flowlord/loader.py: 100,000 phases become objects
             phases, stored = store.phases_and_plan()
-            self.pending += self.build(
-                self.scheduler.start(phases, now, lambda: self._last_fires(store)), ctx)
-            # the stored plan is written again only where it differs (a restart on unchanged
-            # files rewrites no row: 100,000 UPDATEs took longer than the rest of the start)
-            texts: dict[datetime, str] = {}  # phases share slots: each formatted once
-            next_slot = self.scheduler.next_slot
-            for p, planned in zip(phases, stored, strict=True):
-                key = (p.file_path, p.task)
-                slot = next_slot(key)
-                if slot is None:
-                    if planned is not None:
-                        self.unplanned[key] = None
-                elif planned != (texts[slot] if slot in texts else
-                                 texts.setdefault(slot, rfc3339(slot))):
-                    self.unplanned[key] = None
+            self.pending += self.build(self.scheduler.start(
+                phases, now, lambda: self._last_fires(store), stored), ctx)
+        # the stored plan is written again only where it differs (a restart on unchanged
+        # files rewrites no row: 100,000 UPDATEs took longer than the rest of the start)
+        self.replan(self.scheduler.replanned)
         self.log.info("scheduled", phases=len(self.scheduler), catching_up=len(self.pending))
 
     def _last_fires(self, store: Store) -> dict[PhaseKey, datetime]:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import NamedTuple
 
+from flowlord.clock import rfc3339
 from flowlord.cron import CronError, CronSchedule, next_fire
 from flowlord.model import FireSource, Phase
 from flowlord.rules import parse_rule
@@ -31,6 +32,7 @@ _MICROSECOND = timedelta(microseconds=1)
 PhaseKey = tuple[str, str]  # (file_path, task)
 # each phase's last slot fired by the scheduler, or a function that reads them
 LastFires = Mapping[PhaseKey, datetime] | Callable[[], Mapping[PhaseKey, datetime]]
+_Plan = tuple[CronSchedule, str, datetime | None, str | None]  # schedule, policy, slot, text
 
 
 class Due(NamedTuple):
@@ -62,39 +64,48 @@ class Scheduler:
         self._heap: list[tuple[datetime, int, PhaseKey]] = []
         self._seq = 0
         self._seen: tuple[datetime, float] | None = None  # (wall, monotonic) of the last due()
+        self.replanned: list[PhaseKey] = []  # of the last start: phases whose plan it changed
 
     def __len__(self) -> int:
         return len(self._entries)
 
     # --- what is scheduled ----------------------------------------------------------
 
-    def start(self, phases: Iterable[Phase], now: datetime,
-              last_fires: LastFires) -> list[Due]:
+    def start(self, phases: Iterable[Phase], now: datetime, last_fires: LastFires,
+              stored: Iterable[str | None] | None = None) -> list[Due]:
         """Schedule every phase after a (re)start; the slots missed since each phase's
         last fire in the ledger are caught up by its policy. `last_fires` may be a
         function that reads them: it is called only if some phase's policy catches up
-        (with `catchup = none` nobody needs the ledger's history)."""
+        (with `catchup = none` nobody needs the ledger's history). `stored`: beside
+        each phase, its plan as stored (its next slot as `rfc3339` text, or None); the
+        phases whose plan this start changes are then in `replanned`, in their order."""
         due: list[Due] = []
+        self.replanned = replanned = []
         # A start schedules 100,000 phases, which usually share far fewer rules: what a
-        # rule means (its schedule, policy and first slot after now) is worked out once
-        # per rule text, and so are the slots caught up after one last fire; each phase
-        # costs only its entry. The heap is built once at the end.
-        plans: dict[str, tuple[CronSchedule, str, datetime | None] | None] = {}
+        # rule means (its schedule, policy, first slot after now and that slot's text)
+        # is worked out once per rule text, and so are the slots caught up after one
+        # last fire; each phase costs only its entry. The heap is built once at the end.
+        plans: dict[str, _Plan | None] = {}
         caught: dict[tuple[str, str, datetime], list[datetime]] = {}
         last: Mapping[PhaseKey, datetime] | None = (
             last_fires if isinstance(last_fires, Mapping) else None)
         entries, heap, seq = self._entries, self._heap, self._seq
         file: str | None = None
         tasks: set[str] = set()
-        for phase in phases:
-            if phase.severity == "error":
-                continue
+        pairs = (((p, None) for p in phases) if stored is None
+                 else zip(phases, stored, strict=True))
+        for phase, planned in pairs:
             rule = phase.rule
-            plan = plans[rule] if rule in plans else plans.setdefault(rule, self._plan(rule, now))
+            plan = None if phase.severity == "error" else (
+                plans[rule] if rule in plans else plans.setdefault(rule, self._plan(rule, now)))
             if plan is None:
+                if planned is not None:
+                    replanned.append((phase.file_path, phase.task))
                 continue
-            schedule, catchup, slot = plan
+            schedule, catchup, slot, text = plan
             key = (phase.file_path, phase.task)
+            if planned != text and stored is not None:
+                replanned.append(key)
             if catchup != "none":
                 if last is None:
                     last = last_fires() if callable(last_fires) else last_fires
@@ -211,14 +222,15 @@ class Scheduler:
             return None
         return _Entry(phase, rule.cron, rule.catchup or self.default_catchup, None)
 
-    def _plan(self, rule_text: str, now: datetime
-              ) -> tuple[CronSchedule, str, datetime | None] | None:
-        """A rule's schedule, catch-up policy and first slot after `now`; None when it has
-        no valid cron."""
+    def _plan(self, rule_text: str, now: datetime) -> _Plan | None:
+        """A rule's schedule, catch-up policy, first slot after `now` and its text; None
+        when it has no valid cron."""
         rule = parse_rule(rule_text)
         if rule.cron is None:
             return None
-        return rule.cron, rule.catchup or self.default_catchup, self._next_after(rule.cron, now)
+        slot = self._next_after(rule.cron, now)
+        return (rule.cron, rule.catchup or self.default_catchup, slot,
+                None if slot is None else rfc3339(slot))
 
     def _next(self, entry: _Entry, after: datetime) -> datetime | None:
         return self._next_after(entry.schedule, after)
