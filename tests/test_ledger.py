@@ -100,6 +100,50 @@ def test_start_catches_up_what_the_policy_asks_for(wf: Path, store: Store) -> No
                             ("2026-12-01T12:05:00Z", "catchup", "")]
 
 
+def test_a_restart_rewrites_only_the_plans_that_differ(wf: Path, store: Store) -> None:
+    (wf / "a.toml").write_text(EVERY_10S.format(extra="") + '[[phase]]\ntask = "daily"\n'
+                               'rule = "cron=0 0 0 * * *"\n'
+                               '[[phase]]\ntask = "broken"\nrule = "cron=nonsense"\n')
+    Loader(str(wf), store).refresh()
+    first = ledger_on(store)
+    first.start(store, T0, ctx(T0))
+    assert list(first.unplanned) == [("a.toml", "tick"), ("a.toml", "daily")]  # file order
+    first.write(store, T0, clock)
+    plan = "SELECT task, next_fire FROM workflow_phases ORDER BY position"
+    assert store_rows(store, plan) == [("tick", "2026-12-01T12:00:10Z"),
+                                       ("daily", "2026-12-02T00:00:00Z"), ("broken", None)]
+    same = ledger_on(store)  # a restart before the next slot: nothing to write
+    same.start(store, T0 + timedelta(seconds=1), ctx(T0))
+    assert not same.unplanned
+    later = T0 + timedelta(seconds=30)  # a restart after it: only that phase's plan moves
+    moved = ledger_on(store)
+    moved.start(store, later, ctx(later))
+    assert list(moved.unplanned) == [("a.toml", "tick")]
+    store.conn.execute("UPDATE workflow_phases SET next_fire = '2030-01-01T00:00:00Z' "
+                       "WHERE task = 'broken'")  # a plan no schedule gives: cleared
+    cleared = ledger_on(store)
+    cleared.start(store, T0, ctx(T0))
+    assert list(cleared.unplanned) == [("a.toml", "broken")]
+    cleared.write(store, T0, clock)
+    assert store_rows(store, plan)[2] == ("broken", None)
+
+
+def test_the_ledgers_history_is_read_only_when_a_policy_catches_up(
+        wf: Path, store: Store) -> None:
+    loaded(wf, store, EVERY_10S.format(extra=""))
+    reads: list[int] = []
+    last_fires = store.last_fires
+
+    def counted() -> dict[tuple[str, str], str]:
+        reads.append(1)
+        return last_fires()
+    store.last_fires = counted  # type: ignore[method-assign]
+    ledger_on(store).start(store, T0, ctx(T0))  # catchup none: nothing to look up
+    assert reads == []
+    ledger_on(store, catchup="last").start(store, T0, ctx(T0))
+    assert reads == [1]
+
+
 def test_a_locked_database_keeps_fires_pending_until_it_is_free(
         tmp_path: Path, wf: Path) -> None:
     store = Store(str(tmp_path / "f.db"), busy_timeout_ms=0)

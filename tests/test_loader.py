@@ -424,6 +424,29 @@ def test_a_symlink_out_of_the_directory_is_refused(tmp_path: Path, wf: Path,
         ("alias.toml", "b"), ("inside.toml", "b")]
 
 
+def test_a_directory_symlink_out_of_the_directory_is_refused_each_refresh_anew(
+        tmp_path: Path, wf: Path, store: Store) -> None:
+    """Each directory's real path is resolved once a refresh, and again the next."""
+    outside, inside = tmp_path / "outside", wf / "team"
+    outside.mkdir()
+    inside.mkdir()
+    for d in (outside, inside):
+        (d / "a.toml").write_text('[[phase]]\ntask = "a"\nrule = "cron=0 * * * *"\n')
+        (d / "b.toml").write_text('[[phase]]\ntask = "b"\nrule = "cron=0 * * * *"\n')
+    (wf / "link").symlink_to(outside)
+    loader = Loader(str(wf), store)
+    loader.refresh()
+    rows = {f[0]: f[1] for f in store.files()}
+    assert rows["link/a.toml"] == ("parse error: refused: symbolic link out of the workflow "
+                                   f"directory: {outside / 'a.toml'}")
+    assert rows["link/b.toml"].startswith("parse error: refused: symbolic link out")
+    assert rows["team/a.toml"] == rows["team/b.toml"] == ""
+    (wf / "link").unlink()
+    (wf / "link").symlink_to(inside)  # a deployment swaps it: the files are inside now
+    loader.refresh()
+    assert {f[0]: f[1] for f in store.files()}["link/a.toml"] == ""
+
+
 def test_a_new_database_is_private_to_owner_and_group(tmp_path: Path) -> None:
     old = os.umask(0o022)
     try:

@@ -171,3 +171,43 @@ def test_slots_follow_the_zone_across_daylight_saving() -> None:
     due = run(s, clock, 3 * 24 * 3600, step=600)
     assert [d.slot.astimezone(NY).isoformat() for d in due] == [
         "2026-03-08T03:00:00-04:00", "2026-03-09T02:30:00-04:00", "2026-03-10T02:30:00-04:00"]
+
+
+def test_phases_sharing_a_rule_and_a_last_fire_are_caught_up_alike() -> None:
+    s = Scheduler(UTC, catchup="all", limit=3)
+    phases = [phase(f"p{i}", file=f"f{i // 2}.toml") for i in range(6)]
+    last = {(p.file_path, p.task): T0 - timedelta(minutes=10) for p in phases[:4]}
+    due = s.start(phases, T0, lambda: last)  # the history read only when asked
+    assert [(d.phase.task, d.slot.strftime("%H:%M")) for d in due] == [
+        (f"p{i}", t) for i in range(4) for t in ("11:58", "11:59", "12:00")]
+    assert {d.source for d in due} == {"catchup"}
+    assert s.phase_keys() == [(p.file_path, p.task) for p in phases]
+    assert {s.next_slot(k) for k in s.phase_keys()} == {datetime(2026, 11, 23, 12, 1,
+                                                                 tzinfo=UTC)}
+
+
+def test_start_says_which_stored_plans_it_changes() -> None:
+    s = Scheduler(UTC)
+    phases = [phase("kept"), phase("moved"), phase("new"), phase("broken", severity="error"),
+              phase("unplanned", rule="files=/in/*"), phase("gone", rule="cron=0 0 0 1 1 *")]
+    stored = ["2026-11-23T12:01:00Z", "2026-11-23T12:00:00Z", None, "2026-11-23T12:01:00Z",
+              None, "2027-01-01T00:00:00Z"]
+    s.start(phases, T0, {}, stored)
+    assert s.replanned == [("a.toml", "moved"), ("a.toml", "new"), ("a.toml", "broken")]
+    s.start([phase("again")], T0, {})  # without stored plans there is nothing to compare
+    assert s.replanned == []
+
+
+def test_phases_due_together_each_get_their_next_slot() -> None:
+    clock = FakeClock(T0)
+    s = Scheduler(NY)
+    rules = ("cron=0 * * * * *", "cron=0 */2 * * * *")
+    s.start([phase(f"p{i}", rule=rules[i % 2]) for i in range(6)], clock.now(), {})
+    clock.advance(30)  # 12:01:00: the phases of the first rule are due
+    assert len(s.due(clock.now(), clock.monotonic())) == 3
+    assert [s.next_slot(("a.toml", f"p{i}")) for i in range(2)] == [
+        datetime(2026, 11, 23, 12, 2, tzinfo=UTC), datetime(2026, 11, 23, 12, 2, tzinfo=UTC)]
+    clock.advance(60)  # 12:02:00: both rules
+    assert len(s.due(clock.now(), clock.monotonic())) == 6
+    assert [s.next_slot(("a.toml", f"p{i}")) for i in range(2)] == [
+        datetime(2026, 11, 23, 12, 3, tzinfo=UTC), datetime(2026, 11, 23, 12, 4, tzinfo=UTC)]
