@@ -62,7 +62,6 @@ class Dispatcher:
         self.remote = bool(getattr(bus, "remote", False))
         self.unsent: list[StoredTask] = []  # claimed, not handed over yet: the bus was away
         self.published: list[int] = []  # handed over, not yet marked in the database
-        # this turn's (topic, result, run seconds or None), for metrics
         # (topic, result, run seconds, wait seconds) of the results this turn recorded
         self._counted: list[tuple[str, str, float | None, float | None]] = []
         self._series: dict[tuple[Any, str], Any] = {}  # metrics' labelled series
