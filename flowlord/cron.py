@@ -1,10 +1,12 @@
 """Cron rules read exactly like flowlord (robfig/cron v3, optional leading seconds).
 
-This is the only module that imports croniter, and it uses croniter only as a
-calendar on naive wall-clock datetimes. Grammar, robfig's day-of-month /
-day-of-week rule and the daylight-saving policy are decided here, because
-croniter reads 6 fields and ``a/n`` differently from robfig and fires fixed
-times twice when clocks fall back.
+Grammar, robfig's day-of-month / day-of-week rule and the daylight-saving policy
+are decided here. Each rule comes down to a canonical 6-field text (seconds first,
+values and ranges only; croniter's reading of it is robfig's meaning), and the
+calendar on naive wall-clock datetimes that finds the first time it matches is
+`_next_wall`, here too: croniter did that before, but importing it (with
+dateutil) was a tenth of a restart of 100,000 phases (bench/daemon.py), and a
+search of our own needs no lock around a shared cursor.
 
 DST policy, in the schedule's zone:
 
@@ -21,13 +23,11 @@ which holds for every IANA zone since 1900.
 from __future__ import annotations
 
 import functools
-import threading
+from bisect import bisect_right
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import NamedTuple
 from zoneinfo import ZoneInfo
-
-from croniter import croniter
 
 from flowlord.clock import local_zone
 from flowlord.durations import DurationError, parse_duration
@@ -77,14 +77,14 @@ class CronSchedule:
     dom_star: bool = False  # robfig's star bit: the field does not restrict the day
     dow_star: bool = False
     fixed_hour: bool = False  # see the module docstring for what this changes
-    canonical: str | None = None  # 6-field, seconds-first string handed to croniter
+    canonical: str | None = None  # 6-field, seconds-first text for the calendar (_calendar)
 
 
 class _Field(NamedTuple):
     values: tuple[int, ...]
     star: bool  # robfig's star bit: `*` or `?`, unstepped
     periodic: bool  # uses `*`, `?` or a step
-    text: str  # canonical form for croniter
+    text: str  # canonical form (_calendar)
 
 
 def _number(text: str, field: int, names: bool = True) -> int:
@@ -197,7 +197,7 @@ def parse_cron(expr: str) -> CronSchedule:
     days, day_text = dom.values, dom.text
     longest = 31 if len(month.values) == 12 else max(_MAX_DAYS[m] for m in month.values)
     if days[-1] > longest:
-        # These days never come; dropping them keeps croniter from searching 50 years.
+        # These days never come; dropping them keeps the calendar from searching years.
         days = tuple(d for d in days if d <= longest)
         day_text = _compress(days, 3) if days else ""
     if dom.star or dow.star:  # robfig: the day must match both fields
@@ -209,7 +209,7 @@ def parse_cron(expr: str) -> CronSchedule:
         dom_text, dow_text = "*", dow.text
     elif len(days) == 31 or len(dow.values) == 7:  # one side alone matches every day
         dom_text = dow_text = "*"
-    else:  # croniter reads a literal `*` as "unrestricted"; both must stay lists
+    else:  # a literal `*` reads as "unrestricted" (_calendar): both must stay lists
         dom_text, dow_text = day_text, dow.text
     canonical = f"{sec.text} {minute.text} {hour.text} {dom_text} {month.text} {dow_text}"
     return CronSchedule(expr, zone, None, sec.values, minute.values, hour.values, dom.values,
@@ -222,20 +222,79 @@ def schedule_zone(expr: str | CronSchedule, default: tzinfo) -> tzinfo:
     return _zone(sched.zone) if sched.zone is not None else default
 
 
-# croniter objects keep a cursor, so a cached one is shared under a lock.
-_ENGINE_LOCK = threading.Lock()
+class _Calendar(NamedTuple):
+    """A canonical text's values, for `_next_wall`: sorted, and as sets."""
+
+    seconds: tuple[int, ...]
+    minutes: tuple[int, ...]
+    hours: tuple[int, ...]
+    months: tuple[int, ...]
+    second_set: frozenset[int]
+    minute_set: frozenset[int]
+    hour_set: frozenset[int]
+    month_set: frozenset[int]
+    days: frozenset[int]
+    weekdays: frozenset[int]  # 0 is Sunday
+    either: bool  # both day fields restricted: a day matches either (else it must match both)
+
+
+def _values(text: str, low: int, high: int) -> tuple[int, ...]:
+    if text == "*":
+        return tuple(range(low, high + 1))
+    found: set[int] = set()
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        found.update(range(int(first), int(last or first) + 1))
+    return tuple(sorted(found))
 
 
 @functools.lru_cache(maxsize=1024)
-def _engine(canonical: str) -> croniter:
-    return croniter(canonical, _EPOCH, ret_type=datetime, second_at_beginning=True)
+def _calendar(canonical: str) -> _Calendar:
+    """The canonical text read as croniter reads it: `*` is every value, and a day must
+    match both day fields unless neither is `*` (then either will do); `parse_cron`
+    writes the text so that this is robfig's rule."""
+    sec, minute, hour, dom, month, dow = canonical.split()
+    seconds, minutes = _values(sec, 0, 59), _values(minute, 0, 59)
+    hours, months = _values(hour, 0, 23), _values(month, 1, 12)
+    return _Calendar(seconds, minutes, hours, months, frozenset(seconds), frozenset(minutes),
+                     frozenset(hours), frozenset(months), frozenset(_values(dom, 1, 31)),
+                     frozenset(_values(dow, 0, 6)), dom != "*" and dow != "*")
 
 
-def _next_wall(engine: croniter, wall: datetime) -> datetime:
-    """First matching naive wall-clock time strictly after ``wall``."""
-    with _ENGINE_LOCK:
-        found: datetime = engine.get_next(datetime, start_time=wall)
-    return found
+_DAY, _HOUR, _MINUTE = timedelta(days=1), timedelta(hours=1), timedelta(minutes=1)
+_MAX_YEARS = 400  # the Gregorian calendar repeats: a rule that can match does within this
+
+
+def _next_wall(cal: _Calendar, wall: datetime) -> datetime:
+    """First matching naive wall-clock time strictly after ``wall``: each field in turn
+    from the month down, a field that does not match moving to its next value (and
+    the smaller fields to their first). Past year 9999 datetime raises, which
+    `next_fire` turns into a CronError."""
+    t = wall.replace(microsecond=0) + _SECOND
+    last_year = t.year + _MAX_YEARS
+    while t.year <= last_year:
+        if t.month not in cal.month_set:
+            i = bisect_right(cal.months, t.month)
+            t = (datetime(t.year, cal.months[i], 1) if i < len(cal.months)
+                 else datetime(t.year + 1, cal.months[0], 1))
+        elif not ((t.day in cal.days or t.isoweekday() % 7 in cal.weekdays) if cal.either
+                  else (t.day in cal.days and t.isoweekday() % 7 in cal.weekdays)):
+            t = datetime(t.year, t.month, t.day) + _DAY
+        elif t.hour not in cal.hour_set:
+            i = bisect_right(cal.hours, t.hour)
+            t = (t.replace(hour=cal.hours[i], minute=0, second=0) if i < len(cal.hours)
+                 else datetime(t.year, t.month, t.day) + _DAY)
+        elif t.minute not in cal.minute_set:
+            i = bisect_right(cal.minutes, t.minute)
+            t = (t.replace(minute=cal.minutes[i], second=0) if i < len(cal.minutes)
+                 else t.replace(minute=0, second=0) + _HOUR)
+        elif t.second not in cal.second_set:
+            i = bisect_right(cal.seconds, t.second)
+            t = (t.replace(second=cal.seconds[i]) if i < len(cal.seconds)
+                 else t.replace(second=0) + _MINUTE)
+        else:
+            return t
+    raise CronError("no fire time found")
 
 
 def _offset(moment: datetime) -> timedelta:
@@ -274,7 +333,7 @@ def _transition(low: datetime, high: datetime, tz: tzinfo) -> datetime:
     return high
 
 
-def _next_fixed(engine: croniter, after: datetime, tz: tzinfo) -> datetime:
+def _next_fixed(engine: _Calendar, after: datetime, tz: tzinfo) -> datetime:
     local = _local(after, tz)
     wall = local.replace(tzinfo=None, fold=0)
     if local.fold:  # second pass of a repeated hour: its wall times already fired
@@ -290,7 +349,7 @@ def _next_fixed(engine: croniter, after: datetime, tz: tzinfo) -> datetime:
     raise CronError("no fire time found")
 
 
-def _next_elapsed(engine: croniter, after: datetime, tz: tzinfo) -> datetime:
+def _next_elapsed(engine: _Calendar, after: datetime, tz: tzinfo) -> datetime:
     local = _local(after, tz)
     wall = local.replace(tzinfo=None, fold=0)
     kind, early, late = _resolve(wall, tz)
@@ -320,7 +379,7 @@ def _next_elapsed(engine: croniter, after: datetime, tz: tzinfo) -> datetime:
 @functools.lru_cache(maxsize=8192)  # phases sharing a rule usually share `after` too
 def _next_instant(canonical: str, fixed_hour: bool, tz: tzinfo, after: datetime) -> datetime:
     policy = _next_fixed if fixed_hour else _next_elapsed
-    return policy(_engine(canonical), after, tz)
+    return policy(_calendar(canonical), after, tz)
 
 
 def next_fire(expr: str | CronSchedule, after: datetime, tz: tzinfo) -> datetime:
@@ -344,7 +403,7 @@ def next_fire(expr: str | CronSchedule, after: datetime, tz: tzinfo) -> datetime
         return instant.replace(tzinfo=UTC).astimezone(zone)
     except CronError:
         raise
-    except (OverflowError, ValueError) as exc:  # croniter's errors are ValueErrors too
+    except (OverflowError, ValueError) as exc:  # past year 9999
         raise CronError(f"no fire time after {after.isoformat()}: {exc}") from exc
 
 
