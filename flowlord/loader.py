@@ -86,6 +86,8 @@ class Listing:
     unlisted: list[str]    # key prefixes of directories that could not be read
     stats: dict[str, os.stat_result] = field(default_factory=dict)  # saves a second stat
     unnamed: list[str] = field(default_factory=list)  # .toml names that are not UTF-8
+    # keys that are symbolic links themselves; None: not known (look at each file)
+    links: set[str] | None = None
 
 
 def workflow_key(root: str, path: str) -> str:
@@ -99,6 +101,7 @@ def list_workflows(root: str, start: str | None = None) -> Listing:
     stats: dict[str, os.stat_result] = {}
     unlisted: list[str] = []
     unnamed: list[str] = []
+    links: set[str] = set()
     seen: set[tuple[int, int]] = set()
 
     def walk(directory: str, prefix: str) -> None:
@@ -124,16 +127,18 @@ def list_workflows(root: str, start: str | None = None) -> Listing:
             elif not is_workflow_key(prefix + entry.name):
                 if entry.name.endswith(".toml") and not entry.name.startswith("."):
                     unnamed.append(ascii(prefix + entry.name))
-            elif entry.is_symlink() or entry.is_file(follow_symlinks=False):  # no FIFOs
-                key = prefix + entry.name
+            elif (link := entry.is_symlink()) or entry.is_file(follow_symlinks=False):
+                key = prefix + entry.name  # (a FIFO is neither)
                 files[key] = entry.path
+                if link:
+                    links.add(key)
                 with contextlib.suppress(OSError):  # _examine reports it
                     stats[key] = entry.stat()
 
     start = start or root
     key = workflow_key(root, start)
     walk(start, "" if key == "." else key + "/")
-    return Listing(files, unlisted, stats, unnamed)
+    return Listing(files, unlisted, stats, unnamed, links)
 
 
 def _under(key: str, prefixes: Iterable[str]) -> bool:
@@ -163,24 +168,27 @@ class Refusals:
         self._open_above.clear()
         self._real_dirs.clear()
 
-    def reason(self, path: str, st: os.stat_result) -> str:
-        """'' when the file may be loaded."""
+    def reason(self, path: str, st: os.stat_result, link: bool | None = None) -> str:
+        """'' when the file may be loaded; `link`: whether the path is a symbolic link
+        itself, when the listing knows (None: look)."""
         if self.world_writable(st):
             return "writable by any user (o+w)"
         if directory := self.open_directory(path):
             return f"in a directory any user can write to: {directory}"
         if self._is_dir:
-            real = self.real_path(path)
+            real = self.real_path(path, link)
             if not real.startswith(self._real_root + os.sep):
                 return f"symbolic link out of the workflow directory: {real}"
         return ""
 
-    def real_path(self, path: str) -> str:
+    def real_path(self, path: str, link: bool | None = None) -> str:
         """`os.path.realpath(path)`, each directory resolved once: a cold load resolved
         every directory of every path again, a quarter of its time. Only a file that is
-        a link itself (one lstat tells) is resolved whole."""
+        a link itself (`link`, from the listing; else one lstat tells) is resolved
+        whole."""
         head, _, name = path.rpartition(os.sep)
-        if not head or name in ("", ".", "..") or os.path.islink(path):
+        if not head or name in ("", ".", "..") or (
+                os.path.islink(path) if link is None else link):
             return os.path.realpath(path)
         real = self._real_dirs.get(head)
         if real is None:
@@ -262,7 +270,9 @@ class Loader:
         ops: list[FileOp] = []
         changes: list[str] = []
         for key, path in listing.files.items():
-            change = self._examine(key, path, listing.stats.get(key), states.get(key), ops)
+            link = None if listing.links is None else key in listing.links
+            change = self._examine(key, path, listing.stats.get(key), states.get(key), ops,
+                                   link)
             if change:
                 changes.append(change + key)
         for key in states:
@@ -307,8 +317,9 @@ class Loader:
         return Listing(files, unlisted), scope
 
     def _examine(self, key: str, path: str, st: os.stat_result | None, state: FileState | None,
-                 ops: list[FileOp]) -> str:
-        """Queue the write one file needs; returns '+', '~', '-' or '' (no change)."""
+                 ops: list[FileOp], link: bool | None = None) -> str:
+        """Queue the write one file needs; returns '+', '~', '-' or '' (no change).
+        `link`: whether the path is a symbolic link itself, if the listing knows."""
         try:
             st = st or os.stat(path)
             # ctime too: `rsync -t` or `touch -r` can restore an mtime, never a ctime
@@ -321,7 +332,7 @@ class Loader:
                     and not self.refusals.open_directory(path)):
                 return ""
             last_modified = mtime_text(st.st_mtime_ns)
-            refusal = self.refusals.reason(path, st)
+            refusal = self.refusals.reason(path, st, link)
             if refusal:
                 return self._refuse(key, state, refusal, last_modified, ops)
             st, data = read_workflow(path, st)
