@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from prometheus_client import CollectorRegistry, Histogram
 
-from flowlord import dispatch, logs, metrics
+from flowlord import dispatch, logs, metrics, results
 from flowlord.bus.inprocess import InProcessBus
 from flowlord.clock import utc_now_ms
 from flowlord.loader import Loader
@@ -50,7 +50,7 @@ def test_a_failure_working_out_effects_still_records_the_result_and_alerts(
 
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("boom")
-    monkeypatch.setattr(dispatch, "after_result", broken)
+    monkeypatch.setattr(results, "after_result", broken)
     d.turn()
     d.turn()
     assert store_rows(store, "SELECT type, result FROM tasks") == [("p", "complete")]
@@ -138,8 +138,8 @@ def test_children_are_looked_up_per_job_of_the_meta(wf: Path, store: Store) -> N
     "x=1;y&workflow=a", "job=&job=k", "workflow=a=b", "job=%zz&job=k"])
 def test_workflow_and_job_read_as_decode_meta_reads_them(meta: str) -> None:
     decoded = decode_meta(meta)
-    assert dispatch._workflow_and_job(meta) == (decoded.get("workflow", ""),
-                                                decoded.get("job", ""))
+    assert results._workflow_and_job(meta) == (decoded.get("workflow", ""),
+                                               decoded.get("job", ""))
 
 
 def test_observe_all_counts_as_observe_one_by_one() -> None:
