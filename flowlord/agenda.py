@@ -7,7 +7,7 @@ Three steps, a module each:
   children as the daemon finds them when a task completes);
 - the walk from each fire through its children, here: a child starts when its parent is
   expected to end, and is marked paused when a pause covers it then
-  (flowlord/dispatch.py starts no child of a paused phase); the expected run time is the
+  (flowlord/results.py starts no child of a paused phase); the expected run time is the
   phase's run p50 from history (`reads.stats`), unknown when it never ran, and then its
   children's start is unknown too;
 - per topic, the queue of the expected tasks on its concurrency

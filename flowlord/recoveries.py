@@ -9,7 +9,7 @@
   normal case. It is a notification held in the routes' memory (flowlord/routes.py):
   at most once, and one not yet accepted is lost with a restart.
 
-The dispatcher (flowlord/dispatch.py) calls `recorded()` for each result inside its
+The result recorder (flowlord/results.py) calls `recorded()` for each result inside its
 transaction, then `committed()` or `discarded()`: what a rolled-back turn decided
 is forgotten, as the turn is recorded again.
 """
