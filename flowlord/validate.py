@@ -78,7 +78,11 @@ def validate_file(file_path: str, raw_phases: Sequence[RawPhase]) -> list[Phase]
             if duplicate not in first_issues:
                 first_issues.append(duplicate)
             continue
-        kept[task] = (raw, _own_issues(raw, task, rule))
+        # the usual phase has no issue of its own: no call, no list to extend
+        usual = (not raw.issues and not rule.issues and raw.retry <= RETRY_LIMIT
+                 and (raw.depends_on or rule.has_cron or rule.files) and task[:1] != ":"
+                 and task[:1] > " ")
+        kept[task] = (raw, [] if usual else _own_issues(raw, task, rule))
 
     if any(raw.depends_on for raw, _ in kept.values()):  # else no parent to look for
         _check_parents(kept)
