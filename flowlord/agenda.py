@@ -22,15 +22,13 @@ API page through 100,000 phases' agenda cheaply; `AgendaCache`
 
 from __future__ import annotations
 
-import gc
-import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from flowlord import collector
 from flowlord.agenda_backlog import Backlog, NoWorker, Warning, warnings
 from flowlord.agenda_fires import EPOCH, Children, Kid, Planned, at, fires, text
 from flowlord.clock import rfc3339, rfc3339_ms
@@ -248,7 +246,7 @@ def read(store: Store, config: Config, now: datetime, hours: float,
     history (`runs`: the p50s when already read), and the config's zone and workers."""
     width, notes = concurrency_of(config, given)
     ctx = Context(config.zone(), meta_dir(config.workflows), now)
-    with collector_paused():
+    with collector.paused():  # flowlord/collector.py
         agenda = plan(store.phases(), now=now, hours=hours, ctx=ctx,
                       pauses=Pauses.read(store, now),
                       p50=p50s(store, now) if runs is None else runs,
@@ -256,35 +254,6 @@ def read(store: Store, config: Config, now: datetime, hours: float,
     if width is not None and config.bus_url != "local":  # only the topics given are judged
         agenda.warnings = [w for w in agenda.warnings if not isinstance(w, NoWorker)]
     return agenda
-
-
-_paused_lock = threading.Lock()
-_paused_by = 0  # computations under collector_paused now
-_paused_from = False  # whether the collector ran when the first of them began
-
-
-@contextmanager
-def collector_paused() -> Iterator[None]:
-    """Python's cycle collector off while an agenda is computed: the computation makes
-    hundreds of thousands of objects that all live on (phases, fires, children, queue
-    items) and no cycle, so each full collection the allocations set off walks every
-    object of the process for nothing (0.4 s of 1.5 s over 100,000 phases, measured with
-    gc.callbacks; bench/daemon.py --only agenda). Counted, so that threads computing at
-    once (the CLI, the HTTP side's cache, its background refresh) turn it back on only
-    when the last ends, and only if it was on."""
-    global _paused_by, _paused_from
-    with _paused_lock:
-        if _paused_by == 0:
-            _paused_from = gc.isenabled()
-            gc.disable()
-        _paused_by += 1
-    try:
-        yield
-    finally:
-        with _paused_lock:
-            _paused_by -= 1
-            if _paused_by == 0 and _paused_from:
-                gc.enable()
 
 
 def parse_concurrency(items: Iterable[str]) -> dict[str, int]:

@@ -34,7 +34,7 @@ from typing import TypeVar
 
 import apsw
 
-from flowlord import logs, operations
+from flowlord import collector, logs, operations
 from flowlord.bus import Bus
 from flowlord.bus.local import LocalBus
 from flowlord.checkpoints import Checkpoints
@@ -46,7 +46,7 @@ from flowlord.disk_full import DiskFull
 from flowlord.dispatch import Dispatcher
 from flowlord.file_triggers import FileTriggers
 from flowlord.ledger import Ledger
-from flowlord.loader import Loader, LoaderError, gc_paused
+from flowlord.loader import Loader, LoaderError
 from flowlord.model import Fire
 from flowlord.notices import Notices
 from flowlord.operate import Place
@@ -173,7 +173,7 @@ class Daemon:
         self.wakeup.on_signals()
         self.open()
         try:
-            with gc_paused():  # flowlord/loader.py; what the start made lives on, so no
+            with collector.paused():  # flowlord/collector.py; what the start made lives on, so no
                 self.start()  # collection need ever look at it (nor at once, on enabling)
                 gc.freeze()
             if http is not None:

@@ -25,10 +25,9 @@ from typing import Any
 
 import apsw
 
-from flowlord import metrics
+from flowlord import collector, metrics
 from flowlord.clock import rfc3339, rfc3339_ms
 from flowlord.cron import next_fire
-from flowlord.loader import gc_paused
 from flowlord.model import Fire, Phase
 from flowlord.operations import Action, record_fires
 from flowlord.overlap import Overlap
@@ -73,7 +72,7 @@ class Ledger:
     def start(self, store: Store, now: datetime, ctx: Context) -> None:
         """Schedule every stored phase; the slots missed since each phase's last fire in
         the ledger become pending fires, as its catch-up policy says."""
-        with gc_paused():  # flowlord/loader.py: 100,000 phases become objects
+        with collector.paused():  # 100,000 phases become objects
             phases, stored = store.phases_and_plan()
             self.pending += self.build(self.scheduler.start(
                 phases, now, lambda: self._last_fires(store), stored), ctx)
@@ -182,7 +181,7 @@ class Ledger:
             self._claim_slots(self.leadership)
         if not self.pending and not self.unplanned:
             return
-        with gc_paused():  # a cold start plans 100,000 phases
+        with collector.paused():  # a cold start plans 100,000 phases
             plan = self._plan()
         started = clock()
         try:

@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import gc
 import hashlib
 import os
 import stat
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import apsw
 
+from flowlord import collector
 from flowlord.clock import mtime_text
 from flowlord.model import Phase, Task, split_task
 from flowlord.parse import WorkflowParseError, parse_workflow
@@ -32,20 +32,6 @@ from flowlord.validate import VALIDATOR, validate_file
 MAX_FILE_BYTES = 4 * 1024 * 1024
 _FILES_PER_TRANSACTION = 500  # keeps the write lock short during a cold load
 _RACY_NS = 2_000_000_000  # younger files are hashed again at the next rescan
-
-
-@contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
-    """No cyclic garbage collection meanwhile: while 100,000 rows become objects, each
-    collection would look at all the objects made so far again (a fifth of a warm start
-    went to it), and none of them is garbage yet."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 class LoaderError(Exception):
@@ -256,7 +242,7 @@ class Loader:
 
         With `paths` (from file events) only those files, or directories, are looked at.
         """
-        with gc_paused():
+        with collector.paused():
             return self._refresh(paths)
 
     def _refresh(self, paths: Iterable[str] | None) -> list[str]:

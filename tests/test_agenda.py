@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from flowlord import agenda, agenda_cache, cli, jitter
+from flowlord import agenda, agenda_cache, cli, collector, jitter
 from flowlord.agenda_fires import Children
 from flowlord.clock import rfc3339, rfc3339_ms
 from flowlord.config import Config
@@ -545,15 +545,15 @@ def test_phases_sharing_a_schedule_share_its_slots_and_keep_their_own_start(tmp_
 def test_the_cycle_collector_is_paused_while_computing_and_back_after_the_last() -> None:
     import gc
     assert gc.isenabled()
-    with agenda.collector_paused():
+    with collector.paused():
         assert not gc.isenabled()
-        with agenda.collector_paused():  # another thread's computation, overlapping
+        with collector.paused():  # another thread's computation, overlapping
             assert not gc.isenabled()
         assert not gc.isenabled()  # the first is still computing
     assert gc.isenabled()
     gc.disable()
     try:
-        with agenda.collector_paused():
+        with collector.paused():
             pass
         assert not gc.isenabled()  # it was off: it stays off
     finally:
