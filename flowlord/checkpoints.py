@@ -32,6 +32,7 @@ from flowlord.store.connection import StoreError, connect
 
 EVERY = 1.0  # seconds between two checkpoints
 WAL_TRUNCATE_BYTES = 64 * 1024 * 1024  # a log this big is emptied, not only copied
+TRUNCATE_BACKOFF = 10  # checkpoints between two TRUNCATE tries that a reader made busy
 
 
 class Checkpoints:
@@ -52,6 +53,7 @@ class Checkpoints:
 
     def _run(self) -> None:
         conn: apsw.Connection | None = None
+        held_off = 0  # checkpoints to run before another TRUNCATE, after a busy one
         try:
             while True:
                 stop = self.stopping.wait(EVERY)
@@ -59,8 +61,12 @@ class Checkpoints:
                     if conn is None:  # opened here: a database locked at start waits
                         conn = connect(self.db, busy_timeout_ms=100)
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                    if self._wal_size() > WAL_TRUNCATE_BYTES:
-                        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                    if self._wal_size() > WAL_TRUNCATE_BYTES and not held_off:
+                        busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()[0][0]
+                        # a reader holds the log: each try holds the loop's writes back
+                        # up to the busy timeout, so wait a while before the next one
+                        held_off = TRUNCATE_BACKOFF if busy else 0
+                    held_off = max(0, held_off - 1)
                 except (apsw.Error, StoreError) as e:  # busy, a full disk: tried again
                     self.log.debug("checkpoint put off", error=str(e))
                 if stop:

@@ -131,6 +131,9 @@ class Dispatcher:
         except apsw.FullError:  # nothing was recorded: results wait, counted when they are
             self.recorder.discarded()
             raise
+        except Exception:  # rolled back too: what the turn decided must not be counted
+            self.recorder.discarded()
+            raise
         self.recorder.committed(children)
         for done in self.pending:
             self.bus.ack(done)

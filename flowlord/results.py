@@ -59,7 +59,10 @@ class ResultRecorder:
         tasks go to `new_tasks`); the results recorded, without those of tasks that
         already had one (or a second result of one task). A task that never ran goes
         back to the queue. The results are written together (store.finish_many), before
-        any effect: an effect (overlap=replace) cancels only tasks still running."""
+        any effect, so each effect sees every result of the turn as recorded: an
+        overlap=replace cancels only tasks still running, an overlap=skip does not skip
+        a child for a task whose result came in the same turn, and a late slot's
+        `recovered` names the first of its tasks handled here that finds it done."""
         first: dict[int, Done] = {}
         for done in pending:  # the first word about a task counts, as it ever did
             first.setdefault(done.task_no, done)

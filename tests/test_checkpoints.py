@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
+import apsw
 import pytest
 
-from flowlord import checkpoints
+from flowlord import checkpoints, logs
 from flowlord.clock import FakeClock
-from flowlord.store import write_txn
+from flowlord.store import Store, write_txn
 from tests.helpers import stepped, utc, wait_for
 
 
@@ -52,3 +54,41 @@ def test_a_log_past_its_bound_is_emptied(
         wait_for(lambda: wal.stat().st_size == 0)  # a passive checkpoint keeps its size
         rows = d.store.conn.execute("SELECT count(*) FROM ballast").fetchall()
         assert rows == [(5,)]
+
+
+def test_a_truncate_a_reader_holds_off_is_tried_again_only_after_a_while(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each TRUNCATE try holds the loop's writes back up to its busy timeout: while a
+    reader keeps the log, one try in TRUNCATE_BACKOFF checkpoints, not one each."""
+    db = str(tmp_path / "f.db")
+    writer = Store(db)
+    writer.conn.pragma("wal_autocheckpoint", 0)
+    writer.conn.execute("CREATE TABLE ballast (b BLOB)")
+    with write_txn(writer.conn):
+        for _ in range(2):
+            writer.conn.execute("INSERT INTO ballast VALUES (zeroblob(1048576))")
+    reader = apsw.Connection(db)
+    reader.execute("BEGIN")
+    assert reader.execute("SELECT count(*) FROM ballast").fetchall() == [(2,)]  # holds it
+    seen: list[str] = []
+    real_connect = checkpoints.connect
+
+    def traced(*args: Any, **kwargs: Any) -> apsw.Connection:
+        conn = real_connect(*args, **kwargs)
+        conn.exec_trace = lambda _cursor, sql, _bindings: seen.append(sql) or True
+        return conn
+    monkeypatch.setattr(checkpoints, "connect", traced)
+    monkeypatch.setattr(checkpoints, "EVERY", 0.01)
+    monkeypatch.setattr(checkpoints, "WAL_TRUNCATE_BYTES", 1024 * 1024)
+    thread = checkpoints.Checkpoints(db, logs.get("test"))
+    thread.start()
+    try:
+        wait_for(lambda: sum("PASSIVE" in s for s in seen) >= 31)
+    finally:
+        thread.stop()
+        reader.execute("COMMIT")
+        reader.close()
+        writer.close()
+    passives = sum("PASSIVE" in s for s in seen)
+    truncates = sum("TRUNCATE" in s for s in seen)
+    assert 1 <= truncates <= passives // checkpoints.TRUNCATE_BACKOFF + 1, (truncates, passives)
