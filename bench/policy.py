@@ -25,33 +25,19 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import apsw
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+from daemon import parse_time, percentile, wait  # noqa: E402
+
 TARGET_RATIO = 1.5  # lateness p99 with the policy / without it
 PHASES_PER_FILE = 10
 POLICY = "&overlap=skip&max_active=1"
-
-
-def wait(condition: Callable[[], bool], seconds: float, poll: float = 0.1) -> None:
-    end = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > end:
-            raise SystemExit("benchmark: a condition was not met in time")
-        time.sleep(poll)
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))]
-
-
-def parse_time(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def generate(wf: Path, phases: int, rule_suffix: str) -> None:
@@ -92,7 +78,7 @@ def one_round(tmp: Path, phases: int, seconds: float, rule_suffix: str) -> list[
             try:
                 wait(lambda: conn.execute(
                     "SELECT count(*) FROM fires WHERE scheduled_for >= ? AND scheduled_for < ?",
-                    (first, last)).fetchone()[0] >= due, 60)
+                    (first, last)).fetchone()[0] >= due, 60, poll=0.1)
                 rows = conn.execute(
                     "SELECT scheduled_for, fired_at FROM fires "
                     "WHERE scheduled_for >= ? AND scheduled_for < ?", (first, last)).fetchall()
