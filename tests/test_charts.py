@@ -5,6 +5,7 @@ runs. Screenshots go to build/screenshots."""
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from collections.abc import Iterator
@@ -20,9 +21,10 @@ from flowlord.clock import rfc3339
 from flowlord.config import Config
 from flowlord.loader import Loader
 from flowlord.store import Store, history, write_txn
-from flowlord.web import charts
+from flowlord.web import charts, timeline, timeline_chart
 from flowlord.web.api import Api
-from flowlord.web.dashboard import Dashboard, _timeline
+from flowlord.web.dashboard import Dashboard
+from flowlord.web.timeline import Timelines
 from tests.browser import Browser
 from tests.helpers import answers, daemon, free_port, wait_for
 
@@ -116,7 +118,7 @@ def test_timeline_bars_go_from_start_to_end_cut_at_the_window_edges() -> None:
     rows = bar_rows([(1, "load", -600.0, 1800.0, "complete"),  # began before the window
                      (2, "extract", 3600.0, 3600.0 * 7, None),  # runs past its end
                      (3, "extract", 7200.0, 10800.0, "error")])
-    t = charts.timeline(rows, [("extract", 10)], start=START, seconds=6 * 3600,
+    t = timeline_chart.timeline(rows, [("extract", 10)], start=START, seconds=6 * 3600,
                         now=START + timedelta(hours=7))
     assert [lane.name for lane in t.lanes] == ["extract", "load"]
     by_no = {b.href: b for b in t.bars}
@@ -133,7 +135,7 @@ def test_timeline_bars_go_from_start_to_end_cut_at_the_window_edges() -> None:
 
 
 def test_timeline_rows_follow_a_files_phases_and_link_to_them() -> None:
-    t = charts.timeline(bar_rows([(1, "gone", 0.0, 60.0, "complete")]), [], start=START,
+    t = timeline_chart.timeline(bar_rows([(1, "gone", 0.0, 60.0, "complete")]), [], start=START,
                         seconds=3600, now=START, lanes=["b", "a"], file="x/f.toml")
     assert [lane.name for lane in t.lanes] == ["b", "a", "gone"]
     assert t.lanes[0].href == "/phases/x/f.toml/b" and t.now_x == 0
@@ -150,7 +152,7 @@ def test_merge_width_is_the_first_at_which_the_bars_surely_fit() -> None:
 def test_merged_bars_count_their_runs_and_take_the_worst_colour() -> None:
     group = (9, "extract", 100.0, 130.0, None, 5, 3, 0, 0, 1, 1,  # 3 complete, 1 err, 1 run
              None, None, None, None, None)
-    t = charts.timeline([group, *bar_rows([(4, "extract", 0.0, 1.0, "complete")])], [],
+    t = timeline_chart.timeline([group, *bar_rows([(4, "extract", 0.0, 1.0, "complete")])], [],
                         start=START, seconds=3600, now=START, merged_px=4)
     merged = next(b for b in t.bars if b.merged > 1)
     assert merged.merged == 5 and merged.state == "complete failed"  # most, some failed
@@ -163,7 +165,7 @@ def test_merged_bars_count_their_runs_and_take_the_worst_colour() -> None:
 def test_rows_beyond_the_cap_are_counted_not_drawn() -> None:
     rows = bar_rows([(n, f"topic{n:04d}", 0.0, 10.0, "complete")
                      for n in range(charts.MAX_LANES + 5)])
-    t = charts.timeline(rows, [], start=START, seconds=3600, now=START)
+    t = timeline_chart.timeline(rows, [], start=START, seconds=3600, now=START)
     assert len(t.lanes) == charts.MAX_LANES and t.hidden_lanes == 5 and t.hidden_runs == 5
     assert len(t.bars) == charts.MAX_LANES
 
@@ -188,7 +190,7 @@ def test_merged_bars_tell_their_times_in_the_windows_zone_and_link_its_hour() ->
         seconds = 6 * 3600.0
         rows = [(n, "extract", b, b + 7.3, None, 2, 2, 0, 0, 0, 0, None, None, None, None,
                  None) for n, b in enumerate((0.0, 0.75, 59.9, 3599.5, 13000.25, 21590.0))]
-        t = charts.timeline(rows, [], start=start, seconds=seconds, now=start, merged_px=4)
+        t = timeline_chart.timeline(rows, [], start=start, seconds=seconds, now=start, merged_px=4)
         scale = t.plot_width / seconds
         titles = []
         for (_, _, b, e, *_), bar in zip(rows, t.bars, strict=True):
@@ -289,21 +291,45 @@ def test_a_phases_runs_are_read_through_its_own_indexes(tmp_path: Path) -> None:
 def test_window_queries_read_through_their_indexes(tmp_path: Path) -> None:
     db = seed(tmp_path, 3, datetime.now(UTC))
     store = Store(str(db), readonly=True)
+    widths = [2.0 ** k for k in range(charts.MERGE_STEPS)]
+
+    def plan(sql: str, names: dict[str, object]) -> str:
+        return " ".join(str(r) for r in store.conn.execute("EXPLAIN QUERY PLAN " + sql, names))
     try:
         for file in (None, "a.toml"):
-            names = history._names(store, "a", "b", "c", "d", file, per=1.0, max=3000)
-            for k in range(charts.MERGE_STEPS):
-                names[f"w{k}"], names[f"s{k}"] = 2.0 ** k, 10
-            plan = " ".join(str(r) for r in store.conn.execute(
-                "EXPLAIN QUERY PLAN " + history._window_sql(file, charts.MERGE_STEPS), names))
-            assert "INDEX tasks_by_start (started>? AND started<?)" in plan
-            assert "SCAN tasks USING INDEX tasks_running" in plan  # the running ones: few
-            assert "INDEX tasks_unfinished (created>? AND created<?)" in plan  # waiting
-            assert "INTEGER PRIMARY KEY (rowid=?)" in plan  # a lone run's task's columns
-            assert "SCAN tasks'" not in plan and "SCAN t'" not in plan  # never every task
-            assert plan.count("MATERIALIZE w") == 1  # the runs are read once
+            lane = "type" if file is None else "phase"
+            for runs, index in ((history.Runs("a", "b", "a"),
+                                 "INDEX tasks_by_start (started>? AND started<?)"),
+                                (history.Runs("", "b", running=True),
+                                 "SCAN tasks USING INDEX tasks_running")):
+                names = history._names(runs, file, per=1.0, grain=2.0)
+                for k, w in enumerate(widths):
+                    names[f"w{k}"] = w
+                shape = plan(history._runs_cte(runs, lane, file, materialized=True)
+                             + "SELECT lane, count(*) FROM w GROUP BY lane UNION ALL SELECT "
+                             f"DISTINCT lane, {history._MARK_SLOT} FROM w WHERE fired", names)
+                assert index in shape and shape.count("MATERIALIZE w") == 1  # read once
+                bars = plan(history._runs_cte(runs, lane, file) + "SELECT * FROM w", names)
+                assert index in bars and "SCAN tasks'" not in bars + shape  # never every task
+            counts = plan("WITH s(lo, hi) AS (VALUES ('a', 'b')) SELECT (SELECT count(*) FROM "
+                          "tasks INDEXED BY tasks_by_start WHERE started >= lo AND started "
+                          "< hi) FROM s", {})
+            assert "COVERING INDEX tasks_by_start (started>? AND started<?)" in counts
+        # the bars' statement as it runs, and the waiting marks: their indexes
+        history.runs_bars(store, history.Runs("a", "b", "a"), "type", None, 2.0)
+        assert history.waiting_marks(store, "type", None, "a", "b", 1.0) == set()
     finally:
         store.close()
+
+
+def drawn_timeline(store: Store, start: datetime, end: datetime, now: datetime,
+                   file: str | None = None, kept: Timelines | None = None) -> charts.Timeline:
+    found = (kept or Timelines()).window(store, start, end, now, file)
+    seconds = (end - start).total_seconds()
+    return timeline_chart.timeline(found.bars, found.fires, start=start, seconds=seconds, now=now,
+                           lanes=history.lanes_of_file(store, file) if file else None,
+                           file=file,
+                           merged_px=found.grain * charts.timeline_width() / seconds)
 
 
 def test_timeline_merges_a_busy_window_and_counts_every_run(tmp_path: Path) -> None:
@@ -311,7 +337,7 @@ def test_timeline_merges_a_busy_window_and_counts_every_run(tmp_path: Path) -> N
     db = seed(tmp_path, 10_000, now)
     store = Store(str(db), readonly=True)
     try:
-        t = _timeline(store, now - timedelta(hours=6), now, now, None)
+        t = drawn_timeline(store, now - timedelta(hours=6), now, now)
     finally:
         store.close()
     assert t.runs == 10_000 and sum(t.counts.values()) == 10_000
@@ -321,33 +347,41 @@ def test_timeline_merges_a_busy_window_and_counts_every_run(tmp_path: Path) -> N
     assert len(svg_bars(html)) == len(t.bars) and "Drawn as" in html
 
 
-def window_of(store: Store, now: datetime, max_bars: int, file: str | None = None
-              ) -> history.Window:
-    start = now - timedelta(hours=6)
-    per_px = 6 * 3600 / charts.timeline_width()
-    return history.window(store, rfc3339(start), rfc3339(now), rfc3339(now),
-                          rfc3339(start - timedelta(hours=history.LONGEST_RUN_HOURS)), file,
-                          per_px, [(per_px * w, n) for w, n in charts.merge_steps()],
-                          max_bars)
+def window_of(store: Store, now: datetime, max_bars: int, file: str | None = None,
+              kept: Timelines | None = None) -> timeline.Window:
+    return (kept or Timelines()).window(store, now - timedelta(hours=6), now, now, file,
+                                        max_bars)
+
+
+def every_run(store: Store, start: datetime, now: datetime, file: str | None
+              ) -> list[tuple[int, str, float, float, str | None]]:
+    """(task_no, row, start, end, result) of the runs in [start, now), times in seconds
+    since the epoch, clipped: every task read, another way to what the timeline reads."""
+    lane = "type" if file is None else "phase"
+    return [(n, row, max(b, start.timestamp()), min(e, now.timestamp()), r)
+            for n, row, b, e, r in store.conn.execute(
+                f"SELECT task_no, {lane}, (julianday(started) - 2440587.5) * 86400, "
+                "(julianday(coalesce(ended, ?)) - 2440587.5) * 86400, result FROM tasks "
+                "NOT INDEXED WHERE started IS NOT NULL AND started < ? AND (ended IS NULL "
+                "OR ended >= ?)" + (" AND file_path = ?" if file else ""),
+                (rfc3339(now), rfc3339(now), rfc3339(start), *([file] if file else [])))]
 
 
 @pytest.mark.parametrize("file", [None, "a.toml"])
 def test_the_window_merges_as_merge_width_chooses_and_keeps_every_run(
         tmp_path: Path, file: str | None) -> None:
-    """The grain chosen in SQL is charts.merge_width's for the same runs, at every cap;
-    each run is in one bar: alone (with its task's columns) when at least the grain
-    long, else in the bar of its row and slot."""
+    """The grain is charts.merge_width's for the window's runs, at every cap; each run
+    is in one bar: alone (with its task's columns) when at least the grain long, else in
+    the bar of its row and slot of the grain since the epoch; read afresh or from the
+    blocks kept, the same bars."""
     now = datetime.now(UTC).replace(microsecond=0)
     db = seed(tmp_path, 4_000, now)
     store = Store(str(db), readonly=True)
+    kept = Timelines()
     try:
         start = now - timedelta(hours=6)
         per_px = 6 * 3600 / charts.timeline_width()
-        runs = store.conn.execute(
-            history._window("type" if file is None else "phase", file)
-            + "SELECT task_no, lane, b, e, result FROM w",
-            history._names(store, rfc3339(start), rfc3339(now), rfc3339(now),
-                           rfc3339(start - timedelta(hours=6)), file, per=per_px)).fetchall()
+        runs = every_run(store, start, now, file)
         assert len(runs) == 4_000
         wide = [sum(e - b >= per_px * w for _, _, b, e, _ in runs)
                 for w, _ in charts.merge_steps()]
@@ -358,6 +392,7 @@ def test_the_window_merges_as_merge_width_chooses_and_keeps_every_run(
                                                               strict=True)]
         for cap in (10**6, 4_000, 3_999, 3_000, 1_500, 800, 100, 1, *exact):
             found = window_of(store, now, cap, file)
+            assert sorted(found.bars) == sorted(window_of(store, now, cap, file, kept).bars)
             expected = charts.merge_width(len(runs), lanes, wide, cap)
             assert found.grain == pytest.approx(expected * per_px), cap
             grains.add(expected)
@@ -372,8 +407,54 @@ def test_the_window_merges_as_merge_width_chooses_and_keeps_every_run(
             assert all(bar[11] == f"id{bar[0] - 1}{HOSTILE}" for bar in alone.values())
             assert all(bar[11] is None for bar in found.bars if bar[5] > 1)
         assert len(grains) >= 4  # the caps chose several widths
+        assert len(kept._blocks) >= 20  # most of the window was read from kept blocks
     finally:
         store.close()
+
+
+def test_kept_blocks_follow_what_changes_in_them(tmp_path: Path) -> None:
+    """A reading kept from blocks is the fresh reading, after each change a block can
+    see: the window moving, a task deleted, a finished task marked, a run still going
+    in an old block, then ended; and the rows kept stay under their cap."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    db = seed(tmp_path, 3_000, now)
+    writer = Store(str(db))
+    store = Store(str(db), readonly=True)
+    kept = Timelines()
+
+    def same(at: datetime) -> timeline.Window:
+        found = kept.window(store, at - timedelta(hours=6), at, at, None)
+        fresh = Timelines().window(store, at - timedelta(hours=6), at, at, None)
+        assert sorted(found.bars) == sorted(fresh.bars) and found.fires == fresh.fires
+        return found
+    try:
+        first = same(now)
+        assert len(kept._blocks) >= 20
+        for seconds in (1, 7, 450, 901):  # the window moves: other edges, the same blocks
+            same(now + timedelta(seconds=seconds))
+        with write_txn(writer.conn):  # retention deletes old tasks
+            writer.conn.execute("DELETE FROM tasks WHERE task_no IN (1000, 1001)")
+        assert sum(b[5] for b in same(now).bars) == sum(b[5] for b in first.bars) - 2
+        with write_txn(writer.conn):  # flowlord mark: a finished task's result changes
+            writer.add_action(rfc3339(now), "me", "mark", "1500", "{}")
+            assert writer.set_result(1500, "alert", "")
+        assert sum(b[8] for b in same(now).bars) == sum(b[8] for b in first.bars) + 1
+        old = rfc3339(now - timedelta(hours=4))
+        with write_txn(writer.conn):  # a run begun 4 h ago and still going
+            writer.conn.execute(
+                "INSERT INTO tasks (id, type, job, created, started, file_path, phase) "
+                "VALUES ('long', 'load', '', ?, ?, 'a.toml', 'load')", (old, old))
+        assert sum(b[10] for b in same(now).bars) == 1
+        with write_txn(writer.conn):
+            writer.conn.execute("UPDATE tasks SET ended = ?, result = 'complete' WHERE id = "
+                                "'long'", (rfc3339(now - timedelta(hours=1)),))
+        assert sum(b[10] for b in same(now).bars) == 0
+        small = Timelines(max_rows=50)
+        small.window(store, now - timedelta(hours=6), now, now, None)
+        assert small._rows <= 50 or len(small._blocks) == 1
+    finally:
+        store.close()
+        writer.close()
 
 
 def test_fire_marks_are_the_fires_tasks_of_the_window_running_ended_or_waiting(
@@ -396,20 +477,24 @@ def test_fire_marks_are_the_fires_tasks_of_the_window_running_ended_or_waiting(
                 "'extract:day', ?, ?)", (at, at if started else None, at, parent))
     store.close()
     store = Store(str(db), readonly=True)
+    kept = Timelines()
     try:
         start = now - timedelta(hours=6)
         per_px = 6 * 3600 / charts.timeline_width()
         for file, lane in ((None, "type"), ("a.toml", "phase")):
-            expected = set(store.conn.execute(  # every task read: another way to the same
-                f"SELECT DISTINCT {lane}, CAST((julianday(created) - julianday(:start)) "
-                "* 86400 / :per AS INTEGER) FROM tasks NOT INDEXED WHERE scheduled_for IS "
+            expected = {(row, round(slot - start.timestamp() / per_px, 2))
+                        for row, slot in store.conn.execute(  # every task read
+                f"SELECT DISTINCT {lane}, CAST((julianday(created) - 2440587.5) * 86400 "
+                "/ :per AS INTEGER) FROM tasks NOT INDEXED WHERE scheduled_for IS "
                 "NOT NULL AND parent_no IS NULL AND created >= :start AND created < :end "
                 "AND (ended IS NULL OR started >= :start)",
-                {"start": rfc3339(start), "end": rfc3339(now), "per": per_px}))
-            found = window_of(store, now, charts.MAX_BARS, file).fires
-            assert len(found) == len(set(found)) and set(found) == expected
-            waiting = int(timedelta(hours=5, minutes=30).total_seconds() / per_px)
-            assert ("extract" if file is None else "extract:day", waiting) in found
+                {"start": rfc3339(start), "end": rfc3339(now), "per": per_px})}
+            for _ in range(2):  # afresh, then from the blocks kept
+                found = window_of(store, now, charts.MAX_BARS, file, kept).fires
+                assert len(found) == len(set(found)) and set(found) == expected
+            waiting = math.floor((now - timedelta(minutes=30)).timestamp() / per_px)
+            assert ("extract" if file is None else "extract:day",
+                    round(waiting - start.timestamp() / per_px, 2)) in found
     finally:
         store.close()
 

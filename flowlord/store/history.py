@@ -7,16 +7,18 @@ Every query is steered to an index, as `flowlord.store.reads` steers its listing
 
 - a phase's tasks through its own indexes: those ended by when they ended
   (`tasks_ended_by_phase`), the unfinished ones (`tasks_unfinished_by_phase`);
-- the runs of a window through `tasks_by_start` (migration 13, `started`), from
-  `LONGEST_RUN_HOURS` before the window's start, and the runs still going through
-  `tasks_running`, read once for the bars and the fire marks; the fires' tasks still
-  waiting through `tasks_unfinished`;
+- the runs of a span of the timeline through `tasks_by_start` (migration 13,
+  `started`), and the runs still going through `tasks_running`, read once for their
+  shape and fire marks, once for their bars (flowlord/web/timeline.py reads a window
+  span by span, from `LONGEST_RUN_HOURS` before its start, and keeps the settled ones);
+  the fires' tasks still waiting through `tasks_unfinished`;
 - arrived files by their number, their tasks through `tasks_by_file`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
 from flowlord.store import Store
@@ -43,22 +45,43 @@ class Run(NamedTuple):
 
 # A bar of the timeline: (task_no, row, start, end, result, runs, complete, warn, alert,
 # error, running, id, type, job, started, ended). Its row is a topic, or a phase of a
-# file; start and end are seconds from the window's start (a run still going ends
-# `now`). One run (runs = 1: its task_no, result, and its task's id, type, job and times
-# for the bar's tooltip and link), or the runs of a row shorter than the grain that
-# start in one slot of it (task_no the largest, result and the task's columns None),
-# counted by state.
+# file; start and end are seconds (since the epoch as `runs_bars` reads them, from the
+# window's start as the timeline draws them), clipped to the window (a run still going
+# ends `now`). One run (runs = 1: its task_no, result, and its task's id, type, job and
+# times for the bar's tooltip and link), or the runs of a row shorter than the grain
+# that start in one slot of it (task_no the largest, result and the task's columns
+# None), counted by state.
 WindowRun = tuple[int, str, float, float, str | None, int, int, int, int, int, int,
                   str | None, str | None, str | None, str | None, str | None]
 STATE_COLUMNS = ("complete", "warn", "alert", "error", "running")
+EPOCH_JULIAN_DAY = 2440587.5  # 1970-01-01: the timeline's times are seconds since then
 
 
-class Window(NamedTuple):
-    """What the timeline of a window draws, read in one statement (`window`)."""
+class Runs(NamedTuple):
+    """Where the timeline reads runs from: those that ended, begun in [lo, hi) (times
+    as stored) and ended at `after` or later ('': whenever); or, `running`, those still
+    going, begun before `hi`. Their starts and ends are clipped to [clip_lo, clip_hi]
+    (seconds since the epoch); a run still going ends at `now`. A run's fire mark
+    counts when its task was created and began at `since` or later."""
 
-    bars: list[WindowRun]
-    fires: list[tuple[str, int]]  # (row, slot of `per_mark` seconds): a fire's mark
-    grain: float  # seconds: runs shorter than this were merged (0: none was)
+    lo: str
+    hi: str
+    after: str = ""
+    clip_lo: float = 0.0
+    clip_hi: float = 1e12
+    now: str = ""
+    since: str = ""
+    running: bool = False
+
+
+class Shape(NamedTuple):
+    """What runs there are, to choose the grain (flowlord/web/timeline.py): by row, how
+    many, and how many are at least each width long; the latest end; the fire marks
+    of the runs, (row, slot of `per` seconds since the epoch)."""
+
+    rows: dict[str, tuple[int, ...]]  # row → (runs, at least widths[0] long, …)
+    last_end: float
+    marks: set[tuple[str, int]]
 
 
 def recent_runs(store: Store, file: str, task: str, since: str, now: str, limit: int
@@ -97,95 +120,115 @@ def hourly_counts(store: Store, file: str, task: str, since: str
     return [(hour, state, n) for (hour, state), n in sorted(counts.items())]
 
 
-def _window(lane: str, file: str | None) -> str:
-    """The runs that overlap [start, end) as a CTE `w` (lane, b, e: seconds from the
-    start, clipped to the window; task_no, result; f: the slot of `per` seconds its task
-    was created in when a fire created it in the window, else NULL): begun before :end,
-    at :earliest or later (`LONGEST_RUN_HOURS` before the start) and ended at :start or
-    later, through tasks_by_start; or still running, through tasks_running."""
-    of_file = "" if file is None else "AND file_path = :file "
-    columns = (f"SELECT task_no, {lane} AS lane, result, "
-               "max((julianday(started) - :day) * 86400, 0) AS b, "
-               "min((julianday(coalesce(ended, :now)) - :day) * 86400, :span) AS e, "
-               f"CASE WHEN started >= :start {_FIRED}THEN {_SLOT} END AS f FROM tasks ")
-    return ("WITH w AS MATERIALIZED (" + columns + "INDEXED BY tasks_by_start "
-            "WHERE started IS NOT NULL AND started >= :earliest AND started < :end "
-            "AND ended >= :start " + of_file
-            + "UNION ALL " + columns + "INDEXED BY tasks_running WHERE started IS NOT NULL "
-            "AND ended IS NULL AND started < :end " + of_file + ") ")
-
-
-# a task a fire created in the window (not a child, a retry's parent is the task it
-# retries): a fire's mark at the slot of `per` seconds it was created in
-_FIRED = "AND scheduled_for IS NOT NULL AND parent_no IS NULL AND created >= :start "
-_SLOT = "CAST((julianday(created) - :day) * 86400 / :per AS INTEGER)"
-
-
-def _names(store: Store, start: str, end: str, now: str, earliest: str, file: str | None,
-           **more: object) -> dict[str, object]:
-    (day, span), = store.conn.execute(
-        "SELECT julianday(?), (julianday(?) - julianday(?)) * 86400", (start, end, start))
-    return {"start": start, "end": end, "now": now, "earliest": earliest, "file": file,
-            "day": day, "span": span, **more}
-
-
-def window(store: Store, start: str, end: str, now: str, earliest: str, file: str | None,
-           per_mark: float, steps: Sequence[tuple[float, int]], max_bars: int) -> Window:
-    """The bars and fire marks of the window's runs (see `_window`), in one statement:
-    the runs are read once (through tasks_by_start and tasks_running), which was three
-    reads of them before (the window's shape, its bars, its fires) and most of the
-    timeline's time.
-
-    The grain is chosen from the runs as `flowlord.web.charts.merge_width` chooses it:
-    none while there are at most `max_bars` runs; else the first (seconds, slots) of
-    `steps` with which the runs at least that long, and `slots` bars for each row, make
-    at most `max_bars`; else the last. Each run at least the grain long is a bar of its
-    own (with its task's columns); the shorter ones are grouped by row and slot of the
-    grain (of their starts). Without `file`, a run's row is its topic; with it, only
-    that file's runs, by phase. The fire marks: the window's tasks that fires created
-    (`_FIRED`), by row and slot of `per_mark` seconds, those waiting through
-    tasks_unfinished."""
-    names = _names(store, start, end, now, earliest, file, per=per_mark, max=max_bars)
-    for k, (seconds, slots) in enumerate(steps):
-        names[f"w{k}"], names[f"s{k}"] = seconds, slots
-    bars: list[WindowRun] = []
-    fires: list[tuple[str, int]] = []
-    grain = 0.0
-    for row in store.conn.execute(_window_sql(file, len(steps)), names):
-        if row[5]:
-            bars.append(row[:16])
-            grain = row[16]
+def runs_shape(store: Store, runs: Runs, lane: str, file: str | None,
+               widths: Sequence[float], per: float) -> Shape:
+    """The shape of these runs (`Shape`): one reading of them, materialized for the
+    counts by row and the fire marks."""
+    names = _names(runs, file, per=per)
+    for k, width in enumerate(widths):
+        names[f"w{k}"] = width
+    wide = "".join(f", sum(e - b >= :w{k})" for k in range(len(widths)))
+    pad = ", NULL" * (len(widths) + 1)
+    rows: dict[str, tuple[int, ...]] = {}
+    marks: set[tuple[str, int]] = set()
+    last_end = 0.0
+    for row in store.conn.execute(
+            _runs_cte(runs, lane, file, materialized=True)
+            + f"SELECT 0, lane, max(e), count(*){wide} FROM w GROUP BY lane UNION ALL "
+            f"SELECT DISTINCT 1, lane, {_MARK_SLOT}{pad} FROM w WHERE fired", names):
+        if row[0] == 0:
+            rows[row[1]] = row[3:]
+            last_end = max(last_end, row[2])
         else:
-            fires.append((row[1], row[2]))
-    return Window(bars, fires, grain)
+            marks.add((row[1], row[2]))
+    return Shape(rows, last_end, marks)
 
 
-def _window_sql(file: str | None, steps: int) -> str:
-    """`window`'s statement, with `steps` merge widths (:w0, :s0 …)."""
-    lane = "type" if file is None else "phase"
-    of_file = "" if file is None else "AND file_path = :file "
-    wide = "".join(f", sum(e - b >= :w{k}) AS n{k}" for k in range(steps))
-    choose = "".join(f"WHEN n{k} + lanes * :s{k} <= :max THEN :w{k} " for k in range(steps))
+def runs_bars(store: Store, runs: Runs, lane: str, file: str | None, grain: float
+              ) -> list[tuple[int, WindowRun]]:
+    """These runs' bars (`WindowRun`, times in seconds since the epoch), each with its
+    key in its row: a run at least `grain` long (every run when it is 0) is a bar of
+    its own (key: -task_no, with its task's columns), the shorter ones of a row are
+    merged by the slot of `grain` seconds since the epoch they began in (key: the
+    slot; a slot of one run also gets its task's columns, for when it stays alone)."""
     sums = ", ".join(f"sum(result = '{s}')" if s != "running" else "sum(result IS NULL)"
                      for s in STATE_COLUMNS)
-    return (_window(lane, file)
-            + f", shape AS (SELECT count(*) AS runs, count(DISTINCT lane) AS lanes{wide} "
-            "FROM w), "
-            f"grain AS (SELECT CASE WHEN runs <= :max THEN 0.0 {choose}"
-            f"ELSE :w{steps - 1} END AS g FROM shape), "
-            f"bars AS (SELECT max(task_no) AS task_no, lane, min(b), max(e), max(result), "
-            f"count(*) AS runs, {sums} FROM w GROUP BY lane, CASE WHEN e - b >= "
-            "(SELECT g FROM grain) THEN -task_no ELSE CAST(b / (SELECT g FROM grain) AS "
-            "INTEGER) END), "
-            # the marks of the window's runs, and of its tasks waiting
-            "marks AS (SELECT lane, f FROM w WHERE f IS NOT NULL UNION "
-            f"SELECT {lane}, {_SLOT} FROM tasks INDEXED BY tasks_unfinished "
-            f"WHERE ended IS NULL AND created < :end {_FIRED}{of_file}) "
-            # a bar alone: its task's columns, looked up by task_no (a merged bar: none)
-            "SELECT bars.*, t.id, t.type, t.job, t.started, t.ended, (SELECT g FROM grain) "
-            "FROM bars LEFT JOIN tasks AS t ON bars.runs = 1 AND t.task_no = bars.task_no "
-            "UNION ALL SELECT NULL, lane, f, NULL, NULL, 0, 0, 0, 0, 0, 0, NULL, NULL, NULL, "
-            "NULL, NULL, NULL FROM marks")
+    return [(row[0], row[1:]) for row in store.conn.execute(
+        _runs_cte(runs, lane, file)
+        + "SELECT g.*, t.id, t.type, t.job, t.started, t.ended FROM (SELECT CASE WHEN "
+        ":grain = 0 OR e - b >= :grain THEN -task_no ELSE CAST(b / :grain AS INTEGER) END "
+        f"AS k, max(task_no) AS task_no, lane, min(b), max(e), max(result), count(*) AS n, "
+        f"{sums} FROM w GROUP BY lane, k) AS g LEFT JOIN tasks AS t ON g.n = 1 "
+        "AND t.task_no = g.task_no", _names(runs, file, grain=grain))]
+
+
+def waiting_marks(store: Store, lane: str, file: str | None, since: str, end: str,
+                  per: float) -> set[tuple[str, int]]:
+    """The fire marks of tasks not ended (waiting or running) that fires created in
+    [since, end), through tasks_unfinished: (row, slot of `per` seconds since the
+    epoch)."""
+    of_file = "" if file is None else "AND file_path = :file "
+    return set(store.conn.execute(
+        f"SELECT DISTINCT {lane}, {_MARK_SLOT} FROM tasks INDEXED BY tasks_unfinished "
+        f"WHERE ended IS NULL AND created < :end AND created >= :since {_FIRED}{of_file}",
+        {"since": since, "end": end, "per": per, "file": file}))
+
+
+def started_counts(store: Store, spans: Sequence[tuple[str, str]]) -> list[int]:
+    """How many tasks began in each [lo, hi), whatever their file: what a kept reading
+    of those runs is checked against (a deleted task, or one whose start a worker
+    moved there, changes it). Through tasks_by_start alone, one count a span."""
+    if not spans:
+        return []
+    values = ", ".join("(?, ?)" for _ in spans)
+    return [n for n, in store.conn.execute(
+        f"WITH s(lo, hi) AS (VALUES {values}) SELECT (SELECT count(*) FROM tasks INDEXED "
+        "BY tasks_by_start WHERE started >= lo AND started < hi) FROM s",
+        [v for span in spans for v in span])]
+
+
+def running_starts(store: Store) -> list[str]:
+    """When each task still running began, through tasks_running."""
+    return [started for started, in store.conn.execute(
+        "SELECT started FROM tasks INDEXED BY tasks_running WHERE started IS NOT NULL "
+        "AND ended IS NULL")]
+
+
+@contextlib.contextmanager
+def read_snapshot(store: Store) -> Iterator[None]:
+    """One read transaction: what the statements inside read is one state of the
+    database, whatever the daemon commits meanwhile."""
+    store.conn.execute("BEGIN")
+    try:
+        yield
+    finally:
+        store.conn.execute("COMMIT")
+
+
+def _runs_cte(runs: Runs, lane: str, file: str | None, materialized: bool = False) -> str:
+    """`runs` as a CTE `w` (task_no, lane, result; b, e: its start and end in seconds
+    since the epoch, clipped; fired: whether its fire mark counts; created)."""
+    of_file = "" if file is None else "AND file_path = :file "
+    where = ("INDEXED BY tasks_running WHERE started IS NOT NULL AND ended IS NULL "
+             "AND started < :hi " if runs.running else
+             "INDEXED BY tasks_by_start WHERE started IS NOT NULL AND started >= :lo AND "
+             "started < :hi AND ended >= :after ")
+    return (f"WITH w AS {'MATERIALIZED ' if materialized else ''}(SELECT task_no, "
+            f"{lane} AS lane, result, created, "
+            f"max((julianday(started) - {EPOCH_JULIAN_DAY}) * 86400, :clip_lo) AS b, "
+            f"min((julianday(coalesce(ended, :now)) - {EPOCH_JULIAN_DAY}) * 86400, "
+            ":clip_hi) AS e, "
+            f"(started >= :since AND created >= :since {_FIRED}) AS fired FROM tasks "
+            + where + of_file + ") ")
+
+
+# a task a fire created (not a child; a retry's parent is the task it retries)
+_FIRED = "AND scheduled_for IS NOT NULL AND parent_no IS NULL "
+_MARK_SLOT = f"CAST((julianday(created) - {EPOCH_JULIAN_DAY}) * 86400 / :per AS INTEGER)"
+
+
+def _names(runs: Runs, file: str | None, **more: object) -> dict[str, object]:
+    return {**runs._asdict(), "file": file, **more}
 
 
 def lanes_of_file(store: Store, file: str) -> list[str]:

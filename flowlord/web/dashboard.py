@@ -29,11 +29,12 @@ from flowlord.errors import BadRequest
 from flowlord.operations import in_zone
 from flowlord.store import Store, history, reads
 from flowlord.tasklog import read_log_end
-from flowlord.web import agenda_chart, charts, params
+from flowlord.web import agenda_chart, charts, params, timeline_chart
 from flowlord.web.answers import CONTENT_SECURITY_POLICY as CONTENT_SECURITY_POLICY
 from flowlord.web.answers import Asset, Page
 from flowlord.web.drawing import lay_out
 from flowlord.web.sessions import Session
+from flowlord.web.timeline import Timelines
 
 RECENT_RUNS = 100  # a phase's newest runs drawn on its page,
 RUNS_OVER = timedelta(days=30)  # among those created in this time
@@ -106,6 +107,7 @@ class Dashboard:
         self.api = api
         self.env = _environment()
         self._local = threading.local()  # the session of the page this thread renders
+        self.timelines = Timelines()  # the settled parts of timelines, kept
 
     def answer(self, path: str, query: dict[str, list[str]], session: Session | None = None
                ) -> tuple[HTTPStatus, Any]:
@@ -294,7 +296,12 @@ class Dashboard:
             start = end - timedelta(hours=hours)
         except (ValueError, OverflowError):
             raise BadRequest(HTTPStatus.BAD_REQUEST, "end is not an ISO 8601 time") from None
-        drawn = _timeline(store, start, end, now, file)
+        found = self.timelines.window(store, start, end, now, file)
+        drawn = timeline_chart.timeline(
+            found.bars, found.fires, start=start, seconds=(end - start).total_seconds(),
+            now=now, lanes=history.lanes_of_file(store, file) if file is not None else None,
+            file=file, merged_px=found.grain * charts.timeline_width()
+            / (end - start).total_seconds())
         return self.render("timeline.html", "timeline", chart=drawn, hours=hours, file=file,
                            start=rfc3339(start), end=rfc3339(end), end_text=text or "",
                            longest=history.LONGEST_RUN_HOURS,
@@ -327,23 +334,6 @@ class Dashboard:
         before, limit = params.integer(query, "before", None), params.limit(query)
         return self.render("arrivals.html", "arrivals", limit=limit,
                            arrivals=history.arrivals(store, before=before, limit=limit))
-
-
-def _timeline(store: Store, start: datetime, end: datetime, now: datetime, file: str | None
-              ) -> charts.Timeline:
-    """The timeline of [start, end): its bars and fire marks read in one statement, how
-    much to merge chosen there from the window's shape (flowlord/store/history.py), then
-    laid out (flowlord/web/charts.py)."""
-    seconds = (end - start).total_seconds()
-    per_px = seconds / charts.timeline_width()
-    found = history.window(
-        store, rfc3339(start), rfc3339(end), rfc3339(now),
-        rfc3339(start - timedelta(hours=history.LONGEST_RUN_HOURS)), file, per_px,
-        [(per_px * w, slots) for w, slots in charts.merge_steps()], charts.MAX_BARS)
-    return charts.timeline(
-        found.bars, found.fires, start=start, seconds=seconds, now=now,
-        lanes=history.lanes_of_file(store, file) if file is not None else None,
-        file=file, merged_px=found.grain / per_px)
 
 
 def _paused_topics(store: Store, topics: list[str]) -> dict[str, str]:

@@ -1,0 +1,219 @@
+"""The runs of a timeline's window, read in blocks with the settled ones kept between
+requests: the default window (the last 6 hours) moves with every request, but most of
+what it shows ended long ago and cannot change.
+
+A window is cut into blocks of a 24th of its length, at multiples of that length since
+the epoch, so the blocks of the window a second later are the same ones. A block is
+kept once it has settled: it ended a minute ago or more and no task that began in it
+is still running. Its reading (`flowlord.store.history.runs_shape`, and `history.runs_bars`
+for each grain asked) is used again while the tasks begun in it are the same (their
+number and the sum of their numbers: a deleted task, or one whose start a worker moved
+into it, changes that) and no action was taken since (`flowlord mark` changes a
+finished task's result). The rest is read each time: the blocks not settled, those cut
+by the window's edges, the runs still going, the fires' tasks still waiting.
+
+The runs narrower than the grain (charts.merge_width) are merged by row and by slot of
+the grain since the epoch, not since the window's start, so a merged bar stays where it
+was as the window moves; a slot cut by a block's edge is merged again here.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict
+from datetime import UTC, datetime
+from typing import NamedTuple
+
+from flowlord.clock import rfc3339_ms
+from flowlord.store import Store, history
+from flowlord.store.history import Runs, Shape, WindowRun
+from flowlord.web import charts
+
+BLOCKS_PER_WINDOW = 24
+SETTLED_SECONDS = 60  # a block is kept once it ended this long ago
+MAX_KEPT_ROWS = 200_000  # rows of bars, shapes and marks kept over all blocks
+
+
+class Window(NamedTuple):
+    """What the timeline of a window draws."""
+
+    bars: list[WindowRun]  # times in seconds from the window's start
+    fires: list[tuple[str, float]]  # (row, px from the plot's left): a fire's mark
+    grain: float  # seconds: runs shorter than this were merged (0: none was)
+
+
+class _Block(NamedTuple):
+    began: int  # tasks begun in it when it was read
+    actions: int  # the newest action's number when it was read
+    shape: Shape
+    bars: dict[float, list[tuple[int, WindowRun]]]  # by grain
+
+
+class Timelines:
+    """The timelines of one server, its settled blocks kept (at most MAX_KEPT_ROWS rows,
+    the least recently used dropped first). Threads share it: a block is read outside
+    the lock, kept under it."""
+
+    def __init__(self, max_rows: int = MAX_KEPT_ROWS) -> None:
+        self.max_rows = max_rows
+        self._lock = threading.Lock()
+        self._blocks: OrderedDict[tuple[str | None, float, int], _Block] = OrderedDict()
+        self._rows = 0
+
+    def window(self, store: Store, start: datetime, end: datetime, now: datetime,
+               file: str | None, max_bars: int = charts.MAX_BARS) -> Window:
+        """The bars and fire marks of [start, end), every topic or (with `file`) that
+        file's phases, as one snapshot of the database."""
+        with history.read_snapshot(store):
+            return _Reading(self, store, start, end, now, file).window(max_bars)
+
+    def _get(self, key: tuple[str | None, float, int]) -> _Block | None:
+        with self._lock:
+            block = self._blocks.get(key)
+            if block is not None:
+                self._blocks.move_to_end(key)
+            return block
+
+    def _put(self, key: tuple[str | None, float, int], block: _Block) -> None:
+        with self._lock:
+            old = self._blocks.pop(key, None)
+            self._rows += _size(block) - (_size(old) if old is not None else 0)
+            self._blocks[key] = block
+            while self._rows > self.max_rows and len(self._blocks) > 1:
+                _, dropped = self._blocks.popitem(last=False)
+                self._rows -= _size(dropped)
+
+
+class _Reading:
+    """One window read: which blocks are kept, which are read, then merged."""
+
+    def __init__(self, kept: Timelines, store: Store, start: datetime, end: datetime,
+                 now: datetime, file: str | None) -> None:
+        self.kept, self.store, self.file = kept, store, file
+        self.lane = "type" if file is None else "phase"
+        self.seconds = (end - start).total_seconds()
+        self.per = self.seconds / charts.timeline_width()  # seconds a px is worth
+        self.widths = [self.per * w for w, _ in charts.merge_steps()]
+        self.start, self.end, self.now = start.timestamp(), end.timestamp(), now.timestamp()
+        self.start_text, self.end_text = rfc3339_ms(start), rfc3339_ms(end)
+        self.now_text = rfc3339_ms(now)
+        self.earliest = self.start - history.LONGEST_RUN_HOURS * 3600
+        self.block = self.seconds / BLOCKS_PER_WINDOW
+        self.actions = -1  # read at the first block kept
+
+    def window(self, max_bars: int) -> Window:
+        kept, live = self._blocks()
+        sources = [Runs(_text(lo), _text(hi), self.start_text, self.start, self.end,
+                        self.now_text, self.start_text) for lo, hi in live]
+        sources.append(Runs("", self.end_text, clip_lo=self.start, clip_hi=self.end,
+                            now=self.now_text, since=self.start_text, running=True))
+        shapes = [history.runs_shape(self.store, s, self.lane, self.file, self.widths, self.per)
+                  for s in sources]
+        rows: dict[str, list[int]] = {}
+        for shape in [b.shape for _, b in kept] + shapes:
+            for name, counts in shape.rows.items():
+                have = rows.setdefault(name, [0] * len(counts))
+                for i, n in enumerate(counts):
+                    have[i] += n
+        total = [sum(c) for c in zip(*rows.values(), strict=True)] if rows else []
+        grain_px = charts.merge_width(total[0] if total else 0, len(rows), total[1:]
+                                      if total else [0] * len(self.widths), max_bars)
+        grain = grain_px * self.per
+        merged: dict[tuple[str, int], WindowRun] = {}
+        for key, block in kept:
+            for slot, bar in self._bars_of(key, block, grain):
+                _merge(merged, slot, bar)
+        for source in sources:
+            for slot, bar in history.runs_bars(self.store, source, self.lane, self.file, grain):
+                _merge(merged, slot, bar)
+        marks = history.waiting_marks(self.store, self.lane, self.file, self.start_text,
+                              self.end_text, self.per)
+        for shape in shapes:
+            marks |= shape.marks
+        first_slot = math.floor(self.start / self.per)
+        for _, block in kept:  # a block's own runs began in the window
+            marks.update(m for m in block.shape.marks if m[1] >= first_slot)
+        return Window([(b[0], b[1], b[2] - self.start, b[3] - self.start, *b[4:])
+                       for b in merged.values()],
+                      sorted((row, round(slot - self.start / self.per, 2))
+                             for row, slot in marks), grain)
+
+    def _blocks(self) -> tuple[list[tuple[tuple[str | None, float, int], _Block]],
+                               list[tuple[float, float]]]:
+        """The kept blocks that have runs in the window, and the spans to read."""
+        size = self.block
+        first, last = math.ceil(self.earliest / size), math.floor(self.end / size)
+        running = {math.floor(datetime.fromisoformat(s).timestamp() / size)
+                   for s in history.running_starts(self.store)}
+        settled = [k for k in range(first, last)
+                   if (k + 1) * size <= self.now - SETTLED_SECONDS and k not in running
+                   and not k * size < self.start < (k + 1) * size]
+        began = dict(zip(settled, history.started_counts(
+            self.store, [(_text(k * size), _text((k + 1) * size)) for k in settled]),
+            strict=True))
+        kept: list[tuple[tuple[str | None, float, int], _Block]] = []
+        live: list[tuple[float, float]] = []
+        edge = self.earliest
+        for k in range(first, last + 1):
+            block = self._settled(k, began[k]) if k in began else None
+            lo, hi = k * size, (k + 1) * size
+            if block is not None and (block.shape.last_end < self.start if hi <= self.start
+                                      else block.shape.last_end <= self.end):
+                if hi > self.start:  # one of the window's own: its runs are drawn
+                    kept.append(((self.file, size, k), block))
+                if lo > edge:
+                    live.append((edge, lo))
+                edge = hi
+        if edge < self.end:
+            live.append((edge, self.end))
+        return kept, live
+
+    def _settled(self, k: int, began: int) -> _Block | None:
+        """Block k's reading: the one kept while still true, else read now and kept."""
+        if self.actions < 0:
+            self.actions = self.store.last_action_no()  # `flowlord mark` is one
+        key = (self.file, self.block, k)
+        block = self.kept._get(key)
+        if block is not None and block.began == began and \
+                block.actions == self.actions:
+            return block
+        runs = Runs(_text(k * self.block), _text((k + 1) * self.block))
+        block = _Block(began, self.actions, history.runs_shape(
+            self.store, runs, self.lane, self.file, self.widths, self.per), {})
+        self.kept._put(key, block)
+        return block
+
+    def _bars_of(self, key: tuple[str | None, float, int], block: _Block, grain: float
+                 ) -> list[tuple[int, WindowRun]]:
+        bars = block.bars.get(grain)
+        if bars is None:
+            k = key[2]
+            bars = history.runs_bars(self.store, Runs(_text(k * self.block),
+                                              _text((k + 1) * self.block)),
+                             self.lane, self.file, grain)
+            self.kept._put(key, block._replace(bars={**block.bars, grain: bars}))
+        return bars
+
+
+def _merge(merged: dict[tuple[str, int], WindowRun], slot: int, bar: WindowRun) -> None:
+    """Add a bar; the merged runs of one row's slot, cut by a block's edge, are one bar."""
+    have = merged.setdefault((bar[1], slot), bar)
+    if have is bar:
+        return
+    results = [r for r in (have[4], bar[4]) if r is not None]
+    merged[bar[1], slot] = (max(have[0], bar[0]), bar[1], min(have[2], bar[2]),
+                            max(have[3], bar[3]), max(results) if results else None,
+                            have[5] + bar[5], have[6] + bar[6], have[7] + bar[7],
+                            have[8] + bar[8], have[9] + bar[9], have[10] + bar[10],
+                            None, None, None, None, None)
+
+
+def _text(seconds: float) -> str:
+    """Seconds since the epoch as task times are stored."""
+    return rfc3339_ms(datetime.fromtimestamp(seconds, UTC))
+
+
+def _size(block: _Block) -> int:
+    return (len(block.shape.rows) + len(block.shape.marks)
+            + sum(len(b) for b in block.bars.values()))
