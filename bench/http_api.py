@@ -17,8 +17,8 @@ skips the actions and the lateness windows):
    /api/stats (30 days of history), a phase's page with its charts (its recent runs
    and tasks per hour), the timeline of the last 6 hours (holding 20,000 runs of
    their own), and /metrics, each beside the same answer computed in this process without HTTP
-   (the floor); then, with no target, one child phase ("why didn't it run?") and a
-   filter by a job that never ran, the slow cases;
+   (the floor), one child phase ("why didn't it run?") and a filter by a job that never
+   ran; each against 50 ms (the three pictures also against their first target, 100 ms);
 4. latency of actions from request to outcome through the daemon's loop: a rerun of a
    finished task, a cancel of a waiting task, a pause (and its resume);
 5. fire lateness of the 20 phases over a window with no client, then over a window
@@ -61,7 +61,8 @@ PHASES_PER_FILE = 10
 TICKERS = 20
 CLIENTS = 20
 TOPICS = [f"topic{i}" for i in range(20)]
-TARGET_P99 = 0.100
+TARGET_P99 = 0.050  # every endpoint, page and action
+CHARTS_TARGET_P99 = 0.100  # the pictures' first target, still printed
 TARGET_LATENESS_GROWTH = 0.010
 TOKEN = "bench-token"
 
@@ -167,8 +168,8 @@ def get(url: str) -> float:
 
 
 BUSY_RUNS = 20_000  # runs in the 6 hours before now: the timeline's window
-# measured with a target, but not polled by the clients of the lateness windows (the
-# figures of those windows stay comparable with those of before)
+# measured, but not polled by the clients of the lateness windows (the figures of those
+# windows stay comparable with those of before)
 CHARTED = {
     "/api/stats": "/api/stats",
     "phase page with its charts": "/phases/d0/w7.toml/topic7:w7",
@@ -181,13 +182,11 @@ ENDPOINTS = {
     "tasks API, a topic never run": "/api/tasks?type=ghost",
     "/metrics": "/metrics",
 }
-# no target: the slow cases, each with why
-SLOW = {
-    # a phase's tasks are found through its topic's (tasks_by_type): a child phase whose
-    # topic is shared by many files reads that topic's tasks until it has ten of its own
+# the cases that were slow, not polled either
+ONCE_SLOW = {
+    # a child phase whose topic many files share: its own tasks, through its indexes
     "one phase, a child": "/api/phases/d0/w5.toml/step3:w5",
-    # a filter by job alone has no index (one more would cost every task inserted): it
-    # reads every row when the job never ran
+    # a job that never ran: through tasks_by_job (migration 22), not every task
     "tasks API, a job never run": "/api/tasks?job=ghost",
 }
 
@@ -339,25 +338,22 @@ def main() -> None:
         daemon = Daemon(tmp, config)
         try:
             print(f"daemon ready in {daemon.ready():.1f} s")
-            chosen = {name: path for name, path in {**ENDPOINTS, **CHARTED}.items()
+            chosen = {name: path for name, path in {**ENDPOINTS, **CHARTED, **ONCE_SLOW}.items()
                       if args.only is None or args.only.lower() in name.lower()}
-            slow = {name: path for name, path in SLOW.items()
-                    if args.only is None or args.only.lower() in name.lower()}
-            direct = floor(db, {**chosen, **slow})
+            direct = floor(db, chosen)
             print(f"\nlatency over {args.requests} sequential requests each, "
                   "while 20 phases fire every second:")
             print(f"{'':28} {'p50':>8} {'p99':>8} {'direct':>8}  target p99")
             for name, path in chosen.items():
                 times = sorted(get(base + path) for _ in range(args.requests))
                 p99 = percentile(times, 99)
+                first = (f" (< {CHARTS_TARGET_P99 * 1000:.0f} ms: "
+                         f"{'met' if p99 < CHARTS_TARGET_P99 else 'NOT met'})"
+                         if name in CHARTED else "")
                 print(f"{name:28} {statistics.median(times) * 1000:6.1f}ms "
                       f"{p99 * 1000:6.1f}ms {direct[name] * 1000:6.1f}ms  "
-                      f"< {TARGET_P99 * 1000:.0f} ms: {'met' if p99 < TARGET_P99 else 'NOT met'}")
-            for name, path in slow.items():
-                times = sorted(get(base + path) for _ in range(max(args.requests // 10, 5)))
-                print(f"{name:28} {statistics.median(times) * 1000:6.1f}ms "
-                      f"{percentile(times, 99) * 1000:6.1f}ms {direct[name] * 1000:6.1f}ms  "
-                      "no target")
+                      f"< {TARGET_P99 * 1000:.0f} ms: {'met' if p99 < TARGET_P99 else 'NOT met'}"
+                      f"{first}")
             if args.only is not None:
                 return
 

@@ -199,6 +199,9 @@ def test_delete_history_removes_old_finished_rows_in_batches(store: Store) -> No
     ({"result": "error"}, "tasks_by_result"),
     ({"result": "none"}, "tasks_unfinished"),
     ({"type": "t", "result": "none", "before": 9}, "tasks_unfinished"),
+    ({"job": "j"}, "tasks_by_job"),  # a job that never ran: not every task read
+    ({"type": "t", "job": "j", "result": "error"}, "tasks_by_job"),
+    ({"job": "j", "result": "none"}, "tasks_unfinished"),
 ])
 def test_task_listings_read_through_the_index_chosen_for_them(
         tmp_path: Path, filters: dict[str, Any], index: str) -> None:

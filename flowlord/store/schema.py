@@ -375,6 +375,13 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX tasks_ended_by_phase ON tasks (file_path, phase, ended)
         WHERE ended IS NOT NULL;
     """,
+    # 22: a job's history, newest first (the ?job= filter of the API, the dashboard and
+    # `flowlord tasks --job`), which read every task for a job that never ran. Tasks
+    # without a job (most phases have none) stay out of it; bench/tasks.py measures
+    # what it costs the others (README.md, Performance)
+    """
+    CREATE INDEX tasks_by_job ON tasks (job, task_no) WHERE job <> '';
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

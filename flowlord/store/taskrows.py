@@ -43,9 +43,11 @@ def task_filter(*, type: str | None = None, job: str | None = None,
     """`FROM tasks … WHERE …` of a task listing (newest first), and its arguments; a
     `result` of 'none' means unfinished. The planner has no statistics, so filters are
     steered: unfinished tasks (few) go through tasks_unfinished, and a topic's tasks
-    through tasks_by_type, never tasks_by_result ('complete' is most rows). With a
-    failure result too, the topic's tasks are read until enough failed: fast unless a
-    big topic has almost no failures (a `+` before a column keeps it off its index)."""
+    through tasks_by_type, never tasks_by_result ('complete' is most rows); a job's
+    through tasks_by_job (which holds only tasks with a job: the filter says so, or the
+    planner could not use it). With a failure result too, the topic's tasks are read
+    until enough failed: fast unless a big topic has almost no failures (a `+` before a
+    column keeps it off its index)."""
     where: list[str] = []
     args: list[object] = []
     index = ""
@@ -58,9 +60,13 @@ def task_filter(*, type: str | None = None, job: str | None = None,
     if type is not None:
         where.append("type = ?")
         args.append(type)
-    if job is not None:
-        where.append("job = ?")
+    if job:
+        if not index:
+            index = "INDEXED BY tasks_by_job "
+        where.append("job = ? AND job <> ''")
         args.append(job)
+    elif job is not None:
+        where.append("job = ''")
     if phase is not None:
         where.append("phase = ?")
         args.append(phase)

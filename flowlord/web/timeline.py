@@ -32,7 +32,7 @@ from flowlord.web import charts
 
 BLOCKS_PER_WINDOW = 24
 SETTLED_SECONDS = 60  # a block is kept once it ended this long ago
-MAX_KEPT_ROWS = 200_000  # rows of bars, shapes and marks kept over all blocks
+MAX_KEPT_ROWS = 50_000  # rows of bars, shapes and marks kept over all blocks (~10 MB)
 
 
 class Window(NamedTuple):
