@@ -13,6 +13,7 @@ import os
 import threading
 import time
 from datetime import UTC, datetime, timedelta, tzinfo
+from functools import lru_cache
 from typing import Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -32,6 +33,10 @@ def local_zone() -> tzinfo:
         return ZoneInfo("UTC")
 
 
+# Kept for the last times written: the phases due together share their slot (10,000 of
+# them at one second write it 10,000 times). Equal datetimes are the same instant, and
+# the text is of the instant alone, so an equal time in another zone may share it.
+@lru_cache(maxsize=1024)
 def rfc3339(t: datetime) -> str:
     """Task times and ledger slots: UTC, whole seconds (`2026-11-23T14:05:00Z`)."""
     return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -19,6 +19,7 @@ fire never blocks the others.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
@@ -288,11 +289,13 @@ class Ledger:
     def _log_fires(self, new: Sequence[Fire], repeated: int, now: datetime) -> None:
         if any(f.due_at for f in new):
             self.delayed = True
-        for f in new:
-            metrics.FIRES.labels(f.source).inc()
-            if f.source == "cron":
-                metrics.FIRE_LATENESS.observe(max(0.0, (now - parse_slot(f.scheduled_for))
-                                                  .total_seconds()))
+        # counted by source and slot: 10,000 fires at one second share both
+        for (source, slot), n in Counter((f.source, f.scheduled_for) for f in new).items():
+            metrics.FIRES.labels(source).inc(n)
+            if source == "cron":
+                late = max(0.0, (now - parse_slot(slot)).total_seconds())
+                for _ in range(n):
+                    metrics.FIRE_LATENESS.observe(late)
         if repeated:
             self.log.info("slots already fired, skipped", count=repeated)
         for f in new:

@@ -38,10 +38,14 @@ class Overlap:
         self.store = store
         self.fired_at = fired_at
 
+    def applies(self, fire: Fire) -> bool:
+        """A scheduled fire with tasks, of a phase with overlap=skip or replace (an
+        error fire, paused or of a bad template, has nothing that would run)."""
+        return fire.overlap in ("skip", "replace") and fire.source in SCHEDULED and \
+            bool(fire.tasks)
+
     def __call__(self, fire: Fire) -> Fire:
-        if fire.overlap not in ("skip", "replace") or fire.source not in SCHEDULED:
-            return fire
-        if not fire.tasks:  # an error fire (paused, a bad template): nothing would run
+        if not self.applies(fire):
             return fire
         limit = NAMED if fire.overlap == "skip" else 1_000_000
         earlier = self.store.unfinished_of_phase(fire.file_path, fire.phase, limit)

@@ -20,6 +20,7 @@ import heapq
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
+from functools import lru_cache
 from typing import NamedTuple
 
 from flowlord.clock import rfc3339
@@ -50,6 +51,7 @@ class _Entry:
     seq: int = 0
 
 
+@lru_cache(maxsize=1024)  # the phases due together share their slot's text
 def parse_slot(text: str) -> datetime:
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
 

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
-from functools import cached_property, partial
+from functools import cached_property, lru_cache, partial
 
 from flowlord.clock import rfc3339, rfc3339_ms
 from flowlord.jitter import start
@@ -71,8 +71,11 @@ def meta_dir(workflows: str) -> str:
     return root if os.path.isdir(root) else os.path.dirname(root)
 
 
+@lru_cache(maxsize=256)
 def data_time(slot: datetime, offset: timedelta, zone: tzinfo) -> datetime:
-    """A fire's template time: the slot plus `offset` (real elapsed time), in `zone`."""
+    """A fire's template time: the slot plus `offset` (real elapsed time), in `zone`.
+    Kept for the last slots: the phases due together then render with one time object,
+    whose template values `flowlord.templates` keeps (by identity) for the next."""
     try:
         return (slot.astimezone(UTC) + offset).astimezone(zone)
     except OverflowError:  # a valid duration can still reach past year 9999

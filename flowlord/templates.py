@@ -79,6 +79,7 @@ def _time_values(t: datetime) -> dict[str, str]:
         year = str(t.year)
         values = {"yyyy": year, "yy": year[2:], "mm": f"{t.month:02d}",
                   "dd": f"{t.day:02d}", "hh": f"{t.hour:02d}", "min": f"{t.minute:02d}"}
+        values["cron"] = t.strftime("%Y-%m-%dT%H")  # cron_hour's, not a token
         _last_values = (t, values)
     return values
 
@@ -126,7 +127,7 @@ def _format(template: str) -> str | None:
     return "".join(fmt)
 
 
-_SIMPLE_KINDS = frozenset(("yyyy", "yy", "mm", "dd", "hh", "min"))  # _time_values' keys
+_SIMPLE_KINDS = frozenset(("yyyy", "yy", "mm", "dd", "hh", "min"))  # tokens _time_values has
 
 
 def _brace_escaped(literal: str) -> str:
@@ -147,7 +148,7 @@ def meta_names(text: str) -> list[str]:
 
 def cron_hour(t: datetime) -> str:
     """The `cron=` meta value: the task's data time as `YYYY-MM-DDTHH`."""
-    return t.strftime("%Y-%m-%dT%H")
+    return _time_values(t)["cron"]
 
 
 # --- the time of a task (docs/compatibility.md, Task time) ---------------------------------

@@ -16,8 +16,10 @@ import pytest
 
 from flowlord import jitter, waiting
 from flowlord.clock import FakeClock, utc_now_ms
-from flowlord.model import Done, StoredTask
-from flowlord.store import reads, taskrows, write_txn
+from flowlord.loader import Loader
+from flowlord.model import Done, Fire, StoredTask, Task
+from flowlord.overlap import Overlap
+from flowlord.store import Store, reads, taskrows, write_txn
 from tests.helpers import (
     at,
     daemon,
@@ -385,3 +387,32 @@ def test_replace_among_children_of_one_turn_keeps_one(tmp_path: Path, wf: Path) 
         assert [s.task.job for s in bus.held] == ["r"]
     # the one made second replaced the first before either was written
     assert query(db, "SELECT count(*) FROM tasks WHERE type = 'child'") == [(1,)]
+
+
+def test_two_slots_of_a_skip_phase_recorded_together_run_only_the_first(
+        tmp_path: Path, wf: Path) -> None:
+    """The ledger writes a turn's fires in one call, their tasks together at the end,
+    except before a fire the policy applies to: a catch-up's second slot sees the first
+    slot's task, unfinished, and is skipped; the fires of phases without a policy in the
+    same call keep their tasks."""
+    (wf / "a.toml").write_text(phase("tick", "overlap=skip") + phase("plain", ""))
+    store = Store(str(tmp_path / "f.db"))
+    Loader(str(wf), store).refresh()
+    now = "2026-12-01T12:00:05.000Z"
+
+    def fire(name: str, second: int, overlap: str) -> Fire:
+        slot = f"2026-12-01T12:00:0{second}Z"
+        return Fire("a.toml", name, slot, "catchup", (Task(name, id=f"{name}{second}",
+                                                          created=slot),), "", overlap)
+    batch = [fire("plain", 1, "allow"), fire("tick", 1, "skip"), fire("plain", 2, "allow"),
+             fire("tick", 2, "skip"), fire("plain", 3, "allow")]
+    with write_txn(store.conn):
+        new = store.record_fires(batch, now, Overlap(store, now))
+    with write_txn(store.conn):  # again: every slot is in the ledger, nothing is new
+        assert store.record_fires(batch, now, Overlap(store, now)) == []
+    store.close()
+    assert [(f.phase, f.scheduled_for[-3:], f.error[:23]) for f in new] == [
+        ("plain", "01Z", ""), ("tick", "01Z", ""), ("plain", "02Z", ""),
+        ("tick", "02Z", "skipped by overlap=skip"), ("plain", "03Z", "")]
+    assert query(tmp_path / "f.db", "SELECT phase, count(*) FROM tasks GROUP BY phase "
+                 "ORDER BY phase") == [("plain", 3), ("tick", 1)]

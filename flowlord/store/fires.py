@@ -7,27 +7,48 @@ Mixed into `flowlord.store.Store`; every write method runs inside `write_txn`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 import apsw
 
 from flowlord.model import Fire
 
 
+class Settle(Protocol):
+    """What may change a new fire before it is recorded (flowlord/overlap.py)."""
+
+    def applies(self, fire: Fire) -> bool:
+        """Whether it may change this fire: else the fire is recorded as it is."""
+
+    def __call__(self, fire: Fire) -> Fire:
+        """The fire as it is to be recorded."""
+
+
 class FireRows:
     conn: apsw.Connection
 
     def record_fires(self, fires: Sequence[Fire], fired_at: str,
-                     settle: Callable[[Fire], Fire] | None = None) -> list[Fire]:
+                     settle: Settle | None = None) -> list[Fire]:
         """Write each fire with its tasks, skipping slots already in the ledger; call
         inside write_txn. `settle` may change a new fire first, in the transaction (the
         overlap policy, flowlord/overlap.py). Returns the fires that were new, as
-        recorded."""
+        recorded.
+
+        The tasks are inserted together at the end (10,000 fires at one second were
+        three statements each), except before a fire `settle` applies to: it reads
+        the phase's unfinished tasks, an earlier slot's of this batch among them."""
         new: list[Fire] = []
+        tasks: list[tuple[object, ...]] = []
         for fire in fires:
-            if settle is not None and not self.conn.execute(
-                    "SELECT 1 FROM fires WHERE file_path = ? AND phase = ? AND scheduled_for "
-                    "= ?", (fire.file_path, fire.phase, fire.scheduled_for)).fetchone():
+            if settle is not None and settle.applies(fire):
+                if self.conn.execute(
+                        "SELECT 1 FROM fires WHERE file_path = ? AND phase = ? AND "
+                        "scheduled_for = ?", (fire.file_path, fire.phase,
+                                               fire.scheduled_for)).fetchone():
+                    continue  # fired before: by another run, or a restart
+                self._insert_tasks(tasks)
+                tasks = []
                 fire = settle(fire)
             self.conn.execute(  # with the hash of the file bytes its phase came from
                 "INSERT INTO fires (file_path, phase, scheduled_for, fired_at, source, error, "
@@ -38,12 +59,16 @@ class FireRows:
             if self.conn.changes() == 0:  # fired before: by another run, or a restart
                 continue
             new.append(fire)
+            tasks += [(t.id, t.type, t.job, t.info, t.meta, t.created, fire.file_path,
+                       fire.phase, fire.scheduled_for, fire.due_at) for t in fire.tasks]
+        self._insert_tasks(tasks)
+        return new
+
+    def _insert_tasks(self, rows: list[tuple[object, ...]]) -> None:
+        if rows:
             self.conn.executemany(
                 "INSERT INTO tasks (id, type, job, info, meta, created, file_path, phase, "
-                "scheduled_for, due_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(t.id, t.type, t.job, t.info, t.meta, t.created, fire.file_path, fire.phase,
-                  fire.scheduled_for, fire.due_at) for t in fire.tasks])
-        return new
+                "scheduled_for, due_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
     def last_fires(self) -> dict[tuple[str, str], str]:
         """The latest slot the scheduler fired, of every (file, phase): what catch-up
