@@ -294,3 +294,38 @@ def test_a_real_time_signal_is_named_by_number(make_bus: Callable[..., Bus]) -> 
     bus.send(stored(1), None)
     [done] = results(bus, 1)
     assert (done.result, done.msg) == ("error", "killed by signal 40")
+
+
+def test_the_local_bus_lets_results_gather_only_while_every_busy_topic_has_a_next_task(
+        ) -> None:
+    """`gathering()`: a result came back and no worker would idle meanwhile (each topic
+    with tasks has one waiting for a thread after the one it runs)."""
+    command = worker("sh", "-c", 'test "{info}" = quick || exec sleep 60', concurrency=1)
+    bus = LocalBus({"t": command, "u": command})
+
+    def send(no: int, topic: str, info: str) -> None:
+        bus.send(stored(no, topic, info), None)
+
+    def until(condition: Callable[[], bool]) -> None:
+        end = time.monotonic() + 30
+        while not condition():
+            assert time.monotonic() < end
+            time.sleep(0.01)
+    try:
+        assert not bus.gathering()  # nothing sent
+        send(1, "t", "quick")
+        until(lambda: not bus.results.empty())
+        assert not bus.gathering()  # a result, but t's thread has nothing after it
+        send(2, "t", "slow")
+        send(3, "t", "slow")
+        until(lambda: bool(bus.runs[2].started))
+        assert bus.gathering()  # 3 waits behind 2
+        send(4, "u", "slow")
+        until(lambda: bool(bus.runs[4].started))
+        assert not bus.gathering()  # u's thread has nothing after 4
+        send(5, "u", "slow")
+        assert bus.gathering()
+        assert [d.task_no for d in bus.receive(0)] == [1]
+        assert not bus.gathering()  # no result to gather with
+    finally:
+        bus.close(0)

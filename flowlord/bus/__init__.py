@@ -48,6 +48,11 @@ class Bus(Protocol):
     def running(self) -> list[int]:
         """The tasks sent and not yet come back (task_no)."""
 
+    def gathering(self) -> bool:
+        """Whether results have come back while every worker still has a task waiting
+        after the one it runs: the loop may let a few more come before it records them
+        (no worker idles meanwhile). False where the bus cannot tell."""
+
     def stop(self, task_no: int, reason: str) -> bool:
         """End a task sent to a worker (it was cancelled, or marked by hand): its process
         group ends, and the result that comes back is of no account. False when the bus

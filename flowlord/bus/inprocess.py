@@ -34,6 +34,9 @@ class InProcessBus:
         found, self.done = self.done, []
         return found
 
+    def gathering(self) -> bool:
+        return False  # every result is there at once
+
     def running(self) -> list[int]:
         return []  # its work is done when sent
 

@@ -82,6 +82,15 @@ class LocalBus:
     def running(self) -> list[int]:
         return list(self.runs)
 
+    def gathering(self) -> bool:
+        if self.results.empty():
+            return False
+        waiting = dict.fromkeys(self.workers, 0)  # per topic, tasks sent and not started
+        for run in self.runs.values():
+            if not run.started:
+                waiting[run.stored.task.type] += 1
+        return all(waiting[topic] > 0 for topic, n in self.busy.items() if n)
+
     def stop(self, task_no: int, reason: str) -> bool:
         run = self.runs.get(task_no)
         if run is not None:

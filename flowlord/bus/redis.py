@@ -196,6 +196,9 @@ class RedisBus:
             self.outstanding[sent[0].task.type].discard(task_no)
         self._ended.discard(task_no)
 
+    def gathering(self) -> bool:
+        return False  # its workers are elsewhere: how busy they are is not known here
+
     def running(self) -> list[int]:
         with self._books:
             return list(self._sent)
