@@ -26,14 +26,18 @@ run: $(RUN_STAMP)
 	mkdir -p /tmp/flowlord-drop  # the directory workflows/drop.toml watches
 	$(BIN)/flowlord -c examples/flowlord.toml run
 
+# bytecode first: the tests start the daemon and the CLI hundreds of times, and where
+# PYTHONDONTWRITEBYTECODE is set each start compiled every module again
 test: $(DEV_STAMP)
 	$(BIN)/ruff check flowlord tests bench
 	$(BIN)/mypy
+	$(BIN)/python -m compileall -q flowlord
 	$(BIN)/python -m pytest -q
 
 # the in-process tests only: no process, server or browser started (the `slow` marker);
 # four at a time (pytest-xdist): they wait on the disk and on threads more than they compute
 test-fast: $(DEV_STAMP)
+	$(BIN)/python -m compileall -q flowlord
 	$(BIN)/python -m pytest -q -m "not slow" -n 4
 
 lint: $(DEV_STAMP)

@@ -104,6 +104,7 @@ class RedisBus:
         self._ended: set[int] = set()  # sent, then ended by an operator: never sent again
         self._workers_seen: dict[str, tuple[float, bool]] = {}  # topic → (ask again at, found)
         self.results: queue.SimpleQueue[Done] = queue.SimpleQueue()
+        self._acked: list[str] = []  # receipts of stored results, dropped at the next turn
         self._closed = threading.Event()
         self._look_now = threading.Event()  # the server is back: look for lost messages
         self._readers: list[threading.Thread] = []
@@ -182,6 +183,7 @@ class RedisBus:
             self._sent[stored.task_no] = (stored, timeout_seconds)
 
     def receive(self, wait: float) -> list[Done]:
+        self._drop_acked()  # the last turn's: one round trip for all of them
         found = drain(self.results, wait)
         with self._books:
             for done in found:
@@ -221,22 +223,33 @@ class RedisBus:
         return True
 
     def ack(self, done: Done) -> None:
-        """The result is stored: drop its message. When this fails the message stays
-        pending and comes back at the next start, where recording it changes nothing."""
+        """The result is stored: its message is dropped, with the others of the turn, at
+        the next `receive` (or `close`). When that fails the message stays pending and
+        comes back at the next start, where recording it changes nothing."""
+        if done.receipt:
+            self._acked.append(done.receipt)
+
+    def _drop_acked(self) -> None:
+        receipts, self._acked = self._acked, []
+        self._drop(receipts)
+
+    def _drop(self, receipts: list[str]) -> None:
+        """Acknowledge and delete these result messages (from any thread)."""
         import redis
 
-        if not done.receipt or not self.available:  # pending, it is read again when back
+        if not receipts or not self.available:  # pending, it is read again when back
             return
         try:
             with self.client.pipeline(transaction=False) as both:
-                both.xack(self.done_stream, DAEMON_GROUP, done.receipt)
-                both.xdel(self.done_stream, done.receipt)
+                both.xack(self.done_stream, DAEMON_GROUP, *receipts)
+                both.xdel(self.done_stream, *receipts)
                 both.execute()
         except (redis.RedisError, OSError) as e:
             self._lost(e)
 
     def close(self, grace: float, hurry: Callable[[], bool] = lambda: False) -> list[Done]:
         """Remote tasks keep running; their results wait in the stream for the next start."""
+        self._drop_acked()
         self._closed.set()
         self._look_now.set()
         for reader in self._readers:
@@ -301,7 +314,7 @@ class RedisBus:
             except (KeyError, ValueError) as e:  # not ours to store: dropped, loudly
                 self.log.error("unreadable result message dropped", receipt=receipt,
                                error=str(e))
-                self.ack(Done(0, "error", "", "", receipt=receipt))
+                self._drop([receipt])
         if entries:
             self._wake()
 

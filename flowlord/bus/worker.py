@@ -60,6 +60,9 @@ STOPPED = "stopped: the worker shut down while the task ran"
 CANCELLED = "stopped: its daemon ended the task"
 SUPERSEDED = "stopped: another run of the task holds it"
 READ_BLOCK_MS = 500  # a read waits this long for a task, then the loop looks around
+# seconds between asks whether the daemons ended running tasks: not at each task read
+# (a round trip for each task read)
+CANCEL_CHECK_EVERY = 0.25
 STOP_POST_SECONDS = 10.0  # at stop, how long a result is retried while the server is away
 
 
@@ -108,7 +111,7 @@ class RemoteWorker:
         self.log.info("worker started", topic=self.topic, consumer=self.consumer,
                       concurrency=self.concurrency)
         pool = ThreadPoolExecutor(self.concurrency, "task")
-        next_renewal = next_marks = 0.0
+        next_renewal = next_marks = next_cancels = 0.0
         backoff = 0.5
         try:
             while not self.stopping.is_set():
@@ -119,7 +122,9 @@ class RemoteWorker:
                     if time.monotonic() >= next_renewal:
                         self._renew_claims()
                         next_renewal = time.monotonic() + self.claim_idle_ms / 3000
-                    self._stop_cancelled()
+                    if time.monotonic() >= next_cancels:
+                        self._stop_cancelled()
+                        next_cancels = time.monotonic() + CANCEL_CHECK_EVERY
                     for receipt, fields in self._next_messages():
                         self._start(pool, receipt, fields)
                     backoff = 0.5
