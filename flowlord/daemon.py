@@ -74,7 +74,7 @@ BUSY_TIMEOUT_MS = 1000  # a locked database is retried on the next turn, with pi
 STOP_WRITE_SECONDS = 10.0  # at stop, how long to retry recording fires in a locked database
 STUCK_AFTER = 30.0  # seconds without a turn of the main loop: /healthz answers 503
 COMMAND_TIMEOUT = 10.0  # seconds an HTTP request waits for the loop to apply its command
-GATHER = 0.002  # seconds results may gather while no worker would idle (`_gather`)
+GATHER = 0.002  # seconds results may gather while no worker would idle
 RETRY_SOON = 0.2  # seconds before the next turn while work waits (a locked database)
 
 
@@ -183,7 +183,10 @@ class Daemon:
             self.systemd.ready(self.store, self.leadership)
             while not self.stop_signals:
                 self.wakeup.wait(self._turn())
-                self._gather()
+                # results that came while every worker has its next task: let more come,
+                # so that one turn records them (bench/tasks.py, whole loop)
+                self.wakeup.linger(GATHER, lambda: not self.stop_signals
+                                   and self.dispatcher.bus.gathering())
         except BaseException:
             self.failed = True
             raise
@@ -209,15 +212,6 @@ class Daemon:
         except apsw.FullError as e:
             self.systemd.ping(self.clock.monotonic(), now=True)  # the loop turns: keep it fed
             return self.disk.full(e, len(self.ledger.pending))
-
-    def _gather(self) -> None:
-        """Woken by a result while every worker has its next task: let more results come
-        for GATHER seconds, so that one turn records them (a turn per result was as much
-        of the loop's time as starting the tasks: bench/tasks.py, whole loop)."""
-        deadline = time.monotonic() + GATHER
-        while not self.stop_signals and self.dispatcher.bus.gathering() and \
-                (left := deadline - time.monotonic()) > 0:
-            self.wakeup.wait(left)
 
     def _on_signal(self, signum: int, _: FrameType | None) -> None:
         """Flags only: the interpreter has already woken the loop (the wakeup pipe)."""

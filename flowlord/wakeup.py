@@ -15,6 +15,8 @@ import os
 import select
 import signal
 import threading
+import time
+from collections.abc import Callable
 
 
 class Wakeup:
@@ -44,6 +46,12 @@ class Wakeup:
             with contextlib.suppress(BlockingIOError):
                 while os.read(self._read, 4096):
                     pass
+
+    def linger(self, seconds: float, still: Callable[[], bool]) -> None:
+        """Wait on, woken or not, for up to `seconds` while `still()` holds."""
+        deadline = time.monotonic() + seconds
+        while still() and (left := deadline - time.monotonic()) > 0:
+            self.wait(left)
 
     def close(self) -> None:
         if self._signals:
