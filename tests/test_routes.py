@@ -119,6 +119,12 @@ def test_each_alert_reaches_each_matching_route_once_and_a_hung_route_delays_non
                 for _ in range(5):  # more looks post nothing again
                     turn(d, clock, 1.0)
                 assert hung_sender.in_flight is not None  # still waiting on its server
+
+                def recorded() -> bool:  # a post's outcome is written at a turn after it
+                    turn(d, clock, 1.0)
+                    return bool(query(tmp_path / "f.db", "SELECT count(*) = count(posted_at) "
+                                      "FROM alerts")[0][0])
+                wait_for(recorded)
     finally:
         hung.close()
     assert posts.counts("/topics") == {"failed bad": 3, "failed badly": 3}
