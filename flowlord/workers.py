@@ -23,6 +23,7 @@ from datetime import timedelta
 
 from flowlord.clock import utc_now_ms
 from flowlord.durations import format_duration
+from flowlord.executables import executable, forget
 from flowlord.model import Done, StoredTask, Task
 from flowlord.tasklog import DEFAULT_MAX_BYTES, CappedLog, TaskLog, log_path
 
@@ -145,13 +146,15 @@ class Run:
             self.log = self.open_log(no)
         elif self.log_dir is not None:  # made at its first output; on a full disk, given up
             self.log = TaskLog(log_path(self.log_dir, no), self.log_max_bytes)
+        env = environment(self.stored.task, self.inherited)
         try:
-            proc = subprocess.Popen(self.argv, stdin=_devnull(),
+            proc = subprocess.Popen(self.argv, executable=executable(self.argv[0], env.get("PATH")),
+                                    stdin=_devnull(),
                                     stdout=subprocess.PIPE if self.log else _devnull(),
-                                    stderr=subprocess.PIPE,
-                                    env=environment(self.stored.task, self.inherited),
+                                    stderr=subprocess.PIPE, env=env,
                                     start_new_session=True, close_fds=True)
         except (OSError, ValueError) as e:  # no such program, a NUL in a value, …
+            forget(self.argv[0], env.get("PATH"))
             if self.log is not None:
                 self._log(f"cannot start {self.argv[0]!r}: {e}\n".encode())
                 with contextlib.suppress(OSError, AttributeError):

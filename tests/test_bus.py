@@ -329,3 +329,57 @@ def test_the_local_bus_lets_results_gather_only_while_every_busy_topic_has_a_nex
         assert not bus.gathering()  # no result to gather with
     finally:
         bus.close(0)
+
+
+# What subprocess.Popen did for a task and flowlord/spawn.py now does itself.
+
+def test_a_task_inherits_no_descriptor_of_the_process_that_starts_it(
+        make_bus: Callable[..., Bus]) -> None:
+    kept_read, kept_write = os.pipe()
+    os.set_inheritable(kept_read, True)  # as a library's descriptor (watchdog's inotify)
+    os.set_inheritable(kept_write, True)
+    script = ("import os, sys\n"
+              "sys.stderr.write(' '.join(sorted(os.listdir('/proc/self/fd'), key=int)))\n"
+              "sys.exit(1)")
+    try:
+        bus = make_bus(t=worker(PY, "-c", script))
+        bus.send(stored(1), None)
+        [done] = results(bus, 1)
+    finally:
+        os.close(kept_read)
+        os.close(kept_write)
+    # 0-2, and the descriptor the listing itself opened
+    assert done.result == "error" and done.msg == "exit status 1: 0 1 2 3"
+
+
+def test_a_task_starts_with_sigpipe_and_sigxfsz_at_their_defaults(
+        make_bus: Callable[..., Bus]) -> None:
+    """Python ignores SIGPIPE: a child that kept it ignored would not end when the
+    reader of its pipe does (`yes | head -1` would run on)."""
+    bus = make_bus(t=worker("sh", "-c", "grep SigIgn /proc/$$/status >&2; exit 1"))
+    bus.send(stored(1), None)
+    [done] = results(bus, 1)
+    ignored = int(done.msg.rsplit(None, 1)[-1], 16)
+    assert not ignored & (1 << (signal.SIGPIPE - 1) | 1 << (signal.SIGXFSZ - 1))
+
+
+def test_a_command_is_looked_up_on_the_path_of_its_topic(tmp_path: Path) -> None:
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    (tools / "only-here").write_text("#!/bin/sh\necho found >&2\nexit 3\n")
+    (tools / "only-here").chmod(0o755)
+    (tools / "not-runnable").write_text("#!/bin/sh\n")
+    bus = LocalBus({
+        "t": WorkerConfig(("only-here",), env={"PATH": f"/nonexistent:{tools}"}),
+        "u": WorkerConfig(("only-here",)),  # the daemon's PATH: not there
+        "v": WorkerConfig(("not-runnable",), env={"PATH": str(tools)})})
+    try:
+        for no, topic in enumerate(("t", "u", "v"), 1):
+            bus.send(stored(no, topic), None)
+        done = results(bus, 3)
+    finally:
+        bus.close(0)
+    assert [(d.result, d.msg) for d in done] == [
+        ("error", "exit status 3: found"),
+        ("error", "cannot start 'only-here': [Errno 2] No such file or directory: 'only-here'"),
+        ("error", "cannot start 'not-runnable': [Errno 13] Permission denied: 'not-runnable'")]
