@@ -90,17 +90,11 @@ class RemoteWorker:
         self.next_reclaim = 0.0  # monotonic time of the next look for abandoned messages
         self.reclaim_from = "0-0"  # where that look goes on in the pending entries
         self.client: Any = None
-        self._take_run: Any = None  # the scripts of a run's mark (flowlord/bus/wire.py)
-        self._keep_run: Any = None
-        self._drop_run: Any = None
         self.sender: LogSender | None = None  # the tasks' output to their daemons' logs
 
     def run(self) -> int:
         """Until SIGTERM or SIGINT; BusUnavailable when the server cannot be used at start."""
         self.client = connect(self.url)
-        self._take_run = self.client.register_script(TAKE_RUN)
-        self._keep_run = self.client.register_script(HOLD)
-        self._drop_run = self.client.register_script(RELEASE)
         ensure_group(self.client, self.stream, WORKERS_GROUP)
         # joined at once, not at the first read that finds a task: the daemon publishes a
         # topic's tasks only once a worker has joined it
@@ -210,6 +204,10 @@ class RemoteWorker:
             run.stop(CANCELLED)
         pool.submit(run.run)
 
+    # The marks' scripts (flowlord/bus/wire.py) go with their script text (EVAL; the
+    # server keeps them compiled): redis-py's registered scripts ask SCRIPT EXISTS before
+    # every pipeline that holds one, a round trip more for each task started and ended.
+
     def _may_start(self, reply_to: str, task_no: int, receipt: str) -> tuple[bool, bool]:
         """(whether its daemon ended the task, whether this message's run took its mark)."""
         import redis
@@ -217,9 +215,8 @@ class RemoteWorker:
         try:
             with self.client.pipeline(transaction=False) as both:
                 both.smismember(cancel_key(reply_to), [task_no])
-                self._take_run(keys=[run_key(reply_to, task_no)],
-                               args=[self._mark(receipt), f"{receipt} ", RUN_MARK_TTL_MS],
-                               client=both)
+                both.eval(TAKE_RUN, 1, run_key(reply_to, task_no), self._mark(receipt),
+                          f"{receipt} ", RUN_MARK_TTL_MS)
                 cancelled, marked = both.execute()
         except (redis.RedisError, OSError) as e:
             raise BusUnavailable(str(e)) from e
@@ -281,8 +278,8 @@ class RemoteWorker:
                 with self.client.pipeline(transaction=True) as all_:
                     if not superseded:
                         all_.xadd(reply_to, encode_done(done))
-                        self._drop_run(keys=[run_key(reply_to, done.task_no)],
-                                       args=[self._mark(receipt)], client=all_)
+                        all_.eval(RELEASE, 1, run_key(reply_to, done.task_no),
+                                  self._mark(receipt))
                     all_.xack(self.stream, WORKERS_GROUP, receipt)
                     all_.xdel(self.stream, receipt)
                     all_.execute()
@@ -351,8 +348,8 @@ class RemoteWorker:
         try:
             with self.client.pipeline(transaction=False) as each:
                 for receipt, reply_to, run in runs:
-                    self._keep_run(keys=[run_key(reply_to, run.stored.task_no)],
-                                   args=[self._mark(receipt), RUN_MARK_TTL_MS], client=each)
+                    each.eval(HOLD, 1, run_key(reply_to, run.stored.task_no),
+                              self._mark(receipt), RUN_MARK_TTL_MS)
                 kept = each.execute()
         except (redis.RedisError, OSError) as e:
             raise BusUnavailable(str(e)) from e
