@@ -91,6 +91,7 @@ class RemoteWorker:
         self.reclaim_from = "0-0"  # where that look goes on in the pending entries
         self.client: Any = None
         self.sender: LogSender | None = None  # the tasks' output to their daemons' logs
+        self.pool: ThreadPoolExecutor | None = None  # the runs' threads, once started
 
     def run(self) -> int:
         """Until SIGTERM or SIGINT; BusUnavailable when the server cannot be used at start."""
@@ -104,7 +105,7 @@ class RemoteWorker:
             signal.signal(signum, self._on_signal)
         self.log.info("worker started", topic=self.topic, consumer=self.consumer,
                       concurrency=self.concurrency)
-        pool = ThreadPoolExecutor(self.concurrency, "task")
+        self.pool = ThreadPoolExecutor(self.concurrency, "task")
         next_renewal = next_marks = next_cancels = 0.0
         backoff = 0.5
         try:
@@ -120,7 +121,7 @@ class RemoteWorker:
                         self._stop_cancelled()
                         next_cancels = time.monotonic() + CANCEL_CHECK_EVERY
                     for receipt, fields in self._next_messages():
-                        self._start(pool, receipt, fields)
+                        self._start(receipt, fields)
                     backoff = 0.5
                 except BusUnavailable as e:
                     self.log.error("redis unavailable; retrying", error=str(e))
@@ -130,7 +131,7 @@ class RemoteWorker:
                     backoff = min(backoff * 2, BACKOFF_MAX)
                     next_marks = 0.0
         finally:
-            self._finish(pool)
+            self._finish(self.pool)
         return 0
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -175,14 +176,16 @@ class RemoteWorker:
             raise BusUnavailable(str(e)) from e
         return list(reply[0][1]) if reply else []
 
-    def _start(self, pool: ThreadPoolExecutor, receipt: str,
-               fields: dict[str, str] | None) -> None:
+    def _start(self, receipt: str, fields: dict[str, str] | None,
+               unless_stopping: bool = False) -> bool:
+        """Run a message's task on the pool; False when it was not started (dropped,
+        or, `unless_stopping`, left for another worker: the worker is stopping)."""
         try:
             stored, timeout_seconds = decode_task(fields or {})
         except (KeyError, ValueError, TypeError) as e:  # not a task: nobody can run it
             self.log.error("unreadable task message dropped", receipt=receipt, error=str(e))
             self._acknowledge(receipt)
-            return
+            return False
         timeout = (timedelta(seconds=timeout_seconds) if timeout_seconds is not None
                    else self.timeout)
         reply_to = reply_stream(fields or {})
@@ -196,13 +199,17 @@ class RemoteWorker:
             self.log.warning("task run from another message; this one dropped",
                              task_no=stored.task_no, receipt=receipt)
             self._acknowledge(receipt)
-            return
-        with self.lock:
+            return False
+        with self.lock:  # the stop's wait (_finish) counts the runs under this lock
+            if unless_stopping and self.stopping.is_set():
+                return False  # pending, with our mark: reclaimed, and the mark taken over
             self.runs[receipt] = run
             self.replies[receipt] = reply_to
         if cancelled:
             run.stop(CANCELLED)
-        pool.submit(run.run)
+        assert self.pool is not None
+        self.pool.submit(run.run)
+        return True
 
     # The marks' scripts (flowlord/bus/wire.py) go with their script text (EVAL; the
     # server keeps them compiled): redis-py's registered scripts ask SCRIPT EXISTS before
@@ -263,7 +270,9 @@ class RemoteWorker:
 
     def _report(self, receipt: str, reply_to: str, done: Done) -> None:
         """On the task's thread: the result onto the done stream, then the message
-        acknowledged; retried until the server takes it (a result is never dropped)."""
+        acknowledged; retried until the server takes it (a result is never dropped).
+        The same round trip reads the next message, started in this run's slot: a slot
+        handed back to the main loop would cost a wakeup and a read more per task."""
         import redis
 
         backoff = 0.5
@@ -273,6 +282,7 @@ class RemoteWorker:
         if superseded:  # another run of the task holds its mark: that one reports
             self.log.warning("task run elsewhere too; this run's result not posted",
                              task_no=done.task_no)
+        following: list[tuple[str, dict[str, str] | None]] = []
         while True:
             try:  # one round trip; the acknowledgement and the mark go only with the result
                 with self.client.pipeline(transaction=True) as all_:
@@ -282,7 +292,17 @@ class RemoteWorker:
                                   self._mark(receipt))
                     all_.xack(self.stream, WORKERS_GROUP, receipt)
                     all_.xdel(self.stream, receipt)
-                    all_.execute()
+                    reading = not self.stopping.is_set()
+                    if reading:  # without BLOCK: an empty stream answers at once
+                        all_.xreadgroup(WORKERS_GROUP, self.consumer, {self.stream: ">"},
+                                        count=1)
+                    replies = all_.execute(raise_on_error=False)
+                posted = replies[:-1] if reading else replies
+                failed = [r for r in posted if isinstance(r, Exception)]
+                if failed:
+                    raise failed[0]
+                if reading and replies[-1] and not isinstance(replies[-1], Exception):
+                    following = list(replies[-1][0][1])  # a failed read: the loop's to do
                 break
             except (redis.RedisError, OSError) as e:
                 self.log.error("cannot post a result; retrying", task_no=done.task_no,
@@ -295,11 +315,18 @@ class RemoteWorker:
                     break
             time.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX)
+        # the next run is counted before this one is let go: meanwhile the main loop sees
+        # no free slot, and reads nothing more than the concurrency
+        started = False
+        for next_receipt, fields in following:
+            with contextlib.suppress(BusUnavailable):  # the message waits, and is reclaimed
+                started = self._start(next_receipt, fields, unless_stopping=True)
         with self.lock:
             self.runs.pop(receipt, None)
             self.replies.pop(receipt, None)
             self.superseded.discard(receipt)
-        self.slot_freed.set()
+        if not started:
+            self.slot_freed.set()
         self.log.info("task ended", task_no=done.task_no, result=done.result,
                       msg=done.msg[:200])
 
