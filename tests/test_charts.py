@@ -457,6 +457,101 @@ def test_kept_blocks_follow_what_changes_in_them(tmp_path: Path) -> None:
         writer.close()
 
 
+def test_a_timelines_bar_draws_itself_as_a_bar_does_each_time() -> None:
+    """A timeline's bar, its escaped part kept across requests, writes what a Bar
+    writes: hostile texts escaped, merged or not, the first time and when kept."""
+    for fields in ((1.5, 2.0, 3.25, 14, 'error" onclick="x', f"{HOSTILE} & co",
+                    '/tasks/a"b?c=1&d=<2>', 1),
+                   (7.0, 9.5, 1.0, 14, "complete failed", HOSTILE, "/timeline?x=<1>", 3),
+                   (7.0, 9.5, 1.0, 14, "complete failed", HOSTILE, "/timeline?x=<1>", 1)):
+        expected = str(escape(charts.Bar(*fields)))
+        for _ in range(2):
+            assert str(escape(timeline_chart._Bar(*fields))) == expected
+        moved = fields[:1] + (fields[1] + 22,) + fields[2:]  # the same texts, elsewhere
+        assert str(escape(timeline_chart._Bar(*moved))) == str(escape(charts.Bar(*moved)))
+
+
+def drawn_svg(store: Store, at: datetime, hours: int, file: str | None, zone: Any,
+              kept: Timelines) -> tuple[charts.Timeline, list[str]]:
+    """The timeline of the `hours` before `at` (on the clock of `zone`) and its bars as
+    the template writes them."""
+    t = drawn_timeline(store, (at - timedelta(hours=hours)).astimezone(zone), at, at, file,
+                       kept)
+    return t, [str(escape(b)) for b in t.bars]
+
+
+def drawn_afresh(store: Store, at: datetime, hours: int, file: str | None, zone: Any
+                 ) -> tuple[charts.Timeline, list[str]]:
+    """drawn_svg with nothing kept: no block read before, no bar's texts drawn before
+    (those kept meanwhile are put back after)."""
+    memos: list[dict[Any, Any]] = [timeline_chart._TEXTS, timeline_chart._MERGED_TEXTS,
+                                   timeline_chart._HEADS]
+    saved = [dict(memo) for memo in memos]
+    for memo in memos:
+        memo.clear()
+    try:
+        return drawn_svg(store, at, hours, file, zone, Timelines())
+    finally:
+        for memo, was in zip(memos, saved, strict=True):
+            memo.clear()
+            memo.update(was)
+
+
+def test_a_drawing_from_what_was_kept_is_the_fresh_drawing(tmp_path: Path) -> None:
+    """The timeline drawn from kept blocks, their bars joined and the bars' texts kept
+    from the requests before, is the one drawn afresh (nothing kept), bar for bar and
+    byte for byte: as the window moves, and after a task is deleted, marked, runs long
+    in an old block, then ends."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    db = seed(tmp_path, 4_000, now)
+    writer = Store(str(db))
+    store = Store(str(db), readonly=True)
+    kept = Timelines()
+
+    def same(at: datetime) -> list[str]:
+        # merged, alone, by phase, on another clock
+        shapes = ((6, None, UTC), (1, None, UTC), (6, "a.toml", UTC),
+                  (6, None, ZoneInfo("America/New_York")))
+        found = [drawn_svg(store, at, *shape, kept) for shape in shapes]
+        assert found == [drawn_afresh(store, at, *shape) for shape in shapes]
+        return [bar for _, svg in found for bar in svg]
+    try:
+        first = same(now)
+        assert any("runs merged" in b for b in first) and any(" task " in b for b in first)
+        for seconds in (1, 2, 450, 901, 902):  # the window moves: joined again past a block
+            same(now + timedelta(seconds=seconds))
+        assert len(kept._joined) >= 2
+        with write_txn(writer.conn):  # retention deletes old tasks
+            writer.conn.execute("DELETE FROM tasks WHERE task_no IN (1000, 1001, 2500)")
+        assert same(now) != first
+        # flowlord mark: a finished task's result changes, one of a merged bar (its
+        # largest task_no) and one drawn alone
+        merged = next(b[0] for b in window_of(store, now, charts.MAX_BARS).bars if b[5] > 1)
+        with write_txn(writer.conn):
+            for task_no in (merged, 3900):
+                writer.add_action(rfc3339(now), "me", "mark", str(task_no), "{}")
+                assert writer.set_result(task_no, "alert", "")
+        assert same(now) != first
+        old = rfc3339(now - timedelta(hours=4))
+        with write_txn(writer.conn):  # a run begun 4 h ago and still going
+            writer.conn.execute(
+                "INSERT INTO tasks (id, type, job, created, started, file_path, phase) "
+                "VALUES ('long', 'load', '', ?, ?, 'a.toml', 'load')", (old, old))
+        same(now)
+        with write_txn(writer.conn):
+            writer.conn.execute("UPDATE tasks SET ended = ?, result = 'complete' WHERE id = "
+                                "'long'", (rfc3339(now - timedelta(hours=1)),))
+        same(now)
+        with write_txn(writer.conn):  # a run's end written again, its result the same
+            writer.conn.execute("UPDATE tasks SET ended = ? WHERE task_no = 3999",
+                                (rfc3339(now - timedelta(seconds=1)),))
+        same(now)
+        same(now + timedelta(seconds=3))
+    finally:
+        store.close()
+        writer.close()
+
+
 def test_fire_marks_are_the_fires_tasks_of_the_window_running_ended_or_waiting(
         tmp_path: Path) -> None:
     """Marks at the slot a fire's task was created in: those that ran in the window and

@@ -14,7 +14,9 @@ by the window's edges, the runs still going, the fires' tasks still waiting.
 
 The runs narrower than the grain (charts.merge_width) are merged by row and by slot of
 the grain since the epoch, not since the window's start, so a merged bar stays where it
-was as the window moves; a slot cut by a block's edge is merged again here.
+was as the window moves; a slot cut by a block's edge is merged again here. The kept
+blocks of a window's own are kept joined too (`_Joined`), while they are the same
+blocks: only the bars read afresh are merged into them at each request.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from flowlord.web import charts
 BLOCKS_PER_WINDOW = 24
 SETTLED_SECONDS = 60  # a block is kept once it ended this long ago
 MAX_KEPT_ROWS = 50_000  # rows of bars, shapes and marks kept over all blocks (~10 MB)
+MAX_JOINED = 8  # windows whose kept blocks are kept joined (_Joined): the last ones asked
 
 
 class Window(NamedTuple):
@@ -50,6 +53,18 @@ class _Block(NamedTuple):
     bars: dict[float, list[tuple[int, WindowRun]]]  # by grain
 
 
+class _Joined(NamedTuple):
+    """The kept blocks of a window's own, joined: their shapes' counts summed, their
+    marks, and their bars merged (by grain). The window moves with each request but
+    keeps the same blocks for a 24th of its length: merging their bars again each time
+    was a tenth of a request's time."""
+
+    blocks: tuple[_Block, ...]  # what it was joined from: used while they are kept
+    rows: dict[str, list[int]]
+    marks: set[tuple[str, int]]
+    bars: dict[float, dict[tuple[str, int], WindowRun]]  # by grain
+
+
 class Timelines:
     """The timelines of one server, its settled blocks kept (at most MAX_KEPT_ROWS rows,
     the least recently used dropped first). Threads share it: a block is read outside
@@ -60,6 +75,7 @@ class Timelines:
         self._lock = threading.Lock()
         self._blocks: OrderedDict[tuple[str | None, float, int], _Block] = OrderedDict()
         self._rows = 0
+        self._joined: OrderedDict[tuple[object, ...], _Joined] = OrderedDict()
 
     def window(self, store: Store, start: datetime, end: datetime, now: datetime,
                file: str | None, max_bars: int = charts.MAX_BARS) -> Window:
@@ -83,6 +99,24 @@ class Timelines:
             while self._rows > self.max_rows and len(self._blocks) > 1:
                 _, dropped = self._blocks.popitem(last=False)
                 self._rows -= _size(dropped)
+
+    def _joined_of(self, key: tuple[object, ...], blocks: tuple[_Block, ...]) -> _Joined:
+        """These blocks joined: as kept while they are the same, else joined now."""
+        with self._lock:
+            joined = self._joined.get(key)
+            if joined is not None and len(joined.blocks) == len(blocks) and all(
+                    a is b for a, b in zip(joined.blocks, blocks, strict=True)):
+                self._joined.move_to_end(key)
+                return joined
+        rows: dict[str, list[int]] = {}
+        for block in blocks:
+            _add_rows(rows, block.shape.rows)
+        joined = _Joined(blocks, rows, set().union(*[b.shape.marks for b in blocks]), {})
+        with self._lock:
+            self._joined[key] = joined
+            while len(self._joined) > MAX_JOINED:
+                self._joined.popitem(last=False)
+        return joined
 
 
 class _Reading:
@@ -110,20 +144,16 @@ class _Reading:
                             now=self.now_text, since=self.start_text, running=True))
         shapes = [history.runs_shape(self.store, s, self.lane, self.file, self.widths, self.per)
                   for s in sources]
-        rows: dict[str, list[int]] = {}
-        for shape in [b.shape for _, b in kept] + shapes:
-            for name, counts in shape.rows.items():
-                have = rows.setdefault(name, [0] * len(counts))
-                for i, n in enumerate(counts):
-                    have[i] += n
+        joined = self.kept._joined_of((self.file, self.block, *[k for k, _ in kept]),
+                                      tuple(b for _, b in kept))
+        rows = {name: list(counts) for name, counts in joined.rows.items()}
+        for shape in shapes:
+            _add_rows(rows, shape.rows)
         total = [sum(c) for c in zip(*rows.values(), strict=True)] if rows else []
         grain_px = charts.merge_width(total[0] if total else 0, len(rows), total[1:]
                                       if total else [0] * len(self.widths), max_bars)
         grain = grain_px * self.per
-        merged: dict[tuple[str, int], WindowRun] = {}
-        for key, block in kept:
-            for slot, bar in self._bars_of(key, block, grain):
-                _merge(merged, slot, bar)
+        merged = dict(self._joined_bars(kept, joined, grain))
         for source in sources:
             for slot, bar in history.runs_bars(self.store, source, self.lane, self.file, grain):
                 _merge(merged, slot, bar)
@@ -132,12 +162,25 @@ class _Reading:
         for shape in shapes:
             marks |= shape.marks
         first_slot = math.floor(self.start / self.per)
-        for _, block in kept:  # a block's own runs began in the window
-            marks.update(m for m in block.shape.marks if m[1] >= first_slot)
+        # a kept block's own runs began in the window, but their tasks may have been
+        # created before it
+        marks.update(m for m in joined.marks if m[1] >= first_slot)
         return Window([(b[0], b[1], b[2] - self.start, b[3] - self.start, *b[4:])
                        for b in merged.values()],
                       sorted((row, round(slot - self.start / self.per, 2))
                              for row, slot in marks), grain)
+
+    def _joined_bars(self, kept: list[tuple[tuple[str | None, float, int], _Block]],
+                     joined: _Joined, grain: float) -> dict[tuple[str, int], WindowRun]:
+        """The kept blocks' bars at this grain, merged: as joined before, else now."""
+        bars = joined.bars.get(grain)
+        if bars is None:
+            bars = {}
+            for key, block in kept:
+                for slot, bar in self._bars_of(key, block, grain):
+                    _merge(bars, slot, bar)
+            joined.bars[grain] = bars  # the same whoever joins them: threads may race
+        return bars
 
     def _blocks(self) -> tuple[list[tuple[tuple[str | None, float, int], _Block]],
                                list[tuple[float, float]]]:
@@ -207,6 +250,15 @@ def _merge(merged: dict[tuple[str, int], WindowRun], slot: int, bar: WindowRun) 
                             have[5] + bar[5], have[6] + bar[6], have[7] + bar[7],
                             have[8] + bar[8], have[9] + bar[9], have[10] + bar[10],
                             None, None, None, None, None)
+
+
+def _add_rows(rows: dict[str, list[int]], more: dict[str, tuple[int, ...]] | dict[str, list[int]]
+              ) -> None:
+    """Add a shape's counts by row to `rows`."""
+    for name, counts in more.items():
+        have = rows.setdefault(name, [0] * len(counts))
+        for i, n in enumerate(counts):
+            have[i] += n
 
 
 def _text(seconds: float) -> str:

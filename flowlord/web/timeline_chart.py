@@ -8,7 +8,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timezone
+from typing import Any
 from urllib.parse import urlencode
+
+from markupsafe import escape
 
 from flowlord.store.history import STATE_COLUMNS, WindowRun
 from flowlord.web.charts import (
@@ -52,26 +55,31 @@ def timeline(rows: Iterable[WindowRun], fires: Iterable[tuple[str, float]], *,
     merged = _Merged(start, scale, "&" + urlencode({"file": file}) if file else "")
     bars: list[Bar] = []
     counts = dict.fromkeys(STATE_COLUMNS, 0)
+    groups: list[WindowRun] = []  # the merged bars' rows: their states counted at the end
     runs = hidden_runs = 0
     for row in rows:
-        task_no, name, begin, end, result, n = row[:6]
-        lane = index.get(name)
+        n = row[5]
+        lane = index.get(row[1])
         if lane is None:
             hidden_runs += n
             continue
         runs += n
-        x1 = min(max(begin * scale, 0.0), plot_width)
-        x2 = min(max(end * scale, x1), plot_width)
+        x1 = min(max(row[2] * scale, 0.0), plot_width)
+        x2 = min(max(row[3] * scale, x1), plot_width)
         if n == 1:
-            state = result or "running"
+            state = row[4] or "running"
             counts[state] += 1
-            bars.append(_single(row, round(x1, 2), ys[lane], round(max(x2 - x1, 1.0), 2),
-                                state))
+            title, href = _single_texts(row, state)
+            bars.append(_Bar(round(x1, 2), ys[lane], round(max(x2 - x1, 1.0), 2),
+                             BAR_HEIGHT, state, title, href))
         else:
-            tally = {s: k for s, k in zip(STATE_COLUMNS, row[6:11], strict=True) if k}
-            for state, k in tally.items():
-                counts[state] += k
-            bars.append(merged.bar(tally, n, x1, x2, ys[lane]))
+            groups.append(row)
+            bars.append(_Bar(round(x1, 2), ys[lane], round(max(x2 - x1, 1.0), 2), BAR_HEIGHT,
+                             *merged.texts(row, x1, x2), n))
+    if groups:
+        for state, column in zip(STATE_COLUMNS, zip(*[g[6:11] for g in groups], strict=True),
+                                 strict=True):
+            counts[state] += sum(column)
     marks: dict[int, list[float]] = {}
     for name, at in fires:
         if name in index and 0 <= at <= plot_width:
@@ -95,25 +103,62 @@ def _bar_y(lane: int) -> float:
     return TOP + lane * LANE_HEIGHT + (LANE_HEIGHT - BAR_HEIGHT) / 2 + 2
 
 
-def _single(row: WindowRun, x: float, y: float, width: float, state: str) -> Bar:
+def _single_texts(row: WindowRun, state: str) -> tuple[str, str]:
+    """The title and link of a run's bar, kept across requests (`_TEXTS`)."""
+    key = (row[0], state, *row[11:16])
+    texts = _TEXTS.get(key)
+    if texts is None:
+        _room(_TEXTS)
+        texts = _TEXTS[key] = _run_texts(row, state)
+    return texts
+
+
+def _run_texts(row: WindowRun, state: str) -> tuple[str, str]:
     task_no, task_id, kind, job, started, ended = row[0], *row[11:16]
     if task_id is None:  # rows made without `window`'s task columns: drawn, not linked
         # to a task, but to the tasks list from it
-        return Bar(x, y, width, BAR_HEIGHT, state, f"task {task_no}: {state}",
-                   f"/tasks?before={task_no + 1}")
+        return f"task {task_no}: {state}", f"/tasks?before={task_no + 1}"
     name = f"{kind}:{job}" if job else str(kind)
-    return Bar(x, y, width, BAR_HEIGHT, state,
-               f"{name} task {task_no}\nstarted {started}\n"
-               + (f"ended {ended}: {state}" if ended else "running"),
-               task_href(task_id))
+    return (f"{name} task {task_no}\nstarted {started}\n"
+            + (f"ended {ended}: {state}" if ended else "running"), task_href(task_id))
 
 
-# The texts of merged bars drawn, by zone, file, times, runs and states: the window moves
-# with each request, but most of its merged bars (flowlord/web/timeline.py merges them
-# by slot since the epoch) are the same runs as in the last one, and their texts were
-# most of the time left in drawing them. Cleared when full; threads may share it (a
-# text is the same whoever makes it).
-MERGED_TEXTS_KEPT = 20_000
+class _Bar(Bar):
+    """A timeline's bar: drawn as `Bar` draws itself, its escaped part (link, title,
+    class) kept across requests (`_HEADS`): escaping them was most of the time of
+    drawing 3,000 bars, and the window's next request draws most of them again, only
+    moved."""
+
+    __slots__ = ()
+
+    def __html__(self) -> str:
+        key = (self.href, self.title, self.state, self.merged > 1)
+        head = _HEADS.get(key)
+        if head is None:
+            _room(_HEADS)
+            head = _HEADS[key] = (
+                f'<a href="{escape(self.href)}"><title>{escape(self.title)}</title>'
+                f'<rect class="bar {escape(self.state)}{" merged" if key[3] else ""}" ')
+        return (f'{head}x="{self.x}" y="{self.y}" width="{self.width}" '
+                f'height="{self.height}"/></a>\n')
+
+
+# What the bars of the last requests were drawn with, kept across requests: the window
+# moves with each request, but most of its bars are the same runs (flowlord/web/timeline.py
+# merges the narrow ones by slot since the epoch), only moved. Each is cleared when full;
+# threads may share them (a value is the same whoever makes it).
+TEXTS_KEPT = 20_000  # entries of each
+_TEXTS: dict[tuple[object, ...], tuple[str, str]] = {}  # a run's title and link
+_HEADS: dict[tuple[str, str, str, bool], str] = {}  # a bar's escaped part (_Bar)
+
+
+def _room(kept: dict[Any, Any]) -> None:
+    if len(kept) >= TEXTS_KEPT:
+        kept.clear()
+
+
+# The texts of merged bars drawn, by zone, file, times, runs and states (as _TEXTS):
+# their texts were most of the time left in drawing them.
 _MERGED_TEXTS: dict[tuple[object, ...], tuple[str, str, str]] = {}
 
 
@@ -136,16 +181,18 @@ class _Merged:
         self.offsets: dict[int, float] = {}  # the zone's offset by minute since the epoch
         self.dates: dict[int, str] = {}  # 'YYYY-MM-DDT' by UTC day since the epoch
 
-    def bar(self, tally: dict[str, int], n: int, x1: float, x2: float, y: float) -> Bar:
+    def texts(self, row: WindowRun, x1: float, x2: float) -> tuple[str, str, str]:
+        """The class, title and link of the bar of a row's merged runs (`row`: how
+        many, by state) from x1 to x2, kept across requests (`_MERGED_TEXTS`)."""
         first = round(self.epoch + x1 / self.scale, 6)  # to the µs, as a datetime is
         last = round(self.epoch + x2 / self.scale, 6)
-        key = (self.zone, self.file_query, first, last, n, *tally.items())
+        key = (self.zone, self.file_query, first, last, row[5:11])
         texts = _MERGED_TEXTS.get(key)
         if texts is None:
-            if len(_MERGED_TEXTS) >= MERGED_TEXTS_KEPT:
-                _MERGED_TEXTS.clear()
-            texts = _MERGED_TEXTS[key] = self._texts(tally, n, first, last)
-        return Bar(round(x1, 2), y, round(max(x2 - x1, 1.0), 2), BAR_HEIGHT, *texts, merged=n)
+            _room(_MERGED_TEXTS)
+            tally = {s: k for s, k in zip(STATE_COLUMNS, row[6:11], strict=True) if k}
+            texts = _MERGED_TEXTS[key] = self._texts(tally, row[5], first, last)
+        return texts
 
     def _texts(self, tally: dict[str, int], n: int, first: float, last: float
                ) -> tuple[str, str, str]:
