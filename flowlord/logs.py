@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import MutableMapping
+import threading
+from collections.abc import Callable, MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -72,3 +73,37 @@ def configure(stream: TextIO | None = None) -> None:
 
 def get(name: str) -> Any:
     return structlog.get_logger(name)
+
+
+COMPLETED_LOG_EVERY = 10.0  # seconds between the lines counting completed tasks
+
+
+class EndedTasks:
+    """The log of ended tasks, kept by the daemon and by `flowlord worker`: a line for
+    each that did not complete, and every few seconds one counting those that did. A
+    line per completed task would be thousands a second in a burst, past journald's
+    default rate limit, and the database keeps every result anyway. Safe to use from
+    several threads (a worker's runs report on their own)."""
+
+    def __init__(self, log: Any, monotonic: Callable[[], float]) -> None:
+        self.log = log
+        self.monotonic = monotonic
+        self.completed = 0  # since the last line that counted them
+        self.next_count = 0.0
+        self.lock = threading.Lock()
+
+    def ended(self, task_no: int, result: str, msg: str) -> None:
+        if result == "complete":
+            with self.lock:
+                self.completed += 1
+        else:
+            self.log.warning("task ended", task_no=task_no, result=result, msg=msg[:200])
+
+    def count(self, now: bool = False) -> None:
+        """The line counting completed tasks, when one is due (`now`: at a stop)."""
+        with self.lock:
+            if not self.completed or (self.monotonic() < self.next_count and not now):
+                return
+            count, self.completed = self.completed, 0
+            self.next_count = self.monotonic() + COMPLETED_LOG_EVERY
+        self.log.info("tasks completed", count=count)

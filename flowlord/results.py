@@ -18,6 +18,7 @@ import apsw
 from flowlord import metrics
 from flowlord.clock import Clock, rfc3339, rfc3339_ms, seconds_between
 from flowlord.loader import Loader
+from flowlord.logs import EndedTasks
 from flowlord.model import Done, NewTask, Phase, StoredTask
 from flowlord.outcomes import Effects, after_result
 from flowlord.overlap import replace_earlier, skipped
@@ -27,7 +28,6 @@ from flowlord.rules import decode_meta, parse_rule
 from flowlord.store import Store
 from flowlord.tasks import Context
 
-COMPLETED_LOG_EVERY = 10.0  # seconds between the log lines counting completed tasks
 FEW = 8  # observations of a series in a turn below which observe() one by one is cheaper
 
 
@@ -50,8 +50,7 @@ class ResultRecorder:
         self._counted: list[tuple[str, str, float | None, float | None]] = []
         self._series: dict[tuple[Any, str], Any] = {}  # metrics' labelled series
         self._alerted: list[str] = []  # this turn's alert kinds, for metrics
-        self._completed = 0  # tasks completed since the last line that counted them
-        self._next_completed_log = 0.0
+        self._ended = EndedTasks(log, self.clock.monotonic)  # their log lines
 
     def record_all(self, pending: list[Done], ctx: Context,
                    new_tasks: list[NewTask]) -> list[Done]:
@@ -226,19 +225,11 @@ class ResultRecorder:
         self._counted, self._alerted = [], []
 
     def log_ended(self, recorded: list[Done]) -> None:
-        """A line per task that did not complete, and every few seconds a count of those
-        that did: a line per completed task would be thousands a second in a burst, past
-        journald's default rate limit, and the database keeps every result anyway."""
+        """A line per task that did not complete, a count of those that did now and then
+        (flowlord/logs.py, EndedTasks)."""
         for done in recorded:
-            if done.result == "complete":
-                self._completed += 1
-            else:
-                self.log.warning("task ended", task_no=done.task_no, result=done.result,
-                                 msg=done.msg[:200])
-        if self._completed and self.clock.monotonic() >= self._next_completed_log:
-            self.log.info("tasks completed", count=self._completed)
-            self._completed = 0
-            self._next_completed_log = self.clock.monotonic() + COMPLETED_LOG_EVERY
+            self._ended.ended(done.task_no, done.result, done.msg)
+        self._ended.count()
 
     def forget_phases(self) -> None:
         """Workflow rows changed (a refresh): look phases and children up again."""

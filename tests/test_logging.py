@@ -127,3 +127,39 @@ def test_warnings_once_per_change_and_every_action_with_its_actor(tmp_path: Path
     assert "WARNING" in idle and "topic=orphan" in idle and "[workers.orphan]" in idle
     # the drop left no task waiting for it: said once too
     assert len(_lines(err, "no task waits any more")) == 1
+
+
+def test_ended_tasks_get_a_line_each_unless_complete_and_those_a_count_now_and_then(
+        ) -> None:
+    """The daemon's results and `flowlord worker`'s runs (logs.EndedTasks): a burst of
+    completed tasks is one line every COMPLETED_LOG_EVERY seconds, not one each."""
+    lines: list[tuple[str, dict[str, object]]] = []
+
+    class Log:
+        def info(self, event: str, **values: object) -> None:
+            lines.append((event, values))
+
+        warning = info
+
+    clock = [100.0]
+    ended = logs.EndedTasks(Log(), lambda: clock[0])
+    for no in range(3):
+        ended.ended(no, "complete", "")
+    ended.ended(3, "error", "exit status 1: " + "x" * 300)
+    ended.count()
+    assert lines == [("task ended", {"task_no": 3, "result": "error",
+                                     "msg": ("exit status 1: " + "x" * 300)[:200]}),
+                     ("tasks completed", {"count": 3})]
+    ended.ended(4, "complete", "")
+    clock[0] += logs.COMPLETED_LOG_EVERY - 0.5
+    ended.count()  # not yet due
+    assert len(lines) == 2
+    clock[0] += 0.5
+    ended.count()
+    assert lines[2:] == [("tasks completed", {"count": 1})]
+    ended.ended(5, "complete", "")
+    ended.count()  # due again only in COMPLETED_LOG_EVERY
+    ended.count(now=True)  # a stop: said at once
+    assert lines[3:] == [("tasks completed", {"count": 1})]
+    ended.count(now=True)  # nothing left to count
+    assert len(lines) == 4

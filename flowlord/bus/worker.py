@@ -52,6 +52,7 @@ from flowlord.bus.wire import (
     run_key,
     task_stream,
 )
+from flowlord.logs import EndedTasks
 from flowlord.model import Done
 from flowlord.tasklog import CappedLog
 from flowlord.workers import Run, inherited_environment
@@ -92,6 +93,7 @@ class RemoteWorker:
         self.client: Any = None
         self.sender: LogSender | None = None  # the tasks' output to their daemons' logs
         self.pool: ThreadPoolExecutor | None = None  # the runs' threads, once started
+        self.ended = EndedTasks(log, time.monotonic)  # a line each but for those complete
 
     def run(self) -> int:
         """Until SIGTERM or SIGINT; BusUnavailable when the server cannot be used at start."""
@@ -327,8 +329,8 @@ class RemoteWorker:
             self.superseded.discard(receipt)
         if not started:
             self.slot_freed.set()
-        self.log.info("task ended", task_no=done.task_no, result=done.result,
-                      msg=done.msg[:200])
+        self.ended.ended(done.task_no, done.result, done.msg)
+        self.ended.count()
 
     def _acknowledge(self, receipt: str) -> None:
         """Best effort: a message left unacknowledged is run again elsewhere, and the
@@ -409,5 +411,6 @@ class RemoteWorker:
         if self.sender is not None:
             self.sender.close()
             self.sender.client.close()
+        self.ended.count(now=True)
         self.log.info("worker stopped", topic=self.topic, consumer=self.consumer)
         self.client.close()
