@@ -93,6 +93,7 @@ def _locate(text: str, position: int, key: str) -> str:
     return f"at line {line} column {col}"
 
 
+_new = tuple.__new__
 _TYPE_NAMES = {str: "string", int: "integer", bool: "boolean", float: "float", list: "array",
                dict: "table"}
 
@@ -110,7 +111,8 @@ def _raw_phase(table: dict[str, Any], position: int, text: str) -> RawPhase:
             get("retry", 0))
         if (type(task) is type(depends_on) is type(rule) is type(template) is str
                 and type(retry) is int and 0 <= retry <= _MAX_RETRY):
-            return RawPhase(position, task, depends_on, rule, template, retry)
+            # the tuple's own constructor: RawPhase() runs a Python __new__ per phase
+            return _new(RawPhase, (position, task, depends_on, rule, template, retry, ()))
     values: dict[str, Any] = {}
     issues: list[Issue] = []
     for key, value in table.items():

@@ -69,6 +69,7 @@ def validate_file(file_path: str, raw_phases: Sequence[RawPhase]) -> list[Phase]
     ones are not stored (the primary key is (file, task)).
     """
     kept: dict[str, tuple[RawPhase, list[Issue]]] = {}
+    clean = True  # no phase has an issue of its own and no task is written twice
     for raw in raw_phases:
         rule = parse_rule(raw.rule)
         task = normalize_task(raw.task, rule.job)
@@ -77,14 +78,21 @@ def validate_file(file_path: str, raw_phases: Sequence[RawPhase]) -> list[Phase]
             duplicate = Issue("error", f"duplicate task: {task}")
             if duplicate not in first_issues:
                 first_issues.append(duplicate)
+            clean = False
             continue
         # the usual phase has no issue of its own: no call, no list to extend
         usual = (not raw.issues and not rule.issues and raw.retry <= RETRY_LIMIT
                  and (raw.depends_on or rule.has_cron or rule.files) and task[:1] != ":"
                  and task[:1] > " ")
-        kept[task] = (raw, [] if usual else _own_issues(raw, task, rule))
+        issues = [] if usual else _own_issues(raw, task, rule)
+        clean = clean and not issues
+        kept[task] = (raw, issues)
 
-    if any(raw.depends_on for raw, _ in kept.values()):  # else no parent to look for
+    # No parent named: nothing to look for. The usual file (nothing broken, every parent
+    # written before its children): no parent is missing, invalid or on a cycle, and
+    # the search would find nothing.
+    if any(raw.depends_on for raw, _ in kept.values()) and not (
+            clean and _parents_written_first(kept)):
         _check_parents(kept)
 
     # a cold load builds 100,000 phases: the tuple's own constructor, not Phase's
@@ -123,3 +131,18 @@ def _parents_come_first(parents: dict[str, list[str]]) -> bool:
     """True when every parent is written before its children (the usual case)."""
     order = {task: i for i, task in enumerate(parents)}
     return all(order[p] < order[task] for task, ps in parents.items() for p in ps)
+
+
+def _parents_written_first(kept: dict[str, tuple[RawPhase, list[Issue]]]) -> bool:
+    """True when each dependsOn names tasks that are all written before its phase, as
+    graph.TaskIndex resolves it (`topic:job` that task, `topic` every task of the
+    topic): every parent is found and no cycle is possible. Three passes over the file,
+    where _check_parents builds an index, a list of parents per task and the search."""
+    position = {task: i for i, task in enumerate(kept)}
+    last = {task.partition(":")[0]: i for task, i in position.items()}  # later ones win
+    for task, (raw, _) in kept.items():
+        parent = raw.depends_on
+        if parent and (position if ":" in parent else last).get(
+                parent, len(position)) >= position[task]:
+            return False
+    return True
