@@ -211,7 +211,11 @@ class Scheduler:
             if slot is not None and slot <= now:
                 due += self._catch_up(entry, slot - _MICROSECOND, now)
                 slot = after(entry, now)
-            self._put(entry, slot)
+            # as _put, for an entry already in _entries and _by_file under `key`
+            self._seq += 1
+            entry.seq, entry.next_slot = self._seq, slot
+            if slot is not None:
+                heapq.heappush(self._heap, (slot, self._seq, key))
         return due
 
     # --- helpers --------------------------------------------------------------------

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import stat
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
@@ -31,6 +30,7 @@ MAX_META_FILE_BYTES = 64 * 1024 * 1024
 _ENCODE = {c: f"%{ord(c):02X}" for c in "%&=+ ;"}
 _ENCODE_TABLE = str.maketrans(_ENCODE)
 _NEEDS_ENCODING = re.compile("[%&=+ ;]")
+_NEEDS_ENCODING_INSIDE = re.compile("[%+ ;]")  # and `&` or `=` beside the separators
 
 
 class BuildError(Exception):
@@ -45,7 +45,26 @@ def _escape(text: str) -> str:
 def encode_meta(pairs: Iterable[tuple[str, str]]) -> str:
     """`k=v&…`, with `%`, `&`, `=`, `+`, space and `;` percent-encoded
     (docs/compatibility.md, Meta)."""
+    pairs = list(pairs)
+    text = "&".join([f"{k}={v}" for k, v in pairs])
+    # The usual meta needs no escape: then the text has none of `%+ ;`, and its `=` and
+    # `&` are the separators alone. One search of the text, not two a pair (a burst of
+    # 10,000 fires encodes 30,000 pairs).
+    if (_NEEDS_ENCODING_INSIDE.search(text) is None and text.count("=") == len(pairs)
+            and text.count("&") == max(len(pairs) - 1, 0)):
+        return text
     return "&".join(f"{_escape(k)}={_escape(v)}" for k, v in pairs)
+
+
+def new_task_id() -> str:
+    """`str(uuid.uuid4())` without the UUID object (its checks and properties took more
+    than half of it): 122 random bits, the version nibble 4 and the variant's two bits
+    10 (the nibble 8, 9, a or b)."""
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+
+
+_VARIANT = {f"{n:x}": "89ab"[n & 3] for n in range(16)}  # keeps the nibble's two low bits
 
 
 @dataclass(frozen=True)
@@ -269,7 +288,7 @@ def _base_meta(phase: Phase, t: datetime) -> list[tuple[str, str]]:
 
 def _task(phase: Phase, info: str, meta: Iterable[tuple[str, str]], ctx: Context) -> Task:
     return Task(type=phase.topic, job=phase.job, info=info, meta=encode_meta(meta),
-                id=str(uuid.uuid4()), created=ctx.created_text)
+                id=new_task_id(), created=ctx.created_text)
 
 
 def build_fire(phase: Phase, slot: datetime, source: FireSource, ctx: Context) -> Fire:
