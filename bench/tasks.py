@@ -169,8 +169,7 @@ def in_process(tmp: Path, n: int, fan_out: int) -> tuple[float, int]:
                             timedelta(hours=4), logs.get("bench"))
     with write_txn(loader.store.conn):
         claimed = loader.store.claim("parent", n, utc_now_ms())
-    for stored in claimed:
-        bus.send(stored, None)
+    bus.send([(stored, None) for stored in claimed])
     started = time.perf_counter()
     dispatcher.turn(claim=False)
     seconds = time.perf_counter() - started

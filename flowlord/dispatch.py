@@ -145,16 +145,17 @@ class Dispatcher:
         self._mark_published()
 
     def _send(self, claimed: list[StoredTask]) -> None:
-        """Hand claimed tasks to the bus; once a remote bus fails, the rest wait in
-        `unsent` (each try could wait for a timeout)."""
-        for n, stored in enumerate(claimed):
-            try:
-                self.bus.send(stored, self._timeout(stored))
-            except BusUnavailable:
-                self.unsent += claimed[n:]
-                return
-            if self.remote:
-                self.published.append(stored.task_no)
+        """Hand claimed tasks to the bus, all at once; when a remote bus cannot take
+        them, they wait in `unsent`."""
+        if not claimed:
+            return
+        try:
+            self.bus.send([(stored, self._timeout(stored)) for stored in claimed])
+        except BusUnavailable:
+            self.unsent += claimed
+            return
+        if self.remote:
+            self.published += [stored.task_no for stored in claimed]
 
     def _take_unsent(self) -> list[StoredTask]:
         """The tasks to publish again, when the bus can take them."""

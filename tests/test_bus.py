@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 
@@ -64,8 +64,8 @@ class RedisHarness:
     def capacity(self, topic: str) -> int:
         return self.bus.capacity(topic)
 
-    def send(self, stored: StoredTask, timeout_seconds: float | None) -> None:
-        self.bus.send(stored, timeout_seconds)
+    def send(self, tasks: Sequence[tuple[StoredTask, float | None]]) -> None:
+        self.bus.send(tasks)
 
     def receive(self, wait: float) -> list[Done]:
         return self.bus.receive(wait)
@@ -116,8 +116,8 @@ def results(bus: Bus, n: int, seconds: float = 30) -> list[Done]:
 def test_exit_status_decides_the_result(make_bus: Callable[..., Bus]) -> None:
     bus = make_bus(ok=worker("true"), bad=worker(PY, "-c", "import sys; "
                                                  "sys.stderr.write('boom\\n'); sys.exit(3)"))
-    bus.send(stored(1, "ok"), None)
-    bus.send(stored(2, "bad"), None)
+    bus.send([(stored(1, "ok"), None)])
+    bus.send([(stored(2, "bad"), None)])
     done = results(bus, 2)
     assert [(d.task_no, d.result, d.msg) for d in done] == [
         (1, "complete", ""), (2, "error", "exit status 3: boom")]
@@ -136,7 +136,7 @@ def test_capacity_runs_no_more_than_the_concurrency_at_once_and_unknown_topics_g
     assert room >= 2 and bus.capacity("nobody") == 0
     assert bus.open_topics() in (["t"], None)
     for no in range(1, room + 1):
-        bus.send(stored(no), None)
+        bus.send([(stored(no), None)])
         assert bus.capacity("t") == room - no
     assert bus.open_topics() in ([], None)  # full: nothing to claim for it (or ask capacity)
     end = time.monotonic() + 30
@@ -162,7 +162,7 @@ def test_values_arrive_as_literal_single_arguments_and_in_the_environment(
     bus = make_bus(t=worker(PY, "-c", script, "{info}", "--x={meta}", "{type}:{job}:{id}",
                             "{unknown}"))
     task = stored(7, info=HOSTILE, meta="k={info}")
-    bus.send(task, None)
+    bus.send([(task, None)])
     assert results(bus, 1)[0].result == "complete"
     seen = json.loads(out.read_text())
     assert seen["argv"] == [HOSTILE, "--x=k={info}", "t:j:id-7", "{unknown}"]
@@ -181,7 +181,7 @@ def test_systemd_variables_of_the_daemon_do_not_reach_workers(
     out = tmp_path / "env.json"
     script = f"import json, os\njson.dump(dict(os.environ), open({str(out)!r}, 'w'))"
     bus = make_bus(t=worker(PY, "-c", script))
-    bus.send(stored(1), None)
+    bus.send([(stored(1), None)])
     assert results(bus, 1)[0].result == "complete"
     seen = json.loads(out.read_text())
     assert "NOTIFY_SOCKET" not in seen and "WATCHDOG_USEC" not in seen
@@ -197,7 +197,7 @@ def test_a_timeout_ends_the_whole_process_group(make_bus: Callable[..., Bus],
               f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
               "time.sleep(60)")
     bus = make_bus(t=worker(PY, "-c", script, timeout=60))
-    bus.send(stored(1), 1.0)  # the phase's timeout= wins over the worker's
+    bus.send([(stored(1), 1.0)])  # the phase's timeout= wins over the worker's
     [done] = results(bus, 1)
     assert (done.result, done.msg) == ("error", "timeout after 1s")
     grandchild = int(pid_file.read_text())
@@ -211,7 +211,7 @@ def test_a_grandchild_left_behind_does_not_hold_the_result(make_bus: Callable[..
     script = ("import subprocess, sys\n"
               "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])")
     bus = make_bus(t=worker(PY, "-c", script))
-    bus.send(stored(1), None)
+    bus.send([(stored(1), None)])
     assert results(bus, 1, seconds=15)[0].result == "complete"
 
 
@@ -220,7 +220,7 @@ def test_huge_output_keeps_only_the_tail_of_stderr(make_bus: Callable[..., Bus])
               "for _ in range(25 * 1024):\n    sys.stdout.write(chunk); sys.stderr.write(chunk)\n"
               "sys.stderr.write('the end'); sys.exit(1)")
     bus = make_bus(t=worker(PY, "-c", script))
-    bus.send(stored(1), None)
+    bus.send([(stored(1), None)])
     [done] = results(bus, 1, seconds=60)
     assert done.result == "error" and done.msg.endswith("the end")
     assert len(done.msg) < 5000
@@ -228,7 +228,7 @@ def test_huge_output_keeps_only_the_tail_of_stderr(make_bus: Callable[..., Bus])
 
 def test_a_missing_program_is_an_error_not_a_crash(make_bus: Callable[..., Bus]) -> None:
     bus = make_bus(t=worker("/nonexistent/program"))
-    bus.send(stored(1), None)
+    bus.send([(stored(1), None)])
     [done] = results(bus, 1)
     assert done.result == "error" and "cannot start '/nonexistent/program'" in done.msg
 
@@ -236,8 +236,8 @@ def test_a_missing_program_is_an_error_not_a_crash(make_bus: Callable[..., Bus])
 def test_close_waits_for_the_grace_then_ends_the_rest(make_bus: Callable[..., Bus]) -> None:
     bus = make_bus(quick=worker(PY, "-c", "import time; time.sleep(0.3)"),
                    slow=worker(PY, "-c", "import time; time.sleep(60)"))
-    bus.send(stored(1, "quick"), None)
-    bus.send(stored(2, "slow"), None)
+    bus.send([(stored(1, "quick"), None)])
+    bus.send([(stored(2, "slow"), None)])
     done = sorted(bus.close(2.0), key=lambda d: d.task_no)
     assert [(d.task_no, d.result) for d in done] == [(1, "complete"), (2, "error")]
     assert done[0].msg == "" and done[1].msg in (STOPPED, WORKER_STOPPED)
@@ -247,7 +247,7 @@ def test_the_local_bus_gives_back_the_tasks_that_never_started_when_closed() -> 
     bus = LocalBus({"slow": worker(PY, "-c", "import time; time.sleep(60)", concurrency=1)})
     sent = bus.capacity("slow")
     for no in range(1, sent + 1):
-        bus.send(stored(no, "slow"), None)
+        bus.send([(stored(no, "slow"), None)])
     done = sorted(bus.close(0.5), key=lambda d: d.task_no)
     ran = [d for d in done if d.ran]
     assert [(d.task_no, d.result, d.msg) for d in ran] == [(1, "error", STOPPED)]
@@ -266,14 +266,14 @@ def _alive(pid: int) -> bool:
 def test_a_command_that_redirects_its_stderr_runs_to_its_end(
         make_bus: Callable[..., Bus]) -> None:
     bus = make_bus(t=worker("sh", "-c", "exec 2>/dev/null; sleep 0.5; exit 0"))
-    bus.send(stored(1), None)
+    bus.send([(stored(1), None)])
     assert [(d.result, d.msg) for d in results(bus, 1)] == [("complete", "")]
 
 
 def test_a_command_writing_stderr_without_pause_still_times_out(
         make_bus: Callable[..., Bus]) -> None:
     bus = make_bus(t=worker(PY, "-c", "import sys\nwhile True: sys.stderr.write('x' * 100)"))
-    bus.send(stored(1), 1.0)
+    bus.send([(stored(1), 1.0)])
     [done] = results(bus, 1, seconds=20)
     assert (done.result, done.msg) == ("error", "timeout after 1s")
 
@@ -285,13 +285,13 @@ def test_a_grandchild_that_left_the_group_does_not_hold_the_result(
               "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)'],"
               " start_new_session=True)")
     bus = make_bus(t=worker(PY, "-c", script))
-    bus.send(stored(1), None)
+    bus.send([(stored(1), None)])
     assert results(bus, 1, seconds=15)[0].result == "complete"
 
 
 def test_a_real_time_signal_is_named_by_number(make_bus: Callable[..., Bus]) -> None:
     bus = make_bus(t=worker(PY, "-c", "import os, signal; os.kill(os.getpid(), 40)"))
-    bus.send(stored(1), None)
+    bus.send([(stored(1), None)])
     [done] = results(bus, 1)
     assert (done.result, done.msg) == ("error", "killed by signal 40")
 
@@ -304,7 +304,7 @@ def test_the_local_bus_lets_results_gather_only_while_every_busy_topic_has_a_nex
     bus = LocalBus({"t": command, "u": command})
 
     def send(no: int, topic: str, info: str) -> None:
-        bus.send(stored(no, topic, info), None)
+        bus.send([(stored(no, topic, info), None)])
 
     def until(condition: Callable[[], bool]) -> None:
         end = time.monotonic() + 30
@@ -343,7 +343,7 @@ def test_a_task_inherits_no_descriptor_of_the_process_that_starts_it(
               "sys.exit(1)")
     try:
         bus = make_bus(t=worker(PY, "-c", script))
-        bus.send(stored(1), None)
+        bus.send([(stored(1), None)])
         [done] = results(bus, 1)
     finally:
         os.close(kept_read)
@@ -357,7 +357,7 @@ def test_a_task_starts_with_sigpipe_and_sigxfsz_at_their_defaults(
     """Python ignores SIGPIPE: a child that kept it ignored would not end when the
     reader of its pipe does (`yes | head -1` would run on)."""
     bus = make_bus(t=worker("sh", "-c", "grep SigIgn /proc/$$/status >&2; exit 1"))
-    bus.send(stored(1), None)
+    bus.send([(stored(1), None)])
     [done] = results(bus, 1)
     ignored = int(done.msg.rsplit(None, 1)[-1], 16)
     assert not ignored & (1 << (signal.SIGPIPE - 1) | 1 << (signal.SIGXFSZ - 1))
@@ -375,7 +375,7 @@ def test_a_command_is_looked_up_on_the_path_of_its_topic(tmp_path: Path) -> None
         "v": WorkerConfig(("not-runnable",), env={"PATH": str(tools)})})
     try:
         for no, topic in enumerate(("t", "u", "v"), 1):
-            bus.send(stored(no, topic), None)
+            bus.send([(stored(no, topic), None)])
         done = results(bus, 3)
     finally:
         bus.close(0)

@@ -6,7 +6,7 @@ at a phase's first complete after a failure (flowlord/recoveries.py)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -31,8 +31,9 @@ class HeldBus:
     def capacity(self, topic: str) -> int:
         return 1000
 
-    def send(self, stored: StoredTask, timeout_seconds: float | None) -> None:
-        self.held[stored.task_no] = stored
+    def send(self, tasks: Sequence[tuple[StoredTask, float | None]]) -> None:
+        for stored, _ in tasks:
+            self.held[stored.task_no] = stored
 
     def receive(self, wait: float) -> list[Done]:
         found, self.done = self.done, []

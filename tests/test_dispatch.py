@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -63,8 +64,8 @@ class Unstarted(InProcessBus):
     """Gives every task back without running it, as a closing bus does with the tasks
     that waited for a thread."""
 
-    def send(self, stored: StoredTask, timeout_seconds: float | None) -> None:
-        self.done.append(Done(stored.task_no, "", "", "", ran=False))
+    def send(self, tasks: Sequence[tuple[StoredTask, float | None]]) -> None:
+        self.done += [Done(stored.task_no, "", "", "", ran=False) for stored, _ in tasks]
 
 
 def test_a_task_that_never_started_goes_back_to_the_queue(wf: Path, store: Store) -> None:
@@ -78,9 +79,9 @@ def test_a_task_that_never_started_goes_back_to_the_queue(wf: Path, store: Store
 
 def test_the_process_start_time_replaces_the_claim_time(wf: Path, store: Store) -> None:
     class StartedLater(InProcessBus):
-        def send(self, stored: StoredTask, timeout_seconds: float | None) -> None:
-            self.done.append(Done(stored.task_no, "complete", "", "2099-01-01T00:00:09Z",
-                                  "2099-01-01T00:00:05Z"))
+        def send(self, tasks: Sequence[tuple[StoredTask, float | None]]) -> None:
+            self.done += [Done(stored.task_no, "complete", "", "2099-01-01T00:00:09Z",
+                               "2099-01-01T00:00:05Z") for stored, _ in tasks]
     d = setup(wf, store, StartedLater())
     d.turn()
     d.turn(claim=False)
@@ -91,9 +92,10 @@ def test_the_process_start_time_replaces_the_claim_time(wf: Path, store: Store) 
 def test_two_results_of_one_task_in_a_turn_record_the_first_once(
         wf: Path, store: Store) -> None:
     class Twice(InProcessBus):  # a result delivered twice (the redis bus may)
-        def send(self, stored: StoredTask, timeout_seconds: float | None) -> None:
-            self.done += [Done(stored.task_no, "error", "first", "2099-01-01T00:00:09Z"),
-                          Done(stored.task_no, "complete", "", "2099-01-01T00:00:10Z")]
+        def send(self, tasks: Sequence[tuple[StoredTask, float | None]]) -> None:
+            for stored, _ in tasks:
+                self.done += [Done(stored.task_no, "error", "first", "2099-01-01T00:00:09Z"),
+                              Done(stored.task_no, "complete", "", "2099-01-01T00:00:10Z")]
     d = setup(wf, store, Twice())
     d.turn()
     d.turn(claim=False)

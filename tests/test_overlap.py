@@ -8,7 +8,7 @@ from __future__ import annotations
 import socket
 import subprocess
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
 
@@ -56,11 +56,12 @@ class HoldingBus:
     def capacity(self, topic: str) -> int:
         return self.room.get(topic, 100) - sum(1 for s in self.held if s.task.type == topic)
 
-    def send(self, stored: StoredTask, timeout_seconds: float | None) -> None:
-        if stored.task.type in self.completes:
-            self.ended.append(Done(stored.task_no, "complete", "", utc_now_ms()))
-        else:
-            self.held.append(stored)
+    def send(self, tasks: Sequence[tuple[StoredTask, float | None]]) -> None:
+        for stored, _ in tasks:
+            if stored.task.type in self.completes:
+                self.ended.append(Done(stored.task_no, "complete", "", utc_now_ms()))
+            else:
+                self.held.append(stored)
 
     def end(self, which: Callable[[StoredTask], bool] = lambda s: True) -> None:
         for stored in [s for s in self.held if which(s)]:

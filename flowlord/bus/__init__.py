@@ -6,7 +6,7 @@ each to `send`, and records what `receive` returns, then calls `ack`.
 from __future__ import annotations
 
 import queue
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from flowlord.model import Done, StoredTask
@@ -35,9 +35,11 @@ class Bus(Protocol):
     def capacity(self, topic: str) -> int:
         """How many more tasks of this topic can be sent now (0: none, or no worker)."""
 
-    def send(self, stored: StoredTask, timeout_seconds: float | None) -> None:
-        """Hand a claimed task to a worker; `timeout_seconds` overrides the worker's.
-        A remote bus raises BusUnavailable when the task could not be handed over."""
+    def send(self, tasks: Sequence[tuple[StoredTask, float | None]]) -> None:
+        """Hand claimed tasks to workers, each with its timeout in seconds (over the
+        worker's; None: the worker's). A remote bus hands a turn's tasks over in one
+        round trip, and raises BusUnavailable when they could not be (then none counts
+        as handed over)."""
 
     def receive(self, wait: float) -> list[Done]:
         """Results that came back, waiting up to `wait` seconds for the first."""

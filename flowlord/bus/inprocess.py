@@ -4,7 +4,7 @@ No config selects it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from flowlord.clock import utc_now_ms
 from flowlord.model import Done, StoredTask
@@ -27,8 +27,9 @@ class InProcessBus:
     def capacity(self, topic: str) -> int:
         return 1_000_000
 
-    def send(self, stored: StoredTask, timeout_seconds: float | None) -> None:
-        self.done.append(Done(stored.task_no, *self.work(stored), utc_now_ms()))
+    def send(self, tasks: Sequence[tuple[StoredTask, float | None]]) -> None:
+        for stored, _ in tasks:
+            self.done.append(Done(stored.task_no, *self.work(stored), utc_now_ms()))
 
     def receive(self, wait: float) -> list[Done]:
         found, self.done = self.done, []

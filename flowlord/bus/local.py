@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import queue
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
@@ -54,7 +54,11 @@ class LocalBus:
             return 0
         return max(0, worker.concurrency * (1 + PREFETCH) - self.busy[topic])
 
-    def send(self, stored: StoredTask, timeout_seconds: float | None) -> None:
+    def send(self, tasks: Sequence[tuple[StoredTask, float | None]]) -> None:
+        for stored, timeout_seconds in tasks:
+            self._send(stored, timeout_seconds)
+
+    def _send(self, stored: StoredTask, timeout_seconds: float | None) -> None:
         worker = self.workers[stored.task.type]
         timeout = (timedelta(seconds=timeout_seconds) if timeout_seconds is not None
                    else worker.timeout)

@@ -30,7 +30,7 @@ import contextlib
 import queue
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from flowlord.bus import BusUnavailable, drain
@@ -168,19 +168,21 @@ class RedisBus:
         self._workers_seen[topic] = (time.monotonic() + WORKERS_SEEN_FOR, found)
         return found
 
-    def send(self, stored: StoredTask, timeout_seconds: float | None) -> None:
+    def send(self, tasks: Sequence[tuple[StoredTask, float | None]]) -> None:
+        """One pipeline for the turn's tasks (an XADD each was a round trip each, a
+        quarter of the loop's time). When it fails, all are published again later: one
+        that got through may run twice, and only its first result is recorded."""
         import redis
 
-        topic = stored.task.type
         try:
-            self.client.xadd(task_stream(topic), encode_task(
-                stored, timeout_seconds, self.done_stream, self.log_target))
+            self._publish(self.client, tasks)
         except (redis.RedisError, OSError) as e:
             self._lost(e)
             raise BusUnavailable(f"cannot publish to redis at {where(self.url)}: {e}") from e
         with self._books:
-            self.outstanding.setdefault(topic, set()).add(stored.task_no)
-            self._sent[stored.task_no] = (stored, timeout_seconds)
+            for stored, timeout_seconds in tasks:
+                self.outstanding.setdefault(stored.task.type, set()).add(stored.task_no)
+                self._sent[stored.task_no] = (stored, timeout_seconds)
 
     def receive(self, wait: float) -> list[Done]:
         self._drop_acked()  # the last turn's: one round trip for all of them
@@ -420,6 +422,14 @@ class RedisBus:
                 return found
             start = "(" + page[-1][0]
 
+    def _publish(self, client: Any, tasks: Sequence[tuple[StoredTask, float | None]]) -> None:
+        """A message each on its topic's stream, in one round trip."""
+        with client.pipeline(transaction=False) as each:
+            for stored, timeout_seconds in tasks:
+                each.xadd(task_stream(stored.task.type), encode_task(
+                    stored, timeout_seconds, self.done_stream, self.log_target))
+            each.execute()
+
     def _send_again(self, client: Any, lost: list[int]) -> None:
         """Publish again the tasks still in flight; one an operator ended is forgotten."""
         again: list[tuple[StoredTask, float | None]] = []
@@ -431,10 +441,6 @@ class RedisBus:
                     again.append(self._sent[n])
         if not again:
             return
-        with client.pipeline(transaction=False) as each:
-            for stored, timeout_seconds in again:
-                each.xadd(task_stream(stored.task.type), encode_task(
-                    stored, timeout_seconds, self.done_stream, self.log_target))
-            each.execute()
+        self._publish(client, again)
         self.log.warning("tasks whose message redis lost; published again", count=len(again),
                          task_nos=" ".join(str(s.task_no) for s, _ in again[:50]))
