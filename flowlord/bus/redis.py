@@ -281,12 +281,18 @@ class RedisBus:
 
         backoff = 0.5
         after: Any = "0"  # first what was delivered to us before and never stored
+        # the group is made at the start and after a failure (an emptied server answers
+        # NOGROUP), not before each read: that was a round trip and an error reply more
+        # for each read, and a read often brings one result
+        grouped = False
         while not self._closed.is_set():
             try:
                 if not self.available:
                     ping(client, self.url)
                     self._back()
-                ensure_group(client, stream, DAEMON_GROUP)
+                if not grouped:
+                    ensure_group(client, stream, DAEMON_GROUP)
+                    grouped = True
                 reply = client.xreadgroup(DAEMON_GROUP, DAEMON_CONSUMER, {stream: after or ">"},
                                           count=count, block=None if after else READ_BLOCK_MS)
                 entries = reply[0][1] if reply else []
@@ -297,6 +303,7 @@ class RedisBus:
                 self._closed.wait(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
                 after = "0"  # what was read but not yet stored comes again
+                grouped = False
                 continue
             if after:  # reading the backlog: on from its last entry, then new ones
                 after = entries[-1][0] if entries else None
