@@ -20,7 +20,7 @@ from functools import cached_property, lru_cache, partial
 
 from flowlord.clock import rfc3339, rfc3339_ms
 from flowlord.jitter import start
-from flowlord.model import Fire, FireSource, Phase, Task
+from flowlord.model import Fire, FireSource, Phase, Task, split_task
 from flowlord.rules import Rule, parse_rule
 from flowlord.templates import cron_hour, meta_names, render_meta, render_time
 
@@ -110,7 +110,13 @@ def fire_tasks(phase: Phase, slot: datetime, ctx: Context) -> list[Task]:
     rule = parse_rule(phase.rule)
     t = data_time(slot, rule.offset, ctx.zone)
     if not is_batch(rule):  # a plain job: the time pass only, {meta:…} stays literal
-        return [_task(phase, render_time(phase.template, t), _base_meta(phase, t), ctx)]
+        topic, job = split_task(phase.task)
+        # encode_meta(_base_meta(phase, t)) written out: a burst builds 10,000 of these,
+        # and only the file and the job can need an escape (cron_hour is digits, - and T)
+        meta = f"workflow={_escape(phase.file_path)}&cron={cron_hour(t)}"
+        return [Task(type=topic, job=job, info=render_time(phase.template, t),
+                     meta=f"{meta}&job={_escape(job)}" if job else meta, id=new_task_id(),
+                     created=ctx.created_text)]
     start = t.replace(minute=0, second=0, microsecond=0)
     end = (start.astimezone(UTC) + rule.for_).astimezone(ctx.zone)
     return expand(phase, rule, start, end, rule.by, ctx)

@@ -41,12 +41,12 @@ def render_time(template: str, t: datetime | None) -> str:
     """The time pass. `t` None (no time known) leaves every token as it is."""
     if t is None or "{" not in template:
         return template
-    literals, kinds, fmt = _rendering(template)
+    fmt, literals, kinds = _rendering(template)
+    if fmt is not None:  # only the tokens of _time_values: one str.format_map
+        return fmt.format_map(_time_values(t))
     if not kinds:
         return template
     values = _time_values(t)
-    if fmt is not None:  # only the tokens of _time_values: one str.format_map
-        return fmt.format_map(values)
     parts = [literals[0]]
     for kind, literal in zip(kinds, literals[1:], strict=True):
         parts.append(values[kind] if kind in values else _OTHER_VALUES[kind](t))
@@ -83,22 +83,31 @@ def _time_values(t: datetime) -> dict[str, str]:
     return values
 
 
+@lru_cache(maxsize=4096)
+def _rendering(template: str) -> tuple[str | None, tuple[str, ...], tuple[str, ...]]:
+    """How render_time renders the template: (format text, literals, kinds). The format
+    text is over the names of _time_values, or None when the template has another
+    token (ts, host, pod, uuid) or none: then the literals around its tokens and their
+    kinds (`_compile`). Worked out once per template, as a burst of results renders
+    the same children's templates thousands of times. A burst of fires renders 10,000
+    templates once each: the usual one (lower-case date tokens, no other brace, no
+    `#`) is known by one match, and is its own format text."""
+    if _PLAIN.fullmatch(template):
+        return template, (), ()
+    literals, kinds = _compile(template)
+    if not kinds or not set(kinds) <= _SIMPLE_KINDS:
+        return None, literals, kinds
+    fmt = "".join(_brace_escaped(literal) + "{" + kind + "}"
+                  for literal, kind in zip(literals, kinds, strict=False))
+    return fmt + _brace_escaped(literals[-1]), literals, kinds
+
+
+_PLAIN = re.compile(r"[^{}#]*(?:\{(?:yyyy|yy|mm|dd|hh|min)\}[^{}#]*)*")
+
+
 def _compile(template: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The template as literal text around its time tokens: (literals, token kinds),
     with one literal more than kinds."""
-    literals, kinds, _ = _rendering(template)
-    return literals, kinds
-
-
-@lru_cache(maxsize=4096)
-def _rendering(template: str) -> tuple[tuple[str, ...], tuple[str, ...], str | None]:
-    """`_compile`'s (literals, kinds), and the template as a str.format text over the
-    names of _time_values, or None when it has another token (ts, host, pod, uuid): a
-    child is rendered in one C call, not a loop over its tokens (bench/tasks.py, results
-    with children). Worked out once per template, as a burst of results renders the same
-    children's templates thousands of times; a burst of fires renders 10,000 templates
-    once each, so this is one cache entry, not two, and the usual template (its tokens
-    written in lower case, no other brace) is its own format text."""
     comment = ""
     cut = template.find("#")
     if cut > 0:  # everything from a '#' after the start is kept verbatim
@@ -106,24 +115,20 @@ def _rendering(template: str) -> tuple[tuple[str, ...], tuple[str, ...], str | N
     if "SLUG}" in template:
         for token, expansion in _SLUGS:
             template = template.replace(token, expansion)
-    parts = _TIME_TOKEN.split(template)  # literal, kind, literal, …, literal
-    literals, kinds = parts[0::2], [kind.lower() for kind in parts[1::2]]
-    if kinds.count("uuid") > 1:  # flowlord replaces the first {uuid} only
-        at = kinds.index("uuid") + 1
-        while "uuid" in kinds[at:]:
-            at = kinds.index("uuid", at)
-            literals[at:at + 2] = [literals[at] + "{uuid}" + literals[at + 1]]
-            del kinds[at]
-    fmt = None
-    if set(kinds) <= _SIMPLE_KINDS:
-        if kinds == parts[1::2] and template.count("{") == template.count("}") == len(kinds):
-            fmt = template + _brace_escaped(comment)  # the usual one: its own format text
-        else:
-            fmt = "".join(_brace_escaped(literal) + "{" + kind + "}"
-                          for literal, kind in zip(literals[:-1], kinds, strict=True))
-            fmt += _brace_escaped(literals[-1] + comment)
-    literals[-1] += comment
-    return tuple(literals), tuple(kinds), fmt
+    literals, kinds = [], []
+    start = 0
+    uuid_seen = False
+    for m in _TIME_TOKEN.finditer(template):
+        kind = m.group(1).lower()
+        if kind == "uuid":
+            if uuid_seen:  # flowlord replaces the first {uuid} only
+                continue
+            uuid_seen = True
+        literals.append(template[start:m.start()])
+        kinds.append(kind)
+        start = m.end()
+    literals.append(template[start:] + comment)
+    return tuple(literals), tuple(kinds)
 
 
 _SIMPLE_KINDS = frozenset(("yyyy", "yy", "mm", "dd", "hh", "min"))  # tokens _time_values has

@@ -31,3 +31,20 @@ def test_encode_meta_agrees_with_escaping_each_key_and_value(
         pairs: list[tuple[str, str]]) -> None:
     assert tasks.encode_meta(pairs) == escaped_pair_by_pair(pairs)
     assert tasks.encode_meta(iter(pairs)) == escaped_pair_by_pair(pairs)
+
+
+@given(st.text(st.sampled_from("ab/%&=+ ;é"), min_size=1, max_size=8),
+       st.text(st.sampled_from("ab%&=+ ;"), max_size=4))
+def test_a_plain_fires_meta_is_its_base_meta_encoded(file_path: str, job: str) -> None:
+    from datetime import UTC, datetime
+
+    from flowlord.model import Phase
+
+    phase = Phase(file_path, f"topic:{job}" if job else "topic", rule="cron=0 * * * *",
+                  template="{yyyy}")
+    slot = datetime(2026, 5, 6, 7, 0, tzinfo=UTC)
+    ctx = tasks.Context(UTC, "/", slot)
+    (task,) = tasks.fire_tasks(phase, slot, ctx)
+    t = tasks.data_time(slot, tasks.parse_rule(phase.rule).offset, UTC)
+    assert task.meta == tasks.encode_meta(tasks._base_meta(phase, t))
+    assert (task.type, task.job, task.info) == ("topic", phase.job, "2026")
