@@ -472,16 +472,19 @@ def test_a_timelines_bar_draws_itself_as_a_bar_does_each_time() -> None:
 
 
 def drawn_svg(store: Store, at: datetime, hours: int, file: str | None, zone: Any,
-              kept: Timelines) -> tuple[charts.Timeline, list[str]]:
-    """The timeline of the `hours` before `at` (on the clock of `zone`) and its bars as
-    the template writes them."""
-    t = drawn_timeline(store, (at - timedelta(hours=hours)).astimezone(zone), at, at, file,
-                       kept)
+              back: int, kept: Timelines) -> tuple[charts.Timeline, list[str]]:
+    """The timeline, at `at`, of the `hours` before `back` hours before it (on the
+    clock of `zone`), and its bars as the template writes them; each run of the
+    window drawn once, cut at its edges (every_run reads them another way)."""
+    end = at - timedelta(hours=back)
+    start = end - timedelta(hours=hours)
+    t = drawn_timeline(store, start.astimezone(zone), end, at, file, kept)
+    assert t.runs == len(every_run(store, start, end, file))
     return t, [str(escape(b)) for b in t.bars]
 
 
-def drawn_afresh(store: Store, at: datetime, hours: int, file: str | None, zone: Any
-                 ) -> tuple[charts.Timeline, list[str]]:
+def drawn_afresh(store: Store, at: datetime, hours: int, file: str | None, zone: Any,
+                 back: int) -> tuple[charts.Timeline, list[str]]:
     """drawn_svg with nothing kept: no block read before, no bar's texts drawn before
     (those kept meanwhile are put back after)."""
     memos: list[dict[Any, Any]] = [timeline_chart._TEXTS, timeline_chart._MERGED_TEXTS,
@@ -490,7 +493,7 @@ def drawn_afresh(store: Store, at: datetime, hours: int, file: str | None, zone:
     for memo in memos:
         memo.clear()
     try:
-        return drawn_svg(store, at, hours, file, zone, Timelines())
+        return drawn_svg(store, at, hours, file, zone, back, Timelines())
     finally:
         for memo, was in zip(memos, saved, strict=True):
             memo.clear()
@@ -501,7 +504,7 @@ def test_a_drawing_from_what_was_kept_is_the_fresh_drawing(tmp_path: Path) -> No
     """The timeline drawn from kept blocks, their bars joined and the bars' texts kept
     from the requests before, is the one drawn afresh (nothing kept), bar for bar and
     byte for byte: as the window moves, and after a task is deleted, marked, runs long
-    in an old block, then ends."""
+    in an old block, then ends; and each run of the window is drawn once."""
     now = datetime.now(UTC).replace(microsecond=0)
     db = seed(tmp_path, 4_000, now)
     writer = Store(str(db))
@@ -509,15 +512,16 @@ def test_a_drawing_from_what_was_kept_is_the_fresh_drawing(tmp_path: Path) -> No
     kept = Timelines()
 
     def same(at: datetime) -> list[str]:
-        # merged, alone, by phase, on another clock
-        shapes = ((6, None, UTC), (1, None, UTC), (6, "a.toml", UTC),
-                  (6, None, ZoneInfo("America/New_York")))
+        # merged, alone, by phase, on another clock, ending 2 h ago
+        shapes = ((6, None, UTC, 0), (1, None, UTC, 0), (6, "a.toml", UTC, 0),
+                  (6, None, ZoneInfo("America/New_York"), 0), (3, None, UTC, 2))
         found = [drawn_svg(store, at, *shape, kept) for shape in shapes]
         assert found == [drawn_afresh(store, at, *shape) for shape in shapes]
         return [bar for _, svg in found for bar in svg]
     try:
         first = same(now)
         assert any("runs merged" in b for b in first) and any(" task " in b for b in first)
+        assert any(key[2] < key[1] for key in kept._blocks)  # parts of blocks kept too
         for seconds in (1, 2, 450, 901, 902):  # the window moves: joined again past a block
             same(now + timedelta(seconds=seconds))
         assert len(kept._joined) >= 2

@@ -9,8 +9,11 @@ is still running. Its reading (`flowlord.store.history.runs_shape`, and `history
 for each grain asked) is used again while the tasks begun in it are the same (their
 number and the sum of their numbers: a deleted task, or one whose start a worker moved
 into it, changes that) and no action was taken since (`flowlord mark` changes a
-finished task's result). The rest is read each time: the blocks not settled, those cut
-by the window's edges, the runs still going, the fires' tasks still waiting.
+finished task's result). A block that cannot be kept is looked at in its 24 parts, each
+kept as a block is: the rest is read each time, the parts not settled (the newest
+minute), those cut by the window's edges, the runs still going, the fires' tasks still
+waiting. Reading the whole block cut by the window's start and the newest one was most
+of the time of a request.
 
 The runs narrower than the grain (charts.merge_width) are merged by row and by slot of
 the grain since the epoch, not since the window's start, so a merged bar stays where it
@@ -21,9 +24,11 @@ blocks: only the bars read afresh are merged into them at each request.
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import NamedTuple
 
@@ -35,6 +40,7 @@ from flowlord.web import charts
 BLOCKS_PER_WINDOW = 24
 SETTLED_SECONDS = 60  # a block is kept once it ended this long ago
 MAX_KEPT_ROWS = 50_000  # rows of bars, shapes and marks kept over all blocks (~10 MB)
+_MS = 0.001  # stored times are to the millisecond
 MAX_JOINED = 8  # windows whose kept blocks are kept joined (_Joined): the last ones asked
 
 
@@ -44,6 +50,12 @@ class Window(NamedTuple):
     bars: list[WindowRun]  # times in seconds from the window's start
     fires: list[tuple[str, float]]  # (row, px from the plot's left): a fire's mark
     grain: float  # seconds: runs shorter than this were merged (0: none was)
+
+
+# a block's key: (file, the window's block size, this block's size, its number: it
+# begins at number × size seconds since the epoch); a block's reading depends on the
+# window's length, which the window's block size tells
+_Key = tuple[str | None, float, float, int]
 
 
 class _Block(NamedTuple):
@@ -73,7 +85,7 @@ class Timelines:
     def __init__(self, max_rows: int = MAX_KEPT_ROWS) -> None:
         self.max_rows = max_rows
         self._lock = threading.Lock()
-        self._blocks: OrderedDict[tuple[str | None, float, int], _Block] = OrderedDict()
+        self._blocks: OrderedDict[_Key, _Block] = OrderedDict()
         self._rows = 0
         self._joined: OrderedDict[tuple[object, ...], _Joined] = OrderedDict()
 
@@ -84,14 +96,14 @@ class Timelines:
         with history.read_snapshot(store):
             return _Reading(self, store, start, end, now, file).window(max_bars)
 
-    def _get(self, key: tuple[str | None, float, int]) -> _Block | None:
+    def _get(self, key: _Key) -> _Block | None:
         with self._lock:
             block = self._blocks.get(key)
             if block is not None:
                 self._blocks.move_to_end(key)
             return block
 
-    def _put(self, key: tuple[str | None, float, int], block: _Block) -> None:
+    def _put(self, key: _Key, block: _Block) -> None:
         with self._lock:
             old = self._blocks.pop(key, None)
             self._rows += _size(block) - (_size(old) if old is not None else 0)
@@ -144,16 +156,22 @@ class _Reading:
                             now=self.now_text, since=self.start_text, running=True))
         shapes = [history.runs_shape(self.store, s, self.lane, self.file, self.widths, self.per)
                   for s in sources]
-        joined = self.kept._joined_of((self.file, self.block, *[k for k, _ in kept]),
-                                      tuple(b for _, b in kept))
-        rows = {name: list(counts) for name, counts in joined.rows.items()}
-        for shape in shapes:
-            _add_rows(rows, shape.rows)
+        # joined apart: the whole blocks stay the same for a 24th of the window, the
+        # parts at its edges change more often
+        groups = [[(k, b) for k, b in kept if k[2] == self.block],
+                  [(k, b) for k, b in kept if k[2] != self.block]]
+        joined = [self.kept._joined_of((self.file, self.block, *[k for k, _ in group]),
+                                       tuple(b for _, b in group)) for group in groups]
+        rows: dict[str, list[int]] = {}
+        for shape_rows in [j.rows for j in joined] + [s.rows for s in shapes]:
+            _add_rows(rows, shape_rows)
         total = [sum(c) for c in zip(*rows.values(), strict=True)] if rows else []
         grain_px = charts.merge_width(total[0] if total else 0, len(rows), total[1:]
                                       if total else [0] * len(self.widths), max_bars)
         grain = grain_px * self.per
-        merged = dict(self._joined_bars(kept, joined, grain))
+        merged = dict(self._joined_bars(groups[0], joined[0], grain))
+        for (_, slot), bar in self._joined_bars(groups[1], joined[1], grain).items():
+            _merge(merged, slot, bar)
         for source in sources:
             for slot, bar in history.runs_bars(self.store, source, self.lane, self.file, grain):
                 _merge(merged, slot, bar)
@@ -164,13 +182,14 @@ class _Reading:
         first_slot = math.floor(self.start / self.per)
         # a kept block's own runs began in the window, but their tasks may have been
         # created before it
-        marks.update(m for m in joined.marks if m[1] >= first_slot)
+        for j in joined:
+            marks.update(m for m in j.marks if m[1] >= first_slot)
         return Window([(b[0], b[1], b[2] - self.start, b[3] - self.start, *b[4:])
                        for b in merged.values()],
                       sorted((row, round(slot - self.start / self.per, 2))
                              for row, slot in marks), grain)
 
-    def _joined_bars(self, kept: list[tuple[tuple[str | None, float, int], _Block]],
+    def _joined_bars(self, kept: list[tuple[_Key, _Block]],
                      joined: _Joined, grain: float) -> dict[tuple[str, int], WindowRun]:
         """The kept blocks' bars at this grain, merged: as joined before, else now."""
         bars = joined.bars.get(grain)
@@ -182,59 +201,85 @@ class _Reading:
             joined.bars[grain] = bars  # the same whoever joins them: threads may race
         return bars
 
-    def _blocks(self) -> tuple[list[tuple[tuple[str | None, float, int], _Block]],
-                               list[tuple[float, float]]]:
-        """The kept blocks that have runs in the window, and the spans to read."""
-        size = self.block
+    def _blocks(self) -> tuple[list[tuple[_Key, _Block]], list[tuple[float, float]]]:
+        """The kept blocks that have runs in the window, and the spans to read. A block
+        that cannot be kept (the window's edges cut it, it has not settled, a run in it
+        is still going) is looked at in its 24 parts, kept as blocks are: the spans
+        read at each request are then the parts at the window's edges, not blocks."""
+        size, part = self.block, self.block / BLOCKS_PER_WINDOW
         first, last = math.ceil(self.earliest / size), math.floor(self.end / size)
-        running = {math.floor(datetime.fromisoformat(s).timestamp() / size)
-                   for s in history.running_starts(self.store)}
-        settled = [k for k in range(first, last)
-                   if (k + 1) * size <= self.now - SETTLED_SECONDS and k not in running
-                   and not k * size < self.start < (k + 1) * size]
-        began = dict(zip(settled, history.started_counts(
-            self.store, [(_text(k * size), _text((k + 1) * size)) for k in settled]),
-            strict=True))
-        kept: list[tuple[tuple[str | None, float, int], _Block]] = []
+        running = [datetime.fromisoformat(s).timestamp()
+                   for s in history.running_starts(self.store)]
+        found = self._keepable(size, range(first, last + 1), running)
+        parts = self._keepable(part, [j for k, block in found.items() if block is None
+                                      for j in range(k * BLOCKS_PER_WINDOW,
+                                                     (k + 1) * BLOCKS_PER_WINDOW)], running)
+        kept: list[tuple[_Key, _Block]] = []
         live: list[tuple[float, float]] = []
         edge = self.earliest
-        for k in range(first, last + 1):
-            block = self._settled(k, began[k]) if k in began else None
-            lo, hi = k * size, (k + 1) * size
-            if block is not None and (block.shape.last_end < self.start if hi <= self.start
-                                      else block.shape.last_end <= self.end):
-                if hi > self.start:  # one of the window's own: its runs are drawn
-                    kept.append(((self.file, size, k), block))
-                if lo > edge:
-                    live.append((edge, lo))
-                edge = hi
+        for key, block in [((self.file, size, size, k), b) if b is not None else
+                           ((self.file, size, part, j), parts[j])
+                           for k, b in found.items()
+                           for j in ([k] if b is not None else
+                                     range(k * BLOCKS_PER_WINDOW, (k + 1) * BLOCKS_PER_WINDOW))]:
+            if block is None:
+                continue
+            lo, hi = key[3] * key[2], (key[3] + 1) * key[2]
+            if hi > self.start:  # one of the window's own: its runs are drawn
+                kept.append((key, block))
+            if lo > edge:
+                live.append((edge, lo))
+            edge = hi
         if edge < self.end:
             live.append((edge, self.end))
         return kept, live
 
-    def _settled(self, k: int, began: int) -> _Block | None:
+    def _keepable(self, size: float, numbers: Sequence[int], running: list[float]
+                  ) -> dict[int, _Block | None]:
+        """Blocks of `size` by number, in order: each one's reading when it can be
+        kept (settled, not cut by the window's start, its runs not past the window's
+        edges), else None."""
+        busy = {math.floor(t / size) for t in running}
+        settled = [k for k in numbers
+                   if (k + 1) * size <= self.now - SETTLED_SECONDS and k not in busy
+                   and not k * size < self.start < (k + 1) * size
+                   and (k + 1) * size <= self.end]
+        began = dict(zip(settled, history.started_counts(
+            self.store, [(_text(k * size), _text((k + 1) * size)) for k in settled]),
+            strict=True))
+        found: dict[int, _Block | None] = {}
+        for k in numbers:
+            block = self._settled(size, k, began[k]) if k in began else None
+            # a run that ended at the window's start is in it (times compared as
+            # text), though its end in seconds (julianday's) may be a few µs before
+            if block is not None and not (block.shape.last_end < self.start - _MS
+                                          if (k + 1) * size <= self.start
+                                          else block.shape.last_end <= self.end):
+                block = None
+            found[k] = block
+        return found
+
+    def _settled(self, size: float, k: int, began: int) -> _Block | None:
         """Block k's reading: the one kept while still true, else read now and kept."""
         if self.actions < 0:
             self.actions = self.store.last_action_no()  # `flowlord mark` is one
-        key = (self.file, self.block, k)
+        key = (self.file, self.block, size, k)
         block = self.kept._get(key)
         if block is not None and block.began == began and \
                 block.actions == self.actions:
             return block
-        runs = Runs(_text(k * self.block), _text((k + 1) * self.block))
+        runs = Runs(_text(k * size), _text((k + 1) * size))
         block = _Block(began, self.actions, history.runs_shape(
             self.store, runs, self.lane, self.file, self.widths, self.per), {})
         self.kept._put(key, block)
         return block
 
-    def _bars_of(self, key: tuple[str | None, float, int], block: _Block, grain: float
-                 ) -> list[tuple[int, WindowRun]]:
+    def _bars_of(self, key: _Key, block: _Block, grain: float) -> list[tuple[int, WindowRun]]:
         bars = block.bars.get(grain)
         if bars is None:
-            k = key[2]
-            bars = history.runs_bars(self.store, Runs(_text(k * self.block),
-                                              _text((k + 1) * self.block)),
-                             self.lane, self.file, grain)
+            size, k = key[2], key[3]
+            bars = history.runs_bars(self.store, Runs(_text(k * size), _text((k + 1) * size)),
+                                     self.lane, self.file, grain)
             self.kept._put(key, block._replace(bars={**block.bars, grain: bars}))
         return bars
 
@@ -261,6 +306,7 @@ def _add_rows(rows: dict[str, list[int]], more: dict[str, tuple[int, ...]] | dic
             have[i] += n
 
 
+@functools.lru_cache(maxsize=4096)  # the edges of the same blocks at each request
 def _text(seconds: float) -> str:
     """Seconds since the epoch as task times are stored."""
     return rfc3339_ms(datetime.fromtimestamp(seconds, UTC))
