@@ -88,9 +88,10 @@ def timeline(rows: Iterable[WindowRun], fires: Iterable[tuple[str, float]], *,
     for i, name in enumerate(shown):
         y = TOP + i * LANE_HEIGHT
         xs = sorted(marks.get(i, ()))
+        tail = f",{y + 1}v4"
         lane_rows.append(Lane(name, y, phase_href(file, name) if file else
                               "/tasks?" + urlencode({"type": name}),
-                              "".join(f"M{x},{y + 1}v4" for x in xs), len(xs)))
+                              "".join([f"M{x}{tail}" for x in xs]), len(xs)))
     now_at = (now - start).total_seconds() * scale
     return Timeline(WIDTH, TOP + max(len(shown), 1) * LANE_HEIGHT + 6, LANE_LEFT, TOP,
                     plot_width, lane_rows, bars, time_ticks(start, seconds, plot_width),
@@ -132,15 +133,16 @@ class _Bar(Bar):
     __slots__ = ()
 
     def __html__(self) -> str:
-        key = (self.href, self.title, self.state, self.merged > 1)
+        x, y, width, height, state, title, href, merged = self  # one unpacking: fields
+        # are properties
+        key = (href, title, state, merged > 1)
         head = _HEADS.get(key)
         if head is None:
             _room(_HEADS)
             head = _HEADS[key] = (
-                f'<a href="{escape(self.href)}"><title>{escape(self.title)}</title>'
-                f'<rect class="bar {escape(self.state)}{" merged" if key[3] else ""}" ')
-        return (f'{head}x="{self.x}" y="{self.y}" width="{self.width}" '
-                f'height="{self.height}"/></a>\n')
+                f'<a href="{escape(href)}"><title>{escape(title)}</title>'
+                f'<rect class="bar {escape(state)}{" merged" if key[3] else ""}" ')
+        return f'{head}x="{x}" y="{y}" width="{width}" height="{height}"/></a>\n'
 
 
 # What the bars of the last requests were drawn with, kept across requests: the window
@@ -184,14 +186,16 @@ class _Merged:
     def texts(self, row: WindowRun, x1: float, x2: float) -> tuple[str, str, str]:
         """The class, title and link of the bar of a row's merged runs (`row`: how
         many, by state) from x1 to x2, kept across requests (`_MERGED_TEXTS`)."""
-        first = round(self.epoch + x1 / self.scale, 6)  # to the µs, as a datetime is
-        last = round(self.epoch + x2 / self.scale, 6)
-        key = (self.zone, self.file_query, first, last, row[5:11])
+        # kept by the times before they are rounded (which tell the rounded ones): a
+        # round to the µs of a time since the epoch costs more than the rest
+        at, until = self.epoch + x1 / self.scale, self.epoch + x2 / self.scale
+        key = (self.zone, self.file_query, at, until, row[5:11])
         texts = _MERGED_TEXTS.get(key)
         if texts is None:
             _room(_MERGED_TEXTS)
             tally = {s: k for s, k in zip(STATE_COLUMNS, row[6:11], strict=True) if k}
-            texts = _MERGED_TEXTS[key] = self._texts(tally, row[5], first, last)
+            texts = _MERGED_TEXTS[key] = self._texts(
+                tally, row[5], round(at, 6), round(until, 6))  # to the µs, as a datetime is
         return texts
 
     def _texts(self, tally: dict[str, int], n: int, first: float, last: float
