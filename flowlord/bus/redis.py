@@ -26,7 +26,6 @@ Lost messages).
 
 from __future__ import annotations
 
-import contextlib
 import queue
 import threading
 import time
@@ -44,13 +43,13 @@ from flowlord.bus.wire import (
     cancel_key,
     connect,
     decode_done,
-    encode_task,
     ensure_group,
     log_runs_key,
     log_stream,
     ping,
-    reply_stream,
+    publish,
     run_key,
+    task_numbers,
     task_stream,
     where,
 )
@@ -67,7 +66,6 @@ LOOK_EVERY = 5.0  # seconds between looks for tasks whose message redis lost
 # the time a worker running it needs to mark it again once an emptied server is back
 # (its backoff is 1 s while it runs tasks, a command gives up after 2 s)
 LOST_AFTER = 15.0
-LOOK_PAGE = 1000  # stream entries read at once by a look
 
 
 class RedisBus:
@@ -175,7 +173,7 @@ class RedisBus:
         import redis
 
         try:
-            self._publish(self.client, tasks)
+            publish(self.client, tasks, self.done_stream, self.log_target)
         except (redis.RedisError, OSError) as e:
             self._lost(e)
             raise BusUnavailable(f"cannot publish to redis at {where(self.url)}: {e}") from e
@@ -398,9 +396,9 @@ class RedisBus:
             missing.update(n for n, mark in zip(chunk, marks, strict=True) if mark is None)
         for topic in sorted(set(sent.values())):
             if missing:
-                missing -= self._held(client, task_stream(topic), self.done_stream)
+                missing -= task_numbers(client, task_stream(topic), self.done_stream)
         if missing:
-            missing -= self._held(client, self.done_stream, None)
+            missing -= task_numbers(client, self.done_stream, None)
         for n in list(missing_since):
             if n not in missing:
                 del missing_since[n]
@@ -413,30 +411,6 @@ class RedisBus:
                 del missing_since[n]
         return run_id
 
-    @staticmethod
-    def _held(client: Any, stream: str, reply_to: str | None) -> set[int]:
-        """The task numbers of a stream's entries (of a topic's stream, only those whose
-        results go to `reply_to`: other daemons share it)."""
-        found: set[int] = set()
-        start = "-"
-        while True:
-            page = client.xrange(stream, start, "+", count=LOOK_PAGE)
-            for _, fields in page:
-                if reply_to is None or reply_stream(fields or {}) == reply_to:
-                    with contextlib.suppress(KeyError, ValueError, TypeError):
-                        found.add(int(fields["task_no"]))
-            if len(page) < LOOK_PAGE:
-                return found
-            start = "(" + page[-1][0]
-
-    def _publish(self, client: Any, tasks: Sequence[tuple[StoredTask, float | None]]) -> None:
-        """A message each on its topic's stream, in one round trip."""
-        with client.pipeline(transaction=False) as each:
-            for stored, timeout_seconds in tasks:
-                each.xadd(task_stream(stored.task.type), encode_task(
-                    stored, timeout_seconds, self.done_stream, self.log_target))
-            each.execute()
-
     def _send_again(self, client: Any, lost: list[int]) -> None:
         """Publish again the tasks still in flight; one an operator ended is forgotten."""
         again: list[tuple[StoredTask, float | None]] = []
@@ -448,6 +422,6 @@ class RedisBus:
                     again.append(self._sent[n])
         if not again:
             return
-        self._publish(client, again)
+        publish(client, again, self.done_stream, self.log_target)
         self.log.warning("tasks whose message redis lost; published again", count=len(again),
                          task_nos=" ".join(str(s.task_no) for s, _ in again[:50]))

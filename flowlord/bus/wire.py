@@ -6,8 +6,9 @@ a stream entry (README.md, Beyond one machine: the redis bus).
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from flowlord.bus import BusUnavailable
@@ -201,3 +202,32 @@ def decode_done(fields: Mapping[str, str], receipt: str) -> Done:
         raise ValueError(f"unknown result {result!r}")
     return Done(int(fields["task_no"]), result, fields.get("msg", ""), fields["ended"],
                 fields.get("started", ""), receipt=receipt)
+
+
+LOOK_PAGE = 1000  # stream entries read at once by task_numbers
+
+
+def publish(client: Any, tasks: Sequence[tuple[StoredTask, float | None]], reply_to: str,
+            log: Target | None) -> None:
+    """A message each on its topic's stream (encode_task), in one round trip."""
+    with client.pipeline(transaction=False) as each:
+        for stored, timeout_seconds in tasks:
+            each.xadd(task_stream(stored.task.type),
+                      encode_task(stored, timeout_seconds, reply_to, log))
+        each.execute()
+
+
+def task_numbers(client: Any, stream: str, reply_to: str | None) -> set[int]:
+    """The task numbers of a stream's entries (of a topic's stream, only those whose
+    results go to `reply_to`: other daemons share it)."""
+    found: set[int] = set()
+    start = "-"
+    while True:
+        page = client.xrange(stream, start, "+", count=LOOK_PAGE)
+        for _, fields in page:
+            if reply_to is None or reply_stream(fields or {}) == reply_to:
+                with contextlib.suppress(KeyError, ValueError, TypeError):
+                    found.add(int(fields["task_no"]))
+        if len(page) < LOOK_PAGE:
+            return found
+        start = "(" + page[-1][0]
