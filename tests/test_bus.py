@@ -383,3 +383,35 @@ def test_a_command_is_looked_up_on_the_path_of_its_topic(tmp_path: Path) -> None
         ("error", "exit status 3: found"),
         ("error", "cannot start 'only-here': [Errno 2] No such file or directory: 'only-here'"),
         ("error", "cannot start 'not-runnable': [Errno 13] Permission denied: 'not-runnable'")]
+
+
+def test_the_redis_bus_lets_results_gather_only_while_many_more_tasks_are_out(
+        redis_server: RedisServer) -> None:
+    """`gathering()` of the redis bus: results came back while at least GATHER_BEHIND
+    more tasks are published and unfinished (its workers have messages waiting)."""
+    from flowlord.bus import redis as redis_bus
+    from flowlord.bus.wire import DONE_STREAM, connect, encode_done
+
+    bus = RedisBus(redis_server.url, logs.get("test"))
+    bus.start()
+    client = connect(redis_server.url)
+
+    def result_of(no: int) -> None:  # as a worker posts it, then until the bus has it
+        client.xadd(DONE_STREAM, encode_done(Done(no, "complete", "", "2026-11-23T00:00:01Z")))
+        end = time.monotonic() + 30
+        while bus.results.empty():
+            assert time.monotonic() < end, "the result did not arrive"
+            time.sleep(0.01)
+    try:
+        behind = redis_bus.GATHER_BEHIND
+        bus.send([(stored(no), None) for no in range(1, behind + 1)])
+        assert not bus.gathering()  # nothing came back
+        result_of(1)
+        assert not bus.gathering()  # one back, behind - 1 still out
+        bus.send([(stored(behind + 1), None)])
+        assert bus.gathering()  # one back, behind still out
+        assert [d.task_no for d in bus.receive(0)] == [1]
+        assert not bus.gathering()  # nothing left to gather with
+    finally:
+        bus.close(0)
+        client.close()

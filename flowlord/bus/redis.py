@@ -58,6 +58,7 @@ from flowlord.model import Done, StoredTask
 LOG_READ_COUNT = 64  # log entries read at once (64 KiB each at most)
 DAEMON_CONSUMER = "daemon"  # one name across restarts: its unacknowledged results come back
 IN_FLIGHT = 1000  # tasks of a topic published and not yet finished, at most
+GATHER_BEHIND = 100  # tasks still in flight past which results may gather (gathering)
 READ_BLOCK_MS = 1000  # a blocking read returns at least this often (to notice close)
 CANCEL_KEPT = 7 * 86400  # seconds a cancel notice is kept (renewed by each new one)
 WORKERS_SEEN_FOR = 1.0  # seconds a topic without workers is not asked about again
@@ -199,7 +200,14 @@ class RedisBus:
         self._ended.discard(task_no)
 
     def gathering(self) -> bool:
-        return False  # its workers are elsewhere: how busy they are is not known here
+        """Results came while many more tasks than those are published and unfinished:
+        the workers (elsewhere, how many unknown) have messages in their streams and
+        need nothing from the loop meanwhile; a turn per result cost more than the
+        result."""
+        with self._books:
+            unfinished = len(self._sent)
+        waiting = self.results.qsize()
+        return waiting > 0 and unfinished - waiting >= GATHER_BEHIND
 
     def running(self) -> list[int]:
         with self._books:
