@@ -68,8 +68,52 @@ def validate_file(file_path: str, raw_phases: Sequence[RawPhase]) -> list[Phase]
     A task written twice keeps its first phase, marked as an error; the later
     ones are not stored (the primary key is (file, task)).
     """
+    phases = _usual_file(file_path, raw_phases)
+    return _validate_all(file_path, raw_phases) if phases is None else phases
+
+
+def _usual_file(file_path: str, raw_phases: Sequence[RawPhase]) -> list[Phase] | None:
+    """The phases of the usual file, which has nothing to say: no phase with an issue of
+    its own, no task written twice, and each dependsOn naming tasks all written before
+    its phase, as graph.TaskIndex resolves it (`topic:job` that task, `topic` every task
+    of the topic), so that no parent is missing, invalid or on a cycle. None for any
+    other file: `_validate_all` works out what it has to say. One pass, where the full
+    way keeps every phase's issues and searches the graph (a cold load validates
+    10,000 files)."""
+    phases: list[Phase] = []
+    tasks: set[str] = set()
+    topics: set[str] = set()
+    named: set[str] = set()  # topics a dependsOn named: a later task of one is a parent
+    for raw in raw_phases:
+        rule = parse_rule(raw.rule)
+        task = normalize_task(raw.task, rule.job)
+        parent = raw.depends_on
+        if (task in tasks or raw.issues or rule.issues or raw.retry > RETRY_LIMIT
+                or not (parent or rule.has_cron or rule.files) or task[:1] == ":"
+                or task[:1] <= " "):
+            return None
+        if parent:
+            if ":" in parent:
+                if parent not in tasks:
+                    return None
+            elif parent in topics:
+                named.add(parent)
+            else:
+                return None
+        topic = task.partition(":")[0]
+        if topic in named:  # a parent of this phase or of one before it: not before them
+            return None
+        tasks.add(task)
+        topics.add(topic)
+        # the tuple's own constructor, not Phase's Python __new__: 100,000 in a cold load
+        phases.append(_new(Phase, (file_path, task, parent, raw.rule, raw.template,
+                                   raw.retry, "", "ok", raw.position)))
+    return phases
+
+
+def _validate_all(file_path: str, raw_phases: Sequence[RawPhase]) -> list[Phase]:
+    """validate_file for any file: every issue of every phase, the graph searched."""
     kept: dict[str, tuple[RawPhase, list[Issue]]] = {}
-    clean = True  # no phase has an issue of its own and no task is written twice
     for raw in raw_phases:
         rule = parse_rule(raw.rule)
         task = normalize_task(raw.task, rule.job)
@@ -78,25 +122,17 @@ def validate_file(file_path: str, raw_phases: Sequence[RawPhase]) -> list[Phase]
             duplicate = Issue("error", f"duplicate task: {task}")
             if duplicate not in first_issues:
                 first_issues.append(duplicate)
-            clean = False
             continue
         # the usual phase has no issue of its own: no call, no list to extend
         usual = (not raw.issues and not rule.issues and raw.retry <= RETRY_LIMIT
                  and (raw.depends_on or rule.has_cron or rule.files) and task[:1] != ":"
                  and task[:1] > " ")
-        issues = [] if usual else _own_issues(raw, task, rule)
-        clean = clean and not issues
-        kept[task] = (raw, issues)
+        kept[task] = (raw, [] if usual else _own_issues(raw, task, rule))
 
-    # No parent named: nothing to look for. The usual file (nothing broken, every parent
-    # written before its children): no parent is missing, invalid or on a cycle, and
-    # the search would find nothing.
-    if any(raw.depends_on for raw, _ in kept.values()) and not (
-            clean and _parents_written_first(kept)):
+    if any(raw.depends_on for raw, _ in kept.values()):  # else no parent to look for
         _check_parents(kept)
 
-    # a cold load builds 100,000 phases: the tuple's own constructor, not Phase's
-    # Python __new__, and no status worked out for a phase without issues
+    # no status worked out for a phase without issues
     return [_new(Phase, (file_path, task, raw.depends_on, raw.rule, raw.template, raw.retry,
                          *(status_of(issues) if issues else _OK), raw.position))
             for task, (raw, issues) in kept.items()]
@@ -131,18 +167,3 @@ def _parents_come_first(parents: dict[str, list[str]]) -> bool:
     """True when every parent is written before its children (the usual case)."""
     order = {task: i for i, task in enumerate(parents)}
     return all(order[p] < order[task] for task, ps in parents.items() for p in ps)
-
-
-def _parents_written_first(kept: dict[str, tuple[RawPhase, list[Issue]]]) -> bool:
-    """True when each dependsOn names tasks that are all written before its phase, as
-    graph.TaskIndex resolves it (`topic:job` that task, `topic` every task of the
-    topic): every parent is found and no cycle is possible. Three passes over the file,
-    where _check_parents builds an index, a list of parents per task and the search."""
-    position = {task: i for i, task in enumerate(kept)}
-    last = {task.partition(":")[0]: i for task, i in position.items()}  # later ones win
-    for task, (raw, _) in kept.items():
-        parent = raw.depends_on
-        if parent and (position if ":" in parent else last).get(
-                parent, len(position)) >= position[task]:
-            return False
-    return True
