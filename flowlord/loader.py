@@ -62,19 +62,14 @@ def read_workflow(path: str, st: os.stat_result | None = None) -> tuple[os.stat_
         raise IsADirectoryError(errno.EISDIR, "not a regular file")
     if st.st_size > MAX_FILE_BYTES:
         raise WorkflowParseError(f"file too large: {st.st_size} bytes (limit {MAX_FILE_BYTES})")
-    # os.read on the descriptor, not open(): a cold load reads 10,000 files, and a file
-    # object (FileIO, a buffer, another fstat) took half the time of reading them
+    # os.read on the descriptor, not open(): a file object (FileIO, a buffer, another
+    # fstat) took half the time of reading a cold load's 10,000 files
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        parts, total, want = [], 0, st.st_size + 1  # the first read usually takes it all
-        while total <= MAX_FILE_BYTES:  # load_bytes refuses it if it grew past the limit
-            part = os.read(fd, want)
-            if not part:
-                break
-            parts.append(part)
-            total += len(part)
-            want = 65536
-        return st, b"".join(parts)
+        data = os.read(fd, st.st_size + 1)  # all of it, usually
+        while len(data) <= MAX_FILE_BYTES and (more := os.read(fd, 65536)):
+            data += more  # it grew since the stat: load_bytes refuses it past the limit
+        return st, data
     finally:
         os.close(fd)
 
@@ -268,10 +263,10 @@ class Loader:
         states = self.store.file_states(scope)
         ops: list[FileOp] = []
         changes: list[str] = []
-        # Written a transaction of _FILES_PER_TRANSACTION files at a time, as soon as
-        # they are read: memory holds one transaction's phases, not all 100,000 of a
-        # cold load (bench/refresh.py's peak RSS after it: 92 MiB before, 50 MiB after).
-        with self._writing(len(listing.files) > _FILES_PER_TRANSACTION):
+        # each transaction's files written once read: memory holds their phases, not a
+        # cold load's 100,000 (bench/refresh.py's peak RSS: 92 MiB before, 50 MiB after)
+        several = len(listing.files) > _FILES_PER_TRANSACTION  # then one checkpoint
+        with self.store.checkpoints_deferred() if several else contextlib.nullcontext():
             for key, path in listing.files.items():
                 link = None if listing.links is None else key in listing.links
                 change = self._examine(key, path, listing.stats.get(key), states.get(key),
@@ -393,11 +388,6 @@ class Loader:
         version = FileVersion(key, "", None, None)
         ops.append(FileOp("reject", version, status=status))
         return "~" if state else "+"
-
-    def _writing(self, several: bool) -> contextlib.AbstractContextManager[None]:
-        """Around the writes of a refresh: with `several` transactions, one checkpoint
-        of the WAL at their end (Store.checkpoints_deferred)."""
-        return self.store.checkpoints_deferred() if several else contextlib.nullcontext()
 
     def _commit(self, ops: list[FileOp]) -> None:
         """One transaction of a refresh's writes."""

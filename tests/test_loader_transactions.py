@@ -61,3 +61,21 @@ def test_a_write_that_fails_stops_the_refresh(tmp_path: Path,
     assert store.conn.execute("SELECT count(*) FROM workflow_files").fetchall() == [(10,)]
     assert store.conn.pragma("wal_autocheckpoint") == 1000
     loader.close()
+
+
+def test_a_file_read_to_its_end_though_it_grew_since_its_stat(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "w.toml"
+    path.write_bytes(b"# x\n")
+    st = path.stat()
+    with path.open("ab") as f:
+        f.write(b"y" * 200_000)
+    assert read_workflow(str(path), st)[1] == b"# x\n" + b"y" * 200_000
+    monkeypatch.setattr(loader_module, "MAX_FILE_BYTES", 100_000)
+    data = read_workflow(str(path), st)[1]
+    assert 100_000 < len(data) <= 200_004  # read past the limit: load_bytes refuses it
+    assert loader_module.load_bytes("w.toml", data) == (
+        "parse error: file too large: more than 100000 bytes")
+    empty = tmp_path / "e.toml"
+    empty.write_bytes(b"")
+    assert read_workflow(str(empty))[1] == b""
