@@ -292,10 +292,9 @@ class Ledger:
         # counted by source and slot: 10,000 fires at one second share both
         for (source, slot), n in Counter((f.source, f.scheduled_for) for f in new).items():
             metrics.FIRES.labels(source).inc(n)
-            if source == "cron":
+            if source == "cron":  # one addition per bucket: observe() each took 30 ms
                 late = max(0.0, (now - parse_slot(slot)).total_seconds())
-                for _ in range(n):
-                    metrics.FIRE_LATENESS.observe(late)
+                metrics.observe_all(metrics.FIRE_LATENESS, [late] * n)
         if repeated:
             self.log.info("slots already fired, skipped", count=repeated)
         for f in new:

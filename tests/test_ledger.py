@@ -244,3 +244,26 @@ def test_operator_fires_are_recorded_at_once_and_only_the_new_ones_returned(
     now = datetime(2026, 12, 1, 12, tzinfo=UTC)
     assert ledger.record_now(store, [fire], now) == [fire]
     assert ledger.record_now(store, [fire], now) == []
+
+
+def test_fire_lateness_is_observed_once_per_cron_fire(
+        wf: Path, store: Store, monkeypatch: Any) -> None:
+    """Fires of one slot are observed together (metrics.observe_all): the count and sum
+    are those of one observation each."""
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from flowlord import metrics
+
+    lateness = Histogram("lateness", "", buckets=(0.5, 1, 5), registry=CollectorRegistry())
+    monkeypatch.setattr(metrics, "FIRE_LATENESS", lateness)
+    loaded(wf, store, "".join(f'[[phase]]\ntask = "t{i}"\nrule = "cron=*/10 * * * * *"\n\n'
+                              for i in range(3)))
+    ledger = ledger_on(store)
+    ledger.start(store, T0, ctx(T0))
+    now, mono = at(5.75)  # 12:00:10 fired 0.75 s late
+    ledger.fire_due(now, mono, ctx(now))
+    ledger.write(store, now, clock)
+    samples = lateness.collect()[0].samples
+    assert [s.value for s in samples if s.name == "lateness_bucket"] == [0, 3, 3, 3]
+    assert [s.value for s in samples if s.name in ("lateness_count", "lateness_sum")] == [
+        3, 3 * 0.75]
