@@ -176,37 +176,47 @@ class Ledger:
     # --- recording ------------------------------------------------------------------
 
     def write(self, store: Store, now: datetime, clock: Callable[[], float]) -> None:
-        """Record pending fires and the plan in one transaction; keep them if locked.
-        `clock` reads elapsed time, to tell how long the write lock took."""
+        """Record pending fires in one transaction, then the plan in another; keep what
+        could not be written (a locked database) for a later turn. The fires' tasks
+        commit first, claimable at once: the plan (each phase's next_fire) is written
+        right after, and the fires table, not the plan, says what has fired (a plan
+        left behind by a crash between the two fires nothing twice). `clock` reads
+        elapsed time, to tell how long the write lock took."""
         if self.leadership is not None:
             self._claim_slots(self.leadership)
         if not self.pending and not self.unplanned:
             return
         with collector.paused():  # a cold start plans 100,000 phases
             plan = self._plan()
-        started = clock()
+        if self.pending:
+            started = clock()
+            try:
+                with write_txn(store.conn):
+                    fired_at = rfc3339_ms(now)
+                    new = store.record_fires(self.pending, fired_at, Overlap(store, fired_at))
+            except apsw.BusyError:
+                self.log.warning("database locked by another process; will retry",
+                                 fires_waiting=len(self.pending))
+                metrics.BUSY.inc()
+                return
+            except apsw.FullError:  # no fire is worse off for the wait: all stay pending
+                raise
+            except Exception:  # e.g. a task the database refuses: it must not block the others
+                self.log.exception("cannot record the fires together; recording them one by one")
+                if not self._write_each(store, now):
+                    return
+            else:
+                waited = clock() - started
+                if waited > 0.5:
+                    self.log.warning("waited for the database lock", seconds=round(waited, 3))
+                self._log_fires(new, len(self.pending) - len(new), now)
+                self.pending = []
         try:
             with write_txn(store.conn):
-                fired_at = rfc3339_ms(now)
-                new = store.record_fires(self.pending, fired_at, Overlap(store, fired_at))
                 store.set_next_fires(plan)
-        except apsw.BusyError:
-            self.log.warning("database locked by another process; will retry",
-                             fires_waiting=len(self.pending))
-            metrics.BUSY.inc()
+        except apsw.BusyError:  # the plan waits for a later turn
             return
-        except apsw.FullError:  # no fire is worse off for the wait: all stay pending
-            raise
-        except Exception:  # e.g. a task the database refuses: it must not block the others
-            self.log.exception("cannot record the fires together; recording them one by one")
-            if self._write_each(store, plan, now):
-                self.unplanned = {}
-            return
-        waited = clock() - started
-        if waited > 0.5:
-            self.log.warning("waited for the database lock", seconds=round(waited, 3))
-        self._log_fires(new, len(self.pending) - len(new), now)
-        self.pending, self.unplanned = [], {}
+        self.unplanned = {}
 
     def record_now(self, store: Store, fires: Sequence[Fire], now: datetime,
                    action: Action | None = None) -> list[Fire]:
@@ -253,10 +263,10 @@ class Ledger:
         else:
             self.pending, self.held = settled
 
-    def _write_each(self, store: Store, plan: Plan, now: datetime) -> bool:
+    def _write_each(self, store: Store, now: datetime) -> bool:
         """Each pending fire in its own transaction; a fire that cannot be stored is
         recorded without its tasks, with the reason. The fires recorded are logged and
-        leave `pending`; False when the rest (or the plan) must wait for a later turn."""
+        leave `pending`; False when the rest must wait for a later turn."""
         new: list[Fire] = []
         fired_at = rfc3339_ms(now)
         for i, fire in enumerate(self.pending):
@@ -277,13 +287,8 @@ class Ledger:
                 if isinstance(e, apsw.FullError):
                     raise
                 return False
-        self.pending = []  # all recorded; the plan is written now or next time
+        self.pending = []  # all recorded; the plan is written next
         self._log_fires(new, 0, now)
-        try:
-            with write_txn(store.conn):
-                store.set_next_fires(plan)
-        except apsw.BusyError:
-            return False
         return True
 
     def _log_fires(self, new: Sequence[Fire], repeated: int, now: datetime) -> None:

@@ -21,7 +21,7 @@ LABELS = {
                   "start-up to READY=1: cold", "warm restart", "RSS",
                   "idle CPU", "500 phases due at one second", "raw insert",
                   "lateness of 60 fires", "agenda of 24 h", "/api/agenda over", "target",
-                  "ratio", "goal burst / raw insert limit <= 2", "logged them committed"],
+                  "ratio", "goal burst / raw insert limit <= 2", "the fires built and their write begun"],
     "tasks.py": ["whole loop, `true` worker, concurrency 4: 100 tasks", "concurrency 16",
                  "spawning `true` alone", "task logs, a worker printing 1 KiB per task",
                  "capture costs", "0 children each: 500 results",
