@@ -415,3 +415,20 @@ def test_the_redis_bus_lets_results_gather_only_while_many_more_tasks_are_out(
     finally:
         bus.close(0)
         client.close()
+
+
+def test_no_mark_of_a_run_stays_behind_its_result(redis_server: RedisServer) -> None:
+    """A worker renews its runs' marks every second while results release them: a
+    renewal that crossed a release set the mark again, and a task given the same number
+    later (a new database on the same redis) was dropped as run elsewhere until the mark
+    expired. Many short tasks across renewals; then no mark is left."""
+    harness = RedisHarness(redis_server, {"t": worker("true", concurrency=4)})
+    n = 1500
+    try:
+        for first in range(1, n + 1, 100):
+            harness.send([(stored(no), None) for no in range(first, min(first + 100, n + 1))])
+        assert len(results(harness, n, seconds=120)) == n
+    finally:
+        harness.close(0)
+    client = redis_server.client()
+    assert list(client.scan_iter("flowlord:run:*")) == []

@@ -85,6 +85,11 @@ class RemoteWorker:
         self.runs: dict[str, Run] = {}  # message id → its run
         self.replies: dict[str, str] = {}  # message id → the daemon's stream (reply_to)
         self.superseded: set[str] = set()  # message ids whose runs lost their mark
+        self.posted: set[str] = set()  # message ids whose results (and marks' release) went
+        # a mark's renewal (HOLD sets a missing mark again: an emptied server lost it) and
+        # its release with the result never cross: one renewed after its release stayed
+        # behind, and a task given that number again (a new database) waited for it
+        self.marking = threading.Lock()
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.slot_freed = threading.Event()  # a task ended: the main loop may read again
@@ -287,24 +292,29 @@ class RemoteWorker:
         following: list[tuple[str, dict[str, str] | None]] = []
         while True:
             try:  # one round trip; the acknowledgement and the mark go only with the result
-                with self.client.pipeline(transaction=True) as all_:
-                    if not superseded:
-                        all_.xadd(reply_to, encode_done(done))
-                        all_.eval(RELEASE, 1, run_key(reply_to, done.task_no),
-                                  self._mark(receipt))
-                    all_.xack(self.stream, WORKERS_GROUP, receipt)
-                    all_.xdel(self.stream, receipt)
-                    reading = not self.stopping.is_set()
-                    if reading:  # without BLOCK: an empty stream answers at once
-                        all_.xreadgroup(WORKERS_GROUP, self.consumer, {self.stream: ">"},
-                                        count=1)
-                    replies = all_.execute(raise_on_error=False)
-                posted = replies[:-1] if reading else replies
-                failed = [r for r in posted if isinstance(r, Exception)]
-                if failed:
-                    raise failed[0]
-                if reading and replies[-1] and not isinstance(replies[-1], Exception):
-                    following = list(replies[-1][0][1])  # a failed read: the loop's to do
+                with self.marking:  # no renewal of the mark crosses its release
+                    with self.client.pipeline(transaction=True) as all_:
+                        if not superseded:
+                            all_.xadd(reply_to, encode_done(done))
+                            all_.eval(RELEASE, 1, run_key(reply_to, done.task_no),
+                                      self._mark(receipt))
+                        all_.xack(self.stream, WORKERS_GROUP, receipt)
+                        all_.xdel(self.stream, receipt)
+                        # without BLOCK: an empty stream answers at once; once a message
+                        # came (the post failed, and is tried again), no second one
+                        reading = not following and not self.stopping.is_set()
+                        if reading:
+                            all_.xreadgroup(WORKERS_GROUP, self.consumer,
+                                            {self.stream: ">"}, count=1)
+                        replies = all_.execute(raise_on_error=False)
+                    if reading and replies[-1] and not isinstance(replies[-1], Exception):
+                        following = list(replies[-1][0][1])  # a failed read: the loop's
+                    failed = [r for r in (replies[:-1] if reading else replies)
+                              if isinstance(r, Exception)]
+                    if failed:
+                        raise failed[0]
+                    with self.lock:
+                        self.posted.add(receipt)  # its mark is not to be renewed again
                 break
             except (redis.RedisError, OSError) as e:
                 self.log.error("cannot post a result; retrying", task_no=done.task_no,
@@ -327,6 +337,7 @@ class RemoteWorker:
             self.runs.pop(receipt, None)
             self.replies.pop(receipt, None)
             self.superseded.discard(receipt)
+            self.posted.discard(receipt)
         if not started:
             self.slot_freed.set()
         self.ended.ended(done.task_no, done.result, done.msg)
@@ -369,17 +380,19 @@ class RemoteWorker:
         and its result will not be posted."""
         import redis
 
-        with self.lock:
-            runs = [(receipt, self.replies[receipt], run) for receipt, run in self.runs.items()
-                    if receipt not in self.superseded]
-        if not runs:
-            return
         try:
-            with self.client.pipeline(transaction=False) as each:
-                for receipt, reply_to, run in runs:
-                    each.eval(HOLD, 1, run_key(reply_to, run.stored.task_no),
-                              self._mark(receipt), RUN_MARK_TTL_MS)
-                kept = each.execute()
+            with self.marking:  # a mark released meanwhile would be set again (HOLD)
+                with self.lock:
+                    runs = [(receipt, self.replies[receipt], run)
+                            for receipt, run in self.runs.items()
+                            if receipt not in self.superseded and receipt not in self.posted]
+                if not runs:
+                    return
+                with self.client.pipeline(transaction=False) as each:
+                    for receipt, reply_to, run in runs:
+                        each.eval(HOLD, 1, run_key(reply_to, run.stored.task_no),
+                                  self._mark(receipt), RUN_MARK_TTL_MS)
+                    kept = each.execute()
         except (redis.RedisError, OSError) as e:
             raise BusUnavailable(str(e)) from e
         for (receipt, _, run), ours in zip(runs, kept, strict=True):
