@@ -6,9 +6,8 @@ A window is cut into blocks of a 24th of its length, at multiples of that length
 the epoch, so the blocks of the window a second later are the same ones. A block is
 kept once it has settled: it ended a minute ago or more and no task that began in it
 is still running. Its reading (`flowlord.store.history.runs_shape`, and `history.runs_bars`
-for each grain asked) is used again while the tasks begun in it are the same (their
-number and the sum of their numbers: a deleted task, or one whose start a worker moved
-into it, changes that) and no action was taken since (`flowlord mark` changes a
+for each grain asked) is used again while as many tasks began in it (a deleted task,
+or one whose start a worker moved into it, changes that) and no action was taken since (`flowlord mark` changes a
 finished task's result). A block that cannot be kept is looked at in its 24 parts, each
 kept as a block is: the rest is read each time, the parts not settled (the newest
 minute), those cut by the window's edges, the runs still going, the fires' tasks still
