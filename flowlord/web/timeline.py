@@ -3,16 +3,16 @@ requests: the default window (the last 6 hours) moves with every request, but mo
 what it shows ended long ago and cannot change.
 
 A window is cut into blocks of a 24th of its length, at multiples of that length since
-the epoch, so the blocks of the window a second later are the same ones. A block is
-kept once it has settled: it ended a minute ago or more and no task that began in it
-is still running. Its reading (`flowlord.store.history.runs_shape`, and `history.runs_bars`
-for each grain asked) is used again while as many tasks began in it (a deleted task,
-or one whose start a worker moved into it, changes that) and no action was taken since (`flowlord mark` changes a
-finished task's result). A block that cannot be kept is looked at in its 24 parts, each
-kept as a block is: the rest is read each time, the parts not settled (the newest
-minute), those cut by the window's edges, the runs still going, the fires' tasks still
-waiting. Reading the whole block cut by the window's start and the newest one was most
-of the time of a request.
+the epoch, so the blocks of the window a second later are the same ones. A block is kept
+once it has settled: it ended a minute ago or more and no task that began in it is still
+running. Its reading (`flowlord.store.history.runs_shape`, and `history.runs_bars` for
+each grain asked) is used again while as many tasks began in it (a deleted task, or one
+whose start a worker moved into it, changes that) and no action was taken since
+(`flowlord mark` changes a finished task's result). A block that cannot be kept is
+looked at in its 24 parts, each kept as a block is: the rest is read each time, the
+parts not settled (the newest minute), those cut by the window's edges, the runs still
+going, the fires' tasks still waiting. Reading the whole block cut by the window's start
+and the newest one was most of the time of a request.
 
 The runs narrower than the grain (charts.merge_width) are merged by row and by slot of
 the grain since the epoch, not since the window's start, so a merged bar stays where it
