@@ -151,9 +151,9 @@ class Dispatcher:
             return
         try:
             self.bus.send([(stored, self._timeout(stored)) for stored in claimed])
-        except BusUnavailable:
-            self.unsent += claimed
-            return
+        except BusUnavailable as e:
+            self.unsent += [s for s in claimed if s.task_no not in e.handed_over]
+            claimed = [s for s in claimed if s.task_no in e.handed_over]
         if self.remote:
             self.published += [stored.task_no for stored in claimed]
 

@@ -20,7 +20,7 @@ def executable(command: str, search: str | None) -> str:
     """The file `command` runs: itself when it names a path, else the first executable
     file of that name on `search` (a PATH value). OSError as Popen raises it, naming
     the command: ENOENT, or EACCES when only files that cannot be run were found."""
-    if "/" in command:
+    if "/" in command or "\0" in command:  # a path; or Popen's "embedded null byte"
         return command
     key = (command, search)
     kept = _found.get(key)

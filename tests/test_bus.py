@@ -432,3 +432,62 @@ def test_no_mark_of_a_run_stays_behind_its_result(redis_server: RedisServer) -> 
         harness.close(0)
     client = redis_server.client()
     assert list(client.scan_iter("flowlord:run:*")) == []
+
+
+def test_the_redis_bus_counts_as_sent_only_the_tasks_the_server_took(
+        redis_server: RedisServer) -> None:
+    """One pipeline publishes a turn's tasks; a task the server refuses (here its topic's
+    key is not a stream) is not counted as sent, the others are (BusUnavailable names
+    them): only the refused one is published again."""
+    from flowlord.bus import BusUnavailable
+    from flowlord.bus.wire import task_stream
+
+    redis_server.client().set(task_stream("bad"), "not a stream")
+    bus = RedisBus(redis_server.url, logs.get("test"))
+    try:
+        with pytest.raises(BusUnavailable) as refused:
+            bus.send([(stored(1), None), (stored(2, "bad"), None), (stored(3), None)])
+        assert refused.value.handed_over == {1, 3}
+        assert sorted(bus.running()) == [1, 3]
+        assert redis_server.client().xlen(task_stream("t")) == 2
+    finally:
+        bus.close(0)
+
+
+def test_the_redis_bus_reads_results_on_after_the_server_was_emptied(
+        redis_server: RedisServer) -> None:
+    """Its consumer group is made at the start and again when the server answers that
+    it is gone (FLUSHALL, a restart without persistence): no outage is reported."""
+    from flowlord.bus.wire import DONE_STREAM, encode_done
+
+    said: list[str] = []
+
+    class Log:  # what the bus tells its log
+        def error(self, event: str, **_: object) -> None:
+            said.append(event)
+
+        warning = info = exception = error
+
+    bus = RedisBus(redis_server.url, Log())
+    bus.start()
+    client = redis_server.client()
+    try:
+        client.flushall()
+        end = time.monotonic() + 30
+        while bus.results.empty():
+            assert time.monotonic() < end, "no result read after the flush"
+            client.xadd(DONE_STREAM, encode_done(Done(1, "complete", "", "2026-11-23T00:00:01Z")))
+            time.sleep(0.2)
+        assert "redis unavailable; tasks wait in the database" not in said
+    finally:
+        bus.close(0)
+
+
+def test_a_command_with_a_nul_byte_is_an_error_that_says_so() -> None:
+    bus = LocalBus({"t": WorkerConfig(("tr\0ue",))})
+    try:
+        bus.send([(stored(1), None)])
+        [done] = results(bus, 1)
+    finally:
+        bus.close(0)
+    assert done.result == "error" and "embedded null byte" in done.msg

@@ -25,7 +25,12 @@ def drain(results: queue.SimpleQueue[Done], wait: float) -> list[Done]:
 
 
 class BusUnavailable(Exception):
-    """A remote bus cannot be reached or refuses us; str(e) is one line for people."""
+    """A remote bus cannot be reached or refuses us; str(e) is one line for people.
+    Raised by `send`, `handed_over` names the tasks that went through all the same."""
+
+    def __init__(self, message: str, handed_over: frozenset[int] = frozenset()) -> None:
+        super().__init__(message)
+        self.handed_over = handed_over
 
 
 class Bus(Protocol):
@@ -38,8 +43,8 @@ class Bus(Protocol):
     def send(self, tasks: Sequence[tuple[StoredTask, float | None]]) -> None:
         """Hand claimed tasks to workers, each with its timeout in seconds (over the
         worker's; None: the worker's). A remote bus hands a turn's tasks over in one
-        round trip, and raises BusUnavailable when they could not be (then none counts
-        as handed over)."""
+        round trip, and raises BusUnavailable when some could not be (its `handed_over`:
+        the task numbers of those that were)."""
 
     def receive(self, wait: float) -> list[Done]:
         """Results that came back, waiting up to `wait` seconds for the first."""

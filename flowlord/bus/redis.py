@@ -169,19 +169,27 @@ class RedisBus:
 
     def send(self, tasks: Sequence[tuple[StoredTask, float | None]]) -> None:
         """One pipeline for the turn's tasks (an XADD each was a round trip each, a
-        quarter of the loop's time). When it fails, all are published again later: one
-        that got through may run twice, and only its first result is recorded."""
+        quarter of the loop's time). Those the server refused are published again
+        later; when the connection failed, all are (one that got through may then run
+        twice, and only its first result is recorded)."""
         import redis
 
         try:
-            publish(self.client, tasks, self.done_stream, self.log_target)
+            answers = publish(self.client, tasks, self.done_stream, self.log_target)
         except (redis.RedisError, OSError) as e:
             self._lost(e)
             raise BusUnavailable(f"cannot publish to redis at {where(self.url)}: {e}") from e
+        went = [task for task, answer in zip(tasks, answers, strict=True)
+                if not isinstance(answer, Exception)]
         with self._books:
-            for stored, timeout_seconds in tasks:
+            for stored, timeout_seconds in went:
                 self.outstanding.setdefault(stored.task.type, set()).add(stored.task_no)
                 self._sent[stored.task_no] = (stored, timeout_seconds)
+        refused = next((a for a in answers if isinstance(a, Exception)), None)
+        if refused is not None:
+            self._lost(refused)
+            raise BusUnavailable(f"cannot publish to redis at {where(self.url)}: {refused}",
+                                 frozenset(stored.task_no for stored, _ in went))
 
     def receive(self, wait: float) -> list[Done]:
         self._drop_acked()  # the last turn's: one round trip for all of them
@@ -305,11 +313,14 @@ class RedisBus:
                 take(entries)
                 backoff = 0.5
             except (redis.RedisError, BusUnavailable, OSError) as e:
+                after = "0"  # what was read but not yet stored comes again
+                grouped = False
+                if isinstance(e, redis.ResponseError) and any(
+                        code in str(e) for code in ("NOGROUP", "UNBLOCKED")):
+                    continue  # an emptied server: it answers; the group is made again
                 self._lost(e)
                 self._closed.wait(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
-                after = "0"  # what was read but not yet stored comes again
-                grouped = False
                 continue
             if after:  # reading the backlog: on from its last entry, then new ones
                 after = entries[-1][0] if entries else None
@@ -430,6 +441,9 @@ class RedisBus:
                     again.append(self._sent[n])
         if not again:
             return
-        publish(client, again, self.done_stream, self.log_target)
+        refused = [a for a in publish(client, again, self.done_stream, self.log_target)
+                   if isinstance(a, Exception)]
+        if refused:  # the next look tries again
+            raise refused[0]
         self.log.warning("tasks whose message redis lost; published again", count=len(again),
                          task_nos=" ".join(str(s.task_no) for s, _ in again[:50]))

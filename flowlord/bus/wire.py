@@ -208,13 +208,14 @@ LOOK_PAGE = 1000  # stream entries read at once by task_numbers
 
 
 def publish(client: Any, tasks: Sequence[tuple[StoredTask, float | None]], reply_to: str,
-            log: Target | None) -> None:
-    """A message each on its topic's stream (encode_task), in one round trip."""
+            log: Target | None) -> list[Any]:
+    """A message each on its topic's stream (encode_task), in one round trip: for each,
+    its entry's id, or the error the server answered (a full server refuses some)."""
     with client.pipeline(transaction=False) as each:
         for stored, timeout_seconds in tasks:
             each.xadd(task_stream(stored.task.type),
                       encode_task(stored, timeout_seconds, reply_to, log))
-        each.execute()
+        return list(each.execute(raise_on_error=False))
 
 
 def task_numbers(client: Any, stream: str, reply_to: str | None) -> set[int]:

@@ -215,7 +215,13 @@ class RemoteWorker:
         if cancelled:
             run.stop(CANCELLED)
         assert self.pool is not None
-        self.pool.submit(run.run)
+        try:
+            self.pool.submit(run.run)
+        except RuntimeError:  # the pool was shut down (a stop): the message waits, reclaimed
+            with self.lock:
+                self.runs.pop(receipt, None)
+                self.replies.pop(receipt, None)
+            return False
         return True
 
     # The marks' scripts (flowlord/bus/wire.py) go with their script text (EVAL; the
