@@ -30,6 +30,7 @@ CRON = 'rule = "cron=0 * * * *"\n'
         ('task = ""\n' + CRON, "error", "invalid phase: task is blank"),
         ('task = "  "\n' + CRON, "error", "invalid phase: task is blank"),
         ('task = ":job"\n' + CRON, "error", "invalid phase: task is blank"),
+        ('task = "\\u00a0:job"\n' + CRON, "error", "invalid phase: task is blank"),
         ('task = "a"\n', "warning", "warning: non-scheduled phase: use dependsOn, cron or files"),
         ('task = "a"\nrule = "cron=0 * * * *&offset=%zz"\n', "error",
          "invalid rule format: cron=0 * * * *&offset=%zz"),
