@@ -211,11 +211,7 @@ class Scheduler:
             if slot is not None and slot <= now:
                 due += self._catch_up(entry, slot - _MICROSECOND, now)
                 slot = after(entry, now)
-            # as _put, for an entry already in _entries and _by_file under `key`
-            self._seq += 1
-            entry.seq, entry.next_slot = self._seq, slot
-            if slot is not None:
-                heapq.heappush(self._heap, (slot, self._seq, key))
+            self._requeue(entry, key, slot)  # already in _entries and _by_file
         return due
 
     # --- helpers --------------------------------------------------------------------
@@ -244,10 +240,16 @@ class Scheduler:
     def _put(self, entry: _Entry, slot: datetime | None, push: bool = True) -> None:
         """Schedule `entry` at `slot`; `push=False`: the caller rebuilds the heap."""
         key = (entry.phase.file_path, entry.phase.task)
-        self._seq += 1
-        entry.seq, entry.next_slot = self._seq, slot
         self._entries[key] = entry
         self._by_file.setdefault(key[0], set()).add(key[1])
+        self._requeue(entry, key, slot, push)
+
+    def _requeue(self, entry: _Entry, key: PhaseKey, slot: datetime | None,
+                 push: bool = True) -> None:
+        """The entry's next slot, with a new sequence number (older heap items of it are
+        dropped when they surface); a burst re-queues 10,000 due entries at once."""
+        self._seq += 1
+        entry.seq, entry.next_slot = self._seq, slot
         if slot is not None and push:
             heapq.heappush(self._heap, (slot, self._seq, key))
 
