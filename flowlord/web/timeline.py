@@ -39,7 +39,11 @@ from flowlord.web import charts
 BLOCKS_PER_WINDOW = 24
 SETTLED_SECONDS = 60  # a block is kept once it ended this long ago
 MAX_KEPT_ROWS = 50_000  # rows of bars, shapes and marks kept over all blocks (~10 MB)
-_MS = 0.001  # stored times are to the millisecond
+# Task times are stored as text, some to the second ("…:06Z"), some to the millisecond
+# ("…:06.123Z"), and compared as text: "…:06Z" sorts after a block's edge "…:06.250Z".
+# What the queries count in a block is what its texts say; what is decided here in
+# seconds leaves this margin.
+_TEXT_MARGIN = 1.0
 MAX_JOINED = 8  # windows whose kept blocks are kept joined (_Joined): the last ones asked
 
 
@@ -207,8 +211,7 @@ class _Reading:
         read at each request are then the parts at the window's edges, not blocks."""
         size, part = self.block, self.block / BLOCKS_PER_WINDOW
         first, last = math.ceil(self.earliest / size), math.floor(self.end / size)
-        running = [datetime.fromisoformat(s).timestamp()
-                   for s in history.running_starts(self.store)]
+        running = history.running_starts(self.store)
         found = self._keepable(size, range(first, last + 1), running)
         parts = self._keepable(part, [j for k, block in found.items() if block is None
                                       for j in range(k * BLOCKS_PER_WINDOW,
@@ -233,12 +236,12 @@ class _Reading:
             live.append((edge, self.end))
         return kept, live
 
-    def _keepable(self, size: float, numbers: Sequence[int], running: list[float]
+    def _keepable(self, size: float, numbers: Sequence[int], running: list[str]
                   ) -> dict[int, _Block | None]:
         """Blocks of `size` by number, in order: each one's reading when it can be
         kept (settled, not cut by the window's start, its runs not past the window's
-        edges), else None."""
-        busy = {math.floor(t / size) for t in running}
+        edges, none still running), else None."""
+        busy = {_number(started, size) for started in running}
         settled = [k for k in numbers
                    if (k + 1) * size <= self.now - SETTLED_SECONDS and k not in busy
                    and not k * size < self.start < (k + 1) * size
@@ -249,9 +252,9 @@ class _Reading:
         found: dict[int, _Block | None] = {}
         for k in numbers:
             block = self._settled(size, k, began[k]) if k in began else None
-            # a run that ended at the window's start is in it (times compared as
-            # text), though its end in seconds (julianday's) may be a few µs before
-            if block is not None and not (block.shape.last_end < self.start - _MS
+            # a run that ended at the window's start is in it, and so may one that
+            # ended in the second before (times compared as text): such a block is read
+            if block is not None and not (block.shape.last_end < self.start - _TEXT_MARGIN
                                           if (k + 1) * size <= self.start
                                           else block.shape.last_end <= self.end):
                 block = None
@@ -309,6 +312,17 @@ def _add_rows(rows: dict[str, list[int]], more: dict[str, tuple[int, ...]] | dic
 def _text(seconds: float) -> str:
     """Seconds since the epoch as task times are stored."""
     return rfc3339_ms(datetime.fromtimestamp(seconds, UTC))
+
+
+def _number(started: str, size: float) -> int:
+    """The block of `size` a run that began at `started` is in, as the queries count it:
+    by text, where "…:06Z" is in the block that begins at "…:06.250Z"."""
+    k = math.floor(datetime.fromisoformat(started).timestamp() / size)
+    while _text((k + 1) * size) <= started:
+        k += 1
+    while _text(k * size) > started:
+        k -= 1
+    return k
 
 
 def _size(block: _Block) -> int:
