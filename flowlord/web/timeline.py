@@ -317,7 +317,8 @@ def _text(seconds: float) -> str:
 def _number(started: str, size: float) -> int:
     """The block of `size` a run that began at `started` is in, as the queries count it:
     by text, where "…:06Z" is in the block that begins at "…:06.250Z"."""
-    k = math.floor(datetime.fromisoformat(started).timestamp() / size)
+    at = datetime.fromisoformat(started)  # a time written by hand may have no zone: UTC
+    k = math.floor((at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp() / size)
     while _text((k + 1) * size) <= started:
         k += 1
     while _text(k * size) > started:
