@@ -10,11 +10,11 @@ in-process bus and drive it turn by turn.
 
 One turn: fire the slots due by now (the ledger, `flowlord/ledger.py`); bring the
 database in step with the directory (file events, or a full rescan at start, on
-SIGHUP and every `rescan`) and reschedule the changed phases; follow other
-writers; renew the lease; record arrived files; apply the commands other threads
-asked for (`flowlord/commands.py`); record results and hand out tasks
-(`flowlord/dispatch.py`); alerts, retention, the webhook. This loop is the only
-code in the process that writes to the database.
+SIGHUP and every `rescan`) and reschedule the changed phases; follow other writers;
+renew the lease; record arrived files; apply the commands other threads asked for
+(`flowlord/commands.py`); record results and hand out tasks (`flowlord/dispatch.py`);
+alerts, retention, the webhook; the next slot's fires built, if it comes within a
+moment (`flowlord/ahead.py`). Only this loop writes to the database in the process.
 
 Signals only set flags; the interpreter wakes the loop's wait through a pipe
 (`flowlord/wakeup.py`). A write that finds the database locked keeps its work
@@ -79,8 +79,7 @@ RETRY_SOON = 0.2  # seconds before the next turn while work waits (a locked data
 
 
 class Daemon:
-    def __init__(self, config: Config, clock: Clock | None = None,
-                 bus: Bus | None = None) -> None:
+    def __init__(self, config: Config, clock: Clock | None = None, bus: Bus | None = None) -> None:
         self.config = config
         self.clock = clock or SystemClock()
         self.log = logs.get("flowlord.daemon")
@@ -340,6 +339,7 @@ class Daemon:
         self.run_row.seen(self.store, monotonic)
         self.routes.tick(self.store, monotonic)
         self.systemd.ping(monotonic)
+        self.ledger.build_ahead(self.clock.now(), self._context)  # flowlord/ahead.py
         return self._wait()
 
     def _follow_pauses(self, now: datetime) -> None:
@@ -355,7 +355,7 @@ class Daemon:
         the clock's time now, not the turn's: a long turn must not make a fire late."""
         now, monotonic = self.clock.now(), self.clock.monotonic()
         waits = [TICK, self.sync.next_rescan - monotonic]
-        deadline = self.ledger.scheduler.next_deadline()
+        deadline = self.ledger.next_turn()
         if deadline is not None:
             waits.append((deadline - now).total_seconds())
         retry_due = self.dispatcher.next_due()

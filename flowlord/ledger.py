@@ -27,6 +27,7 @@ from typing import Any
 import apsw
 
 from flowlord import collector, metrics
+from flowlord.ahead import BuiltAhead
 from flowlord.clock import rfc3339, rfc3339_ms
 from flowlord.cron import next_fire
 from flowlord.model import Fire, Phase
@@ -64,6 +65,7 @@ class Ledger:
         # in the order they came (a dict): phases come file by file, so the plan's rows
         # are nearly in key order already and sorting them is cheap (`_plan`)
         self.unplanned: dict[PhaseKey, None] = {}
+        self.ahead = BuiltAhead(log)  # fires built a moment before their slot
 
     @property
     def waiting(self) -> bool:
@@ -100,9 +102,20 @@ class Ledger:
         """The slots due by `now` become pending fires."""
         due = self.scheduler.due(now, monotonic)
         if due:
-            self.pending += self.build(due, ctx)
+            self.pending += self.build(due, ctx, now)
             self.replan((d.phase.file_path, d.phase.task) for d in due)
             self._bound_pending()
+        self.ahead.forget_past(now)
+
+    def next_turn(self) -> datetime | None:
+        """When the loop must turn for the next slot: a moment before it, until its
+        fires are built ahead, then at the slot."""
+        deadline = self.scheduler.next_deadline()
+        return None if deadline is None else deadline - self.ahead.wake_before(deadline)
+
+    def build_ahead(self, now: datetime, context: Callable[[datetime], Context]) -> None:
+        """Build the fires of the next slot if it comes within a moment (flowlord/ahead.py)."""
+        self.ahead.build(self.scheduler, now, context)
 
     def _bound_pending(self) -> None:
         """While the database cannot be written (a full disk), fires wait in memory. Past
@@ -153,16 +166,22 @@ class Ledger:
     def replan(self, keys: Iterable[PhaseKey]) -> None:
         self.unplanned.update(dict.fromkeys(keys))
 
-    def build(self, due: Iterable[Due], ctx: Context) -> list[Fire]:
-        """The fires of due slots. A fire whose tasks cannot be built is still a fire,
-        with `error` saying why; so is one a bug stopped, and one of a paused phase
-        (the pause in force at the slot's time)."""
+    def build(self, due: Iterable[Due], ctx: Context, now: datetime | None = None
+              ) -> list[Fire]:
+        """The fires of due slots (those built ahead taken as they are, when it is `now`).
+        A fire whose tasks cannot be built is still a fire, with `error` saying why; so
+        is one a bug stopped, and one of a paused phase (the pause in force at the
+        slot's time)."""
         fires = []
         for d in due:
             paused = self.pauses.of_phase(d.phase.file_path, d.phase.task, d.slot)
             if paused is not None:  # recorded, so that catch-up never fires it later
                 fires.append(Fire(d.phase.file_path, d.phase.task, rfc3339(d.slot), d.source,
                                   (), paused.why()))
+                continue
+            built = self.ahead.take(d, now) if now is not None else None
+            if built is not None:
+                fires.append(built)
                 continue
             try:
                 fires.append(build_fire(d.phase, d.slot, d.source, ctx))

@@ -166,6 +166,22 @@ class Scheduler:
         entry = self._entries.get(key)
         return entry.next_slot if entry else None
 
+    def coming(self, until: datetime) -> list[tuple[Phase, datetime]]:
+        """Each phase's next slot if it is due by `until`, as things stand (nothing
+        advances): what the ledger may build ahead (flowlord/ahead.py)."""
+        heap, entries, found = self._heap, self._entries, []
+        below = [0] if heap else []  # a heap's children come no sooner: only the items
+        while below:  # due by `until` and their children are looked at
+            i = below.pop()
+            slot, seq, key = heap[i]
+            if slot > until:
+                continue
+            entry = entries.get(key)
+            if entry is not None and entry.seq == seq:
+                found.append((entry.phase, slot))
+            below += [c for c in (2 * i + 1, 2 * i + 2) if c < len(heap)]
+        return found
+
     def next_deadline(self) -> datetime | None:
         while self._heap:
             slot, seq, key = self._heap[0]

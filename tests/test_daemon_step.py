@@ -294,3 +294,18 @@ def test_ready_comes_after_the_plan_and_the_catch_up_are_committed(
         assert slots(db) == every_10s("2026-12-01T12:00:10Z", 4)
     finally:
         d.close()
+
+
+def test_the_loop_turns_a_moment_before_a_slot_to_build_its_fires_then_at_the_slot(
+        tmp_path: Path, wf: Path) -> None:
+    """flowlord/ahead.py through the daemon's turns: the wait ends AHEAD before the
+    slot, that turn builds the slot's fires, the next wait ends at the slot, and the
+    task fired then was built ahead (created at its slot, not at the turn)."""
+    (wf / "a.toml").write_text(EVERY_10S.format(extra=""))
+    db, clock = tmp_path / "f.db", FakeClock(START + timedelta(seconds=4))  # 12:00:09
+    with stepped(tmp_path, wf, clock) as d:
+        assert turn(d, clock) == pytest.approx(0.5)  # until 12:00:09.5
+        assert turn(d, clock, 0.5) == pytest.approx(0.5)  # built: until the slot
+        turn(d, clock, 0.6)  # 12:00:10.1
+    assert query(db, "SELECT scheduled_for, created FROM tasks") == [
+        ("2026-12-01T12:00:10Z", "2026-12-01T12:00:10.000Z")]

@@ -211,3 +211,21 @@ def test_phases_due_together_each_get_their_next_slot() -> None:
     assert len(s.due(clock.now(), clock.monotonic())) == 6
     assert [s.next_slot(("a.toml", f"p{i}")) for i in range(2)] == [
         datetime(2026, 11, 23, 12, 3, tzinfo=UTC), datetime(2026, 11, 23, 12, 4, tzinfo=UTC)]
+
+
+def test_coming_is_each_phases_next_slot_due_by_then_and_nothing_advances() -> None:
+    """Scheduler.coming (what flowlord/ahead.py builds ahead) against every entry read
+    one by one: 300 phases on 7 rules, after a reschedule left stale heap items."""
+    now = datetime(2026, 12, 1, 12, 0, 0, 300_000, tzinfo=UTC)
+    rules = ["cron=* * * * * *", "cron=*/2 * * * * *", "cron=*/3 * * * * *",
+             "cron=0 * * * * *", "cron=*/7 * * * * *", "cron=30 0 * * * *", "cron=5 * * * * *"]
+    s = Scheduler(UTC)
+    s.start([phase(f"p{i}", rules[i % 7]) for i in range(300)], now, {})
+    s.update({"a.toml": [phase(f"p{i}", rules[(i + 1) % 7]) for i in range(0, 300, 2)]}, now)
+    before = [(key, s.next_slot(key)) for key in s.phase_keys()]
+    for seconds in (0.0, 0.7, 1.7, 2.7, 6.7, 30.0, 60.0, 3600.0):
+        until = now + timedelta(seconds=seconds)
+        expected = sorted((key, slot) for key, slot in before if slot is not None
+                          and slot <= until)
+        assert sorted(((p.file_path, p.task), slot) for p, slot in s.coming(until)) == expected
+    assert [(key, s.next_slot(key)) for key in s.phase_keys()] == before
