@@ -41,6 +41,8 @@ class BuiltAhead:
               context: Callable[[datetime], Context]) -> None:
         """Build the fires of the slots due within AHEAD of `now` (`context(slot)`: what
         building a slot's tasks needs, created at the slot)."""
+        if self._through is not None and self._through > now + AHEAD:  # the clock stepped
+            self._through, self._fires = None, {}  # back: build again from the new now
         deadline = scheduler.next_deadline()
         if deadline is None or deadline <= now or deadline > now + AHEAD or (
                 self._through is not None and deadline <= self._through):

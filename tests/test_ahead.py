@@ -108,3 +108,18 @@ def test_a_phase_reading_a_meta_file_is_built_when_due(wf: Path, store: Store,
     assert ledger.ahead.wake_before(SLOT) == timedelta(0)  # looked at: no second wake
     meta.write_text('{"k": "a"}\n{"k": "b"}\n')
     assert sorted(r[0] for r in fire_at(ledger, store, SLOT)) == ["?k=a", "?k=b"]
+
+
+def test_after_the_clock_steps_back_fires_are_built_ahead_again(wf: Path, store: Store) -> None:
+    """A slot built ahead, then the clock set back a minute: the slots from the new now
+    are built ahead again (not only once the clock has passed the old one)."""
+    ledger = built_ahead(wf, store)
+    back = BEFORE - timedelta(minutes=1, seconds=2)  # 11:59:07.7; its next slot :10
+    ledger.fire_due(BEFORE, 1000.0, ctx(BEFORE))  # nothing due yet
+    ledger.fire_due(back, 1000.1, ctx(back))  # a step back: planned from the new now
+    ledger.write(store, back, clock)
+    ledger.build_ahead(back, ctx)  # the end of that turn: too early to build
+    slot = ledger.scheduler.next_deadline()
+    assert slot is not None and slot < SLOT and ledger.ahead.wake_before(slot) == AHEAD
+    ledger.build_ahead(slot - timedelta(seconds=0.3), ctx)
+    assert ledger.ahead.wake_before(slot) == timedelta(0)
