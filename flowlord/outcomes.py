@@ -22,7 +22,14 @@ from flowlord.durations import format_duration
 from flowlord.model import NewTask, Phase, StoredTask, Task, split_task
 from flowlord.rules import Rule, decode_meta, parse_rule
 from flowlord.tasks import BuildError, Context, encode_meta, meta_rows
-from flowlord.templates import meta_names, render_meta, render_time, task_time
+from flowlord.templates import (
+    meta_names,
+    one_pass,
+    render_meta,
+    render_time,
+    rendering_values,
+    task_time,
+)
 
 DEFAULT_RETRY_DELAY = timedelta(seconds=1)
 JITTER = 0.4  # up to 40 % of retry_delay added, in whole milliseconds
@@ -65,6 +72,7 @@ class _Parent(NamedTuple):
     inherited_text: str  # the same, encoded, with a leading '&' (or empty)
     head_text: str | None  # `workflow=…&cron=…` encoded; None: no workflow, the child's
     created: str
+    values: dict[str, str]  # what a child's one_pass template formats with
 
     @classmethod
     def of(cls, stored: StoredTask, ctx: Context) -> _Parent:
@@ -74,9 +82,10 @@ class _Parent(NamedTuple):
         inherited_text = encode_meta(inherited.items())
         head_text = (encode_meta(_head(meta, meta["workflow"])) if "workflow" in meta
                      else None)
-        return cls(stored, meta, task_time(meta, stored.task.info), inherited,
+        time = task_time(meta, stored.task.info)
+        return cls(stored, meta, time, inherited,
                    "&" + inherited_text if inherited_text else "", head_text,
-                   ctx.created_text)
+                   ctx.created_text, rendering_values(time, meta))
 
 
 def _head(meta: dict[str, str], workflow: str) -> list[tuple[str, str]]:
@@ -97,6 +106,7 @@ class _Plan(NamedTuple):
     require: tuple[str, ...]  # require={meta:x}: these parent meta values must be set
     job_text: str  # `&job=…` encoded, or empty
     batch: bool  # meta= or meta-file=: one child per row
+    one_pass: str | None  # the template as one format text (templates.one_pass)
 
 
 @lru_cache(maxsize=4096)
@@ -105,7 +115,7 @@ def _plan(child: Phase) -> _Plan:
     topic, job = split_task(child.task)
     return _Plan(child, rule, topic, job, tuple(meta_names(rule.require)),
                  "&" + encode_meta([("job", job)]) if job else "",
-                 bool(rule.meta or rule.meta_file))
+                 bool(rule.meta or rule.meta_file), one_pass(child.template))
 
 
 def _child_tasks(parent: _Parent, child: Phase, ctx: Context,
@@ -116,6 +126,13 @@ def _child_tasks(parent: _Parent, child: Phase, ctx: Context,
         if not meta.get(name):
             notes.append(f"{child.task}: skipped, parent meta {name} is empty")
             return []
+    if plan.one_pass is not None and not plan.batch and parent.head_text is not None:
+        # the usual child, its template rendered in one pass
+        return [NewTask(parent.stored.task.id, plan.topic, plan.job,
+                        plan.one_pass.format_map(parent.values),
+                        parent.head_text + plan.job_text + parent.inherited_text,
+                        parent.created, child.file_path, child.task, 0, None, None,
+                        parent.stored.task_no)]
     info = render_time(child.template, parent.time)
     try:
         rows = meta_rows(plan.rule, ctx.meta_dir) if plan.batch else []

@@ -78,7 +78,6 @@ def _time_values(t: datetime) -> dict[str, str]:
         year = str(t.year)
         values = {"yyyy": year, "yy": year[2:], "mm": f"{t.month:02d}",
                   "dd": f"{t.day:02d}", "hh": f"{t.hour:02d}", "min": f"{t.minute:02d}"}
-        values["cron"] = t.strftime("%Y-%m-%dT%H")  # cron_hour's, not a token
         _last_values = (t, values)
     return values
 
@@ -146,13 +145,47 @@ def render_meta(text: str, get: Callable[[str], str]) -> tuple[str, list[str]]:
     return text, names
 
 
+# A template of lower-case date tokens and `{meta:name}` tokens only (no other brace, no
+# `#`) renders as one format text: each `{meta:name}` becomes the field `meta name`.
+_ONE_PASS = re.compile(
+    r"[^{}#]*(?:\{(?:yyyy|yy|mm|dd|hh|min|meta:[0-9A-Za-z_]+)\}[^{}#]*)*")
+_UNRENDERED = {kind: "{" + kind + "}" for kind in _SIMPLE_KINDS}  # no time: tokens stay
+
+
+def one_pass(template: str) -> str | None:
+    """The template as a format text over `rendering_values`, or None when it has
+    another token or a `#` (render_time and render_meta render it then). Both passes
+    in one: time values hold no brace, so the time pass can make no meta token, and
+    values go in as they are, never expanded again, as render_meta puts them."""
+    if not _ONE_PASS.fullmatch(template):
+        return None
+    return template.replace("{meta:", "{meta ")
+
+
+class _Values(dict[str, str]):
+    """rendering_values: a meta name the task does not have renders as ''."""
+
+    def __missing__(self, key: str) -> str:
+        return ""
+
+
+def rendering_values(t: datetime | None, meta: dict[str, str]) -> dict[str, str]:
+    """What a one_pass text formats with: the time tokens' values at `t` (None: each
+    token left as it is, as render_time leaves it) and meta's values."""
+    values = _Values(_time_values(t) if t is not None else _UNRENDERED)
+    for name, value in meta.items():
+        values["meta " + name] = value
+    return values
+
+
 def meta_names(text: str) -> list[str]:
     return _META.findall(text)
 
 
 def cron_hour(t: datetime) -> str:
     """The `cron=` meta value: the task's data time as `YYYY-MM-DDTHH`."""
-    return _time_values(t)["cron"]
+    values = _time_values(t)
+    return f"{values['yyyy']}-{values['mm']}-{values['dd']}T{values['hh']}"
 
 
 # --- the time of a task (docs/compatibility.md, Task time) ---------------------------------

@@ -45,3 +45,33 @@ def test_only_plain_templates_are_their_own_format_text() -> None:
         assert kinds, template
         assert fmt != template or not templates._PLAIN.fullmatch(template), template
     assert templates.render_time("{yyyy}#{mm}", T) == "2026#{mm}"
+
+
+ONE_PASS_PIECES = ["{yyyy}", "{YYYY}", "{yy}", "{mm}", "{dd}", "{hh}", "{min}", "{TS}",
+                   "{meta:x}", "{meta:y_2}", "{meta:}", "{meta:a b}", "{", "}", "#", "a",
+                   "?", "=", "&", "{{", "}}", "meta:x"]
+META_VALUES = st.dictionaries(st.sampled_from(["x", "y_2", "z", "workflow"]),
+                              st.sampled_from(["", "v", "{yyyy}", "{meta:x}", "{", "a&b"]))
+
+
+@given(st.lists(st.sampled_from(ONE_PASS_PIECES), max_size=12).map("".join), META_VALUES,
+       st.sampled_from([T, None]))
+def test_one_pass_renders_as_the_two_passes(template: str, meta: dict[str, str],
+                                            t: datetime | None) -> None:
+    """A child's template rendered in one format (outcomes.py's usual child) is the time
+    pass then the meta pass, with a time or none, a meta name missing or a value that
+    looks like a token; templates it cannot render are left to the two passes."""
+    fmt = templates.one_pass(template)
+    if fmt is None:
+        assert not templates._ONE_PASS.fullmatch(template)
+        return
+    two_passes, _ = templates.render_meta(templates.render_time(template, t),
+                                          lambda name: meta.get(name, ""))
+    assert fmt.format_map(templates.rendering_values(t, meta)) == two_passes
+
+
+def test_one_pass_takes_date_and_meta_tokens_only() -> None:
+    assert templates.one_pass("?day={yyyy}-{mm}-{dd}&k={meta:k}") is not None
+    for template in ("{YYYY}", "{yyyy}#{meta:k}", "{TS}", "{meta:k}{", "{ts}", "{uuid}",
+                     "{host}", "{HOUR_SLUG}"):
+        assert templates.one_pass(template) is None, template
