@@ -7,7 +7,8 @@ ledger's key still says what has fired: a fire built ahead is used only for the 
 phase it was built from (the same `Phase` object: a reload of its file makes a new
 one) at the same slot, and only when the slot comes less than `FRESH` after it; a
 pause is judged when the slot comes, as for any fire. Phases whose tasks read a
-`meta-file` are built when due, so that the file is read then. Tasks built ahead are
+`meta-file` are built when due, so that the file is read then, and so are those of a
+phase paused at its slot (recorded as paused then, with no task). Tasks built ahead are
 created at their slot.
 """
 
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
 
 from flowlord.model import Fire, Phase
 from flowlord.rules import parse_rule
@@ -27,8 +27,7 @@ FRESH = timedelta(seconds=1)  # a fire built ahead is used while its slot is thi
 
 
 class BuiltAhead:
-    def __init__(self, log: Any) -> None:
-        self.log = log
+    def __init__(self) -> None:
         self._fires: dict[tuple[PhaseKey, datetime], tuple[Phase, Fire]] = {}
         self._through: datetime | None = None  # the latest slot built ahead so far
 
@@ -38,9 +37,11 @@ class BuiltAhead:
         return AHEAD if self._through is None or deadline > self._through else timedelta(0)
 
     def build(self, scheduler: Scheduler, now: datetime,
-              context: Callable[[datetime], Context]) -> None:
+              context: Callable[[datetime], Context],
+              paused: Callable[[Phase, datetime], bool]) -> None:
         """Build the fires of the slots due within AHEAD of `now` (`context(slot)`: what
-        building a slot's tasks needs, created at the slot)."""
+        building a slot's tasks needs, created at the slot), but for phases `paused` at
+        their slot."""
         if self._through is not None and self._through > now + AHEAD:  # the clock stepped
             self._through, self._fires = None, {}  # back: build again from the new now
         deadline = scheduler.next_deadline()
@@ -50,14 +51,14 @@ class BuiltAhead:
         contexts: dict[datetime, Context] = {}
         for phase, slot in scheduler.coming(now + AHEAD):
             key = ((phase.file_path, phase.task), slot)
-            if key in self._fires or parse_rule(phase.rule).meta_file:
+            if key in self._fires or parse_rule(phase.rule).meta_file or paused(phase, slot):
                 continue
-            ctx = contexts.get(slot) or contexts.setdefault(slot, context(slot))
+            if slot not in contexts:
+                contexts[slot] = context(slot)
             try:
-                self._fires[key] = (phase, build_fire(phase, slot, "cron", ctx))
-            except Exception:  # built again when due, where a bug is recorded on its fire
-                self.log.exception("cannot build a fire ahead", file=phase.file_path,
-                                   phase=phase.task)
+                self._fires[key] = (phase, build_fire(phase, slot, "cron", contexts[slot]))
+            except Exception:  # built again when due, where the bug is logged and
+                continue  # recorded on its fire: said once, there
         self._through = deadline
 
     def take(self, due: Due, now: datetime) -> Fire | None:

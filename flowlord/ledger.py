@@ -65,7 +65,7 @@ class Ledger:
         # in the order they came (a dict): phases come file by file, so the plan's rows
         # are nearly in key order already and sorting them is cheap (`_plan`)
         self.unplanned: dict[PhaseKey, None] = {}
-        self.ahead = BuiltAhead(log)  # fires built a moment before their slot
+        self.ahead = BuiltAhead()  # fires built a moment before their slot
 
     @property
     def waiting(self) -> bool:
@@ -115,7 +115,8 @@ class Ledger:
 
     def build_ahead(self, now: datetime, context: Callable[[datetime], Context]) -> None:
         """Build the fires of the next slot if it comes within a moment (flowlord/ahead.py)."""
-        self.ahead.build(self.scheduler, now, context)
+        self.ahead.build(self.scheduler, now, context, lambda phase, slot: (
+            self.pauses.of_phase(phase.file_path, phase.task, slot) is not None))
 
     def _bound_pending(self) -> None:
         """While the database cannot be written (a full disk), fires wait in memory. Past

@@ -1,18 +1,24 @@
 """Fires built a moment before their slot (flowlord/ahead.py), through the ledger on a
 real database with the times given: taken when the slot comes, created at the slot;
-never for a phase reloaded meanwhile, a pause made meanwhile, a slot long past, nor a
-phase whose tasks read a meta-file."""
+never for a phase reloaded meanwhile, a pause made meanwhile or in force at the slot, a
+slot long past or caught up after a clock step, nor a phase whose tasks read a
+meta-file; a fire that cannot be built is said once, at its slot."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import pytest
+from structlog.testing import capture_logs
+
+from flowlord import ahead, ledger
 from flowlord.ahead import AHEAD, FRESH
 from flowlord.clock import rfc3339
 from flowlord.ledger import Ledger
 from flowlord.loader import Loader
 from flowlord.pauses import target_of
+from flowlord.scheduler import Due
 from flowlord.store import Store, write_txn
 from tests.helpers import store_rows, utc
 from tests.test_ledger import clock, ctx, ledger_on
@@ -123,3 +129,54 @@ def test_after_the_clock_steps_back_fires_are_built_ahead_again(wf: Path, store:
     assert slot is not None and slot < SLOT and ledger.ahead.wake_before(slot) == AHEAD
     ledger.build_ahead(slot - timedelta(seconds=0.3), ctx)
     assert ledger.ahead.wake_before(slot) == timedelta(0)
+
+
+def pause(store: Store, ledger: Ledger, at: datetime) -> None:
+    with write_txn(store.conn):
+        store.add_pause(target_of(store.phases()[0]), "me", "deploy", rfc3339(at), None)
+    ledger.pauses.load(store, at)
+
+
+def test_a_phase_paused_at_its_slot_is_not_built_ahead(wf: Path, store: Store) -> None:
+    """Nothing is built for a slot that will be recorded as paused, with no task."""
+    load(wf, store)
+    ledger = started(store, BEFORE - timedelta(seconds=5))
+    pause(store, ledger, BEFORE - timedelta(seconds=1))
+    ledger.build_ahead(BEFORE, ctx)
+    assert ledger.ahead.wake_before(SLOT) == timedelta(0)  # looked at: no second wake
+    [(phase, slot)] = ledger.scheduler.coming(SLOT)  # the very phase the slot fires from
+    assert slot == SLOT and ledger.ahead.take(Due(phase, SLOT, "cron"), SLOT) is None
+    [(info, _, error)] = fire_at(ledger, store, SLOT)
+    assert info is None and error.startswith("paused by me")
+
+
+def test_a_slot_caught_up_after_a_clock_step_is_built_as_a_catch_up(
+        wf: Path, store: Store) -> None:
+    """The clock set 2.8 s forward between a turn and the slot, its fire built ahead
+    meanwhile: the slot counts as jumped over, and fires as a catch-up (created when
+    caught up), not as the cron fire built for it, though it comes within FRESH."""
+    load(wf, store, rule="&catchup=all")
+    ledger = started(store, SLOT - timedelta(seconds=5))
+    ledger.fire_due(SLOT - timedelta(seconds=2.4), 1000.0, ctx(SLOT))  # nothing due yet
+    ledger.build_ahead(BEFORE, ctx)
+    now = SLOT + timedelta(seconds=0.5)
+    ledger.fire_due(now, 1000.1, ctx(now))  # 2.9 s on the wall clock in 0.1 s of real time
+    ledger.write(store, now, clock)
+    assert store_rows(store, "SELECT f.scheduled_for, f.source, t.created FROM fires AS f "
+                             "JOIN tasks AS t USING (file_path, phase, scheduled_for)") == [
+        ("2026-12-01T12:00:10Z", "catchup", "2026-12-01T12:00:10.500Z")]
+
+
+def test_a_fire_that_cannot_be_built_is_said_once_at_its_slot(
+        wf: Path, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug in building (build_fire raising) is logged and recorded on the fire when the
+    slot comes; the try a moment before says nothing of its own."""
+    def broken(*_: object) -> None:
+        raise RuntimeError("a bug")
+    monkeypatch.setattr(ahead, "build_fire", broken)
+    monkeypatch.setattr(ledger, "build_fire", broken)
+    with capture_logs() as logged:
+        fires = fire_at(built_ahead(wf, store), store, SLOT)
+    assert fires == [(None, None, "internal error: RuntimeError: a bug")]
+    assert [e["event"] for e in logged if "build" in e["event"]] == [
+        "cannot build the tasks of a fire"]
