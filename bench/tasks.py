@@ -13,7 +13,9 @@ result handling in-process, each beside its target, measured in one run.
    its output kept as the task's log (logs on) and the same worker writing it to
    /dev/null itself (logs off: nothing to capture), beside the bare spawn time;
 4. results handled in-process: the dispatcher records N results from a bus that
-   completes every task at once (no process), without children and with 10 each.
+   completes every task at once (no process), without children and with 10 each;
+   beside each round, its limit: the same rows (the results' updates, the children
+   flowlord made) written raw into a database set up the same way, in one transaction.
 
 The machine is shared, so each figure is the median of three rounds; all three are printed.
 """
@@ -44,7 +46,7 @@ from flowlord.bus.inprocess import InProcessBus  # noqa: E402
 from flowlord.clock import utc_now_ms  # noqa: E402
 from flowlord.dispatch import Dispatcher  # noqa: E402
 from flowlord.loader import Loader  # noqa: E402
-from flowlord.model import Fire, Task  # noqa: E402
+from flowlord.model import Fire, StoredTask, Task  # noqa: E402
 from flowlord.store import Store, write_txn  # noqa: E402
 from flowlord.tasks import Context  # noqa: E402
 
@@ -152,36 +154,61 @@ def wait_until(db: Path, sql: str, deadline: float) -> float:
         conn.close()
 
 
-def in_process(tmp: Path, n: int, fan_out: int) -> tuple[float, int]:
-    """Seconds to record n results, each starting `fan_out` children; children created."""
-    wf = tmp / f"inproc{fan_out}"
+NEW_TASK_COLUMNS = ("id, type, job, info, meta, created, file_path, phase, attempt, "
+                    "scheduled_for, due_at, parent_no, file_no, no_children")
+
+
+def claimed_parents(directory: Path, n: int, fan_out: int) -> tuple[Loader, list[StoredTask]]:
+    """A database of its own with a workflow whose phase `parent` has `fan_out` child
+    phases, and n tasks of `parent` claimed (each a different data hour, as a backload
+    has: no cache can help)."""
+    wf = directory / "wf"
     wf.mkdir(parents=True)
     children = "".join(f'[[phase]]\ntask = "child{i}"\ndependsOn = "parent"\n'
                        f'template = "?t={{yyyy}}-{{mm}}-{{dd}}T{{hh}}&k={{meta:k}}"\n\n'
                        for i in range(fan_out))
     (wf / "a.toml").write_text('[[phase]]\ntask = "parent"\ntemplate = "?t={TS}"\n\n'
                                + children)
-    loader = Loader(str(wf), Store(str(tmp / f"inproc{fan_out}.db")))
+    loader = Loader(str(wf), Store(str(directory / "f.db")))
     loader.refresh()
     tasks = [Task(type="parent", info=f"?n={i}", meta=f"workflow=a.toml&cron={hour(i)}&k={i}",
                   id=f"id{i}", created="2026-01-01T00:00:00Z") for i in range(n)]
     with write_txn(loader.store.conn):
         loader.store.record_fires([Fire("a.toml", "parent", "2026-01-01T00:00:00Z", "backload",
                                         tasks)], utc_now_ms())
-    bus = InProcessBus()
-    dispatcher = Dispatcher(loader, bus, Context(ZoneInfo("UTC"), str(wf), datetime.now(UTC)),
-                            timedelta(hours=4), logs.get("bench"))
     with write_txn(loader.store.conn):
         claimed = loader.store.claim("parent", n, utc_now_ms())
+    return loader, claimed
+
+
+def in_process(tmp: Path, n: int, fan_out: int) -> tuple[float, int, float]:
+    """Seconds to record n results, each starting `fan_out` children; children created;
+    and the limit measured beside it: seconds to write the same rows raw into a database
+    set up the same way (each result an UPDATE, each child an INSERT of the row flowlord
+    made, all made beforehand; one transaction, committed)."""
+    loader, claimed = claimed_parents(tmp / "flowlord", n, fan_out)
+    bus = InProcessBus()
+    dispatcher = Dispatcher(loader, bus, Context(ZoneInfo("UTC"), loader.root, datetime.now(UTC)),
+                            timedelta(hours=4), logs.get("bench"))
     bus.send([(stored, None) for stored in claimed])
     started = time.perf_counter()
     dispatcher.turn(claim=False)
     seconds = time.perf_counter() - started
-    count = loader.store.conn.execute(
-        "SELECT count(*) FROM tasks WHERE type LIKE 'child%'").fetchall()[0][0]
-    assert isinstance(count, int)
+    made = list(loader.store.conn.execute(
+        f"SELECT {NEW_TASK_COLUMNS} FROM tasks WHERE parent_no IS NOT NULL ORDER BY task_no"))
     loader.close()
-    return seconds, count
+    raw, claimed = claimed_parents(tmp / "raw", n, fan_out)
+    ended = [(utc_now_ms(), stored.task_no) for stored in claimed]
+    conn = raw.store.conn
+    started = time.perf_counter()
+    with write_txn(conn):
+        conn.executemany("UPDATE tasks SET ended = ?, result = 'complete' WHERE task_no = ?",
+                         ended)
+        conn.executemany(f"INSERT INTO tasks ({NEW_TASK_COLUMNS}) "
+                         f"VALUES ({', '.join('?' * 14)})", made)
+    limit = time.perf_counter() - started
+    raw.close()
+    return seconds, len(made), limit
 
 
 def goal(met: bool, what: str) -> str:
@@ -241,18 +268,29 @@ def main() -> None:
         if rounds_logs:
             print_logs(args.tasks, rounds_logs)
         for fan_out in (0, CHILDREN) if args.part in ("all", "inprocess") else ():
-            rounds_in = sorted(in_process(tmp / f"inproc{fan_out}-{n}", args.results, fan_out)
-                               for n in range(ROUNDS))
-            seconds, made = rounds_in[len(rounds_in) // 2]
-            rate = args.results / seconds
-            print(f"results handled in-process, {fan_out} children each: {args.results} "
-                  f"results and {made} children in {seconds:.2f} s: {rate:.0f} results/s, "
-                  f"{(args.results + made) / seconds:.0f} rows/s, the median of "
-                  f"{' '.join(f'{args.results / r[0]:.0f}' for r in rounds_in)} (target >= "
-                  f"{TARGET_RESULTS:.0f} results/s, ratio {rate / TARGET_RESULTS:.2f})")
-            if fan_out:
-                print(goal(rate >= GOAL_RESULTS_WITH_CHILDREN, f"results with {fan_out} children "
-                           f"each >= {GOAL_RESULTS_WITH_CHILDREN:.0f}/s: {rate:.0f}/s"))
+            print_in_process(args.results, fan_out, [
+                in_process(tmp / f"inproc{fan_out}-{n}", args.results, fan_out)
+                for n in range(ROUNDS)])
+
+
+def print_in_process(results: int, fan_out: int,
+                     rounds: list[tuple[float, int, float]]) -> None:
+    """Results handled in-process: the median round's rate, and the median ratio to the
+    raw writes of the same rows measured beside each (its own median round)."""
+    seconds, made, _ = sorted(rounds)[len(rounds) // 2]
+    _, _, limit = sorted(rounds, key=lambda r: r[0] / r[2])[len(rounds) // 2]
+    ratio = sorted(r[0] / r[2] for r in rounds)[len(rounds) // 2]
+    rate = results / seconds
+    print(f"results handled in-process, {fan_out} children each: {results} results and "
+          f"{made} children in {seconds:.2f} s: {rate:.0f} results/s, "
+          f"{(results + made) / seconds:.0f} rows/s, the median of "
+          f"{' '.join(f'{results / r[0]:.0f}' for r in rounds)} (target >= "
+          f"{TARGET_RESULTS:.0f} results/s, ratio {rate / TARGET_RESULTS:.2f}); limit: the "
+          f"same rows written raw {limit:.2f} s, {ratio:.1f} x it (the median of "
+          f"{' '.join(f'{r[0] / r[2]:.1f}' for r in rounds)})")
+    if fan_out:
+        print(goal(rate >= GOAL_RESULTS_WITH_CHILDREN, f"results with {fan_out} children "
+                   f"each >= {GOAL_RESULTS_WITH_CHILDREN:.0f}/s: {rate:.0f}/s"))
 
 
 if __name__ == "__main__":
