@@ -72,7 +72,7 @@ class _Parent(NamedTuple):
     inherited_text: str  # the same, encoded, with a leading '&' (or empty)
     head_text: str | None  # `workflow=…&cron=…` encoded; None: no workflow, the child's
     created: str
-    values: dict[str, str]  # what a child's one_pass template formats with
+    values: dict[str, str] | None  # what a one_pass template formats with (None: none)
 
     @classmethod
     def of(cls, stored: StoredTask, ctx: Context) -> _Parent:
@@ -126,8 +126,8 @@ def _child_tasks(parent: _Parent, child: Phase, ctx: Context,
         if not meta.get(name):
             notes.append(f"{child.task}: skipped, parent meta {name} is empty")
             return []
-    if plan.one_pass is not None and not plan.batch and parent.head_text is not None:
-        # the usual child, its template rendered in one pass
+    if (plan.one_pass is not None and parent.values is not None and not plan.batch
+            and parent.head_text is not None):  # the usual child: rendered in one pass
         return [NewTask(parent.stored.task.id, plan.topic, plan.job,
                         plan.one_pass.format_map(parent.values),
                         parent.head_text + plan.job_text + parent.inherited_text,

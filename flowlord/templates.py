@@ -155,8 +155,7 @@ _UNRENDERED = {kind: "{" + kind + "}" for kind in _SIMPLE_KINDS}  # no time: tok
 def one_pass(template: str) -> str | None:
     """The template as a format text over `rendering_values`, or None when it has
     another token or a `#` (render_time and render_meta render it then). Both passes
-    in one: time values hold no brace, so the time pass can make no meta token, and
-    values go in as they are, never expanded again, as render_meta puts them."""
+    in one: time values hold no brace, so the time pass can make no meta token."""
     if not _ONE_PASS.fullmatch(template):
         return None
     return template.replace("{meta:", "{meta ")
@@ -169,11 +168,15 @@ class _Values(dict[str, str]):
         return ""
 
 
-def rendering_values(t: datetime | None, meta: dict[str, str]) -> dict[str, str]:
+def rendering_values(t: datetime | None, meta: dict[str, str]) -> dict[str, str] | None:
     """What a one_pass text formats with: the time tokens' values at `t` (None: each
-    token left as it is, as render_time leaves it) and meta's values."""
+    token left as it is, as render_time leaves it) and meta's values. None when a meta
+    value holds a brace: render_meta replaces one name after another, so a value holding
+    `{meta:y}` is itself replaced when y's turn comes, where a format puts it as it is."""
     values = _Values(_time_values(t) if t is not None else _UNRENDERED)
     for name, value in meta.items():
+        if "{" in value:
+            return None
         values["meta " + name] = value
     return values
 

@@ -211,6 +211,16 @@ def test_without_any_parent_time_the_child_template_keeps_its_tokens() -> None:
         "?day={yyyy}-{mm}-{dd}")
 
 
+@pytest.mark.parametrize("workflow", ["workflow=a.toml&", ""])
+def test_a_meta_value_naming_another_meta_token_is_replaced_in_its_turn(workflow: str) -> None:
+    """render_meta replaces one name after another, so `{meta:y}` inside x's value is
+    replaced when y's turn comes: the same for the usual child (a parent with a
+    `workflow`, rendered in one pass elsewhere) and any other."""
+    parent = stored(f"{workflow}cron=2026-11-23T14&x=%7Bmeta:y%7D&y=Q")
+    made = only(complete(parent, child(template="?h={hh}&a={meta:x}{meta:y}")))
+    assert made.task.info == "?h=14&a=QQ"
+
+
 def test_the_child_time_is_not_moved_into_the_context_zone() -> None:
     # times read from meta and info are UTC (§4.4): the child renders the cron hour as is
     ctx = Context(ZoneInfo("America/New_York"), ".", CREATED)
