@@ -275,19 +275,21 @@ def main() -> None:
 
 def print_in_process(results: int, fan_out: int,
                      rounds: list[tuple[float, int, float]]) -> None:
-    """Results handled in-process: the median round's rate, and the median ratio to the
-    raw writes of the same rows measured beside each (its own median round)."""
-    seconds, made, _ = sorted(rounds)[len(rounds) // 2]
-    _, _, limit = sorted(rounds, key=lambda r: r[0] / r[2])[len(rounds) // 2]
-    ratio = sorted(r[0] / r[2] for r in rounds)[len(rounds) // 2]
+    """Results handled in-process: the rate of the median round, and beside it the median
+    of the limits and the median of each round's ratio to its own limit."""
+    middle = len(rounds) // 2
+    seconds, made, _ = sorted(rounds)[middle]
+    limit = sorted(r[2] for r in rounds)[middle]
+    ratios = [r[0] / r[2] for r in rounds]
     rate = results / seconds
     print(f"results handled in-process, {fan_out} children each: {results} results and "
           f"{made} children in {seconds:.2f} s: {rate:.0f} results/s, "
           f"{(results + made) / seconds:.0f} rows/s, the median of "
           f"{' '.join(f'{results / r[0]:.0f}' for r in rounds)} (target >= "
           f"{TARGET_RESULTS:.0f} results/s, ratio {rate / TARGET_RESULTS:.2f}); limit: the "
-          f"same rows written raw {limit:.2f} s, {ratio:.1f} x it (the median of "
-          f"{' '.join(f'{r[0] / r[2]:.1f}' for r in rounds)})")
+          f"same rows written raw {limit:.2f} s (median); each round against its own limit "
+          f"{' '.join(f'{r:.2f}' for r in ratios)} x, the median "
+          f"{sorted(ratios)[middle]:.2f} x")
     if fan_out:
         print(goal(rate >= GOAL_RESULTS_WITH_CHILDREN, f"results with {fan_out} children "
                    f"each >= {GOAL_RESULTS_WITH_CHILDREN:.0f}/s: {rate:.0f}/s"))

@@ -5,10 +5,11 @@ as long as writing them.
 Only a cache of `build_fire`'s result. The scheduler still says what is due and the
 ledger's key still says what has fired: a fire built ahead is used only for the very
 phase it was built from (the same `Phase` object: a reload of its file makes a new
-one) at the same slot, and only when the slot comes less than `FRESH` after it; a
-pause is judged when the slot comes, as for any fire. Phases whose tasks read a
-`meta-file` are built when due, so that the file is read then, and so are those of a
-phase paused at its slot (recorded as paused then, with no task). Tasks built ahead are
+one) at the same slot, as a cron fire (a slot jumped over by a clock step is caught up
+as such), and only when the slot comes less than `FRESH` after it; a pause is judged
+when the slot comes, as for any fire. Phases whose tasks read a `meta-file` are built
+when due, so that the file is read then; a phase already paused at its slot is not
+built at all (it is recorded as paused then, with no task). Tasks built ahead are
 created at their slot.
 """
 
