@@ -126,24 +126,17 @@ def _child_tasks(parent: _Parent, child: Phase, ctx: Context,
         if not meta.get(name):
             notes.append(f"{child.task}: skipped, parent meta {name} is empty")
             return []
-    if (plan.one_pass is not None and parent.values is not None and not plan.batch
-            and parent.head_text is not None):  # the usual child: rendered in one pass
-        return [NewTask(parent.stored.task.id, plan.topic, plan.job,
-                        plan.one_pass.format_map(parent.values),
-                        parent.head_text + plan.job_text + parent.inherited_text,
-                        parent.created, child.file_path, child.task, 0, None, None,
-                        parent.stored.task_no)]
+    if plan.one_pass is not None and parent.values is not None and not plan.batch:
+        return _usual_child(parent, plan, plan.one_pass.format_map(parent.values))
     info = render_time(child.template, parent.time)
     try:
         rows = meta_rows(plan.rule, ctx.meta_dir) if plan.batch else []
     except BuildError as e:
         notes.append(f"{child.task}: skipped: {e}")
         return []
-    if not rows:  # the usual child: the parent's meta, no rows of its own
+    if not rows:
         text = render_meta(info, partial(_lookup, meta))[0] if "{meta:" in info else info
-        head_text = (parent.head_text if parent.head_text is not None
-                     else encode_meta(_head(meta, child.file_path)))
-        return [_child(parent, plan, text, head_text + plan.job_text + parent.inherited_text)]
+        return _usual_child(parent, plan, text)
     head = _head(meta, meta.get("workflow", child.file_path))
     if plan.job:
         head.append(("job", plan.job))
@@ -154,6 +147,13 @@ def _child_tasks(parent: _Parent, child: Phase, ctx: Context,
         mine = {**parent.inherited, **{name: values.get(name, "") for name in used if name in row}}
         tasks.append(_child(parent, plan, text, encode_meta(head + sorted(mine.items()))))
     return tasks
+
+
+def _usual_child(parent: _Parent, plan: _Plan, info: str) -> list[NewTask]:
+    """The usual child, its template rendered: the parent's meta, no rows of its own."""
+    head_text = (parent.head_text if parent.head_text is not None
+                 else encode_meta(_head(parent.meta, plan.phase.file_path)))
+    return [_child(parent, plan, info, head_text + plan.job_text + parent.inherited_text)]
 
 
 def _child(parent: _Parent, plan: _Plan, info: str, meta: str) -> NewTask:
