@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
+import math
 import os
 import re
 import select
@@ -77,8 +78,10 @@ def environment(task: Task, inherited: dict[str, str] | None = None) -> dict[str
 
 
 class Run:
-    """One task's process; `run()` (on a worker thread) waits for it and hands the
-    result to `on_done`."""
+    """One task's process. `run()` starts it and minds it on the calling thread (the
+    pool of `flowlord worker`); the local bus minds all of its processes on one thread
+    instead (flowlord/process_watch.py), through `start`, the `minding` and `finish`.
+    Either way the result goes to `on_done`."""
 
     def __init__(self, stored: StoredTask, command: Sequence[str], timeout: timedelta,
                  on_done: Callable[[Done], None],
@@ -97,18 +100,25 @@ class Run:
         self.timeout = timeout
         self.on_done = on_done
         self.stop_reason = ""  # set by stop(): the daemon ended the task
-        self.started = ""  # when the process started; "" while it waits for a thread
+        self.started = ""  # when the process started; "" while it waits for a slot
         self.cancelled = False  # set by cancel(): it is not to start at all
+        self.minding: Minding | None = None  # its process, once started
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
-        self._ended = threading.Event()
+        # held until the result is handed over: a lock, as an Event (a Condition and its
+        # lock) cost the loop more to make than a task's claim
+        self._ended = threading.Lock()
+        self._ended.acquire()
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the result to be handed over; False when `timeout` passed first."""
-        return self._ended.wait(timeout)
+        if not self._ended.acquire(timeout=-1 if timeout is None else timeout):
+            return False
+        self._ended.release()
+        return True
 
     def cancel(self) -> bool:
-        """Keep a task that waits for a thread from starting; False when it has started."""
+        """Keep a task that waits for a slot from starting; False when it has started."""
         with self._lock:
             if not self.started:
                 self.cancelled = True
@@ -124,22 +134,68 @@ class Run:
             threading.Timer(KILL_AFTER, _signal_group, (proc.pid, signal.SIGKILL)).start()
 
     def run(self) -> None:
+        """Start the process, mind it here until it has exited, hand the result over."""
+        poll = Poll()
+        done = self.start(poll)
+        minding = self.minding
+        while done is None:
+            assert minding is not None
+            try:
+                for owner, fd in poll.wait(minding.next_check(time.monotonic())):
+                    owner.ready(fd, time.monotonic())
+                minding.check(time.monotonic())
+            except Exception as e:  # a result must come back, or the task stays running
+                done = self.abandon(e)
+            else:
+                if minding.done:
+                    done = self.finish()
+        self.hand_over(done)
+
+    def start(self, poll: Poll) -> Done | None:
+        """Start the process, its descriptors minded through `poll`; None once it runs,
+        else its result (cancelled, stopped while it waited, a command that cannot start)."""
         try:
-            done = self._execute()
-        except Exception as e:  # a result must come back, or the task stays running
-            done = Done(self.stored.task_no, "error", f"internal error: {type(e).__name__}: {e}",
-                        utc_now_ms())
+            return self._start(poll)
+        except Exception as e:
+            return self.abandon(e)
+
+    def finish(self) -> Done:
+        """The result of a process whose minding is done."""
+        assert self.minding is not None and self._proc is not None
+        try:
+            tail, timed_out = self.minding.close()
+        finally:
+            self._close_log()
+        return Done(self.stored.task_no, *self._result(self._proc.returncode, timed_out, tail),
+                    utc_now_ms(), self.started)
+
+    def abandon(self, error: Exception) -> Done:
+        """The result when minding the task failed in our own code: an error that says
+        so. What it started is ended, its descriptors closed."""
+        if self.minding is not None:
+            with contextlib.suppress(Exception):
+                self.minding.close()
+        if self._proc is not None:
+            _signal_group(self._proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):  # reaped, not left a zombie
+                self._proc.wait(LINGER)
+        self._close_log()
+        return Done(self.stored.task_no, "error",
+                    f"internal error: {type(error).__name__}: {error}", utc_now_ms(),
+                    self.started)
+
+    def hand_over(self, done: Done) -> None:
         try:
             self.on_done(done)
         finally:
-            self._ended.set()
+            self._ended.release()
 
-    def _execute(self) -> Done:
+    def _start(self, poll: Poll) -> Done | None:
         no = self.stored.task_no
         with self._lock:
             if self.cancelled:
                 return Done(no, "", "", "", ran=False)
-            if self.stop_reason:  # stopped while it waited for a worker thread
+            if self.stop_reason:  # stopped while it waited for a slot
                 return Done(no, "error", self.stop_reason, utc_now_ms())
             self.started = utc_now_ms()
         if self.open_log is not None:
@@ -155,10 +211,8 @@ class Run:
                                     start_new_session=True, close_fds=True)
         except (OSError, ValueError) as e:  # no such program, a NUL in a value, …
             forget(self.argv[0], env.get("PATH"))
-            if self.log is not None:
-                self._log(f"cannot start {self.argv[0]!r}: {e}\n".encode())
-                with contextlib.suppress(OSError, AttributeError):
-                    self.log.close()
+            self._log(f"cannot start {self.argv[0]!r}: {e}\n".encode())
+            self._close_log()
             return Done(no, "error", f"cannot start {self.argv[0]!r}: {e}", utc_now_ms(),
                         self.started)
         with self._lock:
@@ -166,94 +220,26 @@ class Run:
             stopped = self.stop_reason
         if stopped:
             _signal_group(proc.pid, signal.SIGKILL)
-        tail, timed_out = self._watch(proc)
-        return Done(no, *self._result(proc.returncode, timed_out, tail), utc_now_ms(), self.started)
-
-    def _watch(self, proc: subprocess.Popen[bytes]) -> tuple[bytes, bool]:
-        """Mind the process until it has exited, reading its stderr (keeping the tail)
-        and, with a log, its stdout too (both go to the log as they come).
-
-        At the timeout its group gets SIGTERM, then SIGKILL. Once the command has exited,
-        what it left in its group is killed; its pipes are read for LINGER seconds more,
-        in case something that escaped the group still holds them open. A command that
-        closes or redirects its own output is still watched until it exits. One thread,
-        and no polling of a short task: its exit closes its pipes at once.
-        """
-        assert proc.stderr is not None
-        err = proc.stderr.fileno()
-        pipes = {f.fileno(): f for f in (proc.stdout, proc.stderr) if f is not None}
-        tail: collections.deque[bytes] = collections.deque()
-        size = 0
-        deadline = time.monotonic() + self.timeout.total_seconds()
-        kill_at: float | None = None  # after the timeout's SIGTERM
-        exited_at: float | None = None
-        poller = select.poll()  # not select(): descriptors above 1024 are fine
-        for fd in pipes:
-            poller.register(fd, select.POLLIN | select.POLLHUP)
-        # Once its pipes are closed, the process is waited for through a pidfd, readable
-        # when it exits: its pipes close a moment before it can be reaped, and about one
-        # `true` in seven was not yet reapable then, which proc.wait(timeout) met with a
-        # sleep of a millisecond (bench/tasks.py, whole loop). Without pidfds, as before.
-        pidfd = _pidfd(proc.pid)
-        exit_poller = None
-        if pidfd is not None:
-            exit_poller = select.poll()
-            exit_poller.register(pidfd, select.POLLIN)
-        try:
-            while True:
-                if pipes:
-                    for fd, _ in poller.poll(WATCH_TICK_MS):
-                        chunk = os.read(fd, 65536)
-                        if not chunk:  # closed: the command (and what it started) is done
-                            poller.unregister(fd)
-                            pipes.pop(fd).close()
-                            continue
-                        if self.log is not None:
-                            self._log(chunk)
-                        if fd == err:
-                            tail.append(chunk)
-                            size += len(chunk)
-                            while size - len(tail[0]) >= STDERR_TAIL_BYTES:
-                                size -= len(tail.popleft())
-                elif exit_poller is not None:  # woken the moment it exits
-                    exit_poller.poll(WATCH_TICK_MS)
-                else:
-                    with contextlib.suppress(subprocess.TimeoutExpired):
-                        proc.wait(timeout=WATCH_TICK_MS / 1000)
-                now = time.monotonic()
-                if proc.poll() is not None:
-                    if exited_at is None:
-                        exited_at = now
-                        _signal_group(proc.pid, signal.SIGKILL)  # leftovers hold the pipes
-                    if not pipes or now - exited_at > LINGER:
-                        break
-                elif kill_at is None and now >= deadline:
-                    _signal_group(proc.pid, signal.SIGTERM)
-                    kill_at = now + KILL_AFTER
-                elif kill_at is not None and now >= kill_at:
-                    _signal_group(proc.pid, signal.SIGKILL)
-        finally:
-            for f in pipes.values():
-                f.close()
-            if pidfd is not None:
-                os.close(pidfd)
-            if self.log is not None:
-                with contextlib.suppress(OSError):
-                    self.log.close()
-        return b"".join(tail)[-STDERR_TAIL_BYTES:], kill_at is not None
+        self.minding = Minding(proc, self.timeout.total_seconds(), poll, self._log)
+        return None
 
     def _log(self, chunk: bytes) -> None:
         """Output to the task's log; a log that cannot be written (a full disk) is given
         up, never the watch over the process (its timeout, its exit, its stderr)."""
-        assert self.log is not None
+        if self.log is None:
+            return
         try:
             self.log.write(chunk)
         except OSError:
-            with contextlib.suppress(OSError):
+            self._close_log()
+
+    def _close_log(self) -> None:
+        if self.log is not None:
+            with contextlib.suppress(OSError, AttributeError):
                 self.log.close()
             self.log = None
 
-    def _result(self, code: int, timed_out: bool, stderr: bytes) -> tuple[str, str]:
+    def _result(self, code: int | None, timed_out: bool, stderr: bytes) -> tuple[str, str]:
         text = stderr.decode("utf-8", "replace").strip()
         if self.stop_reason:
             return "error", self.stop_reason
@@ -261,8 +247,147 @@ class Run:
             return "error", f"timeout after {format_duration(self.timeout)}"
         if code == 0:
             return "complete", ""
+        code = code or 0
         what = f"killed by {_signal_name(-code)}" if code < 0 else f"exit status {code}"
         return "error", f"{what}: {text}" if text else what
+
+
+class Poll:
+    """poll(2) over the descriptors of processes minded on one thread, each event handed
+    to the process it belongs to (not select(): descriptors above 1024 are fine). A
+    descriptor leaves it before it is closed: another thread may get its number next."""
+
+    def __init__(self) -> None:
+        self._poll = select.poll()
+        self._owners: dict[int, Minding | None] = {}
+
+    def add(self, fd: int, owner: Minding | None) -> None:
+        """Watch `fd` for input (its owner None: the caller's own, `wait` skips it)."""
+        self._poll.register(fd, select.POLLIN | select.POLLHUP)
+        self._owners[fd] = owner
+
+    def remove(self, fd: int) -> None:
+        self._poll.unregister(fd)
+        del self._owners[fd]
+
+    def wait(self, until: float, woken: Callable[[], None] = lambda: None
+             ) -> list[tuple[Minding, int]]:
+        """The descriptors that became ready before `until` (monotonic), with their
+        processes; `woken` is called when an ownerless one was among them."""
+        ms = max(0, math.ceil((until - time.monotonic()) * 1000)) if until != math.inf else -1
+        ready = []
+        for fd, _ in self._poll.poll(ms):
+            owner = self._owners.get(fd)
+            if owner is not None:
+                ready.append((owner, fd))
+            elif fd in self._owners:
+                woken()
+        return ready
+
+
+class Minding:
+    """A started process, watched until it has exited: its stderr read as it comes (the
+    tail kept), its output to `write_log`, its timeout (SIGTERM to its group, then
+    SIGKILL), and what it left in its group killed once it has exited.
+
+    Its pipes are read until they close; once the command has exited, for LINGER seconds
+    more at most, in case something that escaped the group still holds them open. A
+    command that closes or redirects its own output is still watched until it exits:
+    its exit is seen through a pidfd, readable when it can be reaped (its pipes close a
+    moment before that), or where there are no pidfds by looking every WATCH_TICK_MS.
+    The owner of the poll calls `ready(fd)` for each of its descriptors that is, and
+    `check(now)` by `next_check()`; `done` says when `close()` may be called.
+    """
+
+    def __init__(self, proc: subprocess.Popen[bytes], timeout: float, poll: Poll,
+                 write_log: Callable[[bytes], None]) -> None:
+        assert proc.stderr is not None
+        self.proc = proc
+        self.poll = poll
+        self.write_log = write_log
+        self.err = proc.stderr.fileno()
+        self.pipes = {f.fileno(): f for f in (proc.stdout, proc.stderr) if f is not None}
+        self.tail: collections.deque[bytes] = collections.deque()
+        self.size = 0
+        self.deadline = time.monotonic() + timeout
+        self.kill_at: float | None = None  # after the timeout's SIGTERM
+        self.timed_out = False
+        self.exited_at: float | None = None
+        self.done = False
+        for fd in self.pipes:
+            poll.add(fd, self)
+        self.pidfd = _pidfd(proc.pid)
+        if self.pidfd is not None:
+            poll.add(self.pidfd, self)
+
+    def ready(self, fd: int, now: float) -> None:
+        if fd == self.pidfd:
+            self._drop_pidfd()
+            if self.proc.poll() is not None:
+                self._exited(now)
+            return
+        pipe = self.pipes.get(fd)
+        if pipe is None:
+            return
+        chunk = os.read(fd, 65536)
+        if not chunk:  # closed: the command (and what it started) is done with it
+            self.poll.remove(fd)
+            self.pipes.pop(fd).close()
+            if self.exited_at is not None and not self.pipes:
+                self.done = True
+            return
+        self.write_log(chunk)
+        if fd == self.err:
+            self.tail.append(chunk)
+            self.size += len(chunk)
+            while self.size - len(self.tail[0]) >= STDERR_TAIL_BYTES:
+                self.size -= len(self.tail.popleft())
+
+    def next_check(self, now: float) -> float:
+        """When `check` is due next (monotonic; inf: only when a descriptor is ready)."""
+        if self.done:
+            return math.inf
+        if self.exited_at is not None:
+            return self.exited_at + LINGER
+        when = self.kill_at if self.kill_at is not None else self.deadline
+        if self.pidfd is None:  # its exit is not announced: look now and then
+            return min(when, now + WATCH_TICK_MS / 1000)
+        return when
+
+    def check(self, now: float) -> None:
+        if self.exited_at is None and self.pidfd is None and self.proc.poll() is not None:
+            self._exited(now)
+        if self.exited_at is not None:
+            if not self.pipes or now - self.exited_at > LINGER:
+                self.done = True
+        elif self.kill_at is None and now >= self.deadline:
+            _signal_group(self.proc.pid, signal.SIGTERM)
+            self.timed_out = True
+            self.kill_at = now + KILL_AFTER
+        elif self.kill_at is not None and now >= self.kill_at:
+            _signal_group(self.proc.pid, signal.SIGKILL)
+            self.kill_at = now + WATCH_TICK_MS / 1000  # again, until it has exited
+
+    def close(self) -> tuple[bytes, bool]:
+        """Its descriptors closed; the end of its stderr, and whether it timed out."""
+        for fd in list(self.pipes):
+            self.poll.remove(fd)
+            self.pipes.pop(fd).close()
+        self._drop_pidfd()
+        self.done = True
+        return b"".join(self.tail)[-STDERR_TAIL_BYTES:], self.timed_out
+
+    def _exited(self, now: float) -> None:
+        self.exited_at = now
+        _signal_group(self.proc.pid, signal.SIGKILL)  # leftovers would hold the pipes
+        if not self.pipes:
+            self.done = True
+
+    def _drop_pidfd(self) -> None:
+        if self.pidfd is not None:  # readable for good once it has exited
+            self.poll.remove(self.pidfd)
+            os.close(self.pidfd)
+            self.pidfd = None
 
 
 def _pidfd(pid: int) -> int | None:

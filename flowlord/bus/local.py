@@ -5,17 +5,17 @@ from __future__ import annotations
 import queue
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 from flowlord.bus import drain
 from flowlord.config import WorkerConfig
 from flowlord.model import Done, StoredTask
+from flowlord.process_watch import ProcessWatch
 from flowlord.tasklog import DEFAULT_MAX_BYTES
 from flowlord.workers import Run, inherited_environment, topic_environment
 
 STOPPED = "stopped: the daemon shut down while the task ran"
-# tasks sent per worker thread beyond the one it runs: a thread that finishes starts the
+# tasks sent per worker slot beyond the one it runs: a slot whose task ends starts the
 # next task at once, instead of waiting for the daemon's loop to record and claim
 PREFETCH = 2
 HURRY_CHECK = 0.1  # seconds between looks at whether the stop became urgent
@@ -34,10 +34,10 @@ class LocalBus:
         # per topic, how many of `runs` are its: capacity() is asked for each topic at
         # every turn of the loop, and counting the runs each time grew with concurrency
         self.busy: dict[str, int] = dict.fromkeys(workers, 0)
-        # a pool per topic, as large as its concurrency: threads are reused, not started
-        # for each task (starting one costs more than running `true`)
-        self.pools = {topic: ThreadPoolExecutor(w.concurrency, f"worker-{topic}")
-                      for topic, w in workers.items()}
+        # one thread starts and minds every topic's processes, each topic's `concurrency`
+        # at a time (flowlord/process_watch.py)
+        self.processes = ProcessWatch({topic: w.concurrency for topic, w in workers.items()},
+                                      self._handed_over)
         self.results: queue.SimpleQueue[Done] = queue.SimpleQueue()
         inherited = inherited_environment()
         # each topic's own: the daemon's, and its `env` table (`inherit_env`, config.py)
@@ -68,10 +68,12 @@ class LocalBus:
         if stored.task_no not in self.runs:
             self.busy[stored.task.type] += 1
         self.runs[stored.task_no] = run
-        self.pools[stored.task.type].submit(run.run)
+        self.processes.submit(run)
 
-    def _finished(self, done: Done) -> None:  # on the task's thread
+    def _finished(self, done: Done) -> None:  # on the processes' thread
         self.results.put(done)
+
+    def _handed_over(self) -> None:  # on the processes' thread, after results of a turn
         if self.wake is not None:
             self.wake()
 
@@ -89,11 +91,8 @@ class LocalBus:
     def gathering(self) -> bool:
         if self.results.empty():
             return False
-        waiting = dict.fromkeys(self.workers, 0)  # per topic, tasks sent and not started
-        for run in self.runs.values():
-            if not run.started:
-                waiting[run.stored.task.type] += 1
-        return all(waiting[topic] > 0 for topic, n in self.busy.items() if n)
+        # every busy topic has a task waiting after those it runs
+        return all(self.processes.waiting(topic) > 0 for topic, n in self.busy.items() if n)
 
     def stop(self, task_no: int, reason: str) -> bool:
         run = self.runs.get(task_no)
@@ -108,8 +107,9 @@ class LocalBus:
         """Running tasks get `grace` seconds, or less once `hurry()` says so (a second
         SIGTERM); then they are ended."""
         deadline = time.monotonic() + grace
-        for run in self.runs.values():  # those still waiting for a thread go back
+        for run in self.processes.take_waiting():  # those not started yet go back
             run.cancel()
+            run.run()  # hands over at once that it never ran
         running = list(self.runs.values())
         while running and time.monotonic() < deadline and not hurry():
             running[0].join(min(HURRY_CHECK, max(0.0, deadline - time.monotonic())))
@@ -118,6 +118,5 @@ class LocalBus:
             run.stop(STOPPED)
         for run in list(self.runs.values()):  # ended within seconds (SIGKILL), or stuck
             run.join(STOP_WAIT)
-        for pool in self.pools.values():
-            pool.shutdown(wait=False)
+        self.processes.close()
         return self.receive(0)

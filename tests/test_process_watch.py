@@ -1,0 +1,129 @@
+"""The local bus's one thread that starts and minds every process
+(flowlord/process_watch.py), with real processes: slots per topic, the order of
+starts, a failure of our own code in one run, the thread's end."""
+
+from __future__ import annotations
+
+import os
+import queue
+import sys
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from flowlord.model import Done, StoredTask, Task
+from flowlord.process_watch import ProcessWatch
+from flowlord.workers import Minding, Run
+
+pytestmark = pytest.mark.slow
+PY = sys.executable
+
+
+def run(no: int, topic: str, command: list[str], results: queue.SimpleQueue[Done],
+        timeout: float = 30) -> Run:
+    task = Task(type=topic, job="", info=f"i{no}", meta="", id=f"id-{no}",
+                created="2026-11-23T00:00:00Z")
+    return Run(StoredTask(no, task), command, timedelta(seconds=timeout), results.put)
+
+
+def collect(results: queue.SimpleQueue[Done], n: int) -> list[Done]:
+    return sorted((results.get(timeout=30) for _ in range(n)), key=lambda d: d.task_no)
+
+
+def wait_for(condition: object, seconds: float = 30) -> None:
+    end = time.monotonic() + seconds
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < end, "the condition was not met in time"
+        time.sleep(0.01)
+
+
+def test_each_topic_runs_its_concurrency_at_once_in_the_order_submitted(
+        tmp_path: Path) -> None:
+    results: queue.SimpleQueue[Done] = queue.SimpleQueue()
+    order = tmp_path / "order"
+    # each task notes its start, then holds its slot until its own file appears
+    hold = [PY, "-c", "import os, sys, time\n"
+            f"open({str(order)!r}, 'a').write(os.environ['FLOWLORD_TASK_ID'] + ' ')\n"
+            f"while not os.path.exists({str(tmp_path)!r} + '/go-' + "
+            "os.environ['FLOWLORD_TASK_ID']): time.sleep(0.01)"]
+    watch = ProcessWatch({"one": 1, "two": 2})
+    for no in (1, 2, 3):
+        watch.submit(run(no, "one", hold, results))
+    for no in (4, 5, 6):
+        watch.submit(run(no, "two", hold, results))
+
+    def started() -> list[str]:
+        return order.read_text().split() if order.exists() else []
+    wait_for(lambda: len(started()) == 3)
+    assert sorted(started()) == ["id-1", "id-4", "id-5"]  # one of `one`, two of `two`
+    assert watch.waiting("one") == 2 and watch.waiting("two") == 1
+    for no in (1, 4):
+        (tmp_path / f"go-id-{no}").touch()
+    wait_for(lambda: len(started()) == 5)
+    assert sorted(started()[3:]) == ["id-2", "id-6"]  # the next of each, in order
+    for no in (2, 3, 5, 6):
+        (tmp_path / f"go-id-{no}").touch()
+    done = collect(results, 6)
+    assert [(d.task_no, d.result) for d in done] == [(n, "complete") for n in range(1, 7)]
+    assert started()[-1] == "id-3"
+    watch.close()
+
+
+def test_a_failure_of_our_own_while_minding_one_process_ends_only_that_task(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    results: queue.SimpleQueue[Done] = queue.SimpleQueue()
+    ready = Minding.ready
+
+    def failing(self: Minding, fd: int, now: float) -> None:
+        if self.proc.args[-1] == "bad":  # type: ignore[index]
+            raise RuntimeError("broken")
+        ready(self, fd, now)
+    monkeypatch.setattr(Minding, "ready", failing)
+    watch = ProcessWatch({"t": 2})
+    watch.submit(run(1, "t", [PY, "-c", "print('x')", "bad"], results))
+    watch.submit(run(2, "t", [PY, "-c", "print('y')", "good"], results))
+    watch.submit(run(3, "t", [PY, "-c", "pass", "good"], results))
+    done = collect(results, 3)
+    assert [(d.task_no, d.result) for d in done] == [(1, "error"), (2, "complete"),
+                                                     (3, "complete")]
+    assert done[0].msg == "internal error: RuntimeError: broken"
+    watch.close()
+
+
+def test_the_thread_ends_after_close_once_its_processes_have_ended_and_leaves_no_fd(
+        ) -> None:
+    before = set(os.listdir("/proc/self/fd"))
+    results: queue.SimpleQueue[Done] = queue.SimpleQueue()
+    watch = ProcessWatch({"t": 1})
+    watch.submit(run(1, "t", [PY, "-c", "import time; time.sleep(0.3)"], results))
+    watch.close()
+    assert collect(results, 1)[0].result == "complete"  # what ran is minded to its end
+    wait_for(lambda: not any(t.name == "tasks" and t.is_alive()
+                             for t in threading.enumerate()))
+    assert set(os.listdir("/proc/self/fd")) <= before
+    unused = ProcessWatch({"t": 1})  # never given a run: no thread, and its pipe closed
+    unused.close()
+    assert set(os.listdir("/proc/self/fd")) <= before
+
+
+def test_take_waiting_leaves_the_runs_a_free_slot_takes(tmp_path: Path) -> None:
+    results: queue.SimpleQueue[Done] = queue.SimpleQueue()
+    gate = tmp_path / "go"
+    hold = [PY, "-c", f"import os, time\nwhile not os.path.exists({str(gate)!r}): "
+            "time.sleep(0.01)"]
+    watch = ProcessWatch({"t": 2})
+    first = run(1, "t", hold, results)
+    watch.submit(first)
+    wait_for(lambda: bool(first.started))
+    for no in (2, 3, 4):  # the second slot takes task 2, started by now or not
+        watch.submit(run(no, "t", hold, results))
+    taken = watch.take_waiting()
+    assert [r.stored.task_no for r in taken] == [3, 4]
+    gate.touch()
+    watch.submit(run(5, "t", [PY, "-c", "pass"], results))
+    assert [(d.task_no, d.result) for d in collect(results, 3)] == [
+        (1, "complete"), (2, "complete"), (5, "complete")]
+    watch.close()
