@@ -48,6 +48,8 @@ class ProcessWatch:
     def submit(self, run: Run) -> None:
         """Start `run` when its topic has a free slot, in the order submitted."""
         with self._lock:
+            if self._closing:
+                raise RuntimeError("the processes' watch is closed")
             self._waiting[run.stored.task.type].append(run)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="tasks", daemon=True)
@@ -91,34 +93,48 @@ class ProcessWatch:
         os.close(self._wake_w)
 
     def _drain_wake(self) -> None:
-        self._woken = False
         with contextlib.suppress(BlockingIOError):
             while os.read(self._wake_r, 4096):
                 pass
+        # only once the pipe is empty: a _wake that saw the flag still set is followed by
+        # this turn's look at what waits; one that wrote meanwhile left a byte (a spare turn)
+        self._woken = False
 
     def _loop(self) -> None:
         failed: dict[Minding, Exception] = {}
         while True:
-            self._start_waiting()
-            if self._handed:  # after the next tasks started: they run while the loop records
-                self._handed = False
-                self.handed_over()
-            with self._lock:
-                running = [run for runs in self._running.values() for run in runs]
-                if self._closing and not running and not any(self._waiting.values()):
-                    self._close_wake()
+            try:
+                if self._turn(failed):
                     return
-            now = time.monotonic()
-            until = min((run.minding.next_check(now) for run in running
-                         if run.minding is not None), default=math.inf)
-            for minding, fd in self._poll.wait(until, self._drain_wake):
-                try:
-                    minding.ready(fd, time.monotonic())
-                except Exception as e:  # that run's own: its result says so (_check)
-                    failed[minding] = e
-            now = time.monotonic()
-            for run in running:
-                self._check(run, now, failed)
+            except Exception as e:  # ours, not a run's: what runs may be half minded
+                for runs in self._running.values():
+                    for run in list(runs):
+                        self._release(run, run.abandon(e))
+
+    def _turn(self, failed: dict[Minding, Exception]) -> bool:
+        """Start what may start, wait for what the processes do, mind them; True once
+        closed and nothing is left to mind."""
+        self._start_waiting()
+        if self._handed:  # after the next tasks started: they run while the loop records
+            self._handed = False
+            self.handed_over()
+        with self._lock:
+            running = [run for runs in self._running.values() for run in runs]
+            if self._closing and not running and not any(self._waiting.values()):
+                self._close_wake()
+                return True
+        now = time.monotonic()
+        until = min((run.minding.next_check(now) for run in running
+                     if run.minding is not None), default=math.inf)
+        for minding, fd in self._poll.wait(until, self._drain_wake):
+            try:
+                minding.ready(fd, time.monotonic())
+            except Exception as e:  # that run's own: its result says so (_check)
+                failed[minding] = e
+        now = time.monotonic()
+        for run in running:
+            self._check(run, now, failed)
+        return False
 
     def _start_waiting(self) -> None:
         """Start what waits, as far as each topic's slots go (a slot is taken under the

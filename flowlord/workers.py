@@ -32,6 +32,7 @@ STDERR_TAIL_BYTES = 4096  # the end of stderr kept for `msg`; the rest is read a
 KILL_AFTER = 5.0  # seconds between SIGTERM and SIGKILL
 WATCH_TICK_MS = 50  # between looks at a process that writes nothing
 LINGER = 1.0  # seconds stderr is read after the command exited
+LONGEST_POLL_MS = 60_000  # a timeout of days is waited for a minute at a time
 _TOKEN = re.compile(r"\{(info|type|job|id|meta)\}")
 
 
@@ -274,7 +275,8 @@ class Poll:
              ) -> list[tuple[Minding, int]]:
         """The descriptors that became ready before `until` (monotonic), with their
         processes; `woken` is called when an ownerless one was among them."""
-        ms = max(0, math.ceil((until - time.monotonic()) * 1000)) if until != math.inf else -1
+        ms = -1 if until == math.inf else min(  # poll() takes at most 2**31 - 1 ms
+            max(0, math.ceil((until - time.monotonic()) * 1000)), LONGEST_POLL_MS)
         ready = []
         for fd, _ in self._poll.poll(ms):
             owner = self._owners.get(fd)
@@ -314,17 +316,22 @@ class Minding:
         self.timed_out = False
         self.exited_at: float | None = None
         self.done = False
+        self.next_look = self.deadline  # without a pidfd: when its exit is looked for next
         for fd in self.pipes:
             poll.add(fd, self)
         self.pidfd = _pidfd(proc.pid)
         if self.pidfd is not None:
             poll.add(self.pidfd, self)
+        else:
+            self.next_look = time.monotonic() + WATCH_TICK_MS / 1000
 
     def ready(self, fd: int, now: float) -> None:
         if fd == self.pidfd:
             self._drop_pidfd()
             if self.proc.poll() is not None:
                 self._exited(now)
+            else:  # not reapable after all: looked for now and then from here on
+                self.next_look = now + WATCH_TICK_MS / 1000
             return
         pipe = self.pipes.get(fd)
         if pipe is None:
@@ -351,12 +358,14 @@ class Minding:
             return self.exited_at + LINGER
         when = self.kill_at if self.kill_at is not None else self.deadline
         if self.pidfd is None:  # its exit is not announced: look now and then
-            return min(when, now + WATCH_TICK_MS / 1000)
+            return min(when, self.next_look)
         return when
 
     def check(self, now: float) -> None:
-        if self.exited_at is None and self.pidfd is None and self.proc.poll() is not None:
-            self._exited(now)
+        if self.exited_at is None and self.pidfd is None:
+            self.next_look = now + WATCH_TICK_MS / 1000
+            if self.proc.poll() is not None:
+                self._exited(now)
         if self.exited_at is not None:
             if not self.pipes or now - self.exited_at > LINGER:
                 self.done = True

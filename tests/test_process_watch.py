@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from flowlord import process_watch, workers
 from flowlord.model import Done, StoredTask, Task
 from flowlord.process_watch import ProcessWatch
 from flowlord.workers import Minding, Run
@@ -126,4 +127,83 @@ def test_take_waiting_leaves_the_runs_a_free_slot_takes(tmp_path: Path) -> None:
     watch.submit(run(5, "t", [PY, "-c", "pass"], results))
     assert [(d.task_no, d.result) for d in collect(results, 3)] == [
         (1, "complete"), (2, "complete"), (5, "complete")]
+    watch.close()
+
+
+def test_a_submit_during_the_threads_read_of_its_wake_pipe_is_not_lost(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The interleaving forced: the loop submits while the watch thread drains its wake
+    pipe (the read releases the interpreter lock). Every later submit must still start."""
+    results: queue.SimpleQueue[Done] = queue.SimpleQueue()
+    watch = ProcessWatch({"t": 1})
+    watch.submit(run(1, "t", ["true"], results))
+    assert collect(results, 1)[0].result == "complete"
+    in_read, submitted = threading.Event(), threading.Event()
+    armed = [True]
+    real_read = os.read
+
+    class Os:
+        def __getattr__(self, name: str) -> object:
+            return getattr(os, name)
+
+        def read(self, fd: int, n: int) -> bytes:
+            if armed[0] and fd == watch._wake_r:
+                armed[0] = False
+                in_read.set()
+                assert submitted.wait(30)
+            return real_read(fd, n)
+    monkeypatch.setattr(process_watch, "os", Os())
+    watch.submit(run(2, "t", ["true"], results))
+    assert in_read.wait(30)
+    watch.submit(run(3, "t", ["true"], results))
+    submitted.set()
+    assert [d.task_no for d in collect(results, 2)] == [2, 3]
+    watch.submit(run(4, "t", ["true"], results))  # after a drain that saw task 3's wake
+    assert collect(results, 1)[0].task_no == 4
+    watch.close()
+
+
+def test_a_timeout_of_weeks_is_waited_for_in_bounded_polls() -> None:
+    results: queue.SimpleQueue[Done] = queue.SimpleQueue()
+    watch = ProcessWatch({"t": 1})
+    watch.submit(run(1, "t", ["true"], results, timeout=30 * 86400))  # poll() ms overflow
+    watch.submit(run(2, "t", ["true"], results))
+    assert [(d.task_no, d.result) for d in collect(results, 2)] == [(1, "complete"),
+                                                                    (2, "complete")]
+    watch.close()
+
+
+def test_without_pidfds_an_exit_is_seen_long_before_the_timeout(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(workers, "_pidfd", lambda pid: None)  # an old kernel, a sandbox
+    results: queue.SimpleQueue[Done] = queue.SimpleQueue()
+    watch = ProcessWatch({"t": 2})
+    # `true` closes its pipes before it can be reaped; `exec 2>&-` closes stderr early
+    # (with an hour's timeout: an exit seen only at the deadline is no result in `collect`)
+    watch.submit(run(1, "t", ["true"], results, timeout=3600))
+    watch.submit(run(2, "t", ["sh", "-c", "exec 2>&-; sleep 0.2"], results, timeout=3600))
+    assert [(d.task_no, d.result) for d in collect(results, 2)] == [(1, "complete"),
+                                                                   (2, "complete")]
+    watch.close()
+
+
+def test_a_failure_of_the_threads_own_ends_what_runs_and_the_thread_goes_on(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    results: queue.SimpleQueue[Done] = queue.SimpleQueue()
+    gate = tmp_path / "go"
+    watch = ProcessWatch({"t": 1})
+    first = run(1, "t", [PY, "-c", f"import os, time\nwhile not os.path.exists({str(gate)!r}):"
+                                   " time.sleep(0.01)"], results)
+    watch.submit(first)
+    wait_for(lambda: bool(first.started))
+    wait = workers.Poll.wait
+
+    def broken(self: workers.Poll, until: float, woken: object = None) -> object:
+        monkeypatch.setattr(workers.Poll, "wait", wait)  # once
+        raise OSError("poll broke")
+    monkeypatch.setattr(workers.Poll, "wait", broken)
+    watch.submit(run(2, "t", ["true"], results))  # wakes the thread into the broken poll
+    done = collect(results, 2)
+    assert [(d.task_no, d.result) for d in done] == [(1, "error"), (2, "complete")]
+    assert done[0].msg == "internal error: OSError: poll broke"
     watch.close()
