@@ -34,6 +34,14 @@ def collect(results: queue.SimpleQueue[Done], n: int) -> list[Done]:
     return sorted((results.get(timeout=30) for _ in range(n)), key=lambda d: d.task_no)
 
 
+def held_until(path: str) -> list[str]:
+    """A command that runs until `path` exists (a minute at most: a failed test leaves
+    no process behind for long)."""
+    return [PY, "-c", "import os, sys, time\nend = time.monotonic() + 60\n"
+            "while not os.path.exists(sys.argv[1]) and time.monotonic() < end: "
+            "time.sleep(0.01)", path]
+
+
 def wait_for(condition: object, seconds: float = 30) -> None:
     end = time.monotonic() + seconds
     while not condition():  # type: ignore[operator]
@@ -46,10 +54,10 @@ def test_each_topic_runs_its_concurrency_at_once_in_the_order_submitted(
     results: queue.SimpleQueue[Done] = queue.SimpleQueue()
     order = tmp_path / "order"
     # each task notes its start, then holds its slot until its own file appears
-    hold = [PY, "-c", "import os, sys, time\n"
+    hold = [PY, "-c", "import os, sys, time\nend = time.monotonic() + 60\n"
             f"open({str(order)!r}, 'a').write(os.environ['FLOWLORD_TASK_ID'] + ' ')\n"
             f"while not os.path.exists({str(tmp_path)!r} + '/go-' + "
-            "os.environ['FLOWLORD_TASK_ID']): time.sleep(0.01)"]
+            "os.environ['FLOWLORD_TASK_ID']) and time.monotonic() < end: time.sleep(0.01)"]
     watch = ProcessWatch({"one": 1, "two": 2})
     for no in (1, 2, 3):
         watch.submit(run(no, "one", hold, results))
@@ -113,8 +121,7 @@ def test_the_thread_ends_after_close_once_its_processes_have_ended_and_leaves_no
 def test_take_waiting_leaves_the_runs_a_free_slot_takes(tmp_path: Path) -> None:
     results: queue.SimpleQueue[Done] = queue.SimpleQueue()
     gate = tmp_path / "go"
-    hold = [PY, "-c", f"import os, time\nwhile not os.path.exists({str(gate)!r}): "
-            "time.sleep(0.01)"]
+    hold = held_until(str(gate))
     watch = ProcessWatch({"t": 2})
     first = run(1, "t", hold, results)
     watch.submit(first)
@@ -190,10 +197,8 @@ def test_without_pidfds_an_exit_is_seen_long_before_the_timeout(
 def test_a_failure_of_the_threads_own_ends_what_runs_and_the_thread_goes_on(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     results: queue.SimpleQueue[Done] = queue.SimpleQueue()
-    gate = tmp_path / "go"
     watch = ProcessWatch({"t": 1})
-    first = run(1, "t", [PY, "-c", f"import os, time\nwhile not os.path.exists({str(gate)!r}):"
-                                   " time.sleep(0.01)"], results)
+    first = run(1, "t", held_until(str(tmp_path / "never")), results)
     watch.submit(first)
     wait_for(lambda: bool(first.started))
     wait = workers.Poll.wait
