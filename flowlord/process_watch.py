@@ -1,11 +1,11 @@
-"""The local bus's processes, started and minded by one thread (README.md, Performance).
+"""The local bus's processes, started and minded by one thread (docs/decisions.md,
+Performance of the task loop).
 
-A thread per running task, each holding the interpreter lock for its own Popen and
-poll, passed the lock back and forth with the daemon's loop: with four `true` workers
-the loop ran at half the speed of spawning alone, most of the difference in the lock's
-hand-overs. One thread starts every task when its topic has a free slot (its
-`concurrency`) and waits on one poll for all their pipes and pidfds, and for a pipe of
-its own that `submit` and `close` write to.
+A pooled thread per running task held the interpreter lock for its own Popen and
+poll, and passed it back and forth with the daemon's loop: more threads, more CPU per
+task, the more so the higher the concurrency. One thread starts every task when its
+topic has a free slot (its `concurrency`) and waits on one poll for all their pipes
+and pidfds, and for a pipe of its own that `submit` and `close` write to.
 
 Each process is minded as `Run.run` minds one (flowlord/workers.py: `Minding`), so the
 local bus and `flowlord worker` share the command contract.
