@@ -51,9 +51,10 @@ class ProcessWatch:
             if self._closing:
                 raise RuntimeError("the processes' watch is closed")
             self._waiting[run.stored.task.type].append(run)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name="tasks", daemon=True)
-                self._thread.start()
+            if self._thread is None:  # set once started: a start that failed is tried again
+                thread = threading.Thread(target=self._loop, name="tasks", daemon=True)
+                thread.start()
+                self._thread = thread
         self._wake()
 
     def waiting(self, topic: str) -> int:
@@ -62,7 +63,7 @@ class ProcessWatch:
 
     def take_waiting(self) -> list[Run]:
         """The runs that wait for a slot, which now never start (the bus gives them back);
-        those a free slot takes start all the same, as a worker thread of their own would."""
+        those a free slot takes stay, as they would have started at once."""
         taken = []
         with self._lock:
             for topic, queue in self._waiting.items():

@@ -113,7 +113,7 @@ class Run:
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the result to be handed over; False when `timeout` passed first."""
-        if not self._ended.acquire(timeout=-1 if timeout is None else timeout):
+        if not self._ended.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
             return False
         self._ended.release()
         return True
@@ -145,11 +145,10 @@ class Run:
                 for owner, fd in poll.wait(minding.next_check(time.monotonic())):
                     owner.ready(fd, time.monotonic())
                 minding.check(time.monotonic())
-            except Exception as e:  # a result must come back, or the task stays running
-                done = self.abandon(e)
-            else:
                 if minding.done:
                     done = self.finish()
+            except Exception as e:  # a result must come back, or the task stays running
+                done = self.abandon(e)
         self.hand_over(done)
 
     def start(self, poll: Poll) -> Done | None:

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
@@ -299,7 +300,7 @@ def test_a_real_time_signal_is_named_by_number(make_bus: Callable[..., Bus]) -> 
 def test_the_local_bus_lets_results_gather_only_while_every_busy_topic_has_a_next_task(
         ) -> None:
     """`gathering()`: a result came back and no worker would idle meanwhile (each topic
-    with tasks has one waiting for a thread after the one it runs)."""
+    with tasks has one waiting for a slot after the one it runs)."""
     command = worker("sh", "-c", 'test "{info}" = quick || exec sleep 60', concurrency=1)
     bus = LocalBus({"t": command, "u": command})
 
@@ -491,3 +492,26 @@ def test_a_command_with_a_nul_byte_is_an_error_that_says_so() -> None:
     finally:
         bus.close(0)
     assert done.result == "error" and "embedded null byte" in done.msg
+
+
+def test_a_task_a_free_slot_was_about_to_start_goes_back_at_a_close_without_grace(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sent while its slot was free, not started yet when the daemon stops at once: it
+    never ran, so it goes back unrun, not as an error that says it ran."""
+    from flowlord.workers import Run
+    cancelled, start, cancel = threading.Event(), Run.start, Run.cancel
+
+    def late(self: Run, poll: object) -> object:
+        assert cancelled.wait(30)  # the thread starts it only once the close has acted
+        return start(self, poll)  # type: ignore[arg-type]
+
+    def cancel_and_tell(self: Run) -> bool:
+        answer = cancel(self)
+        cancelled.set()
+        return answer
+    monkeypatch.setattr(Run, "start", late)
+    monkeypatch.setattr(Run, "cancel", cancel_and_tell)
+    bus = LocalBus({"t": worker(PY, "-c", "import time; time.sleep(60)", concurrency=1)})
+    bus.send([(stored(1), None)])
+    done = bus.close(0)
+    assert [(d.task_no, d.ran, d.result) for d in done] == [(1, False, "")]

@@ -62,7 +62,7 @@ def test_a_failure_working_out_effects_still_records_the_result_and_alerts(
 
 class Unstarted(InProcessBus):
     """Gives every task back without running it, as a closing bus does with the tasks
-    that waited for a thread."""
+    that waited for a slot."""
 
     def send(self, tasks: Sequence[tuple[StoredTask, float | None]]) -> None:
         self.done += [Done(stored.task_no, "", "", "", ran=False) for stored, _ in tasks]

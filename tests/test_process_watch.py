@@ -82,7 +82,7 @@ def test_each_topic_runs_its_concurrency_at_once_in_the_order_submitted(
 
 
 def test_a_failure_of_our_own_while_minding_one_process_ends_only_that_task(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     results: queue.SimpleQueue[Done] = queue.SimpleQueue()
     ready = Minding.ready
 
@@ -92,13 +92,17 @@ def test_a_failure_of_our_own_while_minding_one_process_ends_only_that_task(
         ready(self, fd, now)
     monkeypatch.setattr(Minding, "ready", failing)
     watch = ProcessWatch({"t": 2})
+    gate = tmp_path / "go"
+    # task 2 runs on past task 1's failure: that failure must leave it alone
     watch.submit(run(1, "t", [PY, "-c", "print('x')", "bad"], results))
-    watch.submit(run(2, "t", [PY, "-c", "print('y')", "good"], results))
+    watch.submit(run(2, "t", [*held_until(str(gate)), "good"], results))
+    first = results.get(timeout=30)
+    assert (first.task_no, first.result) == (1, "error")
+    assert first.msg == "internal error: RuntimeError: broken"
+    gate.touch()
     watch.submit(run(3, "t", [PY, "-c", "pass", "good"], results))
-    done = collect(results, 3)
-    assert [(d.task_no, d.result) for d in done] == [(1, "error"), (2, "complete"),
-                                                     (3, "complete")]
-    assert done[0].msg == "internal error: RuntimeError: broken"
+    assert [(d.task_no, d.result) for d in collect(results, 2)] == [(2, "complete"),
+                                                                   (3, "complete")]
     watch.close()
 
 

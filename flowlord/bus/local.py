@@ -114,8 +114,9 @@ class LocalBus:
         while running and time.monotonic() < deadline and not hurry():
             running[0].join(min(HURRY_CHECK, max(0.0, deadline - time.monotonic())))
             running = [run for run in running if not run.join(0)]
-        for run in self.runs.values():
-            run.stop(STOPPED)
+        for run in self.runs.values():  # one a free slot was to take goes back, as above
+            if not run.cancel():
+                run.stop(STOPPED)
         for run in list(self.runs.values()):  # ended within seconds (SIGKILL), or stuck
             run.join(STOP_WAIT)
         self.processes.close()
