@@ -239,7 +239,7 @@ class Run:
                 self.log.close()
             self.log = None
 
-    def _result(self, code: int | None, timed_out: bool, stderr: bytes) -> tuple[str, str]:
+    def _result(self, code: int, timed_out: bool, stderr: bytes) -> tuple[str, str]:
         text = stderr.decode("utf-8", "replace").strip()
         if self.stop_reason:
             return "error", self.stop_reason
@@ -247,7 +247,6 @@ class Run:
             return "error", f"timeout after {format_duration(self.timeout)}"
         if code == 0:
             return "complete", ""
-        code = code or 0
         what = f"killed by {_signal_name(-code)}" if code < 0 else f"exit status {code}"
         return "error", f"{what}: {text}" if text else what
 
@@ -366,7 +365,7 @@ class Minding:
             if self.proc.poll() is not None:
                 self._exited(now)
         if self.exited_at is not None:
-            if not self.pipes or now - self.exited_at > LINGER:
+            if not self.pipes or now - self.exited_at >= LINGER:
                 self.done = True
         elif self.kill_at is None and now >= self.deadline:
             _signal_group(self.proc.pid, signal.SIGTERM)
