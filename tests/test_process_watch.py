@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import queue
+import subprocess
 import sys
 import threading
 import time
@@ -106,20 +107,43 @@ def test_a_failure_of_our_own_while_minding_one_process_ends_only_that_task(
     watch.close()
 
 
+# run in a fresh interpreter: in pytest's own process, threads other tests left
+# finishing may open a file between the two listings of /proc/self/fd, and whether
+# /dev/null is open yet depends on which tests ran first
+FD_CHECK = """
+import os, queue, sys, threading, time
+from datetime import timedelta
+from flowlord.model import StoredTask, Task
+from flowlord.process_watch import ProcessWatch
+from flowlord.workers import Run, _devnull
+
+_devnull()  # opened once for good, by whichever process comes first
+before = set(os.listdir("/proc/self/fd"))
+results = queue.SimpleQueue()
+task = Task(type="t", job="", info="", meta="", id="id-1", created="2026-11-23T00:00:00Z")
+watch = ProcessWatch({"t": 1})
+watch.submit(Run(StoredTask(1, task), [sys.executable, "-c", "import time; time.sleep(0.3)"],
+                 timedelta(seconds=30), results.put))
+watch.close()
+print(results.get(timeout=30).result)  # what ran is minded to its end
+end = time.monotonic() + 30
+while any(t.name == "tasks" and t.is_alive() for t in threading.enumerate()):
+    assert time.monotonic() < end, "the thread did not end"
+    time.sleep(0.01)
+print(sorted(set(os.listdir("/proc/self/fd")) - before))
+unused = ProcessWatch({"t": 1})  # never given a run: no thread, and its pipe closed
+unused.close()
+print(sorted(set(os.listdir("/proc/self/fd")) - before))
+"""
+
+
 def test_the_thread_ends_after_close_once_its_processes_have_ended_and_leaves_no_fd(
         ) -> None:
-    before = set(os.listdir("/proc/self/fd"))
-    results: queue.SimpleQueue[Done] = queue.SimpleQueue()
-    watch = ProcessWatch({"t": 1})
-    watch.submit(run(1, "t", [PY, "-c", "import time; time.sleep(0.3)"], results))
-    watch.close()
-    assert collect(results, 1)[0].result == "complete"  # what ran is minded to its end
-    wait_for(lambda: not any(t.name == "tasks" and t.is_alive()
-                             for t in threading.enumerate()))
-    assert set(os.listdir("/proc/self/fd")) <= before
-    unused = ProcessWatch({"t": 1})  # never given a run: no thread, and its pipe closed
-    unused.close()
-    assert set(os.listdir("/proc/self/fd")) <= before
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([PY, "-c", FD_CHECK], cwd=root, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n") == ["complete", "[]", "[]", ""]
 
 
 def test_take_waiting_leaves_the_runs_a_free_slot_takes(tmp_path: Path) -> None:
