@@ -34,6 +34,7 @@ from flowlord.templates import (
 DEFAULT_RETRY_DELAY = timedelta(seconds=1)
 JITTER = 0.4  # up to 40 % of retry_delay added, in whole milliseconds
 _ATTEMPT_KEYS = ("retry", "retried", "delayed")  # about one attempt: not inherited by children
+_new = tuple.__new__
 
 
 @dataclass
@@ -54,7 +55,12 @@ def after_result(stored: StoredTask, result: str, msg: str, *, phase: Phase | No
     if result == "complete" and children:
         parent = _Parent.of(stored, ctx)
         for child in children:
-            effects.tasks += _child_tasks(parent, child, ctx, effects.notes)
+            plan = _plan(child)
+            if plan.usual and parent.values is not None:  # the hot path of a burst
+                effects.tasks.append(_usual_child(
+                    parent, plan, plan.one_pass.format_map(parent.values)))  # type: ignore[union-attr]
+            else:
+                effects.tasks += _child_tasks(parent, child, ctx, effects.notes)
     elif result == "error":
         _retry_or_fail(stored, msg, phase, ctx, jitter, effects)
     elif result == "alert":
@@ -107,15 +113,19 @@ class _Plan(NamedTuple):
     job_text: str  # `&job=…` encoded, or empty
     batch: bool  # meta= or meta-file=: one child per row
     one_pass: str | None  # the template as one format text (templates.one_pass)
+    usual: bool  # one_pass, no batch, no require: rendered in one format_map call
 
 
 @lru_cache(maxsize=4096)
 def _plan(child: Phase) -> _Plan:
     rule = parse_rule(child.rule)
     topic, job = split_task(child.task)
-    return _Plan(child, rule, topic, job, tuple(meta_names(rule.require)),
-                 "&" + encode_meta([("job", job)]) if job else "",
-                 bool(rule.meta or rule.meta_file), one_pass(child.template))
+    require = tuple(meta_names(rule.require))
+    batch = bool(rule.meta or rule.meta_file)
+    template = one_pass(child.template)
+    return _Plan(child, rule, topic, job, require,
+                 "&" + encode_meta([("job", job)]) if job else "", batch, template,
+                 template is not None and not batch and not require)
 
 
 def _child_tasks(parent: _Parent, child: Phase, ctx: Context,
@@ -127,7 +137,7 @@ def _child_tasks(parent: _Parent, child: Phase, ctx: Context,
             notes.append(f"{child.task}: skipped, parent meta {name} is empty")
             return []
     if plan.one_pass is not None and parent.values is not None and not plan.batch:
-        return _usual_child(parent, plan, plan.one_pass.format_map(parent.values))
+        return [_usual_child(parent, plan, plan.one_pass.format_map(parent.values))]
     info = render_time(child.template, parent.time)
     try:
         rows = meta_rows(plan.rule, ctx.meta_dir) if plan.batch else []
@@ -136,7 +146,7 @@ def _child_tasks(parent: _Parent, child: Phase, ctx: Context,
         return []
     if not rows:
         text = render_meta(info, partial(_lookup, meta))[0] if "{meta:" in info else info
-        return _usual_child(parent, plan, text)
+        return [_usual_child(parent, plan, text)]
     head = _head(meta, meta.get("workflow", child.file_path))
     if plan.job:
         head.append(("job", plan.job))
@@ -149,16 +159,19 @@ def _child_tasks(parent: _Parent, child: Phase, ctx: Context,
     return tasks
 
 
-def _usual_child(parent: _Parent, plan: _Plan, info: str) -> list[NewTask]:
+def _usual_child(parent: _Parent, plan: _Plan, info: str) -> NewTask:
     """The usual child, its template rendered: the parent's meta, no rows of its own."""
     head_text = (parent.head_text if parent.head_text is not None
                  else encode_meta(_head(parent.meta, plan.phase.file_path)))
-    return [_child(parent, plan, info, head_text + plan.job_text + parent.inherited_text)]
+    return _child(parent, plan, info, head_text + plan.job_text + parent.inherited_text)
 
 
 def _child(parent: _Parent, plan: _Plan, info: str, meta: str) -> NewTask:
-    return NewTask(parent.stored.task.id, plan.topic, plan.job, info, meta, parent.created,
-                   plan.phase.file_path, plan.phase.task, parent_no=parent.stored.task_no)
+    # every field given, to tuple.__new__: a NamedTuple's own __new__ is a Python
+    # function, and took a third of a child's time (bench/tasks.py, results with children)
+    return _new(NewTask, (parent.stored.task.id, plan.topic, plan.job, info, meta,
+                          parent.created, plan.phase.file_path, plan.phase.task, 0, None,
+                          None, parent.stored.task_no, None, False))
 
 
 def _lookup(values: dict[str, str], name: str) -> str:

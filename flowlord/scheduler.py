@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from functools import lru_cache
 from typing import NamedTuple
@@ -42,13 +41,19 @@ class Due(NamedTuple):
     source: FireSource  # 'cron' or 'catchup'
 
 
-@dataclass(slots=True)  # one per scheduled phase: 100,000 of them
-class _Entry:
+class _Entry(NamedTuple):
+    """One per scheduled phase: 100,000 of them. A tuple, replaced whole when its slot
+    or phase changes: built with tuple.__new__, it costs a start a fifth of what a
+    slotted dataclass's __init__ did (bench/daemon.py, the warm start)."""
+
     phase: Phase
     schedule: CronSchedule
     catchup: str
     next_slot: datetime | None  # UTC; None: the rule never fires again
     seq: int = 0
+
+
+_new = tuple.__new__
 
 
 @lru_cache(maxsize=1024)  # the phases due together share their slot's text
@@ -118,7 +123,7 @@ class Scheduler:
                         caught[memo] = self._missed(schedule, catchup, after, now)
                     due += [Due(phase, s, "catchup") for s in caught[memo]]
             seq += 1
-            entries[key] = _Entry(phase, schedule, catchup, slot, seq)
+            entries[key] = _new(_Entry, (phase, schedule, catchup, slot, seq))
             if key[0] != file:  # phases come file by file: one set lookup per file
                 file = key[0]
                 tasks = self._by_file.setdefault(file, set())
@@ -142,7 +147,7 @@ class Scheduler:
                 key = (file_path, phase.task)
                 before = old.pop(key, None)
                 if before and before.phase.rule == phase.rule and phase.severity != "error":
-                    before.phase = phase
+                    self._entries[key] = before._replace(phase=phase)
                     continue
                 entry = self._entry(phase)
                 if before:
@@ -227,7 +232,7 @@ class Scheduler:
             if slot is not None and slot <= now:
                 due += self._catch_up(entry, slot - _MICROSECOND, now)
                 slot = after(entry, now)
-            self._requeue(entry, key, slot)  # already in _entries and _by_file
+            self._requeue(entry, key, slot)  # already in _by_file
         return due
 
     # --- helpers --------------------------------------------------------------------
@@ -256,16 +261,17 @@ class Scheduler:
     def _put(self, entry: _Entry, slot: datetime | None, push: bool = True) -> None:
         """Schedule `entry` at `slot`; `push=False`: the caller rebuilds the heap."""
         key = (entry.phase.file_path, entry.phase.task)
-        self._entries[key] = entry
         self._by_file.setdefault(key[0], set()).add(key[1])
         self._requeue(entry, key, slot, push)
 
     def _requeue(self, entry: _Entry, key: PhaseKey, slot: datetime | None,
                  push: bool = True) -> None:
-        """The entry's next slot, with a new sequence number (older heap items of it are
-        dropped when they surface); a burst re-queues 10,000 due entries at once."""
+        """The entry (in `_entries` anew) at its next slot, with a new sequence number
+        (older heap items of it are dropped when they surface); a burst re-queues 10,000
+        due entries at once."""
         self._seq += 1
-        entry.seq, entry.next_slot = self._seq, slot
+        self._entries[key] = _new(_Entry, (entry.phase, entry.schedule, entry.catchup, slot,
+                                           self._seq))
         if slot is not None and push:
             heapq.heappush(self._heap, (slot, self._seq, key))
 
