@@ -603,8 +603,10 @@ def test_fire_marks_are_the_fires_tasks_of_the_window_running_ended_or_waiting(
         store.close()
 
 
-def test_the_rows_choice_lists_the_files_escaped_or_past_1000_asks_for_a_path(
-        tmp_path: Path) -> None:
+@pytest.mark.parametrize("path, every, each", [("/timeline", "every topic", "the phases of "),
+                                               ("/agenda", "every file", "")])
+def test_the_file_choice_lists_the_files_escaped_or_past_1000_asks_for_a_path(
+        tmp_path: Path, path: str, every: str, each: str) -> None:
     db = seed(tmp_path, 3, datetime.now(UTC).replace(microsecond=0))
     hostile = 'b&"<i>.toml'
     (tmp_path / "workflows" / hostile).write_text('[[phase]]\ntask = "t"\n')
@@ -612,14 +614,14 @@ def test_the_rows_choice_lists_the_files_escaped_or_past_1000_asks_for_a_path(
     Loader(str(tmp_path / "workflows"), store).refresh()
     store.close()
     escaped = "b&amp;&#34;&lt;i&gt;.toml"
-    options = re.compile(r'<option value="([^"]*)"( selected)?>the phases of ([^<]*)</option>')
+    options = re.compile(rf'<option value="([^"]+)"( selected)?>{each}([^<]*)</option>')
     for chosen in (None, "a.toml", hostile):
-        html = page(db, "/timeline", **({"file": chosen} if chosen else {}))
-        assert '<option value="">every topic</option>' in html and "<i>" not in html
+        html = page(db, path, **({"file": chosen} if chosen else {}))
+        assert f'<option value="">{every}</option>' in html and "<i>" not in html
         assert options.findall(html) == [
             ("a.toml", " selected" if chosen == "a.toml" else "", "a.toml"),
             (escaped, " selected" if chosen == hostile else "", escaped)]
-    # past 1,000 files (timeline.html), a field for the path: no option of a file
+    # past 1,000 files (macros.html), a field for the path: no option of a file
     store = Store(str(db))
     with write_txn(store.conn):
         store.conn.executemany(
@@ -627,7 +629,7 @@ def test_the_rows_choice_lists_the_files_escaped_or_past_1000_asks_for_a_path(
             [(f"many/{n}.toml",) for n in range(999)])
     store.close()
     for chosen, value in ((None, ""), (hostile, escaped)):
-        html = page(db, "/timeline", **({"file": chosen} if chosen else {}))
+        html = page(db, path, **({"file": chosen} if chosen else {}))
         assert not options.findall(html) and "<i>" not in html
         assert f'<input name="file" size="30" value="{value}"' in html
 

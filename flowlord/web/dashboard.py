@@ -41,7 +41,7 @@ RUNS_OVER = timedelta(days=30)  # among those created in this time
 HOURLY_HOURS = 7 * 24  # its tasks per hour over the last days
 TIMELINE_HOURS = 6  # the timeline's window unless ?hours=
 TIMELINE_MAX_HOURS = 7 * 24
-TIMELINE_FILES = 1000  # files offered as the timeline's rows; past that a field (timeline.html)
+FILE_CHOICES = 1000  # files offered in a page's filter; past that a field (macros.html)
 LOG_SHOWN_BYTES = 64 * 1024  # the end of a task's log on its page; the rest by a link
 LOG_REFRESH_SECONDS = 5  # a running task's page reloads itself this often
 GRAPH_NODES_AT_ONCE = 400  # more phases than this: the graph page asks for one file
@@ -305,7 +305,7 @@ class Dashboard:
         return self.render("timeline.html", "timeline", chart=drawn, hours=hours, file=file,
                            start=rfc3339(start), end=rfc3339(end), end_text=text or "",
                            longest=history.LONGEST_RUN_HOURS,
-                           files=reads.file_paths(store, TIMELINE_FILES + 1),
+                           files=reads.file_paths(store, FILE_CHOICES + 1),
                            earlier=charts.timeline_href(start, hours, file),
                            later=(charts.timeline_href(min(end + timedelta(hours=hours), now),
                                                        hours, file) if end < now else ""))
@@ -326,7 +326,7 @@ class Dashboard:
             rows=rows, total=len(got.fires), hours=got.hours, file=got.file, topic=got.topic,
             warnings=[w.as_json() for w in got.agenda.warnings
                       if got.topic is None or w.topic == got.topic],
-            notes=got.agenda.notes, files=reads.file_paths(store), limit=limit,
+            notes=got.agenda.notes, files=reads.file_paths(store, FILE_CHOICES + 1), limit=limit,
             offset=offset, start=rfc3339(got.start),
             end=rfc3339(got.start + timedelta(hours=got.hours)), stats_days=reads.STATS_DAYS)
 
