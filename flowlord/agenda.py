@@ -23,6 +23,7 @@ API page through 100,000 phases' agenda cheaply; `AgendaCache`
 from __future__ import annotations
 
 import time
+from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -64,6 +65,7 @@ class Agenda:
     notes: list[str]
     children: Children  # a phase's child phases
     pauses: Pauses
+    jitter: float = 0.0  # the most seconds a fire starts after its slot (its phase's jitter)
     topics: dict[str, dict[str, int]] = field(default_factory=dict)  # fires, tasks per topic
     computed: float = field(default_factory=time.monotonic)
     _trees: dict[tuple[str, str], Tree] = field(default_factory=dict)
@@ -75,8 +77,17 @@ class Agenda:
         return self.children.of(phase.file_path, phase.task)
 
     def within(self, start: datetime, end: datetime) -> list[Planned]:
-        """The fires whose slot is in (start, end], in start order."""
-        return [f for f in self.fires if start < f.slot <= end]
+        """The fires whose slot is in (start, end], in start order. A fire starts at its
+        slot or up to `jitter` after it, so bisection by start finds them: only those
+        starting within `jitter` of either edge are compared one by one (20 phases due
+        every second are 1.7 million fires a day; a scan of them took 0.2 s a request)."""
+        fires, first, last = self.fires, start.timestamp(), end.timestamp()
+        lo = bisect_right(fires, first, key=_start)  # started by then: slotted by then too
+        past = bisect_right(fires, last, lo=lo, key=_start)
+        sure = min(bisect_right(fires, first + self.jitter, lo=lo, key=_start), past)
+        hi = bisect_right(fires, last + self.jitter, lo=past, key=_start)
+        return ([f for f in fires[lo:sure] if start < f.slot <= end] + fires[sure:past]
+                + [f for f in fires[past:hi] if start < f.slot <= end])
 
     def fire_json(self, fire: Planned) -> dict[str, Any]:
         """A fire as `flowlord agenda --json` and /api/agenda show it, children nested."""
@@ -172,8 +183,10 @@ class Agenda:
     def shown(self, now: datetime, hours: int, *, file: str | None = None,
               topic: str | None = None) -> list[Planned]:
         """The fires of (now, now + hours], of one file or topic if given."""
-        return [f for f in self.within(now, now + timedelta(hours=hours))
-                if (file is None or f.phase.file_path == file)
+        found = self.within(now, now + timedelta(hours=hours))
+        if file is None and topic is None:
+            return found
+        return [f for f in found if (file is None or f.phase.file_path == file)
                 and (topic is None or f.phase.topic == topic)]
 
     def as_json(self, fires: Sequence[Planned] | None = None) -> dict[str, Any]:
@@ -182,6 +195,10 @@ class Agenda:
                 "total": len(self.fires), "topics": self.topics,
                 "fires": [self.fire_json(f) for f in shown],
                 "warnings": [w.as_json() for w in self.warnings], "notes": self.notes}
+
+
+def _start(fire: Planned) -> float:
+    return fire.start
 
 
 # --- computing ---------------------------------------------------------------------------
@@ -194,8 +211,9 @@ def plan(phases: Sequence[Phase], *, now: datetime, hours: float, ctx: Context,
     schedules them). `concurrency`: per topic (a topic missing has no worker); None when
     it is not known (a redis bus): then no backlog is judged."""
     end = now + timedelta(hours=hours)
-    agenda = Agenda(now, end, fires(phases, now, end, ctx, pauses, p50), [], list(notes),
-                    Children(phases, p50, ctx), pauses)
+    planned, jitter = fires(phases, now, end, ctx, pauses, p50)
+    agenda = Agenda(now, end, planned, [], list(notes), Children(phases, p50, ctx), pauses,
+                    jitter)
     counts: dict[str, list[int]] = {}  # topic → [fires, tasks]
     queues: dict[str, list[tuple[float, float | None, int]]] = {}
     for _, topic, start, run, tasks, is_fire in agenda.walk():

@@ -64,8 +64,9 @@ class Planned(NamedTuple):
 
 
 def fires(phases: Sequence[Phase], now: datetime, end: datetime, ctx: Context,
-          pauses: Pauses, p50: Mapping[tuple[str, str], float]) -> list[Planned]:
-    """Every fire of `phases` due in (now, end], in start order (then slot, file, task)."""
+          pauses: Pauses, p50: Mapping[tuple[str, str], float]) -> tuple[list[Planned], float]:
+    """Every fire of `phases` due in (now, end], in start order (then slot, file, task),
+    and the most seconds any of them starts after its slot (its phase's jitter)."""
     by_rule: dict[str, list[Phase]] = {}
     for phase in phases:
         if phase.rule and phase.severity != "error":  # the Scheduler skips error phases
@@ -100,7 +101,7 @@ def fires(phases: Sequence[Phase], now: datetime, end: datetime, ctx: Context,
                                      paused.why() if paused else None, tasks, error,
                                      p50.get(key)))
     found.sort(key=lambda f: (f.start, f.slot, f.phase.file_path, f.phase.task))
-    return found
+    return found, max(delays.values(), default=0) / 1_000_000
 
 
 def _batch(phase: Phase, slot: datetime, ctx: Context) -> tuple[int, str]:

@@ -142,6 +142,27 @@ def test_jitter_moves_the_start_not_the_slot_and_the_window_is_half_open(tmp_pat
         assert 0 < delay.total_seconds() < 600
 
 
+def test_the_fires_of_any_window_are_found_by_bisection_as_a_scan_finds_them(
+        tmp_path: Path) -> None:
+    """within() bisects by start and compares only the fires near the window's edges; a
+    jitter longer than the rule's period and windows shorter than the jitter included."""
+    files = {f"j{i}.toml": phase_toml(f"t{i}", f"cron=* * * * *&jitter={j}")
+             for i, j in enumerate(["3m", "45s", "1s", "10m"])}
+    files["plain.toml"] = phase_toml("p", "cron=*/2 * * * *")
+    cfg = setup(tmp_path, files)
+    now = datetime(2026, 1, 1, 0, 0, tzinfo=UTC)
+    found = read(cfg, now, 3)
+    assert len(found.fires) == 4 * 180 + 90
+    assert found.jitter == max(jitter.delay(f"j{i}.toml", f"t{i}", timedelta(minutes=m))
+                               for i, m in enumerate([3, 0.75, 1 / 60, 10])).total_seconds()
+    windows = [(now + timedelta(seconds=s), timedelta(seconds=n))
+               for s in range(-60, 3 * 3600 + 60, 397) for n in (0, 1, 59, 60, 61, 600, 7200)]
+    windows += [(now, timedelta(hours=3)), (now + timedelta(minutes=5), timedelta(minutes=2))]
+    for start, length in windows:
+        end = start + length
+        assert found.within(start, end) == [f for f in found.fires if start < f.slot <= end]
+
+
 # --- children, expected times, pauses, batches -------------------------------------------
 
 
