@@ -30,7 +30,7 @@ from flowlord.model import Task
 from flowlord.rules import parse_rule
 from flowlord.store import Store, expected, reads, write_txn
 from flowlord.tasks import Context
-from flowlord.web import charts
+from flowlord.web import agenda_chart, charts
 from flowlord.web.api import Api
 from flowlord.web.dashboard import Dashboard
 from tests.browser import Browser
@@ -160,7 +160,13 @@ def test_the_fires_of_any_window_are_found_by_bisection_as_a_scan_finds_them(
     windows += [(now, timedelta(hours=3)), (now + timedelta(minutes=5), timedelta(minutes=2))]
     for start, length in windows:
         end = start + length
-        assert found.within(start, end) == [f for f in found.fires if start < f.slot <= end]
+        window = found.within(start, end)
+        scanned = [f for f in found.fires if start < f.slot <= end]
+        assert list(window) == scanned and len(window) == len(scanned)
+        assert [window[n] for n in range(-len(window), len(window))] == scanned * 2
+        assert window[3:9] == scanned[3:9] and window[::-5] == scanned[::-5]
+    with pytest.raises(IndexError):
+        found.within(now, now + timedelta(minutes=2))[10_000]
 
 
 # --- children, expected times, pauses, batches -------------------------------------------
@@ -361,6 +367,22 @@ def test_the_page_escapes_hostile_names(tmp_path: Path, fires: int) -> None:
     assert f"{fires + 48} cron fires due in the window" in html
     with pytest.raises(BadRequest):
         dashboard.answer("/agenda", {"file": ["nope.toml"]})
+
+
+def test_runs_of_no_known_time_are_ticked_once_a_pixel_and_all_counted(tmp_path: Path
+                                                                         ) -> None:
+    """A phase due every second that never ran: 3,600 runs in an hour, a tick each where
+    they fall, drawn once per pixel (1.7 million of them made a page of 22 MB)."""
+    cfg = setup(tmp_path, {"a.toml": phase_toml("often", "cron=* * * * * *")})
+    now = datetime(2026, 1, 1, 0, 0, tzinfo=UTC)
+    found = read(cfg, now, 1)
+    drawn = agenda_chart.chart(found, found.shown(now, 1), now, 1)
+    assert drawn.unknown == 3600
+    (lane,) = drawn.lanes
+    assert lane.fire_count == 3600
+    xs = [float(m.split(",")[0]) for m in lane.fires.split("M")[1:]]
+    assert xs == sorted(set(xs)) and all(x == int(x) for x in xs)
+    assert len(xs) == drawn.plot_width + 1  # every pixel from 0 to the end, once
 
 
 def test_the_cache_serves_a_sliding_window_and_sees_changes(tmp_path: Path) -> None:
