@@ -69,7 +69,10 @@ class Agenda:
     topics: dict[str, dict[str, int]] = field(default_factory=dict)  # fires, tasks per topic
     computed: float = field(default_factory=time.monotonic)
     _trees: dict[tuple[str, str], Tree] = field(default_factory=dict)
-    drawn: dict[tuple[Any, ...], Any] = field(default_factory=dict)  # pictures of it, kept
+    # what it was computed from: hours, concurrency given, workflows and pauses (set by
+    # flowlord/agenda_cache.py); a chart drawn from an agenda of the same inputs may
+    # stand for a few minutes (flowlord/web/agenda_chart.py)
+    inputs: tuple[Any, ...] = ()
 
     # --- what is shown -----------------------------------------------------------------
 

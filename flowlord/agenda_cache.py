@@ -65,6 +65,8 @@ class AgendaCache:
         return agenda
 
     def _keep(self, key: tuple[Any, ...], seen: tuple[Any, ...], agenda: Agenda) -> None:
+        agenda.inputs = (key, seen)  # its window and concurrency too; set before any
+        # other thread sees it
         with self._lock:
             self._kept[key] = (seen, agenda)
             while len(self._kept) > self.KEPT:

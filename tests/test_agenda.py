@@ -13,6 +13,7 @@ import contextlib
 import io
 import json
 import re
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -385,6 +386,46 @@ def test_runs_of_no_known_time_are_ticked_once_a_pixel_and_all_counted(tmp_path:
     assert len(xs) == drawn.plot_width + 1  # every pixel from 0 to the end, once
 
 
+def test_a_chart_of_an_earlier_minute_is_served_while_the_next_is_drawn_aside(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    found = read(chain(tmp_path), datetime(2026, 1, 1, 0, 0, tzinfo=UTC), 24)
+    found.inputs = ("workflows", 1)
+    drawing, done = threading.Event(), threading.Event()
+    gate = threading.Event()
+    draw = agenda_chart.chart
+
+    def gated(*args: Any, **kwargs: Any) -> agenda_chart.AgendaChart:
+        drawing.set()
+        assert gate.wait(30)
+        try:
+            return draw(*args, **kwargs)
+        finally:
+            done.set()
+    charts_kept = agenda_chart.Drawings()
+
+    def asked(at: datetime, agenda: agenda.Agenda = found) -> agenda_chart.Asked:
+        return agenda_chart.Asked(agenda, at, 24, None, None, agenda.shown(at, 24), ())
+    first = charts_kept.get(asked(datetime(2026, 1, 1, 0, 0, 30, tzinfo=UTC)))
+    assert charts_kept.get(asked(datetime(2026, 1, 1, 0, 0, 59, tzinfo=UTC))) is first
+    monkeypatch.setattr(agenda_chart, "chart", gated)
+    later = asked(datetime(2026, 1, 1, 0, 1, 5, tzinfo=UTC))
+    assert charts_kept.get(later) is first  # answered at once, not waiting for the drawing
+    assert drawing.wait(30) and not done.is_set()
+    gate.set()
+    assert done.wait(30)
+    wait_for(lambda: charts_kept.get(later) is not first)
+    assert charts_kept.get(later).ticks[0].at != first.ticks[0].at  # of 00:01, not 00:00
+    # changed workflows or pauses, or a drawing past STALE: drawn for the request itself
+    drawing.clear()
+    changed = read(chain(tmp_path), datetime(2026, 1, 1, 0, 0, tzinfo=UTC), 24)
+    changed.inputs = ("workflows", 2)
+    kept = charts_kept.get(later)
+    assert charts_kept.get(asked(later.start, changed)) is not kept and drawing.is_set()
+    drawing.clear()
+    far = asked(later.start + agenda_chart.Drawings.STALE + timedelta(minutes=1), changed)
+    assert charts_kept.get(far).ticks[0].at != kept.ticks[0].at and drawing.is_set()
+
+
 def test_the_cache_serves_a_sliding_window_and_sees_changes(tmp_path: Path) -> None:
     cfg = chain(tmp_path)
     from flowlord.config import load_config
@@ -399,8 +440,10 @@ def test_the_cache_serves_a_sliding_window_and_sees_changes(tmp_path: Path) -> N
             2026, 1, 2, tzinfo=UTC)
         assert cache.get(store, now + timedelta(minutes=6), 24) is not first  # too old
         kept = cache.get(store, now + timedelta(minutes=6), 24)
+        assert kept.inputs and kept.inputs == first.inputs  # the same workflows and pauses
         pause(cfg, "extract:day")
-        assert cache.get(store, now + timedelta(minutes=6), 24) is not kept  # a pause
+        paused = cache.get(store, now + timedelta(minutes=6), 24)
+        assert paused is not kept and paused.inputs != kept.inputs  # a pause
     finally:
         store.close()
 

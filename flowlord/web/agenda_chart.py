@@ -12,10 +12,12 @@ a row are merged into one bar per few px, with their count in its tooltip.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
+from typing import Any
 from urllib.parse import urlencode
 
 from flowlord.agenda import DEFAULT_HOURS, MAX_HOURS, Agenda, parse_concurrency
@@ -55,19 +57,61 @@ def agenda_href(hours: int, topic: str | None = None, file: str | None = None) -
     return "/agenda?" + urlencode(query)
 
 
-def drawn(agenda: Agenda, start: datetime, hours: int, file: str | None,
-          topic: str | None) -> AgendaChart:
-    """The chart of a request, drawn from the minute `start` falls in and kept with the
-    agenda (a page reloaded within the minute is not drawn again)."""
-    minute = start.replace(second=0, microsecond=0)
-    key = (minute, hours, file, topic)
-    found = agenda.drawn.get(key)
-    if found is None:
-        if len(agenda.drawn) > 16:
-            agenda.drawn.clear()
-        found = agenda.drawn[key] = chart(
-            agenda, agenda.shown(minute, hours, file=file, topic=topic), minute, hours)
-    return found
+class Drawings:
+    """The charts of the agenda page, one kept per view (hours, file, topic, concurrency
+    given), each drawn from the minute its request fell in. A request of a later minute
+    is answered from the kept chart while that was drawn from the same inputs (the same
+    workflows and pauses: `Agenda.inputs`) at most `STALE` before, and the chart of its
+    minute is drawn meanwhile in the background: 100,000 runs take half a second to
+    draw, and 20 phases due every second several (bench/http_api.py). Any other request
+    (a first one, changed inputs) draws its own."""
+
+    STALE = timedelta(minutes=5)  # the agenda cache's slack, which its window slides by
+    KEPT = 16
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._kept: dict[tuple[Any, ...], tuple[tuple[Any, ...], datetime, AgendaChart]] = {}
+        self._busy: set[tuple[Any, ...]] = set()
+
+    def get(self, got: Asked) -> AgendaChart:
+        agenda, minute = got.agenda, got.start.replace(second=0, microsecond=0)
+        view = (got.hours, got.file, got.topic, got.given)
+        with self._lock:
+            kept = self._kept.get(view)
+        if (kept is not None and kept[0] == agenda.inputs
+                and kept[1] <= minute <= kept[1] + self.STALE):
+            if kept[1] < minute:  # served as it is; the chart of this minute comes next
+                self._draw_later(view, agenda, minute)
+            return kept[2]
+        return self._draw(view, agenda, minute)
+
+    def _draw(self, view: tuple[Any, ...], agenda: Agenda, minute: datetime) -> AgendaChart:
+        hours, file, topic, _ = view
+        drawn = chart(agenda, agenda.shown(minute, hours, file=file, topic=topic), minute,
+                      hours)
+        with self._lock:
+            kept = self._kept.get(view)
+            if kept is None or kept[1] <= minute or kept[0] != agenda.inputs:
+                self._kept[view] = (agenda.inputs, minute, drawn)
+            while len(self._kept) > self.KEPT:
+                self._kept.pop(next(iter(self._kept)))
+        return drawn
+
+    def _draw_later(self, view: tuple[Any, ...], agenda: Agenda, minute: datetime) -> None:
+        with self._lock:
+            if view in self._busy:
+                return
+            self._busy.add(view)
+
+        def work() -> None:
+            try:
+                self._draw(view, agenda, minute)
+            finally:
+                with self._lock:
+                    self._busy.discard(view)
+
+        threading.Thread(target=work, name="agenda-chart", daemon=True).start()
 
 
 def chart(agenda: Agenda, fires: Sequence[Planned], start: datetime, hours: int,
@@ -180,6 +224,7 @@ class Asked:
     file: str | None
     topic: str | None
     fires: Sequence[Planned]
+    given: tuple[tuple[str, int], ...]  # ?concurrency=, sorted
 
 
 def asked(store: Store, config: Config, query: dict[str, list[str]]) -> Asked:
@@ -197,7 +242,7 @@ def asked(store: Store, config: Config, query: dict[str, list[str]]) -> Asked:
     now = datetime.now(UTC).replace(microsecond=0)
     found = cache_for(config).get(store, now, hours, given)
     return Asked(found, now, hours, file, topic,
-                 found.shown(now, hours, file=file, topic=topic))
+                 found.shown(now, hours, file=file, topic=topic), tuple(sorted(given.items())))
 
 
 def descendants(children: list[dict[str, object]]) -> int:

@@ -108,6 +108,7 @@ class Dashboard:
         self.env = _environment()
         self._local = threading.local()  # the session of the page this thread renders
         self.timelines = Timelines()  # the settled parts of timelines, kept
+        self.agenda_charts = agenda_chart.Drawings()  # the agenda's, kept per view
 
     def answer(self, path: str, query: dict[str, list[str]], session: Session | None = None
                ) -> tuple[HTTPStatus, Any]:
@@ -320,9 +321,9 @@ class Dashboard:
         rows = [got.agenda.fire_json(f) for f in got.fires[offset:offset + limit]]
         for row in rows:
             row["descendants"] = agenda_chart.descendants(row["children"])
+        chart = self.agenda_charts.get(got)
         return self.render(
-            "agenda.html", "agenda", chart=agenda_chart.drawn(got.agenda, got.start, got.hours,
-                                                              got.file, got.topic),
+            "agenda.html", "agenda", chart=chart,
             rows=rows, total=len(got.fires), hours=got.hours, file=got.file, topic=got.topic,
             warnings=[w.as_json() for w in got.agenda.warnings
                       if got.topic is None or w.topic == got.topic],
