@@ -432,6 +432,7 @@ def agenda_bench(tmp: Path, phases: int) -> dict[str, float]:
         wait(lambda: _answers(base + "/healthz"), 30, poll=0.1)
         figures["first"] = _get(base + "/api/agenda")
         api = [_get(base + "/api/agenda") for _ in range(AGENDA_REQUESTS)]
+        figures["page_first"] = _get(base + "/agenda")  # draws its chart
         page = [_get(base + "/agenda") for _ in range(AGENDA_REQUESTS // 4)]
         figures["api_p50"], figures["api_p99"] = statistics.median(api), percentile(api, 99)
         figures["page_p50"], figures["page_p99"] = (statistics.median(page),
@@ -469,7 +470,8 @@ def print_agenda(phases: int, f: dict[str, float]) -> None:
           f"p99 {f['api_p99'] * 1000:.1f} ms (target p99 < {TARGET_AGENDA_P99 * 1000:.0f} ms, "
           f"ratio {f['api_p99'] / TARGET_AGENDA_P99:.2f}; the first, computing it: "
           f"{f['first'] * 1000:.0f} ms); /agenda page p50 {f['page_p50'] * 1000:.1f} ms, "
-          f"p99 {f['page_p99'] * 1000:.1f} ms")
+          f"p99 {f['page_p99'] * 1000:.1f} ms (the first, drawing its chart: "
+          f"{f['page_first'] * 1000:.0f} ms)")
 
 
 def main() -> None:
