@@ -426,6 +426,44 @@ def test_a_chart_of_an_earlier_minute_is_served_while_the_next_is_drawn_aside(
     assert charts_kept.get(far).ticks[0].at != kept.ticks[0].at and drawing.is_set()
 
 
+def test_a_late_or_failed_drawing_aside_never_stands_for_a_newer_chart(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def at(minute: int, second: int = 5) -> datetime:
+        return datetime(2026, 1, 1, 0, minute, second, tzinfo=UTC)
+    old = read(chain(tmp_path), at(0, 0), 24)
+    old.inputs = ("workflows", 1)
+    new = read(chain(tmp_path), at(0, 0), 24)
+    new.inputs = ("workflows", 2)
+
+    def asked(when: datetime, agenda: agenda.Agenda) -> agenda_chart.Asked:
+        return agenda_chart.Asked(agenda, when, 24, None, None, agenda.shown(when, 24), ())
+
+    def aside_ended() -> bool:
+        return not any(t.name == "agenda-chart" for t in threading.enumerate())
+    gate, draw = threading.Event(), agenda_chart.chart
+
+    def held_aside(*args: Any) -> agenda_chart.AgendaChart:
+        if threading.current_thread().name == "agenda-chart":
+            assert gate.wait(30)
+        return draw(*args)
+    monkeypatch.setattr(agenda_chart, "chart", held_aside)
+    kept = agenda_chart.Drawings()
+    first = kept.get(asked(at(0), old))
+    assert kept.get(asked(at(1), old)) is first  # 00:01 drawn aside, held
+    newer = kept.get(asked(at(2), new))  # changed inputs: drawn for the request
+    gate.set()
+    wait_for(aside_ended)
+    assert kept.get(asked(at(2, 30), new)) is newer  # the late 00:01 did not replace it
+
+    def broken(*args: Any) -> agenda_chart.AgendaChart:
+        raise RuntimeError("cannot draw")
+    monkeypatch.setattr(agenda_chart, "chart", broken)
+    assert kept.get(asked(at(3), new)) is newer  # served; its drawing aside fails
+    wait_for(aside_ended)
+    with pytest.raises(RuntimeError):  # nothing stale stands in: drawn for the request
+        kept.get(asked(at(3, 30), new))
+
+
 def test_the_cache_serves_a_sliding_window_and_sees_changes(tmp_path: Path) -> None:
     cfg = chain(tmp_path)
     from flowlord.config import load_config

@@ -80,7 +80,7 @@ class Drawings:
         with self._lock:
             kept = self._kept.get(view)
         if (kept is not None and kept[0] == agenda.inputs
-                and kept[1] <= minute <= kept[1] + self.STALE):
+                and kept[1] <= minute < kept[1] + self.STALE):
             if kept[1] < minute:  # served as it is; the chart of this minute comes next
                 self._draw_later(view, agenda, minute)
             return kept[2]
@@ -92,7 +92,11 @@ class Drawings:
                       hours)
         with self._lock:
             kept = self._kept.get(view)
-            if kept is None or kept[1] <= minute or kept[0] != agenda.inputs:
+            # a drawing that finishes late never replaces a newer one, nor one of the same
+            # minute unless the inputs changed since
+            if (kept is None or kept[1] < minute
+                    or (kept[1] == minute and kept[0] != agenda.inputs)):
+                self._kept.pop(view, None)  # to the end: the least lately drawn go first
                 self._kept[view] = (agenda.inputs, minute, drawn)
             while len(self._kept) > self.KEPT:
                 self._kept.pop(next(iter(self._kept)))
@@ -107,11 +111,18 @@ class Drawings:
         def work() -> None:
             try:
                 self._draw(view, agenda, minute)
+            except Exception:  # no chart kept for it: the next request draws its own,
+                with self._lock:  # and fails in the open if drawing does
+                    self._kept.pop(view, None)
             finally:
                 with self._lock:
                     self._busy.discard(view)
 
-        threading.Thread(target=work, name="agenda-chart", daemon=True).start()
+        try:
+            threading.Thread(target=work, name="agenda-chart", daemon=True).start()
+        except RuntimeError:  # no thread to be had: a later request tries again
+            with self._lock:
+                self._busy.discard(view)
 
 
 def chart(agenda: Agenda, fires: Sequence[Planned], start: datetime, hours: int,

@@ -94,6 +94,7 @@ def _environment() -> Environment:
     env.filters["file_url"] = lambda file: quote(file, safe="/")
     env.filters["part_url"] = lambda part: quote(str(part), safe="")
     env.globals["plural"] = lambda n, word: word if n == 1 else word + "s"
+    env.globals["file_choices"] = FILE_CHOICES
     env.globals["query"] = lambda **kw: urlencode({k: v for k, v in kw.items()
                                                    if v not in (None, "")})
     return env
