@@ -1,5 +1,10 @@
 """When each cron phase fires: a heap of next slots, and the catch-up policy.
 
+The heap holds groups, not phases: the phases queued together for one slot (those of a
+rule at a start, those due together and next due at the same slot) are one item,
+popped once. 100,000 phases sharing a few rules are a few items; 10,000 due at one
+second are one pop, not 10,000 (bench/daemon.py, the warm start and the burst).
+
 Pure logic: time is always an argument. The daemon asks `due(now, monotonic)`
 for the slots to fire, writes them through the fire ledger (whose unique key
 is the last word on exactly-once), and sleeps until `next_deadline()`.
@@ -50,7 +55,7 @@ class _Entry(NamedTuple):
     schedule: CronSchedule
     catchup: str
     next_slot: datetime | None  # UTC; None: the rule never fires again
-    seq: int = 0
+    seq: int = 0  # of the group it is queued in: an entry replaced leaves its group
 
 
 _new = tuple.__new__
@@ -68,7 +73,11 @@ class Scheduler:
         self.limit = limit
         self._entries: dict[PhaseKey, _Entry] = {}
         self._by_file: dict[str, set[str]] = {}  # file → its scheduled tasks
-        self._heap: list[tuple[datetime, int, PhaseKey]] = []
+        # (slot, seq) of each group queued; seq → the keys queued in it, in their order.
+        # A key whose entry has another seq now left the group: it is passed over, and
+        # a group none of whose keys is left is dropped when it comes to the top.
+        self._heap: list[tuple[datetime, int]] = []
+        self._groups: dict[int, list[PhaseKey]] = {}
         self._seq = 0
         self._seen: tuple[datetime, float] | None = None  # (wall, monotonic) of the last due()
         self.replanned: list[PhaseKey] = []  # of the last start: phases whose plan it changed
@@ -89,14 +98,17 @@ class Scheduler:
         due: list[Due] = []
         self.replanned = replanned = []
         # A start schedules 100,000 phases, which usually share far fewer rules: what a
-        # rule means (its schedule, policy, first slot after now and that slot's text)
-        # is worked out once per rule text, and so are the slots caught up after one
-        # last fire; each phase costs only its entry. The heap is built once at the end.
-        plans: dict[str, _Plan | None] = {}
+        # rule means (its schedule, policy, first slot after now and that slot's text,
+        # and the group of that slot) is worked out once per rule text, and so are the
+        # slots caught up after one last fire; each phase costs only its entry and its
+        # place in its group. Each slot is one group, its phases in their order.
+        plans: dict[str, tuple[CronSchedule, str, datetime | None, str | None, int,
+                               list[PhaseKey]] | None] = {}
+        groups: dict[datetime | None, tuple[int, list[PhaseKey]]] = {}
         caught: dict[tuple[str, str, datetime], list[datetime]] = {}
         last: Mapping[PhaseKey, datetime] | None = (
             last_fires if isinstance(last_fires, Mapping) else None)
-        entries, heap, seq = self._entries, self._heap, self._seq
+        entries = self._entries
         file: str | None = None
         tasks: set[str] = set()
         pairs = (((p, None) for p in phases) if stored is None
@@ -104,12 +116,13 @@ class Scheduler:
         for phase, planned in pairs:
             rule = phase.rule
             plan = None if phase.severity == "error" else (
-                plans[rule] if rule in plans else plans.setdefault(rule, self._plan(rule, now)))
+                plans[rule] if rule in plans else plans.setdefault(
+                    rule, self._grouped(self._plan(rule, now), groups)))
             if plan is None:
                 if planned is not None:
                     replanned.append((phase.file_path, phase.task))
                 continue
-            schedule, catchup, slot, text = plan
+            schedule, catchup, slot, text, seq, members = plan
             key = (phase.file_path, phase.task)
             if planned != text and stored is not None:
                 replanned.append(key)
@@ -122,17 +135,30 @@ class Scheduler:
                     if memo not in caught:
                         caught[memo] = self._missed(schedule, catchup, after, now)
                     due += [Due(phase, s, "catchup") for s in caught[memo]]
-            seq += 1
             entries[key] = _new(_Entry, (phase, schedule, catchup, slot, seq))
+            members.append(key)
             if key[0] != file:  # phases come file by file: one set lookup per file
                 file = key[0]
                 tasks = self._by_file.setdefault(file, set())
             tasks.add(key[1])
-            if slot is not None:
-                heap.append((slot, seq, key))
-        self._seq = seq
-        heapq.heapify(heap)
+        for slot, (seq, members) in groups.items():
+            if slot is not None and members:
+                self._groups[seq] = members
+                self._heap.append((slot, seq))
+        heapq.heapify(self._heap)
         return due
+
+    def _grouped(self, plan: _Plan | None, groups: dict[datetime | None, tuple[
+            int, list[PhaseKey]]]) -> tuple[CronSchedule, str, datetime | None, str | None,
+                                            int, list[PhaseKey]] | None:
+        """A rule's plan with the group of its slot (made on the slot's first rule)."""
+        if plan is None:
+            return None
+        slot = plan[2]
+        if slot not in groups:
+            self._seq += 1
+            groups[slot] = (self._seq, [])
+        return (*plan, *groups[slot])
 
     def update(self, files: Mapping[str, list[Phase]], now: datetime) -> list[PhaseKey]:
         """Reschedule the phases of changed files (file key → its phases now; an empty list
@@ -147,7 +173,7 @@ class Scheduler:
                 key = (file_path, phase.task)
                 before = old.pop(key, None)
                 if before and before.phase.rule == phase.rule and phase.severity != "error":
-                    self._entries[key] = before._replace(phase=phase)
+                    self._entries[key] = before._replace(phase=phase)  # in its group still
                     continue
                 entry = self._entry(phase)
                 if before:
@@ -157,7 +183,8 @@ class Scheduler:
                     continue
                 start = now if before is None or before.next_slot is None else min(
                     now, before.next_slot - _MICROSECOND)
-                self._put(entry, self._next(entry, start))
+                self._by_file.setdefault(file_path, set()).add(phase.task)
+                self._queue([(key, entry)], self._next(entry, start))
                 changed.append(key)
             for key in old:  # phases that are gone
                 self._remove(key)
@@ -178,23 +205,35 @@ class Scheduler:
         below = [0] if heap else []  # a heap's children come no sooner: only the items
         while below:  # due by `until` and their children are looked at
             i = below.pop()
-            slot, seq, key = heap[i]
+            slot, seq = heap[i]
             if slot > until:
                 continue
-            entry = entries.get(key)
-            if entry is not None and entry.seq == seq:
-                found.append((entry.phase, slot))
+            for key in self._groups.get(seq, ()):
+                entry = entries.get(key)
+                if entry is not None and entry.seq == seq:
+                    found.append((entry.phase, slot))
             below += [c for c in (2 * i + 1, 2 * i + 2) if c < len(heap)]
         return found
 
     def next_deadline(self) -> datetime | None:
         while self._heap:
-            slot, seq, key = self._heap[0]
-            entry = self._entries.get(key)
-            if entry is not None and entry.seq == seq:
+            slot, seq = self._heap[0]
+            if self._holds_any(seq):
                 return slot
-            heapq.heappop(self._heap)  # left behind by a reschedule
+            heapq.heappop(self._heap)  # every phase of it was rescheduled or removed
         return None
+
+    def _holds_any(self, seq: int) -> bool:
+        """Whether some phase is still queued in group `seq`. The keys found gone are
+        dropped from its end as they are looked at, so each is looked at once."""
+        members = self._groups.get(seq)
+        while members:
+            entry = self._entries.get(members[-1])
+            if entry is not None and entry.seq == seq:
+                return True
+            members.pop()
+        self._groups.pop(seq, None)
+        return False
 
     # --- what is due ----------------------------------------------------------------
 
@@ -222,17 +261,28 @@ class Scheduler:
                 nexts[memo] = self._next(entry, time)
             return nexts[memo]
 
+        entries = self._entries
         while (deadline := self.next_deadline()) is not None and deadline <= now:
-            _, _, key = heapq.heappop(self._heap)
-            entry = self._entries[key]
-            slot = entry.next_slot
-            while slot is not None and slot <= real_now:
-                due.append(Due(entry.phase, slot, "cron"))
-                slot = after(entry, slot)
-            if slot is not None and slot <= now:
-                due += self._catch_up(entry, slot - _MICROSECOND, now)
-                slot = after(entry, now)
-            self._requeue(entry, key, slot)  # already in _by_file
+            _, seq = heapq.heappop(self._heap)
+            # the group's phases, each queued again with those of the same next slot
+            nexts_of: dict[datetime | None, list[tuple[PhaseKey, _Entry]]] = {}
+            for key in self._groups.pop(seq):
+                entry = entries.get(key)
+                if entry is None or entry.seq != seq:  # left the group
+                    continue
+                slot = entry.next_slot
+                while slot is not None and slot <= real_now:
+                    due.append(_new(Due, (entry.phase, slot, "cron")))
+                    slot = after(entry, slot)
+                if slot is not None and slot <= now:
+                    due += self._catch_up(entry, slot - _MICROSECOND, now)
+                    slot = after(entry, now)
+                if slot in nexts_of:
+                    nexts_of[slot].append((key, entry))
+                else:
+                    nexts_of[slot] = [(key, entry)]
+            for slot, members in nexts_of.items():  # already in _by_file
+                self._queue(members, slot)
         return due
 
     # --- helpers --------------------------------------------------------------------
@@ -258,27 +308,25 @@ class Scheduler:
     def _next(self, entry: _Entry, after: datetime) -> datetime | None:
         return self._next_after(entry.schedule, after)
 
-    def _put(self, entry: _Entry, slot: datetime | None, push: bool = True) -> None:
-        """Schedule `entry` at `slot`; `push=False`: the caller rebuilds the heap."""
-        key = (entry.phase.file_path, entry.phase.task)
-        self._by_file.setdefault(key[0], set()).add(key[1])
-        self._requeue(entry, key, slot, push)
-
-    def _requeue(self, entry: _Entry, key: PhaseKey, slot: datetime | None,
-                 push: bool = True) -> None:
-        """The entry (in `_entries` anew) at its next slot, with a new sequence number
-        (older heap items of it are dropped when they surface); a burst re-queues 10,000
-        due entries at once."""
+    def _queue(self, members: list[tuple[PhaseKey, _Entry]], slot: datetime | None) -> None:
+        """The entries (in `_entries` anew) queued at `slot` as one new group, in their
+        order; the groups they were in pass them over from now on. With no slot (the
+        rule never fires again) they stay scheduled, in no group."""
         self._seq += 1
-        self._entries[key] = _new(_Entry, (entry.phase, entry.schedule, entry.catchup, slot,
-                                           self._seq))
-        if slot is not None and push:
-            heapq.heappush(self._heap, (slot, self._seq, key))
+        seq, entries = self._seq, self._entries
+        for key, entry in members:
+            entries[key] = _new(_Entry, (entry.phase, entry.schedule, entry.catchup, slot, seq))
+        if slot is not None:
+            self._groups[seq] = [key for key, _ in members]
+            heapq.heappush(self._heap, (slot, seq))
 
     def _restart_from(self, now: datetime) -> None:
-        self._heap = []
-        for entry in list(self._entries.values()):
-            self._put(entry, self._next(entry, now))
+        self._heap, self._groups = [], {}
+        by_slot: dict[datetime | None, list[tuple[PhaseKey, _Entry]]] = {}
+        for key, entry in self._entries.items():
+            by_slot.setdefault(self._next(entry, now), []).append((key, entry))
+        for slot, members in by_slot.items():
+            self._queue(members, slot)
 
     def _remove(self, key: PhaseKey) -> None:
         del self._entries[key]  # its heap item is dropped when it surfaces
@@ -288,7 +336,7 @@ class Scheduler:
             del self._by_file[key[0]]
 
     def _catch_up(self, entry: _Entry, after: datetime, upto: datetime) -> list[Due]:
-        return [Due(entry.phase, s, "catchup")
+        return [_new(Due, (entry.phase, s, "catchup"))
                 for s in self._missed(entry.schedule, entry.catchup, after, upto)]
 
     def _missed(self, schedule: CronSchedule, catchup: str, after: datetime,

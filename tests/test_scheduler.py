@@ -229,3 +229,32 @@ def test_coming_is_each_phases_next_slot_due_by_then_and_nothing_advances() -> N
                           and slot <= until)
         assert sorted(((p.file_path, p.task), slot) for p, slot in s.coming(until)) == expected
     assert [(key, s.next_slot(key)) for key in s.phase_keys()] == before
+
+
+def test_a_slot_every_phase_of_which_was_rescheduled_is_no_deadline() -> None:
+    """Phases queued together (one heap item for their slot): once each has left it for
+    another slot, that slot is nobody's deadline, and nothing is due at it."""
+    clock = FakeClock(T0)
+    s = Scheduler(UTC)
+    s.start([phase(f"p{i}", "cron=0 0 13 * * *") for i in range(3)], clock.now(), {})
+    assert s.next_deadline() == datetime(2026, 11, 23, 13, tzinfo=UTC)
+    s.update({"a.toml": [phase(f"p{i}", "cron=0 0 14 * * *") for i in range(3)]},
+             clock.now())
+    assert s.next_deadline() == datetime(2026, 11, 23, 14, tzinfo=UTC)
+    clock.advance(3600)  # 13:00:30
+    assert s.due(clock.now(), clock.monotonic()) == []
+
+
+def test_phases_first_due_at_one_slot_come_in_their_order_whatever_their_rules() -> None:
+    """A start queues each slot's phases as one group, in the order given (file by
+    file): their fires are built in that order when due, rule or no rule."""
+    clock = FakeClock(T0)
+    s = Scheduler(UTC)
+    rules = ("cron=0 */2 * * * *", "cron=0 2 * * * *", "cron=0 2,5 12 * * *")
+    phases = [phase(f"p{i}", rules[i % 3], file=f"f{i // 4}.toml") for i in range(12)]
+    s.start(phases, clock.now(), {})
+    clock.advance(90)  # 12:02:00: every rule's first slot
+    due = s.due(clock.now(), clock.monotonic())
+    assert [(d.phase.file_path, d.phase.task) for d in due] == [
+        (p.file_path, p.task) for p in phases]
+    assert {d.slot for d in due} == {datetime(2026, 11, 23, 12, 2, tzinfo=UTC)}
