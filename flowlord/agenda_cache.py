@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flowlord.agenda import Agenda, p50s, read
+from flowlord.aside import Aside
 from flowlord.config import Config
 from flowlord.store import Store
 from flowlord.store.expected import agenda_inputs
@@ -36,7 +37,7 @@ class AgendaCache:
         self.db = db
         self._lock = threading.Lock()
         self._kept: dict[tuple[Any, ...], tuple[tuple[Any, ...], Agenda]] = {}
-        self._busy: set[tuple[Any, ...]] = set()
+        self._aside = Aside("agenda")  # the next agenda, computed while this one serves
         self._runs: tuple[datetime, dict[tuple[str, str], float]] | None = None
 
     def runs(self, store: Store, now: datetime) -> dict[tuple[str, str], float]:
@@ -74,11 +75,6 @@ class AgendaCache:
 
     def _refresh_later(self, key: tuple[Any, ...], hours: int,
                        given: Mapping[str, int] | None) -> None:
-        with self._lock:
-            if key in self._busy:
-                return
-            self._busy.add(key)
-
         def work() -> None:
             store = Store(self.db, readonly=True)
             try:
@@ -89,10 +85,12 @@ class AgendaCache:
                                            self.runs(store, now)))
             finally:
                 store.close()
-                with self._lock:
-                    self._busy.discard(key)
 
-        threading.Thread(target=work, name="agenda", daemon=True).start()
+        def failed() -> None:  # the next request computes it, and answers what went wrong
+            with self._lock:
+                self._kept.pop(key, None)
+
+        self._aside.run(key, work, failed)
 
 
 _CACHES: dict[tuple[str, int], AgendaCache] = {}

@@ -486,6 +486,33 @@ def test_the_cache_serves_a_sliding_window_and_sees_changes(tmp_path: Path) -> N
         store.close()
 
 
+def test_a_failed_refresh_aside_lets_the_kept_agenda_go(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next agenda, computed aside, fails: the kept one is let go, so the next
+    request computes its own in the open (and answers an error there, if it fails)."""
+    cfg = chain(tmp_path)
+    from flowlord.config import load_config
+    config = load_config(str(cfg))
+    cache = agenda_cache.AgendaCache(config, config.db)
+    compute = agenda_cache.read
+
+    def broken_aside(*args: Any) -> agenda.Agenda:
+        if threading.current_thread().name == "agenda":
+            raise RuntimeError("cannot compute")
+        return compute(*args)
+    monkeypatch.setattr(agenda_cache, "read", broken_aside)
+    store = Store(config.db, readonly=True)
+    try:
+        now = datetime(2026, 1, 1, 23, 58, tzinfo=UTC)
+        first = cache.get(store, now, 24)
+        later = now + agenda_cache.AgendaCache.SLACK * 0.6  # past half: refreshed aside
+        assert cache.get(store, later, 24) is first
+        wait_for(lambda: not any(t.name == "agenda" for t in threading.enumerate()))
+        assert cache.get(store, later, 24) is not first
+    finally:
+        store.close()
+
+
 # --- with a real daemon, and in a browser (slow) ----------------------------------------
 
 

@@ -24,6 +24,7 @@ from flowlord.agenda import DEFAULT_HOURS, MAX_HOURS, Agenda, parse_concurrency
 from flowlord.agenda_backlog import Backlog
 from flowlord.agenda_cache import cache_for
 from flowlord.agenda_fires import EPOCH, Planned
+from flowlord.aside import Aside
 from flowlord.config import Config
 from flowlord.errors import BadRequest
 from flowlord.store import Store
@@ -72,7 +73,7 @@ class Drawings:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._kept: dict[tuple[Any, ...], tuple[tuple[Any, ...], datetime, AgendaChart]] = {}
-        self._busy: set[tuple[Any, ...]] = set()
+        self._aside = Aside("agenda-chart")  # the chart of a later minute, drawn aside
 
     def get(self, got: Asked) -> AgendaChart:
         agenda, minute = got.agenda, got.start.replace(second=0, microsecond=0)
@@ -103,26 +104,11 @@ class Drawings:
         return drawn
 
     def _draw_later(self, view: tuple[Any, ...], agenda: Agenda, minute: datetime) -> None:
-        with self._lock:
-            if view in self._busy:
-                return
-            self._busy.add(view)
+        def failed() -> None:  # no chart kept for it: the next request draws its own,
+            with self._lock:  # and fails in the open if drawing does
+                self._kept.pop(view, None)
 
-        def work() -> None:
-            try:
-                self._draw(view, agenda, minute)
-            except Exception:  # no chart kept for it: the next request draws its own,
-                with self._lock:  # and fails in the open if drawing does
-                    self._kept.pop(view, None)
-            finally:
-                with self._lock:
-                    self._busy.discard(view)
-
-        try:
-            threading.Thread(target=work, name="agenda-chart", daemon=True).start()
-        except RuntimeError:  # no thread to be had: a later request tries again
-            with self._lock:
-                self._busy.discard(view)
+        self._aside.run(view, lambda: self._draw(view, agenda, minute), failed)
 
 
 def chart(agenda: Agenda, fires: Sequence[Planned], start: datetime, hours: int,
