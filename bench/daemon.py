@@ -207,25 +207,35 @@ def generate(wf: Path, files: range, rule: str) -> None:
         (d / f"w{f}.toml").write_text(phase_file(f"w{f}", rule, PHASES_PER_FILE))
 
 
-def raw_insert_limit(tmp: Path, n: int, rounds: int = LIMIT_ROUNDS) -> float:
-    """The floor for a burst: inserting n fires and n tasks with raw APSW, one
-    transaction, into a new database; the median of `rounds` (one insert alone took
-    from 0.13 s to 0.25 s in runs of one day on this machine)."""
-    return statistics.median(_raw_insert(tmp / f"limit{k}.db", n) for k in range(rounds))
+FIRE_COLUMNS = "file_path, phase, scheduled_for, fired_at, source, error, file_hash"
+TASK_COLUMNS = "id, type, job, info, meta, created, file_path, phase, scheduled_for, due_at"
+Rows = list[tuple[object, ...]]
 
 
-def _raw_insert(db: Path, n: int) -> float:
+def burst_rows(db: Path, at: datetime) -> tuple[Rows, Rows]:
+    """The fires and tasks of the burst's slot, as the daemon wrote them."""
+    slot = at.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return (query(db, f"SELECT {FIRE_COLUMNS} FROM fires WHERE scheduled_for = ?", (slot,)),
+            query(db, f"SELECT {TASK_COLUMNS} FROM tasks WHERE scheduled_for = ? "
+                      "ORDER BY task_no", (slot,)))
+
+
+def raw_insert_limit(tmp: Path, rows: tuple[Rows, Rows], rounds: int = LIMIT_ROUNDS) -> float:
+    """The floor for a burst: inserting the rows it wrote (`burst_rows`: its fires and
+    their tasks) with raw APSW, one transaction, into a new database; the median of
+    `rounds` (one insert alone took from 0.13 s to 0.25 s in runs of one day on this
+    machine)."""
+    return statistics.median(_raw_insert(tmp / f"limit{k}.db", *rows) for k in range(rounds))
+
+
+def _raw_insert(db: Path, fires: Rows, tasks: Rows) -> float:
     store = Store(str(db))
-    slot = "2030-01-01T00:00:00Z"
     started = time.perf_counter()
     with write_txn(store.conn):
-        store.conn.executemany(
-            "INSERT INTO fires (file_path, phase, scheduled_for, fired_at, source) "
-            "VALUES (?, ?, ?, ?, 'cron')", [(f"f{i}", "p", slot, slot) for i in range(n)])
-        store.conn.executemany(
-            "INSERT INTO tasks (id, type, info, meta, created, file_path, phase, scheduled_for) "
-            "VALUES (?, 'p', 'info', 'meta', ?, ?, 'p', ?)",
-            [(str(uuid.uuid4()), slot, f"f{i}", slot) for i in range(n)])
+        store.conn.executemany(f"INSERT INTO fires ({FIRE_COLUMNS}) VALUES "
+                               f"({', '.join('?' * 7)})", fires)
+        store.conn.executemany(f"INSERT INTO tasks ({TASK_COLUMNS}) VALUES "
+                               f"({', '.join('?' * 10)})", tasks)
     elapsed = time.perf_counter() - started
     store.close()
     return elapsed
@@ -254,7 +264,8 @@ def start_rounds(tmp: Path, wf: Path, db: Path, rounds: int) -> tuple[list[float
 
 
 def many_phases(tmp: Path, phases: int, burst: int, idle: float,
-                tick_seconds: int, rounds: int) -> tuple[dict[str, float], list[list[float]]]:
+                tick_seconds: int, rounds: int
+                ) -> tuple[dict[str, float], list[list[float]], tuple[Rows, Rows]]:
     wf, db = tmp / "many", tmp / "many.db"
     files, burst_files = phases // PHASES_PER_FILE, burst // PHASES_PER_FILE
     generate(wf, range(burst_files, files), "cron=0 0 0 1 1 *")  # due on 1 January only
@@ -270,6 +281,7 @@ def many_phases(tmp: Path, phases: int, burst: int, idle: float,
         time.sleep(idle)  # measuring idle: nothing may be due
         figures["idle_cpu"] = (cpu_seconds(daemon.proc.pid) - cpu) / (time.monotonic() - started)
         figures.update(burst_figures(tmp, db, at, burst))
+        rows = burst_rows(db, at)
         # lateness: TICKERS phases firing every second, added now
         (wf / "tickers.toml").write_text(phase_file("tick", "cron=* * * * * *", TICKERS))
         wait(lambda: query(db, "SELECT count(*) FROM fires WHERE phase LIKE 'tick-%'")[0][0]
@@ -284,7 +296,7 @@ def many_phases(tmp: Path, phases: int, burst: int, idle: float,
     finally:
         daemon.stop()
         (tmp / "notify.sock").unlink()
-    return figures, [cold, warm]
+    return figures, [cold, warm], rows
 
 
 def burst_due(wf: Path, db: Path, files: range, lead: float, margin: float) -> datetime:
@@ -327,10 +339,11 @@ def burst_bench(tmp: Path, phases: int, burst: int) -> tuple[dict[str, float], f
     try:
         at = burst_due(wf, db, range(burst_files), 5 + burst / 2000, 1)
         figures = burst_figures(tmp, db, at, burst)
+        rows = burst_rows(db, at)
     finally:
         daemon.stop()
         (tmp / "notify.sock").unlink()
-    return figures, raw_insert_limit(tmp, burst)
+    return figures, raw_insert_limit(tmp, rows)
 
 
 def print_burst(burst: int, figures: dict[str, float], limit: float) -> None:
@@ -498,9 +511,9 @@ def main() -> None:
             print_burst(args.burst, *burst_bench(tmp, args.phases, args.burst))
             return
         latencies, (checkout, refreshes) = edit_latency(tmp, args.edits)
-        figures, starts = many_phases(tmp, args.phases, args.burst, args.idle, args.ticks,
-                                      args.rounds)
-        limit = raw_insert_limit(tmp, args.burst)
+        figures, starts, rows = many_phases(tmp, args.phases, args.burst, args.idle,
+                                            args.ticks, args.rounds)
+        limit = raw_insert_limit(tmp, rows)
         planned = agenda_bench(tmp, args.phases)
     p50, p99 = statistics.median(latencies), percentile(latencies, 99)
     print(f"edit latency over {len(latencies)} edits (write and close to committed rows): "
