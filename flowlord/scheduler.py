@@ -1,9 +1,10 @@
 """When each cron phase fires: a heap of next slots, and the catch-up policy.
 
-The heap holds groups, not phases: the phases queued together for one slot (those of a
-rule at a start, those due together and next due at the same slot) are one item,
-popped once. 100,000 phases sharing a few rules are a few items; 10,000 due at one
-second are one pop, not 10,000 (bench/daemon.py, the warm start and the burst).
+The heap holds groups, not phases: the phases queued together for one slot (at a
+start, those whose first slot it is; later, those due together whose next slot it is)
+are one item, popped once, and the slot is the group's: phases that move on together
+are queued again whole. 100,000 phases sharing a few rules are a few items; 10,000 due
+at one second are one pop, not 10,000 (bench/daemon.py, the warm start and the burst).
 
 Pure logic: time is always an argument. The daemon asks `due(now, monotonic)`
 for the slots to fire, writes them through the fire ledger (whose unique key
@@ -54,8 +55,9 @@ class _Entry(NamedTuple):
     phase: Phase
     schedule: CronSchedule
     catchup: str
-    next_slot: datetime | None  # UTC; None: the rule never fires again
-    seq: int = 0  # of the group it is queued in: an entry replaced leaves its group
+    # of the group it is queued in, whose slot is its next (`_slots`; none: the rule
+    # never fires again): an entry replaced leaves its group
+    seq: int = 0
 
 
 _new = tuple.__new__
@@ -78,6 +80,7 @@ class Scheduler:
         # a group none of whose keys is left is dropped when it comes to the top.
         self._heap: list[tuple[datetime, int]] = []
         self._groups: dict[int, list[PhaseKey]] = {}
+        self._slots: dict[int, datetime] = {}  # seq → the slot its group is queued for
         self._seq = 0
         self._seen: tuple[datetime, float] | None = None  # (wall, monotonic) of the last due()
         self.replanned: list[PhaseKey] = []  # of the last start: phases whose plan it changed
@@ -135,7 +138,7 @@ class Scheduler:
                     if memo not in caught:
                         caught[memo] = self._missed(schedule, catchup, after, now)
                     due += [Due(phase, s, "catchup") for s in caught[memo]]
-            entries[key] = _new(_Entry, (phase, schedule, catchup, slot, seq))
+            entries[key] = _new(_Entry, (phase, schedule, catchup, seq))
             members.append(key)
             if key[0] != file:  # phases come file by file: one set lookup per file
                 file = key[0]
@@ -143,7 +146,7 @@ class Scheduler:
             tasks.add(key[1])
         for slot, (seq, members) in groups.items():
             if slot is not None and members:
-                self._groups[seq] = members
+                self._groups[seq], self._slots[seq] = members, slot
                 self._heap.append((slot, seq))
         heapq.heapify(self._heap)
         return due
@@ -181,8 +184,8 @@ class Scheduler:
                     changed.append(key)
                 if entry is None:
                     continue
-                start = now if before is None or before.next_slot is None else min(
-                    now, before.next_slot - _MICROSECOND)
+                was = None if before is None else self._slots.get(before.seq)
+                start = now if was is None else min(now, was - _MICROSECOND)
                 self._by_file.setdefault(file_path, set()).add(phase.task)
                 self._queue([(key, entry)], self._next(entry, start))
                 changed.append(key)
@@ -196,7 +199,7 @@ class Scheduler:
 
     def next_slot(self, key: PhaseKey) -> datetime | None:
         entry = self._entries.get(key)
-        return entry.next_slot if entry else None
+        return self._slots.get(entry.seq) if entry else None
 
     def coming(self, until: datetime) -> list[tuple[Phase, datetime]]:
         """Each phase's next slot if it is due by `until`, as things stand (nothing
@@ -233,6 +236,7 @@ class Scheduler:
                 return True
             members.pop()
         self._groups.pop(seq, None)
+        self._slots.pop(seq, None)
         return False
 
     # --- what is due ----------------------------------------------------------------
@@ -264,23 +268,41 @@ class Scheduler:
         entries = self._entries
         while (deadline := self.next_deadline()) is not None and deadline <= now:
             _, seq = heapq.heappop(self._heap)
-            # the group's phases, each queued again with those of the same next slot
+            first = self._slots.pop(seq)
+            # each schedule's slots due from the group's slot, and its next slot after
+            # them, worked out once: a group's phases mostly share one schedule
+            steps: dict[int, tuple[list[datetime], datetime | None]] = {}
             nexts_of: dict[datetime | None, list[tuple[PhaseKey, _Entry]]] = {}
             for key in self._groups.pop(seq):
                 entry = entries.get(key)
                 if entry is None or entry.seq != seq:  # left the group
                     continue
-                slot = entry.next_slot
-                while slot is not None and slot <= real_now:
-                    due.append(_new(Due, (entry.phase, slot, "cron")))
-                    slot = after(entry, slot)
-                if slot is not None and slot <= now:
+                step = steps.get(id(entry.schedule))
+                if step is None:
+                    slots: list[datetime] = []
+                    slot: datetime | None = first
+                    while slot is not None and slot <= real_now:
+                        slots.append(slot)
+                        slot = after(entry, slot)
+                    step = steps[id(entry.schedule)] = (slots, slot)
+                slots, slot = step
+                phase = entry.phase
+                due += [_new(Due, (phase, s, "cron")) for s in slots]
+                if slot is not None and slot <= now:  # beyond a clock step: its policy
                     due += self._catch_up(entry, slot - _MICROSECOND, now)
                     slot = after(entry, now)
                 if slot in nexts_of:
                     nexts_of[slot].append((key, entry))
                 else:
                     nexts_of[slot] = [(key, entry)]
+            if not nexts_of:  # next_deadline found one left; none now is no harm
+                continue
+            (slot, members), *others = nexts_of.items()
+            if not others and slot is not None:  # the usual: all move on together, as
+                self._groups[seq] = [key for key, _ in members]  # the group they were
+                self._slots[seq] = slot
+                heapq.heappush(self._heap, (slot, seq))
+                continue
             for slot, members in nexts_of.items():  # already in _by_file
                 self._queue(members, slot)
         return due
@@ -293,7 +315,7 @@ class Scheduler:
         rule = parse_rule(phase.rule)
         if rule.cron is None:
             return None
-        return _Entry(phase, rule.cron, rule.catchup or self.default_catchup, None)
+        return _Entry(phase, rule.cron, rule.catchup or self.default_catchup)
 
     def _plan(self, rule_text: str, now: datetime) -> _Plan | None:
         """A rule's schedule, catch-up policy, first slot after `now` and its text; None
@@ -315,13 +337,13 @@ class Scheduler:
         self._seq += 1
         seq, entries = self._seq, self._entries
         for key, entry in members:
-            entries[key] = _new(_Entry, (entry.phase, entry.schedule, entry.catchup, slot, seq))
+            entries[key] = _new(_Entry, (entry.phase, entry.schedule, entry.catchup, seq))
         if slot is not None:
-            self._groups[seq] = [key for key, _ in members]
+            self._groups[seq], self._slots[seq] = [key for key, _ in members], slot
             heapq.heappush(self._heap, (slot, seq))
 
     def _restart_from(self, now: datetime) -> None:
-        self._heap, self._groups = [], {}
+        self._heap, self._groups, self._slots = [], {}, {}
         by_slot: dict[datetime | None, list[tuple[PhaseKey, _Entry]]] = {}
         for key, entry in self._entries.items():
             by_slot.setdefault(self._next(entry, now), []).append((key, entry))

@@ -258,3 +258,11 @@ def test_phases_first_due_at_one_slot_come_in_their_order_whatever_their_rules()
     assert [(d.phase.file_path, d.phase.task) for d in due] == [
         (p.file_path, p.task) for p in phases]
     assert {d.slot for d in due} == {datetime(2026, 11, 23, 12, 2, tzinfo=UTC)}
+    # fired together, each goes on to its own rule's next slot
+    nexts = [datetime(2026, 11, 23, 12, 4, tzinfo=UTC), datetime(2026, 11, 23, 13, 2, tzinfo=UTC),
+             datetime(2026, 11, 23, 12, 5, tzinfo=UTC)]
+    assert [s.next_slot((p.file_path, p.task)) for p in phases] == [
+        nexts[i % 3] for i in range(12)]
+    clock.advance(120)  # 12:04:00: the first rule's alone
+    assert [d.phase.task for d in s.due(clock.now(), clock.monotonic())] == [
+        f"p{i}" for i in range(0, 12, 3)]
