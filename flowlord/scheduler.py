@@ -81,6 +81,9 @@ class Scheduler:
         self._heap: list[tuple[datetime, int]] = []
         self._groups: dict[int, list[PhaseKey]] = {}
         self._slots: dict[int, datetime] = {}  # seq → the slot its group is queued for
+        # slot → its group that phases queued for it later join (a refresh adding 10,000
+        # phases of one rule makes one group, not 10,000)
+        self._open: dict[datetime, int] = {}
         self._seq = 0
         self._seen: tuple[datetime, float] | None = None  # (wall, monotonic) of the last due()
         self.replanned: list[PhaseKey] = []  # of the last start: phases whose plan it changed
@@ -147,6 +150,7 @@ class Scheduler:
         for slot, (seq, members) in groups.items():
             if slot is not None and members:
                 self._groups[seq], self._slots[seq] = members, slot
+                self._open.setdefault(slot, seq)
                 self._heap.append((slot, seq))
         heapq.heapify(self._heap)
         return due
@@ -236,8 +240,13 @@ class Scheduler:
                 return True
             members.pop()
         self._groups.pop(seq, None)
-        self._slots.pop(seq, None)
+        self._close(seq, self._slots.pop(seq, None))
         return False
+
+    def _close(self, seq: int, slot: datetime | None) -> None:
+        """No phase joins group `seq` from now on (it is due, or empty)."""
+        if slot is not None and self._open.get(slot) == seq:
+            del self._open[slot]
 
     # --- what is due ----------------------------------------------------------------
 
@@ -269,6 +278,7 @@ class Scheduler:
         while (deadline := self.next_deadline()) is not None and deadline <= now:
             _, seq = heapq.heappop(self._heap)
             first = self._slots.pop(seq)
+            self._close(seq, first)
             # each schedule's slots due from the group's slot, and its next slot after
             # them, worked out once: a group's phases mostly share one schedule
             steps: dict[int, tuple[list[datetime], datetime | None]] = {}
@@ -298,9 +308,10 @@ class Scheduler:
             if not nexts_of:  # next_deadline found one left; none now is no harm
                 continue
             (slot, members), *others = nexts_of.items()
-            if not others and slot is not None:  # the usual: all move on together, as
-                self._groups[seq] = [key for key, _ in members]  # the group they were
-                self._slots[seq] = slot
+            if not others and slot is not None and slot not in self._open:  # the usual:
+                self._groups[seq] = [key for key, _ in members]  # all move on together,
+                self._slots[seq] = slot  # as they were
+                self._open[slot] = seq
                 heapq.heappush(self._heap, (slot, seq))
                 continue
             for slot, members in nexts_of.items():  # already in _by_file
@@ -331,19 +342,25 @@ class Scheduler:
         return self._next_after(entry.schedule, after)
 
     def _queue(self, members: list[tuple[PhaseKey, _Entry]], slot: datetime | None) -> None:
-        """The entries (in `_entries` anew) queued at `slot` as one new group, in their
-        order; the groups they were in pass them over from now on. With no slot (the
-        rule never fires again) they stay scheduled, in no group."""
-        self._seq += 1
-        seq, entries = self._seq, self._entries
+        """The entries (in `_entries` anew) queued at `slot`, in their order: at the end
+        of the group open for it, else as a new one; the groups they were in pass them
+        over from now on. With no slot (the rule never fires again) they stay
+        scheduled, in no group."""
+        seq = None if slot is None else self._open.get(slot)
+        if seq is None:
+            self._seq += 1
+            seq = self._seq
+            if slot is not None:
+                self._groups[seq], self._slots[seq], self._open[slot] = [], slot, seq
+                heapq.heappush(self._heap, (slot, seq))
+        entries = self._entries
         for key, entry in members:
             entries[key] = _new(_Entry, (entry.phase, entry.schedule, entry.catchup, seq))
         if slot is not None:
-            self._groups[seq], self._slots[seq] = [key for key, _ in members], slot
-            heapq.heappush(self._heap, (slot, seq))
+            self._groups[seq] += [key for key, _ in members]
 
     def _restart_from(self, now: datetime) -> None:
-        self._heap, self._groups, self._slots = [], {}, {}
+        self._heap, self._groups, self._slots, self._open = [], {}, {}, {}
         by_slot: dict[datetime | None, list[tuple[PhaseKey, _Entry]]] = {}
         for key, entry in self._entries.items():
             by_slot.setdefault(self._next(entry, now), []).append((key, entry))

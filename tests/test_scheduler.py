@@ -266,3 +266,22 @@ def test_phases_first_due_at_one_slot_come_in_their_order_whatever_their_rules()
     clock.advance(120)  # 12:04:00: the first rule's alone
     assert [d.phase.task for d in s.due(clock.now(), clock.monotonic())] == [
         f"p{i}" for i in range(0, 12, 3)]
+
+
+def test_phases_queued_for_a_slot_later_join_its_group() -> None:
+    """A refresh that adds 100 phases of one rule, file by file, queues them in the
+    group of their slot: one heap item (the burst of bench/daemon.py is 10,000 such
+    phases, one pop at their slot), and they fire in the order they came."""
+    clock = FakeClock(T0)
+    s = Scheduler(UTC)
+    s.start([phase("old", "cron=0 0 13 * * *")], clock.now(), {})
+    for f in range(10):
+        s.update({f"f{f}.toml": [phase(f"p{i}", "cron=0 0 13 * * *", file=f"f{f}.toml")
+                                 for i in range(10)]}, clock.now())
+    assert len(s._heap) == 1
+    clock.advance(3600)
+    due = s.due(clock.now(), clock.monotonic())
+    assert [(d.phase.file_path, d.phase.task) for d in due] == [("a.toml", "old")] + [
+        (f"f{f}.toml", f"p{i}") for f in range(10) for i in range(10)]
+    assert len(s._heap) == 1  # and they move on together
+    assert s.next_deadline() == datetime(2026, 11, 24, 13, tzinfo=UTC)
