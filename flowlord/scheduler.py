@@ -215,7 +215,7 @@ class Scheduler:
             slot, seq = heap[i]
             if slot > until:
                 continue
-            for key in self._groups.get(seq, ()):
+            for key in dict.fromkeys(self._groups.get(seq, ())):  # once each (see due)
                 entry = entries.get(key)
                 if entry is not None and entry.seq == seq:
                     found.append((entry.phase, slot))
@@ -283,7 +283,9 @@ class Scheduler:
             # them, worked out once: a group's phases mostly share one schedule
             steps: dict[int, tuple[list[datetime], datetime | None]] = {}
             nexts_of: dict[datetime | None, list[tuple[PhaseKey, _Entry]]] = {}
-            for key in self._groups.pop(seq):
+            # once each: a phase that left the group and was queued again for its slot
+            # (its rule edited, its file removed and put back) is in its list twice
+            for key in dict.fromkeys(self._groups.pop(seq)):
                 entry = entries.get(key)
                 if entry is None or entry.seq != seq:  # left the group
                     continue

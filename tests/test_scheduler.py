@@ -285,3 +285,24 @@ def test_phases_queued_for_a_slot_later_join_its_group() -> None:
         (f"f{f}.toml", f"p{i}") for f in range(10) for i in range(10)]
     assert len(s._heap) == 1  # and they move on together
     assert s.next_deadline() == datetime(2026, 11, 24, 13, tzinfo=UTC)
+
+
+def test_a_phase_queued_again_for_its_groups_slot_is_due_once() -> None:
+    """A phase leaves its group and comes back to the same slot (its rule edited to the
+    same time, its file removed and put back): it is in the group's list twice, and
+    still due once at each slot, and coming once."""
+    clock = FakeClock(T0)
+    s = Scheduler(UTC)
+    s.start([phase("p", "cron=0 0 13 * * *"), phase("q", "cron=0 0 13 * * *")],
+            clock.now(), {})
+    s.update({"a.toml": [phase("p", "cron=0 0 13 * * *&catchup=last"),
+                         phase("q", "cron=0 0 13 * * *")]}, clock.now())
+    s.update({"a.toml": [phase("p", "cron=0 0 13 * * *&catchup=last")]}, clock.now())
+    s.update({"a.toml": [phase("p", "cron=0 0 13 * * *&catchup=last"),
+                         phase("q", "cron=0 0 13 * * *")]}, clock.now())
+    assert sorted(p.task for p, _ in s.coming(datetime(2026, 11, 23, 13, tzinfo=UTC))) == [
+        "p", "q"]
+    for hours in (1, 24):  # at 13:00, and again the day after
+        clock.advance(hours * 3600)
+        assert sorted(d.phase.task for d in s.due(clock.now(), clock.monotonic())) == [
+            "p", "q"]
