@@ -60,6 +60,64 @@ end
 return 0
 """
 
+# A worker's result and its next task in one round trip (flowlord/bus/worker.py,
+# `_report`; docs/decisions.md, Performance of the task loop). KEYS[1] the topic's
+# stream; ARGV: 1 the workers' group, 2 the worker (consumer), 3 the finished message,
+# 4 "1" to post the result and release its run's mark (else "": another run holds it),
+# 5 the result's stream, 6 the finished run's mark and 7 its value, 8 "1" to read a next
+# message, 9 a mark's time to live in ms, 10 DONE_STREAM, 11 RUN_PREFIX, 12 CANCEL_PREFIX,
+# 13… the result's fields. As the pipeline it replaced did, in order: XADD the result,
+# RELEASE the mark, XACK and XDEL the message (an error there ends the script: the
+# worker posts again, and its daemon records only the first result), then XREADGROUP
+# COUNT 1 (an error there counts as no message: the worker's own read deals with it).
+# For a message read, and only when its task number is written as flowlord writes it,
+# what `_may_start` asks is answered here too: whether the task is cancelled, and
+# whether TAKE_RUN took its mark for this message. Returns {} without a next message,
+# {id, fields} when that was not answered, else {id, fields, cancelled, marked}.
+POST_AND_TAKE = """
+if ARGV[4] == '1' then
+    redis.call('XADD', ARGV[5], '*', unpack(ARGV, 13))
+    if redis.call('GET', ARGV[6]) == ARGV[7] then
+        redis.call('DEL', ARGV[6])
+    end
+end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+redis.call('XDEL', KEYS[1], ARGV[3])
+if ARGV[8] ~= '1' then
+    return {}
+end
+local read = redis.pcall('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', '1',
+                         'STREAMS', KEYS[1], '>')
+if type(read) ~= 'table' or read.err or not read[1] or not read[1][2][1] then
+    return {}
+end
+local id, fields = read[1][2][1][1], read[1][2][1][2]
+local task_no, reply_to = nil, nil
+for i = 1, #fields - 1, 2 do
+    if fields[i] == 'task_no' and task_no == nil then task_no = fields[i + 1] end
+    if fields[i] == 'reply_to' and reply_to == nil then reply_to = fields[i + 1] end
+end
+if task_no == nil or not (task_no == '0' or string.match(task_no, '^[1-9][0-9]*$'))
+        or #task_no > 15 then
+    return {id, fields}
+end
+if reply_to == nil or string.sub(reply_to, 1, #ARGV[10]) ~= ARGV[10] then
+    reply_to = ARGV[10]
+end
+local cancelled = redis.call('SISMEMBER', ARGV[12] .. reply_to, task_no)
+local mark = ARGV[11] .. reply_to .. ':' .. task_no
+local value = id .. ' ' .. ARGV[2]
+local held = redis.call('GET', mark)
+if held == false or held == value or string.sub(held, 1, #id + 1) == id .. ' ' then
+    redis.call('SET', mark, value, 'PX', ARGV[9])
+    return {id, fields, cancelled, 1}
+end
+return {id, fields, cancelled, 0}
+"""
+RUN_PREFIX = f"{PREFIX}:run:"
+CANCEL_PREFIX = f"{PREFIX}:cancel:"
+Checked = tuple[bool, bool]  # (its daemon ended the task, this message's run took its mark)
+
 
 def task_stream(topic: str) -> str:
     return f"{PREFIX}:tasks:{topic}"
@@ -69,13 +127,19 @@ def cancel_key(reply_to: str) -> str:
     """The set of task numbers (of the daemon reading `reply_to`) whose processes must
     end: a worker looks before it starts a task and while it runs one, so a worker that
     is busy, or down and replaced, cannot miss it."""
-    return f"{PREFIX}:cancel:{reply_to}"
+    return f"{CANCEL_PREFIX}{reply_to}"
 
 
 def run_key(reply_to: str, task_no: int) -> str:
     """A worker's mark on a task it runs (of the daemon reading `reply_to`): the task's
     message id and the worker, renewed while it runs (TAKE_RUN, HOLD, RELEASE)."""
-    return f"{PREFIX}:run:{reply_to}:{task_no}"
+    return f"{RUN_PREFIX}{reply_to}:{task_no}"
+
+
+def mark_value(receipt: str, consumer: str) -> str:
+    """The value of a run's mark: its message and the worker running it (TAKE_RUN, and
+    POST_AND_TAKE, which makes it too)."""
+    return f"{receipt} {consumer}"
 
 
 def log_stream(done_stream: str) -> str:
@@ -188,6 +252,29 @@ def decode_task(fields: Mapping[str, str]) -> tuple[StoredTask, float | None]:
     if timeout is not None and not 0 < timeout < MAX_TIMEOUT_SECONDS:
         raise ValueError(f"timeout out of range: {timeout}")
     return StoredTask(int(fields["task_no"]), task), timeout
+
+
+def post_and_take(client: Any, stream: str, consumer: str, receipt: str,
+                  result: tuple[str, Done] | None, *, read: bool
+                  ) -> tuple[str, dict[str, str], Checked | None] | None:
+    """POST_AND_TAKE: the result of the message `receipt` posted to its stream (None:
+    another run of the task posts it), the message acknowledged and deleted, and with
+    `read` the topic's next message for `consumer`: its id, its fields, and whether its
+    task is cancelled and this message's run took its mark (None when the script left
+    that to `_may_start`). None without a next message. Any error of the post raises."""
+    reply_to, done = result if result is not None else (DONE_STREAM, None)
+    fields = encode_done(done) if done is not None else {}
+    reply = client.eval(
+        POST_AND_TAKE, 1, stream, WORKERS_GROUP, consumer, receipt,
+        "1" if done is not None else "", reply_to,
+        run_key(reply_to, done.task_no) if done is not None else "",
+        mark_value(receipt, consumer), "1" if read else "", RUN_MARK_TTL_MS, DONE_STREAM,
+        RUN_PREFIX, CANCEL_PREFIX, *(x for pair in fields.items() for x in pair))
+    if not reply:
+        return None
+    flat = reply[1]
+    checked = (bool(reply[2]), bool(reply[3])) if len(reply) == 4 else None
+    return reply[0], dict(zip(flat[::2], flat[1::2], strict=True)), checked
 
 
 def encode_done(done: Done) -> dict[str, str]:

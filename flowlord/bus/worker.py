@@ -42,12 +42,14 @@ from flowlord.bus.wire import (
     RUN_MARK_TTL_MS,
     TAKE_RUN,
     WORKERS_GROUP,
+    Checked,
     cancel_key,
     connect,
     decode_task,
-    encode_done,
     ensure_group,
     log_target,
+    mark_value,
+    post_and_take,
     reply_stream,
     run_key,
     task_stream,
@@ -184,13 +186,17 @@ class RemoteWorker:
         return list(reply[0][1]) if reply else []
 
     def _start(self, receipt: str, fields: dict[str, str] | None,
-               unless_stopping: bool = False) -> bool:
+               unless_stopping: bool = False, checked: Checked | None = None) -> bool:
         """Run a message's task on the pool; False when it was not started (dropped,
-        or, `unless_stopping`, left for another worker: the worker is stopping)."""
+        or, `unless_stopping`, left for another worker: the worker is stopping).
+        `checked`: what `_may_start` would answer, answered with the read (POST_AND_TAKE)."""
         try:
             stored, timeout_seconds = decode_task(fields or {})
         except (KeyError, ValueError, TypeError) as e:  # not a task: nobody can run it
             self.log.error("unreadable task message dropped", receipt=receipt, error=str(e))
+            if checked is not None and checked[1]:  # the read took its mark: given back
+                self._release_mark(run_key(reply_stream(fields or {}),
+                                           int((fields or {})["task_no"])), receipt)
             self._acknowledge(receipt)
             return False
         timeout = (timedelta(seconds=timeout_seconds) if timeout_seconds is not None
@@ -199,9 +205,9 @@ class RemoteWorker:
         run = Run(stored, self.command, timeout,
                   lambda done: self._report(receipt, reply_to, done), self.environment,
                   open_log=self._log_opener(log_target(fields or {}), receipt))
-        # ended before it started? marked by another message's run? (one round trip; a
-        # redis error leaves the message for a later read)
-        cancelled, marked = self._may_start(reply_to, stored.task_no, receipt)
+        # ended before it started? marked by another message's run? (one round trip, unless
+        # answered with the read; a redis error leaves the message for a later read)
+        cancelled, marked = checked or self._may_start(reply_to, stored.task_no, receipt)
         if not marked:
             self.log.warning("task run from another message; this one dropped",
                              task_no=stored.task_no, receipt=receipt)
@@ -242,9 +248,16 @@ class RemoteWorker:
             raise BusUnavailable(str(e)) from e
         return bool(cancelled[0]), bool(marked)
 
+    def _release_mark(self, key: str, receipt: str) -> None:
+        """Best effort: a mark left behind is gone after RUN_MARK_TTL_MS."""
+        import redis
+
+        with contextlib.suppress(redis.RedisError, OSError):
+            self.client.eval(RELEASE, 1, key, self._mark(receipt))
+
     def _mark(self, receipt: str) -> str:
         """The value of a run's mark: its message and this worker."""
-        return f"{receipt} {self.consumer}"
+        return mark_value(receipt, self.consumer)
 
     def _log_opener(self, target: Target | None, receipt: str
                     ) -> Callable[[int], CappedLog] | None:
@@ -295,30 +308,19 @@ class RemoteWorker:
         if superseded:  # another run of the task holds its mark: that one reports
             self.log.warning("task run elsewhere too; this run's result not posted",
                              task_no=done.task_no)
-        following: list[tuple[str, dict[str, str] | None]] = []
+        following: list[tuple[str, dict[str, str] | None, Checked | None]] = []
         while True:
-            try:  # one round trip; the acknowledgement and the mark go only with the result
+            try:  # one round trip (POST_AND_TAKE); the acknowledgement and the release of
+                # the mark go only with the result
                 with self.marking:  # no renewal of the mark crosses its release
-                    with self.client.pipeline(transaction=True) as all_:
-                        if not superseded:
-                            all_.xadd(reply_to, encode_done(done))
-                            all_.eval(RELEASE, 1, run_key(reply_to, done.task_no),
-                                      self._mark(receipt))
-                        all_.xack(self.stream, WORKERS_GROUP, receipt)
-                        all_.xdel(self.stream, receipt)
-                        # without BLOCK: an empty stream answers at once; once a message
-                        # came (the post failed, and is tried again), no second one
-                        reading = not following and not self.stopping.is_set()
-                        if reading:
-                            all_.xreadgroup(WORKERS_GROUP, self.consumer,
-                                            {self.stream: ">"}, count=1)
-                        replies = all_.execute(raise_on_error=False)
-                    if reading and replies[-1] and not isinstance(replies[-1], Exception):
-                        following = list(replies[-1][0][1])  # a failed read: the loop's
-                    failed = [r for r in (replies[:-1] if reading else replies)
-                              if isinstance(r, Exception)]
-                    if failed:
-                        raise failed[0]
+                    # without BLOCK: an empty stream answers at once; once a message came
+                    # (the post failed, and is tried again), no second one
+                    reading = not following and not self.stopping.is_set()
+                    taken = post_and_take(self.client, self.stream, self.consumer, receipt,
+                                          None if superseded else (reply_to, done),
+                                          read=reading)
+                    if taken is not None:
+                        following = [taken]
                     with self.lock:
                         self.posted.add(receipt)  # its mark is not to be renewed again
                 break
@@ -336,9 +338,10 @@ class RemoteWorker:
         # the next run is counted before this one is let go: meanwhile the main loop sees
         # no free slot, and reads nothing more than the concurrency
         started = False
-        for next_receipt, fields in following:
+        for next_receipt, fields, checked in following:
             with contextlib.suppress(BusUnavailable):  # the message waits, and is reclaimed
-                started = self._start(next_receipt, fields, unless_stopping=True)
+                started = self._start(next_receipt, fields, unless_stopping=True,
+                                      checked=checked)
         with self.lock:
             self.runs.pop(receipt, None)
             self.replies.pop(receipt, None)
