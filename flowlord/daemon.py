@@ -74,7 +74,7 @@ BUSY_TIMEOUT_MS = 1000  # a locked database is retried on the next turn, with pi
 STOP_WRITE_SECONDS = 10.0  # at stop, how long to retry recording fires in a locked database
 STUCK_AFTER = 30.0  # seconds without a turn of the main loop: /healthz answers 503
 COMMAND_TIMEOUT = 10.0  # seconds an HTTP request waits for the loop to apply its command
-GATHER = 0.002  # seconds results may gather while no worker would idle
+GATHER = 0.005  # seconds results may gather while no worker would idle
 RETRY_SOON = 0.2  # seconds before the next turn while work waits (a locked database)
 
 

@@ -17,7 +17,8 @@ from flowlord.workers import Run, inherited_environment, topic_environment
 STOPPED = "stopped: the daemon shut down while the task ran"
 # tasks sent per worker slot beyond the one it runs: a slot whose task ends starts the
 # next task at once, instead of waiting for the daemon's loop to record and claim
-PREFETCH = 2
+# (docs/decisions.md, Performance of the task loop)
+PREFETCH = 4
 HURRY_CHECK = 0.1  # seconds between looks at whether the stop became urgent
 STOP_WAIT = 10.0  # seconds for a stopped task's result; a task still without one is left
 # running in the database, and recorded as an error at the next start
