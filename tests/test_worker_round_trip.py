@@ -123,8 +123,13 @@ def test_a_task_number_flowlord_never_writes_is_left_to_the_worker_to_check(
     answer = post_and_take(client, STREAM, "w", first, (DONE_STREAM, done(1)), read=True)
     assert answer is not None and answer[0] == odd and answer[2] is None
     assert list(client.scan_iter("flowlord:run:*")) == []
-    # and without a next message (or without a read), none is read
-    assert post_and_take(client, STREAM, "w", odd, (DONE_STREAM, done(7)), read=True) is None
+    # a field given twice counts as the worker reads it: the last
+    twice = client.execute_command("XADD", STREAM, "*", "task_no", "5", "task_no", "6")
+    answer = post_and_take(client, STREAM, "w", odd, (DONE_STREAM, done(7)), read=True)
+    assert answer is not None and answer[0] == twice and answer[1]["task_no"] == "6"
+    assert list(client.scan_iter("flowlord:run:*")) == [run_key(DONE_STREAM, 6)]
+    # and without a next message, none is read
+    assert post_and_take(client, STREAM, "w", twice, None, read=True) is None
     assert client.xlen(DONE_STREAM) == 2
 
 

@@ -93,9 +93,9 @@ if type(read) ~= 'table' or read.err or not read[1] or not read[1][2][1] then
 end
 local id, fields = read[1][2][1][1], read[1][2][1][2]
 local task_no, reply_to = nil, nil
-for i = 1, #fields - 1, 2 do
-    if fields[i] == 'task_no' and task_no == nil then task_no = fields[i + 1] end
-    if fields[i] == 'reply_to' and reply_to == nil then reply_to = fields[i + 1] end
+for i = 1, #fields - 1, 2 do  -- of a field given twice, the last: as the worker reads it
+    if fields[i] == 'task_no' then task_no = fields[i + 1] end
+    if fields[i] == 'reply_to' then reply_to = fields[i + 1] end
 end
 if task_no == nil or not (task_no == '0' or string.match(task_no, '^[1-9][0-9]*$'))
         or #task_no > 15 then
