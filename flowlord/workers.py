@@ -203,24 +203,37 @@ class Run:
         elif self.log_dir is not None:  # made at its first output; on a full disk, given up
             self.log = TaskLog(log_path(self.log_dir, no), self.log_max_bytes)
         env = environment(self.stored.task, self.inherited)
+        # its pipes' read ends stay bare descriptors: Popen's PIPE would wrap each in a
+        # buffered file the poll never uses, a cost the task loop measured (docs/decisions.md,
+        # Performance of the task loop)
+        err = out = None
+        child_ends = []  # the child's ends, closed here once it has them
         try:
+            err, err_w = os.pipe2(os.O_CLOEXEC)
+            child_ends.append(err_w)
+            stdout = _devnull()
+            if self.log:
+                out, stdout = os.pipe2(os.O_CLOEXEC)
+                child_ends.append(stdout)
             proc = subprocess.Popen(self.argv, executable=executable(self.argv[0], env.get("PATH")),
-                                    stdin=_devnull(),
-                                    stdout=subprocess.PIPE if self.log else _devnull(),
-                                    stderr=subprocess.PIPE, env=env,
+                                    stdin=_devnull(), stdout=stdout, stderr=err_w, env=env,
                                     start_new_session=True, close_fds=True)
-        except (OSError, ValueError) as e:  # no such program, a NUL in a value, …
+        except (OSError, ValueError) as e:  # no such program, a NUL in a value, no fds left, …
+            _close(err, out)
             forget(self.argv[0], env.get("PATH"))
             self._log(f"cannot start {self.argv[0]!r}: {e}\n".encode())
             self._close_log()
             return Done(no, "error", f"cannot start {self.argv[0]!r}: {e}", utc_now_ms(),
                         self.started)
+        finally:
+            _close(*child_ends)
         with self._lock:
             self._proc = proc
             stopped = self.stop_reason
         if stopped:
             _signal_group(proc.pid, signal.SIGKILL)
-        self.minding = Minding(proc, self.timeout.total_seconds(), poll, self._log)
+        assert err is not None
+        self.minding = Minding(proc, out, err, self.timeout.total_seconds(), poll, self._log)
         return None
 
     def _log(self, chunk: bytes) -> None:
@@ -299,14 +312,13 @@ class Minding:
     `check(now)` by `next_check()`; `done` says when `close()` may be called.
     """
 
-    def __init__(self, proc: subprocess.Popen[bytes], timeout: float, poll: Poll,
-                 write_log: Callable[[bytes], None]) -> None:
-        assert proc.stderr is not None
+    def __init__(self, proc: subprocess.Popen[bytes], out: int | None, err: int,
+                 timeout: float, poll: Poll, write_log: Callable[[bytes], None]) -> None:
         self.proc = proc
         self.poll = poll
         self.write_log = write_log
-        self.err = proc.stderr.fileno()
-        self.pipes = {f.fileno(): f for f in (proc.stdout, proc.stderr) if f is not None}
+        self.err = err  # the read ends of its stderr and (with a log) its stdout
+        self.pipes = {err} if out is None else {out, err}
         self.tail: collections.deque[bytes] = collections.deque()
         self.size = 0
         self.deadline = time.monotonic() + timeout
@@ -331,13 +343,13 @@ class Minding:
             else:  # not reapable after all: looked for now and then from here on
                 self.next_look = now + WATCH_TICK_MS / 1000
             return
-        pipe = self.pipes.get(fd)
-        if pipe is None:
+        if fd not in self.pipes:
             return
         chunk = os.read(fd, 65536)
         if not chunk:  # closed: the command (and what it started) is done with it
             self.poll.remove(fd)
-            self.pipes.pop(fd).close()
+            self.pipes.remove(fd)
+            os.close(fd)
             if self.exited_at is not None and not self.pipes:
                 self.done = True
             return
@@ -377,9 +389,10 @@ class Minding:
 
     def close(self) -> tuple[bytes, bool]:
         """Its descriptors closed; the end of its stderr, and whether it timed out."""
-        for fd in list(self.pipes):
+        for fd in self.pipes:
             self.poll.remove(fd)
-            self.pipes.pop(fd).close()
+            os.close(fd)
+        self.pipes.clear()
         self._drop_pidfd()
         self.done = True
         return b"".join(self.tail)[-STDERR_TAIL_BYTES:], self.timed_out
@@ -411,6 +424,12 @@ def _devnull() -> int:
     """/dev/null, opened once (Popen's DEVNULL opens it for every process); never
     inherited: each child gets it as its stdin and stdout only."""
     return os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+
+
+def _close(*fds: int | None) -> None:
+    for fd in fds:
+        if fd is not None:
+            os.close(fd)
 
 
 def _signal_name(number: int) -> str:

@@ -111,7 +111,7 @@ def test_a_failure_of_our_own_while_minding_one_process_ends_only_that_task(
 # finishing may open a file between the two listings of /proc/self/fd, and whether
 # /dev/null is open yet depends on which tests ran first
 FD_CHECK = """
-import os, queue, sys, threading, time
+import os, queue, sys, tempfile, threading, time
 from datetime import timedelta
 from flowlord.model import StoredTask, Task
 from flowlord.process_watch import ProcessWatch
@@ -121,11 +121,16 @@ _devnull()  # opened once for good, by whichever process comes first
 before = set(os.listdir("/proc/self/fd"))
 results = queue.SimpleQueue()
 task = Task(type="t", job="", info="", meta="", id="id-1", created="2026-11-23T00:00:00Z")
+logs = tempfile.mkdtemp()
 watch = ProcessWatch({"t": 1})
 watch.submit(Run(StoredTask(1, task), [sys.executable, "-c", "import time; time.sleep(0.3)"],
                  timedelta(seconds=30), results.put))
+watch.submit(Run(StoredTask(2, task), ["sh", "-c", "echo out; echo err >&2; exit 3"],
+                 timedelta(seconds=30), results.put, log_dir=logs))  # its stdout piped too
+watch.submit(Run(StoredTask(3, task), ["/no/such/program"], timedelta(seconds=30),
+                 results.put, log_dir=logs))  # its pipes made, then it cannot start
 watch.close()
-print(results.get(timeout=30).result)  # what ran is minded to its end
+print([results.get(timeout=30).result for _ in range(3)])  # what ran is minded to its end
 end = time.monotonic() + 30
 while any(t.name == "tasks" and t.is_alive() for t in threading.enumerate()):
     assert time.monotonic() < end, "the thread did not end"
@@ -143,7 +148,7 @@ def test_the_thread_ends_after_close_once_its_processes_have_ended_and_leaves_no
     out = subprocess.run([PY, "-c", FD_CHECK], cwd=root, capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split("\n") == ["complete", "[]", "[]", ""]
+    assert out.stdout.split("\n") == ["['complete', 'error', 'error']", "[]", "[]", ""]
 
 
 def test_take_waiting_leaves_the_runs_a_free_slot_takes(tmp_path: Path) -> None:
