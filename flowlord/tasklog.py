@@ -102,9 +102,15 @@ class TaskLog(CappedLog):
 
 
 def _create(path: str) -> BinaryIO:
-    """The log file, new (a task number is never reused), readable by the group."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+    """The log file, new (a task number is never reused), readable by the group; its
+    directory made again when it is gone (made only then: a look at it for every task
+    cost the loop as much as the file)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o640)
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        fd = os.open(path, flags, 0o640)
     return os.fdopen(fd, "wb", buffering=0)  # unbuffered: `flowlord logs --follow` sees it
 
 

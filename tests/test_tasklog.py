@@ -135,6 +135,14 @@ def test_a_log_that_cannot_be_written_is_given_up_not_the_task(tmp_path: Path) -
     assert (done.result, done.msg) == ("error", "exit status 4: err")
 
 
+def test_a_log_whose_directory_is_gone_makes_it_again(tmp_path: Path) -> None:
+    logs = tmp_path / "logs" / "nested"  # neither exists: made at the first output
+    log = TaskLog(log_path(str(logs), 7))
+    log.write(b"first\n")
+    log.close()
+    assert read_log(str(logs), 7) == b"first\n"
+
+
 def test_binary_and_invalid_utf8_output_and_very_long_lines_are_kept_byte_for_byte(
         tmp_path: Path) -> None:
     script = ("import sys\nout = sys.stdout.buffer\nout.write(bytes(range(256)))\n"
