@@ -318,7 +318,8 @@ class Minding:
         self.poll = poll
         self.write_log = write_log
         self.err = err  # the read ends of its stderr and (with a log) its stdout
-        self.pipes = {err} if out is None else {out, err}
+        # stdout first: of output on both at once, what it printed is logged first
+        self.pipes = [err] if out is None else [out, err]
         self.tail: collections.deque[bytes] = collections.deque()
         self.size = 0
         self.deadline = time.monotonic() + timeout
