@@ -225,6 +225,9 @@ class Run:
             self._close_log()
             return Done(no, "error", f"cannot start {self.argv[0]!r}: {e}", utc_now_ms(),
                         self.started)
+        except BaseException:  # ours (abandon): the read ends go with it
+            _close(err, out)
+            raise
         finally:
             _close(*child_ends)
         with self._lock:

@@ -111,7 +111,7 @@ def test_a_failure_of_our_own_while_minding_one_process_ends_only_that_task(
 # finishing may open a file between the two listings of /proc/self/fd, and whether
 # /dev/null is open yet depends on which tests ran first
 FD_CHECK = """
-import os, queue, sys, tempfile, threading, time
+import os, queue, shutil, sys, tempfile, threading, time
 from datetime import timedelta
 from flowlord.model import StoredTask, Task
 from flowlord.process_watch import ProcessWatch
@@ -139,6 +139,7 @@ print(sorted(set(os.listdir("/proc/self/fd")) - before))
 unused = ProcessWatch({"t": 1})  # never given a run: no thread, and its pipe closed
 unused.close()
 print(sorted(set(os.listdir("/proc/self/fd")) - before))
+shutil.rmtree(logs)
 """
 
 
@@ -149,6 +150,35 @@ def test_the_thread_ends_after_close_once_its_processes_have_ended_and_leaves_no
                          timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("\n") == ["['complete', 'error', 'error']", "[]", "[]", ""]
+
+
+# a failure of our own while a process starts (here Popen itself raising, the one fake):
+# the task ends in an internal error and the pipes made for it are closed
+FAILED_START = """
+import os, subprocess
+from datetime import timedelta
+from flowlord.model import StoredTask, Task
+from flowlord.workers import Poll, Run, _devnull
+
+def broken(*args, **kwargs):
+    raise RuntimeError("broken")
+
+_devnull()
+before = set(os.listdir("/proc/self/fd"))
+subprocess.Popen = broken
+done = Run(StoredTask(1, Task(type="t", id="x")), ["true"], timedelta(seconds=30),
+           print, log_dir="unused").start(Poll())  # with a log: both pipes made
+print(done.result, done.msg)
+print(sorted(set(os.listdir("/proc/self/fd")) - before))
+"""
+
+
+def test_a_start_that_fails_in_our_own_code_leaves_no_fd() -> None:
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([PY, "-c", FAILED_START], cwd=root, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n") == ["error internal error: RuntimeError: broken", "[]", ""]
 
 
 def test_take_waiting_leaves_the_runs_a_free_slot_takes(tmp_path: Path) -> None:
